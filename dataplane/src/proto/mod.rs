@@ -1,0 +1,135 @@
+//! Sans-IO protocol seam.
+//!
+//! A protocol never touches a socket. Its TCP handshake is a state machine fed with the bytes
+//! the core read ([`StreamHandshake::feed`]); when it has seen enough it answers with a
+//! [`Next`] — *what next* — and the relay engine (which owns sockets, buffers, splice and
+//! counting) carries it out. After the handshake, payload passes through a [`StreamCodec`]
+//! (frames opened/sealed in the core's buffers) or unchanged (`Next::Forward` with
+//! `codec: None`, eligible for splice).
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use v2sp_shared::shm::UserRef;
+
+#[cfg(feature = "shadowsocks")]
+pub mod ss;
+
+/// Where a proxied stream or datagram goes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Destination {
+    Ip(SocketAddr),
+    Domain(String, u16),
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Ip(a) => write!(f, "{a}"),
+            Destination::Domain(d, p) => write!(f, "{d}:{p}"),
+        }
+    }
+}
+
+/// Errors a codec reports. `Auth` means "this is not one of our users" and must be handled
+/// exactly like other garbage on the wire (no distinctive reply).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("client sent malformed data: {0}")]
+    Malformed(&'static str),
+    #[error("authentication failed: {0}")]
+    Auth(&'static str),
+    #[error("replayed handshake")]
+    Replay,
+    #[error("timestamp outside the allowed window")]
+    Timestamp,
+    #[error("frame failed authentication (bad tag)")]
+    BadTag,
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+}
+
+/// How to drop a client that failed authentication: never a distinctive error or timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectPolicy {
+    /// Keep reading and discarding until the client gives up or the handshake timeout fires,
+    /// then close (what a server that is still waiting for more bytes looks like).
+    DrainUntilTimeout,
+    /// Close right away (only where the protocol's real servers do so).
+    Close,
+}
+
+/// Result of feeding bytes to a handshake.
+pub enum Step {
+    /// Need at least this many more bytes (a hint; 0 = unknown).
+    NeedMore(usize),
+    /// Handshake finished.
+    Done(Next),
+}
+
+/// What the core does with a connection after the handshake.
+pub enum Next {
+    /// Connect to `dest` and relay. `initial_upload` is plaintext already decoded that goes to
+    /// the destination first; `reply` are wire bytes to send to the client right away;
+    /// `codec` is `None` when the remaining bytes pass unchanged (splice-eligible).
+    Forward {
+        dest: Destination,
+        user: UserRef,
+        initial_upload: Vec<u8>,
+        reply: Vec<u8>,
+        codec: Option<Box<dyn StreamCodec>>,
+    },
+    /// Not one of ours (or malformed): handled without any distinctive behaviour.
+    Reject { error: WireError, policy: RejectPolicy },
+}
+
+/// Per-connection state after the handshake: frames payload in both directions.
+pub trait StreamCodec: Send {
+    /// Open client→server wire bytes. Consumes complete frames from `wire` and appends their
+    /// plaintext to `out`; returns how many bytes of `wire` were consumed (a partial frame stays
+    /// for the next call).
+    fn open(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<usize, WireError>;
+    /// Seal server→client plaintext, appending wire bytes to `out`.
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError>;
+}
+
+/// Everything a handshake may consult: the node's current user table and shared defences.
+pub trait AuthContext {
+    /// O(1) lookup by protocol lookup key (see `v2sp_shared::cred`).
+    fn lookup(&self, key: &[u8]) -> Option<UserRef>;
+    /// Iterate all users (for protocols that must try each user's key).
+    fn for_each_user(&self, f: &mut dyn FnMut(&UserRef) -> bool);
+    /// Record a handshake nonce/salt; false if seen before (replay), across all cores.
+    fn check_replay(&self, nonce: &[u8]) -> bool;
+    /// Unix time in seconds (injected so tests control the clock).
+    fn now_unix(&self) -> u64;
+}
+
+/// A TCP protocol's server-side handshake.
+pub trait StreamHandshake {
+    fn feed(&mut self, data: &[u8], ctx: &dyn AuthContext) -> Result<Step, WireError>;
+}
+
+/// A decoded client datagram.
+pub struct InboundPacket {
+    pub user: UserRef,
+    /// Protocol session (SS-2022 client session id; 0 where the protocol has none).
+    pub session_id: u64,
+    pub dest: Destination,
+    /// Payload range inside the buffer passed to `open_packet`.
+    pub payload: std::ops::Range<usize>,
+}
+
+/// A UDP protocol's per-packet codec (server side).
+pub trait PacketCodec: Send + Sync {
+    fn open_packet(&self, pkt: &mut [u8], ctx: &dyn AuthContext) -> Result<InboundPacket, WireError>;
+    /// Seal a reply from `from` to the client session, appending wire bytes to `out`.
+    fn seal_packet(
+        &self,
+        user: &UserRef,
+        session_id: u64,
+        from: &Destination,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), WireError>;
+}

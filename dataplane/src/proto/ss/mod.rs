@@ -1,0 +1,1 @@
+//! Shadowsocks AEAD-2017 and 2022 (sans-IO).

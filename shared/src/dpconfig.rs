@@ -1,0 +1,118 @@
+//! What the data plane needs to serve the nodes: built by the control plane from the local
+//! config file and the panel's node info, published through the `config` shm segment as JSON
+//! (read only when its generation changes, never on the per-byte path).
+
+use serde::{Deserialize, Serialize};
+
+use crate::cred::CredKind;
+
+/// The whole data-plane configuration, one generation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct DataplaneConfig {
+    /// Worker threads; 0 = one per allowed CPU.
+    pub workers: u32,
+    /// `auto`, `uring` or `epoll` (the `V2SP_IO` environment variable wins).
+    pub io: String,
+    /// Allow proxying to private, loopback, link-local and unique-local destinations.
+    pub allow_private_destinations: bool,
+    pub timeouts: Timeouts,
+    pub nodes: Vec<NodeConfig>,
+}
+
+/// Connection policy timeouts in seconds (Xray's policy defaults).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Timeouts {
+    pub handshake: u32,
+    pub conn_idle: u32,
+    pub uplink_only: u32,
+    pub downlink_only: u32,
+    pub connect: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { handshake: 4, conn_idle: 300, uplink_only: 2, downlink_only: 5, connect: 10 }
+    }
+}
+
+/// One node = one listener speaking one protocol.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodeConfig {
+    /// Index of this node's slot in the control segment (stable for the node's lifetime).
+    pub slot: u16,
+    /// Human-readable tag, e.g. `[https://panel]-shadowsocks:26`.
+    pub tag: String,
+    pub listen_ip: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub cred_kind: CredKind,
+    /// Node-wide per-user cap in Mbps (`LimitConfig.SpeedLimit`), 0 = none.
+    #[serde(default)]
+    pub speed_limit_mbps: u32,
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Source address for outbound connections (`SendIP`), empty = any.
+    #[serde(default)]
+    pub send_ip: String,
+    /// `AsIs`, `UseIP`, `UseIPv4`, `UseIPv6`, `PreferIPv4`, `PreferIPv6`.
+    #[serde(default)]
+    pub dns_strategy: String,
+    #[serde(default)]
+    pub shadowsocks: Option<ShadowsocksSettings>,
+    /// Transport and TLS settings for the TLS-family protocols (raw panel JSON for now).
+    #[serde(default)]
+    pub transport: serde_json::Value,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Shadowsocks,
+    Vless,
+    Vmess,
+    Trojan,
+    Hysteria2,
+    Anytls,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "shadowsocks" | "ss" => Self::Shadowsocks,
+            "vless" => Self::Vless,
+            "vmess" | "v2ray" => Self::Vmess,
+            "trojan" => Self::Trojan,
+            "hysteria2" | "hysteria" | "hy2" => Self::Hysteria2,
+            "anytls" => Self::Anytls,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shadowsocks => "shadowsocks",
+            Self::Vless => "vless",
+            Self::Vmess => "vmess",
+            Self::Trojan => "trojan",
+            Self::Hysteria2 => "hysteria2",
+            Self::Anytls => "anytls",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShadowsocksSettings {
+    /// Canonical cipher name, e.g. `aes-128-gcm`, `2022-blake3-aes-256-gcm`.
+    pub cipher: String,
+    /// SS-2022 server PSK (base64), empty for AEAD-2017.
+    #[serde(default)]
+    pub server_key: String,
+    /// Replay (salt) check on; `DisableIVCheck` turns it off for AEAD-2017.
+    #[serde(default = "yes")]
+    pub replay_check: bool,
+}
+
+fn yes() -> bool {
+    true
+}
