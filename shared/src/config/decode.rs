@@ -1214,6 +1214,7 @@ fn sing_target(d: Dec<'_>, path: &str, v: &JVal, alpn: String) -> Result<Fallbac
 }
 
 #[cfg(test)]
+#[allow(clippy::panic)]
 mod tests {
     use super::*;
 

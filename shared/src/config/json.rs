@@ -430,6 +430,7 @@ impl LineIndex {
 }
 
 #[cfg(test)]
+#[allow(clippy::panic)]
 mod tests {
     use super::*;
 

@@ -96,6 +96,24 @@ pub fn mask_secret(secret: &str) -> String {
 }
 
 impl Config {
+    /// The files a reload should watch (spec §C.4): the main file, every `Include`d node
+    /// file and each core's `DnsConfigPath`, without duplicates, in that order.
+    pub fn watched_files(&self, main: &Path) -> Vec<std::path::PathBuf> {
+        let mut out: Vec<std::path::PathBuf> = vec![main.to_path_buf()];
+        let includes = self.nodes.iter().map(|n| n.origin.file.clone());
+        let dns = self
+            .cores
+            .iter()
+            .filter(|c| !c.dns_config_path.is_empty())
+            .map(|c| c.dns_config_path.clone().into());
+        for p in includes.chain(dns) {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out
+    }
+
     /// The effective configuration (defaults filled in, Go key names) as pretty JSON with
     /// secrets masked: `ApiKey`, `CertConfig.DNSEnv` values, and token/password/key fields of
     /// `LimitConfig.IpRecorderConfig`. For `v2sp config check -c FILE`.
@@ -106,6 +124,11 @@ impl Config {
         };
         if let Some(nodes) = value.get_mut("Nodes").and_then(serde_json::Value::as_array_mut) {
             for node in nodes {
+                if let Some(host) = node.get_mut("ApiHost") {
+                    if let Some(s) = host.as_str() {
+                        *host = serde_json::Value::String(mask_url(s));
+                    }
+                }
                 if let Some(key) = node.get_mut("ApiKey") {
                     if let Some(s) = key.as_str() {
                         *key = serde_json::Value::String(mask_secret(s));
@@ -133,6 +156,44 @@ impl Config {
     }
 }
 
+/// Mask the password of `user:password@` and the values of `token`/`key` query parameters.
+fn mask_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                    let pass = if userinfo.contains(':') { ":***" } else { "" };
+                    format!("{scheme}://{user}{pass}@{host}{path}")
+                }
+                None => base.to_owned(),
+            }
+        }
+        None => base.to_owned(),
+    };
+    if let Some(q) = query {
+        let parts: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v))
+                    if ["token", "key", "apikey", "api_key"].contains(&k.to_ascii_lowercase().as_str()) =>
+                {
+                    format!("{k}={}", mask_secret(v))
+                }
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&parts.join("&"));
+    }
+    out
+}
+
 fn mask_nested_secrets(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
@@ -151,6 +212,7 @@ fn mask_nested_secrets(v: &mut serde_json::Value) {
 }
 
 #[cfg(test)]
+#[allow(clippy::panic)]
 mod tests {
     use super::*;
 
@@ -160,6 +222,38 @@ mod tests {
         assert_eq!(mask_secret("abcd"), "***");
         assert_eq!(mask_secret(""), "");
         assert_eq!(mask_secret("ключ-секрет"), "кл***");
+    }
+
+    #[test]
+    fn mask_url_hides_credentials() {
+        assert_eq!(mask_url("https://p.example/api"), "https://p.example/api");
+        assert_eq!(
+            mask_url("https://u:secret@p.example/a?b=1"),
+            "https://u:***@p.example/a?b=1"
+        );
+        assert_eq!(
+            mask_url("https://p.example/api?token=abcdefgh&x=1"),
+            "https://p.example/api?token=ab***&x=1"
+        );
+        assert_eq!(mask_url("http://p?"), "http://p?");
+    }
+
+    #[test]
+    fn watched_files_lists_main_includes_and_dns() {
+        let text = r#"{"Cores": [{"DnsConfigPath": "/etc/v2sp/dns.json"}],
+            "Nodes": [{"ApiKey": "kkkkkkkk", "NodeID": 1}, {"ApiKey": "kkkkkkkk", "NodeID": 2}]}"#;
+        let loaded = match parse_str(text, Path::new("/etc/v2sp/config.json")) {
+            Ok(l) => l,
+            Err(e) => panic!("{e}"),
+        };
+        let files = loaded.config.watched_files(Path::new("/etc/v2sp/config.json"));
+        assert_eq!(
+            files,
+            vec![
+                std::path::PathBuf::from("/etc/v2sp/config.json"),
+                "/etc/v2sp/dns.json".into()
+            ]
+        );
     }
 
     #[test]

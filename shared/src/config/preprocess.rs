@@ -101,6 +101,7 @@ fn string_end(src: &[u8], start: usize) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::panic)]
 mod tests {
     use super::*;
 
