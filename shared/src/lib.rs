@@ -5,4 +5,5 @@
 pub mod config;
 pub mod cred;
 pub mod dpconfig;
+pub mod panel;
 pub mod shm;
