@@ -148,7 +148,10 @@ mod tests {
     #[test]
     fn evp_bytes_to_key_matches_openssl() {
         // `openssl enc -aes-128-cbc -k foobar -nosalt -P -md md5` → key 3858F62230AC3C915F300C664312C63F
-        assert_eq!(hex::encode(evp_bytes_to_key(b"foobar", 16)), "3858f62230ac3c915f300c664312c63f");
+        assert_eq!(
+            hex::encode(evp_bytes_to_key(b"foobar", 16)),
+            "3858f62230ac3c915f300c664312c63f"
+        );
         let k32 = evp_bytes_to_key(b"foobar", 32);
         assert_eq!(&k32[..16], &evp_bytes_to_key(b"foobar", 16)[..]);
     }
@@ -165,12 +168,21 @@ mod tests {
     #[test]
     fn trojan_is_sha224() {
         let s = secret_for(CredKind::TrojanSha224, "password").unwrap();
-        assert_eq!(hex::encode(s.as_slice()), "d63dc919e201d7bc4c825630d2cf25fdc93d4b2f0d46706d29038d01");
+        assert_eq!(
+            hex::encode(s.as_slice()),
+            "d63dc919e201d7bc4c825630d2cf25fdc93d4b2f0d46706d29038d01"
+        );
     }
 
     #[test]
     fn bad_uuid_is_an_error_not_a_panic() {
-        assert!(matches!(secret_for(CredKind::VlessUuid, "nope"), Err(CredError::BadUuid(_))));
-        assert!(matches!(secret_for(CredKind::Ss2022Psk32, "short"), Err(CredError::TooShort(_, 32))));
+        assert!(matches!(
+            secret_for(CredKind::VlessUuid, "nope"),
+            Err(CredError::BadUuid(_))
+        ));
+        assert!(matches!(
+            secret_for(CredKind::Ss2022Psk32, "short"),
+            Err(CredError::TooShort(_, 32))
+        ));
     }
 }

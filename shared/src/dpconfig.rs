@@ -33,7 +33,13 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { handshake: 4, conn_idle: 300, uplink_only: 2, downlink_only: 5, connect: 10 }
+        Timeouts {
+            handshake: 4,
+            conn_idle: 300,
+            uplink_only: 2,
+            downlink_only: 5,
+            connect: 10,
+        }
     }
 }
 

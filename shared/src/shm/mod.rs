@@ -1,4 +1,25 @@
-//! Shared-memory contract between control plane and data plane (see `docs/design.md`).
+//! Shared-memory contract between the control plane and the data plane.
+//!
+//! The protocols (A/B user tables with per-core quiescent acknowledgements, per-core traffic
+//! banks flipped on a harvest epoch, SPSC rings for IP events and commands) are described in
+//! `docs/design.md`; the byte layouts are in [`layout`]. [`ControlShm`] is the control plane's
+//! handle, [`DataplaneShm`]/[`CoreShm`] the data plane's.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+mod control;
+mod dataplane;
+pub mod layout;
+mod ring;
+mod segment;
+mod traffic;
+mod user_table;
+
+pub use control::{ControlShm, CoreStatus, PublishStats, Status};
+pub use dataplane::{CoreShm, DataplaneShm, Tick};
+pub use traffic::{HarvestedBank, TrafficDelta, TrafficWriter, DEFAULT_BANK_CAPACITY};
+pub use user_table::{key_hash, UserEntry, UserTableView};
 
 /// A resolved user, copied out of the shared table so a connection never holds a reference
 /// into a buffer that may be recycled. `slot`/`gen` let a connection re-resolve its limits.
@@ -24,3 +45,157 @@ impl UserRef {
         &self.secret[..usize::from(self.secret_len).min(32)]
     }
 }
+
+/// What went wrong with a shared-memory file. Always the fault of the local installation
+/// (permissions, version skew, a stuck peer), never of a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ShmError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: layout version {found}, this binary speaks {expected}; restart both processes from the same release")]
+    Version {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("{path}: not a v2sp segment of the expected layout: {what}")]
+    Layout { path: PathBuf, what: String },
+    #[error("busy: {what}")]
+    Busy { what: String },
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("config blob: {0}")]
+    Config(String),
+}
+
+impl ShmError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        ShmError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Online/offline transition of one IP of one user on one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpEvent {
+    pub online: bool,
+    pub node: u16,
+    pub user_id: u32,
+    pub ip: IpAddr,
+    pub ts_s: u32,
+    pub core: u16,
+}
+
+impl IpEvent {
+    pub(crate) fn encode(&self) -> [u64; 4] {
+        let (family, bytes) = match self.ip {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (4u64, b)
+            }
+            IpAddr::V6(a) => (6u64, a.octets()),
+        };
+        let w0 = u64::from(self.online)
+            | (family << 8)
+            | (u64::from(self.node) << 16)
+            | (u64::from(self.user_id) << 32);
+        let mut lo = [0u8; 8];
+        let mut hi = [0u8; 8];
+        lo.copy_from_slice(&bytes[..8]);
+        hi.copy_from_slice(&bytes[8..]);
+        [
+            w0,
+            u64::from_le_bytes(lo),
+            u64::from_le_bytes(hi),
+            u64::from(self.ts_s) | (u64::from(self.core) << 32),
+        ]
+    }
+
+    pub(crate) fn decode(w: [u64; 4]) -> Option<IpEvent> {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&w[1].to_le_bytes());
+        bytes[8..].copy_from_slice(&w[2].to_le_bytes());
+        let ip = match (w[0] >> 8) & 0xff {
+            4 => IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            6 => IpAddr::from(bytes),
+            _ => return None,
+        };
+        Some(IpEvent {
+            online: w[0] & 1 == 1,
+            node: (w[0] >> 16) as u16,
+            user_id: (w[0] >> 32) as u32,
+            ip,
+            ts_s: w[3] as u32,
+            core: (w[3] >> 32) as u16,
+        })
+    }
+}
+
+/// Control → data plane commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Close every connection of this user on this node.
+    Kick { node: u16, user_id: u32 },
+    /// Re-read certificate files for this node.
+    ReloadCerts { node: u16 },
+    /// Report every online IP again (the control plane lost events).
+    ResyncIps,
+}
+
+impl Command {
+    pub(crate) fn encode(&self) -> [u64; 4] {
+        match *self {
+            Command::Kick { node, user_id } => [1 | (u64::from(node) << 32), u64::from(user_id), 0, 0],
+            Command::ReloadCerts { node } => [2 | (u64::from(node) << 32), 0, 0, 0],
+            Command::ResyncIps => [3, 0, 0, 0],
+        }
+    }
+    pub(crate) fn decode(w: [u64; 4]) -> Option<Command> {
+        let node = (w[0] >> 32) as u16;
+        match w[0] as u32 {
+            1 => Some(Command::Kick {
+                node,
+                user_id: w[1] as u32,
+            }),
+            2 => Some(Command::ReloadCerts { node }),
+            3 => Some(Command::ResyncIps),
+            _ => None,
+        }
+    }
+}
+
+/// File names inside the shm directory.
+pub(crate) mod names {
+    pub(crate) const CTL: &str = "ctl";
+    pub(crate) const CONFIG: &str = "config";
+    pub(crate) fn users(node: u16, side: usize) -> String {
+        format!("users-{node}-{}", if side == 0 { 'a' } else { 'b' })
+    }
+    pub(crate) fn traffic(instance: u64, core: u16) -> String {
+        format!("traffic-{instance:016x}-{core}")
+    }
+    pub(crate) fn events(instance: u64, core: u16) -> String {
+        format!("events-{instance:016x}-{core}")
+    }
+    pub(crate) fn cmds(instance: u64, core: u16) -> String {
+        format!("cmds-{instance:016x}-{core}")
+    }
+    /// Parse `traffic-<instance>-<core>`.
+    pub(crate) fn parse_traffic(name: &str) -> Option<(u64, u16)> {
+        let rest = name.strip_prefix("traffic-")?;
+        let (inst, core) = rest.split_once('-')?;
+        Some((u64::from_str_radix(inst, 16).ok()?, core.parse().ok()?))
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,208 @@
+//! Fixed-size memory-mapped files: the only place in `shared` with `unsafe`.
+//!
+//! A segment is a file in the shm directory mapped shared and read-write by both processes.
+//! Everything placed in it is `#[repr(C)]`, made of fixed-width integers and atomics, and
+//! every typed view is bounds- and alignment-checked here, so the rest of `shm` is safe code.
+#![allow(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::MmapRaw;
+
+use super::layout::SegHeader;
+use super::ShmError;
+
+/// One mapped file.
+pub(crate) struct Segment {
+    map: MmapRaw,
+    path: PathBuf,
+}
+
+// SAFETY: the mapping is plain shared memory; all concurrent access to it goes through atomics
+// or follows the single-writer protocols documented in docs/design.md.
+unsafe impl Send for Segment {}
+// SAFETY: as above; `&Segment` only hands out shared references to atomics or immutable data.
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    /// Create (or replace) a segment of `size` bytes, zero-filled, with `header` at offset 0.
+    /// The file is written under a temporary name and renamed into place, so a reader never
+    /// maps a half-initialised header.
+    pub(crate) fn create(path: &Path, size: usize, header: SegHeader) -> Result<Segment, ShmError> {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let seg = Self::create_at(&tmp, size, header)?;
+        std::fs::rename(&tmp, path).map_err(|e| ShmError::io(path, e))?;
+        Ok(Segment {
+            map: seg.map,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Create the segment only if no file exists at `path` (an atomic hard link of a fully
+    /// initialised temporary). Returns `Ok(None)` when another process won the race.
+    pub(crate) fn create_exclusive(
+        path: &Path,
+        size: usize,
+        header: SegHeader,
+    ) -> Result<Option<Segment>, ShmError> {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let seg = Self::create_at(&tmp, size, header)?;
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(Some(Segment {
+                map: seg.map,
+                path: path.to_path_buf(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(ShmError::io(path, e)),
+        }
+    }
+
+    fn create_at(path: &Path, size: usize, header: SegHeader) -> Result<Segment, ShmError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| ShmError::io(path, e))?;
+        // set_len leaves a sparse file: on tmpfs, pages are only allocated when touched.
+        file.set_len(size as u64).map_err(|e| ShmError::io(path, e))?;
+        let seg = Self::map_file(&file, path, size)?;
+        // SAFETY: the mapping is at least `size` ≥ 64 bytes (checked in map_file), page-aligned,
+        // and nobody else has it yet (temporary file).
+        unsafe { std::ptr::write(seg.map.as_mut_ptr().cast::<SegHeader>(), header) };
+        seg.map.flush().map_err(|e| ShmError::io(path, e))?;
+        Ok(seg)
+    }
+
+    /// Map an existing segment and check its header.
+    pub(crate) fn open(path: &Path, expect_kind: u32) -> Result<Segment, ShmError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| ShmError::io(path, e))?;
+        let len = file.metadata().map_err(|e| ShmError::io(path, e))?.len() as usize;
+        let seg = Self::map_file(&file, path, len)?;
+        seg.header().check(path, expect_kind, len)?;
+        Ok(seg)
+    }
+
+    fn map_file(file: &File, path: &Path, len: usize) -> Result<Segment, ShmError> {
+        if len < size_of::<SegHeader>() {
+            return Err(ShmError::Layout {
+                path: path.to_path_buf(),
+                what: format!("file is only {len} bytes"),
+            });
+        }
+        let map = memmap2::MmapOptions::new()
+            .len(len)
+            .map_raw(file)
+            .map_err(|e| ShmError::io(path, e))?;
+        Ok(Segment {
+            map,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(crate) fn header(&self) -> &SegHeader {
+        // SAFETY: map_file checked len ≥ size_of::<SegHeader>(); the mapping is page-aligned.
+        // The header is written once before the file becomes visible and never changes.
+        unsafe { &*self.map.as_ptr().cast::<SegHeader>() }
+    }
+
+    /// A shared reference to a `T` at byte offset `off`.
+    ///
+    /// `T` must be a `#[repr(C)]` type made only of integers, byte arrays and atomics, for
+    /// which every bit pattern is valid (all layout types in `layout.rs`).
+    pub(crate) fn at<T>(&self, off: usize) -> Result<&T, ShmError> {
+        self.check(off, size_of::<T>(), align_of::<T>())?;
+        // SAFETY: in bounds and aligned (checked); every bit pattern is a valid T (type
+        // contract above); concurrent writers only go through T's atomics or follow the
+        // single-writer protocols, so no `&` here aliases a non-atomic write.
+        Ok(unsafe { &*self.map.as_ptr().add(off).cast::<T>() })
+    }
+
+    /// A shared slice of `n` `T`s at `off`; same contract as [`Segment::at`].
+    pub(crate) fn slice<T>(&self, off: usize, n: usize) -> Result<&[T], ShmError> {
+        let bytes = n
+            .checked_mul(size_of::<T>())
+            .ok_or_else(|| self.layout_err("slice overflow"))?;
+        self.check(off, bytes, align_of::<T>())?;
+        // SAFETY: as in `at`, for `n` consecutive elements.
+        Ok(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off).cast::<T>(), n) })
+    }
+
+    /// Write `value` at `off`. Only for memory no other thread or process reads at the same
+    /// time (the inactive side of an A/B table, a ring slot the consumer has not been shown).
+    pub(crate) fn write<T>(&self, off: usize, value: T) -> Result<(), ShmError> {
+        self.check(off, size_of::<T>(), align_of::<T>())?;
+        // SAFETY: in bounds and aligned; exclusivity is the caller's protocol obligation
+        // documented above, so this plain write races with no read.
+        unsafe { std::ptr::write(self.map.as_mut_ptr().add(off).cast::<T>(), value) };
+        Ok(())
+    }
+
+    /// Copy `values` to `off`; same exclusivity contract as [`Segment::write`].
+    pub(crate) fn write_slice<T: Copy>(&self, off: usize, values: &[T]) -> Result<(), ShmError> {
+        let bytes = size_of_val(values);
+        self.check(off, bytes, align_of::<T>())?;
+        // SAFETY: destination in bounds and aligned (checked), source is a valid slice that
+        // cannot overlap the mapping's inactive region; exclusivity as for `write`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr(),
+                self.map.as_mut_ptr().add(off).cast::<T>(),
+                values.len(),
+            )
+        };
+        Ok(())
+    }
+
+    fn check(&self, off: usize, size: usize, align: usize) -> Result<(), ShmError> {
+        let end = off
+            .checked_add(size)
+            .ok_or_else(|| self.layout_err("offset overflow"))?;
+        if end > self.map.len() {
+            return Err(self.layout_err(&format!(
+                "access {off}..{end} beyond the {}-byte file",
+                self.map.len()
+            )));
+        }
+        if (self.map.as_ptr() as usize + off) % align != 0 {
+            return Err(self.layout_err(&format!("offset {off} not aligned to {align}")));
+        }
+        Ok(())
+    }
+
+    fn layout_err(&self, what: &str) -> ShmError {
+        ShmError::Layout {
+            path: self.path.clone(),
+            what: what.to_string(),
+        }
+    }
+}
+
+/// Whether a process with this pid exists (a dead owner's segments may be taken over).
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it only checks existence and permission.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
