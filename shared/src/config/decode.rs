@@ -876,12 +876,13 @@ fn check_api_host(host: &str) -> Result<(), String> {
     match scheme.to_ascii_lowercase().as_str() {
         "http" | "https" => {}
         "file" => {
-            return if rest.starts_with('/') && rest.len() > 1 {
-                Ok(())
-            } else {
+            return if rest.is_empty() || rest == "/" {
                 Err(format!(
-                    "{host:?}: a file ApiHost needs an absolute path, like file:///etc/v2sp/nodes.json"
+                    "{host:?}: a file ApiHost needs a path, like file:///etc/v2sp/nodes.json \
+                     (or file://nodes.json, relative to the config file's directory)"
                 ))
+            } else {
+                Ok(())
             }
         }
         other => {
@@ -1227,6 +1228,7 @@ mod tests {
             "http://[::1]:80/api",
             "http://user@host",
             "file:///etc/v2sp/nodes.json",
+            "file://nodes.json",
             "http://host:",
         ] {
             assert_eq!(check_api_host(ok), Ok(()), "{ok}");
@@ -1239,7 +1241,7 @@ mod tests {
             "http://host:99999",
             "http://host:abc/",
             "http://[::1",
-            "file://relative.json",
+            "file://",
             "http://ho st",
         ] {
             assert!(check_api_host(bad).is_err(), "{bad}");

@@ -22,8 +22,9 @@
 //! * per node `"ApiDialect": "auto"|"single"|"uniproxy"`: the panel API dialect (single
 //!   endpoint with `action=`, or `/api/v1/server/UniProxy/<action>`); `auto` leaves the
 //!   choice to the control plane;
-//! * per node `"ApiHost": "file:///path/nodes.json"`: standalone mode, no panel; `NodeID`
-//!   names the node inside that file.
+//! * per node `"ApiHost": "file:///path/nodes.json"` (or `file://nodes.json`, relative to
+//!   the directory of the file the node is written in): standalone mode, no panel; `NodeID`
+//!   names the node inside that file (see [`NodeEntry::standalone_file`]).
 //!
 //! Validation (errors): duplicate node tags/names, `NodeID` missing or ≤ 0, unknown
 //! `NodeType`, unparsable `ApiHost`, `CertMode` without the files/domain/provider it needs,

@@ -475,16 +475,24 @@ impl NodeEntry {
         }
     }
 
-    /// For `ApiHost = file:///path`: the standalone node file.
+    /// Standalone mode: for `ApiHost = file:///abs/path.json` that path; for
+    /// `file://rel/path.json` the path relative to the directory of the file the node was
+    /// written in (`origin.file`). `None` for http(s) panels.
     pub fn standalone_file(&self) -> Option<PathBuf> {
         let scheme = self.api_host.get(..7)?;
         if !scheme.eq_ignore_ascii_case("file://") {
             return None;
         }
-        self.api_host
-            .get(7..)
-            .filter(|p| p.starts_with('/'))
-            .map(PathBuf::from)
+        let path = self.api_host.get(7..).filter(|p| !p.is_empty())?;
+        if path.starts_with('/') {
+            return Some(PathBuf::from(path));
+        }
+        let dir = self
+            .origin
+            .file
+            .parent()
+            .unwrap_or_else(|| std::path::Path::new(""));
+        Some(dir.join(path))
     }
 
     /// Freedom-outbound domain strategy: `AsIs` unless `EnableDNS`, then `DNSType`
