@@ -487,7 +487,7 @@ fn decode_top(d: Dec<'_>, root: &JVal) -> Result<Config, ConfigError> {
         }
     }
 
-    // (top-level pos, key path) of every node, for the duplicate-tag check
+    // tag -> (key path, file:line:col) of the node that has it, for the duplicate-tag check
     let mut seen: HashMap<String, (String, String)> = HashMap::new();
     match top.take("Nodes") {
         None => d.warn(root.pos, "Nodes", "no Nodes: this agent will serve nothing"),
@@ -614,15 +614,14 @@ fn decode_core(d: Dec<'_>, path: &str, v: &JVal) -> Result<CoreConfig, ConfigErr
     c.outbound_config_path = o.string("OutboundConfigPath")?.unwrap_or_default();
     if let Some(mut x) = o.child("XrayConnectionConfig")? {
         let dflt = XrayConnectionConfig::default();
-        let buffer_size = match x.int("bufferSize")? {
+        let buffer_size = match x.take("bufferSize") {
             None => dflt.buffer_size,
-            Some(n) => i32::try_from(n).map_err(|_| {
-                d.src.err(
-                    v.pos,
-                    &x.sub("bufferSize"),
-                    format!("integer {n} is out of range"),
-                )
-            })?,
+            Some(b) => {
+                let path = x.sub("bufferSize");
+                let n = as_i64(d.src, &path, b)?;
+                i32::try_from(n)
+                    .map_err(|_| d.src.err(b.pos, &path, format!("integer {n} is out of range")))?
+            }
         };
         c.connection = Some(XrayConnectionConfig {
             handshake: x.u32("handshake")?.unwrap_or(dflt.handshake),
