@@ -113,23 +113,40 @@ pub trait StreamHandshake {
 /// A decoded client datagram.
 pub struct InboundPacket {
     pub user: UserRef,
-    /// Protocol session (SS-2022 client session id; 0 where the protocol has none).
+    /// Protocol session (SS-2022 client session id; 0 where the protocol has none). The NAT
+    /// table keys sessions by `(user.user_id, session_id)` (plus the client address where this
+    /// is 0).
     pub session_id: u64,
+    /// Packet counter within the session (SS-2022 client packet id; 0 where none). Checked
+    /// by the session's [`PacketSession::accept`] (sliding-window replay filter).
+    pub packet_id: u64,
     pub dest: Destination,
     /// Payload range inside the buffer passed to `open_packet`.
     pub payload: std::ops::Range<usize>,
 }
 
-/// A UDP protocol's per-packet codec (server side).
+/// A UDP protocol's per-packet codec (server side). Stateless across packets; per-session
+/// state (reply keys, server session id and packet counter, replay window) lives in the
+/// [`PacketSession`] the NAT entry owns.
 pub trait PacketCodec: Send + Sync {
-    fn open_packet(&self, pkt: &mut [u8], ctx: &dyn AuthContext) -> Result<InboundPacket, WireError>;
-    /// Seal a reply from `from` to the client session, appending wire bytes to `out`.
-    fn seal_packet(
+    /// Decrypt and authenticate one client datagram in place. `hint` is the user this client
+    /// address was last authenticated as (tried first by protocols that try each user's key).
+    fn open_packet(
         &self,
-        user: &UserRef,
-        session_id: u64,
-        from: &Destination,
-        payload: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), WireError>;
+        pkt: &mut [u8],
+        hint: Option<&UserRef>,
+        ctx: &dyn AuthContext,
+    ) -> Result<InboundPacket, WireError>;
+    /// State for a new client session, created from its first accepted packet.
+    fn new_session(&self, first: &InboundPacket) -> Result<Box<dyn PacketSession>, WireError>;
+}
+
+/// Per-session UDP state (one per NAT entry).
+pub trait PacketSession: Send {
+    /// Whether `pkt` (opened by `open_packet` for this session) is fresh: false for a replayed
+    /// or out-of-window packet id, which must be dropped. Call once per packet, first packet
+    /// included.
+    fn accept(&mut self, pkt: &InboundPacket) -> bool;
+    /// Seal a reply from `from` to the client, appending wire bytes to `out`.
+    fn seal(&mut self, from: &Destination, payload: &[u8], out: &mut Vec<u8>) -> Result<(), WireError>;
 }

@@ -1,0 +1,196 @@
+//! Shadowsocks codec micro-benchmarks: 16 KiB seal+open per method (server seals, client
+//! opens — the download direction), and the cost of authenticating a new connection:
+//! AEAD-2017 trial decryption over 10 / 1k / 10k users (worst case: the last user matches)
+//! against SS-2022's identity-header lookup.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::HashMap;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use v2sp_dataplane::proto::ss::address;
+use v2sp_dataplane::proto::ss::aead::Aead2017Client;
+use v2sp_dataplane::proto::ss::ss2022::Ss2022Client;
+use v2sp_dataplane::proto::ss::{Method, SsInbound};
+use v2sp_dataplane::proto::{AuthContext, Destination, Next, Step, StreamCodec};
+use v2sp_shared::cred::{lookup_key, secret_for};
+use v2sp_shared::shm::UserRef;
+
+const NOW: u64 = 1_760_000_000;
+
+struct Ctx {
+    users: Vec<UserRef>,
+    index: HashMap<Vec<u8>, UserRef>,
+}
+
+fn uuid(i: usize) -> String {
+    format!("{:08x}-0d1c-4b8a-9d8e-5e3f2a1b0c9d", i)
+}
+
+impl Ctx {
+    fn new(m: Method, n: usize) -> Self {
+        let kind = m.cred_kind();
+        let mut users = Vec::with_capacity(n);
+        let mut index = HashMap::new();
+        for i in 0..n {
+            let s = secret_for(kind, &uuid(i)).unwrap();
+            let r = UserRef {
+                node: 1,
+                slot: i as u32,
+                user_id: i as u32,
+                gen: 1,
+                secret: s.bytes,
+                secret_len: s.len,
+                speed_limit_mbps: 0,
+                device_limit: 0,
+            };
+            if let Some(k) = lookup_key(kind, s.as_slice()) {
+                index.insert(k.as_slice().to_vec(), r);
+            }
+            users.push(r);
+        }
+        Ctx { users, index }
+    }
+}
+
+impl AuthContext for Ctx {
+    fn lookup(&self, key: &[u8]) -> Option<UserRef> {
+        self.index.get(key).copied()
+    }
+    fn for_each_user(&self, f: &mut dyn FnMut(&UserRef) -> bool) {
+        for u in &self.users {
+            if !f(u) {
+                break;
+            }
+        }
+    }
+    // The benchmark replays the same request on purpose.
+    fn check_replay(&self, _nonce: &[u8]) -> bool {
+        true
+    }
+    fn now_unix(&self) -> u64 {
+        NOW
+    }
+}
+
+fn psk(m: Method) -> Vec<u8> {
+    vec![0x42; m.aead().key_len()]
+}
+
+enum Client {
+    Old(Aead2017Client),
+    New(Ss2022Client),
+}
+
+/// A request from user `i` and the client that made it.
+fn request(m: Method, i: usize) -> (Vec<u8>, Client) {
+    let dest = Destination::Domain("example.com".into(), 443);
+    let key = secret_for(m.cred_kind(), &uuid(i)).unwrap();
+    let mut wire = Vec::new();
+    if m.is_2022() {
+        let p = psk(m);
+        let ipsk = (m != Method::Blake3ChaCha20Poly1305).then_some(&p[..]);
+        let mut c = Ss2022Client::new(
+            m.aead(),
+            ipsk,
+            key.as_slice(),
+            &dest,
+            b"GET / HTTP/1.1\r\n\r\n",
+            0,
+            NOW,
+        )
+        .unwrap();
+        c.seal(b"", &mut wire).unwrap();
+        (wire, Client::New(c))
+    } else {
+        let mut c = Aead2017Client::new(m.aead(), key.as_slice()).unwrap();
+        let mut first = Vec::new();
+        address::write(&dest, &mut first).unwrap();
+        first.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        c.seal(&first, &mut wire).unwrap();
+        (wire, Client::Old(c))
+    }
+}
+
+fn inbound(m: Method) -> SsInbound {
+    let p = psk(m);
+    SsInbound::new(m, (m != Method::Blake3ChaCha20Poly1305).then_some(&p[..])).unwrap()
+}
+
+fn accept(m: Method, ctx: &Ctx, wire: &[u8]) -> Box<dyn StreamCodec> {
+    let mut hs = inbound(m).handshake();
+    match hs.feed(wire, ctx).unwrap() {
+        Step::Done(Next::Forward { codec: Some(c), .. }) => c,
+        _ => panic!("{m:?}: request not accepted"),
+    }
+}
+
+const METHODS: [Method; 6] = [
+    Method::Aes128Gcm,
+    Method::Aes256Gcm,
+    Method::ChaCha20Poly1305,
+    Method::Blake3Aes128Gcm,
+    Method::Blake3Aes256Gcm,
+    Method::Blake3ChaCha20Poly1305,
+];
+
+fn framing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ss_seal_open_16k");
+    let plain = vec![0xa5u8; 16 * 1024];
+    g.throughput(Throughput::Bytes(plain.len() as u64));
+    for m in METHODS {
+        let ctx = Ctx::new(m, 1);
+        let (wire, mut client) = request(m, 0);
+        let mut server = accept(m, &ctx, &wire);
+        let mut out = Vec::with_capacity(64 * 1024);
+        let mut got = Vec::with_capacity(64 * 1024);
+        // Prime: the first seal carries the response salt/header.
+        server.seal(b"x", &mut out).unwrap();
+        match &mut client {
+            Client::Old(cl) => cl.open(&out, &mut got).unwrap(),
+            Client::New(cl) => cl.open(&out, &mut got).unwrap(),
+        }
+        g.bench_function(BenchmarkId::from_parameter(m.name()), |b| {
+            b.iter(|| {
+                out.clear();
+                got.clear();
+                server.seal(black_box(&plain), &mut out).unwrap();
+                match &mut client {
+                    Client::Old(cl) => cl.open(&out, &mut got).unwrap(),
+                    Client::New(cl) => cl.open(&out, &mut got).unwrap(),
+                }
+                assert_eq!(got.len(), plain.len());
+            })
+        });
+    }
+    g.finish();
+}
+
+fn new_connection(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ss_new_connection_auth");
+    g.sample_size(20);
+    for m in [
+        Method::Aes128Gcm,
+        Method::ChaCha20Poly1305,
+        Method::Blake3Aes128Gcm,
+    ] {
+        for n in [10usize, 1_000, 10_000] {
+            let ctx = Ctx::new(m, n);
+            // Worst case for trial decryption: the last user in the table.
+            let (wire, _) = request(m, n - 1);
+            g.bench_with_input(BenchmarkId::new(m.name(), n), &n, |b, _| {
+                b.iter(|| {
+                    let mut hs = inbound(m).handshake();
+                    match hs.feed(black_box(&wire), &ctx).unwrap() {
+                        Step::Done(Next::Forward { user, .. }) => assert_eq!(user.user_id as usize, n - 1),
+                        _ => panic!("not accepted"),
+                    }
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, framing, new_connection);
+criterion_main!(benches);
