@@ -1,0 +1,573 @@
+//! Glue between the control plane's view (config, user tables, commands) and the engine:
+//! per-core listeners per node, the connection lifecycle (PROXY header → handshake → device
+//! admission → outbound → relay → cleanup) and the registry that closes a removed user's
+//! connections within one tick.
+
+pub mod auth;
+mod engine;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use v2sp_shared::dpconfig::{DataplaneConfig, NodeConfig, Timeouts};
+
+pub use engine::{Engine, EngineOpts, PortFactory};
+
+use crate::limits::devices::{Admit, DeviceTracker};
+use crate::limits::gcra::{effective_bytes_per_sec, RateLimiters};
+use crate::net::proxy_protocol;
+use crate::outbound::{ConnectOpts, DnsStrategy, Outbound};
+use crate::proto::{Next, RejectPolicy, Step, StreamHandshake};
+use crate::relay::{self, BufPool, ConnCtl, Meter, PipePool, RelayEnv, RelayTimeouts};
+use crate::runtime::IoBackend;
+use crate::stats::{CorePort, PortCommand};
+use auth::{CoreAuth, ReplayFilter};
+
+/// A node's protocol on one core: makes one handshake state machine per connection.
+pub trait InboundProtocol {
+    fn new_handshake(&self) -> Box<dyn StreamHandshake>;
+}
+
+/// Builds a node's protocol (called on each core thread).
+pub type ProtocolFactory = Arc<dyn Fn(&NodeConfig) -> Result<Rc<dyn InboundProtocol>, String> + Send + Sync>;
+
+/// The default factory: protocols this build can serve.
+pub fn default_protocols() -> ProtocolFactory {
+    Arc::new(|n: &NodeConfig| {
+        Err(format!(
+            "protocol {} is not served by this build yet",
+            n.protocol.as_str()
+        ))
+    })
+}
+
+/// Process-wide state shared by all cores.
+pub struct Shared {
+    pub devices: DeviceTracker,
+    pub rates: RateLimiters,
+    pub replay: Box<dyn ReplayFilter>,
+    pub protocols: ProtocolFactory,
+    /// Splice unchanged streams (off = always copy; for measurement).
+    pub splice: bool,
+}
+
+impl Shared {
+    pub fn new(protocols: ProtocolFactory) -> Arc<Self> {
+        Arc::new(Shared {
+            devices: DeviceTracker::default(),
+            rates: RateLimiters::default(),
+            replay: Box::new(auth::SimpleReplay::new(1 << 20)),
+            protocols,
+            splice: std::env::var("V2SP_SPLICE").map(|v| v != "0").unwrap_or(true),
+        })
+    }
+}
+
+/// One node as served on this core.
+pub struct NodeRt {
+    pub cfg: NodeConfig,
+    proto: Rc<dyn InboundProtocol>,
+    connect: ConnectOpts,
+    handshake: Duration,
+    relay: RelayTimeouts,
+}
+
+struct NodeHandle {
+    rt: Rc<NodeRt>,
+    /// Stops the accept loop.
+    stop: Rc<ConnCtl>,
+    /// What the node was built from (node config, timeouts, private flag).
+    key: (NodeConfig, Timeouts, bool),
+}
+
+struct ConnEntry {
+    node: u16,
+    user_id: u32,
+    ctl: Rc<ConnCtl>,
+}
+
+/// One core: its port to shared memory, pools, resolver, nodes and open connections.
+pub struct Core {
+    pub index: u16,
+    pub backend: IoBackend,
+    port: RefCell<Box<dyn CorePort>>,
+    pub bufs: BufPool,
+    pub pipes: PipePool,
+    outbound: Outbound,
+    pub shared: Arc<Shared>,
+    /// io_uring driver when the backend is uring.
+    uring: Option<Rc<crate::runtime::uring::UringIo>>,
+    nodes: RefCell<HashMap<u16, NodeHandle>>,
+    conns: RefCell<HashMap<u64, ConnEntry>>,
+    /// Connections still in the handshake (not yet in `conns`), for draining.
+    handshaking: Cell<usize>,
+    next_id: Cell<u64>,
+}
+
+impl Core {
+    /// Must be called on the core thread inside its `LocalSet` (the uring reaper is spawned).
+    pub fn new(index: u16, backend: IoBackend, port: Box<dyn CorePort>, shared: Arc<Shared>) -> Rc<Self> {
+        let (backend, uring) = match backend {
+            IoBackend::Uring => match crate::runtime::uring::UringIo::start() {
+                Ok(u) => (IoBackend::Uring, Some(u)),
+                Err(e) => {
+                    tracing::warn!(core = index, "io_uring ring setup failed ({e}); core uses epoll");
+                    (IoBackend::Epoll, None)
+                }
+            },
+            IoBackend::Epoll => (IoBackend::Epoll, None),
+        };
+        Rc::new(Core {
+            index,
+            backend,
+            uring,
+            port: RefCell::new(port),
+            bufs: BufPool::default(),
+            pipes: PipePool::default(),
+            outbound: Outbound::default(),
+            shared,
+            nodes: RefCell::new(HashMap::new()),
+            conns: RefCell::new(HashMap::new()),
+            handshaking: Cell::new(0),
+            next_id: Cell::new(1),
+        })
+    }
+
+    /// Open relayed connections on this core.
+    pub fn open_connections(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    pub fn serving_nodes(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self.nodes.borrow().keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Periodic tick: port housekeeping, table changes, commands.
+    pub fn tick(&self) {
+        let info = self.port.borrow_mut().tick();
+        self.port
+            .borrow()
+            .set_open_conns(self.conns.borrow().len() as u64);
+        if info.tables_changed {
+            self.refresh_users();
+        }
+        loop {
+            let cmd = self.port.borrow_mut().pop_command();
+            match cmd {
+                Some(PortCommand::Kick { node, user_id }) => {
+                    self.cancel_where(|e| e.node == node && e.user_id == user_id)
+                }
+                Some(PortCommand::Other) => {}
+                None => break,
+            }
+        }
+    }
+
+    fn cancel_where(&self, f: impl Fn(&ConnEntry) -> bool) {
+        for e in self.conns.borrow().values() {
+            if f(e) {
+                e.ctl.cancel();
+            }
+        }
+    }
+
+    /// A new table generation: close connections of users that are gone, apply limit changes.
+    fn refresh_users(&self) {
+        let nodes: HashSet<u16> = self.conns.borrow().values().map(|e| e.node).collect();
+        for node in nodes {
+            let node_mbps = self
+                .nodes
+                .borrow()
+                .get(&node)
+                .map_or(0, |h| h.rt.cfg.speed_limit_mbps);
+            let mut present: HashMap<u32, u32> = HashMap::new();
+            self.port.borrow().for_each_user(node, &mut |u| {
+                present.insert(u.user_id, u.speed_limit_mbps);
+                true
+            });
+            for e in self.conns.borrow().values().filter(|e| e.node == node) {
+                match present.get(&e.user_id) {
+                    None => e.ctl.cancel(),
+                    Some(&mbps) => {
+                        self.shared
+                            .rates
+                            .update(node, e.user_id, effective_bytes_per_sec(node_mbps, mbps))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings the served nodes in line with `cfg`: unchanged nodes are not touched; removed or
+    /// changed nodes stop accepting and their connections are closed; new ones start.
+    pub fn apply_config(self: &Rc<Self>, cfg: &DataplaneConfig) {
+        let wanted: HashMap<u16, &NodeConfig> = cfg.nodes.iter().map(|n| (n.slot, n)).collect();
+        let stale: Vec<u16> = self
+            .nodes
+            .borrow()
+            .iter()
+            .filter(|(slot, h)| {
+                wanted.get(slot).is_none_or(|n| {
+                    h.key != ((*n).clone(), cfg.timeouts.clone(), cfg.allow_private_destinations)
+                })
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        for slot in stale {
+            if let Some(h) = self.nodes.borrow_mut().remove(&slot) {
+                h.stop.cancel();
+            }
+            self.cancel_where(|e| e.node == slot);
+        }
+        for n in &cfg.nodes {
+            if self.nodes.borrow().contains_key(&n.slot) {
+                continue;
+            }
+            if let Err(e) = self.start_node(n, cfg) {
+                tracing::error!(core = self.index, node = %n.tag, "cannot serve node: {e}");
+            }
+        }
+    }
+
+    fn start_node(self: &Rc<Self>, n: &NodeConfig, cfg: &DataplaneConfig) -> Result<(), String> {
+        let proto = (self.shared.protocols)(n)?;
+        let addr = crate::net::listen_addr(&n.listen_ip, n.port)?;
+        let send_ip = match n.send_ip.trim() {
+            "" => None,
+            s => Some(
+                s.parse::<IpAddr>()
+                    .map_err(|_| format!("send_ip {s:?} is not an IP"))?,
+            ),
+        };
+        let listener = match &self.uring {
+            Some(_) => crate::net::tcp_listener_std(addr, false).map(Listener::Uring),
+            None => crate::net::tcp_listener(addr).map(Listener::Tokio),
+        }
+        .map_err(|e| format!("listen on {addr}: {e}"))?;
+        let rt = Rc::new(NodeRt {
+            cfg: n.clone(),
+            proto,
+            connect: ConnectOpts {
+                strategy: DnsStrategy::parse(&n.dns_strategy),
+                send_ip,
+                timeout: Duration::from_secs(u64::from(cfg.timeouts.connect.max(1))),
+                allow_private: cfg.allow_private_destinations,
+            },
+            handshake: Duration::from_secs(u64::from(cfg.timeouts.handshake.max(1))),
+            relay: RelayTimeouts::from(&cfg.timeouts),
+        });
+        let stop = Rc::new(ConnCtl::default());
+        self.nodes.borrow_mut().insert(
+            n.slot,
+            NodeHandle {
+                rt: rt.clone(),
+                stop: stop.clone(),
+                key: (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations),
+            },
+        );
+        tokio::task::spawn_local(accept_loop(self.clone(), rt, listener, stop));
+        Ok(())
+    }
+
+    /// Stops accepting on every node (shutdown).
+    pub fn stop_listening(&self) {
+        for (_, h) in self.nodes.borrow_mut().drain() {
+            h.stop.cancel();
+        }
+    }
+
+    /// Closes every open connection (end of the drain grace period).
+    pub fn cancel_all(&self) {
+        self.cancel_where(|_| true);
+    }
+
+    /// Connections open or in handshake.
+    pub fn busy(&self) -> usize {
+        self.conns.borrow().len() + self.handshaking.get()
+    }
+}
+
+enum Listener {
+    Tokio(TcpListener),
+    /// Blocking-mode socket accepted through io_uring (the kernel arms its own poll).
+    Uring(std::net::TcpListener),
+}
+
+async fn accept_one(core: &Core, l: &Listener) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match (l, &core.uring) {
+        (Listener::Uring(l), Some(u)) => {
+            let s = u.accept(std::os::fd::AsRawFd::as_raw_fd(l)).await?;
+            let peer = s.peer_addr()?;
+            Ok((s, peer))
+        }
+        (Listener::Tokio(l), _) => l.accept().await,
+        (Listener::Uring(_), None) => Err(std::io::Error::other("uring listener without a ring")),
+    }
+}
+
+async fn accept_loop(core: Rc<Core>, node: Rc<NodeRt>, listener: Listener, stop: Rc<ConnCtl>) {
+    loop {
+        tokio::select! {
+            r = accept_one(&core, &listener) => match r {
+                Ok((s, peer)) => {
+                    let (c, n) = (core.clone(), node.clone());
+                    crate::runtime::spawn_conn(handle_conn(c, n, s, peer));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off a little instead of spinning.
+                    tracing::warn!(core = core.index, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+struct HandshakeGuard<'a>(&'a Core);
+impl Drop for HandshakeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.handshaking.set(self.0.handshaking.get().saturating_sub(1));
+    }
+}
+
+struct ConnMeter<'a> {
+    core: &'a Core,
+    node: u16,
+    user_id: u32,
+}
+
+impl Meter for ConnMeter<'_> {
+    fn up(&self, n: u64) {
+        self.core
+            .port
+            .borrow_mut()
+            .add_traffic(self.node, self.user_id, n, 0);
+    }
+    fn down(&self, n: u64) {
+        self.core
+            .port
+            .borrow_mut()
+            .add_traffic(self.node, self.user_id, 0, n);
+    }
+}
+
+/// Registered connection: removed from the registry and its device reference released (with
+/// the Offline event on this core) when dropped, whatever way the task ends.
+struct Registered<'a> {
+    core: &'a Core,
+    id: u64,
+    node: u16,
+    user_id: u32,
+    ip: IpAddr,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.core.conns.borrow_mut().remove(&self.id);
+        if let Some(ev) = self.core.shared.devices.release(self.node, self.user_id, self.ip) {
+            self.core.port.borrow_mut().push_event(ev);
+        }
+    }
+}
+
+enum Handshake {
+    Forward(Next),
+    Drop,
+}
+
+async fn read_some(s: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        s.readable().await?;
+        match s.try_read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketAddr) -> Handshake {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut first: Vec<u8> = Vec::new();
+    if node.cfg.proxy_protocol {
+        let mut head: Vec<u8> = Vec::new();
+        loop {
+            let n = match read_some(s, &mut buf).await {
+                Ok(0) | Err(_) => return Handshake::Drop,
+                Ok(n) => n,
+            };
+            head.extend_from_slice(buf.get(..n).unwrap_or_default());
+            match proxy_protocol::parse(&head) {
+                Ok(proxy_protocol::Parsed::Incomplete) if head.len() < 4096 => continue,
+                Ok(proxy_protocol::Parsed::Done { consumed, source }) => {
+                    if let Some(src) = source {
+                        *peer = src;
+                    }
+                    first = head.get(consumed..).unwrap_or_default().to_vec();
+                    break;
+                }
+                _ => return Handshake::Drop,
+            }
+        }
+    }
+    let mut hs = node.proto.new_handshake();
+    let mut chunk = first;
+    loop {
+        if !chunk.is_empty() {
+            let step = {
+                let port = core.port.borrow();
+                let ctx = CoreAuth {
+                    port: &**port,
+                    node: node.cfg.slot,
+                    replay: &*core.shared.replay,
+                    now_unix: auth::unix_now(),
+                };
+                hs.feed(&chunk, &ctx)
+            };
+            match step {
+                Ok(Step::NeedMore(_)) => {}
+                Ok(Step::Done(next)) => return Handshake::Forward(next),
+                Err(_) => return drain(s, &mut buf).await,
+            }
+        }
+        let n = match read_some(s, &mut buf).await {
+            Ok(0) | Err(_) => return Handshake::Drop,
+            Ok(n) => n,
+        };
+        chunk.clear();
+        chunk.extend_from_slice(buf.get(..n).unwrap_or_default());
+    }
+}
+
+/// Reads and discards until the client gives up; the caller's handshake timeout ends it.
+async fn drain(s: &TcpStream, buf: &mut [u8]) -> Handshake {
+    for _ in 0..1_000_000 {
+        match read_some(s, buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    Handshake::Drop
+}
+
+async fn handle_conn(core: Rc<Core>, node: Rc<NodeRt>, mut client: TcpStream, mut peer: SocketAddr) {
+    crate::net::tune_stream(&client);
+    core.handshaking.set(core.handshaking.get() + 1);
+    let hs_guard = HandshakeGuard(&core);
+    let next = match tokio::time::timeout(node.handshake, handshake(&core, &node, &client, &mut peer)).await {
+        Ok(Handshake::Forward(n)) => n,
+        Ok(Handshake::Drop) | Err(_) => return,
+    };
+    let (dest, user, initial_upload, reply, codec) = match next {
+        Next::Forward {
+            dest,
+            user,
+            initial_upload,
+            reply,
+            codec,
+        } => (dest, user, initial_upload, reply, codec),
+        Next::Reject {
+            policy: RejectPolicy::Close,
+            ..
+        } => return,
+        Next::Reject {
+            policy: RejectPolicy::DrainUntilTimeout,
+            ..
+        } => {
+            let mut buf = vec![0u8; 4096];
+            let _ = tokio::time::timeout(node.handshake, drain(&client, &mut buf)).await;
+            return;
+        }
+    };
+    let slot = node.cfg.slot;
+    let ip = crate::net::normalise_ip(peer.ip());
+    // Device admission (exact across cores; touched on open/close only).
+    let alive = core.port.borrow().alive_elsewhere(&user);
+    match core
+        .shared
+        .devices
+        .admit(slot, user.user_id, ip, user.device_limit, alive)
+    {
+        Admit::No => {
+            tracing::debug!(node = slot, user = user.user_id, %ip, "device limit reached");
+            return;
+        }
+        Admit::Yes(ev) => {
+            if let Some(ev) = ev {
+                core.port.borrow_mut().push_event(ev);
+            }
+        }
+    }
+    let id = core.next_id.get();
+    core.next_id.set(id + 1);
+    let ctl = Rc::new(ConnCtl::default());
+    core.conns.borrow_mut().insert(
+        id,
+        ConnEntry {
+            node: slot,
+            user_id: user.user_id,
+            ctl: ctl.clone(),
+        },
+    );
+    let _reg = Registered {
+        core: &core,
+        id,
+        node: slot,
+        user_id: user.user_id,
+        ip,
+    };
+    drop(hs_guard);
+    let bucket = core.shared.rates.bucket(
+        slot,
+        user.user_id,
+        effective_bytes_per_sec(node.cfg.speed_limit_mbps, user.speed_limit_mbps),
+    );
+    if !reply.is_empty() && client.write_all(&reply).await.is_err() {
+        return;
+    }
+    let mut upstream = tokio::select! {
+        r = core.outbound.connect(&dest, &node.connect) => match r {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(node = slot, %dest, "outbound failed: {e}");
+                return;
+            }
+        },
+        _ = ctl.cancelled() => return,
+    };
+    let meter = ConnMeter {
+        core: &core,
+        node: slot,
+        user_id: user.user_id,
+    };
+    if !initial_upload.is_empty() {
+        let d = bucket.reserve(initial_upload.len());
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+        if upstream.write_all(&initial_upload).await.is_err() {
+            return;
+        }
+        meter.up(initial_upload.len() as u64);
+    }
+    let env = RelayEnv {
+        bufs: &core.bufs,
+        pipes: &core.pipes,
+        meter: &meter,
+        bucket: &bucket,
+        timeouts: node.relay,
+        ctl: &ctl,
+        splice: core.shared.splice,
+        uring: core.uring.as_ref(),
+    };
+    let end = relay::relay(&env, &client, &upstream, Vec::new(), codec).await;
+    tracing::trace!(node = slot, ?end, "connection ended");
+}

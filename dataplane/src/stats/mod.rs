@@ -1,0 +1,46 @@
+//! The core's port to the control plane: traffic bank writer, IP event ring writer, command
+//! ring reader and the current user tables. [`CorePort`] is what the engine codes against; the
+//! shared-memory implementation wraps `v2sp_shared::shm::CoreShm`, and [`mem::MemPort`] is the
+//! in-memory one for tests and benches.
+
+pub mod mem;
+pub mod shm;
+
+use v2sp_shared::shm::UserRef;
+
+pub use crate::limits::devices::DeviceEvent;
+
+/// Result of one periodic tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickInfo {
+    /// A new user-table generation is visible (re-check open connections, limits).
+    pub tables_changed: bool,
+    pub config_gen: u64,
+}
+
+/// Commands from the control plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortCommand {
+    Kick { node: u16, user_id: u32 },
+    Other,
+}
+
+/// Single-writer port of one core. All methods are cheap and non-blocking (plain stores into
+/// shared memory); called from the core thread only.
+pub trait CorePort {
+    /// Periodic housekeeping (harvest flips, acks, table generation check). ~every 100 ms.
+    fn tick(&mut self) -> TickInfo;
+    /// Adds payload bytes for (node, user).
+    fn add_traffic(&mut self, node: u16, user_id: u32, up: u64, down: u64);
+    /// Queues an online/offline event; false if the ring was full (counted as dropped).
+    fn push_event(&mut self, ev: DeviceEvent) -> bool;
+    fn pop_command(&mut self) -> Option<PortCommand>;
+    /// O(1) lookup in the node's current user table.
+    fn lookup(&self, node: u16, key: &[u8]) -> Option<UserRef>;
+    /// Iterates the node's current users until `f` returns false.
+    fn for_each_user(&self, node: u16, f: &mut dyn FnMut(&UserRef) -> bool);
+    /// The panel's alive count of this user minus this node's own IPs.
+    fn alive_elsewhere(&self, user: &UserRef) -> u32;
+    /// Gauge of open connections on this core (status only).
+    fn set_open_conns(&self, _n: u64) {}
+}

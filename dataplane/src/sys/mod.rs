@@ -1,0 +1,128 @@
+//! The only `unsafe` in the data plane: thin, checked wrappers over syscalls that std/tokio/
+//! socket2 do not expose (CPU affinity mask, pipes with `F_SETPIPE_SZ`, non-blocking
+//! `splice(2)`, resource usage). Every block carries its `// SAFETY:` argument.
+#![allow(unsafe_code)]
+
+pub mod uring;
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// CPUs this thread may run on (`sched_getaffinity`), so cgroup cpusets and `taskset` are
+/// respected. Falls back to `0..available_parallelism` if the call fails.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is a plain bit array; all-zero is a valid (empty) value.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: we pass the size of the set we own and a valid pointer to it; pid 0 = this thread.
+    let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        return (0..n).collect();
+    }
+    let max = 8 * size_of::<libc::cpu_set_t>();
+    (0..max)
+        // SAFETY: `cpu` < CPU_SETSIZE, the set was filled by the kernel.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// A non-blocking pipe pair used as the in-kernel buffer for splice.
+#[derive(Debug)]
+pub struct Pipe {
+    pub read: OwnedFd,
+    pub write: OwnedFd,
+    /// Capacity the kernel granted (bytes).
+    pub capacity: usize,
+}
+
+impl Pipe {
+    /// Creates an `O_NONBLOCK|O_CLOEXEC` pipe and asks for `size` bytes of capacity. When the
+    /// per-user pipe budget is exhausted the kernel may grant less; `capacity` says what we got.
+    pub fn new(size: usize) -> io::Result<Pipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, both fds are fresh and owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let want = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        // SAFETY: F_SETPIPE_SZ/F_GETPIPE_SZ on a pipe fd we own; no pointers involved.
+        let got = unsafe {
+            let r = libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, want);
+            if r > 0 {
+                r
+            } else {
+                libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
+            }
+        };
+        let capacity = usize::try_from(got).unwrap_or(4096).max(4096);
+        Ok(Pipe {
+            read,
+            write,
+            capacity,
+        })
+    }
+}
+
+/// One non-blocking `splice(2)` of at most `len` bytes from `from` to `to` (one of them must be
+/// a pipe). `Ok(0)` means end of file on `from`. `WouldBlock` is returned as an error so that
+/// tokio's `try_io` clears readiness.
+pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: null offsets mean "use and advance the file position" (required for sockets and
+    // pipes); the fds are borrowed from live owners for the duration of the call.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+}
+
+/// CPU seconds (user + system) consumed by this process so far (measurement helper).
+pub fn process_cpu_seconds() -> f64 {
+    // SAFETY: `rusage` is plain data; zeroed is valid and the kernel fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to our own struct.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    if rc != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affinity_is_not_empty() {
+        assert!(!allowed_cpus().is_empty());
+    }
+
+    #[test]
+    fn pipe_splice_roundtrip_through_pipe() {
+        let a = Pipe::new(65536).unwrap();
+        let b = Pipe::new(65536).unwrap();
+        assert!(a.capacity >= 4096);
+        let msg = b"hello splice";
+        let w = std::fs::File::from(a.write.try_clone().unwrap());
+        use std::io::Write;
+        (&w).write_all(msg).unwrap();
+        let n = splice(a.read.as_raw_fd(), b.write.as_raw_fd(), 1024).unwrap();
+        assert_eq!(n, msg.len());
+        let e = splice(a.read.as_raw_fd(), b.write.as_raw_fd(), 1024).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+}
