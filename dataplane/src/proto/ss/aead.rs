@@ -361,14 +361,16 @@ impl StreamHandshake for Aead2017Handshake {
         if matches!(self.state, State::Finished) {
             return Ok(reject(WireError::Malformed("data after a finished handshake")));
         }
-        if self.buf.len() + data.len() > MAX_HANDSHAKE_BUFFER {
-            self.state = State::Finished;
-            return Ok(reject(WireError::Malformed(
-                "handshake longer than any valid request",
-            )));
-        }
         self.buf.extend_from_slice(data);
         match self.step(ctx) {
+            // Bytes beyond what the handshake needs are fine (they go to the codec); only a
+            // handshake that still cannot decide after this much is garbage.
+            Ok(Step::NeedMore(_)) if self.buf.len() > MAX_HANDSHAKE_BUFFER => {
+                self.state = State::Finished;
+                Ok(reject(WireError::Malformed(
+                    "handshake longer than any valid request",
+                )))
+            }
             Ok(s) => {
                 if let Step::Done(Next::Reject { .. }) = s {
                     self.state = State::Finished;

@@ -58,6 +58,7 @@ pub const MAX_TIME_DIFF_S: u64 = 30;
 const TYPE_CLIENT: u8 = 0;
 const TYPE_SERVER: u8 = 1;
 const FIXED_HEADER_LEN: usize = 1 + 8 + 2;
+const MAX_HANDSHAKE_BUFFER: usize = 32 + 16 + FIXED_HEADER_LEN + 2 * TAG_LEN + MAX_PAYLOAD;
 const SESSION_CTX: &str = "shadowsocks 2022 session subkey";
 const IDENTITY_CTX: &str = "shadowsocks 2022 identity subkey";
 
@@ -337,17 +338,16 @@ impl StreamHandshake for Ss2022Handshake {
         if matches!(self.state, State::Finished) {
             return Ok(reject(WireError::Malformed("data after a finished handshake")));
         }
-        // Salt, EIH, fixed header, and a variable header of at most 0xFFFF + tag.
-        if self.buf.len() + data.len()
-            > 32 + 16 + FIXED_HEADER_LEN + 2 * TAG_LEN + MAX_PAYLOAD + 2 * (MAX_PAYLOAD + 2 * TAG_LEN + 2)
-        {
-            self.state = State::Finished;
-            return Ok(reject(WireError::Malformed(
-                "handshake longer than any valid request",
-            )));
-        }
         self.buf.extend_from_slice(data);
         match self.step(ctx) {
+            // Salt, EIH, fixed header and a variable header of at most 0xFFFF + tag: still no
+            // decision after that is garbage. Bytes beyond a decision go to the codec.
+            Ok(Step::NeedMore(_)) if self.buf.len() > MAX_HANDSHAKE_BUFFER => {
+                self.state = State::Finished;
+                Ok(reject(WireError::Malformed(
+                    "handshake longer than any valid request",
+                )))
+            }
             Ok(s) => Ok(s),
             Err(e) => {
                 self.state = State::Finished;
@@ -687,9 +687,8 @@ impl PacketCodec for Ss2022Udp {
                 session_cipher(kind, psk.as_slice(), &sid)?,
             )),
         };
-        let mut window = PacketWindow::default();
-        // The first packet is accepted by `accept` like any other; nothing recorded yet.
-        window.highest = None;
+        // The first packet goes through `accept` like any other; nothing is recorded yet.
+        let window = PacketWindow::default();
         Ok(Box::new(Ss2022UdpSession {
             psk,
             client_session_id: first.session_id,

@@ -590,3 +590,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_large_first_read_is_not_mistaken_for_garbage() {
+    // A client that already sent a lot (here ~200 KiB) before the server's first read.
+    for m in ALL {
+        let ctx = TestCtx::new(m, &UUIDS);
+        let mut client = Client::new(m, 2, &domain(), b"hi", NOW);
+        let mut wire = Vec::new();
+        client.seal(&vec![1u8; 200_000], &mut wire);
+        let mut hs = inbound(m).handshake();
+        let Step::Done(Next::Forward {
+            initial_upload,
+            codec,
+            ..
+        }) = hs.feed(&wire, &ctx).unwrap()
+        else {
+            panic!("{m:?}: large first read rejected");
+        };
+        let mut up = initial_upload;
+        codec.unwrap().open(&[], &mut up).unwrap();
+        assert_eq!(up.len(), 200_002, "{m:?}");
+    }
+}
