@@ -103,6 +103,8 @@ pub struct RelayEnv<'a> {
 struct Activity {
     last: Cell<Instant>,
     idle: Cell<Duration>,
+    /// Wakes the watchdog when the idle timeout shrinks (half-close).
+    changed: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -114,6 +116,7 @@ impl Activity {
         self.touch();
         if t < self.idle.get() {
             self.idle.set(t);
+            self.changed.notify_one();
         }
     }
     async fn expired(&self) {
@@ -122,7 +125,10 @@ impl Activity {
             if Instant::now() >= deadline {
                 return;
             }
-            tokio::time::sleep_until(deadline).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.changed.notified() => {}
+            }
         }
     }
 }
@@ -147,6 +153,7 @@ pub async fn relay(
     let act = Activity {
         last: Cell::new(Instant::now()),
         idle: Cell::new(env.timeouts.idle),
+        changed: tokio::sync::Notify::new(),
     };
     let codec = codec.map(RefCell::new);
     let both = async {
