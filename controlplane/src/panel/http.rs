@@ -1,0 +1,398 @@
+//! Blocking HTTP panel client (spec §B.2–B.8) on ureq.
+//!
+//! * Headers: `User-Agent: v2sp/<version>`; `If-None-Match: <last ETag verbatim>` on config and
+//!   user (omitted while none is stored); `Content-Type: application/json` on POSTs;
+//!   `X-V2sp-Report-Id` on push.
+//! * Status < 400 is success; ≥ 400 is [`PanelError::Status`] with the panel's
+//!   `{"message": …}` or the first 200 characters of the body.
+//! * Retries: only when no answer arrived (transport errors), at most [`RetryPolicy::retries`]
+//!   more attempts with jittered exponential backoff (100 ms doubling, capped at 2 s). A push
+//!   is retried only while its request certainly never left this host; once it may have
+//!   reached the panel the caller gets [`PushOutcome::Unknown`] and retries it itself under the
+//!   same report id (a stock panel would count an automatic retry twice).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use ureq::Agent;
+use v2sp_shared::panel::{
+    encode_alive, encode_push, snippet, Action, AliveBody, AliveList, NodeInfo, PushBody, UserList,
+    REPORT_ID_HEADER,
+};
+
+use super::connector::{BindTcpConnector, CountingConnector};
+use super::url::{resolve_dialect, Endpoint};
+use super::{Dialect, Fetch, NodeApi, Panel, PanelError, PushOutcome};
+
+/// Largest reply body read (a user list of ~500k users).
+const MAX_BODY: u64 = 64 << 20;
+
+/// How transport failures are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Extra attempts after the first.
+    pub retries: u32,
+    /// Delay before the first retry; doubles each time, jittered to 50–100 %.
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            retries: 3,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn delay(&self, retry: u32) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << retry.min(16)).min(self.cap);
+        let nanos = exp.as_nanos().min(u128::from(u64::MAX)) as u64;
+        Duration::from_nanos(rand::rng().random_range(nanos / 2..=nanos.max(1)))
+    }
+}
+
+/// Stored validators of one conditional action.
+#[derive(Debug, Default, Clone)]
+struct Validators {
+    etag: Option<String>,
+    hash: Option<[u8; 32]>,
+}
+
+/// One attempt's result.
+enum Attempt {
+    Answer {
+        status: u16,
+        etag: Option<String>,
+        body: Vec<u8>,
+    },
+    /// No (complete) answer. `sent`: request bytes may have reached the panel.
+    NoAnswer { sent: bool, detail: String },
+    /// The request could not even be formed (local configuration).
+    Local(String),
+}
+
+/// HTTP panel client for one node. Not shared between threads: one per node loop.
+pub struct PanelClient {
+    api: NodeApi,
+    endpoint: Endpoint,
+    /// `Auto` until a probe settled it (only for bare hosts, see [`Dialect::Auto`]).
+    dialect: Dialect,
+    agent: Agent,
+    sent: Arc<AtomicU64>,
+    retry: RetryPolicy,
+    config_cache: Validators,
+    users_cache: Validators,
+}
+
+impl std::fmt::Debug for PanelClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PanelClient")
+            .field("api_host", &self.endpoint.api_host())
+            .field("node_id", &self.api.node_id)
+            .field("dialect", &self.dialect)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PanelClient {
+    pub fn new(api: NodeApi) -> Result<PanelClient, PanelError> {
+        let endpoint = Endpoint::new(&api)?;
+        if let Some(ip) = api.send_ip {
+            // Fail at start, as a configuration error, rather than on every request.
+            std::net::TcpListener::bind((ip, 0))
+                .map_err(|e| PanelError::Config(format!("ApiSendIP {ip} is not usable on this host: {e}")))?;
+        }
+        let dialect = resolve_dialect(&api.api_host, api.dialect);
+        let timeout = if api.timeout.is_zero() {
+            Duration::from_secs(5)
+        } else {
+            api.timeout
+        };
+        let config = Agent::config_builder()
+            .http_status_as_error(false)
+            .user_agent(concat!("v2sp/", env!("CARGO_PKG_VERSION")))
+            .timeout_global(Some(timeout))
+            .max_redirects(3)
+            .build();
+        let sent = Arc::new(AtomicU64::new(0));
+        let connector = CountingConnector {
+            inner: BindTcpConnector { bind: api.send_ip },
+            sent: sent.clone(),
+        };
+        let agent = Agent::with_parts(
+            config,
+            connector,
+            ureq::unversioned::resolver::DefaultResolver::default(),
+        );
+        Ok(PanelClient {
+            api,
+            endpoint,
+            dialect,
+            agent,
+            sent,
+            retry: RetryPolicy::default(),
+            config_cache: Validators::default(),
+            users_cache: Validators::default(),
+        })
+    }
+
+    /// Replace the retry policy (tests use short delays).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> PanelClient {
+        self.retry = retry;
+        self
+    }
+
+    /// The dialect in use: `Auto` while a bare `ApiHost` has not been probed yet.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub fn node_api(&self) -> &NodeApi {
+        &self.api
+    }
+
+    /// One HTTP exchange, no retries.
+    fn attempt(
+        &self,
+        dialect: Dialect,
+        action: Action,
+        etag: Option<&str>,
+        body: Option<(&[u8], Option<&str>)>,
+    ) -> Attempt {
+        let url = self.endpoint.url(dialect, action);
+        let before = self.sent.load(Ordering::Relaxed);
+        let result = match body {
+            None => {
+                let mut req = self.agent.get(&url);
+                if let Some(tag) = etag {
+                    req = req.header("If-None-Match", tag);
+                }
+                req.call()
+            }
+            Some((bytes, report_id)) => {
+                let mut req = self.agent.post(&url).header("Content-Type", "application/json");
+                if let Some(id) = report_id {
+                    req = req.header(REPORT_ID_HEADER, id);
+                }
+                req.send(bytes)
+            }
+        };
+        let sent = self.sent.load(Ordering::Relaxed) != before;
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => return classify(e, sent),
+        };
+        let status = resp.status().as_u16();
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .filter(|t| !t.is_empty());
+        match resp.body_mut().with_config().limit(MAX_BODY).read_to_vec() {
+            Ok(body) => Attempt::Answer { status, etag, body },
+            // The status line arrived, so the panel saw the request; a POST's body is not
+            // needed to know the outcome.
+            Err(_) if action.is_post() => Attempt::Answer {
+                status,
+                etag,
+                body: Vec::new(),
+            },
+            Err(e) => Attempt::NoAnswer {
+                sent: true,
+                detail: format!("HTTP {status} but the body could not be read: {e}"),
+            },
+        }
+    }
+
+    /// An exchange in the right dialect, with the auto-detect probe and transport retries.
+    /// `retry_sent`: whether an attempt whose request may have been delivered is retried.
+    fn exchange(
+        &mut self,
+        action: Action,
+        etag: Option<&str>,
+        body: Option<(&[u8], Option<&str>)>,
+        retry_sent: bool,
+    ) -> Result<(u16, Option<String>, Vec<u8>), (PanelError, bool)> {
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let dialect = self.dialect;
+            let mut result = self.attempt(dialect, action, etag, body);
+            if dialect == Dialect::Auto {
+                if let Attempt::Answer { status: 404, .. } = result {
+                    // Bare host and no single endpoint there: is it a stock panel?
+                    let uni = self.attempt(Dialect::UniProxy, action, etag, body);
+                    match uni {
+                        Attempt::Answer { status, .. } if status != 404 => {
+                            tracing::info!(
+                                api_host = self.endpoint.api_host(),
+                                "panel speaks the UniProxy dialect; using it from now on"
+                            );
+                            self.dialect = Dialect::UniProxy;
+                            result = uni;
+                        }
+                        // The UniProxy request may have been applied: that outcome, not the
+                        // single endpoint's 404, is what the caller must see.
+                        Attempt::NoAnswer { sent: true, .. } => result = uni,
+                        _ => {}
+                    }
+                } else if let Attempt::Answer { .. } = result {
+                    self.dialect = Dialect::Single;
+                }
+            }
+            match result {
+                Attempt::Answer { status, etag, body } => return Ok((status, etag, body)),
+                Attempt::Local(msg) => return Err((PanelError::Config(msg), false)),
+                Attempt::NoAnswer { sent, detail } => {
+                    if attempts > self.retry.retries || (sent && !retry_sent) {
+                        return Err((
+                            PanelError::Transport {
+                                action,
+                                attempts,
+                                detail,
+                            },
+                            sent,
+                        ));
+                    }
+                    let delay = self.retry.delay(attempts - 1);
+                    tracing::debug!(%action, attempts, ?delay, %detail, "panel request failed; retrying");
+                    std::thread::sleep(delay);
+                }
+            }
+        }
+    }
+
+    fn fetch<T>(
+        &mut self,
+        action: Action,
+        decode: impl FnOnce(&[u8]) -> Result<T, v2sp_shared::panel::DecodeError>,
+    ) -> Result<Fetch<T>, PanelError> {
+        let cached = match action {
+            Action::Config => self.config_cache.clone(),
+            _ => self.users_cache.clone(),
+        };
+        let (status, etag, body) = self
+            .exchange(action, cached.etag.as_deref(), None, true)
+            .map_err(|(e, _)| e)?;
+        if status == 304 {
+            if cached.hash.is_none() {
+                return Err(PanelError::Status {
+                    action,
+                    code: 304,
+                    message: "304 Not Modified although nothing was fetched before".into(),
+                });
+            }
+            return Ok(Fetch::Unchanged);
+        }
+        if status >= 400 {
+            return Err(status_error(action, status, &body));
+        }
+        let hash: [u8; 32] = Sha256::digest(&body).into();
+        let slot = match action {
+            Action::Config => &mut self.config_cache,
+            _ => &mut self.users_cache,
+        };
+        if slot.hash == Some(hash) {
+            // Same bytes as the last good answer: a panel without ETag/304 support.
+            slot.etag = etag;
+            return Ok(Fetch::Unchanged);
+        }
+        let value = decode(&body).map_err(|source| PanelError::Decode { action, source })?;
+        slot.hash = Some(hash);
+        slot.etag = etag.clone();
+        Ok(Fetch::Changed { value, etag })
+    }
+}
+
+fn classify(e: ureq::Error, sent: bool) -> Attempt {
+    use ureq::Error as E;
+    match e {
+        E::BadUri(m) => Attempt::Local(format!("ApiHost gives an invalid URL: {m}")),
+        E::Http(m) => Attempt::Local(format!("cannot form the request: {m}")),
+        E::InvalidProxyUrl => Attempt::Local("invalid proxy URL".into()),
+        E::Tls(m) if !sent => Attempt::NoAnswer {
+            sent,
+            detail: format!("TLS: {m} (is this build compiled with TLS support?)"),
+        },
+        other => Attempt::NoAnswer {
+            sent,
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// `{"message": …}` when the panel sent one, else the start of the body.
+fn status_error(action: Action, code: u16, body: &[u8]) -> PanelError {
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str().map(str::to_string)))
+        .unwrap_or_else(|| snippet(String::from_utf8_lossy(body).trim(), 200));
+    PanelError::Status {
+        action,
+        code,
+        message,
+    }
+}
+
+impl Panel for PanelClient {
+    fn config(&mut self) -> Result<Fetch<NodeInfo>, PanelError> {
+        self.fetch(Action::Config, NodeInfo::decode)
+    }
+
+    fn users(&mut self) -> Result<Fetch<UserList>, PanelError> {
+        self.fetch(Action::User, UserList::decode)
+    }
+
+    fn alivelist(&mut self) -> Result<AliveList, PanelError> {
+        let action = Action::AliveList;
+        let (status, _, body) = self.exchange(action, None, None, true).map_err(|(e, _)| e)?;
+        if status >= 400 {
+            return Err(status_error(action, status, &body));
+        }
+        AliveList::decode(&body).map_err(|source| PanelError::Decode { action, source })
+    }
+
+    fn push(&mut self, body: &PushBody, report_id: &str) -> PushOutcome {
+        let bytes = encode_push(body);
+        match self.exchange(Action::Push, None, Some((&bytes, Some(report_id))), false) {
+            Ok((status, _, reply)) if status >= 400 => match status_error(Action::Push, status, &reply) {
+                PanelError::Status { code, message, .. } => PushOutcome::Rejected { code, message },
+                other => PushOutcome::Rejected {
+                    code: status,
+                    message: other.to_string(),
+                },
+            },
+            Ok(_) => PushOutcome::Accepted,
+            Err((e, false)) => PushOutcome::NotDelivered {
+                detail: e.to_string(),
+            },
+            Err((e, true)) => PushOutcome::Unknown {
+                detail: e.to_string(),
+            },
+        }
+    }
+
+    fn alive(&mut self, body: &AliveBody) -> Result<(), PanelError> {
+        let bytes = encode_alive(body);
+        let (status, _, reply) = self
+            .exchange(Action::Alive, None, Some((&bytes, None)), true)
+            .map_err(|(e, _)| e)?;
+        if status >= 400 {
+            return Err(status_error(Action::Alive, status, &reply));
+        }
+        Ok(())
+    }
+
+    fn forget_cache(&mut self) {
+        self.config_cache = Validators::default();
+        self.users_cache = Validators::default();
+    }
+}

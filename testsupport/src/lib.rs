@@ -1,0 +1,7 @@
+//! Test support for v2sp: the panel simulator ([`panel_sim`]) used by the control plane's
+//! integration tests and benchmarks, and by the `v2sp-panel-sim` binary for manual runs.
+//! Loopback only.
+
+pub mod panel_sim;
+
+pub use panel_sim::{AcceptedPush, Fault, PanelSim, RecordedRequest, SimDialect, SimOptions};
