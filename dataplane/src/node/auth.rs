@@ -15,6 +15,12 @@ pub trait ReplayFilter: Send + Sync {
     fn check_and_insert(&self, nonce: &[u8]) -> bool;
 }
 
+impl ReplayFilter for crate::limits::replay::ReplayFilter {
+    fn check_and_insert(&self, nonce: &[u8]) -> bool {
+        crate::limits::replay::ReplayFilter::check_and_insert(self, nonce, unix_now())
+    }
+}
+
 /// Bounded two-generation set: remembers at least the last `cap` nonces. Used until
 /// `limits::replay` (owned by the protocol engineer) is wired in. Touched once per handshake.
 pub struct SimpleReplay {

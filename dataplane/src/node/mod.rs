@@ -39,12 +39,45 @@ pub type ProtocolFactory = Arc<dyn Fn(&NodeConfig) -> Result<Rc<dyn InboundProto
 
 /// The default factory: protocols this build can serve.
 pub fn default_protocols() -> ProtocolFactory {
-    Arc::new(|n: &NodeConfig| {
-        Err(format!(
+    Arc::new(|n: &NodeConfig| match n.protocol {
+        #[cfg(feature = "shadowsocks")]
+        v2sp_shared::dpconfig::Protocol::Shadowsocks => shadowsocks(n),
+        other => Err(format!(
             "protocol {} is not served by this build yet",
-            n.protocol.as_str()
-        ))
+            other.as_str()
+        )),
     })
+}
+
+#[cfg(feature = "shadowsocks")]
+struct SsProto(crate::proto::ss::SsInbound);
+
+#[cfg(feature = "shadowsocks")]
+impl InboundProtocol for SsProto {
+    fn new_handshake(&self) -> Box<dyn StreamHandshake> {
+        self.0.handshake()
+    }
+}
+
+#[cfg(feature = "shadowsocks")]
+fn shadowsocks(n: &NodeConfig) -> Result<Rc<dyn InboundProtocol>, String> {
+    use crate::proto::ss::{Method, SsInbound};
+    use base64::Engine as _;
+    let ss = n
+        .shadowsocks
+        .as_ref()
+        .ok_or("shadowsocks node without shadowsocks settings")?;
+    let method = Method::from_name(&ss.cipher).ok_or_else(|| format!("unknown cipher {:?}", ss.cipher))?;
+    let psk = match ss.server_key.trim() {
+        "" => None,
+        k => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(k)
+                .map_err(|e| format!("server_key is not base64: {e}"))?,
+        ),
+    };
+    let inbound = SsInbound::new(method, psk.as_deref()).map_err(|e| format!("shadowsocks config: {e}"))?;
+    Ok(Rc::new(SsProto(inbound)))
 }
 
 /// Process-wide state shared by all cores.
@@ -62,7 +95,8 @@ impl Shared {
         Arc::new(Shared {
             devices: DeviceTracker::default(),
             rates: RateLimiters::default(),
-            replay: Box::new(auth::SimpleReplay::new(1 << 20)),
+            // 60 s covers SS-2022's ±30 s timestamp window and SS-2017 salt reuse in practice.
+            replay: Box::new(crate::limits::replay::ReplayFilter::new(60, 1 << 20)),
             protocols,
             splice: std::env::var("V2SP_SPLICE").map(|v| v != "0").unwrap_or(true),
         })
