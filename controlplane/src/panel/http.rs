@@ -65,6 +65,9 @@ struct Validators {
     hash: Option<[u8; 32]>,
 }
 
+/// A panel answer: status, ETag, body.
+type Answer = (u16, Option<String>, Vec<u8>);
+
 /// One attempt's result.
 enum Attempt {
     Answer {
@@ -220,7 +223,7 @@ impl PanelClient {
         etag: Option<&str>,
         body: Option<(&[u8], Option<&str>)>,
         retry_sent: bool,
-    ) -> Result<(u16, Option<String>, Vec<u8>), (PanelError, bool)> {
+    ) -> Result<Answer, (PanelError, bool)> {
         let mut attempts = 0u32;
         loop {
             attempts += 1;

@@ -167,11 +167,16 @@ pub(crate) fn bool_of(v: &Value) -> Result<Option<bool>, String> {
     match v {
         Value::Null => Ok(None),
         Value::Bool(b) => Ok(Some(*b)),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if f == 0.0 => Ok(Some(false)),
-            Some(f) if f == 1.0 => Ok(Some(true)),
-            _ => Err(format!("expected a boolean (true/false/0/1), got {}", show(v))),
-        },
+        Value::Number(n) => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f == 0.0 {
+                Ok(Some(false))
+            } else if f == 1.0 {
+                Ok(Some(true))
+            } else {
+                Err(format!("expected a boolean (true/false/0/1), got {}", show(v)))
+            }
+        }
         Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
             "" => Ok(None),
             "0" | "false" => Ok(Some(false)),
