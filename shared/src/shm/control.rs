@@ -110,6 +110,21 @@ impl ControlShm {
                 (ctl, cfg)
             }
         };
+        let me = Self::from_parts(dir, ctl, config)?;
+        me.words().control_pid.store(std::process::id(), Release);
+        me.heartbeat();
+        Ok(me)
+    }
+
+    /// Attach read-mostly to existing files without registering as the control plane (for
+    /// `v2sp status` and tools). Fails if the files do not exist.
+    pub fn open_existing(dir: &Path) -> Result<ControlShm, ShmError> {
+        let ctl = Segment::open(&dir.join(names::CTL), KIND_CTL)?;
+        let config = Segment::open(&dir.join(names::CONFIG), KIND_CONFIG)?;
+        Self::from_parts(dir, ctl, config)
+    }
+
+    fn from_parts(dir: &Path, ctl: Segment, config: Segment) -> Result<ControlShm, ShmError> {
         let instance_id = ctl.header().instance_id;
         let me = ControlShm {
             dir: dir.to_path_buf(),
@@ -120,8 +135,6 @@ impl ControlShm {
             cores: Mutex::new(BTreeMap::new()),
             publish_lock: Mutex::new(()),
         };
-        me.words().control_pid.store(std::process::id(), Release);
-        me.heartbeat();
         me.scan_core_files()?;
         Ok(me)
     }

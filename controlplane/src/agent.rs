@@ -1,0 +1,433 @@
+//! The control-plane process: loads the config, attaches shared memory, replays the journal,
+//! runs one worker per node plus the harvester, supervises the data plane, and on SIGTERM does
+//! a final harvest and push before exiting.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use v2sp_shared::config::{self, Config, NodeEntry};
+use v2sp_shared::dpconfig::{DataplaneConfig, NodeConfig};
+use v2sp_shared::shm::{Command, ControlShm};
+
+use crate::node::NodeWorker;
+use crate::panel::{self, Dialect, NodeApi};
+use crate::report::online::Online;
+use crate::report::Accounting;
+use crate::slots::SlotMap;
+use crate::supervise::DataplaneChild;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Running = 0,
+    /// Stop pulling; wait for the final harvest, then push once.
+    Draining = 1,
+    Stopped = 2,
+}
+
+/// State shared by the node workers and the harvester.
+pub struct Shared {
+    pub shm: ControlShm,
+    pub acct: Accounting,
+    online: Mutex<Online>,
+    served: Mutex<BTreeMap<u16, NodeConfig>>,
+    base: DataplaneConfig,
+    phase: AtomicU8,
+    final_push: Mutex<bool>,
+    wake: Condvar,
+    sleep_lock: Mutex<()>,
+    /// Smallest push interval any node uses, in ms (drives the harvest interval).
+    min_push_ms: AtomicU64,
+    slots: Mutex<SlotMap>,
+}
+
+impl Shared {
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Running,
+            1 => Phase::Draining,
+            _ => Phase::Stopped,
+        }
+    }
+
+    fn set_phase(&self, p: Phase) {
+        self.phase.store(p as u8, Ordering::Release);
+        let _g = self.sleep_lock.lock();
+        self.wake.notify_all();
+    }
+
+    /// Sleep up to `d`, waking early when the phase changes.
+    pub fn sleep(&self, d: Duration) {
+        let g = self.sleep_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.phase() == Phase::Running {
+            let _ = self.wake.wait_timeout(g, d);
+        }
+    }
+
+    pub fn wait_final_push(&self) {
+        let mut g = self.final_push.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !*g && Instant::now() < deadline {
+            g = self
+                .wake
+                .wait_timeout(g, Duration::from_millis(200))
+                .map(|r| r.0)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    fn allow_final_push(&self) {
+        *self.final_push.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.wake.notify_all();
+    }
+
+    pub fn online(&self) -> MutexGuard<'_, Online> {
+        self.online.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn note_push_interval(&self, d: Duration) {
+        self.min_push_ms
+            .fetch_min(d.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    /// Set (or clear) what a node slot serves and republish the data-plane config.
+    pub fn set_served(&self, slot: u16, nc: Option<NodeConfig>) {
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = match nc {
+            Some(nc) => served.insert(slot, nc.clone()).as_ref() != Some(&nc),
+            None => served.remove(&slot).is_some(),
+        };
+        if !changed {
+            return;
+        }
+        let cfg = DataplaneConfig {
+            nodes: served.values().cloned().collect(),
+            ..self.base.clone()
+        };
+        match self.shm.publish_config(&cfg) {
+            Ok(gen) => tracing::info!(gen, nodes = cfg.nodes.len(), "data-plane config published"),
+            Err(e) => tracing::error!(error = %e, "cannot publish the data-plane config"),
+        }
+    }
+
+    fn tag_of(&self, slot: u16) -> String {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .tag_of(slot)
+            .map_or_else(|| format!("slot-{slot}"), str::to_string)
+    }
+
+    /// Harvest every core's bank into the journal, then clear the banks; drain IP events.
+    pub fn harvest_once(&self, wait: Duration) {
+        let mut banks = match self.shm.harvest(wait) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "harvest failed");
+                return;
+            }
+        };
+        banks.sort_by_key(|b| (b.instance_id, b.core, b.epoch));
+        for b in &banks {
+            match self.acct.ingest(b, &|slot| self.tag_of(slot)) {
+                Ok(_) => {
+                    if let Err(e) = self.shm.clear_bank(b.instance_id, b.core, b.epoch) {
+                        tracing::warn!(error = %e, core = b.core, "cannot clear a harvested bank");
+                    }
+                }
+                // Not journalled: leave the bank; it is harvested again next time.
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write the accounting journal; traffic stays in shared memory")
+                }
+            }
+        }
+        let (events, dropped) = self.shm.drain_events(1 << 16);
+        let mut online = self.online();
+        for ev in &events {
+            online.apply(ev);
+        }
+        drop(online);
+        static LAST_DROPPED: AtomicU64 = AtomicU64::new(0);
+        if dropped > LAST_DROPPED.swap(dropped, Ordering::Relaxed) {
+            tracing::warn!(
+                dropped,
+                "online-IP events were dropped; asking the data plane to resync"
+            );
+            self.shm.broadcast(Command::ResyncIps);
+        }
+    }
+}
+
+/// Options of `v2sp run`.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    /// Do not start the data plane (systemd runs it as its own unit).
+    pub no_dataplane: bool,
+    pub dataplane_bin: Option<PathBuf>,
+}
+
+fn node_api(e: &NodeEntry) -> NodeApi {
+    let mut api = NodeApi::new(
+        e.api_host.clone(),
+        e.api_key.clone(),
+        u32::try_from(e.node_id).unwrap_or(0),
+    );
+    // A relative file:// host is resolved against the file that declared the node.
+    if let Some(p) = e.standalone_file() {
+        api.api_host = format!("file://{}", p.display());
+    }
+    api.node_type = Some(e.node_type.clone()).filter(|t| !t.is_empty());
+    api.timeout = Duration::from_secs(e.timeout_secs.max(1));
+    api.send_ip = e.api_send_ip.as_deref().and_then(|s| s.parse().ok());
+    api.dialect = match e.api_dialect {
+        config::ApiDialect::Single => Dialect::Single,
+        config::ApiDialect::UniProxy => Dialect::UniProxy,
+        _ => Dialect::Auto,
+    };
+    api
+}
+
+fn base_dataplane_config(cfg: &Config) -> DataplaneConfig {
+    DataplaneConfig {
+        workers: cfg.dataplane.workers,
+        io: cfg.dataplane.io.as_str().to_string(),
+        allow_private_destinations: cfg.dataplane.allow_private_destinations,
+        timeouts: cfg.dataplane.timeouts.clone(),
+        nodes: Vec::new(),
+    }
+}
+
+/// `v2sp run`.
+pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
+    let loaded = config::load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let cfg = loaded.config;
+    let shm = ControlShm::create_or_attach(&cfg.dataplane.shm_dir)
+        .with_context(|| format!("shared memory in {}", cfg.dataplane.shm_dir.display()))?;
+    let acct =
+        Accounting::open(&cfg.state_dir).with_context(|| format!("state dir {}", cfg.state_dir.display()))?;
+    let shared = Arc::new(Shared {
+        shm,
+        acct,
+        online: Mutex::new(Online::default()),
+        served: Mutex::new(BTreeMap::new()),
+        base: base_dataplane_config(&cfg),
+        phase: AtomicU8::new(Phase::Running as u8),
+        final_push: Mutex::new(false),
+        wake: Condvar::new(),
+        sleep_lock: Mutex::new(()),
+        min_push_ms: AtomicU64::new(u64::MAX),
+        slots: Mutex::new(SlotMap::load(&cfg.state_dir)),
+    });
+    // Bytes a previous run journalled-but-did-not-clear, or left in banks, are taken first.
+    shared.harvest_once(Duration::from_millis(200));
+
+    let mut dp = if opts.no_dataplane {
+        None
+    } else {
+        Some(DataplaneChild::start(
+            opts.dataplane_bin.clone(),
+            &cfg.dataplane.shm_dir,
+        )?)
+    };
+
+    let mut workers = start_workers(&shared, &cfg);
+    let harvester = {
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("harvest".into())
+            .spawn(move || {
+                while s.phase() == Phase::Running {
+                    let push_ms = s.min_push_ms.load(Ordering::Relaxed);
+                    let every = Duration::from_millis((push_ms / 2).clamp(500, 10_000));
+                    s.sleep(every);
+                    if s.phase() != Phase::Running {
+                        break;
+                    }
+                    s.harvest_once(Duration::from_secs(2));
+                    s.shm.heartbeat();
+                }
+            })?
+    };
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tracing::info!(nodes = cfg.nodes.len(), config = %opts.config.display(), "v2sp control plane running");
+
+    // Signals and config reload on the main thread.
+    let (sig_tx, sig_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let s = crate::sys::wait_signal();
+            if sig_tx.send(s).is_err() {
+                return;
+            }
+        })?;
+    let watched = cfg_watch_state(&opts.config);
+    let mut watched = watched;
+    let mut current = cfg;
+    loop {
+        match sig_rx.recv_timeout(Duration::from_secs(2)) {
+            Ok(s) if s == libc::SIGHUP => {
+                tracing::info!("SIGHUP: reloading the config file");
+                reload(&shared, &opts.config, &mut current, &mut workers);
+            }
+            Ok(_) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(d) = dp.as_mut() {
+                    d.check();
+                }
+                let now = cfg_watch_state(&opts.config);
+                if now != watched {
+                    watched = now;
+                    tracing::info!("config file changed: reloading");
+                    reload(&shared, &opts.config, &mut current, &mut workers);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+
+    tracing::info!("stopping: draining the data plane, final harvest and push");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    shared.set_phase(Phase::Draining);
+    if let Some(d) = dp.take() {
+        d.stop(Duration::from_secs(15));
+    }
+    let _ = harvester.join();
+    shared.harvest_once(Duration::from_secs(2));
+    shared.allow_final_push();
+    for (_, w) in workers {
+        let _ = w.thread.join();
+    }
+    shared.set_phase(Phase::Stopped);
+    let (up, down) = shared.acct.unreported_total();
+    if up + down > 0 {
+        tracing::warn!(
+            up,
+            down,
+            "bytes not yet accepted by the panel stay in the journal for the next start"
+        );
+    }
+    Ok(())
+}
+
+struct WorkerHandle {
+    entry: NodeEntry,
+    slot: u16,
+    retire: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+type Workers = BTreeMap<String, WorkerHandle>;
+
+fn start_workers(shared: &Arc<Shared>, cfg: &Config) -> Workers {
+    let live: Vec<String> = cfg.nodes.iter().map(NodeEntry::tag).collect();
+    let mut out = Workers::new();
+    for e in &cfg.nodes {
+        if let Some(w) = start_worker(shared, e, &live) {
+            out.insert(e.tag(), w);
+        }
+    }
+    out
+}
+
+fn start_worker(shared: &Arc<Shared>, e: &NodeEntry, live: &[String]) -> Option<WorkerHandle> {
+    let tag = e.tag();
+    let slot = shared
+        .slots
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .slot_for(&tag, live);
+    let Some(slot) = slot else {
+        tracing::error!(node = %tag, "no free node slot (256 nodes max)");
+        return None;
+    };
+    let panel = match panel::open(node_api(e)) {
+        Ok(p) => p,
+        Err(err) => {
+            tracing::error!(node = %tag, error = %err, "node not started: bad panel settings");
+            return None;
+        }
+    };
+    let retire = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = NodeWorker::new(
+        slot,
+        tag.clone(),
+        e.clone(),
+        panel,
+        shared.clone(),
+        retire.clone(),
+    );
+    let thread = std::thread::Builder::new()
+        .name(format!("node-{slot}"))
+        .spawn(move || worker.run())
+        .ok()?;
+    Some(WorkerHandle {
+        entry: e.clone(),
+        slot,
+        retire,
+        thread,
+    })
+}
+
+/// Apply a changed config file: nodes whose entry is unchanged keep running untouched.
+/// Removed or changed nodes' workers stop (and changed ones restart); other settings need a
+/// restart of the process and are logged.
+fn reload(shared: &Arc<Shared>, path: &Path, current: &mut Config, workers: &mut Workers) {
+    let loaded = match config::load(path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("config reload rejected, keeping the running config: {e}");
+            return;
+        }
+    };
+    let new = loaded.config;
+    let live: Vec<String> = new.nodes.iter().map(NodeEntry::tag).collect();
+    // Stop workers of removed or changed nodes. A changed node keeps its slot (same tag), so
+    // its listener and connections are untouched until the new worker's first pull applies
+    // the new settings; a removed node is unpublished.
+    let stale: Vec<String> = workers
+        .iter()
+        .filter(|(tag, w)| new.nodes.iter().find(|n| &n.tag() == *tag) != Some(&w.entry))
+        .map(|(t, _)| t.clone())
+        .collect();
+    for tag in stale {
+        if let Some(w) = workers.remove(&tag) {
+            w.retire.store(true, Ordering::Release);
+            {
+                let _g = shared.sleep_lock.lock();
+                shared.wake.notify_all();
+            }
+            let _ = w.thread.join();
+            if !live.contains(&tag) {
+                tracing::info!(node = %tag, "node removed from the config: no longer served");
+                shared.set_served(w.slot, None);
+                if let Err(e) = shared.shm.remove_node(w.slot) {
+                    tracing::warn!(node = %tag, error = %e, "cannot unpublish the node's users");
+                }
+            }
+        }
+    }
+    if new.dataplane.shm_dir != current.dataplane.shm_dir || new.state_dir != current.state_dir {
+        tracing::warn!("ShmDir/StateDir changes take effect after a restart");
+    }
+    for e in &new.nodes {
+        if !workers.contains_key(&e.tag()) {
+            if let Some(w) = start_worker(shared, e, &live) {
+                workers.insert(e.tag(), w);
+            }
+        }
+    }
+    *current = new;
+}
+
+fn cfg_watch_state(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())))
+}

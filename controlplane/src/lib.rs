@@ -1,0 +1,15 @@
+//! v2sp control plane: syncs nodes, users and online counts from the panel, publishes them to
+//! the data plane through shared memory, harvests traffic and online IPs from it, and reports
+//! them back without losing or doubling a counted byte (see `docs/design.md`).
+
+pub mod agent;
+pub mod build;
+pub mod cli;
+pub mod keys;
+pub mod node;
+pub mod panel;
+pub mod report;
+pub mod slots;
+pub mod status;
+pub mod supervise;
+pub mod sys;

@@ -1,0 +1,240 @@
+//! One node's sync worker: its own thread, its own panel client, its own schedule. A node
+//! whose panel is down or returns garbage only affects itself; nothing here ever exits the
+//! process.
+//!
+//! Pull (every `pull_interval`): config → users → alivelist. Push (every `push_interval`):
+//! traffic batch (journalled, exactly-once) → alive IPs. Both first run right after start (so
+//! a freshly started node serves at once), then on their interval with ±10 % jitter; a failed
+//! pull is retried with backoff (2 s doubling up to the interval).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use v2sp_shared::config::NodeEntry;
+use v2sp_shared::cred::CredKind;
+use v2sp_shared::panel::{NodeInfo, DEFAULT_INTERVAL_SECS};
+use v2sp_shared::shm::UserEntry;
+
+use crate::agent::{Phase, Shared};
+use crate::build;
+use crate::panel::{Fetch, Panel};
+
+pub struct NodeWorker {
+    pub slot: u16,
+    pub tag: String,
+    entry: NodeEntry,
+    panel: Box<dyn Panel>,
+    shared: Arc<Shared>,
+    info: Option<NodeInfo>,
+    kind: Option<CredKind>,
+    users: Option<Vec<UserEntry>>,
+    pull_every: Duration,
+    push_every: Duration,
+    pull_failures: u32,
+    /// Set when the node is removed or changed in the config file.
+    retire: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl NodeWorker {
+    pub fn new(
+        slot: u16,
+        tag: String,
+        entry: NodeEntry,
+        panel: Box<dyn Panel>,
+        shared: Arc<Shared>,
+        retire: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        NodeWorker {
+            slot,
+            tag,
+            entry,
+            panel,
+            shared,
+            info: None,
+            kind: None,
+            users: None,
+            pull_every: Duration::from_secs(DEFAULT_INTERVAL_SECS),
+            push_every: Duration::from_secs(DEFAULT_INTERVAL_SECS),
+            pull_failures: 0,
+            retire,
+        }
+    }
+
+    /// Run until the agent stops; performs the final push when asked to.
+    pub fn run(mut self) {
+        let mut next_pull = Instant::now();
+        let mut next_push = Instant::now() + Duration::from_millis(500);
+        loop {
+            if self.retire.load(std::sync::atomic::Ordering::Acquire) {
+                // Report what this node still owes, then leave; the agent unpublishes it.
+                self.push();
+                return;
+            }
+            match self.shared.phase() {
+                Phase::Running => {}
+                Phase::Draining => {
+                    // Wait for the final harvest, then push once.
+                    self.shared.wait_final_push();
+                    self.push();
+                    return;
+                }
+                Phase::Stopped => return,
+            }
+            let now = Instant::now();
+            if now >= next_pull {
+                let ok = self.pull();
+                next_pull = Instant::now()
+                    + if ok {
+                        jitter(self.pull_every)
+                    } else {
+                        self.backoff()
+                    };
+            }
+            if now >= next_push {
+                self.push();
+                next_push = Instant::now() + jitter(self.push_every);
+            }
+            let until = next_pull.min(next_push).saturating_duration_since(Instant::now());
+            self.shared.sleep(until);
+        }
+    }
+
+    fn backoff(&mut self) -> Duration {
+        self.pull_failures = self.pull_failures.saturating_add(1);
+        let secs = 2u64
+            .saturating_pow(self.pull_failures.min(10))
+            .min(self.pull_every.as_secs().max(2));
+        Duration::from_secs(secs)
+    }
+
+    /// One pull round; false if it failed (retry with backoff).
+    pub fn pull(&mut self) -> bool {
+        match self.panel.config() {
+            Ok(Fetch::Changed { value, .. }) => self.apply_config(value),
+            Ok(Fetch::Unchanged) => {}
+            Err(e) => {
+                tracing::warn!(node = %self.tag, error = %e, fault = ?e.fault(), "config pull failed; serving the last known config");
+                return false;
+            }
+        }
+        let Some(kind) = self.kind else { return false };
+        match self.panel.users() {
+            Ok(Fetch::Changed { value, .. }) => {
+                if !value.skipped.is_empty() {
+                    tracing::warn!(node = %self.tag, skipped = value.skipped.len(), first = ?value.skipped.first(), "panel user list had unusable entries");
+                }
+                let (entries, bad) = build::user_entries(kind, &value.users);
+                if !bad.is_empty() {
+                    tracing::warn!(node = %self.tag, count = bad.len(), first = ?bad.first(), "users skipped: no credential could be derived");
+                }
+                if entries.is_empty() {
+                    // v2sp ignored empty lists, so removed users kept access forever (spec §B.5).
+                    tracing::warn!(node = %self.tag, "panel returned NO users: every user of this node is removed and their connections closed");
+                }
+                self.users = Some(entries);
+                self.publish_users();
+            }
+            Ok(Fetch::Unchanged) => {
+                if self.users.is_none() {
+                    return false;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.tag, error = %e, fault = ?e.fault(), "user pull failed; keeping the last user list");
+                return false;
+            }
+        }
+        let counts = self.panel.alivelist_fail_open();
+        self.apply_alive(&counts);
+        self.pull_failures = 0;
+        true
+    }
+
+    fn apply_config(&mut self, info: NodeInfo) {
+        let bc = info.base_config.clone();
+        self.pull_every = Duration::from_secs(bc.pull_interval_secs.max(1));
+        self.push_every = Duration::from_secs(bc.push_interval_secs.max(1));
+        self.shared.note_push_interval(self.push_every);
+        match build::node_config(self.slot, &self.tag, &self.entry, &info) {
+            Ok(nc) => {
+                let kind_changed = self.kind != Some(nc.cred_kind);
+                self.kind = Some(nc.cred_kind);
+                tracing::info!(node = %self.tag, port = nc.port, protocol = nc.protocol.as_str(), "node config applied");
+                self.shared.set_served(self.slot, Some(nc));
+                if kind_changed {
+                    // Secrets depend on the credential kind: rebuild the table on the next pull.
+                    self.users = None;
+                    self.panel.forget_cache();
+                }
+            }
+            Err(e) => {
+                tracing::error!(node = %self.tag, error = %e, "node cannot be served with this panel config");
+                self.kind = None;
+                self.shared.set_served(self.slot, None);
+            }
+        }
+        self.info = Some(info);
+    }
+
+    fn publish_users(&mut self) {
+        let (Some(kind), Some(users)) = (self.kind, self.users.as_ref()) else {
+            return;
+        };
+        match self
+            .shared
+            .shm
+            .publish_users(self.slot, kind, users, Duration::from_secs(5))
+        {
+            Ok(st) => {
+                tracing::info!(node = %self.tag, users = st.users, gen = st.tables_gen, "user table published")
+            }
+            Err(e) => {
+                tracing::error!(node = %self.tag, error = %e, "cannot publish users; will retry");
+                self.panel.forget_cache();
+            }
+        }
+    }
+
+    fn apply_alive(&mut self, counts: &BTreeMap<u32, u32>) {
+        let online = self.shared.online();
+        let slot = self.slot;
+        let f = |uid: u32| {
+            counts
+                .get(&uid)
+                .map_or(0, |&c| online.alive_elsewhere(slot, uid, c))
+        };
+        if let Err(e) = self.shared.shm.set_alive_elsewhere(self.slot, &f) {
+            tracing::warn!(node = %self.tag, error = %e, "cannot update online counts");
+        }
+    }
+
+    /// One push round: traffic (exactly once), then online IPs.
+    pub fn push(&mut self) {
+        let min = self.entry.report_min_traffic_bytes();
+        let report = self.shared.acct.push_node(&self.tag, self.panel.as_mut(), min);
+        if let Some(err) = &report.error {
+            tracing::warn!(node = %self.tag, error = %err, "traffic push incomplete; bytes stay journalled");
+        }
+        let alive = self.shared.online().take_alive(
+            self.slot,
+            &report.accepted,
+            self.entry.device_online_min_traffic_bytes(),
+        );
+        if !alive.is_empty() {
+            if let Err(e) = self.panel.alive(&alive) {
+                tracing::warn!(node = %self.tag, error = %e, "alive report failed");
+            }
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let ms = d.as_millis() as u64;
+    let spread = ms / 10;
+    if spread == 0 {
+        return d;
+    }
+    Duration::from_millis(ms - spread + rand::rng().random_range(0..=2 * spread))
+}
