@@ -1,0 +1,349 @@
+//! End to end: the real `v2sp` binary against the panel simulator, with this test acting as the
+//! data plane through shared memory (a fake writer of counters). Proves that traffic survives
+//! panel outages and `kill -9` of the control plane, exactly once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use v2sp_shared::panel::Action;
+use v2sp_shared::shm::{CoreShm, DataplaneShm};
+use v2sp_testsupport::panel_sim::{user, Fault, PanelSim, SimOptions};
+
+const UUIDS: [&str; 3] = [
+    "a7b4b8ab-42d7-4c48-a0c5-91fd4bd53c37",
+    "0e9f6d1c-5a4b-4c3d-8e2f-1a2b3c4d5e6f",
+    "f47ac10b-58cc-4372-a567-0e02b2c3d479",
+];
+
+struct Env {
+    dir: tempfile::TempDir,
+    cfg: PathBuf,
+}
+
+fn ss_node(port: u16) -> serde_json::Value {
+    json!({"node_type":"shadowsocks","server_port":port,"cipher":"aes-128-gcm",
+           "base_config":{"push_interval":1,"pull_interval":1}})
+}
+
+fn env_with(nodes: &[(String, u32)]) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<_> = nodes
+        .iter()
+        .map(|(host, id)| json!({"ApiHost": host, "ApiKey": "test-token", "NodeID": id, "NodeType": "shadowsocks", "Timeout": 2}))
+        .collect();
+    let cfg = json!({
+        "Log": {"Level": "info"},
+        "StateDir": dir.path().join("state"),
+        "Dataplane": {"ShmDir": dir.path().join("shm"), "AllowPrivateDestinations": true},
+        "Nodes": nodes,
+    });
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    Env { dir, cfg: path }
+}
+
+fn spawn_agent(env: &Env) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.dir.path().join("agent.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_v2sp"))
+        .args(["run", "--no-dataplane", "-c"])
+        .arg(&env.cfg)
+        .env("V2SP_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn log_of(env: &Env) -> String {
+    std::fs::read_to_string(env.dir.path().join("agent.log")).unwrap_or_default()
+}
+
+fn sigterm(child: &mut Child) {
+    unsafe_free_kill(child.id(), "TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("agent did not stop on SIGTERM");
+}
+
+fn unsafe_free_kill(pid: u32, sig: &str) {
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+}
+
+/// This test's stand-in for the data plane.
+struct FakeDataplane {
+    _shm: DataplaneShm,
+    core: CoreShm,
+}
+
+impl FakeDataplane {
+    fn attach(shm_dir: &Path) -> FakeDataplane {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(shm) = DataplaneShm::attach(shm_dir) {
+                shm.register(1, 2).unwrap();
+                let core = shm.core(0).unwrap();
+                return FakeDataplane { _shm: shm, core };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "control plane never created shared memory"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Slot and user count of each served node, by port.
+    fn served(&mut self) -> BTreeMap<u16, (u16, usize)> {
+        self.core.tick();
+        let Some((_, cfg)) = self._shm.read_config().unwrap() else {
+            return BTreeMap::new();
+        };
+        cfg.nodes
+            .iter()
+            .map(|n| (n.port, (n.slot, self.core.users(n.slot).map_or(0, |v| v.len()))))
+            .collect()
+    }
+
+    fn wait_served(&mut self, port: u16, users: usize) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(&(slot, n)) = self.served().get(&port) {
+                if n == users {
+                    return slot;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node on port {port} never served {users} users: {:?}",
+                self.served()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn sim_with_node(id: u32, port: u16) -> PanelSim {
+    let sim = PanelSim::start(SimOptions {
+        token: "test-token".into(),
+        ..SimOptions::default()
+    })
+    .unwrap();
+    sim.set_node(id, ss_node(port));
+    sim.set_users(
+        id,
+        UUIDS
+            .iter()
+            .enumerate()
+            .map(|(i, u)| user(i as u32 + 1, u))
+            .collect(),
+    );
+    sim
+}
+
+/// Pump traffic for `dur`, calling `during(elapsed)` between rounds; returns what was counted.
+fn pump(
+    dp: &mut FakeDataplane,
+    slot: u16,
+    dur: Duration,
+    expected: &mut BTreeMap<u32, (u64, u64)>,
+    mut during: impl FnMut(Duration),
+) {
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < dur {
+        for uid in 1..=3u32 {
+            let (up, down) = (1000 + i * uid as u64, 7 * i + uid as u64);
+            dp.core.add_traffic(slot, uid, up, down);
+            let e = expected.entry(uid).or_default();
+            e.0 += up;
+            e.1 += down;
+        }
+        dp.core.tick();
+        during(start.elapsed());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_totals(
+    sim: &PanelSim,
+    dp: &mut FakeDataplane,
+    node: u32,
+    expected: &BTreeMap<u32, (u64, u64)>,
+    env: &Env,
+) {
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        dp.core.tick();
+        let got = sim.totals(node);
+        if &got == expected {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "panel totals {got:?} != counted {expected:?}\n--- agent log ---\n{}",
+                log_of(env)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn panel_outage_loses_and_doubles_nothing() {
+    let sim = sim_with_node(1, 18388);
+    let env = env_with(&[(sim.single_url(), 1)]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    let slot = dp.wait_served(18388, 3);
+    let mut expected = BTreeMap::new();
+    // 10 s of traffic; the panel is down from 2 s to 7 s (five push intervals: the "10-minute
+    // outage" at 1 s intervals), and answers 500 / garbage around it.
+    let mut phase = 0;
+    pump(&mut dp, slot, Duration::from_secs(10), &mut expected, |t| {
+        let want = match t.as_millis() {
+            0..=1999 => 0,
+            2000..=6999 => 1,
+            7000..=7999 => 2,
+            _ => 3,
+        };
+        if want != phase {
+            phase = want;
+            sim.clear_faults();
+            match phase {
+                1 => sim.set_fault(Action::Push, Fault::Outage),
+                2 => sim.set_fault(Action::Push, Fault::Status(500)),
+                _ => {}
+            }
+        }
+    });
+    wait_totals(&sim, &mut dp, 1, &expected, &env);
+    sigterm(&mut agent);
+}
+
+#[test]
+fn kill_9_of_the_control_plane_loses_and_doubles_nothing() {
+    let sim = sim_with_node(1, 18389);
+    let env = env_with(&[(sim.single_url(), 1)]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    let slot = dp.wait_served(18389, 3);
+    let mut expected = BTreeMap::new();
+    // Lost replies make the agent retry batches the panel already took.
+    sim.set_fault_times(Action::Push, Fault::AcceptThenDropReply, 3);
+    for round in 0..4u64 {
+        pump(
+            &mut dp,
+            slot,
+            Duration::from_millis(1300 + 170 * round),
+            &mut expected,
+            |_| {},
+        );
+        agent.kill().unwrap();
+        agent.wait().unwrap();
+        if round == 1 {
+            sim.set_fault_times(Action::Push, Fault::AcceptThenDropReply, 2);
+        }
+        agent = spawn_agent(&env);
+    }
+    pump(&mut dp, slot, Duration::from_secs(2), &mut expected, |_| {});
+    wait_totals(&sim, &mut dp, 1, &expected, &env);
+    sigterm(&mut agent);
+    let log = log_of(&env);
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn sigterm_pushes_the_last_bytes() {
+    let sim = sim_with_node(1, 18390);
+    let env = env_with(&[(sim.single_url(), 1)]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    let slot = dp.wait_served(18390, 3);
+    let mut expected = BTreeMap::new();
+    pump(&mut dp, slot, Duration::from_millis(300), &mut expected, |_| {});
+    // Stop right away: the final harvest + push must deliver everything.
+    let pid = agent.id();
+    unsafe_free_kill(pid, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.try_wait().unwrap().is_none() {
+        dp.core.tick(); // keep acknowledging harvests while it drains
+        assert!(Instant::now() < deadline, "agent did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(sim.totals(1), expected, "{}", log_of(&env));
+}
+
+#[test]
+fn one_broken_panel_does_not_affect_another_node() {
+    let good = sim_with_node(1, 18391);
+    let bad = sim_with_node(2, 18392);
+    for a in Action::ALL {
+        bad.set_fault(a, Fault::Html);
+    }
+    let env = env_with(&[(good.single_url(), 1), (bad.single_url(), 2)]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    let slot = dp.wait_served(18391, 3);
+    let mut expected = BTreeMap::new();
+    pump(&mut dp, slot, Duration::from_secs(2), &mut expected, |_| {});
+    wait_totals(&good, &mut dp, 1, &expected, &env);
+    assert!(!dp.served().contains_key(&18392));
+    // The broken panel recovers: its node comes up without a restart.
+    bad.clear_faults();
+    dp.wait_served(18392, 3);
+    assert_eq!(
+        agent.try_wait().unwrap(),
+        None,
+        "agent must never exit because of a panel"
+    );
+    sigterm(&mut agent);
+}
+
+#[test]
+fn empty_user_list_removes_every_user() {
+    let sim = sim_with_node(1, 18393);
+    let env = env_with(&[(sim.single_url(), 1)]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    dp.wait_served(18393, 3);
+    sim.set_users(1, vec![]);
+    dp.wait_served(18393, 0);
+    assert!(log_of(&env).contains("NO users"));
+    sigterm(&mut agent);
+}
+
+#[test]
+fn panel_down_at_start_then_up() {
+    let sim = sim_with_node(1, 18394);
+    sim.set_fault(Action::Config, Fault::Status(502));
+    let env = env_with(&[(sim.single_url(), 1)]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        agent.try_wait().unwrap(),
+        None,
+        "a panel error at start must not exit"
+    );
+    sim.clear_faults();
+    dp.wait_served(18394, 3);
+    sigterm(&mut agent);
+}
