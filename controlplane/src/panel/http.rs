@@ -24,6 +24,7 @@ use v2sp_shared::panel::{
 };
 
 use super::connector::{BindTcpConnector, CountingConnector};
+use ureq::unversioned::transport::{Connector as _, RustlsConnector};
 use super::url::{resolve_dialect, Endpoint};
 use super::{Dialect, Fetch, NodeApi, Panel, PanelError, PushOutcome};
 
@@ -123,10 +124,17 @@ impl PanelClient {
             .user_agent(concat!("v2sp/", env!("CARGO_PKG_VERSION")))
             .timeout_global(Some(timeout))
             .max_redirects(3)
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .provider(ureq::tls::TlsProvider::Rustls)
+                    .root_certs(ureq::tls::RootCerts::WebPki)
+                    .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                    .build(),
+            )
             .build();
         let sent = Arc::new(AtomicU64::new(0));
         let connector = CountingConnector {
-            inner: BindTcpConnector { bind: api.send_ip },
+            inner: BindTcpConnector { bind: api.send_ip }.chain(RustlsConnector::default()),
             sent: sent.clone(),
         };
         let agent = Agent::with_parts(

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls exactly this):
+#   1. installs the real third-party peers (idempotent; seconds on a warm machine),
+#   2. runs every test of the workspace with the epoll backend,
+#   3. runs the data-plane and end-to-end tests again with the io_uring backend.
+# Usage: scripts/test.sh [extra cargo test args]
+set -Eeuo pipefail
+cd "$(dirname "$0")/.."
+
+export V2SP_PEERS=${V2SP_PEERS:-/opt/v2sp-peers}
+export PATH="$V2SP_PEERS/bin:$PATH"
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+echo "== installing test peers"
+bash scripts/install-test-deps.sh
+
+echo "== building"
+cargo build --workspace --bins --tests "$@"
+
+echo "== tests, epoll backend"
+V2SP_IO=epoll cargo test --workspace --no-fail-fast "$@"
+
+if [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" = "0" ]; then
+    echo "== data-plane and end-to-end tests, io_uring backend"
+    V2SP_IO=uring cargo test -p v2sp-dataplane -p v2sp-control -p v2sp-testsupport --no-fail-fast "$@"
+else
+    echo "== io_uring is disabled on this kernel: the io_uring run is skipped"
+fi
