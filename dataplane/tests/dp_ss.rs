@@ -175,3 +175,142 @@ fn dp_ss_sing_box_2022_blake3_aes_128_gcm_multi_user() {
         Some(*b"0123456789abcdef"),
     );
 }
+
+/// SOCKS5 UDP ASSOCIATE through sing-box → SS UDP → v2sp → UDP echo; exact counts.
+fn run_udp(cipher: &str, kind: CredKind, server_key: Option<[u8; 16]>) {
+    assert!(
+        std::path::Path::new(SING_BOX).exists(),
+        "{SING_BOX} is missing: run scripts/install-test-deps.sh"
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let port = free_port();
+    let mut n = node(1, port);
+    n.protocol = Protocol::Shadowsocks;
+    n.cred_kind = kind;
+    n.shadowsocks = Some(ShadowsocksSettings {
+        cipher: cipher.into(),
+        server_key: server_key.map(|k| b64.encode(k)).unwrap_or_default(),
+        replay_check: true,
+    });
+    let backend = MemBackend::new();
+    backend.set_users(1, vec![ss_user(1, kind)]);
+    let b2 = backend.clone();
+    let engine = Engine::start(
+        EngineOpts {
+            workers: 2,
+            grace: Duration::from_secs(1),
+            tick: Duration::from_millis(50),
+        },
+        Arc::new(move |core| Ok(Box::new(b2.port(core)) as Box<dyn CorePort>)),
+        Shared::new(default_protocols()),
+        Arc::new(config(vec![n])),
+    )
+    .unwrap();
+    assert!(engine.wait_ready(Duration::from_secs(10)));
+    let password = match server_key {
+        Some(k) => format!(
+            "{}:{}",
+            b64.encode(k),
+            b64.encode(secret_for(kind, UUID).unwrap().as_slice())
+        ),
+        None => UUID.to_string(),
+    };
+    let socks = free_port();
+    let cfg = serde_json::json!({
+        "log": {"level": "error"},
+        "inbounds": [{"type": "mixed", "listen": "127.0.0.1", "listen_port": socks}],
+        "outbounds": [{"type": "shadowsocks", "server": "127.0.0.1", "server_port": port,
+                       "method": cipher, "password": password}]
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sb.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let _sb = Kill(
+        Command::new(SING_BOX)
+            .arg("run")
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    // UDP echo
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    echo.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done2 = done.clone();
+    let echo_t = std::thread::spawn(move || {
+        let mut b = [0u8; 2048];
+        for _ in 0..100 {
+            if done2.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            if let Ok((n, from)) = echo.recv_from(&mut b) {
+                let _ = echo.send_to(&b[..n], from);
+            }
+        }
+    });
+    // SOCKS5 UDP ASSOCIATE
+    let mut ctl = None;
+    for _ in 0..100 {
+        if let Ok(c) = TcpStream::connect(("127.0.0.1", socks)) {
+            ctl = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut ctl = ctl.expect("sing-box did not start listening");
+    ctl.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    ctl.write_all(&[5, 1, 0]).unwrap();
+    let mut b = [0u8; 2];
+    ctl.read_exact(&mut b).unwrap();
+    ctl.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]).unwrap();
+    let mut r = [0u8; 10];
+    ctl.read_exact(&mut r).unwrap();
+    assert_eq!(r[1], 0, "UDP associate refused");
+    let relay_port = u16::from_be_bytes([r[8], r[9]]);
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut ok = 0u64;
+    let mut bytes = 0u64;
+    for i in 0..20u8 {
+        let payload = data(1000 + usize::from(i), u64::from(i) + 100);
+        let mut d = vec![0, 0, 0, 1, 127, 0, 0, 1];
+        d.extend_from_slice(&echo_port.to_be_bytes());
+        d.extend_from_slice(&payload);
+        u.send_to(&d, ("127.0.0.1", relay_port)).unwrap();
+        let mut rb = [0u8; 4096];
+        if let Ok((n, _)) = u.recv_from(&mut rb) {
+            assert!(n >= 10);
+            assert_eq!(&rb[10..n], &payload[..], "echoed datagram {i}");
+            ok += 1;
+            bytes += payload.len() as u64;
+        }
+    }
+    assert!(ok >= 15, "only {ok}/20 datagrams came back");
+    // every echoed datagram was counted both ways (lost ones may have been counted up only)
+    assert!(wait_until(Duration::from_secs(3), || {
+        let (up, down) = backend.traffic(1, 77);
+        down == bytes && up >= bytes
+    }));
+    drop(ctl);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    echo_t.join().unwrap();
+    engine.shutdown();
+}
+
+#[test]
+fn dp_ss_udp_sing_box_aes_128_gcm() {
+    run_udp("aes-128-gcm", CredKind::SsLegacy16, None);
+}
+
+#[test]
+fn dp_ss_udp_sing_box_2022_blake3_aes_128_gcm() {
+    run_udp(
+        "2022-blake3-aes-128-gcm",
+        CredKind::Ss2022Psk16,
+        Some(*b"0123456789abcdef"),
+    );
+}

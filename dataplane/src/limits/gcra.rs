@@ -86,6 +86,34 @@ impl Bucket {
         }
     }
 
+    /// Takes `n` bytes only if that stays within the burst tolerance (UDP policing: a datagram
+    /// that does not fit is dropped and costs nothing).
+    pub fn try_take_at(&self, n: u64, now: u64) -> bool {
+        let rate = self.rate();
+        if rate == 0 || n == 0 {
+            return true;
+        }
+        let cost = u64::try_from(u128::from(n) * NS / u128::from(rate)).unwrap_or(u64::MAX);
+        let mut cur = self.tat.load(Ordering::Relaxed);
+        loop {
+            let new = cur.max(now).saturating_add(cost);
+            if new.saturating_sub(now) > TAU_NS {
+                return false;
+            }
+            match self
+                .tat
+                .compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    pub fn try_take(&self, n: usize) -> bool {
+        self.try_take_at(u64::try_from(n).unwrap_or(u64::MAX), now_ns())
+    }
+
     /// Reserves `n` bytes now; the delay to sleep (zero when within budget).
     pub fn reserve(&self, n: usize) -> Duration {
         Duration::from_nanos(self.reserve_at(u64::try_from(n).unwrap_or(u64::MAX), now_ns()))
@@ -199,6 +227,17 @@ mod tests {
         assert_eq!(b.reserve_at(1000, 0), 0);
         // the next 1000 bytes need one more second of budget
         assert_eq!(b.reserve_at(1000, 0), 1_000_000_000);
+    }
+
+    #[test]
+    fn policing_drops_without_charging() {
+        let b = Bucket::new(1000);
+        assert!(b.try_take_at(1000, 0));
+        assert!(!b.try_take_at(1, 0));
+        assert!(!b.try_take_at(500, 0));
+        // half a second later, 500 bytes of budget are back
+        assert!(b.try_take_at(500, 500_000_000));
+        assert!(!b.try_take_at(1, 500_000_000));
     }
 
     #[test]

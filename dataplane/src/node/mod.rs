@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod engine;
+mod udp;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -32,6 +33,10 @@ use auth::{CoreAuth, ReplayFilter};
 /// A node's protocol on one core: makes one handshake state machine per connection.
 pub trait InboundProtocol {
     fn new_handshake(&self) -> Box<dyn StreamHandshake>;
+    /// The node's UDP codec, for protocols that also serve UDP on the same port.
+    fn packet_codec(&self) -> Option<Rc<dyn crate::proto::PacketCodec>> {
+        None
+    }
 }
 
 /// Builds a node's protocol (called on each core thread).
@@ -56,6 +61,15 @@ struct SsProto(crate::proto::ss::SsInbound);
 impl InboundProtocol for SsProto {
     fn new_handshake(&self) -> Box<dyn StreamHandshake> {
         self.0.handshake()
+    }
+    fn packet_codec(&self) -> Option<Rc<dyn crate::proto::PacketCodec>> {
+        match self.0.udp_codec() {
+            Ok(c) => Some(Rc::from(c)),
+            Err(e) => {
+                tracing::warn!("shadowsocks UDP disabled: {e}");
+                None
+            }
+        }
     }
 }
 
@@ -307,6 +321,20 @@ impl Core {
                 key: (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations),
             },
         );
+        if let Some(codec) = rt.proto.packet_codec() {
+            match crate::net::udp_socket(addr) {
+                Ok(sock) => {
+                    tokio::task::spawn_local(udp::udp_loop(
+                        self.clone(),
+                        rt.clone(),
+                        sock,
+                        codec,
+                        stop.clone(),
+                    ));
+                }
+                Err(e) => tracing::error!(core = self.index, node = %n.tag, "UDP listen on {addr}: {e}"),
+            }
+        }
         tokio::task::spawn_local(accept_loop(self.clone(), rt, listener, stop));
         Ok(())
     }

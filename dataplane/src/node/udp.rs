@@ -1,0 +1,280 @@
+//! UDP for packet protocols (Shadowsocks): one SO_REUSEPORT socket per node per core, a NAT
+//! table of sessions keyed by (user, protocol session id) — or the client address where the
+//! protocol has no session id — each with its own outbound socket and reply task. Sessions
+//! count as online-IP references (no device-limit check for UDP, as the reference panel
+//! behaves), are registered like connections (removed users and kicks end them), and close
+//! after `conn_idle` without traffic. Speed limits police datagrams (drop, never queue).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+use v2sp_shared::shm::UserRef;
+
+use super::auth::{self, CoreAuth};
+use super::{ConnEntry, Core, NodeRt, Registered};
+use crate::limits::devices::Admit;
+use crate::limits::gcra::{effective_bytes_per_sec, Bucket};
+use crate::proto::{Destination, InboundPacket, PacketCodec, PacketSession};
+use crate::relay::ConnCtl;
+
+type NatKey = (u32, u64, Option<SocketAddr>);
+
+struct Session {
+    client: Cell<SocketAddr>,
+    user: UserRef,
+    out: UdpSocket,
+    state: RefCell<Box<dyn PacketSession>>,
+    last: Cell<Instant>,
+    ctl: Rc<ConnCtl>,
+    bucket: Arc<Bucket>,
+}
+
+struct UdpNode {
+    core: Rc<Core>,
+    node: Rc<NodeRt>,
+    sock: UdpSocket,
+    codec: Rc<dyn PacketCodec>,
+    sessions: RefCell<HashMap<NatKey, Rc<Session>>>,
+    hints: RefCell<HashMap<SocketAddr, UserRef>>,
+}
+
+/// Serves the node's UDP socket until `stop`; then ends every session of this node on this core.
+pub(super) async fn udp_loop(
+    core: Rc<Core>,
+    node: Rc<NodeRt>,
+    sock: UdpSocket,
+    codec: Rc<dyn PacketCodec>,
+    stop: Rc<ConnCtl>,
+) {
+    let u = Rc::new(UdpNode {
+        core,
+        node,
+        sock,
+        codec,
+        sessions: RefCell::new(HashMap::new()),
+        hints: RefCell::new(HashMap::new()),
+    });
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = tokio::select! {
+            r = u.sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(_) => continue,
+            },
+            _ = stop.cancelled() => break,
+        };
+        let Some(pkt) = buf.get_mut(..n) else { continue };
+        on_packet(&u, pkt, from);
+    }
+    for s in u.sessions.borrow().values() {
+        s.ctl.cancel();
+    }
+}
+
+fn on_packet(u: &Rc<UdpNode>, pkt: &mut [u8], from: SocketAddr) {
+    let hint = u.hints.borrow().get(&from).copied();
+    let opened = {
+        let port = u.core.port.borrow();
+        let ctx = CoreAuth {
+            port: &**port,
+            node: u.node.cfg.slot,
+            replay: &*u.core.shared.replay,
+            now_unix: auth::unix_now(),
+        };
+        u.codec.open_packet(pkt, hint.as_ref(), &ctx)
+    };
+    let Ok(p) = opened else { return }; // garbage and unknown users are dropped silently
+    let key: NatKey = (
+        p.user.user_id,
+        p.session_id,
+        if p.session_id == 0 { Some(from) } else { None },
+    );
+    let existing = u
+        .sessions
+        .borrow()
+        .get(&key)
+        .filter(|s| !s.ctl.is_cancelled())
+        .cloned();
+    let sess = match existing {
+        Some(s) => s,
+        None => match new_session(u, &p, from, key) {
+            Some(s) => s,
+            None => return,
+        },
+    };
+    if !sess.state.borrow_mut().accept(&p) {
+        return; // replayed or out-of-window packet id
+    }
+    sess.client.set(from);
+    sess.last.set(Instant::now());
+    if hint != Some(p.user) {
+        let mut h = u.hints.borrow_mut();
+        if h.len() > 65536 {
+            h.clear();
+        }
+        h.insert(from, p.user);
+    }
+    let Some(payload) = pkt.get(p.payload.clone()) else {
+        return;
+    };
+    match &p.dest {
+        Destination::Ip(a) => send_up(u, &sess, *a, payload),
+        Destination::Domain(..) => {
+            // Resolution may wait; do it off the receive loop with a copy of the payload.
+            let (u2, s2, dest, data) = (u.clone(), sess.clone(), p.dest.clone(), payload.to_vec());
+            tokio::task::spawn_local(async move {
+                if let Ok(addrs) = u2.core.outbound.resolve(&dest, &u2.node.connect).await {
+                    if let Some(a) = addrs.first() {
+                        send_up(&u2, &s2, *a, &data);
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn send_up(u: &UdpNode, s: &Session, to: SocketAddr, payload: &[u8]) {
+    if !u.node.connect.allow_private && crate::outbound::is_forbidden(to.ip()) {
+        return;
+    }
+    if !s.bucket.try_take(payload.len()) {
+        return;
+    }
+    if let Ok(n) = s.out.try_send_to(payload, to_socket_family(&s.out, to)) {
+        u.core
+            .port
+            .borrow_mut()
+            .add_traffic(s.user.node, s.user.user_id, n as u64, 0);
+    }
+}
+
+/// The outbound socket is dual-stack IPv6 when possible: IPv4 targets go IPv4-mapped.
+fn to_socket_family(sock: &UdpSocket, to: SocketAddr) -> SocketAddr {
+    match (sock.local_addr().map(|a| a.is_ipv6()).unwrap_or(false), to) {
+        (true, SocketAddr::V4(v4)) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+        _ => to,
+    }
+}
+
+fn outbound_socket(send_ip: Option<IpAddr>) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = |ip: IpAddr| -> io::Result<UdpSocket> {
+        let s = Socket::new(
+            Domain::for_address(SocketAddr::new(ip, 0)),
+            Type::DGRAM,
+            Some(Protocol::UDP),
+        )?;
+        if ip.is_ipv6() {
+            s.set_only_v6(false)?;
+        }
+        s.set_nonblocking(true)?;
+        s.bind(&SocketAddr::new(ip, 0).into())?;
+        UdpSocket::from_std(s.into())
+    };
+    match send_ip {
+        Some(ip) => bind(ip),
+        None => bind(IpAddr::V6(Ipv6Addr::UNSPECIFIED)).or_else(|_| bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED))),
+    }
+}
+
+fn new_session(u: &Rc<UdpNode>, p: &InboundPacket, from: SocketAddr, key: NatKey) -> Option<Rc<Session>> {
+    let core = &u.core;
+    let state = u.codec.new_session(p).ok()?;
+    let out = outbound_socket(u.node.connect.send_ip).ok()?;
+    let slot = u.node.cfg.slot;
+    let ip = crate::net::normalise_ip(from.ip());
+    // Online-IP bookkeeping only: the device limit is not applied to UDP.
+    if let Admit::Yes(Some(ev)) = core.shared.devices.admit(slot, p.user.user_id, ip, 0, 0) {
+        core.port.borrow_mut().push_event(ev);
+    }
+    let ctl = Rc::new(ConnCtl::default());
+    let id = core.next_id.get();
+    core.next_id.set(id + 1);
+    core.conns.borrow_mut().insert(
+        id,
+        ConnEntry {
+            node: slot,
+            user_id: p.user.user_id,
+            ctl: ctl.clone(),
+        },
+    );
+    let bucket = core.shared.rates.bucket(
+        slot,
+        p.user.user_id,
+        effective_bytes_per_sec(u.node.cfg.speed_limit_mbps, p.user.speed_limit_mbps),
+    );
+    let s = Rc::new(Session {
+        client: Cell::new(from),
+        user: p.user,
+        out,
+        state: RefCell::new(state),
+        last: Cell::new(Instant::now()),
+        ctl,
+        bucket,
+    });
+    u.sessions.borrow_mut().insert(key, s.clone());
+    tokio::task::spawn_local(downlink(u.clone(), s.clone(), key, id, ip));
+    Some(s)
+}
+
+async fn downlink(u: Rc<UdpNode>, s: Rc<Session>, key: NatKey, id: u64, ip: IpAddr) {
+    let core = u.core.clone();
+    let _reg = Registered {
+        core: &core,
+        id,
+        node: u.node.cfg.slot,
+        user_id: s.user.user_id,
+        ip,
+    };
+    let idle: Duration = u.node.relay.idle;
+    loop {
+        let deadline = s.last.get() + idle;
+        tokio::select! {
+            r = s.out.readable() => if r.is_err() { break },
+            _ = tokio::time::sleep_until(deadline) => {
+                if Instant::now() >= s.last.get() + idle { break }
+                continue;
+            }
+            _ = s.ctl.cancelled() => break,
+        }
+        // Take a buffer only once a datagram is ready (idle sessions hold none).
+        let mut b = core.bufs.take();
+        let (n, from) = match s.out.try_recv_from(&mut b) {
+            Ok(x) => x,
+            Err(e) => {
+                core.bufs.put(b);
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    continue;
+                }
+                break;
+            }
+        };
+        s.last.set(Instant::now());
+        let from = SocketAddr::new(crate::net::normalise_ip(from.ip()), from.port());
+        if s.bucket.try_take(n) {
+            let mut out = core.bufs.take_vec();
+            let sealed =
+                s.state
+                    .borrow_mut()
+                    .seal(&Destination::Ip(from), b.get(..n).unwrap_or_default(), &mut out);
+            if sealed.is_ok() && u.sock.try_send_to(&out, s.client.get()).is_ok() {
+                core.port
+                    .borrow_mut()
+                    .add_traffic(s.user.node, s.user.user_id, 0, n as u64);
+            }
+            core.bufs.put_vec(out);
+        }
+        core.bufs.put(b);
+    }
+    let mut sessions = u.sessions.borrow_mut();
+    if sessions.get(&key).is_some_and(|x| Rc::ptr_eq(x, &s)) {
+        sessions.remove(&key);
+    }
+}
