@@ -92,7 +92,7 @@ pub struct NonceCounter([u8; 12]);
 
 impl NonceCounter {
     /// The current nonce, then advance.
-    pub fn next(&mut self) -> [u8; 12] {
+    pub fn advance(&mut self) -> [u8; 12] {
         let cur = self.0;
         for b in self.0.iter_mut() {
             let (v, carry) = b.overflowing_add(1);
@@ -123,18 +123,18 @@ impl ChunkCipher {
     pub fn seal_chunk(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
         let start = out.len();
         out.extend_from_slice(plain);
-        self.aead.seal_append(self.nonce.next(), out, start)
+        self.aead.seal_append(self.nonce.advance(), out, start)
     }
 
     /// Advance the nonce past a chunk opened elsewhere (handshake trial decryption).
     pub fn skip_one(&mut self) {
-        self.nonce.next();
+        self.nonce.advance();
     }
 
     /// Open one chunk (ciphertext ‖ tag) in place; returns the plaintext length. The nonce
     /// advances even on failure: a failed chunk ends the stream anyway.
     pub fn open_chunk(&mut self, buf: &mut [u8]) -> Result<usize, WireError> {
-        self.aead.open_in_place(self.nonce.next(), buf)
+        self.aead.open_in_place(self.nonce.advance(), buf)
     }
 }
 
@@ -283,11 +283,11 @@ mod tests {
     #[test]
     fn nonce_counter_is_little_endian_with_carry() {
         let mut n = NonceCounter::default();
-        assert_eq!(n.next(), [0; 12]);
-        assert_eq!(n.next()[0], 1);
+        assert_eq!(n.advance(), [0; 12]);
+        assert_eq!(n.advance()[0], 1);
         let mut n = NonceCounter([0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        n.next();
-        assert_eq!(n.next(), [0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        n.advance();
+        assert_eq!(n.advance(), [0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -581,9 +581,9 @@ proptest! {
         let wire = valid_request(m);
         if let Step::Done(Next::Forward { codec: Some(mut codec), .. }) = feed_all(inbound(m).handshake().as_mut(), &wire, wire.len(), &ctx) {
             let mut out = Vec::new();
-            match codec.open(&data, &mut out) {
-                Ok(_) => prop_assert!(out.is_empty()),
-                Err(_) => {}
+            // Garbage either errors or stays buffered as a partial chunk; it never decodes.
+            if codec.open(&data, &mut out).is_ok() {
+                prop_assert!(out.is_empty());
             }
         } else {
             prop_assert!(false, "valid request rejected");
