@@ -338,3 +338,37 @@ fn dp_shutdown_drains_open_connections() {
     assert!(t.elapsed() < Duration::from_secs(5));
     let (_, _) = read_to_end(&mut c);
 }
+
+#[test]
+fn dp_speed_limit_engages_on_both_paths() {
+    // 1 Mbps = 125 000 B/s with a 1 s burst: 400 000 bytes up + down from the same budget
+    // cannot finish in much under (800 000 - 125 000) / 125 000 = 5.4 s. Lower bound only.
+    for splice in [true, false] {
+        let port = free_port();
+        let h = Harness::start(config(vec![node(11, port)]), splice);
+        h.backend.set_users(11, vec![user(11, 5, 1, 0)]);
+        std::thread::sleep(Duration::from_millis(150));
+        let echo = echo_peer(1);
+        let mut c = connect_from("127.0.0.1".parse().unwrap(), port);
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(&header(5, echo, 0)).unwrap();
+        let msg = data(400_000, 3);
+        let t = Instant::now();
+        let w = {
+            let mut c2 = c.try_clone().unwrap();
+            let m = msg.clone();
+            std::thread::spawn(move || c2.write_all(&m).unwrap())
+        };
+        let mut got = vec![0u8; msg.len()];
+        c.read_exact(&mut got).unwrap();
+        w.join().unwrap();
+        let e = t.elapsed();
+        assert_eq!(sha(&got), sha(&msg));
+        assert!(
+            e >= Duration::from_secs(4),
+            "splice={splice}: limited transfer took only {e:?}"
+        );
+        assert!(wait_until(Duration::from_secs(3), || h.backend.traffic(11, 5)
+            == (400_000, 400_000)));
+    }
+}
