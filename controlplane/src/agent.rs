@@ -177,6 +177,7 @@ fn node_api(e: &NodeEntry) -> NodeApi {
     );
     // A relative file:// host is resolved against the file that declared the node.
     if let Some(p) = e.standalone_file() {
+        let p = std::path::absolute(&p).unwrap_or(p);
         api.api_host = format!("file://{}", p.display());
     }
     api.node_type = Some(e.node_type.clone()).filter(|t| !t.is_empty());

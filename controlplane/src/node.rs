@@ -163,8 +163,9 @@ impl NodeWorker {
                 self.kind = Some(nc.cred_kind);
                 tracing::info!(node = %self.tag, port = nc.port, protocol = nc.protocol.as_str(), "node config applied");
                 self.shared.set_served(self.slot, Some(nc));
-                if kind_changed {
-                    // Secrets depend on the credential kind: rebuild the table on the next pull.
+                if kind_changed && self.users.is_some() {
+                    // Secrets depend on the credential kind (the cipher changed): the cached
+                    // user list must be fetched and rebuilt, even if the panel says 304.
                     self.users = None;
                     self.panel.forget_cache();
                 }
