@@ -6,6 +6,7 @@
 //! Peer: /opt/v2sp-peers/bin/sslocal, installed by scripts/install-test-deps.sh.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -361,14 +362,13 @@ fn spawn_udp_server(inbound: SsInbound, ctx: Arc<Ctx>) -> SocketAddr {
                 continue;
             };
             let key = (pkt.user.user_id, pkt.session_id);
-            if !sessions.contains_key(&key) {
-                let s = codec.new_session(&pkt).unwrap();
-                let up = UdpSocket::bind("127.0.0.1:0").unwrap();
-                up.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                sessions.insert(key, (s, up));
-            }
-            let Some((session, up)) = sessions.get_mut(&key) else {
-                continue;
+            let (session, up) = match sessions.entry(key) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(v) => {
+                    let up = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    up.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    v.insert((codec.new_session(&pkt).unwrap(), up))
+                }
             };
             if !session.accept(&pkt) {
                 continue;
