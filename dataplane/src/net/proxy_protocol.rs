@@ -191,6 +191,7 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyHeaderError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

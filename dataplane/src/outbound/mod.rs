@@ -226,6 +226,7 @@ async fn connect_one(addr: SocketAddr, send_ip: Option<IpAddr>) -> io::Result<Tc
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

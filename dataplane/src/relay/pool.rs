@@ -64,8 +64,12 @@ impl BufPool {
 }
 
 impl Default for BufPool {
+    /// `BUF_SIZE`, or `V2SP_COPY_BUF_KB` (4..=4096) for measurements.
     fn default() -> Self {
-        Self::new(BUF_SIZE)
+        let kb = std::env::var("V2SP_COPY_BUF_KB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok());
+        Self::new(kb.map_or(BUF_SIZE, |k| k.clamp(4, 4096) * 1024))
     }
 }
 
