@@ -121,11 +121,12 @@ impl Bucket {
 }
 
 const SHARDS: usize = 16;
+type Shard = Mutex<HashMap<(u16, u32), Weak<Bucket>>>;
 
 /// Process-wide registry of buckets by (node, user). Touched on connection open only.
 #[derive(Debug)]
 pub struct RateLimiters {
-    shards: Vec<Mutex<HashMap<(u16, u32), Weak<Bucket>>>>,
+    shards: Vec<Shard>,
 }
 
 impl Default for RateLimiters {
