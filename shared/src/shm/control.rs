@@ -2,17 +2,18 @@
 //! data-plane config and the user tables, harvests the traffic banks, and exchanges IP events
 //! and commands with the cores.
 
+use super::sync::AtomicU64;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::layout::*;
+use super::rcu;
 use super::ring::{ring_file_size, Ring};
 use super::segment::{pid_alive, Segment};
-use super::traffic::{banks, flip_for_dead_writer, read_bank, HarvestedBank};
+use super::traffic::{banks, clear_epoch, flip_for_dead_writer, idle_banks, read_bank, HarvestedBank};
 use super::user_table::{capacities_for, table_file_size, write_table, UserEntry};
 use super::{names, now_ms, Command, IpEvent, ShmError};
 use crate::cred::CredKind;
@@ -31,8 +32,9 @@ pub struct ControlShm {
     tables: Mutex<BTreeMap<(u16, usize), Segment>>,
     /// Per-core files of this instance and orphans of earlier instances.
     cores: Mutex<BTreeMap<(u64, u16), CoreFiles>>,
-    /// Serialises publishes (one node's publish at a time keeps the RCU reasoning simple).
-    publish_lock: Mutex<()>,
+    /// Serialises publishes (one node's publish at a time keeps the RCU reasoning simple);
+    /// holds the key-hash scratch buffer the table builds reuse.
+    publish_lock: Mutex<Vec<u64>>,
 }
 
 struct CoreFiles {
@@ -133,7 +135,7 @@ impl ControlShm {
             instance_id,
             tables: Mutex::new(BTreeMap::new()),
             cores: Mutex::new(BTreeMap::new()),
-            publish_lock: Mutex::new(()),
+            publish_lock: Mutex::new(Vec::new()),
         };
         me.scan_core_files()?;
         Ok(me)
@@ -218,22 +220,18 @@ impl ControlShm {
         users: &[UserEntry],
         wait: Duration,
     ) -> Result<PublishStats, ShmError> {
-        let _g = self.publish_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut scratch = self.publish_lock.lock().unwrap_or_else(|p| p.into_inner());
         let slot = self.node_slot(node)?;
-        let in_use = slot.in_use.load(Acquire) == 1;
-        let active = slot.active.load(Acquire) as usize & 1;
-        // A node's first table goes to side 0... but only if nobody reads it: until in_use is
-        // set no core looks at the node.
-        let side = if in_use { 1 - active } else { 0 };
+        let plan = rcu::plan(slot);
+        let side = plan.side;
         let started = Instant::now();
         // Never overwrite a side a core may still read: wait until every running core has
         // seen the generation that retired it.
-        let retired = slot.retired_gen[side].load(Acquire);
         self.wait_cores(
-            |s| s.seen_tables_gen.load(Acquire) >= retired,
+            |s| rcu::has_left(&s.seen_tables_gen, &plan),
             wait,
             "user table generation",
-            retired,
+            plan.retired,
         )?;
         let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.dir.join(names::users(node, side));
@@ -262,16 +260,10 @@ impl ControlShm {
         let seg = tables
             .get(&(node, side))
             .ok_or_else(|| ShmError::Invalid("table vanished".into()))?;
-        write_table(seg, node, kind, users)?;
+        write_table(seg, node, kind, users, &mut scratch)?;
         slot.cred_kind.store(kind as u32, Relaxed);
         slot.n_users.store(users.len() as u32, Relaxed);
-        slot.active.store(side as u32, Release);
-        slot.in_use.store(1, Release);
-        let gen = self.words().tables_gen.fetch_add(1, AcqRel) + 1;
-        // The side we just left is retired as of this generation.
-        if in_use {
-            slot.retired_gen[active].store(gen, Release);
-        }
+        let gen = rcu::switch(slot, &self.words().tables_gen, &plan);
         Ok(PublishStats {
             users: users.len(),
             side,
@@ -383,20 +375,17 @@ impl ControlShm {
         let mut out = Vec::new();
         for (&(inst, core), files) in cores.iter() {
             let b = banks(&files.traffic)?;
-            let active = b.meta.active_bank.load(Acquire) as usize & 1;
             let owner = b.meta.owner_pid.load(Acquire);
             let writer_gone = owner == 0 || (owner != OWNER_CONTROL && !pid_alive(owner));
-            for bank in 0..2 {
-                // An orphan (older instance) with no live writer can give up its active bank too.
-                let idle = bank != active || (inst != self.instance_id && writer_gone);
-                if idle && b.headers[bank].len.load(Acquire) > 0 {
-                    out.push(HarvestedBank {
-                        instance_id: inst,
-                        core,
-                        epoch: b.headers[bank].epoch.load(Acquire),
-                        entries: read_bank(&b, bank),
-                    });
-                }
+            // An orphan (older instance) with no live writer can give up its active bank too.
+            let take_active = inst != self.instance_id && writer_gone;
+            for (_, epoch, entries) in idle_banks(&b, take_active) {
+                out.push(HarvestedBank {
+                    instance_id: inst,
+                    core,
+                    epoch,
+                    entries,
+                });
             }
         }
         Ok(out)
@@ -436,13 +425,8 @@ impl ControlShm {
             return Ok(());
         };
         let b = banks(&files.traffic)?;
-        let active = b.meta.active_bank.load(Acquire) as usize & 1;
         let orphan = instance_id != self.instance_id;
-        for bank in 0..2 {
-            if (bank != active || orphan) && b.headers[bank].epoch.load(Acquire) == epoch {
-                b.headers[bank].len.store(0, Release);
-            }
-        }
+        clear_epoch(&b, epoch, orphan);
         if orphan && b.headers.iter().all(|h| h.len.load(Acquire) == 0) {
             let path = files.traffic.path().to_path_buf();
             cores.remove(&(instance_id, core));

@@ -1,13 +1,14 @@
 //! The data plane's handle on shared memory: attach, read the config, and per core the
 //! single-writer traffic bank, the event ring, the command ring, and the user tables.
 
+use super::sync::AtomicU64;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc;
 
 use super::control::ensure_core_files;
 use super::layout::*;
+use super::rcu;
 use super::ring::Ring;
 use super::segment::Segment;
 use super::traffic::{TrafficWriter, DEFAULT_BANK_CAPACITY};
@@ -198,18 +199,20 @@ impl CoreShm {
     /// requested harvest flip, refreshes the heartbeat.
     pub fn tick(&mut self) -> Tick {
         let mut t = Tick::default();
-        let Ok(w) = self.words() else { return t };
-        let tables_gen = w.tables_gen.load(Acquire);
+        // A clone of the ctl handle, so the words stay borrowed while `remap_tables` runs.
+        let ctl = Arc::clone(&self.ctl);
+        let Ok(w) = ctl.at::<CtlWords>(CTL_WORDS_OFF) else {
+            return t;
+        };
+        let ack = ctl
+            .at::<CoreSlot>(CTL_CORES_OFF + usize::from(self.core) * 64)
+            .ok()
+            .map(|s| &s.seen_tables_gen);
+        let mut seen = self.seen_tables_gen;
+        t.tables_changed = rcu::reader_tick(&w.tables_gen, &mut seen, ack, || self.remap_tables());
+        self.seen_tables_gen = seen;
         let epoch = w.harvest_epoch.load(Acquire);
         t.config_gen = w.config_gen.load(Acquire);
-        if tables_gen != self.seen_tables_gen {
-            self.remap_tables();
-            self.seen_tables_gen = tables_gen;
-            if let Ok(s) = self.slot() {
-                s.seen_tables_gen.store(tables_gen, Release);
-            }
-            t.tables_changed = true;
-        }
         if epoch != self.acked_epoch && self.traffic.flip(epoch) {
             self.acked_epoch = epoch;
             if let Ok(s) = self.slot() {
@@ -226,12 +229,10 @@ impl CoreShm {
     fn remap_tables(&mut self) {
         for node in 0..MAX_NODES {
             let Ok(slot) = self.node_slot(node) else { continue };
-            if slot.in_use.load(Acquire) != 1 {
+            let Some((side, inc)) = rcu::reader_side(slot) else {
                 self.tables[node] = None;
                 continue;
-            }
-            let side = slot.active.load(Acquire) as usize & 1;
-            let inc = slot.incarnation[side].load(Acquire);
+            };
             let current = self.tables[node]
                 .as_ref()
                 .is_some_and(|t| t.side == side && t.incarnation == inc);

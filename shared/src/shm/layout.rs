@@ -10,8 +10,8 @@
 //! events-C     [ SegHeader ][ RingMeta 192 B ][ [u64; 4] × cap ]   (also cmds-C)
 //! ```
 
+use super::sync::{AtomicU32, AtomicU64};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use super::ShmError;
 
@@ -43,6 +43,7 @@ pub struct SegHeader {
     pub total_size: u64,
     pub _reserved: [u64; 3],
 }
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<SegHeader>() == 64);
 
 impl SegHeader {
@@ -122,6 +123,7 @@ pub struct CtlWords {
     /// Config generation the data plane has applied.
     pub dataplane_config_gen: AtomicU64,
 }
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<CtlWords>() == 64);
 
 #[repr(C, align(64))]
@@ -138,6 +140,7 @@ pub struct NodeSlot {
     pub n_users: AtomicU32,
     pub _pad: [u64; 1],
 }
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<NodeSlot>() == 64);
 
 #[repr(C, align(64))]
@@ -153,6 +156,7 @@ pub struct CoreSlot {
     pub accepted_total: AtomicU64,
     pub _pad1: [u64; 2],
 }
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<CoreSlot>() == 64);
 
 pub const CTL_WORDS_OFF: usize = 64;
@@ -167,6 +171,7 @@ pub struct ConfigMeta {
     pub len: [AtomicU64; 2],
     pub _pad1: [u64; 5],
 }
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<ConfigMeta>() == 64);
 pub const CONFIG_META_OFF: usize = 64;
 pub const CONFIG_BLOB_OFF: usize = 128;
@@ -182,6 +187,7 @@ pub struct TableMeta {
     pub index_off: u64,
     pub _pad: [u64; 4],
 }
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<TableMeta>() == 64);
 pub const TABLE_META_OFF: usize = 64;
 pub const TABLE_RECORDS_OFF: usize = 128;
@@ -200,6 +206,7 @@ pub struct UserRecord {
     pub secret_len: u8,
     pub _pad: [u8; 11],
 }
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<UserRecord>() == 64);
 pub const USER_ENABLED: u32 = 1;
 
@@ -211,6 +218,7 @@ pub struct TrafficMeta {
     pub active_bank: AtomicU32,
     pub _pad: [u64; 7],
 }
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<TrafficMeta>() == 64);
 pub const OWNER_CONTROL: u32 = u32::MAX;
 
@@ -223,6 +231,7 @@ pub struct BankHeader {
     pub overflow: AtomicU32,
     pub _pad: [u64; 6],
 }
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<BankHeader>() == 64);
 
 /// Accumulated payload bytes of one user of one node on one core.
@@ -234,6 +243,7 @@ pub struct TrafficEntry {
     pub down: AtomicU64,
     pub _pad: AtomicU64,
 }
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<TrafficEntry>() == 32);
 pub const TRAFFIC_META_OFF: usize = 64;
 pub const TRAFFIC_BANKS_OFF: usize = 128;
@@ -250,6 +260,7 @@ pub struct RingMeta {
     pub dropped: AtomicU64,
     pub _pad2: [u64; 7],
 }
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<RingMeta>() == 192);
 pub const RING_META_OFF: usize = 64;
 pub const RING_SLOTS_OFF: usize = 256;

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 mod control;
 mod dataplane;
 pub mod layout;
+mod rcu;
 mod ring;
 mod segment;
+mod sync;
 mod traffic;
 mod user_table;
 
@@ -197,5 +199,7 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+#[cfg(all(test, loom))]
+mod loom_models;
 #[cfg(test)]
 mod tests;

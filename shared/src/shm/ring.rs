@@ -4,7 +4,7 @@
 //! lines. A full ring drops the item and counts it: the data plane never blocks on the
 //! control plane.
 
-use std::sync::atomic::AtomicU64;
+use super::sync::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use super::layout::{RingMeta, RING_META_OFF, RING_SLOTS_OFF};
@@ -44,41 +44,54 @@ impl Ring {
 
     /// Producer side. False (and `dropped` + 1) when full.
     pub(crate) fn push(&self, item: Item) -> bool {
-        let Some((m, slots)) = self.parts() else {
-            return false;
-        };
-        let head = m.head.load(Relaxed);
-        let tail = m.tail.load(Acquire);
-        if head.wrapping_sub(tail) >= slots.len() as u64 {
-            m.dropped.fetch_add(1, Relaxed);
-            return false;
-        }
-        let slot = &slots[(head as usize) & (slots.len() - 1)];
-        for (w, v) in slot.iter().zip(item) {
-            w.store(v, Relaxed);
-        }
-        m.head.store(head.wrapping_add(1), Release);
-        true
+        self.parts().is_some_and(|(m, slots)| push(m, slots, item))
     }
 
     /// Consumer side.
     pub(crate) fn pop(&self) -> Option<Item> {
         let (m, slots) = self.parts()?;
-        let tail = m.tail.load(Relaxed);
-        let head = m.head.load(Acquire);
-        if head == tail {
-            return None;
-        }
-        let slot = &slots[(tail as usize) & (slots.len() - 1)];
-        let mut item = [0u64; 4];
-        for (v, w) in item.iter_mut().zip(slot) {
-            *v = w.load(Relaxed);
-        }
-        m.tail.store(tail.wrapping_add(1), Release);
-        Some(item)
+        pop(m, slots)
     }
 
     pub(crate) fn dropped(&self) -> u64 {
         self.parts().map_or(0, |(m, _)| m.dropped.load(Relaxed))
     }
+}
+
+/// Producer step over the ring's words (the mapped ring and the loom model both call this).
+/// `slots.len()` is a power of two.
+pub(crate) fn push(m: &RingMeta, slots: &[[AtomicU64; 4]], item: Item) -> bool {
+    let head = m.head.load(Relaxed);
+    // Acquire: the consumer's reads of the slot we are about to reuse happen before our writes.
+    let tail = m.tail.load(Acquire);
+    let Some(slot) = slots.get((head as usize) & slots.len().wrapping_sub(1)) else {
+        return false;
+    };
+    if head.wrapping_sub(tail) >= slots.len() as u64 {
+        m.dropped.fetch_add(1, Relaxed);
+        return false;
+    }
+    for (w, v) in slot.iter().zip(item) {
+        w.store(v, Relaxed);
+    }
+    // Release: the slot's words are visible before the consumer can see the new head.
+    m.head.store(head.wrapping_add(1), Release);
+    true
+}
+
+/// Consumer step over the ring's words.
+pub(crate) fn pop(m: &RingMeta, slots: &[[AtomicU64; 4]]) -> Option<Item> {
+    let tail = m.tail.load(Relaxed);
+    let head = m.head.load(Acquire);
+    if head == tail {
+        return None;
+    }
+    let slot = slots.get((tail as usize) & slots.len().wrapping_sub(1))?;
+    let mut item = [0u64; 4];
+    for (v, w) in item.iter_mut().zip(slot) {
+        *v = w.load(Relaxed);
+    }
+    // Release: our reads of the slot are done before the producer may overwrite it.
+    m.tail.store(tail.wrapping_add(1), Release);
+    Some(item)
 }

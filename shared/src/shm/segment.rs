@@ -157,20 +157,25 @@ impl Segment {
         Ok(())
     }
 
-    /// Copy `values` to `off`; same exclusivity contract as [`Segment::write`].
-    pub(crate) fn write_slice<T: Copy>(&self, off: usize, values: &[T]) -> Result<(), ShmError> {
-        let bytes = size_of_val(values);
+    /// Fill `n` `T`s at `off` in place through one exclusive slice (one bounds check for the
+    /// whole region instead of one per element); same exclusivity contract as
+    /// [`Segment::write`], and the same type contract as [`Segment::at`]. The slice cannot
+    /// outlive the closure.
+    pub(crate) fn fill_with<T, R>(
+        &self,
+        off: usize,
+        n: usize,
+        f: impl FnOnce(&mut [T]) -> R,
+    ) -> Result<R, ShmError> {
+        let bytes = n
+            .checked_mul(size_of::<T>())
+            .ok_or_else(|| self.layout_err("slice overflow"))?;
         self.check(off, bytes, align_of::<T>())?;
-        // SAFETY: destination in bounds and aligned (checked), source is a valid slice that
-        // cannot overlap the mapping's inactive region; exclusivity as for `write`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                values.as_ptr(),
-                self.map.as_mut_ptr().add(off).cast::<T>(),
-                values.len(),
-            )
-        };
-        Ok(())
+        // SAFETY: in bounds and aligned (checked); every bit pattern is a valid T (type
+        // contract); no other thread or process reads or writes this region now (caller's
+        // protocol obligation, as for `write`), and the `&mut` does not escape `f`.
+        let s = unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off).cast::<T>(), n) };
+        Ok(f(s))
     }
 
     fn check(&self, off: usize, size: usize, align: usize) -> Result<(), ShmError> {
@@ -197,6 +202,20 @@ impl Segment {
     }
 }
 
+/// Hint the CPU to fetch the cache line holding `v` (used to overlap the random index
+/// probes of a table build). A no-op where the architecture has no prefetch hint.
+#[inline(always)]
+pub(crate) fn prefetch<T>(v: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it never faults and has no architectural effect,
+    // and the pointer comes from a valid reference anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((v as *const T).cast::<i8>())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 /// Whether a process with this pid exists (a dead owner's segments may be taken over).
 pub(crate) fn pid_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
@@ -205,4 +224,23 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
     // SAFETY: kill with signal 0 sends nothing; it only checks existence and permission.
     let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
     r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// The loom models' stand-in for the plain (non-atomic) table writes of [`Segment::write`] and
+/// the cores' plain reads of records: a loom `UnsafeCell` per table side, so that loom reports
+/// any write that is not ordered after every read of the same side (and vice versa).
+#[cfg(all(test, loom))]
+pub(crate) mod loom_cell {
+    pub(crate) use loom::cell::UnsafeCell;
+
+    pub(crate) fn write(cell: &UnsafeCell<u64>, v: u64) {
+        // SAFETY: loom checks the exclusivity this asserts (it panics on a causally
+        // concurrent access), which is exactly what the models test.
+        cell.with_mut(|p| unsafe { *p = v });
+    }
+
+    pub(crate) fn read(cell: &UnsafeCell<u64>) -> u64 {
+        // SAFETY: as in `write`: loom reports a read concurrent with a write.
+        cell.with(|p| unsafe { *p })
+    }
 }

@@ -312,10 +312,10 @@ fn full_event_ring_drops_and_counts() {
         core: 0,
     };
     let mut accepted = 0;
-    for _ in 0..(super::control::EVENT_RING_CAP + 5) {
+    for _ in 0..(control::EVENT_RING_CAP + 5) {
         accepted += usize::from(core.push_event(ev));
     }
-    assert_eq!(accepted, super::control::EVENT_RING_CAP);
+    assert_eq!(accepted, control::EVENT_RING_CAP);
     let (got, dropped) = c.drain_events(usize::MAX);
     assert_eq!(got.len(), accepted);
     assert_eq!(dropped, 5);

@@ -89,19 +89,24 @@ pub(crate) fn read_bank(b: &Banks<'_>, bank: usize) -> Vec<TrafficDelta> {
 /// The writing side, owned by one core thread.
 pub struct TrafficWriter {
     seg: Segment,
+    w: BankWriter,
+    pid: u32,
+}
+
+/// The core's private state of its traffic file: the steps of the single-writer protocol over
+/// [`Banks`], shared by [`TrafficWriter`] and the loom models.
+pub(crate) struct BankWriter {
     cap: usize,
     active: usize,
     index: HashMap<u64, u32>,
     /// Bytes that did not fit a full bank; moved into the next bank after a flip.
     spill: HashMap<u64, (u64, u64)>,
-    pid: u32,
 }
 
 impl TrafficWriter {
     /// Take ownership of a core's traffic file. A bank left by a crashed predecessor is
     /// continued, not reset: its bytes are still unharvested.
     pub(crate) fn claim(seg: Segment, pid: u32) -> Result<TrafficWriter, ShmError> {
-        let cap = seg.header().capacity as usize;
         {
             let b = banks(&seg)?;
             let mut waited = 0;
@@ -126,30 +131,52 @@ impl TrafficWriter {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
-        let mut w = TrafficWriter {
-            seg,
-            cap,
-            active: 0,
-            index: HashMap::new(),
-            spill: HashMap::new(),
-            pid,
-        };
-        let b = banks(&w.seg)?;
-        w.active = (b.meta.active_bank.load(Acquire) as usize) & 1;
-        let len = (b.headers[w.active].len.load(Acquire) as usize).min(cap);
-        for (i, e) in b.entries[w.active][..len].iter().enumerate() {
-            w.index.insert(e.key.load(Relaxed), i as u32);
-        }
-        Ok(w)
+        let w = BankWriter::resume(&banks(&seg)?);
+        Ok(TrafficWriter { seg, w, pid })
     }
 
     /// Add payload bytes for a user. Single writer: plain load+store, no read-modify-write.
     pub fn add(&mut self, node: u16, user_id: u32, up: u64, down: u64) {
+        if let Ok(b) = banks(&self.seg) {
+            self.w.add(&b, node, user_id, up, down);
+        }
+    }
+
+    /// Flip to the other bank for harvest `epoch`, if the control plane has drained it.
+    /// Returns false (and keeps counting in the current bank) otherwise.
+    pub(crate) fn flip(&mut self, epoch: u64) -> bool {
+        banks(&self.seg).is_ok_and(|b| self.w.flip(&b, epoch))
+    }
+
+    /// Live totals of the active bank (for status displays; racy by design).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+impl BankWriter {
+    /// Continue the active bank as a (possibly crashed) predecessor left it.
+    pub(crate) fn resume(b: &Banks<'_>) -> BankWriter {
+        let active = (b.meta.active_bank.load(Acquire) as usize) & 1;
+        let cap = b.entries[0].len().min(b.entries[1].len());
+        let len = (b.headers[active].len.load(Acquire) as usize).min(cap);
+        let mut index = HashMap::new();
+        for (i, e) in b.entries[active][..len].iter().enumerate() {
+            index.insert(e.key.load(Relaxed), i as u32);
+        }
+        BankWriter {
+            cap,
+            active,
+            index,
+            spill: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn add(&mut self, b: &Banks<'_>, node: u16, user_id: u32, up: u64, down: u64) {
         if up == 0 && down == 0 {
             return;
         }
         let k = key(node, user_id);
-        let Ok(b) = banks(&self.seg) else { return };
         let entries = b.entries[self.active];
         let idx = match self.index.get(&k) {
             Some(&i) => i as usize,
@@ -179,28 +206,28 @@ impl TrafficWriter {
         e.down.store(e.down.load(Relaxed).wrapping_add(down), Relaxed);
     }
 
-    /// Flip to the other bank for harvest `epoch`, if the control plane has drained it.
-    /// Returns false (and keeps counting in the current bank) otherwise.
-    pub(crate) fn flip(&mut self, epoch: u64) -> bool {
-        let Ok(b) = banks(&self.seg) else { return false };
+    pub(crate) fn flip(&mut self, b: &Banks<'_>, epoch: u64) -> bool {
         let other = 1 - self.active;
+        // Acquire: the harvester's reads of this bank happen before we write it again.
         if b.headers[other].len.load(Acquire) != 0 {
             return false;
         }
         b.headers[other].epoch.store(epoch, Relaxed);
         b.headers[other].overflow.store(0, Relaxed);
+        // Release: everything written to the old bank is visible to whoever sees the flip.
         b.meta.active_bank.store(other as u32, Release);
         self.active = other;
         self.index.clear();
         for (k, (up, down)) in std::mem::take(&mut self.spill) {
-            self.add((k >> 32) as u16, k as u32, up, down);
+            self.add(b, (k >> 32) as u16, k as u32, up, down);
         }
         true
     }
 
-    /// Live totals of the active bank (for status displays; racy by design).
-    pub fn pid(&self) -> u32 {
-        self.pid
+    /// Bytes held back because a bank was full (part of the core's unharvested total).
+    #[cfg(all(test, loom))]
+    pub(crate) fn spilled(&self) -> u64 {
+        self.spill.values().map(|(u, d)| u + d).sum()
     }
 }
 
@@ -208,6 +235,44 @@ impl Drop for TrafficWriter {
     fn drop(&mut self) {
         if let Ok(b) = banks(&self.seg) {
             let _ = b.meta.owner_pid.compare_exchange(self.pid, 0, Release, Relaxed);
+        }
+    }
+}
+
+/// Harvester step: the banks of one core's file that hold bytes and that no writer adds to
+/// any more, as `(bank, epoch, entries)`. `take_active`: the writer is gone for good (an
+/// orphan of an earlier instance), so its active bank is idle too.
+pub(crate) fn idle_banks(b: &Banks<'_>, take_active: bool) -> Vec<(usize, u64, Vec<TrafficDelta>)> {
+    let active = b.meta.active_bank.load(Acquire) as usize & 1;
+    let mut out = Vec::new();
+    for bank in 0..2 {
+        if (bank != active || take_active) && b.headers[bank].len.load(Acquire) > 0 {
+            let epoch = b.headers[bank].epoch.load(Acquire);
+            let entries = read_bank(b, bank);
+            // The core may have flipped to this bank after we loaded `active` (a harvest whose
+            // wait timed out, or `pending_banks` at any time) and be filling it now: then
+            // what we read is a prefix of a live bank, and journalling it under this epoch
+            // would lose the rest (or count it twice). The `len` we read Acquire'd the flip's
+            // Release, so a re-load of `active` sees it. (Found by the loom model
+            // `loom_traffic_harvest_timed_out_wait`.)
+            if !take_active && b.meta.active_bank.load(Acquire) as usize & 1 == bank {
+                continue;
+            }
+            out.push((bank, epoch, entries));
+        }
+    }
+    out
+}
+
+/// Harvester step after journalling: empty the idle bank activated in `epoch` (a stale
+/// call, for an epoch no idle bank carries, clears nothing). `orphan`: the file belongs to
+/// an earlier instance whose writer is gone, so the active bank may be cleared too.
+pub(crate) fn clear_epoch(b: &Banks<'_>, epoch: u64, orphan: bool) {
+    let active = b.meta.active_bank.load(Acquire) as usize & 1;
+    for bank in 0..2 {
+        if (bank != active || orphan) && b.headers[bank].epoch.load(Acquire) == epoch {
+            // Release: our reads of the bank happen before the writer's next flip reuses it.
+            b.headers[bank].len.store(0, Release);
         }
     }
 }

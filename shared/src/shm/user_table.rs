@@ -6,7 +6,7 @@
 //! usually one cache line of index plus one record.
 
 use super::layout::{TableMeta, UserRecord, TABLE_META_OFF, TABLE_RECORDS_OFF, USER_ENABLED};
-use super::segment::Segment;
+use super::segment::{prefetch, Segment};
 use super::{ShmError, UserRef};
 use crate::cred::{lookup_key, CredKind, Secret};
 
@@ -48,17 +48,28 @@ pub(crate) fn table_file_size(cap: usize, index_cap: usize) -> usize {
     TABLE_RECORDS_OFF + cap * size_of::<UserRecord>() + index_cap * 8
 }
 
-/// Write a complete table into `seg` (which no reader uses at the moment).
+/// How far ahead of the insert the index build prefetches its probe line. The index is
+/// random access over up to tens of MiB, so without it every insert waits for DRAM.
+const PREFETCH_AHEAD: usize = 16;
+
+/// Write a complete table into `seg` (which no reader uses at the moment). `hashes` is
+/// scratch space kept by the caller between publishes (one `u64` per user).
+///
+/// Records are written in one sequential pass straight into the file, the index is built in
+/// place (zeroed, then filled with the probe line of the insert `PREFETCH_AHEAD` users later
+/// already requested), so a publish touches each byte of the table once and allocates
+/// nothing in steady state.
 pub(crate) fn write_table(
     seg: &Segment,
     node: u16,
     kind: CredKind,
     users: &[UserEntry],
+    hashes: &mut Vec<u64>,
 ) -> Result<(), ShmError> {
     let cap = seg.header().capacity as usize;
     let index_off = TABLE_RECORDS_OFF + cap * size_of::<UserRecord>();
-    let index_cap = (seg.len() - index_off) / 8;
-    if users.len() > cap || !index_cap.is_power_of_two() {
+    let index_cap = seg.len().saturating_sub(index_off) / 8;
+    if users.len() > cap || !index_cap.is_power_of_two() || index_cap <= cap {
         return Err(ShmError::Layout {
             path: seg.path().to_path_buf(),
             what: format!(
@@ -68,21 +79,35 @@ pub(crate) fn write_table(
         });
     }
     let mask = index_cap - 1;
-    let mut index = vec![0u64; index_cap];
-    for (slot, u) in users.iter().enumerate() {
-        let rec = UserRecord {
-            secret: u.secret.bytes,
-            user_id: u.user_id,
-            speed_limit_mbps: u.speed_limit_mbps,
-            device_limit: u.device_limit,
-            alive_elsewhere: std::sync::atomic::AtomicU32::new(u.alive_elsewhere),
-            flags: USER_ENABLED,
-            secret_len: u.secret.len,
-            _pad: [0; 11],
-        };
-        seg.write(TABLE_RECORDS_OFF + slot * size_of::<UserRecord>(), rec)?;
-        if let Some(key) = lookup_key(kind, u.secret.as_slice()) {
-            let h = key_hash(key.as_slice());
+    let has_key = kind.has_lookup_key();
+    hashes.clear();
+    seg.fill_with::<UserRecord, _>(TABLE_RECORDS_OFF, users.len(), |records| {
+        for (r, u) in records.iter_mut().zip(users) {
+            *r = UserRecord {
+                secret: u.secret.bytes,
+                user_id: u.user_id,
+                speed_limit_mbps: u.speed_limit_mbps,
+                device_limit: u.device_limit,
+                alive_elsewhere: super::sync::AtomicU32::new(u.alive_elsewhere),
+                flags: USER_ENABLED,
+                secret_len: u.secret.len,
+                _pad: [0; 11],
+            };
+        }
+    })?;
+    if has_key {
+        hashes.extend(
+            users
+                .iter()
+                .map(|u| lookup_key(kind, u.secret.as_slice()).map_or(0, |k| key_hash(k.as_slice()))),
+        );
+    }
+    seg.fill_with::<u64, _>(index_off, index_cap, |index| {
+        index.fill(0);
+        for (slot, &h) in hashes.iter().enumerate() {
+            if let Some(&ahead) = hashes.get(slot + PREFETCH_AHEAD) {
+                prefetch(&index[ahead as usize & mask]);
+            }
             let entry = (h & 0xFFFF_FFFF_0000_0000) | (slot as u64 + 1);
             let mut i = h as usize & mask;
             // Terminates: at most `cap` < `index_cap` entries are occupied.
@@ -91,8 +116,7 @@ pub(crate) fn write_table(
             }
             index[i] = entry;
         }
-    }
-    seg.write_slice(index_off, &index)?;
+    })?;
     seg.write(
         TABLE_META_OFF,
         TableMeta {
