@@ -67,7 +67,10 @@ pub fn node_config(
             let raw = info.cipher.as_deref().ok_or(BuildError::NoCipher)?;
             let (cipher, kind) = ss_cipher(raw).ok_or_else(|| BuildError::BadCipher(raw.to_string()))?;
             let server_key = info.server_key.clone().unwrap_or_default();
-            if cipher.starts_with("2022-") && server_key.trim().is_empty() {
+            // The AES 2022 ciphers carry users in identity headers under the server PSK; the
+            // chacha variant has no identity headers (users are tried by their own keys), and
+            // Xboard sends `server_key: null` for it.
+            if cipher.starts_with("2022-blake3-aes") && server_key.trim().is_empty() {
                 return Err(BuildError::NoServerKey(cipher.to_string()));
             }
             let ss = ShadowsocksSettings {
@@ -166,12 +169,15 @@ mod tests {
     }
 
     #[test]
-    fn xboard_chacha_2022_without_server_key_is_a_clear_error() {
-        let i = info(r#"{"server_port":1,"cipher":"2022-blake3-chacha20-poly1305","server_key":null}"#);
+    fn aes_2022_without_server_key_is_a_clear_error_chacha_is_fine() {
+        let i = info(r#"{"server_port":1,"cipher":"2022-blake3-aes-256-gcm","server_key":null}"#);
         assert_eq!(
             node_config(0, "t", &entry("shadowsocks"), &i),
-            Err(BuildError::NoServerKey("2022-blake3-chacha20-poly1305".into()))
+            Err(BuildError::NoServerKey("2022-blake3-aes-256-gcm".into()))
         );
+        // Xboard's reply for the chacha variant.
+        let i = info(r#"{"server_port":1,"cipher":"2022-blake3-chacha20-poly1305","server_key":null}"#);
+        assert!(node_config(0, "t", &entry("shadowsocks"), &i).is_ok());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! integration tests and benchmarks, and by the `v2sp-panel-sim` binary for manual runs.
 //! Loopback only.
 
+pub mod harness;
 pub mod panel_sim;
 
 pub use panel_sim::{AcceptedPush, Fault, PanelSim, RecordedRequest, SimDialect, SimOptions};

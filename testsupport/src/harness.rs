@@ -1,0 +1,415 @@
+//! Process harness for end-to-end tests: the real `v2sp` (which spawns the real
+//! `v2sp-dataplane`) against the panel simulator, real third-party clients (`sslocal`,
+//! `sing-box`) in front of it, and a local echo target behind it. Loopback only; every wait
+//! is bounded.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::panel_sim::{PanelSim, SimOptions};
+
+/// Where the workspace's binaries are: `$V2SP_BIN_DIR`, else the target dir this test binary
+/// was built into (`target/<profile>/deps/<test>` → `target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("V2SP_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// A third-party peer binary from `scripts/install-test-deps.sh`; a clear error if missing.
+pub fn peer(name: &str) -> anyhow::Result<PathBuf> {
+    let root = std::env::var_os("V2SP_PEERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/v2sp-peers"));
+    let p = root.join("bin").join(name);
+    if p.exists() {
+        Ok(p)
+    } else {
+        bail!(
+            "{} not found: run scripts/install-test-deps.sh (it installs the real peers the tests talk to)",
+            p.display()
+        )
+    }
+}
+
+/// A free loopback TCP+UDP port.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let Ok(t) = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) else {
+            continue;
+        };
+        let Ok(a) = t.local_addr() else { continue };
+        if UdpSocket::bind(a).is_ok() {
+            return a.port();
+        }
+    }
+    0
+}
+
+pub fn wait_tcp(port: u16, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after {within:?}")
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> anyhow::Result<Proc> {
+        let f = std::fs::File::create(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Proc {
+            child,
+            name: name.to_string(),
+            log,
+        })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM and wait (bounded), then SIGKILL.
+    pub fn terminate(&mut self, grace: Duration) {
+        // SAFETY-free: `kill` the command, not libc, keeps this crate without unsafe.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One node on the simulated panel.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub node_id: u32,
+    pub port: u16,
+    /// Panel `config` reply.
+    pub info: Value,
+    /// Panel users (`{"id","uuid",…}`).
+    pub users: Vec<Value>,
+}
+
+/// Panel simulator + `v2sp run` (+ data plane) in a temp dir.
+pub struct V2sp {
+    pub dir: tempfile::TempDir,
+    pub sim: PanelSim,
+    pub agent: Proc,
+    pub nodes: Vec<NodeSpec>,
+}
+
+impl V2sp {
+    /// Start with these nodes; `extra` is merged into each node's local config entry.
+    pub fn start(nodes: Vec<NodeSpec>, extra: Value) -> anyhow::Result<V2sp> {
+        let dir = tempfile::tempdir()?;
+        let sim = PanelSim::start(SimOptions {
+            token: "e2e-token".into(),
+            ..SimOptions::default()
+        })?;
+        let mut entries = Vec::new();
+        for n in &nodes {
+            sim.set_node(n.node_id, n.info.clone());
+            sim.set_users(n.node_id, n.users.clone());
+            let mut e = json!({"ApiHost": sim.single_url(), "ApiKey": "e2e-token", "NodeID": n.node_id,
+                               "NodeType": n.info.get("node_type").cloned().unwrap_or(json!("shadowsocks")),
+                               "ListenIP": "127.0.0.1", "Timeout": 3});
+            if let (Some(m), Some(x)) = (e.as_object_mut(), extra.as_object()) {
+                for (k, v) in x {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+            entries.push(e);
+        }
+        let cfg = json!({
+            "Log": {"Level": "info"},
+            "StateDir": dir.path().join("state"),
+            "Dataplane": {"ShmDir": dir.path().join("shm"), "AllowPrivateDestinations": true, "Workers": 2},
+            "Nodes": entries,
+        });
+        let cfg_path = dir.path().join("config.json");
+        std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
+        let bins = bin_dir();
+        let mut cmd = Command::new(bins.join("v2sp"));
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&cfg_path)
+            .env("V2SP_DATAPLANE_BIN", bins.join("v2sp-dataplane"));
+        let agent = Proc::spawn("v2sp", cmd, dir.path().join("v2sp.log"))?;
+        let me = V2sp {
+            dir,
+            sim,
+            agent,
+            nodes,
+        };
+        for n in &me.nodes {
+            wait_tcp(n.port, Duration::from_secs(30))
+                .with_context(|| format!("v2sp log:\n{}", me.agent.log()))?;
+        }
+        Ok(me)
+    }
+
+    pub fn shm_dir(&self) -> PathBuf {
+        self.dir.path().join("shm")
+    }
+
+    /// Wait until the panel's totals for `node` equal `expected` (bounded).
+    pub fn wait_totals(
+        &self,
+        node: u32,
+        expected: &BTreeMap<u32, (u64, u64)>,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.sim.totals(node);
+            if &got == expected {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {node}: panel totals {got:?}, expected {expected:?}\n--- v2sp log ---\n{}",
+                    self.agent.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A TCP+UDP echo server on 127.0.0.1 (each TCP connection echoes until EOF, then closes).
+pub struct Echo {
+    pub port: u16,
+}
+
+impl Echo {
+    pub fn start() -> anyhow::Result<Echo> {
+        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = tcp.local_addr()?.port();
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, port))?;
+        std::thread::spawn(move || {
+            for s in tcp.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut s = s;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if s.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(&buf[..n], from);
+            }
+        });
+        Ok(Echo { port })
+    }
+}
+
+/// Deterministic pseudo-random payload.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn sha256(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// SOCKS5 CONNECT through `socks` to 127.0.0.1:`port`.
+pub fn socks5_connect(socks: u16, port: u16) -> anyhow::Result<TcpStream> {
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, socks))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(&[5, 1, 0])?;
+    let mut r = [0u8; 2];
+    s.read_exact(&mut r)?;
+    if r != [5, 0] {
+        bail!("socks greeting refused: {r:?}");
+    }
+    let p = port.to_be_bytes();
+    s.write_all(&[5, 1, 0, 1, 127, 0, 0, 1, p[0], p[1]])?;
+    let mut rep = [0u8; 10];
+    s.read_exact(&mut rep)?;
+    if rep[1] != 0 {
+        bail!("socks CONNECT failed with code {}", rep[1]);
+    }
+    Ok(s)
+}
+
+/// Send `data` through a SOCKS5 connection to the echo server and check it comes back intact.
+/// Returns the bytes moved each way.
+pub fn tcp_echo_through(socks: u16, echo: u16, data: &[u8]) -> anyhow::Result<u64> {
+    let mut s = socks5_connect(socks, echo)?;
+    let mut w = s.try_clone()?;
+    let to_send = data.to_vec();
+    // No half-close: some clients (sing-box) end the whole tunnel when their SOCKS side sends
+    // FIN. Read exactly what was sent, then close.
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        for chunk in to_send.chunks(32 * 1024) {
+            w.write_all(chunk)?;
+        }
+        Ok(())
+    });
+    let mut back = vec![0u8; data.len()];
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut got = 0;
+    while got < back.len() {
+        match s.read(&mut back[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => return Err(anyhow::anyhow!("reading the echo after {got} bytes: {e}")),
+        }
+    }
+    back.truncate(got);
+    writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    if sha256(&back) != sha256(data) {
+        bail!(
+            "echo mismatch: sent {} bytes, got {} bytes back",
+            data.len(),
+            back.len()
+        );
+    }
+    Ok(data.len() as u64)
+}
+
+/// Send datagrams through a SOCKS5 UDP association to the echo server; every datagram must
+/// come back intact. Returns the payload bytes sent (each echoed once).
+pub fn udp_echo_through(socks: u16, echo: u16, count: usize, size: usize) -> anyhow::Result<u64> {
+    let mut ctl = TcpStream::connect((Ipv4Addr::LOCALHOST, socks))?;
+    ctl.set_read_timeout(Some(Duration::from_secs(10)))?;
+    ctl.write_all(&[5, 1, 0])?;
+    let mut r = [0u8; 2];
+    ctl.read_exact(&mut r)?;
+    ctl.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0])?;
+    let mut rep = [0u8; 10];
+    ctl.read_exact(&mut rep)?;
+    if rep[1] != 0 {
+        bail!("socks UDP ASSOCIATE failed with code {}", rep[1]);
+    }
+    let relay = SocketAddr::from(([127, 0, 0, 1], u16::from_be_bytes([rep[8], rep[9]])));
+    let u = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    u.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let p = echo.to_be_bytes();
+    let mut total = 0u64;
+    for i in 0..count {
+        let body = payload(size, i as u64 + 1);
+        let mut pkt = vec![0, 0, 0, 1, 127, 0, 0, 1, p[0], p[1]];
+        pkt.extend_from_slice(&body);
+        // UDP may drop: retry a few times; every datagram sent counts as upload, so a retry
+        // would double count — instead, send once and require it back.
+        u.send_to(&pkt, relay)?;
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = u
+            .recv_from(&mut buf)
+            .with_context(|| format!("datagram {i} not echoed"))?;
+        if buf.get(10..n) != Some(&body[..]) {
+            bail!("datagram {i} came back altered");
+        }
+        total += size as u64;
+    }
+    drop(ctl);
+    Ok(total)
+}
+
+/// `sslocal` as a SOCKS5 client of a Shadowsocks server.
+pub fn sslocal(server_port: u16, method: &str, password: &str, dir: &Path) -> anyhow::Result<(Proc, u16)> {
+    let socks = free_port();
+    let mut cmd = Command::new(peer("sslocal")?);
+    cmd.args([
+        "-b",
+        &format!("127.0.0.1:{socks}"),
+        "-s",
+        &format!("127.0.0.1:{server_port}"),
+    ])
+    .args(["-m", method, "-k", password, "-U"]);
+    let p = Proc::spawn("sslocal", cmd, dir.join(format!("sslocal-{socks}.log")))?;
+    wait_tcp(socks, Duration::from_secs(10))?;
+    Ok((p, socks))
+}
+
+/// The sing-box client with a SOCKS inbound and a Shadowsocks outbound.
+pub fn sing_box_ss(
+    server_port: u16,
+    method: &str,
+    password: &str,
+    dir: &Path,
+) -> anyhow::Result<(Proc, u16)> {
+    let socks = free_port();
+    let cfg = json!({
+        "log": {"level": "warn"},
+        "inbounds": [{"type": "socks", "tag": "in", "listen": "127.0.0.1", "listen_port": socks}],
+        "outbounds": [{"type": "shadowsocks", "tag": "ss", "server": "127.0.0.1", "server_port": server_port,
+                        "method": method, "password": password}],
+    });
+    let path = dir.join(format!("sing-box-{socks}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
+    let mut cmd = Command::new(peer("sing-box")?);
+    cmd.arg("run").arg("-c").arg(&path).current_dir(dir);
+    let p = Proc::spawn("sing-box", cmd, dir.join(format!("sing-box-{socks}.log")))?;
+    wait_tcp(socks, Duration::from_secs(10))?;
+    Ok((p, socks))
+}
