@@ -524,7 +524,9 @@ async fn handle_conn(core: Rc<Core>, node: Rc<NodeRt>, mut client: TcpStream, mu
     crate::net::tune_stream(&client);
     core.handshaking.set(core.handshaking.get() + 1);
     let hs_guard = HandshakeGuard(&core);
-    let next = match tokio::time::timeout(node.handshake, handshake(&core, &node, &client, &mut peer)).await {
+    // One deadline for the whole handshake, including draining a rejected client.
+    let deadline = tokio::time::Instant::now() + node.handshake;
+    let next = match tokio::time::timeout_at(deadline, handshake(&core, &node, &client, &mut peer)).await {
         Ok(Handshake::Forward(n)) => n,
         Ok(Handshake::Drop) | Err(_) => return,
     };
@@ -545,7 +547,7 @@ async fn handle_conn(core: Rc<Core>, node: Rc<NodeRt>, mut client: TcpStream, mu
             ..
         } => {
             let mut buf = vec![0u8; 4096];
-            let _ = tokio::time::timeout(node.handshake, drain(&client, &mut buf)).await;
+            let _ = tokio::time::timeout_at(deadline, drain(&client, &mut buf)).await;
             return;
         }
     };

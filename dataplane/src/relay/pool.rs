@@ -104,7 +104,11 @@ impl PipePool {
 }
 
 impl Default for PipePool {
+    /// `PIPE_SIZE`, or `V2SP_PIPE_KB` (4..=1024, the default `pipe-max-size`) for measurements.
     fn default() -> Self {
-        Self::new(PIPE_SIZE)
+        let kb = std::env::var("V2SP_PIPE_KB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok());
+        Self::new(kb.map_or(PIPE_SIZE, |k| k.clamp(4, 1024) * 1024))
     }
 }
