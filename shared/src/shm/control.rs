@@ -239,9 +239,9 @@ impl ControlShm {
         let fits = |s: &Segment| {
             s.header().instance_id == self.instance_id && s.header().capacity as usize >= users.len()
         };
-        if !tables.contains_key(&(node, side)) {
+        if let std::collections::btree_map::Entry::Vacant(v) = tables.entry((node, side)) {
             if let Ok(existing) = Segment::open(&path, KIND_USERS) {
-                tables.insert((node, side), existing);
+                v.insert(existing);
             }
         }
         let reuse = tables.get(&(node, side)).is_some_and(fits);
