@@ -4,8 +4,9 @@
 //!
 //! * Copy path (`codec` present or splice off): wait for readiness, *then* take a pooled buffer,
 //!   `try_read`, transform, write, give the buffer back — idle connections hold no memory.
-//! * Splice path (`codec: None`): `splice(2)` socket → pooled pipe → socket, non-blocking, driven
-//!   by tokio readiness on the core thread (never IORING_OP_SPLICE: it always goes to io-wq).
+//! * Splice path (`codec: None`): after `SPLICE_AFTER` copied bytes per direction, `splice(2)`
+//!   socket → pooled pipe → socket, non-blocking, driven by tokio readiness on the core thread
+//!   (never IORING_OP_SPLICE: it always goes to io-wq).
 //! * Every read/write/splice call counts its bytes (upload = plaintext written to the
 //!   destination, download = plaintext read from the destination) and reserves them from the
 //!   user's speed-limit bucket.
@@ -166,8 +167,8 @@ pub async fn relay(
             }
             None if env.splice && pending_up.is_empty() => {
                 tokio::try_join!(
-                    splice_dir(env, &act, Dir::Up, client, dest),
-                    splice_dir(env, &act, Dir::Down, dest, client),
+                    copy_then_splice(env, &act, Dir::Up, client, dest),
+                    copy_then_splice(env, &act, Dir::Down, dest, client),
                 )
             }
             None if env.uring.is_some() && pending_up.is_empty() => {
@@ -330,6 +331,74 @@ async fn process_chunk(
     };
     env.bufs.put_vec(out);
     r
+}
+
+/// Bytes a direction copies before it switches to splice: short flows never pay for pipes
+/// (whose per-uid budget is `fs.pipe-user-pages-soft`).
+pub const SPLICE_AFTER: usize = 256 * 1024;
+
+async fn copy_then_splice(
+    env: &RelayEnv<'_>,
+    act: &Activity,
+    dir: Dir,
+    src: &TcpStream,
+    dst: &TcpStream,
+) -> io::Result<()> {
+    let mut copied = 0usize;
+    while copied < SPLICE_AFTER {
+        match copy_once(env, act, dir, src, dst).await? {
+            Some(n) => copied += n,
+            None => return Ok(()),
+        }
+    }
+    splice_dir(env, act, dir, src, dst).await
+}
+
+/// One readiness-driven copy (no codec) of what is ready, up to a buffer. `None` at EOF (after
+/// forwarding the FIN).
+async fn copy_once(
+    env: &RelayEnv<'_>,
+    act: &Activity,
+    dir: Dir,
+    src: &TcpStream,
+    dst: &TcpStream,
+) -> io::Result<Option<usize>> {
+    loop {
+        src.readable().await?;
+        let mut buf = env.bufs.take();
+        let grant = env.bucket.grant_len(buf.len());
+        let n = match src.try_read(buf.get_mut(..grant).unwrap_or_default()) {
+            Ok(0) => {
+                env.bufs.put(buf);
+                finish_dir(env, act, dir, dst);
+                return Ok(None);
+            }
+            Ok(n) => n,
+            Err(e) => {
+                env.bufs.put(buf);
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+        act.touch();
+        limit(env, n).await;
+        let mut no_carry = Vec::new();
+        let r = process_chunk(
+            env,
+            act,
+            dir,
+            dst,
+            None,
+            &mut no_carry,
+            buf.get(..n).unwrap_or_default(),
+        )
+        .await;
+        env.bufs.put(buf);
+        r?;
+        return Ok(Some(n));
+    }
 }
 
 async fn splice_dir(
