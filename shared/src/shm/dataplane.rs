@@ -144,7 +144,7 @@ impl DataplaneShm {
         // Do not flip for a harvest that was requested before we started: only later ones.
         c.acked_epoch = c.words()?.harvest_epoch.load(Acquire);
         c.slot()?.acked_harvest_epoch.store(c.acked_epoch, Release);
-        c.slot()?.running.store(1, Release);
+        rcu::reader_start(&c.slot()?.running);
         c.tick();
         Ok(c)
     }

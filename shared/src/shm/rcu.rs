@@ -7,10 +7,10 @@
 //! Reader (each core tick): [`reader_tick`] sees a new `tables_gen`, re-reads the active side
 //! of each node ([`reader_side`]), then acknowledges the generation.
 
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release, SeqCst};
 
 use super::layout::NodeSlot;
-use super::sync::AtomicU64;
+use super::sync::{fence, AtomicU64};
 
 /// Which side of a node the next publish builds.
 #[derive(Clone, Copy, Debug)]
@@ -56,7 +56,18 @@ pub(crate) fn switch(slot: &NodeSlot, tables_gen: &AtomicU64, plan: &Plan) -> u6
     if plan.in_use {
         slot.retired_gen[plan.active].store(gen, Release);
     }
+    // Store→load ordering against a core that is starting right now (it stores `running`,
+    // then loads `active`; we store `active`, and the next publish loads `running`): with a
+    // SeqCst fence on both sides, either the core sees the new side or we see it running.
+    fence(SeqCst);
     gen
+}
+
+/// Reader step when a core starts: after publishing `running = 1` and before the first
+/// [`reader_side`]; the counterpart of the fence in [`switch`].
+pub(crate) fn reader_start(running: &super::sync::AtomicU32) {
+    running.store(1, Release);
+    fence(SeqCst);
 }
 
 /// Reader step for one node: the side (and its file incarnation) to use for new lookups,
