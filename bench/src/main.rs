@@ -1,1 +1,335 @@
-fn main() {}
+//! `v2sp-bench`: see docs/benchmarks.md.
+//!
+//! ```text
+//! v2sp-bench run [--quick] [--ciphers …] [--servers …] [--rounds N] [--workers 1,2,4] [--out DIR]
+//! v2sp-bench self-check [--ciphers …]     # our client codecs against ssserver, nothing measured
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use v2sp_bench::client::ss::{parse_method, SsCredentials};
+use v2sp_bench::conn::Via;
+use v2sp_bench::procstat;
+use v2sp_bench::report::{self, Env};
+use v2sp_bench::run::{self, Plan, Scenario};
+use v2sp_bench::servers::{Binaries, Server, ServerKind};
+
+const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305";
+
+#[derive(Parser)]
+#[command(name = "v2sp-bench", about = "v2sp side-by-side benchmarks (Shadowsocks)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Measure v2sp and the peers, alternating, and write results/<timestamp>/report.md.
+    Run(RunArgs),
+    /// Check our client codecs against ssserver (and the other servers) for each method.
+    SelfCheck(Common),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Methods; the first is the headline (all scenarios run on it).
+    #[arg(long, value_delimiter = ',', default_value = ALL_CIPHERS)]
+    ciphers: Vec<String>,
+    /// Servers to compare.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "v2sp-epoll,v2sp-uring,ssserver,sing-box"
+    )]
+    servers: Vec<String>,
+    /// `v2sp` binary (the data plane must sit next to it); default: next to this executable.
+    #[arg(long, env = "V2SP_BENCH_V2SP")]
+    v2sp: Option<PathBuf>,
+    #[arg(long, default_value = "/opt/v2sp-peers/bin/ssserver")]
+    ssserver: PathBuf,
+    #[arg(long, default_value = "/opt/v2sp-peers/bin/sing-box")]
+    sing_box: PathBuf,
+    /// Do not pin (by default the bench runs on the first CPUs and the server on the last).
+    #[arg(long)]
+    no_pin: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// CI smoke run: tiny byte counts, 1 round, two methods; asserts nothing about speed.
+    #[arg(long)]
+    quick: bool,
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Server worker threads to test, e.g. 1,2,4 (multi-core scaling).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    workers: Vec<usize>,
+    /// Scenarios for the headline method.
+    #[arg(long, value_delimiter = ',', default_value = "bulk,rate,latency,idle")]
+    scenarios: Vec<String>,
+    /// Connection counts for the headline bulk run.
+    #[arg(long, value_delimiter = ',')]
+    conns: Option<Vec<usize>>,
+    /// MiB per headline bulk run.
+    #[arg(long)]
+    bulk_mib: Option<u64>,
+    /// MiB per bulk run of the other methods (and the upload run).
+    #[arg(long)]
+    other_bulk_mib: Option<u64>,
+    #[arg(long)]
+    idle_conns: Option<usize>,
+    #[arg(long)]
+    rate_secs: Option<f64>,
+    #[arg(long)]
+    latency_count: Option<usize>,
+    /// Skip the upload run.
+    #[arg(long)]
+    no_upload: bool,
+    /// Results directory (default results/<UTC timestamp>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn binaries(c: &Common) -> anyhow::Result<Binaries> {
+    let v2sp = match &c.v2sp {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("v2sp"),
+    };
+    Ok(Binaries {
+        v2sp,
+        ssserver: c.ssserver.clone(),
+        singbox: c.sing_box.clone(),
+    })
+}
+
+fn servers(c: &Common, bins: &Binaries) -> anyhow::Result<Vec<ServerKind>> {
+    let ks = c
+        .servers
+        .iter()
+        .map(|s| ServerKind::parse(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for k in &ks {
+        let p = bins.path(*k);
+        if !p.exists() {
+            bail!(
+                "{} not found at {} — v2sp: `cargo build --release -p v2sp-control -p v2sp-dataplane` (or --v2sp PATH); \
+                 peers: scripts/install-test-deps.sh (or --ssserver/--sing-box PATH, or leave it out of --servers)",
+                k.label(),
+                p.display()
+            );
+        }
+    }
+    Ok(ks)
+}
+
+/// Server CPUs for `w` workers: the last `min(w, n-1)` allowed CPUs; the bench keeps the rest.
+fn cpu_split(allowed: &[usize], wmax: usize) -> (Vec<usize>, usize) {
+    let n = allowed.len();
+    if n < 2 {
+        return (allowed.to_vec(), 0);
+    }
+    let server = wmax.clamp(1, n - 1);
+    (allowed[..n - server].to_vec(), server)
+}
+
+/// CPUs the bench may use: the mask before it pinned itself (kept across the re-exec).
+fn allowed_cpus() -> Vec<usize> {
+    match std::env::var("V2SP_BENCH_ALLOWED") {
+        Ok(l) if !procstat::parse_cpu_list(&l).is_empty() => procstat::parse_cpu_list(&l),
+        _ => procstat::allowed_cpus(),
+    }
+}
+
+/// Re-run this process under `taskset -c <client CPUs>` once (safe-code pinning).
+fn pin_self(client: &[usize]) -> anyhow::Result<()> {
+    if std::env::var_os("V2SP_BENCH_PINNED").is_some() || client.is_empty() {
+        return Ok(());
+    }
+    let list = procstat::cpu_list(client);
+    let st = std::process::Command::new("taskset")
+        .arg("-c")
+        .arg(&list)
+        .arg(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env("V2SP_BENCH_PINNED", &list)
+        .env("V2SP_BENCH_ALLOWED", procstat::cpu_list(&allowed_cpus()))
+        .status()
+        .context("taskset (util-linux) is needed for pinning; --no-pin runs unpinned")?;
+    std::process::exit(st.code().unwrap_or(1));
+}
+
+fn runtime(client_cpus: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(if client_cpus <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(client_cpus)
+            .enable_all()
+            .build()?
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::SelfCheck(c) => self_check(c),
+        Cmd::Run(a) => run_cmd(a),
+    }
+}
+
+fn self_check(c: Common) -> anyhow::Result<()> {
+    let bins = binaries(&c)?;
+    let kinds = servers(&c, &bins)?;
+    let allowed = allowed_cpus();
+    let (client, nserver) = cpu_split(&allowed, 1);
+    if !c.no_pin && nserver > 0 {
+        pin_self(&client)?;
+    }
+    let server_cpus =
+        (!c.no_pin && nserver > 0).then(|| procstat::cpu_list(&allowed[allowed.len() - nserver..]));
+    let rt = runtime(1)?;
+    rt.block_on(async {
+        let target = v2sp_bench::target::start().await?;
+        let mut failed = 0;
+        for name in &c.ciphers {
+            let m = parse_method(name)?;
+            let creds = std::sync::Arc::new(SsCredentials::new(m)?);
+            for &k in &kinds {
+                let srv = Server::start(k, &creds, &bins, 1, server_cpus.as_deref())?;
+                let via = Via::Ss {
+                    proxy: srv.addr(),
+                    creds: creds.clone(),
+                };
+                let r = v2sp_bench::scenarios::probe(&via, target, Duration::from_secs(20)).await;
+                match &r {
+                    Ok(()) => println!("ok    {:<32} {}", m.name(), k.label()),
+                    Err(e) => {
+                        failed += 1;
+                        println!("FAIL  {:<32} {}: {e:#}\n{}", m.name(), k.label(), srv.log_tail());
+                    }
+                }
+                srv.stop();
+            }
+        }
+        if failed > 0 {
+            bail!("{failed} self-check(s) failed");
+        }
+        anyhow::Ok(())
+    })
+}
+
+fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
+    let c = a.common.clone();
+    let bins = binaries(&c)?;
+    let kinds = servers(&c, &bins)?;
+    let mut ciphers = Vec::new();
+    for n in if a.quick && c.ciphers.join(",") == ALL_CIPHERS {
+        vec!["aes-128-gcm".to_string(), "2022-blake3-aes-128-gcm".to_string()]
+    } else {
+        c.ciphers.clone()
+    } {
+        ciphers.push(parse_method(&n)?);
+    }
+    let scenarios = a
+        .scenarios
+        .iter()
+        .map(|s| Scenario::parse(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let allowed = allowed_cpus();
+    let wmax = a.workers.iter().copied().max().unwrap_or(1).max(1);
+    let (client, nserver) = cpu_split(&allowed, wmax);
+    let pin = !c.no_pin && nserver > 0;
+    if pin {
+        pin_self(&client)?;
+    }
+    let mut server_cpus = BTreeMap::new();
+    for &w in &a.workers {
+        let cpus = pin.then(|| {
+            let k = w.clamp(1, nserver);
+            procstat::cpu_list(&allowed[allowed.len() - k..])
+        });
+        server_cpus.insert(w.max(1), cpus);
+    }
+    let q = a.quick;
+    let other_conns = 4;
+    let mut bulk_conns = a
+        .conns
+        .clone()
+        .unwrap_or_else(|| if q { vec![1, 4] } else { vec![1, 4, 16, 64] });
+    if !bulk_conns.contains(&other_conns) {
+        bulk_conns.push(other_conns);
+        bulk_conns.sort_unstable();
+    }
+    let plan = Plan {
+        quick: q,
+        cipher_names: ciphers.iter().map(|m| m.name().to_string()).collect(),
+        ciphers,
+        servers: kinds,
+        scenarios,
+        rounds: a.rounds.unwrap_or(if q { 1 } else { 3 }).max(1),
+        workers: a.workers.iter().map(|w| (*w).max(1)).collect(),
+        bulk_conns,
+        bulk_bytes: a.bulk_mib.unwrap_or(if q { 8 } else { 2048 }) << 20,
+        other_conns,
+        other_bulk_bytes: a.other_bulk_mib.unwrap_or(if q { 8 } else { 1024 }) << 20,
+        upload: !a.no_upload,
+        rate_secs: a.rate_secs.unwrap_or(if q { 0.5 } else { 3.0 }),
+        rate_concurrency: 16,
+        latency_count: a.latency_count.unwrap_or(if q { 300 } else { 20_000 }),
+        latency_size: 64,
+        idle_conns: a.idle_conns.unwrap_or(if q { 50 } else { 1000 }),
+        deadline_s: if q { 20 } else { 120 },
+        server_cpus,
+        client_cpus: if pin {
+            procstat::cpu_list(&client)
+        } else {
+            "unpinned".into()
+        },
+    };
+    let started = report::utc_string();
+    let load_before = procstat::loadavg();
+    let t = Instant::now();
+    let rt = runtime(if pin { client.len() } else { 1 })?;
+    let out = rt.block_on(run::run(&plan, &bins))?;
+    let env = Env {
+        git: report::git_describe(),
+        load_before,
+        load_after: procstat::loadavg(),
+        started,
+        finished: report::utc_string(),
+        wall_s: t.elapsed().as_secs_f64(),
+        command: std::iter::once("v2sp-bench".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let dir = a
+        .out
+        .unwrap_or_else(|| PathBuf::from("results").join(report::timestamp()));
+    report::write(&dir, &plan, &out, &env)?;
+    println!("report: {}", dir.join("report.md").display());
+    for p in &out.problems {
+        eprintln!("problem: {p}");
+    }
+    // --quick is a smoke test: it fails only when something did not run at all.
+    let measured = out.records.iter().filter(|r| r.server != "direct").count();
+    if measured == 0 {
+        bail!("nothing was measured");
+    }
+    if q && !out.problems.is_empty() {
+        bail!(
+            "{} problem(s) during the quick run (see the report)",
+            out.problems.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,679 @@
+//! The markdown report and its SVG charts, written under `results/<timestamp>/`:
+//! `report.md`, `results.json` (every record), `throughput-<cipher>.svg`, `latency-cdf.svg`,
+//! `cpu-per-gb.svg`. Every figure is the median over rounds with [min–max].
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::run::{Measure, Outcome, Plan, Record};
+use crate::svg::{self, Series};
+
+/// UTC wall clock as `HH:MM:SS` (log lines).
+pub fn clock_hms() -> String {
+    let s = unix_secs();
+    format!("{:02}:{:02}:{:02}", s / 3600 % 24, s / 60 % 60, s % 60)
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// UTC date from days since 1970-01-01 (H. Hinnant's civil_from_days).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// `YYYYMMDD-HHMMSS` (UTC), the results directory name.
+pub fn timestamp() -> String {
+    let s = unix_secs();
+    let (y, m, d) = civil((s / 86_400) as i64);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        s / 3600 % 24,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+pub fn utc_string() -> String {
+    let s = unix_secs();
+    let (y, m, d) = civil((s / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02} {} UTC", clock_hms())
+}
+
+/// Median, min, max.
+pub fn mmm(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let med = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some((med, v[0], v[n - 1]))
+}
+
+fn fmt_mmm(x: Option<(f64, f64, f64)>, prec: usize) -> String {
+    match x {
+        None => "–".into(),
+        Some((m, a, b)) if (a - b).abs() < f64::EPSILON => format!("{m:.prec$}"),
+        Some((m, a, b)) => format!("{m:.prec$} [{a:.prec$}–{b:.prec$}]"),
+    }
+}
+
+fn ratio(a: Option<(f64, f64, f64)>, b: Option<(f64, f64, f64)>) -> String {
+    match (a, b) {
+        (Some((a, _, _)), Some((b, _, _))) if b != 0.0 => format!("{:.2}×", a / b),
+        _ => "–".into(),
+    }
+}
+
+pub struct Env {
+    pub git: String,
+    pub load_before: String,
+    pub load_after: String,
+    pub started: String,
+    pub finished: String,
+    pub wall_s: f64,
+    pub command: String,
+}
+
+pub fn git_describe() -> String {
+    let rev = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let dirty = std::process::Command::new("git")
+        .args([
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            "shared",
+            "dataplane",
+            "controlplane",
+        ])
+        .output()
+        .ok()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    if dirty {
+        format!("{rev} + uncommitted changes in shared/dataplane/controlplane")
+    } else {
+        rev
+    }
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    format!(
+        "{} CPUs ({}), kernel {}, {}",
+        cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count()
+            .max(1),
+        model,
+        kernel.trim(),
+        mem.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+    )
+}
+
+struct View<'a> {
+    recs: &'a [Record],
+    w: usize,
+}
+
+impl View<'_> {
+    fn bulk(
+        &self,
+        cipher: &str,
+        server: &str,
+        conns: usize,
+        upload: bool,
+        f: impl Fn(&crate::scenarios::BulkResult) -> f64,
+    ) -> Option<(f64, f64, f64)> {
+        mmm(self
+            .recs
+            .iter()
+            .filter(|r| r.workers == self.w && r.cipher == cipher && r.server == server)
+            .filter_map(|r| match &r.m {
+                Measure::Bulk(b) if b.conns == conns && b.upload == upload && b.bytes > 0 => Some(f(b)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn rate(
+        &self,
+        cipher: &str,
+        server: &str,
+        f: impl Fn(&crate::scenarios::RateResult) -> f64,
+    ) -> Option<(f64, f64, f64)> {
+        mmm(self
+            .recs
+            .iter()
+            .filter(|r| r.workers == self.w && r.cipher == cipher && r.server == server)
+            .filter_map(|r| match &r.m {
+                Measure::Rate(x) => Some(f(x)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn lat(
+        &self,
+        cipher: &str,
+        server: &str,
+        f: impl Fn(&crate::scenarios::LatencySummary) -> f64,
+    ) -> Option<(f64, f64, f64)> {
+        mmm(self
+            .recs
+            .iter()
+            .filter(|r| r.workers == self.w && r.cipher == cipher && r.server == server)
+            .filter_map(|r| match &r.m {
+                Measure::Latency(x) => Some(f(x)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn idle(
+        &self,
+        cipher: &str,
+        server: &str,
+        f: impl Fn(&crate::scenarios::IdleResult) -> f64,
+    ) -> Option<(f64, f64, f64)> {
+        mmm(self
+            .recs
+            .iter()
+            .filter(|r| r.workers == self.w && r.cipher == cipher && r.server == server)
+            .filter_map(|r| match &r.m {
+                Measure::Idle(x) => Some(f(x)),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// Ratio columns: each v2sp backend against each peer that ran.
+fn ratio_pairs(servers: &[String]) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for a in servers.iter().filter(|s| s.starts_with("v2sp")) {
+        for b in servers.iter().filter(|s| !s.starts_with("v2sp")) {
+            v.push((a.clone(), b.clone()));
+        }
+    }
+    v
+}
+
+fn header_row(s: &mut String, first: &str, cols: &[String]) {
+    let _ = writeln!(s, "| {first} | {} |", cols.join(" | "));
+    let _ = writeln!(s, "|---|{}", "---|".repeat(cols.len()));
+}
+
+/// Write report.md, results.json and the SVGs into `dir`.
+pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let servers: Vec<String> = plan.servers.iter().map(|k| k.label().to_string()).collect();
+    let pairs = ratio_pairs(&servers);
+    let headline = plan.cipher_names.first().cloned().unwrap_or_default();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# v2sp benchmark: Shadowsocks, v2sp vs shadowsocks-rust `ssserver` and sing-box\n"
+    );
+    let _ = writeln!(s, "- mode: **{}**; {} round(s), servers alternating (order rotated each round), one server running at a time", if plan.quick { "quick (smoke only: tiny byte counts, figures not meaningful)" } else { "full" }, plan.rounds);
+    let _ = writeln!(
+        s,
+        "- started {}, finished {} ({:.0} s); command: `{}`",
+        env.started, env.finished, env.wall_s, env.command
+    );
+    let _ = writeln!(s, "- code: {}", env.git);
+    let _ = writeln!(s, "- machine: {}", machine());
+    let _ = writeln!(
+        s,
+        "- load average (1/5/15 min) before: {}, after: {}",
+        env.load_before, env.load_after
+    );
+    let _ = writeln!(
+        s,
+        "- pinning: load generator + target on CPU(s) `{}`; server on {}",
+        plan.client_cpus,
+        plan.server_cpus
+            .iter()
+            .map(|(w, c)| format!(
+                "`{}` ({w} worker(s))",
+                c.clone().unwrap_or_else(|| "unpinned".into())
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(s, "- v2sp = `v2sp run -c config.json` (control plane + the data plane it spawns; both processes counted) with a generated `file://` nodes file, `V2SP_IO=epoll|uring`; ssserver = shadowsocks-rust `--worker-threads N`, `no_delay`; sing-box with `GOMAXPROCS=N`; one user, same method everywhere");
+    let _ = writeln!(s, "- bulk: {} MiB per run for {headline} (split over N connections, download = target → client), {} MiB at {} connections for the other methods{}; latency: {} round trips of {} B; rate: {} s × {} concurrent loops; idle: {} connections",
+        plan.bulk_bytes >> 20, plan.other_bulk_bytes >> 20, plan.other_conns,
+        if plan.upload { " and for the upload run" } else { "" },
+        plan.latency_count, plan.latency_size, plan.rate_secs, plan.rate_concurrency, plan.idle_conns);
+    let _ = writeln!(s, "\nFigures: median over rounds [min–max]. CPU = utime+stime from /proc/<pid>/stat (all threads) before/after each measured window. Ratios are v2sp ÷ peer of the medians (below 1 = v2sp uses less / is lower).\n");
+
+    for &w in &plan.workers {
+        let v = View {
+            recs: &out.records,
+            w,
+        };
+        if plan.workers.len() > 1 {
+            let _ = writeln!(s, "\n## {w} worker(s)\n");
+        }
+        // Server load during windows.
+        let _ = writeln!(s, "### Machine load during the measured windows\n");
+        let _ = writeln!(s, "Average CPUs busy outside the server and the bench (other engineers' builds etc.), and the bench's own use, per server. On a 2-CPU box anything above ~0.1 disturbs the figures.\n");
+        header_row(
+            &mut s,
+            "server",
+            &[
+                "other load (CPUs)".into(),
+                "max over windows".into(),
+                "load generator (CPUs)".into(),
+            ],
+        );
+        for srv in &servers {
+            let (mut other, mut secs, mut client, mut mx) = (0.0, 0.0, 0.0, 0.0f64);
+            for r in out.records.iter().filter(|r| r.workers == w && &r.server == srv) {
+                let c = match &r.m {
+                    Measure::Bulk(b) => b.cpu,
+                    Measure::Rate(x) => x.cpu,
+                    _ => continue,
+                };
+                other += c.other_cpu_s;
+                secs += c.secs;
+                client += c.client_cpu_s;
+                mx = mx.max(c.other_cpu_s / c.secs.max(1e-9));
+            }
+            let _ = writeln!(
+                s,
+                "| {srv} | {:.2} | {:.2} | {:.2} |",
+                other / secs.max(1e-9),
+                mx,
+                client / secs.max(1e-9)
+            );
+        }
+
+        // Headline: CPU-s/GB per cipher.
+        let _ = writeln!(
+            s,
+            "\n### Server CPU-seconds per GB (bulk download, {} connections) — the headline figure\n",
+            plan.other_conns
+        );
+        let mut cols: Vec<String> = servers.clone();
+        cols.extend(pairs.iter().map(|(a, b)| format!("{a} / {b}")));
+        header_row(&mut s, "method", &cols);
+        let mut bars = Vec::new();
+        for c in &plan.cipher_names {
+            let vals: Vec<_> = servers
+                .iter()
+                .map(|srv| v.bulk(c, srv, plan.other_conns, false, |b| b.cpu_s_per_gb()))
+                .collect();
+            let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, 3)).collect();
+            for (a, b) in &pairs {
+                let ia = servers.iter().position(|x| x == a).unwrap_or(0);
+                let ib = servers.iter().position(|x| x == b).unwrap_or(0);
+                row.push(ratio(vals[ia], vals[ib]));
+            }
+            let _ = writeln!(s, "| {c} | {} |", row.join(" | "));
+            bars.push(vals.iter().map(|x| x.map(|t| t.0)).collect::<Vec<_>>());
+        }
+        let name = |base: &str| {
+            if plan.workers.len() > 1 {
+                format!("{base}-w{w}.svg")
+            } else {
+                format!("{base}.svg")
+            }
+        };
+        std::fs::write(
+            dir.join(name("cpu-per-gb")),
+            svg::bar_chart(
+                &format!("Server CPU-s per GB, bulk download, {} conns", plan.other_conns),
+                "CPU-seconds / GB (lower is better)",
+                &plan.cipher_names,
+                &servers,
+                &bars,
+            ),
+        )?;
+        let _ = writeln!(s, "\n![CPU-s per GB]({})\n", name("cpu-per-gb"));
+
+        // Throughput vs connections, headline cipher.
+        let _ = writeln!(
+            s,
+            "### Bulk download, {headline}: throughput (MB/s) vs connections\n"
+        );
+        header_row(&mut s, "connections", &cols);
+        let mut series: Vec<Series> = servers
+            .iter()
+            .map(|x| Series {
+                name: x.clone(),
+                points: vec![],
+            })
+            .collect();
+        for &c in &plan.bulk_conns {
+            let vals: Vec<_> = servers
+                .iter()
+                .map(|srv| v.bulk(&headline, srv, c, false, |b| b.mb_per_s()))
+                .collect();
+            let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, 0)).collect();
+            for (a, b) in &pairs {
+                let ia = servers.iter().position(|x| x == a).unwrap_or(0);
+                let ib = servers.iter().position(|x| x == b).unwrap_or(0);
+                row.push(ratio(vals[ia], vals[ib]));
+            }
+            let _ = writeln!(s, "| {c} | {} |", row.join(" | "));
+            for (i, x) in vals.iter().enumerate() {
+                if let Some((m, _, _)) = x {
+                    series[i].points.push((c as f64, *m));
+                }
+            }
+        }
+        std::fs::write(
+            dir.join(name("throughput")),
+            svg::line_chart(
+                &format!("Bulk download throughput, {headline}"),
+                "connections",
+                "MB/s",
+                &series,
+                true,
+            ),
+        )?;
+        let _ = writeln!(s, "\n![throughput]({})\n", name("throughput"));
+        let _ = writeln!(s, "Server CPU-s/GB for the same runs:\n");
+        header_row(&mut s, "connections", &cols);
+        for &c in &plan.bulk_conns {
+            let vals: Vec<_> = servers
+                .iter()
+                .map(|srv| v.bulk(&headline, srv, c, false, |b| b.cpu_s_per_gb()))
+                .collect();
+            let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, 3)).collect();
+            for (a, b) in &pairs {
+                let ia = servers.iter().position(|x| x == a).unwrap_or(0);
+                let ib = servers.iter().position(|x| x == b).unwrap_or(0);
+                row.push(ratio(vals[ia], vals[ib]));
+            }
+            let _ = writeln!(s, "| {c} | {} |", row.join(" | "));
+        }
+        if plan.upload {
+            let _ = writeln!(
+                s,
+                "\n### Bulk upload, {headline}, {} connections (client → target)\n",
+                plan.other_conns
+            );
+            header_row(&mut s, "figure", &cols);
+            for (label, prec, f) in [
+                (
+                    "MB/s",
+                    0usize,
+                    (|b: &crate::scenarios::BulkResult| b.mb_per_s())
+                        as fn(&crate::scenarios::BulkResult) -> f64,
+                ),
+                ("server CPU-s/GB", 3, |b| b.cpu_s_per_gb()),
+            ] {
+                let vals: Vec<_> = servers
+                    .iter()
+                    .map(|srv| v.bulk(&headline, srv, plan.other_conns, true, f))
+                    .collect();
+                let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
+                for (a, b) in &pairs {
+                    let ia = servers.iter().position(|x| x == a).unwrap_or(0);
+                    let ib = servers.iter().position(|x| x == b).unwrap_or(0);
+                    row.push(ratio(vals[ia], vals[ib]));
+                }
+                let _ = writeln!(s, "| {label} | {} |", row.join(" | "));
+            }
+        }
+
+        // Rate.
+        let _ = writeln!(s, "\n### Connection rate, {headline} (connect + request + 1 B echoed + close, {} concurrent loops)\n", plan.rate_concurrency);
+        header_row(&mut s, "figure", &cols);
+        type RF = fn(&crate::scenarios::RateResult) -> f64;
+        for (label, prec, f) in [
+            (
+                "connections/s",
+                0usize,
+                (|x: &crate::scenarios::RateResult| x.per_s()) as RF,
+            ),
+            ("server CPU µs/connection", 1, |x| x.server_us_per_conn()),
+            ("failed connections", 0, |x| x.errors as f64),
+        ] {
+            let vals: Vec<_> = servers.iter().map(|srv| v.rate(&headline, srv, f)).collect();
+            let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
+            for (a, b) in &pairs {
+                let ia = servers.iter().position(|x| x == a).unwrap_or(0);
+                let ib = servers.iter().position(|x| x == b).unwrap_or(0);
+                row.push(if label == "failed connections" {
+                    "".into()
+                } else {
+                    ratio(vals[ia], vals[ib])
+                });
+            }
+            let _ = writeln!(s, "| {label} | {} |", row.join(" | "));
+        }
+
+        // Latency.
+        let _ = writeln!(
+            s,
+            "\n### Latency, {headline}: round trip of {} B through the proxy (µs)\n",
+            plan.latency_size
+        );
+        let mut lcols = vec![
+            "p50".to_string(),
+            "p90".into(),
+            "p99".into(),
+            "p99.9".into(),
+            "max".into(),
+            "added p50 vs direct".into(),
+            "added p99 vs direct".into(),
+        ];
+        lcols.iter_mut().for_each(|_| {});
+        header_row(&mut s, "server", &lcols);
+        let direct50 = v.lat(&headline, "direct", |x| x.p50_us).map(|t| t.0);
+        let direct99 = v.lat(&headline, "direct", |x| x.p99_us).map(|t| t.0);
+        let mut lat_servers = vec!["direct".to_string()];
+        lat_servers.extend(servers.iter().cloned());
+        for srv in &lat_servers {
+            let p50 = v.lat(&headline, srv, |x| x.p50_us);
+            let p99 = v.lat(&headline, srv, |x| x.p99_us);
+            let add = |p: Option<(f64, f64, f64)>, d: Option<f64>| match (p, d) {
+                (Some((m, _, _)), Some(d)) if srv != "direct" => format!("{:+.1}", m - d),
+                _ => "".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {srv} | {} | {} | {} | {} | {} | {} | {} |",
+                fmt_mmm(p50, 1),
+                fmt_mmm(v.lat(&headline, srv, |x| x.p90_us), 1),
+                fmt_mmm(p99, 1),
+                fmt_mmm(v.lat(&headline, srv, |x| x.p999_us), 1),
+                fmt_mmm(v.lat(&headline, srv, |x| x.max_us), 0),
+                add(p50, direct50),
+                add(p99, direct99),
+            );
+        }
+        for (a, b) in &pairs {
+            let _ = writeln!(
+                s,
+                "\n{a} / {b}: p50 {}, p99 {}",
+                ratio(
+                    v.lat(&headline, a, |x| x.p50_us),
+                    v.lat(&headline, b, |x| x.p50_us)
+                ),
+                ratio(
+                    v.lat(&headline, a, |x| x.p99_us),
+                    v.lat(&headline, b, |x| x.p99_us)
+                )
+            );
+        }
+        let mut cdf = Vec::new();
+        for srv in &lat_servers {
+            if let Some(h) = out.hists.get(&(headline.clone(), srv.clone(), w)) {
+                let mut pts = Vec::new();
+                for i in 0..=100 {
+                    let q = (i as f64 / 100.0).min(1.0);
+                    pts.push((h.value_at_quantile(q) as f64 / 1000.0, q * 100.0));
+                }
+                for q in [0.995, 0.999, 0.9999] {
+                    pts.push((h.value_at_quantile(q) as f64 / 1000.0, q * 100.0));
+                }
+                pts.sort_by(|a, b| a.1.total_cmp(&b.1));
+                cdf.push(Series {
+                    name: srv.clone(),
+                    points: pts,
+                });
+            }
+        }
+        std::fs::write(
+            dir.join(name("latency-cdf")),
+            svg::line_chart(
+                &format!("Round-trip latency CDF, {headline}, {} B", plan.latency_size),
+                "round trip (µs, log scale)",
+                "percentile",
+                &cdf,
+                true,
+            ),
+        )?;
+        let _ = writeln!(s, "\n![latency CDF]({})\n", name("latency-cdf"));
+
+        // Idle.
+        let _ = writeln!(s, "### Idle connections, {headline}: server RSS per connection ({} connections, each through to the target)\n", plan.idle_conns);
+        header_row(&mut s, "figure", &cols);
+        type IF = fn(&crate::scenarios::IdleResult) -> f64;
+        for (label, prec, f) in [
+            (
+                "RSS before (KiB)",
+                0usize,
+                (|x: &crate::scenarios::IdleResult| x.rss_before_kib as f64) as IF,
+            ),
+            ("RSS with the connections open (KiB)", 0, |x| {
+                x.rss_after_kib as f64
+            }),
+            ("KiB per idle connection", 2, |x| x.kib_per_conn()),
+        ] {
+            let vals: Vec<_> = servers.iter().map(|srv| v.idle(&headline, srv, f)).collect();
+            let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
+            for (a, b) in &pairs {
+                let ia = servers.iter().position(|x| x == a).unwrap_or(0);
+                let ib = servers.iter().position(|x| x == b).unwrap_or(0);
+                row.push(ratio(vals[ia], vals[ib]));
+            }
+            let _ = writeln!(s, "| {label} | {} |", row.join(" | "));
+        }
+
+        // Targets.
+        let _ = writeln!(s, "\n### Targets from the data-plane issue\n");
+        let ss = v.bulk("aes-128-gcm", "ssserver", plan.other_conns, false, |b| {
+            b.cpu_s_per_gb()
+        });
+        for srv in servers.iter().filter(|x| x.starts_with("v2sp")) {
+            let me = v.bulk("aes-128-gcm", srv, plan.other_conns, false, |b| b.cpu_s_per_gb());
+            match (me, ss) {
+                (Some((a, _, _)), Some((b, _, _))) if b > 0.0 => {
+                    let _ = writeln!(
+                        s,
+                        "- {srv}: CPU-s/GB on aes-128-gcm = {:.2}× ssserver (target ≤ 0.70×): **{}**",
+                        a / b,
+                        if a / b <= 0.7 { "met" } else { "missed" }
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        s,
+                        "- {srv}: CPU-s/GB on aes-128-gcm vs ssserver: not measured in this run"
+                    );
+                }
+            }
+            match v.idle(&headline, srv, |x| x.kib_per_conn()) {
+                Some((k, _, _)) => {
+                    let _ = writeln!(s, "- {srv}: {k:.2} KiB RSS per idle connection at {} connections (target ≤ 4 KiB at 1000): **{}**", plan.idle_conns, if k <= 4.0 { "met" } else { "missed" });
+                }
+                None => {
+                    let _ = writeln!(s, "- {srv}: idle RSS not measured");
+                }
+            }
+            if let (Some(p50), Some(p99)) = (
+                v.lat(&headline, srv, |x| x.p50_us),
+                v.lat(&headline, srv, |x| x.p99_us),
+            ) {
+                let _ = writeln!(
+                    s,
+                    "- {srv}: latency p50 {:.1} µs, p99 {:.1} µs ({headline}, {} B round trip)",
+                    p50.0, p99.0, plan.latency_size
+                );
+            }
+        }
+    }
+
+    let _ = writeln!(s, "\n### Problems seen during the run\n");
+    if out.problems.is_empty() {
+        let _ = writeln!(
+            s,
+            "None: every probe passed, no connection failed, nothing timed out."
+        );
+    } else {
+        for p in &out.problems {
+            let _ = writeln!(s, "- {}", p.replace('\n', "\n  "));
+        }
+    }
+    std::fs::write(dir.join("report.md"), s)?;
+    let json = serde_json::json!({ "plan": plan, "records": out.records, "problems": out.problems });
+    std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&json)?)?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_medians() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(20_415), (2025, 11, 23));
+        assert_eq!(mmm(vec![3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(mmm(vec![4.0, 1.0]), Some((2.5, 1.0, 4.0)));
+        assert_eq!(fmt_mmm(Some((1.0, 0.5, 2.0)), 1), "1.0 [0.5–2.0]");
+    }
+
+    #[test]
+    fn ratios_pair_v2sp_with_peers() {
+        let p = ratio_pairs(&["v2sp-epoll".into(), "ssserver".into(), "sing-box".into()]);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0], ("v2sp-epoll".into(), "ssserver".into()));
+    }
+}

@@ -1,0 +1,336 @@
+//! The side-by-side runner: for every worker count, cipher and round, each server in turn
+//! (the order rotates every round, so no server always runs first or last), started fresh,
+//! probed, measured, stopped. Only one server runs at a time.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use v2sp_dataplane::proto::ss::Method;
+
+use crate::client::ss::SsCredentials;
+use crate::conn::Via;
+use crate::scenarios::{self, BulkResult, IdleResult, LatencySummary, RateResult};
+use crate::servers::{Binaries, Server, ServerKind};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scenario {
+    Bulk,
+    Rate,
+    Latency,
+    Idle,
+}
+
+impl Scenario {
+    pub fn parse(s: &str) -> anyhow::Result<Scenario> {
+        Ok(match s.trim() {
+            "bulk" => Scenario::Bulk,
+            "rate" => Scenario::Rate,
+            "latency" => Scenario::Latency,
+            "idle" => Scenario::Idle,
+            o => anyhow::bail!("unknown scenario {o:?} (bulk, rate, latency, idle)"),
+        })
+    }
+}
+
+/// What to run. The first cipher is the headline: every scenario runs on it; the others get
+/// one bulk download at `other_conns` connections (for the CPU-s/GB per cipher chart).
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub quick: bool,
+    #[serde(skip)]
+    pub ciphers: Vec<Method>,
+    pub cipher_names: Vec<String>,
+    #[serde(skip)]
+    pub servers: Vec<ServerKind>,
+    #[serde(skip)]
+    pub scenarios: Vec<Scenario>,
+    pub rounds: usize,
+    pub workers: Vec<usize>,
+    pub bulk_conns: Vec<usize>,
+    pub bulk_bytes: u64,
+    pub other_conns: usize,
+    pub other_bulk_bytes: u64,
+    pub upload: bool,
+    pub rate_secs: f64,
+    pub rate_concurrency: usize,
+    pub latency_count: usize,
+    pub latency_size: usize,
+    pub idle_conns: usize,
+    pub deadline_s: u64,
+    /// taskset list for the server per worker count (None = unpinned).
+    pub server_cpus: BTreeMap<usize, Option<String>>,
+    pub client_cpus: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "scenario", rename_all = "lowercase")]
+pub enum Measure {
+    Bulk(BulkResult),
+    Rate(RateResult),
+    Latency(LatencySummary),
+    Idle(IdleResult),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    pub cipher: String,
+    pub server: String,
+    pub workers: usize,
+    pub round: usize,
+    #[serde(flatten)]
+    pub m: Measure,
+}
+
+/// Everything a run produced.
+#[derive(Default)]
+pub struct Outcome {
+    pub records: Vec<Record>,
+    /// Round-trip histograms merged over rounds, by (cipher, server, workers).
+    pub hists: BTreeMap<(String, String, usize), Histogram<u64>>,
+    /// Things that went wrong (failed probes, errors, time-outs, data-plane restarts).
+    pub problems: Vec<String>,
+}
+
+impl Outcome {
+    fn push(&mut self, cipher: &str, server: &str, workers: usize, round: usize, m: Measure) {
+        self.records.push(Record {
+            cipher: cipher.into(),
+            server: server.into(),
+            workers,
+            round,
+            m,
+        });
+    }
+
+    fn add_hist(&mut self, key: (String, String, usize), h: &Histogram<u64>) {
+        match self.hists.get_mut(&key) {
+            Some(a) => {
+                let _ = a.add(h);
+            }
+            None => {
+                self.hists.insert(key, h.clone());
+            }
+        }
+    }
+}
+
+fn log(msg: &str) {
+    eprintln!("[v2sp-bench {}] {msg}", crate::report::clock_hms());
+}
+
+pub async fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Outcome> {
+    let target = crate::target::start().await?;
+    let mut out = Outcome::default();
+    let deadline = Duration::from_secs(plan.deadline_s);
+    for &w in &plan.workers {
+        let cpus = plan.server_cpus.get(&w).cloned().flatten();
+        for (ci, &m) in plan.ciphers.iter().enumerate() {
+            let headline = ci == 0;
+            let creds = Arc::new(SsCredentials::new(m)?);
+            for round in 0..plan.rounds {
+                if headline && plan.scenarios.contains(&Scenario::Latency) {
+                    match scenarios::latency(
+                        &Via::Direct,
+                        target,
+                        plan.latency_size,
+                        plan.latency_count,
+                        deadline,
+                    )
+                    .await
+                    {
+                        Ok(h) => {
+                            out.push(
+                                m.name(),
+                                "direct",
+                                w,
+                                round,
+                                Measure::Latency(scenarios::summarize(&h)),
+                            );
+                            out.add_hist((m.name().into(), "direct".into(), w), &h);
+                        }
+                        Err(e) => out.problems.push(format!("direct latency: {e:#}")),
+                    }
+                }
+                let n = plan.servers.len();
+                for k in 0..n {
+                    let kind = plan.servers[(k + round) % n];
+                    log(&format!(
+                        "workers {w} {} round {round} {}",
+                        m.name(),
+                        kind.label()
+                    ));
+                    if let Err(e) = one_server(
+                        plan,
+                        bins,
+                        &mut out,
+                        &creds,
+                        kind,
+                        w,
+                        cpus.as_deref(),
+                        round,
+                        headline,
+                        target,
+                    )
+                    .await
+                    {
+                        out.problems.push(format!(
+                            "{} {} round {round} (workers {w}): {e:#}",
+                            m.name(),
+                            kind.label()
+                        ));
+                        log(&format!("FAILED: {e:#}"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn one_server(
+    plan: &Plan,
+    bins: &Binaries,
+    out: &mut Outcome,
+    creds: &Arc<SsCredentials>,
+    kind: ServerKind,
+    w: usize,
+    cpus: Option<&str>,
+    round: usize,
+    headline: bool,
+    target: SocketAddr,
+) -> anyhow::Result<()> {
+    let mut srv = Server::start(kind, creds, bins, w, cpus)?;
+    let res = measure(plan, out, creds, &mut srv, w, round, headline, target).await;
+    if srv.kind.is_v2sp() && srv.dataplane_restarted() {
+        out.problems.push(format!(
+            "{} {}: the data plane restarted during the run (its CPU before the restart is lost)",
+            creds.method.name(),
+            kind.label()
+        ));
+    }
+    let tail = srv.log_tail();
+    let alive = srv.alive();
+    srv.stop();
+    if !alive {
+        out.problems
+            .push(format!("{} exited during the run; log:\n{tail}", kind.label()));
+    }
+    res.map_err(|e| anyhow::anyhow!("{e:#}\nserver log tail:\n{tail}"))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    plan: &Plan,
+    out: &mut Outcome,
+    creds: &Arc<SsCredentials>,
+    srv: &mut Server,
+    w: usize,
+    round: usize,
+    headline: bool,
+    target: SocketAddr,
+) -> anyhow::Result<()> {
+    let via = Via::Ss {
+        proxy: srv.addr(),
+        creds: creds.clone(),
+    };
+    scenarios::probe(&via, target, Duration::from_secs(20)).await?;
+    // v2sp: wait until the data plane child shows up in /proc (it serves before we look).
+    for _ in 0..100 {
+        if srv.has_all_processes() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cipher = creds.method.name();
+    let label = srv.kind.label();
+    let deadline = Duration::from_secs(plan.deadline_s);
+    let problem = |out: &mut Outcome, what: String| {
+        out.problems
+            .push(format!("{cipher} {label} round {round}: {what}"))
+    };
+    if !headline {
+        let r = scenarios::bulk(
+            &via,
+            target,
+            Some(srv),
+            plan.other_conns,
+            plan.other_bulk_bytes,
+            false,
+            deadline,
+        )
+        .await;
+        if r.errors > 0 || r.timed_out {
+            problem(
+                out,
+                format!("bulk: {} errors, timed out: {}", r.errors, r.timed_out),
+            );
+        }
+        out.push(cipher, label, w, round, Measure::Bulk(r));
+        return Ok(());
+    }
+    if plan.scenarios.contains(&Scenario::Idle) {
+        let r = scenarios::idle(&via, target, srv, plan.idle_conns, deadline).await;
+        if r.opened < r.conns {
+            problem(out, format!("idle: opened {} of {}", r.opened, r.conns));
+        }
+        out.push(cipher, label, w, round, Measure::Idle(r));
+    }
+    if plan.scenarios.contains(&Scenario::Latency) {
+        let h = scenarios::latency(&via, target, plan.latency_size, plan.latency_count, deadline).await?;
+        out.push(
+            cipher,
+            label,
+            w,
+            round,
+            Measure::Latency(scenarios::summarize(&h)),
+        );
+        out.add_hist((cipher.into(), label.into(), w), &h);
+    }
+    if plan.scenarios.contains(&Scenario::Rate) {
+        let r = scenarios::rate(&via, target, Some(srv), plan.rate_concurrency, plan.rate_secs).await;
+        if r.errors > 0 {
+            problem(
+                out,
+                format!("rate: {} failed connections of {}", r.errors, r.errors + r.ok),
+            );
+        }
+        out.push(cipher, label, w, round, Measure::Rate(r));
+    }
+    if plan.scenarios.contains(&Scenario::Bulk) {
+        for &c in &plan.bulk_conns {
+            let r = scenarios::bulk(&via, target, Some(srv), c, plan.bulk_bytes, false, deadline).await;
+            if r.errors > 0 || r.timed_out {
+                problem(
+                    out,
+                    format!("bulk {c} conns: {} errors, timed out: {}", r.errors, r.timed_out),
+                );
+            }
+            out.push(cipher, label, w, round, Measure::Bulk(r));
+        }
+        if plan.upload {
+            let r = scenarios::bulk(
+                &via,
+                target,
+                Some(srv),
+                plan.other_conns,
+                plan.other_bulk_bytes,
+                true,
+                deadline,
+            )
+            .await;
+            if r.errors > 0 || r.timed_out {
+                problem(
+                    out,
+                    format!("bulk upload: {} errors, timed out: {}", r.errors, r.timed_out),
+                );
+            }
+            out.push(cipher, label, w, round, Measure::Bulk(r));
+        }
+    }
+    Ok(())
+}

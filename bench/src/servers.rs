@@ -1,0 +1,321 @@
+//! The servers under test, started as child processes pinned to the server CPUs:
+//!
+//! * `v2sp-epoll`, `v2sp-uring`: `v2sp run -c <dir>/config.json` — the real control plane, which
+//!   spawns and supervises `v2sp-dataplane` (found next to `v2sp`), with a `file://` nodes file
+//!   (one node, one user) in a temporary directory, shm and state in the same directory, and
+//!   `V2SP_IO=epoll|uring`. Both processes are counted (CPU and RSS).
+//! * `ssserver` (shadowsocks-rust): `ssserver -c <dir>/ss.json --worker-threads N`, TCP only,
+//!   `no_delay` on (v2sp and sing-box set TCP_NODELAY too).
+//! * `sing-box`: a `shadowsocks` inbound and a `direct` outbound, `GOMAXPROCS=N`.
+//!
+//! All get the same method and the same single user (see `client::ss`).
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use crate::client::ss::SsCredentials;
+use crate::procstat;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServerKind {
+    V2spEpoll,
+    V2spUring,
+    SsServer,
+    SingBox,
+}
+
+impl ServerKind {
+    pub const ALL: [ServerKind; 4] = [
+        ServerKind::V2spEpoll,
+        ServerKind::V2spUring,
+        ServerKind::SsServer,
+        ServerKind::SingBox,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ServerKind::V2spEpoll => "v2sp-epoll",
+            ServerKind::V2spUring => "v2sp-uring",
+            ServerKind::SsServer => "ssserver",
+            ServerKind::SingBox => "sing-box",
+        }
+    }
+
+    pub fn parse(s: &str) -> anyhow::Result<ServerKind> {
+        ServerKind::ALL
+            .into_iter()
+            .find(|k| k.label() == s.trim())
+            .with_context(|| format!("unknown server {s:?} (v2sp-epoll, v2sp-uring, ssserver, sing-box)"))
+    }
+
+    pub fn is_v2sp(self) -> bool {
+        matches!(self, ServerKind::V2spEpoll | ServerKind::V2spUring)
+    }
+}
+
+/// Where the binaries are.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub v2sp: PathBuf,
+    pub ssserver: PathBuf,
+    pub singbox: PathBuf,
+}
+
+impl Binaries {
+    pub fn path(&self, k: ServerKind) -> &Path {
+        match k {
+            ServerKind::V2spEpoll | ServerKind::V2spUring => &self.v2sp,
+            ServerKind::SsServer => &self.ssserver,
+            ServerKind::SingBox => &self.singbox,
+        }
+    }
+}
+
+/// A running server under test.
+pub struct Server {
+    pub kind: ServerKind,
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+    /// The data plane pid seen at the first measurement (v2sp): a change means it restarted.
+    dataplane_pid: Option<u32>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Server {
+    /// Spawn `kind` on `cpus` (taskset list; `None` = unpinned) with `workers` threads.
+    pub fn start(
+        kind: ServerKind,
+        creds: &SsCredentials,
+        bins: &Binaries,
+        workers: usize,
+        cpus: Option<&str>,
+    ) -> anyhow::Result<Server> {
+        let dir = tempfile::Builder::new().prefix("v2sp-bench-").tempdir()?;
+        let port = free_port()?;
+        let bin = bins.path(kind);
+        if !bin.exists() {
+            bail!(
+                "{} not found at {} (v2sp: cargo build --release -p v2sp-control -p v2sp-dataplane; \
+                 peers: scripts/install-test-deps.sh)",
+                kind.label(),
+                bin.display()
+            );
+        }
+        let method = creds.method.name();
+        let mut args: Vec<String> = Vec::new();
+        let mut envs: Vec<(&str, String)> = Vec::new();
+        match kind {
+            ServerKind::V2spEpoll | ServerKind::V2spUring => {
+                let io = if kind == ServerKind::V2spEpoll {
+                    "epoll"
+                } else {
+                    "uring"
+                };
+                let nodes = json!({
+                    "nodes": { "1": {
+                        "protocol": "shadowsocks", "node_type": "shadowsocks",
+                        "server_port": port, "cipher": method,
+                        "server_key": creds.server_psk_b64(),
+                        "base_config": { "push_interval": 60, "pull_interval": 60 }
+                    }},
+                    "users": { "1": [
+                        { "id": 1, "uuid": crate::client::ss::USER_UUID, "speed_limit": 0, "device_limit": 0 }
+                    ]}
+                });
+                fs::write(dir.path().join("nodes.json"), serde_json::to_vec_pretty(&nodes)?)?;
+                let cfg = json!({
+                    "Log": { "Level": "warn", "Output": "" },
+                    "Cores": [{ "Type": "xray" }],
+                    "StateDir": dir.path().join("state"),
+                    "Dataplane": {
+                        "Workers": workers, "IO": io,
+                        "ShmDir": dir.path().join("shm"),
+                        "AllowPrivateDestinations": true
+                    },
+                    "Nodes": [{
+                        "ApiHost": "file://nodes.json", "ApiKey": "bench", "NodeID": 1,
+                        "NodeType": "shadowsocks", "ListenIP": "127.0.0.1"
+                    }]
+                });
+                let p = dir.path().join("config.json");
+                fs::write(&p, serde_json::to_vec_pretty(&cfg)?)?;
+                args.extend(["run".into(), "-c".into(), p.display().to_string()]);
+                envs.push(("V2SP_IO", io.to_string()));
+            }
+            ServerKind::SsServer => {
+                let mut c = json!({
+                    "server": "127.0.0.1", "server_port": port, "method": method,
+                    "mode": "tcp_only", "no_delay": true,
+                });
+                if creds.uses_eih() {
+                    c["password"] = json!(creds.server_psk_b64());
+                    c["users"] = json!([{ "name": "bench", "password": creds.user_key_b64() }]);
+                } else if creds.method.is_2022() {
+                    c["password"] = json!(creds.user_key_b64());
+                } else {
+                    c["password"] = json!(creds.password_2017());
+                }
+                // Multi-user (SIP023) is only read from the `servers` array form.
+                let c = json!({ "servers": [c] });
+                let p = dir.path().join("ss.json");
+                fs::write(&p, serde_json::to_vec_pretty(&c)?)?;
+                args.extend([
+                    "-c".into(),
+                    p.display().to_string(),
+                    "--worker-threads".into(),
+                    workers.max(1).to_string(),
+                ]);
+            }
+            ServerKind::SingBox => {
+                let mut inb = json!({
+                    "type": "shadowsocks", "listen": "127.0.0.1", "listen_port": port,
+                    "method": method,
+                });
+                if creds.uses_eih() {
+                    inb["password"] = json!(creds.server_psk_b64());
+                    inb["users"] = json!([{ "name": "bench", "password": creds.user_key_b64() }]);
+                } else if creds.method.is_2022() {
+                    inb["password"] = json!(creds.user_key_b64());
+                } else {
+                    inb["password"] = json!(creds.password_2017());
+                }
+                let c = json!({
+                    "log": { "level": "error" },
+                    "inbounds": [inb],
+                    "outbounds": [{ "type": "direct", "tag": "direct" }]
+                });
+                let p = dir.path().join("sing-box.json");
+                fs::write(&p, serde_json::to_vec_pretty(&c)?)?;
+                args.extend(["run".into(), "-c".into(), p.display().to_string()]);
+                envs.push(("GOMAXPROCS", workers.max(1).to_string()));
+            }
+        }
+        let log = fs::File::create(dir.path().join("server.log"))?;
+        let mut cmd = match cpus {
+            Some(list) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(list).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args(&args)
+            .envs(envs)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().with_context(|| format!("spawn {}", bin.display()))?;
+        Ok(Server {
+            kind,
+            port,
+            child,
+            dir,
+            dataplane_pid: None,
+        })
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The server's log so far (for error messages).
+    pub fn log_tail(&self) -> String {
+        let s = fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Whether the main process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// All processes to count: the server, and for v2sp its data plane child.
+    pub fn pids(&mut self) -> Vec<u32> {
+        let main = self.child.id();
+        let mut v = vec![main];
+        if self.kind.is_v2sp() {
+            if let Some((dp, _)) = procstat::children_of(main)
+                .into_iter()
+                .find(|(_, comm)| comm.starts_with("v2sp-dataplane"))
+            {
+                v.push(dp);
+                if self.dataplane_pid.is_none() {
+                    self.dataplane_pid = Some(dp);
+                }
+            }
+        }
+        v
+    }
+
+    /// True once v2sp's data plane process exists (always true for the peers).
+    pub fn has_all_processes(&mut self) -> bool {
+        !self.kind.is_v2sp() || self.pids().len() == 2
+    }
+
+    /// Whether v2sp's data plane was restarted since the first look (counts would be wrong).
+    pub fn dataplane_restarted(&mut self) -> bool {
+        let first = self.dataplane_pid;
+        let now = self.pids().get(1).copied();
+        matches!((first, now), (Some(a), Some(b)) if a != b)
+    }
+
+    /// CPU seconds of all counted processes.
+    pub fn cpu_s(&mut self) -> f64 {
+        self.pids().into_iter().filter_map(procstat::proc_cpu_s).sum()
+    }
+
+    /// RSS of all counted processes, KiB.
+    pub fn rss_kib(&mut self) -> u64 {
+        self.pids().into_iter().filter_map(procstat::proc_rss_kib).sum()
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s. v2sp: the data plane drains for its full grace period
+    /// (10 s) on TERM even with no connection open, so once the control plane has the TERM the
+    /// data plane is killed (nothing is measured after this point).
+    pub fn stop(mut self) {
+        let pids = self.pids();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        if pids.len() > 1 {
+            std::thread::sleep(Duration::from_millis(100));
+            for dp in pids.iter().skip(1) {
+                let _ = Command::new("kill").arg("-KILL").arg(dp.to_string()).status();
+            }
+        }
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if !self.alive() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.alive() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // v2sp's control plane stops its data plane on TERM; give it 3 s, then kill it by pid.
+        for dp in pids.into_iter().skip(1) {
+            let t = Instant::now();
+            while procstat::is_running(dp) && t.elapsed() < Duration::from_secs(3) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if procstat::is_running(dp) {
+                let _ = Command::new("kill").arg("-KILL").arg(dp.to_string()).status();
+            }
+        }
+    }
+}
