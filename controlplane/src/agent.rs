@@ -231,9 +231,11 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     let mut dp = if opts.no_dataplane {
         None
     } else {
+        let running = Some(shared.shm.status().dataplane_pid).filter(|&p| p != 0);
         Some(DataplaneChild::start(
             opts.dataplane_bin.clone(),
             &cfg.dataplane.shm_dir,
+            running,
         )?)
     };
 

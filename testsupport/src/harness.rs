@@ -200,6 +200,11 @@ impl V2sp {
         self.dir.path().join("shm")
     }
 
+    /// The data plane's pid as registered in shared memory (0 if none).
+    pub fn dataplane_pid(&self) -> u32 {
+        v2sp_shared::shm::ControlShm::open_existing(&self.shm_dir()).map_or(0, |s| s.status().dataplane_pid)
+    }
+
     /// Wait until the panel's totals for `node` equal `expected` (bounded).
     pub fn wait_totals(
         &self,
@@ -220,6 +225,18 @@ impl V2sp {
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for V2sp {
+    /// Stop gracefully (the agent stops its data plane), then make sure no data plane is left:
+    /// it is designed to outlive a killed control plane.
+    fn drop(&mut self) {
+        let dp = self.dataplane_pid();
+        self.agent.terminate(Duration::from_secs(15));
+        if dp != 0 {
+            let _ = Command::new("kill").arg("-KILL").arg(dp.to_string()).status();
         }
     }
 }

@@ -90,7 +90,14 @@ fn on_packet(u: &Rc<UdpNode>, pkt: &mut [u8], from: SocketAddr) {
         };
         u.codec.open_packet(pkt, hint.as_ref(), &ctx)
     };
-    let Ok(p) = opened else { return }; // garbage and unknown users are dropped silently
+    // Garbage and unknown users are dropped without a reply (no distinctive behaviour).
+    let p = match opened {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(node = u.node.cfg.slot, %from, error = %e, "datagram dropped");
+            return;
+        }
+    };
     let key: NatKey = (
         p.user.user_id,
         p.session_id,
@@ -142,17 +149,28 @@ fn on_packet(u: &Rc<UdpNode>, pkt: &mut [u8], from: SocketAddr) {
 
 fn send_up(u: &UdpNode, s: &Session, to: SocketAddr, payload: &[u8]) {
     if !u.node.connect.allow_private && crate::outbound::is_forbidden(to.ip()) {
+        tracing::debug!(%to, "datagram to a private destination refused");
         return;
     }
     if !s.bucket.try_take(payload.len()) {
         return;
     }
-    if let Ok(n) = s.out.try_send_to(payload, to_socket_family(&s.out, to)) {
-        u.core
+    match send_now(&s.out, payload, to_socket_family(&s.out, to)) {
+        Ok(n) => u
+            .core
             .port
             .borrow_mut()
-            .add_traffic(s.user.node, s.user.user_id, n as u64, 0);
+            .add_traffic(s.user.node, s.user.user_id, n as u64, 0),
+        Err(e) => tracing::debug!(%to, error = %e, "datagram not sent upstream"),
     }
+}
+
+/// Send a datagram with one non-blocking syscall. Not `UdpSocket::try_send_to`: tokio answers
+/// WouldBlock from its readiness cache until the reactor has seen the socket writable, which
+/// dropped the first datagram of every new session. A full socket buffer still returns
+/// WouldBlock, and the datagram is dropped, as UDP may.
+fn send_now(sock: &UdpSocket, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+    socket2::SockRef::from(sock).send_to(data, &to.into())
 }
 
 /// The outbound socket is dual-stack IPv6 when possible: IPv4 targets go IPv4-mapped.
@@ -186,8 +204,14 @@ fn outbound_socket(send_ip: Option<IpAddr>) -> io::Result<UdpSocket> {
 
 fn new_session(u: &Rc<UdpNode>, p: &InboundPacket, from: SocketAddr, key: NatKey) -> Option<Rc<Session>> {
     let core = &u.core;
-    let state = u.codec.new_session(p).ok()?;
-    let out = outbound_socket(u.node.connect.send_ip).ok()?;
+    let state = u
+        .codec
+        .new_session(p)
+        .map_err(|e| tracing::debug!(error = %e, "UDP session refused"))
+        .ok()?;
+    let out = outbound_socket(u.node.connect.send_ip)
+        .map_err(|e| tracing::warn!(error = %e, "cannot open an outbound UDP socket"))
+        .ok()?;
     let slot = u.node.cfg.slot;
     let ip = crate::net::normalise_ip(from.ip());
     // Online-IP bookkeeping only: the device limit is not applied to UDP.
@@ -264,7 +288,7 @@ async fn downlink(u: Rc<UdpNode>, s: Rc<Session>, key: NatKey, id: u64, ip: IpAd
                 s.state
                     .borrow_mut()
                     .seal(&Destination::Ip(from), b.get(..n).unwrap_or_default(), &mut out);
-            if sealed.is_ok() && u.sock.try_send_to(&out, s.client.get()).is_ok() {
+            if sealed.is_ok() && send_now(&u.sock, &out, s.client.get()).is_ok() {
                 core.port
                     .borrow_mut()
                     .add_traffic(s.user.node, s.user.user_id, 0, n as u64);
