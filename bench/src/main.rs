@@ -165,6 +165,30 @@ fn pin_self(client: &[usize]) -> anyhow::Result<()> {
     std::process::exit(st.code().unwrap_or(1));
 }
 
+/// "v2sp: /path (built 2026-…)" or "ssserver: shadowsocks 1.25.0".
+fn describe_binary(k: ServerKind, bins: &Binaries) -> String {
+    let p = bins.path(k);
+    let name = if k.is_v2sp() { "v2sp" } else { k.label() };
+    let version = match k {
+        ServerKind::SsServer => Some("--version"),
+        ServerKind::SingBox => Some("version"),
+        _ => None,
+    }
+    .and_then(|arg| std::process::Command::new(p).arg(arg).output().ok())
+    .and_then(|o| String::from_utf8(o.stdout).ok())
+    .and_then(|s| s.lines().next().map(str::to_string));
+    let built = std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    match (version, built) {
+        (Some(v), _) => format!("{name}: `{}` ({v})", p.display()),
+        (None, Some(b)) => format!("{name}: `{}` (built {})", p.display(), report::utc_of(b)),
+        (None, None) => format!("{name}: `{}`", p.display()),
+    }
+}
+
 fn runtime(client_cpus: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(if client_cpus <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -300,7 +324,13 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let rt = runtime(if pin { client.len() } else { 1 })?;
     let out = rt.block_on(run::run(&plan, &bins))?;
+    let mut binaries = Vec::new();
+    for k in &plan.servers {
+        binaries.push(describe_binary(*k, &bins));
+    }
+    binaries.dedup();
     let env = Env {
+        binaries,
         git: report::git_describe(),
         load_before,
         load_after: procstat::loadavg(),

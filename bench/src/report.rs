@@ -48,9 +48,18 @@ pub fn timestamp() -> String {
 }
 
 pub fn utc_string() -> String {
-    let s = unix_secs();
+    utc_of(unix_secs())
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` of a unix time.
+pub fn utc_of(s: u64) -> String {
     let (y, m, d) = civil((s / 86_400) as i64);
-    format!("{y:04}-{m:02}-{d:02} {} UTC", clock_hms())
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        s / 3600 % 24,
+        s / 60 % 60,
+        s % 60
+    )
 }
 
 /// Median, min, max.
@@ -92,6 +101,8 @@ pub struct Env {
     pub finished: String,
     pub wall_s: f64,
     pub command: String,
+    /// One line per server binary: path, version or build time.
+    pub binaries: Vec<String>,
 }
 
 pub fn git_describe() -> String {
@@ -262,6 +273,9 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
     );
     let _ = writeln!(s, "- code: {}", env.git);
     let _ = writeln!(s, "- machine: {}", machine());
+    for b in &env.binaries {
+        let _ = writeln!(s, "- {b}");
+    }
     let _ = writeln!(
         s,
         "- load average (1/5/15 min) before: {}, after: {}",
