@@ -149,6 +149,11 @@ pub struct V2sp {
 impl V2sp {
     /// Start with these nodes; `extra` is merged into each node's local config entry.
     pub fn start(nodes: Vec<NodeSpec>, extra: Value) -> anyhow::Result<V2sp> {
+        Self::start_with(nodes, extra, json!({}))
+    }
+
+    /// As [`V2sp::start`]; `dataplane` is merged into the config's `Dataplane` object.
+    pub fn start_with(nodes: Vec<NodeSpec>, extra: Value, dataplane: Value) -> anyhow::Result<V2sp> {
         let dir = tempfile::tempdir()?;
         let sim = PanelSim::start(SimOptions {
             token: "e2e-token".into(),
@@ -168,10 +173,17 @@ impl V2sp {
             }
             entries.push(e);
         }
+        let mut dp =
+            json!({"ShmDir": dir.path().join("shm"), "AllowPrivateDestinations": true, "Workers": 2});
+        if let (Some(m), Some(x)) = (dp.as_object_mut(), dataplane.as_object()) {
+            for (k, v) in x {
+                m.insert(k.clone(), v.clone());
+            }
+        }
         let cfg = json!({
             "Log": {"Level": "info"},
             "StateDir": dir.path().join("state"),
-            "Dataplane": {"ShmDir": dir.path().join("shm"), "AllowPrivateDestinations": true, "Workers": 2},
+            "Dataplane": dp,
             "Nodes": entries,
         });
         let cfg_path = dir.path().join("config.json");
@@ -193,6 +205,14 @@ impl V2sp {
             wait_tcp(n.port, Duration::from_secs(30))
                 .with_context(|| format!("v2sp log:\n{}", me.agent.log()))?;
         }
+        // The data plane registers once every core is ready (after its listeners are up).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while me.dataplane_pid() == 0 {
+            if Instant::now() > deadline {
+                bail!("data plane never registered\n{}", me.agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Ok(me)
     }
 
@@ -202,7 +222,13 @@ impl V2sp {
 
     /// The data plane's pid as registered in shared memory (0 if none).
     pub fn dataplane_pid(&self) -> u32 {
-        v2sp_shared::shm::ControlShm::open_existing(&self.shm_dir()).map_or(0, |s| s.status().dataplane_pid)
+        match v2sp_shared::shm::ControlShm::open_existing(&self.shm_dir()) {
+            Ok(s) => s.status().dataplane_pid,
+            Err(e) => {
+                eprintln!("cannot read shared memory in {}: {e}", self.shm_dir().display());
+                0
+            }
+        }
     }
 
     /// Wait until the panel's totals for `node` equal `expected` (bounded).
@@ -244,15 +270,24 @@ impl Drop for V2sp {
 /// A TCP+UDP echo server on 127.0.0.1 (each TCP connection echoes until EOF, then closes).
 pub struct Echo {
     pub port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Echo {
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn start() -> anyhow::Result<Echo> {
         let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let port = tcp.local_addr()?.port();
         let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, port))?;
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
         std::thread::spawn(move || {
             for s in tcp.incoming().flatten() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 std::thread::spawn(move || {
                     let mut s = s;
                     let mut buf = vec![0u8; 64 * 1024];
@@ -276,7 +311,90 @@ impl Echo {
                 let _ = udp.send_to(&buf[..n], from);
             }
         });
-        Ok(Echo { port })
+        Ok(Echo { port, accepted })
+    }
+}
+
+/// A TCP sink that counts the bytes it receives (for rate measurements).
+pub struct Sink {
+    pub port: u16,
+    pub bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Sink {
+    pub fn start() -> anyhow::Result<Sink> {
+        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = tcp.local_addr()?.port();
+        let bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let b = bytes.clone();
+        std::thread::spawn(move || {
+            for s in tcp.incoming().flatten() {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    let mut s = s;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        b.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Ok(Sink { port, bytes })
+    }
+}
+
+/// A TCP proxy in front of `upstream` that records every byte the client sent (for replay
+/// tests: what an eavesdropper on the path would capture).
+pub struct Recorder {
+    pub port: u16,
+    pub captured: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Recorder {
+    pub fn start(upstream: u16) -> anyhow::Result<Recorder> {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = l.local_addr()?.port();
+        let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let cap = captured.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let Ok(u) = TcpStream::connect((Ipv4Addr::LOCALHOST, upstream)) else {
+                    continue;
+                };
+                let idx = {
+                    let mut g = cap.lock().unwrap_or_else(|p| p.into_inner());
+                    g.push(Vec::new());
+                    g.len() - 1
+                };
+                let (mut c2, mut u2) = match (c.try_clone(), u.try_clone()) {
+                    (Ok(a), Ok(b)) => (a, b),
+                    _ => continue,
+                };
+                let cap2 = cap.clone();
+                std::thread::spawn(move || {
+                    let mut c = c;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 || u2.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        if let Some(v) = cap2.lock().unwrap_or_else(|p| p.into_inner()).get_mut(idx) {
+                            v.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    let _ = u2.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let mut u = u;
+                    let _ = std::io::copy(&mut u, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Ok(Recorder { port, captured })
     }
 }
 
@@ -394,6 +512,17 @@ pub fn udp_echo_through(socks: u16, echo: u16, count: usize, size: usize) -> any
 
 /// `sslocal` as a SOCKS5 client of a Shadowsocks server.
 pub fn sslocal(server_port: u16, method: &str, password: &str, dir: &Path) -> anyhow::Result<(Proc, u16)> {
+    sslocal_from(server_port, method, password, dir, None)
+}
+
+/// `sslocal` whose connections to the server come from `source` (e.g. 127.0.0.3).
+pub fn sslocal_from(
+    server_port: u16,
+    method: &str,
+    password: &str,
+    dir: &Path,
+    source: Option<&str>,
+) -> anyhow::Result<(Proc, u16)> {
     let socks = free_port();
     let mut cmd = Command::new(peer("sslocal")?);
     cmd.args([
@@ -403,6 +532,9 @@ pub fn sslocal(server_port: u16, method: &str, password: &str, dir: &Path) -> an
         &format!("127.0.0.1:{server_port}"),
     ])
     .args(["-m", method, "-k", password, "-U"]);
+    if let Some(src) = source {
+        cmd.args(["--outbound-bind-addr", src]);
+    }
     let p = Proc::spawn("sslocal", cmd, dir.join(format!("sslocal-{socks}.log")))?;
     wait_tcp(socks, Duration::from_secs(10))?;
     Ok((p, socks))
