@@ -420,9 +420,9 @@ fn reload(shared: &Arc<Shared>, path: &Path, current: &mut Config, workers: &mut
         tracing::warn!("ShmDir/StateDir changes take effect after a restart");
     }
     for e in &new.nodes {
-        if !workers.contains_key(&e.tag()) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = workers.entry(e.tag()) {
             if let Some(w) = start_worker(shared, e, &live) {
-                workers.insert(e.tag(), w);
+                slot.insert(w);
             }
         }
     }

@@ -153,7 +153,7 @@ impl NodeWorker {
     }
 
     fn apply_config(&mut self, info: NodeInfo) {
-        let bc = info.base_config.clone();
+        let bc = info.base_config;
         self.pull_every = Duration::from_secs(bc.pull_interval_secs.max(1));
         self.push_every = Duration::from_secs(bc.push_interval_secs.max(1));
         self.shared.note_push_interval(self.push_every);

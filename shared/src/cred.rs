@@ -141,6 +141,7 @@ pub fn ss2022_user_key_b64(kind: CredKind, uuid: &str) -> Result<String, CredErr
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     const U: &str = "a7b4b8ab-42d7-4c48-a0c5-91fd4bd53c37";

@@ -24,9 +24,9 @@ use v2sp_shared::panel::{
 };
 
 use super::connector::{BindTcpConnector, CountingConnector};
-use ureq::unversioned::transport::{Connector as _, RustlsConnector};
 use super::url::{resolve_dialect, Endpoint};
 use super::{Dialect, Fetch, NodeApi, Panel, PanelError, PushOutcome};
+use ureq::unversioned::transport::{Connector as _, RustlsConnector};
 
 /// Largest reply body read (a user list of ~500k users).
 const MAX_BODY: u64 = 64 << 20;
@@ -128,7 +128,9 @@ impl PanelClient {
                 ureq::tls::TlsConfig::builder()
                     .provider(ureq::tls::TlsProvider::Rustls)
                     .root_certs(ureq::tls::RootCerts::WebPki)
-                    .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                    .unversioned_rustls_crypto_provider(Arc::new(
+                        rustls::crypto::aws_lc_rs::default_provider(),
+                    ))
                     .build(),
             )
             .build();

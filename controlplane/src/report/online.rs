@@ -157,7 +157,7 @@ mod tests {
             vec![1],
             "user 2 had no traffic"
         );
-        assert!(o.take_alive(0, &t, 0).get(&1).is_none());
+        assert!(!o.take_alive(0, &t, 0).contains_key(&1));
         assert_eq!(o.alive_elsewhere(0, 2, 3), 2);
     }
 }
