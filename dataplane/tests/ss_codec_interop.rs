@@ -215,6 +215,44 @@ impl Drop for Kill {
     }
 }
 
+/// Start sslocal on a free port and wait until it listens. A port picked by `free_port` can
+/// be taken by a test running in parallel before sslocal binds it: then sslocal exits, and we
+/// try again on another port.
+fn spawn_sslocal(bin: &str, extra: &[&str], server: &str, method: &str, password: &str) -> (Kill, u16) {
+    for _ in 0..5 {
+        let local = free_port();
+        let mut child = Kill(
+            Command::new(bin)
+                .args(extra)
+                .args([
+                    "-b",
+                    &format!("127.0.0.1:{local}"),
+                    "-s",
+                    server,
+                    "-m",
+                    method,
+                    "-k",
+                    password,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if TcpStream::connect(("127.0.0.1", local)).is_ok() {
+                return (child, local);
+            }
+            if matches!(child.0.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("sslocal never started listening (5 ports tried)");
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -274,24 +312,7 @@ fn run_method(m: Method) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let server = spawn_server(inbound, ctx, Arc::clone(&seen));
     let echo = spawn_echo();
-    let local = free_port();
-    let _child = Kill(
-        Command::new(bin)
-            .args([
-                "-b",
-                &format!("127.0.0.1:{local}"),
-                "-s",
-                &server.to_string(),
-                "-m",
-                m.name(),
-                "-k",
-                &password,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_child, local) = spawn_sslocal(bin, &[], &server.to_string(), m.name(), &password);
     let s = socks_connect(local, echo);
     let data: Vec<u8> = (0..TRANSFER)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -424,34 +445,8 @@ fn run_udp(m: Method) {
     let ctx = Arc::new(Ctx::new(m));
     let server = spawn_udp_server(inbound, ctx);
     let echo = spawn_udp_echo();
-    let local = free_port();
-    let _child = Kill(
-        Command::new(bin)
-            .args([
-                "-U",
-                "-b",
-                &format!("127.0.0.1:{local}"),
-                "-s",
-                &server.to_string(),
-                "-m",
-                m.name(),
-                "-k",
-                &password,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    // SOCKS5 UDP ASSOCIATE.
-    let start = Instant::now();
-    let mut ctl = loop {
-        match TcpStream::connect(("127.0.0.1", local)) {
-            Ok(s) => break s,
-            Err(_) if start.elapsed() < Duration::from_secs(10) => thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("sslocal did not listen on {local}: {e}"),
-        }
-    };
+    let (_child, local) = spawn_sslocal(bin, &["-U"], &server.to_string(), m.name(), &password);
+    let mut ctl = TcpStream::connect(("127.0.0.1", local)).unwrap();
     ctl.set_read_timeout(Some(DEADLINE)).unwrap();
     ctl.write_all(&[5, 1, 0]).unwrap();
     let mut r = [0u8; 2];

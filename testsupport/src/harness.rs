@@ -523,21 +523,45 @@ pub fn sslocal_from(
     dir: &Path,
     source: Option<&str>,
 ) -> anyhow::Result<(Proc, u16)> {
-    let socks = free_port();
-    let mut cmd = Command::new(peer("sslocal")?);
-    cmd.args([
-        "-b",
-        &format!("127.0.0.1:{socks}"),
-        "-s",
-        &format!("127.0.0.1:{server_port}"),
-    ])
-    .args(["-m", method, "-k", password, "-U"]);
-    if let Some(src) = source {
-        cmd.args(["--outbound-bind-addr", src]);
+    let bin = peer("sslocal")?;
+    spawn_listening("sslocal", dir, |socks| {
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "-b",
+            &format!("127.0.0.1:{socks}"),
+            "-s",
+            &format!("127.0.0.1:{server_port}"),
+        ])
+        .args(["-m", method, "-k", password, "-U"]);
+        if let Some(src) = source {
+            cmd.args(["--outbound-bind-addr", src]);
+        }
+        Ok(cmd)
+    })
+}
+
+/// Start a client that listens on a port we pick, retrying on another port when the chosen one
+/// was taken meanwhile (tests run in parallel) and the client exited.
+fn spawn_listening(
+    name: &str,
+    dir: &Path,
+    make: impl Fn(u16) -> anyhow::Result<Command>,
+) -> anyhow::Result<(Proc, u16)> {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut p = Proc::spawn(name, make(port)?, dir.join(format!("{name}-{port}.log")))?;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return Ok((p, port));
+            }
+            if matches!(p.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
-    let p = Proc::spawn("sslocal", cmd, dir.join(format!("sslocal-{socks}.log")))?;
-    wait_tcp(socks, Duration::from_secs(10))?;
-    Ok((p, socks))
+    bail!("{name} never started listening (5 ports tried)")
 }
 
 /// The sing-box client with a SOCKS inbound and a Shadowsocks outbound.
@@ -547,18 +571,18 @@ pub fn sing_box_ss(
     password: &str,
     dir: &Path,
 ) -> anyhow::Result<(Proc, u16)> {
-    let socks = free_port();
-    let cfg = json!({
-        "log": {"level": "warn"},
-        "inbounds": [{"type": "socks", "tag": "in", "listen": "127.0.0.1", "listen_port": socks}],
-        "outbounds": [{"type": "shadowsocks", "tag": "ss", "server": "127.0.0.1", "server_port": server_port,
-                        "method": method, "password": password}],
-    });
-    let path = dir.join(format!("sing-box-{socks}.json"));
-    std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
-    let mut cmd = Command::new(peer("sing-box")?);
-    cmd.arg("run").arg("-c").arg(&path).current_dir(dir);
-    let p = Proc::spawn("sing-box", cmd, dir.join(format!("sing-box-{socks}.log")))?;
-    wait_tcp(socks, Duration::from_secs(10))?;
-    Ok((p, socks))
+    let bin = peer("sing-box")?;
+    spawn_listening("sing-box", dir, |socks| {
+        let cfg = json!({
+            "log": {"level": "warn"},
+            "inbounds": [{"type": "socks", "tag": "in", "listen": "127.0.0.1", "listen_port": socks}],
+            "outbounds": [{"type": "shadowsocks", "tag": "ss", "server": "127.0.0.1", "server_port": server_port,
+                            "method": method, "password": password}],
+        });
+        let path = dir.join(format!("sing-box-{socks}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("run").arg("-c").arg(&path).current_dir(dir);
+        Ok(cmd)
+    })
 }
