@@ -347,3 +347,51 @@ fn panel_down_at_start_then_up() {
     dp.wait_served(18394, 3);
     sigterm(&mut agent);
 }
+
+#[test]
+fn config_file_change_adds_and_removes_nodes_without_restart() {
+    let a = sim_with_node(1, 18395);
+    let b = sim_with_node(2, 18396);
+    let env = env_with(&[(a.single_url(), 1)]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    dp.wait_served(18395, 3);
+    let pid = agent.id();
+    // Add node 2 to the file: it comes up while node 1 keeps its slot.
+    let slot_a = dp.served()[&18395].0;
+    let both = env_with(&[(a.single_url(), 1), (b.single_url(), 2)]);
+    std::fs::copy(&both.cfg, &env.cfg).unwrap();
+    // env_with(both) points at its own dirs; keep this agent's State/Shm dirs.
+    let text = std::fs::read_to_string(&env.cfg).unwrap().replace(
+        &both.dir.path().display().to_string(),
+        &env.dir.path().display().to_string(),
+    );
+    std::fs::write(&env.cfg, text).unwrap();
+    dp.wait_served(18396, 3);
+    assert_eq!(dp.served()[&18395].0, slot_a, "unchanged node keeps its slot");
+    // Remove node 1: it is no longer served.
+    let only_b = std::fs::read_to_string(&both.cfg).unwrap().replace(
+        &both.dir.path().display().to_string(),
+        &env.dir.path().display().to_string(),
+    );
+    let mut v: serde_json::Value = serde_json::from_str(&only_b).unwrap();
+    v["Nodes"].as_array_mut().unwrap().remove(0);
+    std::fs::write(&env.cfg, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while dp.served().contains_key(&18395) {
+        assert!(
+            Instant::now() < deadline,
+            "removed node still served\n{}",
+            log_of(&env)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A broken file is rejected and changes nothing.
+    std::fs::write(&env.cfg, b"{ this is not json").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(dp.served().contains_key(&18396));
+    assert_eq!(agent.id(), pid);
+    assert_eq!(agent.try_wait().unwrap(), None);
+    assert!(log_of(&env).contains("config reload rejected"));
+    sigterm(&mut agent);
+}
