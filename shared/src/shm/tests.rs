@@ -24,6 +24,21 @@ fn users(kind: CredKind, n: u32) -> Vec<UserEntry> {
         .collect()
 }
 
+/// Harvest from another thread (as the control plane does) while this thread plays the core
+/// and ticks until it has flipped.
+fn harvest_ticking(c: &ControlShm, core: &mut CoreShm) -> Vec<HarvestedBank> {
+    std::thread::scope(|s| {
+        let j = s.spawn(|| c.harvest(Duration::from_secs(2)).unwrap());
+        for _ in 0..500 {
+            if core.tick().flipped {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        j.join().unwrap()
+    })
+}
+
 fn setup() -> (tempfile::TempDir, ControlShm, DataplaneShm) {
     let dir = tempfile::tempdir().unwrap();
     let c = ControlShm::create_or_attach(dir.path()).unwrap();
@@ -146,16 +161,7 @@ fn harvest_loses_and_doubles_nothing() {
         }
         // The harvest needs a tick from the core: run it on another thread like the real
         // control plane does.
-        let h = std::thread::scope(|s| {
-            let j = s.spawn(|| c.harvest(Duration::from_secs(2)).unwrap());
-            for _ in 0..200 {
-                if core.tick().flipped {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            j.join().unwrap()
-        });
+        let h = harvest_ticking(&c, &mut core);
         for bank in h {
             for e in &bank.entries {
                 *got.entry(e.user_id).or_insert(0u64) += e.up + e.down;
@@ -174,16 +180,7 @@ fn uncleared_bank_reappears_with_the_same_epoch() {
     let (dir, c, d) = setup();
     let mut core = d.core(0).unwrap();
     core.add_traffic(0, 7, 100, 200);
-    let h = std::thread::scope(|s| {
-        let j = s.spawn(|| c.harvest(Duration::from_secs(2)).unwrap());
-        for _ in 0..200 {
-            if core.tick().flipped {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        j.join().unwrap()
-    });
+    let h = harvest_ticking(&c, &mut core);
     assert_eq!(h.len(), 1);
     drop(c);
     let c2 = ControlShm::create_or_attach(dir.path()).unwrap();
@@ -222,16 +219,7 @@ fn restarted_core_continues_its_active_bank() {
     }
     let mut core = d.core(0).unwrap();
     core.add_traffic(2, 1, 5, 0);
-    let h = std::thread::scope(|s| {
-        let j = s.spawn(|| c.harvest(Duration::from_secs(2)).unwrap());
-        for _ in 0..200 {
-            if core.tick().flipped {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        j.join().unwrap()
-    });
+    let h = harvest_ticking(&c, &mut core);
     let e: Vec<_> = h.iter().flat_map(|b| b.entries.clone()).collect();
     assert_eq!(
         e,
@@ -254,16 +242,7 @@ fn full_bank_spills_into_the_next_one() {
     }
     let mut total = 0;
     for _ in 0..2 {
-        let h = std::thread::scope(|s| {
-            let j = s.spawn(|| c.harvest(Duration::from_secs(2)).unwrap());
-            for _ in 0..500 {
-                if core.tick().flipped {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            j.join().unwrap()
-        });
+        let h = harvest_ticking(&c, &mut core);
         for b in h {
             total += b.entries.iter().map(|e| e.up).sum::<u64>();
             c.clear_bank(b.instance_id, b.core, b.epoch).unwrap();
