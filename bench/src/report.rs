@@ -318,11 +318,13 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
             &[
                 "other load (CPUs)".into(),
                 "max over windows".into(),
+                "windows above 0.1 CPU".into(),
                 "load generator (CPUs)".into(),
             ],
         );
         for srv in &servers {
             let (mut other, mut secs, mut client, mut mx) = (0.0, 0.0, 0.0, 0.0f64);
+            let (mut dirty, mut windows) = (0usize, 0usize);
             for r in out.records.iter().filter(|r| r.workers == w && &r.server == srv) {
                 let c = match &r.m {
                     Measure::Bulk(b) => b.cpu,
@@ -333,10 +335,14 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
                 secs += c.secs;
                 client += c.client_cpu_s;
                 mx = mx.max(c.other_cpu_s / c.secs.max(1e-9));
+                windows += 1;
+                if c.other_cpu_s / c.secs.max(1e-9) > 0.1 {
+                    dirty += 1;
+                }
             }
             let _ = writeln!(
                 s,
-                "| {srv} | {:.2} | {:.2} | {:.2} |",
+                "| {srv} | {:.2} | {:.2} | {dirty} of {windows} | {:.2} |",
                 other / secs.max(1e-9),
                 mx,
                 client / secs.max(1e-9)

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use v2sp_dataplane::proto::ss::Method;
@@ -238,7 +239,9 @@ async fn measure(
         proxy: srv.addr(),
         creds: creds.clone(),
     };
-    scenarios::probe(&via, target, Duration::from_secs(20)).await?;
+    scenarios::probe(&via, target, Duration::from_secs(20))
+        .await
+        .context("start-up probe")?;
     // v2sp: wait until the data plane child shows up in /proc (it serves before we look).
     for _ in 0..100 {
         if srv.has_all_processes() {
@@ -281,7 +284,9 @@ async fn measure(
         out.push(cipher, label, w, round, Measure::Idle(r));
     }
     if plan.scenarios.contains(&Scenario::Latency) {
-        let h = scenarios::latency(&via, target, plan.latency_size, plan.latency_count, deadline).await?;
+        let h = scenarios::latency(&via, target, plan.latency_size, plan.latency_count, deadline)
+            .await
+            .context("latency")?;
         out.push(
             cipher,
             label,

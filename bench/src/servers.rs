@@ -87,6 +87,24 @@ pub struct Server {
     dataplane_pid: Option<u32>,
 }
 
+/// Drop terminal colour sequences (ESC [ … letter) from a log.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -211,6 +229,7 @@ impl Server {
         };
         cmd.args(&args)
             .envs(envs)
+            .env("NO_COLOR", "1")
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -231,7 +250,7 @@ impl Server {
 
     /// The server's log so far (for error messages).
     pub fn log_tail(&self) -> String {
-        let s = fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let s = strip_ansi(&fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default());
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
