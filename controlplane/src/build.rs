@@ -1,10 +1,13 @@
 //! Pure functions from "what the panel said" + "what the local config says" to what the data
-//! plane serves. No I/O: tested directly.
+//! plane serves, tested directly. The one I/O: `CertMode: self` writes a self-signed pair
+//! when its files are missing ([`ensure_self_signed`]).
 
-use v2sp_shared::config::NodeEntry;
+use std::path::Path;
+
+use v2sp_shared::config::{CertConfig, CertMode, NodeEntry};
 use v2sp_shared::cred::{secret_for, CredKind};
-use v2sp_shared::dpconfig::{NodeConfig, Protocol, ShadowsocksSettings};
-use v2sp_shared::panel::{NodeInfo, PanelUser};
+use v2sp_shared::dpconfig::{NodeConfig, Protocol, ShadowsocksSettings, TlsSettings};
+use v2sp_shared::panel::{NodeInfo, PanelUser, TlsMode};
 use v2sp_shared::shm::UserEntry;
 
 /// Why a node cannot be served with what the panel sent (the panel's or the operator's fault).
@@ -24,6 +27,12 @@ pub enum BuildError {
     NoServerKey(String),
     #[error("this build of v2sp does not serve {0} yet")]
     NotServedYet(&'static str),
+    #[error("this build of v2sp does not serve the {0:?} transport yet (only tcp)")]
+    TransportNotServedYet(String),
+    #[error("this build of v2sp does not serve VLESS flow {0:?} yet (set no flow on the panel)")]
+    FlowNotServedYet(String),
+    #[error("CertMode self: cannot write the self-signed certificate: {0}")]
+    SelfSigned(String),
 }
 
 /// Canonical cipher name and credential kind.
@@ -86,11 +95,34 @@ pub fn node_config(
         Protocol::Hysteria2 => return Err(BuildError::NotServedYet("hysteria2")),
         Protocol::Anytls => return Err(BuildError::NotServedYet("anytls")),
     };
-    if !matches!(protocol, Protocol::Shadowsocks) {
-        // The TLS-family protocols land with their own issue; refuse clearly rather than
-        // opening a port that speaks nothing.
-        return Err(BuildError::NotServedYet(protocol.as_str()));
-    }
+    let tls = match protocol {
+        Protocol::Shadowsocks => None,
+        Protocol::Trojan | Protocol::Vless => {
+            let network = info.network.as_deref().unwrap_or("tcp");
+            if network != "tcp" {
+                return Err(BuildError::TransportNotServedYet(network.to_string()));
+            }
+            if let Some(flow) = info.flow.as_deref().filter(|f| !f.trim().is_empty()) {
+                if protocol == Protocol::Vless {
+                    return Err(BuildError::FlowNotServedYet(flow.to_string()));
+                }
+            }
+            // Trojan is always TLS; VLESS when the panel says `tls: 1`.
+            let wants_tls = match (protocol, info.tls) {
+                (_, TlsMode::Reality) => return Err(BuildError::NotServedYet("REALITY")),
+                (Protocol::Trojan, _) | (_, TlsMode::Tls) => true,
+                _ => false,
+            };
+            if wants_tls {
+                node_tls(&entry.cert, info)?
+            } else {
+                None
+            }
+        }
+        // The other protocols land with their own issues; refuse clearly rather than opening
+        // a port that speaks nothing.
+        _ => return Err(BuildError::NotServedYet(protocol.as_str())),
+    };
     let send_ip = if entry.send_ip.is_unspecified() {
         String::new()
     } else {
@@ -112,7 +144,89 @@ pub fn node_config(
             "network": info.network,
             "network_settings": info.network_settings,
         }),
+        tls,
     })
+}
+
+/// `CertFile`/`KeyFile` with the `{domain}`/`{email}` placeholders filled in.
+fn cert_path(template: &str, cert: &CertConfig) -> String {
+    template
+        .replace("{domain}", cert.cert_domain.trim())
+        .replace("{email}", cert.email.trim())
+}
+
+/// The data plane's TLS for a node that needs TLS: `None` when TLS is terminated in front of
+/// v2sp (`CertMode: none`); files for `file`; a self-signed pair (written if missing) for
+/// `self`. ACME modes (`http`, `dns`) are not served yet.
+pub fn node_tls(cert: &CertConfig, info: &NodeInfo) -> Result<Option<TlsSettings>, BuildError> {
+    let mode = match cert.cert_mode {
+        CertMode::None => return Ok(None),
+        CertMode::File | CertMode::SelfSigned => cert.cert_mode.as_str(),
+        CertMode::Http | CertMode::Dns => {
+            return Err(BuildError::NotServedYet("ACME certificates (CertMode http/dns)"))
+        }
+    };
+    let cert_file = cert_path(&cert.cert_file, cert);
+    let key_file = cert_path(&cert.key_file, cert);
+    if cert.cert_mode == CertMode::SelfSigned {
+        ensure_self_signed(
+            Path::new(&cert_file),
+            Path::new(&key_file),
+            cert.cert_domain.trim(),
+        )?;
+    }
+    let server_name = info
+        .tls_settings
+        .as_ref()
+        .and_then(|t| t.server_name.clone())
+        .or_else(|| info.server_name.clone())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| cert.cert_domain.trim().to_string());
+    Ok(Some(TlsSettings {
+        cert_mode: mode.to_string(),
+        cert_file,
+        key_file,
+        server_name,
+        reject_unknown_sni: cert.reject_unknown_sni,
+        alpn: Vec::new(),
+    }))
+}
+
+/// Writes a self-signed certificate for `domain` (and its key, mode 0600) unless both files
+/// exist already (a restart keeps the same certificate, so pinned clients keep working).
+pub fn ensure_self_signed(cert_file: &Path, key_file: &Path, domain: &str) -> Result<(), BuildError> {
+    if cert_file.exists() && key_file.exists() {
+        return Ok(());
+    }
+    let err = |e: &dyn std::fmt::Display| BuildError::SelfSigned(e.to_string());
+    let names = vec![if domain.is_empty() {
+        "localhost".to_string()
+    } else {
+        domain.to_string()
+    }];
+    let pair = rcgen::generate_simple_self_signed(names).map_err(|e| err(&e))?;
+    for p in [cert_file, key_file] {
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(&format!("{}: {e}", dir.display())))?;
+        }
+    }
+    let key = pair.signing_key.serialize_pem();
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(key_file)
+            .map_err(|e| err(&format!("{}: {e}", key_file.display())))?;
+        f.write_all(key.as_bytes())
+            .map_err(|e| err(&format!("{}: {e}", key_file.display())))?;
+    }
+    std::fs::write(cert_file, pair.cert.pem()).map_err(|e| err(&format!("{}: {e}", cert_file.display())))?;
+    Ok(())
 }
 
 /// Panel users → table entries. Users whose uuid cannot make a credential are skipped and
@@ -189,6 +303,76 @@ mod tests {
             node_config(0, "t", &entry("shadowsocks"), &i),
             Err(BuildError::BadCipher(_))
         ));
+    }
+
+    fn tls_entry(node_type: &str, mode: &str, dir: &Path) -> NodeEntry {
+        let text = format!(
+            r#"{{"Nodes":[{{"ApiHost":"http://127.0.0.1:1","ApiKey":"k","NodeID":1,"NodeType":"{node_type}",
+            "CertConfig":{{"CertMode":"{mode}","CertDomain":"node.example","CertFile":"{d}/{{domain}}.crt","KeyFile":"{d}/{{domain}}.key"}}}}]}}"#,
+            d = dir.display()
+        );
+        v2sp_shared::config::parse_str(&text, Path::new("t.json"))
+            .unwrap()
+            .config
+            .nodes
+            .remove(0)
+    }
+
+    #[test]
+    fn trojan_self_signed_is_generated_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = tls_entry("trojan", "self", dir.path());
+        let c = node_config(1, "t", &e, &info(r#"{"server_port":443}"#)).unwrap();
+        assert_eq!(c.cred_kind, CredKind::TrojanSha224);
+        let tls = c.tls.unwrap();
+        assert_eq!(
+            tls.cert_file,
+            format!("{}/node.example.crt", dir.path().display())
+        );
+        assert_eq!(tls.server_name, "node.example");
+        let pem = std::fs::read(&tls.cert_file).unwrap();
+        assert!(pem.starts_with(b"-----BEGIN CERTIFICATE-----"));
+        // A second build keeps the same certificate.
+        node_config(1, "t", &e, &info(r#"{"server_port":443}"#)).unwrap();
+        assert_eq!(std::fs::read(&tls.cert_file).unwrap(), pem);
+    }
+
+    #[test]
+    fn vless_tls_follows_the_panel_and_cert_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = tls_entry("vless", "self", dir.path());
+        let plain = node_config(1, "t", &e, &info(r#"{"server_port":443,"tls":0}"#)).unwrap();
+        assert!(plain.tls.is_none());
+        assert_eq!(plain.cred_kind, CredKind::VlessUuid);
+        let i = info(r#"{"server_port":443,"tls":1,"tls_settings":{"server_name":"sni.example"}}"#);
+        let c = node_config(1, "t", &e, &i).unwrap();
+        assert_eq!(c.tls.unwrap().server_name, "sni.example");
+        // CertMode none: TLS is terminated in front of v2sp.
+        let none = node_config(1, "t", &entry("trojan"), &info(r#"{"server_port":443}"#)).unwrap();
+        assert!(none.tls.is_none());
+    }
+
+    #[test]
+    fn unserved_transports_flows_and_reality_are_clear_errors() {
+        let i = info(r#"{"server_port":443,"network":"ws"}"#);
+        assert_eq!(
+            node_config(1, "t", &entry("trojan"), &i),
+            Err(BuildError::TransportNotServedYet("ws".into()))
+        );
+        let i = info(r#"{"server_port":443,"flow":"xtls-rprx-vision"}"#);
+        assert!(matches!(
+            node_config(1, "t", &entry("vless"), &i),
+            Err(BuildError::FlowNotServedYet(_))
+        ));
+        let i = info(r#"{"server_port":443,"tls":2}"#);
+        assert_eq!(
+            node_config(1, "t", &entry("vless"), &i),
+            Err(BuildError::NotServedYet("REALITY"))
+        );
+        assert_eq!(
+            node_config(1, "t", &entry("vmess"), &info(r#"{"server_port":1}"#)),
+            Err(BuildError::NotServedYet("vmess"))
+        );
     }
 
     #[test]

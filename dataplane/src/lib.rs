@@ -8,3 +8,4 @@ pub mod relay;
 pub mod runtime;
 pub mod stats;
 pub mod sys;
+pub mod tls;

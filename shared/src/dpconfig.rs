@@ -70,6 +70,30 @@ pub struct NodeConfig {
     /// Transport and TLS settings for the TLS-family protocols (raw panel JSON for now).
     #[serde(default)]
     pub transport: serde_json::Value,
+    /// TLS terminated by the data plane (`None`: plaintext listener, e.g. behind an external
+    /// terminator with `CertMode: none`).
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+}
+
+/// Server-side TLS of one node. The control plane resolves the local `CertConfig` into files
+/// (generating a self-signed pair for `CertMode: self`); the data plane only loads PEM files
+/// and reloads them when their mtime changes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct TlsSettings {
+    /// `file`, `self`, `http`, `dns` (informational: where the files come from).
+    pub cert_mode: String,
+    /// PEM certificate chain.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// Expected SNI (the panel's `server_name` or `CertDomain`); empty = any.
+    pub server_name: String,
+    /// Refuse handshakes whose SNI is not `server_name` (`RejectUnknownSni`).
+    pub reject_unknown_sni: bool,
+    /// ALPN protocols offered, in preference order; empty = no ALPN.
+    pub alpn: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -47,11 +47,35 @@ pub fn default_protocols() -> ProtocolFactory {
     Arc::new(|n: &NodeConfig| match n.protocol {
         #[cfg(feature = "shadowsocks")]
         v2sp_shared::dpconfig::Protocol::Shadowsocks => shadowsocks(n),
+        #[cfg(feature = "trojan")]
+        v2sp_shared::dpconfig::Protocol::Trojan => Ok(Rc::new(TrojanProto)),
+        #[cfg(feature = "vless")]
+        v2sp_shared::dpconfig::Protocol::Vless => Ok(Rc::new(VlessProto)),
         other => Err(format!(
             "protocol {} is not served by this build yet",
             other.as_str()
         )),
     })
+}
+
+#[cfg(feature = "trojan")]
+struct TrojanProto;
+
+#[cfg(feature = "trojan")]
+impl InboundProtocol for TrojanProto {
+    fn new_handshake(&self) -> Box<dyn StreamHandshake> {
+        Box::new(crate::proto::trojan::TrojanHandshake::default())
+    }
+}
+
+#[cfg(feature = "vless")]
+struct VlessProto;
+
+#[cfg(feature = "vless")]
+impl InboundProtocol for VlessProto {
+    fn new_handshake(&self) -> Box<dyn StreamHandshake> {
+        Box::new(crate::proto::vless::VlessHandshake::default())
+    }
 }
 
 #[cfg(feature = "shadowsocks")]
@@ -121,6 +145,8 @@ impl Shared {
 pub struct NodeRt {
     pub cfg: NodeConfig,
     proto: Rc<dyn InboundProtocol>,
+    /// TLS terminated before the protocol handshake (`NodeConfig.tls`).
+    tls: Option<Arc<rustls::ServerConfig>>,
     connect: ConnectOpts,
     handshake: Duration,
     relay: RelayTimeouts,
@@ -287,6 +313,7 @@ impl Core {
 
     fn start_node(self: &Rc<Self>, n: &NodeConfig, cfg: &DataplaneConfig) -> Result<(), String> {
         let proto = (self.shared.protocols)(n)?;
+        let tls = n.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let addr = crate::net::listen_addr(&n.listen_ip, n.port)?;
         let send_ip = match n.send_ip.trim() {
             "" => None,
@@ -303,6 +330,7 @@ impl Core {
         let rt = Rc::new(NodeRt {
             cfg: n.clone(),
             proto,
+            tls,
             connect: ConnectOpts {
                 strategy: DnsStrategy::parse(&n.dns_strategy),
                 send_ip,
@@ -442,7 +470,9 @@ impl Drop for Registered<'_> {
 }
 
 enum Handshake {
-    Forward(Next),
+    /// The protocol's answer, and the TLS session with the partial record that followed the
+    /// header (TLS nodes only).
+    Forward(Next, Option<Box<(crate::tls::TlsSession, Vec<u8>)>>),
     Drop,
 }
 
@@ -480,6 +510,20 @@ async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketA
             }
         }
     }
+    // TLS nodes: the protocol sees the decrypted stream; `carry` is the partial record.
+    let mut tls = None;
+    let mut carry = Vec::new();
+    if let Some(cfg) = &node.tls {
+        match crate::tls::accept(s, cfg, first, &mut buf).await {
+            Ok(a) => {
+                first = a.plaintext;
+                carry = a.carry;
+                tls = Some(a.session);
+            }
+            Err(crate::tls::AcceptError::Wire(_)) => return drain(s, &mut buf).await,
+            Err(crate::tls::AcceptError::Io) => return Handshake::Drop,
+        }
+    }
     let mut hs = node.proto.new_handshake();
     let mut chunk = first;
     loop {
@@ -496,7 +540,7 @@ async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketA
             };
             match step {
                 Ok(Step::NeedMore(_)) => {}
-                Ok(Step::Done(next)) => return Handshake::Forward(next),
+                Ok(Step::Done(next)) => return Handshake::Forward(next, tls.map(|t| Box::new((t, carry)))),
                 Err(_) => return drain(s, &mut buf).await,
             }
         }
@@ -505,7 +549,27 @@ async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketA
             Ok(n) => n,
         };
         chunk.clear();
-        chunk.extend_from_slice(buf.get(..n).unwrap_or_default());
+        let raw = buf.get(..n).unwrap_or_default();
+        match tls.as_mut() {
+            None => chunk.extend_from_slice(raw),
+            Some(t) => {
+                carry.extend_from_slice(raw);
+                let used = match t.open(&carry, &mut chunk) {
+                    Ok(u) => u,
+                    Err(_) => return drain(s, &mut buf).await,
+                };
+                carry.drain(..used.min(carry.len()));
+                if carry.len() > crate::tls::deframe::HEADER_LEN + crate::tls::deframe::MAX_FRAGMENT {
+                    return drain(s, &mut buf).await;
+                }
+                // Post-handshake messages (tickets, key updates) go out as they come.
+                let mut out = Vec::new();
+                t.pending_output(&mut out);
+                if !out.is_empty() && crate::tls::write_all(s, &out).await.is_err() {
+                    return Handshake::Drop;
+                }
+            }
+        }
     }
 }
 
@@ -526,11 +590,12 @@ async fn handle_conn(core: Rc<Core>, node: Rc<NodeRt>, mut client: TcpStream, mu
     let hs_guard = HandshakeGuard(&core);
     // One deadline for the whole handshake, including draining a rejected client.
     let deadline = tokio::time::Instant::now() + node.handshake;
-    let next = match tokio::time::timeout_at(deadline, handshake(&core, &node, &client, &mut peer)).await {
-        Ok(Handshake::Forward(n)) => n,
-        Ok(Handshake::Drop) | Err(_) => return,
-    };
-    let (dest, user, initial_upload, reply, codec) = match next {
+    let (next, tls) =
+        match tokio::time::timeout_at(deadline, handshake(&core, &node, &client, &mut peer)).await {
+            Ok(Handshake::Forward(n, tls)) => (n, tls),
+            Ok(Handshake::Drop) | Err(_) => return,
+        };
+    let (dest, user, initial_upload, mut reply, mut codec) = match next {
         Next::Forward {
             dest,
             user,
@@ -594,6 +659,17 @@ async fn handle_conn(core: Rc<Core>, node: Rc<NodeRt>, mut client: TcpStream, mu
         user.user_id,
         effective_bytes_per_sec(node.cfg.speed_limit_mbps, user.speed_limit_mbps),
     );
+    // TLS: the reply is sealed, and TLS wraps the protocol's codec (if any) for the relay.
+    let mut pending_up = Vec::new();
+    if let Some((mut session, carry)) = tls.map(|b| *b) {
+        let mut wire = Vec::new();
+        if session.seal(&reply, &mut wire).is_err() {
+            return;
+        }
+        reply = wire;
+        pending_up = carry;
+        codec = Some(Box::new(crate::tls::TlsCodec::new(session, codec.take())));
+    }
     if !reply.is_empty() && client.write_all(&reply).await.is_err() {
         return;
     }
@@ -632,6 +708,6 @@ async fn handle_conn(core: Rc<Core>, node: Rc<NodeRt>, mut client: TcpStream, mu
         splice: core.shared.splice,
         uring: core.uring.as_ref(),
     };
-    let end = relay::relay(&env, &client, &upstream, Vec::new(), codec).await;
+    let end = relay::relay(&env, &client, &upstream, pending_up, codec).await;
     tracing::trace!(node = slot, ?end, "connection ended");
 }

@@ -14,6 +14,10 @@ use v2sp_shared::shm::UserRef;
 
 #[cfg(feature = "shadowsocks")]
 pub mod ss;
+#[cfg(feature = "trojan")]
+pub mod trojan;
+#[cfg(feature = "vless")]
+pub mod vless;
 
 /// Where a proxied stream or datagram goes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -136,6 +136,7 @@ pub fn node(slot: u16, port: u16) -> NodeConfig {
         dns_strategy: String::new(),
         shadowsocks: None,
         transport: serde_json::Value::Null,
+        tls: None,
     }
 }
 

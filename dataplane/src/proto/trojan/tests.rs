@@ -1,0 +1,182 @@
+#![allow(clippy::unwrap_used, clippy::panic)]
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha224};
+use v2sp_shared::shm::UserRef;
+
+use super::*;
+
+pub(crate) struct Ctx(HashMap<Vec<u8>, UserRef>);
+
+impl Ctx {
+    pub(crate) fn with(key: &[u8], user_id: u32) -> Self {
+        let mut secret = [0u8; 32];
+        secret[..key.len()].copy_from_slice(key);
+        let u = UserRef {
+            node: 0,
+            slot: 0,
+            user_id,
+            gen: 1,
+            secret,
+            secret_len: key.len() as u8,
+            speed_limit_mbps: 0,
+            device_limit: 0,
+        };
+        Ctx(HashMap::from([(key.to_vec(), u)]))
+    }
+}
+
+impl AuthContext for Ctx {
+    fn lookup(&self, key: &[u8]) -> Option<UserRef> {
+        self.0.get(key).copied()
+    }
+    fn for_each_user(&self, f: &mut dyn FnMut(&UserRef) -> bool) {
+        for u in self.0.values() {
+            if !f(u) {
+                break;
+            }
+        }
+    }
+    fn check_replay(&self, _: &[u8]) -> bool {
+        true
+    }
+    fn now_unix(&self) -> u64 {
+        0
+    }
+}
+
+const PASSWORD: &str = "a7b4b8ab-42d7-4c48-a0c5-91fd4bd53c37";
+
+fn ctx() -> Ctx {
+    Ctx::with(&Sha224::digest(PASSWORD.as_bytes()), 7)
+}
+
+/// Known answer: SHA-224("password") (trojan-gfw's documented example) and a full request to
+/// example.com:443 followed by payload.
+#[test]
+fn known_answer_request() {
+    let hex_pw = "d63dc919e201d7bc4c825630d2cf25fdc93d4b2f0d46706d29038d01";
+    assert_eq!(hex::encode(Sha224::digest(b"password")), hex_pw);
+    let mut wire = hex_pw.as_bytes().to_vec();
+    wire.extend_from_slice(b"\r\n\x01\x03\x0bexample.com\x01\xbb\r\nGET /");
+    let r = parse_request(&wire).unwrap().unwrap();
+    assert_eq!(r.cmd, 1);
+    assert_eq!(r.dest, Destination::Domain("example.com".into(), 443));
+    assert_eq!(&wire[r.len..], b"GET /");
+    assert_eq!(hex::encode(r.hash), hex_pw);
+    // IPv4 and IPv6.
+    let mut v4 = hex_pw.as_bytes().to_vec();
+    v4.extend_from_slice(b"\r\n\x01\x01\x7f\x00\x00\x01\x00\x50\r\n");
+    let r = parse_request(&v4).unwrap().unwrap();
+    assert_eq!(r.dest, Destination::Ip("127.0.0.1:80".parse().unwrap()));
+    assert_eq!(r.len, v4.len());
+    let mut v6 = hex_pw.to_uppercase().into_bytes();
+    v6.extend_from_slice(b"\r\n\x01\x04");
+    v6.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x1f, 0x90]);
+    v6.extend_from_slice(b"\r\n");
+    let r = parse_request(&v6).unwrap().unwrap();
+    assert_eq!(r.dest, Destination::Ip("[::1]:8080".parse().unwrap()));
+}
+
+fn request(payload: &[u8]) -> Vec<u8> {
+    let mut w = hex::encode(Sha224::digest(PASSWORD.as_bytes())).into_bytes();
+    w.extend_from_slice(b"\r\n\x01\x03\x09localhost\x1f\x90\r\n");
+    w.extend_from_slice(payload);
+    w
+}
+
+#[test]
+fn header_split_at_every_byte_gives_the_same_result() {
+    let wire = request(b"hello");
+    for cut in 0..wire.len() {
+        let mut hs = TrojanHandshake::default();
+        let c = ctx();
+        let (step, later) = match hs.feed(&wire[..cut], &c).unwrap() {
+            Step::NeedMore(_) => (hs.feed(&wire[cut..], &c).unwrap(), &[][..]),
+            // Done on the first piece: the rest is relayed later as stream data.
+            done => (done, &wire[cut..]),
+        };
+        match step {
+            Step::Done(Next::Forward {
+                dest,
+                user,
+                initial_upload,
+                reply,
+                codec,
+            }) => {
+                assert_eq!(dest, Destination::Domain("localhost".into(), 8080));
+                assert_eq!(user.user_id, 7);
+                assert_eq!([&initial_upload[..], later].concat(), b"hello");
+                assert!(reply.is_empty() && codec.is_none());
+            }
+            _ => panic!("cut {cut}: not forwarded"),
+        }
+    }
+}
+
+#[test]
+fn wrong_password_and_garbage_are_rejected_without_a_reply() {
+    let c = ctx();
+    let mut w = hex::encode(Sha224::digest(b"wrong")).into_bytes();
+    w.extend_from_slice(b"\r\n\x01\x01\x7f\x00\x00\x01\x00\x50\r\n");
+    let mut hs = TrojanHandshake::default();
+    // Rejected as soon as the hash is in, before the rest of the header.
+    assert!(matches!(
+        hs.feed(&w[..58], &c).unwrap(),
+        Step::Done(Next::Reject {
+            error: WireError::Auth(_),
+            policy: RejectPolicy::DrainUntilTimeout
+        })
+    ));
+    let mut hs = TrojanHandshake::default();
+    assert!(matches!(
+        hs.feed(&[b'z'; 80], &c).unwrap(),
+        Step::Done(Next::Reject { .. })
+    ));
+    // Right password, bad command / atyp / missing CRLF.
+    for bad in [
+        &b"\r\n\x02\x01\x7f\x00\x00\x01\x00\x50\r\n"[..],
+        b"\r\n\x01\x09",
+        b"\r\n\x01\x01\x7f\x00\x00\x01\x00\x50xx",
+    ] {
+        let mut w = hex::encode(Sha224::digest(PASSWORD.as_bytes())).into_bytes();
+        w.extend_from_slice(bad);
+        let mut hs = TrojanHandshake::default();
+        assert!(matches!(
+            hs.feed(&w, &c).unwrap(),
+            Step::Done(Next::Reject { .. })
+        ));
+    }
+}
+
+#[test]
+fn udp_associate_is_refused_for_now() {
+    let mut w = hex::encode(Sha224::digest(PASSWORD.as_bytes())).into_bytes();
+    w.extend_from_slice(b"\r\n\x03\x01\x7f\x00\x00\x01\x00\x35\r\n");
+    let mut hs = TrojanHandshake::default();
+    assert!(matches!(
+        hs.feed(&w, &ctx()).unwrap(),
+        Step::Done(Next::Reject {
+            error: WireError::Unsupported(_),
+            ..
+        })
+    ));
+}
+
+proptest::proptest! {
+    #[test]
+    fn random_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..400), cut in 0usize..400) {
+        let _ = parse_request(&data);
+        let c = ctx();
+        let mut hs = TrojanHandshake::default();
+        let cut = cut.min(data.len());
+        if let Ok(Step::NeedMore(_)) = hs.feed(&data[..cut], &c) {
+            let _ = hs.feed(&data[cut..], &c);
+        }
+        // Random tails after a valid hash exercise the request parser.
+        let mut w = request(b"");
+        w.truncate(58);
+        w.extend_from_slice(&data);
+        let _ = TrojanHandshake::default().feed(&w, &c);
+    }
+}

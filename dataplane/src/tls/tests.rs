@@ -1,0 +1,198 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The TLS stage without sockets: a rustls client against [`TlsSession`]/[`TlsCodec`], with
+//! records split at every awkward boundary.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+
+use super::*;
+
+#[derive(Debug)]
+struct AcceptAny;
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn pair(dir: &std::path::Path) -> TlsSettings {
+    let c = rcgen::generate_simple_self_signed(vec!["example.com".to_string()]).unwrap();
+    let cert = dir.join("c.pem");
+    let key = dir.join("k.pem");
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    TlsSettings {
+        cert_mode: "self".into(),
+        cert_file: cert.display().to_string(),
+        key_file: key.display().to_string(),
+        server_name: "example.com".into(),
+        reject_unknown_sni: false,
+        alpn: vec![],
+    }
+}
+
+fn client(version: &'static rustls::SupportedProtocolVersion) -> ClientConnection {
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_no_client_auth();
+    let mut c = ClientConnection::new(Arc::new(cfg), "example.com".try_into().unwrap()).unwrap();
+    c.set_buffer_limit(None);
+    c
+}
+
+fn client_out(c: &mut ClientConnection) -> Vec<u8> {
+    let mut v = Vec::new();
+    while c.wants_write() {
+        c.write_tls(&mut v).unwrap();
+    }
+    v
+}
+
+/// Feeds `wire` in `step`-byte pieces the way the relay does (carry of the partial record).
+fn feed(s: &mut TlsSession, carry: &mut Vec<u8>, wire: &[u8], step: usize, plain: &mut Vec<u8>) {
+    for piece in wire.chunks(step.max(1)) {
+        carry.extend_from_slice(piece);
+        let used = s.open(carry, plain).unwrap();
+        carry.drain(..used);
+    }
+}
+
+fn round_trip(version: &'static rustls::SupportedProtocolVersion, step: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = server_config(&pair(dir.path())).unwrap();
+    let mut s = TlsSession::new(&cfg).unwrap();
+    let mut c = client(version);
+    let mut carry = Vec::new();
+    let mut plain = Vec::new();
+    for _ in 0..10 {
+        if !c.is_handshaking() && !s.is_handshaking() {
+            break;
+        }
+        let w = client_out(&mut c);
+        feed(&mut s, &mut carry, &w, step, &mut plain);
+        let mut back = Vec::new();
+        s.pending_output(&mut back);
+        let mut r = &back[..];
+        while !r.is_empty() {
+            c.read_tls(&mut r).unwrap();
+        }
+        c.process_new_packets().unwrap();
+    }
+    assert!(!s.is_handshaking() && !c.is_handshaking());
+    // Client → server: 100 KiB in several records, fed in odd pieces.
+    let data: Vec<u8> = (0..100 * 1024u32).map(|i| (i % 251) as u8).collect();
+    c.writer().write_all(&data).unwrap();
+    let w = client_out(&mut c);
+    let mut codec = TlsCodec::new(s, None);
+    let mut got = Vec::new();
+    for piece in w.chunks(step.max(1)) {
+        carry.extend_from_slice(piece);
+        let used = codec.open(&carry, &mut got).unwrap();
+        carry.drain(..used);
+    }
+    assert!(carry.is_empty());
+    assert_eq!(got, data);
+    // Server → client.
+    let mut sealed = Vec::new();
+    codec.seal(b"hello back", &mut sealed).unwrap();
+    let mut r = &sealed[..];
+    while !r.is_empty() {
+        c.read_tls(&mut r).unwrap();
+    }
+    c.process_new_packets().unwrap();
+    let mut buf = [0u8; 64];
+    let n = c.reader().read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello back");
+}
+
+#[test]
+fn tls13_and_tls12_round_trip_whole_and_split_records() {
+    for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        for step in [1, 3, 1000, 1 << 20] {
+            round_trip(v, step);
+        }
+    }
+}
+
+#[test]
+fn garbage_is_a_wire_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = server_config(&pair(dir.path())).unwrap();
+    let mut s = TlsSession::new(&cfg).unwrap();
+    let mut out = Vec::new();
+    assert!(s.open(b"GET / HTTP/1.1\r\n", &mut out).is_err());
+    let mut s = TlsSession::new(&cfg).unwrap();
+    // A well-framed record that is not a ClientHello.
+    assert!(s.open(&[0x16, 3, 1, 0, 4, 1, 2, 3, 4], &mut out).is_err());
+}
+
+#[test]
+fn reject_unknown_sni_refuses_other_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = pair(dir.path());
+    t.reject_unknown_sni = true;
+    t.server_name = "other.example".into();
+    let cfg = server_config(&t).unwrap();
+    let mut s = TlsSession::new(&cfg).unwrap();
+    let mut c = client(&rustls::version::TLS13);
+    let w = client_out(&mut c);
+    let mut out = Vec::new();
+    assert!(s.open(&w, &mut out).is_err());
+}
+
+#[test]
+fn missing_or_mismatched_files_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = pair(dir.path());
+    t.key_file = dir.path().join("nope.pem").display().to_string();
+    assert!(server_config(&t).is_err());
+    let other = rcgen::generate_simple_self_signed(vec!["x".to_string()]).unwrap();
+    let k2 = dir.path().join("k2.pem");
+    std::fs::write(&k2, other.signing_key.serialize_pem()).unwrap();
+    t.key_file = k2.display().to_string();
+    assert!(server_config(&t).is_err());
+}
+
+proptest::proptest! {
+    #[test]
+    fn random_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = server_config(&pair(dir.path())).unwrap();
+        let mut s = TlsSession::new(&cfg).unwrap();
+        let mut out = Vec::new();
+        let _ = s.open(&data, &mut out);
+    }
+}
