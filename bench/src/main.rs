@@ -320,6 +320,8 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         },
     };
     let started = report::utc_string();
+    // At the start: the tree the binaries were (hopefully just) built from.
+    let git = report::git_describe();
     let load_before = procstat::loadavg();
     let t = Instant::now();
     let rt = runtime(if pin { client.len() } else { 1 })?;
@@ -331,7 +333,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
     binaries.dedup();
     let env = Env {
         binaries,
-        git: report::git_describe(),
+        git,
         load_before,
         load_after: procstat::loadavg(),
         started,

@@ -271,7 +271,11 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         "- started {}, finished {} ({:.0} s); command: `{}`",
         env.started, env.finished, env.wall_s, env.command
     );
-    let _ = writeln!(s, "- code: {}", env.git);
+    let _ = writeln!(
+        s,
+        "- code: HEAD {} when the run started (the v2sp binaries are whatever was built at the time below)",
+        env.git
+    );
     let _ = writeln!(s, "- machine: {}", machine());
     for b in &env.binaries {
         let _ = writeln!(s, "- {b}");
