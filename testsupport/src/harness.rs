@@ -586,3 +586,34 @@ pub fn sing_box_ss(
         Ok(cmd)
     })
 }
+
+/// The sing-box client with a SOCKS inbound and a TLS-family outbound: `protocol` is `trojan`
+/// (`secret` = password) or `vless` (`secret` = uuid, no flow). TLS with `server_name`, any
+/// certificate accepted (the tests' certificates are self-signed).
+pub fn sing_box_tls(
+    server_port: u16,
+    protocol: &str,
+    secret: &str,
+    server_name: &str,
+    dir: &Path,
+) -> anyhow::Result<(Proc, u16)> {
+    let bin = peer("sing-box")?;
+    let mut out = json!({"type": protocol, "tag": "out", "server": "127.0.0.1", "server_port": server_port,
+                         "tls": {"enabled": true, "server_name": server_name, "insecure": true}});
+    let key = if protocol == "vless" { "uuid" } else { "password" };
+    if let Some(o) = out.as_object_mut() {
+        o.insert(key.to_string(), json!(secret));
+    }
+    spawn_listening("sing-box", dir, |socks| {
+        let cfg = json!({
+            "log": {"level": "warn"},
+            "inbounds": [{"type": "socks", "tag": "in", "listen": "127.0.0.1", "listen_port": socks}],
+            "outbounds": [out],
+        });
+        let path = dir.join(format!("sing-box-{socks}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("run").arg("-c").arg(&path).current_dir(dir);
+        Ok(cmd)
+    })
+}
