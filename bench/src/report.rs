@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::run::{Measure, Outcome, Plan, Record};
+use crate::run::{Measure, Outcome, Plan, Record, Scenario};
 use crate::svg::{self, Series};
 
 /// UTC wall clock as `HH:MM:SS` (log lines).
@@ -396,83 +396,252 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         )?;
         let _ = writeln!(s, "\n![CPU-s per GB]({})\n", name("cpu-per-gb"));
 
-        // Throughput vs connections, headline cipher.
-        let _ = writeln!(
-            s,
-            "### Bulk download, {headline}: throughput (MB/s) vs connections\n"
-        );
-        header_row(&mut s, "connections", &cols);
-        let mut series: Vec<Series> = servers
-            .iter()
-            .map(|x| Series {
-                name: x.clone(),
-                points: vec![],
-            })
-            .collect();
-        for &c in &plan.bulk_conns {
-            let vals: Vec<_> = servers
+        if plan.scenarios.contains(&Scenario::Bulk) {
+            // Throughput vs connections, headline cipher.
+            let _ = writeln!(
+                s,
+                "### Bulk download, {headline}: throughput (MB/s) vs connections\n"
+            );
+            header_row(&mut s, "connections", &cols);
+            let mut series: Vec<Series> = servers
                 .iter()
-                .map(|srv| v.bulk(&headline, srv, c, false, |b| b.mb_per_s()))
+                .map(|x| Series {
+                    name: x.clone(),
+                    points: vec![],
+                })
                 .collect();
-            let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, 0)).collect();
-            for (a, b) in &pairs {
-                let ia = servers.iter().position(|x| x == a).unwrap_or(0);
-                let ib = servers.iter().position(|x| x == b).unwrap_or(0);
-                row.push(ratio(vals[ia], vals[ib]));
+            for &c in &plan.bulk_conns {
+                let vals: Vec<_> = servers
+                    .iter()
+                    .map(|srv| v.bulk(&headline, srv, c, false, |b| b.mb_per_s()))
+                    .collect();
+                let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, 0)).collect();
+                for (a, b) in &pairs {
+                    let ia = servers.iter().position(|x| x == a).unwrap_or(0);
+                    let ib = servers.iter().position(|x| x == b).unwrap_or(0);
+                    row.push(ratio(vals[ia], vals[ib]));
+                }
+                let _ = writeln!(s, "| {c} | {} |", row.join(" | "));
+                for (i, x) in vals.iter().enumerate() {
+                    if let Some((m, _, _)) = x {
+                        series[i].points.push((c as f64, *m));
+                    }
+                }
             }
-            let _ = writeln!(s, "| {c} | {} |", row.join(" | "));
-            for (i, x) in vals.iter().enumerate() {
-                if let Some((m, _, _)) = x {
-                    series[i].points.push((c as f64, *m));
+            std::fs::write(
+                dir.join(name("throughput")),
+                svg::line_chart(
+                    &format!("Bulk download throughput, {headline}"),
+                    "connections",
+                    "MB/s",
+                    &series,
+                    true,
+                ),
+            )?;
+            let _ = writeln!(s, "\n![throughput]({})\n", name("throughput"));
+            let _ = writeln!(s, "Server CPU-s/GB for the same runs:\n");
+            header_row(&mut s, "connections", &cols);
+            for &c in &plan.bulk_conns {
+                let vals: Vec<_> = servers
+                    .iter()
+                    .map(|srv| v.bulk(&headline, srv, c, false, |b| b.cpu_s_per_gb()))
+                    .collect();
+                let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, 3)).collect();
+                for (a, b) in &pairs {
+                    let ia = servers.iter().position(|x| x == a).unwrap_or(0);
+                    let ib = servers.iter().position(|x| x == b).unwrap_or(0);
+                    row.push(ratio(vals[ia], vals[ib]));
+                }
+                let _ = writeln!(s, "| {c} | {} |", row.join(" | "));
+            }
+            if plan.upload {
+                let _ = writeln!(
+                    s,
+                    "\n### Bulk upload, {headline}, {} connections (client → target)\n",
+                    plan.other_conns
+                );
+                header_row(&mut s, "figure", &cols);
+                for (label, prec, f) in [
+                    (
+                        "MB/s",
+                        0usize,
+                        (|b: &crate::scenarios::BulkResult| b.mb_per_s())
+                            as fn(&crate::scenarios::BulkResult) -> f64,
+                    ),
+                    ("server CPU-s/GB", 3, |b| b.cpu_s_per_gb()),
+                ] {
+                    let vals: Vec<_> = servers
+                        .iter()
+                        .map(|srv| v.bulk(&headline, srv, plan.other_conns, true, f))
+                        .collect();
+                    let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
+                    for (a, b) in &pairs {
+                        let ia = servers.iter().position(|x| x == a).unwrap_or(0);
+                        let ib = servers.iter().position(|x| x == b).unwrap_or(0);
+                        row.push(ratio(vals[ia], vals[ib]));
+                    }
+                    let _ = writeln!(s, "| {label} | {} |", row.join(" | "));
                 }
             }
         }
-        std::fs::write(
-            dir.join(name("throughput")),
-            svg::line_chart(
-                &format!("Bulk download throughput, {headline}"),
-                "connections",
-                "MB/s",
-                &series,
-                true,
-            ),
-        )?;
-        let _ = writeln!(s, "\n![throughput]({})\n", name("throughput"));
-        let _ = writeln!(s, "Server CPU-s/GB for the same runs:\n");
-        header_row(&mut s, "connections", &cols);
-        for &c in &plan.bulk_conns {
-            let vals: Vec<_> = servers
-                .iter()
-                .map(|srv| v.bulk(&headline, srv, c, false, |b| b.cpu_s_per_gb()))
-                .collect();
-            let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, 3)).collect();
-            for (a, b) in &pairs {
-                let ia = servers.iter().position(|x| x == a).unwrap_or(0);
-                let ib = servers.iter().position(|x| x == b).unwrap_or(0);
-                row.push(ratio(vals[ia], vals[ib]));
-            }
-            let _ = writeln!(s, "| {c} | {} |", row.join(" | "));
-        }
-        if plan.upload {
-            let _ = writeln!(
-                s,
-                "\n### Bulk upload, {headline}, {} connections (client → target)\n",
-                plan.other_conns
-            );
+        if plan.scenarios.contains(&Scenario::Rate) {
+            // Rate.
+            let _ = writeln!(s, "\n### Connection rate, {headline} (connect + request + 1 B echoed + close, {} concurrent loops)\n", plan.rate_concurrency);
             header_row(&mut s, "figure", &cols);
+            type RF = fn(&crate::scenarios::RateResult) -> f64;
             for (label, prec, f) in [
                 (
-                    "MB/s",
+                    "connections/s",
                     0usize,
-                    (|b: &crate::scenarios::BulkResult| b.mb_per_s())
-                        as fn(&crate::scenarios::BulkResult) -> f64,
+                    (|x: &crate::scenarios::RateResult| x.per_s()) as RF,
                 ),
-                ("server CPU-s/GB", 3, |b| b.cpu_s_per_gb()),
+                ("server CPU µs/connection", 1, |x| x.server_us_per_conn()),
+                ("failed connections", 0, |x| x.errors as f64),
             ] {
-                let vals: Vec<_> = servers
+                let vals: Vec<_> = servers.iter().map(|srv| v.rate(&headline, srv, f)).collect();
+                let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
+                for (a, b) in &pairs {
+                    let ia = servers.iter().position(|x| x == a).unwrap_or(0);
+                    let ib = servers.iter().position(|x| x == b).unwrap_or(0);
+                    row.push(if label == "failed connections" {
+                        "".into()
+                    } else {
+                        ratio(vals[ia], vals[ib])
+                    });
+                }
+                let _ = writeln!(s, "| {label} | {} |", row.join(" | "));
+            }
+        }
+        if plan.scenarios.contains(&Scenario::Latency) {
+            // Latency.
+            let _ = writeln!(
+                s,
+                "\n### Latency, {headline}: round trip of {} B through the proxy (µs)\n",
+                plan.latency_size
+            );
+            let lcols = vec![
+                "p50".to_string(),
+                "p90".into(),
+                "p99".into(),
+                "p99.9".into(),
+                "max".into(),
+                "added p50 vs direct".into(),
+                "added p99 vs direct".into(),
+                "other load (CPUs)".into(),
+                "p50 / p99, quiet rounds only (other load < 0.1)".into(),
+            ];
+            header_row(&mut s, "server", &lcols);
+            let direct50 = v.lat(&headline, "direct", |x| x.p50_us).map(|t| t.0);
+            let direct99 = v.lat(&headline, "direct", |x| x.p99_us).map(|t| t.0);
+            let mut lat_servers = vec!["direct".to_string()];
+            lat_servers.extend(servers.iter().cloned());
+            for srv in &lat_servers {
+                let p50 = v.lat(&headline, srv, |x| x.p50_us);
+                let p99 = v.lat(&headline, srv, |x| x.p99_us);
+                let quiet_runs: Vec<(f64, f64)> = out
+                    .records
                     .iter()
-                    .map(|srv| v.bulk(&headline, srv, plan.other_conns, true, f))
+                    .filter(|r| r.workers == w && r.cipher == headline && &r.server == srv)
+                    .filter_map(|r| match &r.m {
+                        Measure::Latency(x) if x.other_load_cpus < 0.1 => Some((x.p50_us, x.p99_us)),
+                        _ => None,
+                    })
                     .collect();
+                let all_runs = v.lat(&headline, srv, |x| x.p50_us).map_or(0, |_| {
+                    out.records
+                        .iter()
+                        .filter(|r| r.workers == w && r.cipher == headline && &r.server == srv)
+                        .filter(|r| matches!(r.m, Measure::Latency(_)))
+                        .count()
+                });
+                let quiet = match (
+                    mmm(quiet_runs.iter().map(|x| x.0).collect()),
+                    mmm(quiet_runs.iter().map(|x| x.1).collect()),
+                ) {
+                    (Some((a, _, _)), Some((b, _, _))) => {
+                        format!("{a:.1} / {b:.1} ({} of {all_runs} rounds)", quiet_runs.len())
+                    }
+                    _ => format!("none of {all_runs} rounds"),
+                };
+                let add = |p: Option<(f64, f64, f64)>, d: Option<f64>| match (p, d) {
+                    (Some((m, _, _)), Some(d)) if srv != "direct" => format!("{:+.1}", m - d),
+                    _ => "".into(),
+                };
+                let _ = writeln!(
+                    s,
+                    "| {srv} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    fmt_mmm(p50, 1),
+                    fmt_mmm(v.lat(&headline, srv, |x| x.p90_us), 1),
+                    fmt_mmm(p99, 1),
+                    fmt_mmm(v.lat(&headline, srv, |x| x.p999_us), 1),
+                    fmt_mmm(v.lat(&headline, srv, |x| x.max_us), 0),
+                    add(p50, direct50),
+                    add(p99, direct99),
+                    fmt_mmm(v.lat(&headline, srv, |x| x.other_load_cpus), 2),
+                    quiet,
+                );
+            }
+            for (a, b) in &pairs {
+                let _ = writeln!(
+                    s,
+                    "\n{a} / {b}: p50 {}, p99 {}",
+                    ratio(
+                        v.lat(&headline, a, |x| x.p50_us),
+                        v.lat(&headline, b, |x| x.p50_us)
+                    ),
+                    ratio(
+                        v.lat(&headline, a, |x| x.p99_us),
+                        v.lat(&headline, b, |x| x.p99_us)
+                    )
+                );
+            }
+            let mut cdf = Vec::new();
+            for srv in &lat_servers {
+                if let Some(h) = out.hists.get(&(headline.clone(), srv.clone(), w)) {
+                    let mut pts = Vec::new();
+                    for i in 0..=100 {
+                        let q = (i as f64 / 100.0).min(1.0);
+                        pts.push((h.value_at_quantile(q) as f64 / 1000.0, q * 100.0));
+                    }
+                    for q in [0.995, 0.999, 0.9999] {
+                        pts.push((h.value_at_quantile(q) as f64 / 1000.0, q * 100.0));
+                    }
+                    pts.sort_by(|a, b| a.1.total_cmp(&b.1));
+                    cdf.push(Series {
+                        name: srv.clone(),
+                        points: pts,
+                    });
+                }
+            }
+            std::fs::write(
+                dir.join(name("latency-cdf")),
+                svg::line_chart(
+                    &format!("Round-trip latency CDF, {headline}, {} B", plan.latency_size),
+                    "round trip (µs, log scale)",
+                    "percentile",
+                    &cdf,
+                    true,
+                ),
+            )?;
+            let _ = writeln!(s, "\n![latency CDF]({})\n", name("latency-cdf"));
+        }
+        if plan.scenarios.contains(&Scenario::Idle) {
+            // Idle.
+            let _ = writeln!(s, "### Idle connections, {headline}: server RSS per connection ({} connections, each through to the target)\n", plan.idle_conns);
+            header_row(&mut s, "figure", &cols);
+            type IF = fn(&crate::scenarios::IdleResult) -> f64;
+            for (label, prec, f) in [
+                (
+                    "RSS before (KiB)",
+                    0usize,
+                    (|x: &crate::scenarios::IdleResult| x.rss_before_kib as f64) as IF,
+                ),
+                ("RSS with the connections open (KiB)", 0, |x| {
+                    x.rss_after_kib as f64
+                }),
+                ("KiB per idle connection", 2, |x| x.kib_per_conn()),
+            ] {
+                let vals: Vec<_> = servers.iter().map(|srv| v.idle(&headline, srv, f)).collect();
                 let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
                 for (a, b) in &pairs {
                     let ia = servers.iter().position(|x| x == a).unwrap_or(0);
@@ -482,143 +651,6 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
                 let _ = writeln!(s, "| {label} | {} |", row.join(" | "));
             }
         }
-
-        // Rate.
-        let _ = writeln!(s, "\n### Connection rate, {headline} (connect + request + 1 B echoed + close, {} concurrent loops)\n", plan.rate_concurrency);
-        header_row(&mut s, "figure", &cols);
-        type RF = fn(&crate::scenarios::RateResult) -> f64;
-        for (label, prec, f) in [
-            (
-                "connections/s",
-                0usize,
-                (|x: &crate::scenarios::RateResult| x.per_s()) as RF,
-            ),
-            ("server CPU µs/connection", 1, |x| x.server_us_per_conn()),
-            ("failed connections", 0, |x| x.errors as f64),
-        ] {
-            let vals: Vec<_> = servers.iter().map(|srv| v.rate(&headline, srv, f)).collect();
-            let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
-            for (a, b) in &pairs {
-                let ia = servers.iter().position(|x| x == a).unwrap_or(0);
-                let ib = servers.iter().position(|x| x == b).unwrap_or(0);
-                row.push(if label == "failed connections" {
-                    "".into()
-                } else {
-                    ratio(vals[ia], vals[ib])
-                });
-            }
-            let _ = writeln!(s, "| {label} | {} |", row.join(" | "));
-        }
-
-        // Latency.
-        let _ = writeln!(
-            s,
-            "\n### Latency, {headline}: round trip of {} B through the proxy (µs)\n",
-            plan.latency_size
-        );
-        let mut lcols = vec![
-            "p50".to_string(),
-            "p90".into(),
-            "p99".into(),
-            "p99.9".into(),
-            "max".into(),
-            "added p50 vs direct".into(),
-            "added p99 vs direct".into(),
-        ];
-        lcols.iter_mut().for_each(|_| {});
-        header_row(&mut s, "server", &lcols);
-        let direct50 = v.lat(&headline, "direct", |x| x.p50_us).map(|t| t.0);
-        let direct99 = v.lat(&headline, "direct", |x| x.p99_us).map(|t| t.0);
-        let mut lat_servers = vec!["direct".to_string()];
-        lat_servers.extend(servers.iter().cloned());
-        for srv in &lat_servers {
-            let p50 = v.lat(&headline, srv, |x| x.p50_us);
-            let p99 = v.lat(&headline, srv, |x| x.p99_us);
-            let add = |p: Option<(f64, f64, f64)>, d: Option<f64>| match (p, d) {
-                (Some((m, _, _)), Some(d)) if srv != "direct" => format!("{:+.1}", m - d),
-                _ => "".into(),
-            };
-            let _ = writeln!(
-                s,
-                "| {srv} | {} | {} | {} | {} | {} | {} | {} |",
-                fmt_mmm(p50, 1),
-                fmt_mmm(v.lat(&headline, srv, |x| x.p90_us), 1),
-                fmt_mmm(p99, 1),
-                fmt_mmm(v.lat(&headline, srv, |x| x.p999_us), 1),
-                fmt_mmm(v.lat(&headline, srv, |x| x.max_us), 0),
-                add(p50, direct50),
-                add(p99, direct99),
-            );
-        }
-        for (a, b) in &pairs {
-            let _ = writeln!(
-                s,
-                "\n{a} / {b}: p50 {}, p99 {}",
-                ratio(
-                    v.lat(&headline, a, |x| x.p50_us),
-                    v.lat(&headline, b, |x| x.p50_us)
-                ),
-                ratio(
-                    v.lat(&headline, a, |x| x.p99_us),
-                    v.lat(&headline, b, |x| x.p99_us)
-                )
-            );
-        }
-        let mut cdf = Vec::new();
-        for srv in &lat_servers {
-            if let Some(h) = out.hists.get(&(headline.clone(), srv.clone(), w)) {
-                let mut pts = Vec::new();
-                for i in 0..=100 {
-                    let q = (i as f64 / 100.0).min(1.0);
-                    pts.push((h.value_at_quantile(q) as f64 / 1000.0, q * 100.0));
-                }
-                for q in [0.995, 0.999, 0.9999] {
-                    pts.push((h.value_at_quantile(q) as f64 / 1000.0, q * 100.0));
-                }
-                pts.sort_by(|a, b| a.1.total_cmp(&b.1));
-                cdf.push(Series {
-                    name: srv.clone(),
-                    points: pts,
-                });
-            }
-        }
-        std::fs::write(
-            dir.join(name("latency-cdf")),
-            svg::line_chart(
-                &format!("Round-trip latency CDF, {headline}, {} B", plan.latency_size),
-                "round trip (µs, log scale)",
-                "percentile",
-                &cdf,
-                true,
-            ),
-        )?;
-        let _ = writeln!(s, "\n![latency CDF]({})\n", name("latency-cdf"));
-
-        // Idle.
-        let _ = writeln!(s, "### Idle connections, {headline}: server RSS per connection ({} connections, each through to the target)\n", plan.idle_conns);
-        header_row(&mut s, "figure", &cols);
-        type IF = fn(&crate::scenarios::IdleResult) -> f64;
-        for (label, prec, f) in [
-            (
-                "RSS before (KiB)",
-                0usize,
-                (|x: &crate::scenarios::IdleResult| x.rss_before_kib as f64) as IF,
-            ),
-            ("RSS with the connections open (KiB)", 0, |x| {
-                x.rss_after_kib as f64
-            }),
-            ("KiB per idle connection", 2, |x| x.kib_per_conn()),
-        ] {
-            let vals: Vec<_> = servers.iter().map(|srv| v.idle(&headline, srv, f)).collect();
-            let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
-            for (a, b) in &pairs {
-                let ia = servers.iter().position(|x| x == a).unwrap_or(0);
-                let ib = servers.iter().position(|x| x == b).unwrap_or(0);
-                row.push(ratio(vals[ia], vals[ib]));
-            }
-            let _ = writeln!(s, "| {label} | {} |", row.join(" | "));
-        }
-
         // Targets.
         let _ = writeln!(s, "\n### Targets from the data-plane issue\n");
         let ss = v.bulk("aes-128-gcm", "ssserver", plan.other_conns, false, |b| {

@@ -134,6 +134,7 @@ pub async fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Outcome> {
             let creds = Arc::new(SsCredentials::new(m)?);
             for round in 0..plan.rounds {
                 if headline && plan.scenarios.contains(&Scenario::Latency) {
+                    let win = scenarios::Window::start(None);
                     match scenarios::latency(
                         &Via::Direct,
                         target,
@@ -144,13 +145,9 @@ pub async fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Outcome> {
                     .await
                     {
                         Ok(h) => {
-                            out.push(
-                                m.name(),
-                                "direct",
-                                w,
-                                round,
-                                Measure::Latency(scenarios::summarize(&h)),
-                            );
+                            let mut sum = scenarios::summarize(&h);
+                            sum.other_load_cpus = win.stop(None).other_load();
+                            out.push(m.name(), "direct", w, round, Measure::Latency(sum));
                             out.add_hist((m.name().into(), "direct".into(), w), &h);
                         }
                         Err(e) => out.problems.push(format!("direct latency: {e:#}")),
@@ -284,16 +281,13 @@ async fn measure(
         out.push(cipher, label, w, round, Measure::Idle(r));
     }
     if plan.scenarios.contains(&Scenario::Latency) {
+        let win = scenarios::Window::start(Some(&mut *srv));
         let h = scenarios::latency(&via, target, plan.latency_size, plan.latency_count, deadline)
             .await
             .context("latency")?;
-        out.push(
-            cipher,
-            label,
-            w,
-            round,
-            Measure::Latency(scenarios::summarize(&h)),
-        );
+        let mut sum = scenarios::summarize(&h);
+        sum.other_load_cpus = win.stop(Some(&mut *srv)).other_load();
+        out.push(cipher, label, w, round, Measure::Latency(sum));
         out.add_hist((cipher.into(), label.into(), w), &h);
     }
     if plan.scenarios.contains(&Scenario::Rate) {

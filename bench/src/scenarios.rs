@@ -41,6 +41,13 @@ pub struct WindowCpu {
     pub other_cpu_s: f64,
 }
 
+impl WindowCpu {
+    /// Average CPUs used by everything else during the window.
+    pub fn other_load(&self) -> f64 {
+        self.other_cpu_s / self.secs.max(1e-9)
+    }
+}
+
 impl Window {
     pub fn start(server: Option<&mut Server>) -> Window {
         Window {
@@ -257,6 +264,8 @@ pub struct LatencySummary {
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
+    /// CPUs busy outside the server and the bench during the window (0 when not measured).
+    pub other_load_cpus: f64,
 }
 
 pub fn summarize(h: &Histogram<u64>) -> LatencySummary {
@@ -268,6 +277,7 @@ pub fn summarize(h: &Histogram<u64>) -> LatencySummary {
         p99_us: us(h.value_at_quantile(0.99)),
         p999_us: us(h.value_at_quantile(0.999)),
         max_us: us(h.max()),
+        other_load_cpus: 0.0,
     }
 }
 
