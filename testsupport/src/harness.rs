@@ -588,21 +588,23 @@ pub fn sing_box_ss(
 }
 
 /// The sing-box client with a SOCKS inbound and a TLS-family outbound: `protocol` is `trojan`
-/// (`secret` = password) or `vless` (`secret` = uuid, no flow). TLS with `server_name`, any
-/// certificate accepted (the tests' certificates are self-signed).
+/// (`secret` = password) or `vless` (`secret` = uuid, no flow); `tls` is the outbound's `tls`
+/// object as sing-box takes it (`None`: plaintext, e.g. VLESS behind an external terminator).
 pub fn sing_box_tls(
     server_port: u16,
     protocol: &str,
     secret: &str,
-    server_name: &str,
+    tls: Option<Value>,
     dir: &Path,
 ) -> anyhow::Result<(Proc, u16)> {
     let bin = peer("sing-box")?;
-    let mut out = json!({"type": protocol, "tag": "out", "server": "127.0.0.1", "server_port": server_port,
-                         "tls": {"enabled": true, "server_name": server_name, "insecure": true}});
+    let mut out = json!({"type": protocol, "tag": "out", "server": "127.0.0.1", "server_port": server_port});
     let key = if protocol == "vless" { "uuid" } else { "password" };
     if let Some(o) = out.as_object_mut() {
         o.insert(key.to_string(), json!(secret));
+        if let Some(t) = tls {
+            o.insert("tls".to_string(), t);
+        }
     }
     spawn_listening("sing-box", dir, |socks| {
         let cfg = json!({

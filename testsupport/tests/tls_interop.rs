@@ -1,14 +1,14 @@
 //! Issue "TLS protocols", first slice: the real sing-box client moves 1 MiB through v2sp's
-//! Trojan and VLESS (TCP, TLS terminated by the data plane with a `CertMode: self`
-//! certificate) to the echo server, sha256-checked; the panel receives exactly the bytes moved,
-//! for the right user and nothing for the others; a wrong password / unknown uuid gets no data
-//! through and is never accounted.
+//! Trojan and VLESS (TCP; TLS 1.3 and 1.2 terminated by the data plane with a `CertMode: self`
+//! certificate, and VLESS in plaintext when the panel says `tls: 0`) to the echo server,
+//! sha256-checked; the panel receives exactly the bytes moved, for the right user and nothing
+//! for the others; a wrong password / unknown uuid gets no data through and is never accounted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use v2sp_testsupport::harness::{free_port, payload, sing_box_tls, tcp_echo_through, Echo, NodeSpec, V2sp};
 use v2sp_testsupport::panel_sim::user;
 
@@ -19,20 +19,27 @@ const UUIDS: [&str; 3] = [
 ];
 const DOMAIN: &str = "v2sp.test";
 
+/// sing-box `tls` object for user `uidx`: user 1 negotiates TLS 1.3, user 2 is held to 1.2.
+fn client_tls(uidx: usize) -> Value {
+    let max = if uidx == 0 { "1.3" } else { "1.2" };
+    json!({"enabled": true, "server_name": DOMAIN, "insecure": true, "max_version": max})
+}
+
 #[test]
-fn sing_box_trojan_and_vless_over_tls_with_exact_accounting() {
+fn sing_box_trojan_and_vless_with_exact_accounting() {
     let echo = Echo::start().unwrap();
     let certs = tempfile::tempdir().unwrap();
-    let protocols = ["trojan", "vless"];
-    let nodes: Vec<NodeSpec> = protocols
+    // (protocol, panel tls field)
+    let kinds = [("trojan", 1), ("vless", 1), ("vless", 0)];
+    let nodes: Vec<NodeSpec> = kinds
         .iter()
         .enumerate()
-        .map(|(i, p)| {
+        .map(|(i, (p, tls))| {
             let port = free_port();
             NodeSpec {
                 node_id: i as u32 + 1,
                 port,
-                info: json!({"node_type": p, "server_port": port, "tls": 1, "network": "tcp",
+                info: json!({"node_type": p, "server_port": port, "tls": tls, "network": "tcp",
                              "tls_settings": {"server_name": DOMAIN},
                              "base_config": {"push_interval": 1, "pull_interval": 1}}),
                 users: UUIDS
@@ -52,11 +59,12 @@ fn sing_box_trojan_and_vless_over_tls_with_exact_accounting() {
     );
     let mut failures = Vec::new();
     let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
-    for (i, p) in protocols.iter().enumerate() {
+    for (i, (p, tls)) in kinds.iter().enumerate() {
         let node = &v.nodes[i];
+        let tls_for = |uidx: usize| (*tls == 1).then(|| client_tls(uidx));
         // Users 1 and 2 move data; user 3 never connects and must see nothing.
         for uidx in [0usize, 1] {
-            let (proc_, socks) = sing_box_tls(node.port, p, UUIDS[uidx], DOMAIN, v.dir.path())
+            let (proc_, socks) = sing_box_tls(node.port, p, UUIDS[uidx], tls_for(uidx), v.dir.path())
                 .unwrap_or_else(|e| panic!("sing-box: {e:#}"));
             let data = payload(1 << 20, (i * 10 + uidx) as u64);
             let e = expected
@@ -70,7 +78,7 @@ fn sing_box_trojan_and_vless_over_tls_with_exact_accounting() {
                     e.1 += n;
                 }
                 Err(err) => failures.push(format!(
-                    "sing-box {p} user {}: {err:#}\n{}",
+                    "sing-box {p} (tls {tls}) user {}: {err:#}\n{}",
                     uidx + 1,
                     proc_.log()
                 )),
@@ -79,10 +87,12 @@ fn sing_box_trojan_and_vless_over_tls_with_exact_accounting() {
         }
         // Not a user of this node: nothing comes back, nothing is accounted.
         let stranger = "11111111-2222-4333-8444-555555555555";
-        let (proc_, socks) = sing_box_tls(node.port, p, stranger, DOMAIN, v.dir.path())
+        let (proc_, socks) = sing_box_tls(node.port, p, stranger, tls_for(0), v.dir.path())
             .unwrap_or_else(|e| panic!("sing-box: {e:#}"));
         if tcp_echo_through(socks, echo.port, &payload(4096, 99)).is_ok() {
-            failures.push(format!("{p}: data went through for an unknown credential"));
+            failures.push(format!(
+                "{p} (tls {tls}): data went through for an unknown credential"
+            ));
         }
         drop(proc_);
     }

@@ -187,3 +187,46 @@ impl ResolvesServerCert for CertStore {
         self.current.read().ok().map(|c| c.key.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn write_pair(dir: &std::path::Path, name: &str) -> Vec<u8> {
+        let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        std::fs::write(dir.join("c.pem"), c.cert.pem()).unwrap();
+        std::fs::write(dir.join("k.pem"), c.signing_key.serialize_pem()).unwrap();
+        c.cert.der().to_vec()
+    }
+
+    fn current_cert(s: &CertStore) -> Vec<u8> {
+        let c = s.current.read().unwrap();
+        c.key.cert.first().unwrap().to_vec()
+    }
+
+    #[test]
+    fn changed_files_are_reloaded_and_a_broken_pair_keeps_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write_pair(dir.path(), "a.example");
+        let s = CertStore::open(
+            dir.path().join("c.pem"),
+            dir.path().join("k.pem"),
+            "",
+            false,
+            crate::tls::provider(),
+        )
+        .unwrap();
+        assert_eq!(current_cert(&s), first);
+        // Unchanged files: nothing reloaded.
+        s.reload(false);
+        assert_eq!(current_cert(&s), first);
+        let second = write_pair(dir.path(), "b.example");
+        // mtime granularity may hide a rewrite within the same tick: force, as ReloadCerts does.
+        s.reload(true);
+        assert_eq!(current_cert(&s), second);
+        std::fs::write(dir.path().join("k.pem"), b"not a key").unwrap();
+        s.reload(true);
+        assert_eq!(current_cert(&s), second);
+    }
+}
