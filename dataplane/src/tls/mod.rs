@@ -3,25 +3,29 @@
 //! Design: a stage in front of the protocol handshake, then a [`StreamCodec`] for the relay.
 //!
 //! ```text
-//! client ──TLS records──▶ deframe (complete records only) ──▶ rustls ServerConnection
+//! client ──TLS records──▶ deframe (complete records only) ──▶ rustls (unbuffered, in place)
 //!                                                               │ plaintext
 //!        handshake stage: protocol StreamHandshake::feed ◀──────┤
 //!        relay:           TlsCodec::open → (inner codec) ───────┘──▶ destination
 //! destination ──plaintext──▶ TlsCodec::seal ──TLS records──▶ client
 //! ```
 //!
-//! rustls is fed whole records cut by [`deframe`] out of the core's buffers, so between reads
-//! it holds no partial record; the partial tail stays in the relay's `carry` (empty on an idle
-//! connection). [`TlsSession`] is sans-IO; [`accept`] drives the handshake on a socket.
+//! rustls' unbuffered API is fed whole records cut by [`deframe`] out of the core's buffers and
+//! writes into ours, so a session holds no record buffer between reads; the partial tail stays
+//! in the relay's `carry` (empty on an idle connection). [`TlsSession`] is sans-IO; [`accept`]
+//! drives the handshake on a socket.
 
 pub mod certs;
 pub mod deframe;
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
+use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use v2sp_shared::dpconfig::TlsSettings;
 
@@ -54,20 +58,33 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(cfg))
 }
 
-/// One server-side TLS connection, sans-IO.
+/// One server-side TLS connection, sans-IO, on rustls' unbuffered API: rustls decrypts in
+/// the caller's buffer and encrypts into the caller's `out`, so between calls a session holds
+/// no record buffer of its own (an idle connection costs the session state only).
 pub struct TlsSession {
-    conn: ServerConnection,
+    conn: UnbufferedServerConnection,
     /// Set once the peer sent close_notify.
     closed: bool,
+    /// Handshake records produced while opening (flushed by `pending_output`/`seal`).
+    pending: Vec<u8>,
+    /// Bytes at the front of the caller's buffer that rustls keeps (a handshake message split
+    /// across records, already processed in place): passed again, never re-deframed.
+    retained: usize,
 }
+
+/// Room for one encrypted record's overhead (header, tag, content type, padding).
+const RECORD_OVERHEAD: usize = 64;
 
 impl TlsSession {
     pub fn new(cfg: &Arc<ServerConfig>) -> Result<Self, WireError> {
-        let mut conn =
-            ServerConnection::new(cfg.clone()).map_err(|_| WireError::Unsupported("TLS server config"))?;
-        // Everything written is drained into the caller's buffer right away.
-        conn.set_buffer_limit(None);
-        Ok(TlsSession { conn, closed: false })
+        let conn = UnbufferedServerConnection::new(cfg.clone())
+            .map_err(|_| WireError::Unsupported("TLS server config"))?;
+        Ok(TlsSession {
+            conn,
+            closed: false,
+            pending: Vec::new(),
+            retained: 0,
+        })
     }
 
     pub fn is_handshaking(&self) -> bool {
@@ -79,66 +96,143 @@ impl TlsSession {
         self.closed
     }
 
-    /// Feeds the complete records at the front of `wire`, appending decrypted plaintext to
-    /// `out`; returns how many bytes were consumed (a partial record stays with the caller).
+    /// Processes the complete records at the front of `buf` in place, appending plaintext to
+    /// `out` and handshake output to `self.pending`. Returns how many bytes to drop from the
+    /// front of `buf`; bytes after that which rustls retained must be passed again unchanged.
+    pub fn open_in_place(&mut self, buf: &mut [u8], out: &mut Vec<u8>) -> Result<usize, WireError> {
+        let mut end = self.retained.min(buf.len());
+        while let Some(len) = deframe::record_len(buf.get(end..).unwrap_or_default())? {
+            end += len;
+        }
+        let Some(mut rest) = buf.get_mut(..end) else {
+            return Ok(0);
+        };
+        let mut dropped = 0usize;
+        // Bounded: each pass either consumes input, emits output or stops.
+        for _ in 0..10_000 {
+            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(rest);
+            let state = state.map_err(|_| WireError::Malformed("TLS: bad handshake or record"))?;
+            let stop = match state {
+                ConnectionState::ReadTraffic(mut r) => {
+                    while let Some(rec) = r.next_record() {
+                        let rec = rec.map_err(|_| WireError::BadTag)?;
+                        discard += rec.discard;
+                        out.extend_from_slice(rec.payload);
+                    }
+                    false
+                }
+                ConnectionState::EncodeTlsData(mut e) => {
+                    let mut need = 4096;
+                    for _ in 0..8 {
+                        let start = self.pending.len();
+                        self.pending.resize(start + need, 0);
+                        let r = e.encode(self.pending.get_mut(start..).unwrap_or_default());
+                        match r {
+                            Ok(n) => {
+                                self.pending.truncate(start + n);
+                                break;
+                            }
+                            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                                self.pending.truncate(start);
+                                need = required_size;
+                            }
+                            Err(_) => {
+                                self.pending.truncate(start);
+                                break;
+                            }
+                        }
+                    }
+                    false
+                }
+                // The caller sends `pending` right after this call.
+                ConnectionState::TransmitTlsData(t) => {
+                    t.done();
+                    false
+                }
+                ConnectionState::PeerClosed => {
+                    self.closed = true;
+                    false
+                }
+                ConnectionState::ReadEarlyData(_) => {
+                    return Err(WireError::Unsupported("TLS early data"));
+                }
+                // BlockedHandshake, WriteTraffic (all input handled), Closed.
+                _ => true,
+            };
+            let d = discard.min(rest.len());
+            dropped += d;
+            rest = rest.get_mut(d..).unwrap_or_default();
+            if stop {
+                self.retained = rest.len();
+                return Ok(dropped);
+            }
+        }
+        Err(WireError::Malformed("TLS: too many records in one read"))
+    }
+
+    /// Feeds the complete records at the front of `wire` (a copy is decrypted), appending
+    /// plaintext to `out`; returns how many bytes were consumed (a partial record stays with
+    /// the caller). For the relay, after the handshake.
     pub fn open(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<usize, WireError> {
-        let mut used = 0;
-        while let Some(len) = deframe::record_len(wire.get(used..).unwrap_or_default())? {
-            let mut rec = wire.get(used..used + len).unwrap_or_default();
-            used += len;
-            while !rec.is_empty() {
-                match self.conn.read_tls(&mut rec) {
-                    Ok(0) => return Err(WireError::Malformed("TLS: rustls took no bytes")),
-                    Ok(_) => {}
-                    Err(_) => return Err(WireError::Malformed("TLS: record not accepted")),
-                }
-            }
-            let state = self
-                .conn
-                .process_new_packets()
-                .map_err(|_| WireError::Malformed("TLS: bad handshake or record"))?;
-            let mut avail = state.plaintext_bytes_to_read();
-            if state.peer_has_closed() {
-                self.closed = true;
-            }
-            while avail > 0 {
-                let start = out.len();
-                out.resize(start + avail, 0);
-                let n = match self.conn.reader().read(out.get_mut(start..).unwrap_or_default()) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-                    Err(_) => 0,
-                };
-                out.truncate(start + n);
-                if n == 0 {
-                    break;
-                }
-                avail = avail.saturating_sub(n);
-            }
+        if self.retained > 0 {
+            return Err(WireError::Unsupported("TLS: fragmented post-handshake message"));
+        }
+        let mut end = 0;
+        while let Some(len) = deframe::record_len(wire.get(end..).unwrap_or_default())? {
+            end += len;
+        }
+        if end == 0 {
+            return Ok(0);
+        }
+        let mut scratch = wire.get(..end).unwrap_or_default().to_vec();
+        let used = self.open_in_place(&mut scratch, out)?;
+        if self.retained > 0 {
+            return Err(WireError::Unsupported("TLS: fragmented post-handshake message"));
         }
         Ok(used)
     }
 
-    /// Appends the TLS records rustls wants to send (handshake messages, tickets, alerts).
+    /// Appends the TLS records produced while opening (handshake messages, tickets).
     pub fn pending_output(&mut self, out: &mut Vec<u8>) {
-        while self.conn.wants_write() {
-            match self.conn.write_tls(out) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.pending);
+        } else {
+            out.append(&mut self.pending);
         }
+        self.pending = Vec::new();
     }
 
-    /// Encrypts `plain`, appending records (and anything else pending) to `out`.
+    /// Encrypts `plain`, appending records (after anything pending) to `out`.
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
-        if !plain.is_empty() {
-            self.conn
-                .writer()
-                .write_all(plain)
-                .map_err(|_| WireError::Unsupported("TLS: cannot encrypt"))?;
-        }
         self.pending_output(out);
-        Ok(())
+        if plain.is_empty() {
+            return Ok(());
+        }
+        let status = self.conn.process_tls_records(&mut []);
+        let Ok(ConnectionState::WriteTraffic(mut w)) = status.state else {
+            return Err(WireError::Unsupported("TLS: cannot encrypt now"));
+        };
+        let mut need = plain.len() + RECORD_OVERHEAD * (plain.len() / 16384 + 1);
+        for _ in 0..4 {
+            let start = out.len();
+            out.resize(start + need, 0);
+            let r = w.encrypt(plain, out.get_mut(start..).unwrap_or_default());
+            match r {
+                Ok(n) => {
+                    out.truncate(start + n);
+                    return Ok(());
+                }
+                Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                    out.truncate(start);
+                    need = required_size;
+                }
+                Err(_) => {
+                    out.truncate(start);
+                    return Err(WireError::Unsupported("TLS: cannot encrypt"));
+                }
+            }
+        }
+        Err(WireError::Unsupported("TLS: cannot encrypt"))
     }
 }
 
@@ -239,7 +333,10 @@ pub async fn accept(
     let mut out = Vec::new();
     loop {
         if !carry.is_empty() {
-            let used = session.open(&carry, &mut plaintext).map_err(AcceptError::Wire)?;
+            // In place: rustls may keep a handshake message split across records in `carry`.
+            let used = session
+                .open_in_place(&mut carry, &mut plaintext)
+                .map_err(AcceptError::Wire)?;
             carry.drain(..used.min(carry.len()));
             // A handshake never needs more than a few records buffered.
             if carry.len() > deframe::HEADER_LEN + deframe::MAX_FRAGMENT {

@@ -196,3 +196,68 @@ proptest::proptest! {
         let _ = s.open(&data, &mut out);
     }
 }
+
+/// Splits every handshake record into records of at most `n` payload bytes (what clients'
+/// anti-censorship "TLS fragment" options do to the ClientHello).
+fn refragment(wire: &[u8], n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 5 <= wire.len() {
+        let len = usize::from(u16::from_be_bytes([wire[at + 3], wire[at + 4]]));
+        let body = &wire[at + 5..at + 5 + len];
+        if wire[at] == 0x16 {
+            for part in body.chunks(n) {
+                out.extend_from_slice(&wire[at..at + 3]);
+                out.extend_from_slice(&(part.len() as u16).to_be_bytes());
+                out.extend_from_slice(part);
+            }
+        } else {
+            out.extend_from_slice(&wire[at..at + 5 + len]);
+        }
+        at += 5 + len;
+    }
+    out
+}
+
+#[test]
+fn client_hello_fragmented_across_records_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = server_config(&pair(dir.path())).unwrap();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        for step in [1, 7, 4096] {
+            let mut s = TlsSession::new(&cfg).unwrap();
+            let mut c = client(version);
+            // The accept stage: one stable buffer, bytes arriving `step` at a time.
+            let mut carry = Vec::new();
+            let mut plain = Vec::new();
+            for _ in 0..10 {
+                if !c.is_handshaking() && !s.is_handshaking() {
+                    break;
+                }
+                let w = refragment(&client_out(&mut c), 50);
+                for piece in w.chunks(step) {
+                    carry.extend_from_slice(piece);
+                    let used = s.open_in_place(&mut carry, &mut plain).unwrap();
+                    carry.drain(..used);
+                }
+                let mut back = Vec::new();
+                s.pending_output(&mut back);
+                let mut r = &back[..];
+                while !r.is_empty() {
+                    c.read_tls(&mut r).unwrap();
+                }
+                c.process_new_packets().unwrap();
+            }
+            assert!(
+                !s.is_handshaking() && !c.is_handshaking(),
+                "{version:?} step {step}"
+            );
+            assert!(carry.is_empty());
+            c.writer().write_all(b"after").unwrap();
+            let w = client_out(&mut c);
+            let mut got = Vec::new();
+            assert_eq!(s.open(&w, &mut got).unwrap(), w.len());
+            assert_eq!(got, b"after");
+        }
+    }
+}
