@@ -21,9 +21,9 @@ pub mod deframe;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::UnbufferedServerConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus, WriteTraffic,
 };
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
@@ -208,32 +208,51 @@ impl TlsSession {
         if plain.is_empty() {
             return Ok(());
         }
-        let status = self.conn.process_tls_records(&mut []);
-        let Ok(ConnectionState::WriteTraffic(mut w)) = status.state else {
-            return Err(WireError::Unsupported("TLS: cannot encrypt now"));
-        };
-        let mut need = plain.len() + RECORD_OVERHEAD * (plain.len() / 16384 + 1);
-        for _ in 0..4 {
-            let start = out.len();
-            out.resize(start + need, 0);
-            let r = w.encrypt(plain, out.get_mut(start..).unwrap_or_default());
-            match r {
-                Ok(n) => {
+        // Anything rustls still wants to send first (e.g. a key update) is encoded into `out`.
+        for _ in 0..16 {
+            match self.conn.process_tls_records(&mut []).state {
+                Ok(ConnectionState::WriteTraffic(mut w)) => return encrypt(&mut w, plain, out),
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    let start = out.len();
+                    out.resize(start + 4096, 0);
+                    let n = e.encode(out.get_mut(start..).unwrap_or_default()).unwrap_or(0);
                     out.truncate(start + n);
-                    return Ok(());
                 }
-                Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                    out.truncate(start);
-                    need = required_size;
-                }
-                Err(_) => {
-                    out.truncate(start);
-                    return Err(WireError::Unsupported("TLS: cannot encrypt"));
-                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => break,
             }
         }
-        Err(WireError::Unsupported("TLS: cannot encrypt"))
+        Err(WireError::Unsupported("TLS: cannot encrypt now"))
     }
+}
+
+/// Encrypts `plain` into records appended to `out`.
+fn encrypt(
+    w: &mut WriteTraffic<'_, ServerConnectionData>,
+    plain: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    let mut need = plain.len() + RECORD_OVERHEAD * (plain.len() / 16384 + 1);
+    for _ in 0..4 {
+        let start = out.len();
+        out.resize(start + need, 0);
+        let r = w.encrypt(plain, out.get_mut(start..).unwrap_or_default());
+        match r {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                out.truncate(start);
+                need = required_size;
+            }
+            Err(_) => {
+                out.truncate(start);
+                return Err(WireError::Unsupported("TLS: cannot encrypt"));
+            }
+        }
+    }
+    Err(WireError::Unsupported("TLS: cannot encrypt"))
 }
 
 /// The relay's codec for a TLS connection: TLS outside, the protocol's own codec (if any)

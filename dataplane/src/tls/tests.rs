@@ -136,6 +136,24 @@ fn round_trip(version: &'static rustls::SupportedProtocolVersion, step: usize) {
     let mut buf = [0u8; 64];
     let n = c.reader().read(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"hello back");
+    if version == &rustls::version::TLS13 {
+        // Post-handshake KeyUpdate from the client, both directions keep working.
+        c.refresh_traffic_keys().unwrap();
+        c.writer().write_all(b"after key update").unwrap();
+        let w = client_out(&mut c);
+        let mut got = Vec::new();
+        assert_eq!(codec.open(&w, &mut got).unwrap(), w.len());
+        assert_eq!(got, b"after key update");
+        let mut sealed = Vec::new();
+        codec.seal(b"still fine", &mut sealed).unwrap();
+        let mut r = &sealed[..];
+        while !r.is_empty() {
+            c.read_tls(&mut r).unwrap();
+        }
+        c.process_new_packets().unwrap();
+        let n = c.reader().read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"still fine");
+    }
 }
 
 #[test]
@@ -194,6 +212,9 @@ proptest::proptest! {
         let mut s = TlsSession::new(&cfg).unwrap();
         let mut out = Vec::new();
         let _ = s.open(&data, &mut out);
+        let mut s = TlsSession::new(&cfg).unwrap();
+        let mut buf = data.clone();
+        let _ = s.open_in_place(&mut buf, &mut out);
     }
 }
 
