@@ -2,7 +2,9 @@
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
 #   1. installs the real third-party peers (idempotent; seconds on a warm machine),
 #   2. runs every test of the workspace with the epoll backend,
-#   3. runs the data-plane and end-to-end tests again with the io_uring backend.
+#   3. runs the data-plane and end-to-end tests again with the io_uring backend,
+#   4. runs the benchmark harness in --quick mode (smoke only: every server and scenario runs,
+#      nothing about speed is asserted; reports go to a temporary directory).
 # Usage: scripts/test.sh [extra cargo test args]
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +19,24 @@ bash scripts/install-test-deps.sh
 echo "== building"
 cargo build --workspace --bins --tests "$@"
 
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
 echo "== tests, epoll backend"
-V2SP_IO=epoll cargo test --workspace --no-fail-fast "$@"
+V2SP_IO=epoll cargo test --workspace --no-fail-fast "$@" 2>&1 | tee -a "$log"
 
 if [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" = "0" ]; then
     echo "== data-plane and end-to-end tests, io_uring backend"
-    V2SP_IO=uring cargo test -p v2sp-dataplane -p v2sp-control -p v2sp-testsupport --no-fail-fast "$@"
+    V2SP_IO=uring cargo test -p v2sp-dataplane -p v2sp-control -p v2sp-testsupport --no-fail-fast "$@" 2>&1 | tee -a "$log"
 else
     echo "== io_uring is disabled on this kernel: the io_uring run is skipped"
 fi
+
+echo "== benchmark harness, quick mode (v2sp epoll/uring vs ssserver vs sing-box)"
+out=$(mktemp -d)
+cargo run -q -p v2sp-bench "$@" -- run --quick --out "$out"
+echo "quick benchmark report: $out/report.md"
+
+# One closing line for the whole run (both backends), summed from cargo's per-binary results.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "all suites: %d passed, %d failed\n", p, f }' "$log"
