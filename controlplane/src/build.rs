@@ -107,10 +107,17 @@ pub fn node_config(
                     return Err(BuildError::FlowNotServedYet(flow.to_string()));
                 }
             }
-            // Trojan is always TLS; VLESS when the panel says `tls: 1`.
+            if protocol == Protocol::Vless {
+                let enc = info.encryption.as_deref().map(str::trim).unwrap_or("");
+                if !enc.is_empty() && !enc.eq_ignore_ascii_case("none") {
+                    return Err(BuildError::NotServedYet("VLESS encryption"));
+                }
+            }
+            // Trojan is always TLS (a `tls: 2` from the panel is ignored for trojan, §B.4);
+            // VLESS when the panel says `tls: 1`.
             let wants_tls = match (protocol, info.tls) {
-                (_, TlsMode::Reality) => return Err(BuildError::NotServedYet("REALITY")),
                 (Protocol::Trojan, _) | (_, TlsMode::Tls) => true,
+                (_, TlsMode::Reality) => return Err(BuildError::NotServedYet("REALITY")),
                 _ => false,
             };
             if wants_tls {
@@ -369,6 +376,15 @@ mod tests {
             node_config(1, "t", &entry("vless"), &i),
             Err(BuildError::NotServedYet("REALITY"))
         );
+        // Trojan ignores tls 2 (served with the local certificate).
+        assert!(node_config(1, "t", &entry("trojan"), &i).is_ok());
+        let i = info(r#"{"server_port":443,"encryption":"mlkem768x25519plus"}"#);
+        assert_eq!(
+            node_config(1, "t", &entry("vless"), &i),
+            Err(BuildError::NotServedYet("VLESS encryption"))
+        );
+        let i = info(r#"{"server_port":443,"encryption":"none"}"#);
+        assert!(node_config(1, "t", &entry("vless"), &i).is_ok());
         assert_eq!(
             node_config(1, "t", &entry("vmess"), &info(r#"{"server_port":1}"#)),
             Err(BuildError::NotServedYet("vmess"))
