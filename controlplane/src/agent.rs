@@ -270,8 +270,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
                 return;
             }
         })?;
-    let watched = cfg_watch_state(&opts.config);
-    let mut watched = watched;
+    let mut watched = cfg_watch_state(&opts.config);
     let mut current = cfg;
     loop {
         match sig_rx.recv_timeout(Duration::from_secs(2)) {
