@@ -395,3 +395,30 @@ fn config_file_change_adds_and_removes_nodes_without_restart() {
     assert!(log_of(&env).contains("config reload rejected"));
     sigterm(&mut agent);
 }
+
+#[test]
+fn status_reports_nodes_users_and_the_data_plane() {
+    let sim = sim_with_node(1, 18397);
+    let env = env_with(&[(sim.single_url(), 1)]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    dp.wait_served(18397, 3);
+    let out = Command::new(env!("CARGO_BIN_EXE_v2sp"))
+        .args(["status", "--json", "--shm-dir"])
+        .arg(env.dir.path().join("shm"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["dataplane_alive"], true, "{v}");
+    assert_eq!(v["backend"], "epoll");
+    assert_eq!(v["nodes"][0]["users"], 3);
+    sigterm(&mut agent);
+    // Without shared memory: a clear error, non-zero exit.
+    let out = Command::new(env!("CARGO_BIN_EXE_v2sp"))
+        .args(["status", "--shm-dir", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is v2sp running?"));
+}
