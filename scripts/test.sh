@@ -14,7 +14,7 @@ export PATH="$V2SP_PEERS/bin:$PATH"
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
 echo "== installing test peers"
-bash scripts/install-test-deps.sh
+bash scripts/install-test-deps.sh --with-debian-peers
 
 echo "== building"
 cargo build --workspace --bins --tests "$@"
