@@ -1,16 +1,19 @@
 //! One client connection of the load generator: directly to the target (baseline) or through a
-//! Shadowsocks server, with our own client codec. Reads go through one 256 KiB buffer; decoded
+//! server under test, with our own client codecs: Shadowsocks, or Trojan / VLESS inside TLS
+//! (rustls driven sans-IO over the tokio socket). Reads go through one 256 KiB buffer; decoded
 //! plaintext is counted and dropped (bulk) or kept until consumed (echo).
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use v2sp_dataplane::proto::Destination;
 
-use crate::client::ss::{SsCredentials, SsStream};
+use crate::client::ss::{SsStream, USER_UUID};
+use crate::client::vless::ResponseHeader;
+use crate::client::{trojan, vless, Suite};
 
 const READ_BUF: usize = 256 * 1024;
 
@@ -18,16 +21,25 @@ const READ_BUF: usize = 256 * 1024;
 #[derive(Clone)]
 pub enum Via {
     Direct,
-    Ss {
-        proxy: SocketAddr,
-        creds: Arc<SsCredentials>,
-    },
+    Proxy { addr: SocketAddr, suite: Suite },
+}
+
+/// The protocol layer above TLS (or above TCP).
+enum Codec {
+    Plain,
+    Ss(SsStream),
+    /// Trojan: no response header.
+    Trojan,
+    Vless(ResponseHeader),
 }
 
 pub struct Conn {
     s: TcpStream,
-    codec: Option<SsStream>,
+    tls: Option<Box<rustls::ClientConnection>>,
+    codec: Codec,
     rbuf: Vec<u8>,
+    /// Decrypted TLS plaintext, before the protocol codec.
+    tls_plain: Vec<u8>,
     /// Decoded plaintext not yet consumed.
     plain: Vec<u8>,
     wbuf: Vec<u8>,
@@ -36,36 +48,107 @@ pub struct Conn {
 impl Conn {
     /// Connect and send the request carrying `first` (target command and maybe data).
     pub async fn open(via: &Via, target: SocketAddr, first: &[u8]) -> anyhow::Result<Conn> {
-        let (addr, codec, wire) = match via {
-            Via::Direct => (target, None, first.to_vec()),
-            Via::Ss { proxy, creds } => {
-                let mut wire = Vec::with_capacity(first.len() + 128);
-                let c = SsStream::open_request(creds, &Destination::Ip(target), first, &mut wire)?;
-                (*proxy, Some(c), wire)
+        let dest = Destination::Ip(target);
+        let mut wire = Vec::with_capacity(first.len() + 128);
+        let (addr, codec, tls) = match via {
+            Via::Direct => {
+                wire.extend_from_slice(first);
+                (target, Codec::Plain, None)
             }
+            Via::Proxy { addr, suite } => match suite {
+                Suite::Ss(creds) => {
+                    let c = SsStream::open_request(creds, &dest, first, &mut wire)?;
+                    (*addr, Codec::Ss(c), None)
+                }
+                Suite::Trojan(t) => {
+                    trojan::request(USER_UUID, &dest, first, &mut wire)?;
+                    (*addr, Codec::Trojan, Some(Box::new(t.connect()?)))
+                }
+                Suite::Vless(t) => {
+                    vless::request(&vless::uuid_bytes(USER_UUID)?, &dest, first, &mut wire)?;
+                    (
+                        *addr,
+                        Codec::Vless(ResponseHeader::default()),
+                        Some(Box::new(t.connect()?)),
+                    )
+                }
+            },
         };
-        let mut s = TcpStream::connect(addr)
+        let s = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connect {addr}"))?;
         s.set_nodelay(true)?;
-        s.write_all(&wire).await?;
-        Ok(Conn {
+        let mut c = Conn {
             s,
+            tls,
             codec,
             rbuf: Vec::new(),
+            tls_plain: Vec::new(),
             plain: Vec::new(),
             wbuf: Vec::new(),
-        })
+        };
+        if c.tls.is_some() {
+            c.handshake().await?;
+            c.send_wire(&wire).await?;
+        } else {
+            c.s.write_all(&wire).await?;
+        }
+        Ok(c)
+    }
+
+    /// Drive the TLS handshake to completion (the request is sent right after, in the same
+    /// flight as the client's Finished where the TLS stack allows).
+    async fn handshake(&mut self) -> anyhow::Result<()> {
+        loop {
+            self.flush_tls().await?;
+            let handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking());
+            if !handshaking {
+                return Ok(());
+            }
+            if !self.read_some().await? {
+                bail!("EOF during the TLS handshake");
+            }
+        }
+    }
+
+    /// Write everything rustls has queued for the socket.
+    async fn flush_tls(&mut self) -> anyhow::Result<()> {
+        let Some(t) = self.tls.as_mut() else {
+            return Ok(());
+        };
+        if !t.wants_write() {
+            return Ok(());
+        }
+        self.wbuf.clear();
+        while t.wants_write() {
+            t.write_tls(&mut self.wbuf).context("rustls write_tls")?;
+        }
+        self.s.write_all(&self.wbuf).await?;
+        Ok(())
+    }
+
+    /// Protocol bytes (already encoded by the codec) to the server, through TLS if any.
+    async fn send_wire(&mut self, wire: &[u8]) -> anyhow::Result<()> {
+        match self.tls.as_mut() {
+            None => self.s.write_all(wire).await?,
+            Some(t) => {
+                t.writer().write_all(wire).context("rustls writer")?;
+                self.flush_tls().await?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn send(&mut self, plain: &[u8]) -> anyhow::Result<()> {
-        match self.codec.as_mut() {
-            None => self.s.write_all(plain).await?,
-            Some(c) => {
-                self.wbuf.clear();
-                c.seal(plain, &mut self.wbuf)?;
-                self.s.write_all(&self.wbuf).await?;
+        match &mut self.codec {
+            Codec::Ss(c) => {
+                let mut w = std::mem::take(&mut self.wbuf);
+                w.clear();
+                c.seal(plain, &mut w)?;
+                self.s.write_all(&w).await?;
+                self.wbuf = w;
             }
+            Codec::Plain | Codec::Trojan | Codec::Vless(_) => self.send_wire(plain).await?,
         }
         Ok(())
     }
@@ -80,10 +163,35 @@ impl Conn {
             return Ok(false);
         }
         let wire = self.rbuf.get(..n).context("read length")?;
-        match self.codec.as_mut() {
-            None => self.plain.extend_from_slice(wire),
-            Some(c) => c.open(wire, &mut self.plain)?,
+        let data: &[u8] = match self.tls.as_mut() {
+            None => wire,
+            Some(t) => {
+                // rustls holds at most 16 KiB of decrypted plaintext: take it after each record
+                // batch, before feeding more.
+                let mut rest = wire;
+                self.tls_plain.clear();
+                while !rest.is_empty() {
+                    t.read_tls(&mut rest).context("rustls read_tls")?;
+                    t.process_new_packets().map_err(|e| anyhow!("TLS: {e}"))?;
+                    match t.reader().read_to_end(&mut self.tls_plain) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(anyhow!("TLS read: {e}")),
+                    }
+                }
+                &self.tls_plain
+            }
+        };
+        match &mut self.codec {
+            Codec::Plain | Codec::Trojan => self.plain.extend_from_slice(data),
+            Codec::Ss(c) => c.open(data, &mut self.plain)?,
+            Codec::Vless(h) => {
+                let p = h.strip(data)?;
+                self.plain.extend_from_slice(p);
+            }
         }
+        // Handshake replies, key updates, alerts.
+        self.flush_tls().await?;
         Ok(true)
     }
 

@@ -7,21 +7,32 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use v2sp_bench::client::ss::{parse_method, SsCredentials};
+use v2sp_bench::client::tls::TlsMaterial;
+use v2sp_bench::client::Suite;
 use v2sp_bench::conn::Via;
 use v2sp_bench::procstat;
 use v2sp_bench::report::{self, Env};
 use v2sp_bench::run::{self, Plan, Scenario};
 use v2sp_bench::servers::{Binaries, Server, ServerKind};
 
-const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305";
+const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls";
+const QUICK_CIPHERS: [&str; 4] = [
+    "aes-128-gcm",
+    "2022-blake3-aes-128-gcm",
+    "trojan-tls",
+    "vless-tls",
+];
 
 #[derive(Parser)]
-#[command(name = "v2sp-bench", about = "v2sp side-by-side benchmarks (Shadowsocks)")]
+#[command(
+    name = "v2sp-bench",
+    about = "v2sp side-by-side benchmarks (Shadowsocks, Trojan, VLESS)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -37,14 +48,15 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Methods; the first is the headline (all scenarios run on it).
+    /// Shadowsocks methods and `trojan-tls`, `vless-tls`; the first is the headline (all
+    /// scenarios run on it).
     #[arg(long, value_delimiter = ',', default_value = ALL_CIPHERS)]
     ciphers: Vec<String>,
     /// Servers to compare.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "v2sp-epoll,v2sp-uring,ssserver,sing-box"
+        default_value = "v2sp-epoll,v2sp-uring,ssserver,sing-box,v2ray"
     )]
     servers: Vec<String>,
     /// `v2sp` binary (the data plane must sit next to it); default: next to this executable.
@@ -54,6 +66,9 @@ struct Common {
     ssserver: PathBuf,
     #[arg(long, default_value = "/opt/v2sp-peers/bin/sing-box")]
     sing_box: PathBuf,
+    /// v2ray 4.x (Debian's `v2ray` package; Trojan and VLESS only).
+    #[arg(long, default_value = "/opt/v2sp-peers/bin/v2ray")]
+    v2ray: PathBuf,
     /// Do not pin (by default the bench runs on the first CPUs and the server on the last).
     #[arg(long)]
     no_pin: bool,
@@ -106,21 +121,28 @@ fn binaries(c: &Common) -> anyhow::Result<Binaries> {
         v2sp,
         ssserver: c.ssserver.clone(),
         singbox: c.sing_box.clone(),
+        v2ray: if !c.v2ray.exists() && std::path::Path::new("/usr/bin/v2ray").exists() {
+            PathBuf::from("/usr/bin/v2ray")
+        } else {
+            c.v2ray.clone()
+        },
     })
 }
 
-fn servers(c: &Common, bins: &Binaries) -> anyhow::Result<Vec<ServerKind>> {
-    let ks = c
+/// The servers named in `--servers` that speak at least one of `suites`, each checked to exist.
+fn servers(c: &Common, bins: &Binaries, suites: &[Suite]) -> anyhow::Result<Vec<ServerKind>> {
+    let mut ks = c
         .servers
         .iter()
         .map(|s| ServerKind::parse(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    ks.retain(|k| suites.iter().any(|s| k.serves(s)));
     for k in &ks {
         let p = bins.path(*k);
         if !p.exists() {
             bail!(
                 "{} not found at {} — v2sp: `cargo build --release -p v2sp-control -p v2sp-dataplane` (or --v2sp PATH); \
-                 peers: scripts/install-test-deps.sh (or --ssserver/--sing-box PATH, or leave it out of --servers)",
+                 peers: scripts/install-test-deps.sh (or --ssserver/--sing-box/--v2ray PATH, or leave it out of --servers)",
                 k.label(),
                 p.display()
             );
@@ -172,6 +194,7 @@ fn describe_binary(k: ServerKind, bins: &Binaries) -> String {
     let version = match k {
         ServerKind::SsServer => Some("--version"),
         ServerKind::SingBox => Some("version"),
+        ServerKind::V2ray => Some("-version"),
         _ => None,
     }
     .and_then(|arg| std::process::Command::new(p).arg(arg).output().ok())
@@ -212,7 +235,13 @@ fn main() -> anyhow::Result<()> {
 
 fn self_check(c: Common) -> anyhow::Result<()> {
     let bins = binaries(&c)?;
-    let kinds = servers(&c, &bins)?;
+    let tls = Arc::new(TlsMaterial::generate()?);
+    let suites = c
+        .ciphers
+        .iter()
+        .map(|n| Suite::parse(n, &tls))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let kinds = servers(&c, &bins, &suites)?;
     let allowed = allowed_cpus();
     let (client, nserver) = cpu_split(&allowed, 1);
     if !c.no_pin && nserver > 0 {
@@ -224,21 +253,24 @@ fn self_check(c: Common) -> anyhow::Result<()> {
     rt.block_on(async {
         let target = v2sp_bench::target::start().await?;
         let mut failed = 0;
-        for name in &c.ciphers {
-            let m = parse_method(name)?;
-            let creds = std::sync::Arc::new(SsCredentials::new(m)?);
-            for &k in &kinds {
-                let srv = Server::start(k, &creds, &bins, 1, server_cpus.as_deref())?;
-                let via = Via::Ss {
-                    proxy: srv.addr(),
-                    creds: creds.clone(),
+        for suite in &suites {
+            for &k in kinds.iter().filter(|k| k.serves(suite)) {
+                let srv = Server::start(k, suite, &bins, 1, server_cpus.as_deref())?;
+                let via = Via::Proxy {
+                    addr: srv.addr(),
+                    suite: suite.clone(),
                 };
                 let r = v2sp_bench::scenarios::probe(&via, target, Duration::from_secs(20)).await;
                 match &r {
-                    Ok(()) => println!("ok    {:<32} {}", m.name(), k.label()),
+                    Ok(()) => println!("ok    {:<32} {}", suite.name(), k.label()),
                     Err(e) => {
                         failed += 1;
-                        println!("FAIL  {:<32} {}: {e:#}\n{}", m.name(), k.label(), srv.log_tail());
+                        println!(
+                            "FAIL  {:<32} {}: {e:#}\n{}",
+                            suite.name(),
+                            k.label(),
+                            srv.log_tail()
+                        );
                     }
                 }
                 srv.stop();
@@ -254,15 +286,17 @@ fn self_check(c: Common) -> anyhow::Result<()> {
 fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
     let c = a.common.clone();
     let bins = binaries(&c)?;
-    let kinds = servers(&c, &bins)?;
-    let mut ciphers = Vec::new();
-    for n in if a.quick && c.ciphers.join(",") == ALL_CIPHERS {
-        vec!["aes-128-gcm".to_string(), "2022-blake3-aes-128-gcm".to_string()]
+    let tls = Arc::new(TlsMaterial::generate()?);
+    let names: Vec<String> = if a.quick && c.ciphers.join(",") == ALL_CIPHERS {
+        QUICK_CIPHERS.iter().map(|s| s.to_string()).collect()
     } else {
         c.ciphers.clone()
-    } {
-        ciphers.push(parse_method(&n)?);
-    }
+    };
+    let ciphers = names
+        .iter()
+        .map(|n| Suite::parse(n, &tls))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let kinds = servers(&c, &bins, &ciphers)?;
     let scenarios = a
         .scenarios
         .iter()

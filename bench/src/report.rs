@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::client::{TROJAN_TLS, VLESS_TLS};
 use crate::run::{Measure, Outcome, Plan, Record, Scenario};
 use crate::svg::{self, Series};
 
@@ -260,10 +261,36 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
     let servers: Vec<String> = plan.servers.iter().map(|k| k.label().to_string()).collect();
     let pairs = ratio_pairs(&servers);
     let headline = plan.cipher_names.first().cloned().unwrap_or_default();
+    // Rate and idle run on the headline and on every Trojan/VLESS suite.
+    let mut per_proto: Vec<String> = vec![headline.clone()];
+    for c in &plan.cipher_names {
+        if (c == TROJAN_TLS || c == VLESS_TLS) && !per_proto.contains(c) {
+            per_proto.push(c.clone());
+        }
+    }
     let mut s = String::new();
+    let protos: Vec<&str> = [
+        (plan.ciphers.iter().any(|c| c.is_ss()), "Shadowsocks"),
+        (plan.cipher_names.iter().any(|c| c == TROJAN_TLS), "Trojan (TLS)"),
+        (plan.cipher_names.iter().any(|c| c == VLESS_TLS), "VLESS (TLS)"),
+    ]
+    .into_iter()
+    .filter_map(|(on, n)| on.then_some(n))
+    .collect();
+    let peers: Vec<&str> = plan
+        .servers
+        .iter()
+        .filter(|k| !k.is_v2sp())
+        .map(|k| match k {
+            crate::servers::ServerKind::SsServer => "shadowsocks-rust `ssserver`",
+            k => k.label(),
+        })
+        .collect();
     let _ = writeln!(
         s,
-        "# v2sp benchmark: Shadowsocks, v2sp vs shadowsocks-rust `ssserver` and sing-box\n"
+        "# v2sp benchmark: {}, v2sp vs {}\n",
+        protos.join(", "),
+        peers.join(", ")
     );
     let _ = writeln!(s, "- mode: **{}**; {} round(s), servers alternating (order rotated each round), one server running at a time", if plan.quick { "quick (smoke only: tiny byte counts, figures not meaningful)" } else { "full" }, plan.rounds);
     let _ = writeln!(
@@ -298,7 +325,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let _ = writeln!(s, "- v2sp = `v2sp run -c config.json` (control plane + the data plane it spawns; both processes counted) with a generated `file://` nodes file, `V2SP_IO=epoll|uring`; ssserver = shadowsocks-rust `--worker-threads N`, `no_delay`; sing-box with `GOMAXPROCS=N`; one user, same method everywhere");
+    let _ = writeln!(s, "- v2sp = `v2sp run -c config.json` (control plane + the data plane it spawns; both processes counted) with a generated `file://` nodes file, `V2SP_IO=epoll|uring`; ssserver = shadowsocks-rust `--worker-threads N`, `no_delay`; sing-box with `GOMAXPROCS=N`; v2ray (Trojan/VLESS only) with `GOMAXPROCS=N`, `streamSettings.security: tls`; one user, same method everywhere; Trojan/VLESS: TLS on every server with one self-signed certificate (rcgen) and our rustls client (aws-lc-rs), trusting only that certificate; TLS session resumption on (rustls default)");
     let _ = writeln!(s, "- bulk: {} MiB per run for {headline} (split over N connections, download = target → client), {} MiB at {} connections for the other methods{}; latency: {} round trips of {} B; rate: {} s × {} concurrent loops; idle: {} connections",
         plan.bulk_bytes >> 20, plan.other_bulk_bytes >> 20, plan.other_conns,
         if plan.upload { " and for the upload run" } else { "" },
@@ -486,30 +513,35 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         }
         if plan.scenarios.contains(&Scenario::Rate) {
             // Rate.
-            let _ = writeln!(s, "\n### Connection rate, {headline} (connect + request + 1 B echoed + close, {} concurrent loops)\n", plan.rate_concurrency);
-            header_row(&mut s, "figure", &cols);
-            type RF = fn(&crate::scenarios::RateResult) -> f64;
-            for (label, prec, f) in [
-                (
-                    "connections/s",
-                    0usize,
-                    (|x: &crate::scenarios::RateResult| x.per_s()) as RF,
-                ),
-                ("server CPU µs/connection", 1, |x| x.server_us_per_conn()),
-                ("failed connections", 0, |x| x.errors as f64),
-            ] {
-                let vals: Vec<_> = servers.iter().map(|srv| v.rate(&headline, srv, f)).collect();
-                let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
-                for (a, b) in &pairs {
-                    let ia = servers.iter().position(|x| x == a).unwrap_or(0);
-                    let ib = servers.iter().position(|x| x == b).unwrap_or(0);
-                    row.push(if label == "failed connections" {
-                        "".into()
-                    } else {
-                        ratio(vals[ia], vals[ib])
-                    });
+            for rc in per_proto
+                .iter()
+                .filter(|c| servers.iter().any(|srv| v.rate(c, srv, |x| x.per_s()).is_some()))
+            {
+                let _ = writeln!(s, "\n### Connection rate, {rc} (connect + request + 1 B echoed + close, {} concurrent loops)\n", plan.rate_concurrency);
+                header_row(&mut s, "figure", &cols);
+                type RF = fn(&crate::scenarios::RateResult) -> f64;
+                for (label, prec, f) in [
+                    (
+                        "connections/s",
+                        0usize,
+                        (|x: &crate::scenarios::RateResult| x.per_s()) as RF,
+                    ),
+                    ("server CPU µs/connection", 1, |x| x.server_us_per_conn()),
+                    ("failed connections", 0, |x| x.errors as f64),
+                ] {
+                    let vals: Vec<_> = servers.iter().map(|srv| v.rate(rc, srv, f)).collect();
+                    let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
+                    for (a, b) in &pairs {
+                        let ia = servers.iter().position(|x| x == a).unwrap_or(0);
+                        let ib = servers.iter().position(|x| x == b).unwrap_or(0);
+                        row.push(if label == "failed connections" {
+                            "".into()
+                        } else {
+                            ratio(vals[ia], vals[ib])
+                        });
+                    }
+                    let _ = writeln!(s, "| {label} | {} |", row.join(" | "));
                 }
-                let _ = writeln!(s, "| {label} | {} |", row.join(" | "));
             }
         }
         if plan.scenarios.contains(&Scenario::Latency) {
@@ -534,7 +566,13 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
             let direct50 = v.lat(&headline, "direct", |x| x.p50_us).map(|t| t.0);
             let direct99 = v.lat(&headline, "direct", |x| x.p99_us).map(|t| t.0);
             let mut lat_servers = vec!["direct".to_string()];
-            lat_servers.extend(servers.iter().cloned());
+            // Servers that do not speak the headline (v2ray on a Shadowsocks headline) have no row.
+            lat_servers.extend(
+                servers
+                    .iter()
+                    .filter(|srv| v.lat(&headline, srv, |x| x.p50_us).is_some())
+                    .cloned(),
+            );
             for srv in &lat_servers {
                 let p50 = v.lat(&headline, srv, |x| x.p50_us);
                 let p99 = v.lat(&headline, srv, |x| x.p99_us);
@@ -581,7 +619,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
                     quiet,
                 );
             }
-            for (a, b) in &pairs {
+            for (a, b) in pairs.iter().filter(|(_, b)| lat_servers.contains(b)) {
                 let _ = writeln!(
                     s,
                     "\n{a} / {b}: p50 {}, p99 {}",
@@ -627,28 +665,34 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         }
         if plan.scenarios.contains(&Scenario::Idle) {
             // Idle.
-            let _ = writeln!(s, "### Idle connections, {headline}: server RSS per connection ({} connections, each through to the target)\n", plan.idle_conns);
-            header_row(&mut s, "figure", &cols);
-            type IF = fn(&crate::scenarios::IdleResult) -> f64;
-            for (label, prec, f) in [
-                (
-                    "RSS before (KiB)",
-                    0usize,
-                    (|x: &crate::scenarios::IdleResult| x.rss_before_kib as f64) as IF,
-                ),
-                ("RSS with the connections open (KiB)", 0, |x| {
-                    x.rss_after_kib as f64
-                }),
-                ("KiB per idle connection", 2, |x| x.kib_per_conn()),
-            ] {
-                let vals: Vec<_> = servers.iter().map(|srv| v.idle(&headline, srv, f)).collect();
-                let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
-                for (a, b) in &pairs {
-                    let ia = servers.iter().position(|x| x == a).unwrap_or(0);
-                    let ib = servers.iter().position(|x| x == b).unwrap_or(0);
-                    row.push(ratio(vals[ia], vals[ib]));
+            for ic in per_proto.iter().filter(|c| {
+                servers
+                    .iter()
+                    .any(|srv| v.idle(c, srv, |x| x.kib_per_conn()).is_some())
+            }) {
+                let _ = writeln!(s, "\n### Idle connections, {ic}: server RSS per connection ({} connections, each through to the target)\n", plan.idle_conns);
+                header_row(&mut s, "figure", &cols);
+                type IF = fn(&crate::scenarios::IdleResult) -> f64;
+                for (label, prec, f) in [
+                    (
+                        "RSS before (KiB)",
+                        0usize,
+                        (|x: &crate::scenarios::IdleResult| x.rss_before_kib as f64) as IF,
+                    ),
+                    ("RSS with the connections open (KiB)", 0, |x| {
+                        x.rss_after_kib as f64
+                    }),
+                    ("KiB per idle connection", 2, |x| x.kib_per_conn()),
+                ] {
+                    let vals: Vec<_> = servers.iter().map(|srv| v.idle(ic, srv, f)).collect();
+                    let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
+                    for (a, b) in &pairs {
+                        let ia = servers.iter().position(|x| x == a).unwrap_or(0);
+                        let ib = servers.iter().position(|x| x == b).unwrap_or(0);
+                        row.push(ratio(vals[ia], vals[ib]));
+                    }
+                    let _ = writeln!(s, "| {label} | {} |", row.join(" | "));
                 }
-                let _ = writeln!(s, "| {label} | {} |", row.join(" | "));
             }
         }
         // Targets.

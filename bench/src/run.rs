@@ -4,15 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use v2sp_dataplane::proto::ss::Method;
 
-use crate::client::ss::SsCredentials;
+use crate::client::Suite;
 use crate::conn::Via;
 use crate::scenarios::{self, BulkResult, IdleResult, LatencySummary, RateResult};
 use crate::servers::{Binaries, Server, ServerKind};
@@ -37,13 +35,15 @@ impl Scenario {
     }
 }
 
-/// What to run. The first cipher is the headline: every scenario runs on it; the others get
-/// one bulk download at `other_conns` connections (for the CPU-s/GB per cipher chart).
+/// What to run. The first cipher is the headline: every scenario runs on it; the other
+/// Shadowsocks methods get one bulk download at `other_conns` connections (for the CPU-s/GB per
+/// cipher chart); `trojan-tls` and `vless-tls` get that bulk download plus the idle and rate
+/// scenarios (when selected). Each suite runs on the servers that speak it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
     pub quick: bool,
     #[serde(skip)]
-    pub ciphers: Vec<Method>,
+    pub ciphers: Vec<Suite>,
     pub cipher_names: Vec<String>,
     #[serde(skip)]
     pub servers: Vec<ServerKind>,
@@ -129,9 +129,10 @@ pub async fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Outcome> {
     let deadline = Duration::from_secs(plan.deadline_s);
     for &w in &plan.workers {
         let cpus = plan.server_cpus.get(&w).cloned().flatten();
-        for (ci, &m) in plan.ciphers.iter().enumerate() {
+        for (ci, suite) in plan.ciphers.iter().enumerate() {
             let headline = ci == 0;
-            let creds = Arc::new(SsCredentials::new(m)?);
+            let name = suite.name();
+            let kinds: Vec<ServerKind> = plan.servers.iter().copied().filter(|k| k.serves(suite)).collect();
             for round in 0..plan.rounds {
                 if headline && plan.scenarios.contains(&Scenario::Latency) {
                     let win = scenarios::Window::start(None);
@@ -147,25 +148,21 @@ pub async fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Outcome> {
                         Ok(h) => {
                             let mut sum = scenarios::summarize(&h);
                             sum.other_load_cpus = win.stop(None).other_load();
-                            out.push(m.name(), "direct", w, round, Measure::Latency(sum));
-                            out.add_hist((m.name().into(), "direct".into(), w), &h);
+                            out.push(name, "direct", w, round, Measure::Latency(sum));
+                            out.add_hist((name.into(), "direct".into(), w), &h);
                         }
                         Err(e) => out.problems.push(format!("direct latency: {e:#}")),
                     }
                 }
-                let n = plan.servers.len();
+                let n = kinds.len();
                 for k in 0..n {
-                    let kind = plan.servers[(k + round) % n];
-                    log(&format!(
-                        "workers {w} {} round {round} {}",
-                        m.name(),
-                        kind.label()
-                    ));
+                    let kind = kinds[(k + round) % n];
+                    log(&format!("workers {w} {name} round {round} {}", kind.label()));
                     if let Err(e) = one_server(
                         plan,
                         bins,
                         &mut out,
-                        &creds,
+                        suite,
                         kind,
                         w,
                         cpus.as_deref(),
@@ -176,8 +173,7 @@ pub async fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Outcome> {
                     .await
                     {
                         out.problems.push(format!(
-                            "{} {} round {round} (workers {w}): {e:#}",
-                            m.name(),
+                            "{name} {} round {round} (workers {w}): {e:#}",
                             kind.label()
                         ));
                         log(&format!("FAILED: {e:#}"));
@@ -194,7 +190,7 @@ async fn one_server(
     plan: &Plan,
     bins: &Binaries,
     out: &mut Outcome,
-    creds: &Arc<SsCredentials>,
+    suite: &Suite,
     kind: ServerKind,
     w: usize,
     cpus: Option<&str>,
@@ -202,12 +198,12 @@ async fn one_server(
     headline: bool,
     target: SocketAddr,
 ) -> anyhow::Result<()> {
-    let mut srv = Server::start(kind, creds, bins, w, cpus)?;
-    let res = measure(plan, out, creds, &mut srv, w, round, headline, target).await;
+    let mut srv = Server::start(kind, suite, bins, w, cpus)?;
+    let res = measure(plan, out, suite, &mut srv, w, round, headline, target).await;
     if srv.kind.is_v2sp() && srv.dataplane_restarted() {
         out.problems.push(format!(
             "{} {}: the data plane restarted during the run (its CPU before the restart is lost)",
-            creds.method.name(),
+            suite.name(),
             kind.label()
         ));
     }
@@ -225,16 +221,16 @@ async fn one_server(
 async fn measure(
     plan: &Plan,
     out: &mut Outcome,
-    creds: &Arc<SsCredentials>,
+    suite: &Suite,
     srv: &mut Server,
     w: usize,
     round: usize,
     headline: bool,
     target: SocketAddr,
 ) -> anyhow::Result<()> {
-    let via = Via::Ss {
-        proxy: srv.addr(),
-        creds: creds.clone(),
+    let via = Via::Proxy {
+        addr: srv.addr(),
+        suite: suite.clone(),
     };
     scenarios::probe(&via, target, Duration::from_secs(20))
         .await
@@ -246,13 +242,34 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cipher = creds.method.name();
+    let cipher = suite.name();
     let label = srv.kind.label();
     let deadline = Duration::from_secs(plan.deadline_s);
     let problem = |out: &mut Outcome, what: String| {
         out.problems
             .push(format!("{cipher} {label} round {round}: {what}"))
     };
+    if !headline && !suite.is_ss() {
+        // Trojan / VLESS: idle memory, connection rate (TLS handshake included) and the one
+        // bulk download for the CPU-s/GB table.
+        if plan.scenarios.contains(&Scenario::Idle) {
+            let r = scenarios::idle(&via, target, srv, plan.idle_conns, deadline).await;
+            if r.opened < r.conns {
+                problem(out, format!("idle: opened {} of {}", r.opened, r.conns));
+            }
+            out.push(cipher, label, w, round, Measure::Idle(r));
+        }
+        if plan.scenarios.contains(&Scenario::Rate) {
+            let r = scenarios::rate(&via, target, Some(srv), plan.rate_concurrency, plan.rate_secs).await;
+            if r.errors > 0 {
+                problem(
+                    out,
+                    format!("rate: {} failed connections of {}", r.errors, r.errors + r.ok),
+                );
+            }
+            out.push(cipher, label, w, round, Measure::Rate(r));
+        }
+    }
     if !headline {
         let r = scenarios::bulk(
             &via,

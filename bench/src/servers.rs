@@ -6,9 +6,13 @@
 //!   `V2SP_IO=epoll|uring`. Both processes are counted (CPU and RSS).
 //! * `ssserver` (shadowsocks-rust): `ssserver -c <dir>/ss.json --worker-threads N`, TCP only,
 //!   `no_delay` on (v2sp and sing-box set TCP_NODELAY too).
-//! * `sing-box`: a `shadowsocks` inbound and a `direct` outbound, `GOMAXPROCS=N`.
+//! * `sing-box`: a `shadowsocks` / `trojan` / `vless` inbound and a `direct` outbound,
+//!   `GOMAXPROCS=N`.
+//! * `v2ray` (Debian's 4.34, Trojan and VLESS only): a `trojan` / `vless` inbound with
+//!   `streamSettings.security: "tls"` and a `freedom` outbound, `GOMAXPROCS=N`.
 //!
-//! All get the same method and the same single user (see `client::ss`).
+//! All get the same method (or protocol), the same single user (see `client::ss`) and, for
+//! Trojan/VLESS, the run's certificate (see `client::tls`).
 
 use std::fs;
 use std::net::TcpListener;
@@ -19,7 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use crate::client::ss::SsCredentials;
+use crate::client::ss::USER_UUID;
+use crate::client::tls::SERVER_NAME;
+use crate::client::Suite;
 use crate::procstat;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,14 +34,16 @@ pub enum ServerKind {
     V2spUring,
     SsServer,
     SingBox,
+    V2ray,
 }
 
 impl ServerKind {
-    pub const ALL: [ServerKind; 4] = [
+    pub const ALL: [ServerKind; 5] = [
         ServerKind::V2spEpoll,
         ServerKind::V2spUring,
         ServerKind::SsServer,
         ServerKind::SingBox,
+        ServerKind::V2ray,
     ];
 
     pub fn label(self) -> &'static str {
@@ -44,6 +52,7 @@ impl ServerKind {
             ServerKind::V2spUring => "v2sp-uring",
             ServerKind::SsServer => "ssserver",
             ServerKind::SingBox => "sing-box",
+            ServerKind::V2ray => "v2ray",
         }
     }
 
@@ -51,7 +60,19 @@ impl ServerKind {
         ServerKind::ALL
             .into_iter()
             .find(|k| k.label() == s.trim())
-            .with_context(|| format!("unknown server {s:?} (v2sp-epoll, v2sp-uring, ssserver, sing-box)"))
+            .with_context(|| {
+                format!("unknown server {s:?} (v2sp-epoll, v2sp-uring, ssserver, sing-box, v2ray)")
+            })
+    }
+
+    /// Whether this server speaks `suite` (ssserver: Shadowsocks only; v2ray: here, Trojan and
+    /// VLESS only — its Shadowsocks lacks the 2022 methods).
+    pub fn serves(self, suite: &Suite) -> bool {
+        match self {
+            ServerKind::SsServer => suite.is_ss(),
+            ServerKind::V2ray => !suite.is_ss(),
+            _ => true,
+        }
     }
 
     pub fn is_v2sp(self) -> bool {
@@ -65,6 +86,7 @@ pub struct Binaries {
     pub v2sp: PathBuf,
     pub ssserver: PathBuf,
     pub singbox: PathBuf,
+    pub v2ray: PathBuf,
 }
 
 impl Binaries {
@@ -73,6 +95,7 @@ impl Binaries {
             ServerKind::V2spEpoll | ServerKind::V2spUring => &self.v2sp,
             ServerKind::SsServer => &self.ssserver,
             ServerKind::SingBox => &self.singbox,
+            ServerKind::V2ray => &self.v2ray,
         }
     }
 }
@@ -113,7 +136,7 @@ impl Server {
     /// Spawn `kind` on `cpus` (taskset list; `None` = unpinned) with `workers` threads.
     pub fn start(
         kind: ServerKind,
-        creds: &SsCredentials,
+        suite: &Suite,
         bins: &Binaries,
         workers: usize,
         cpus: Option<&str>,
@@ -129,7 +152,12 @@ impl Server {
                 bin.display()
             );
         }
-        let method = creds.method.name();
+        let tls = suite.tls();
+        let proto = match suite {
+            Suite::Ss(_) => "shadowsocks",
+            Suite::Trojan(_) => "trojan",
+            Suite::Vless(_) => "vless",
+        };
         let mut args: Vec<String> = Vec::new();
         let mut envs: Vec<(&str, String)> = Vec::new();
         match kind {
@@ -139,19 +167,29 @@ impl Server {
                 } else {
                     "uring"
                 };
+                let mut node = json!({
+                    "protocol": proto, "node_type": proto, "server_port": port,
+                    "base_config": { "push_interval": 60, "pull_interval": 60 }
+                });
+                match suite {
+                    Suite::Ss(creds) => {
+                        node["cipher"] = json!(creds.method.name());
+                        node["server_key"] = json!(creds.server_psk_b64());
+                    }
+                    Suite::Trojan(_) | Suite::Vless(_) => {
+                        node["tls"] = json!(1);
+                        node["network"] = json!("tcp");
+                        node["tls_settings"] = json!({ "server_name": SERVER_NAME });
+                    }
+                }
                 let nodes = json!({
-                    "nodes": { "1": {
-                        "protocol": "shadowsocks", "node_type": "shadowsocks",
-                        "server_port": port, "cipher": method,
-                        "server_key": creds.server_psk_b64(),
-                        "base_config": { "push_interval": 60, "pull_interval": 60 }
-                    }},
+                    "nodes": { "1": node },
                     "users": { "1": [
-                        { "id": 1, "uuid": crate::client::ss::USER_UUID, "speed_limit": 0, "device_limit": 0 }
+                        { "id": 1, "uuid": USER_UUID, "speed_limit": 0, "device_limit": 0 }
                     ]}
                 });
                 fs::write(dir.path().join("nodes.json"), serde_json::to_vec_pretty(&nodes)?)?;
-                let cfg = json!({
+                let mut cfg = json!({
                     "Log": { "Level": "warn", "Output": "" },
                     "Cores": [{ "Type": "xray" }],
                     "StateDir": dir.path().join("state"),
@@ -162,15 +200,23 @@ impl Server {
                     },
                     "Nodes": [{
                         "ApiHost": "file://nodes.json", "ApiKey": "bench", "NodeID": 1,
-                        "NodeType": "shadowsocks", "ListenIP": "127.0.0.1"
+                        "NodeType": proto, "ListenIP": "127.0.0.1"
                     }]
                 });
+                if let Some(t) = tls {
+                    cfg["Nodes"][0]["CertConfig"] = json!({
+                        "CertMode": "file", "CertDomain": SERVER_NAME,
+                        "CertFile": t.cert_file, "KeyFile": t.key_file
+                    });
+                }
                 let p = dir.path().join("config.json");
                 fs::write(&p, serde_json::to_vec_pretty(&cfg)?)?;
                 args.extend(["run".into(), "-c".into(), p.display().to_string()]);
                 envs.push(("V2SP_IO", io.to_string()));
             }
             ServerKind::SsServer => {
+                let creds = suite.ss().context("ssserver serves Shadowsocks only")?;
+                let method = creds.method.name();
                 let mut c = json!({
                     "server": "127.0.0.1", "server_port": port, "method": method,
                     "mode": "tcp_only", "no_delay": true,
@@ -196,16 +242,32 @@ impl Server {
             }
             ServerKind::SingBox => {
                 let mut inb = json!({
-                    "type": "shadowsocks", "listen": "127.0.0.1", "listen_port": port,
-                    "method": method,
+                    "type": proto, "listen": "127.0.0.1", "listen_port": port,
                 });
-                if creds.uses_eih() {
-                    inb["password"] = json!(creds.server_psk_b64());
-                    inb["users"] = json!([{ "name": "bench", "password": creds.user_key_b64() }]);
-                } else if creds.method.is_2022() {
-                    inb["password"] = json!(creds.user_key_b64());
-                } else {
-                    inb["password"] = json!(creds.password_2017());
+                match suite {
+                    Suite::Ss(creds) => {
+                        inb["method"] = json!(creds.method.name());
+                        if creds.uses_eih() {
+                            inb["password"] = json!(creds.server_psk_b64());
+                            inb["users"] = json!([{ "name": "bench", "password": creds.user_key_b64() }]);
+                        } else if creds.method.is_2022() {
+                            inb["password"] = json!(creds.user_key_b64());
+                        } else {
+                            inb["password"] = json!(creds.password_2017());
+                        }
+                    }
+                    Suite::Trojan(_) => {
+                        inb["users"] = json!([{ "name": "bench", "password": USER_UUID }]);
+                    }
+                    Suite::Vless(_) => {
+                        inb["users"] = json!([{ "name": "bench", "uuid": USER_UUID }]);
+                    }
+                }
+                if let Some(t) = tls {
+                    inb["tls"] = json!({
+                        "enabled": true, "server_name": SERVER_NAME,
+                        "certificate_path": t.cert_file, "key_path": t.key_file
+                    });
                 }
                 let c = json!({
                     "log": { "level": "error" },
@@ -215,6 +277,32 @@ impl Server {
                 let p = dir.path().join("sing-box.json");
                 fs::write(&p, serde_json::to_vec_pretty(&c)?)?;
                 args.extend(["run".into(), "-c".into(), p.display().to_string()]);
+                envs.push(("GOMAXPROCS", workers.max(1).to_string()));
+            }
+            ServerKind::V2ray => {
+                let t = tls.context("v2ray is benchmarked with Trojan/VLESS over TLS only")?;
+                let settings = match suite {
+                    Suite::Trojan(_) => json!({ "clients": [{ "password": USER_UUID }] }),
+                    _ => json!({ "clients": [{ "id": USER_UUID }], "decryption": "none" }),
+                };
+                let c = json!({
+                    "log": { "loglevel": "error" },
+                    "inbounds": [{
+                        "listen": "127.0.0.1", "port": port, "protocol": proto,
+                        "settings": settings,
+                        "streamSettings": {
+                            "network": "tcp", "security": "tls",
+                            "tlsSettings": {
+                                "serverName": SERVER_NAME,
+                                "certificates": [{ "certificateFile": t.cert_file, "keyFile": t.key_file }]
+                            }
+                        }
+                    }],
+                    "outbounds": [{ "protocol": "freedom" }]
+                });
+                let p = dir.path().join("v2ray.json");
+                fs::write(&p, serde_json::to_vec_pretty(&c)?)?;
+                args.extend(["-config".into(), p.display().to_string()]);
                 envs.push(("GOMAXPROCS", workers.max(1).to_string()));
             }
         }

@@ -1,2 +1,67 @@
-//! Our own client side of each protocol v2sp serves (Shadowsocks today).
+//! Our own client side of each protocol v2sp serves: Shadowsocks (`ss`), Trojan over TLS
+//! (`trojan`), VLESS over TLS (`vless`); `tls` holds the run's certificate and rustls client.
+//! A [`Suite`] is one row of the report: a Shadowsocks method, or `trojan-tls` / `vless-tls`.
 pub mod ss;
+pub mod tls;
+pub mod trojan;
+pub mod vless;
+
+use std::sync::Arc;
+
+use self::ss::SsCredentials;
+use self::tls::TlsMaterial;
+
+/// The protocol (and credentials) one report row is measured with.
+#[derive(Clone)]
+pub enum Suite {
+    Ss(Arc<SsCredentials>),
+    Trojan(Arc<TlsMaterial>),
+    Vless(Arc<TlsMaterial>),
+}
+
+impl std::fmt::Debug for Suite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+pub const TROJAN_TLS: &str = "trojan-tls";
+pub const VLESS_TLS: &str = "vless-tls";
+
+impl Suite {
+    /// The row name: the Shadowsocks method name, `trojan-tls` or `vless-tls`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Suite::Ss(c) => c.method.name(),
+            Suite::Trojan(_) => TROJAN_TLS,
+            Suite::Vless(_) => VLESS_TLS,
+        }
+    }
+
+    pub fn is_ss(&self) -> bool {
+        matches!(self, Suite::Ss(_))
+    }
+
+    pub fn ss(&self) -> Option<&SsCredentials> {
+        match self {
+            Suite::Ss(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn tls(&self) -> Option<&Arc<TlsMaterial>> {
+        match self {
+            Suite::Ss(_) => None,
+            Suite::Trojan(t) | Suite::Vless(t) => Some(t),
+        }
+    }
+
+    /// A suite by name; `tls` is the run's certificate (made once, shared by every suite).
+    pub fn parse(name: &str, tls: &Arc<TlsMaterial>) -> anyhow::Result<Suite> {
+        Ok(match name.trim() {
+            TROJAN_TLS => Suite::Trojan(tls.clone()),
+            VLESS_TLS => Suite::Vless(tls.clone()),
+            n => Suite::Ss(Arc::new(SsCredentials::new(ss::parse_method(n)?)?)),
+        })
+    }
+}

@@ -1,0 +1,55 @@
+//! The bench's TLS: one self-signed certificate per run (rcgen), written to a temporary
+//! directory and given to every server; our client (rustls, aws-lc-rs provider) trusts exactly
+//! that certificate, so the handshake is verified, not skipped.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+
+/// The name in the certificate and the SNI our client sends.
+pub const SERVER_NAME: &str = "v2sp.bench";
+
+/// Certificate and key files for the servers, and the client configuration that trusts them.
+pub struct TlsMaterial {
+    _dir: tempfile::TempDir,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client: Arc<ClientConfig>,
+}
+
+impl TlsMaterial {
+    pub fn generate() -> anyhow::Result<TlsMaterial> {
+        let ck = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
+            .map_err(|e| anyhow!("rcgen: {e}"))?;
+        let dir = tempfile::Builder::new().prefix("v2sp-bench-tls-").tempdir()?;
+        let cert_file = dir.path().join("bench.crt");
+        let key_file = dir.path().join("bench.key");
+        std::fs::write(&cert_file, ck.cert.pem())?;
+        std::fs::write(&key_file, ck.signing_key.serialize_pem())?;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ck.cert.der().clone())
+            .map_err(|e| anyhow!("trust the bench certificate: {e}"))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("rustls protocol versions")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsMaterial {
+            _dir: dir,
+            cert_file,
+            key_file,
+            client: Arc::new(client),
+        })
+    }
+
+    /// A fresh client session (resumption tickets are shared through the config).
+    pub fn connect(&self) -> anyhow::Result<rustls::ClientConnection> {
+        let name = ServerName::try_from(SERVER_NAME).map_err(|e| anyhow!("server name: {e}"))?;
+        rustls::ClientConnection::new(self.client.clone(), name).map_err(|e| anyhow!("rustls client: {e}"))
+    }
+}
