@@ -452,15 +452,15 @@ impl Meter for ConnMeter<'_> {
 
 /// Registered connection: removed from the registry and its device reference released (with
 /// the Offline event on this core) when dropped, whatever way the task ends.
-struct Registered<'a> {
-    core: &'a Core,
+struct Registered {
+    core: Rc<Core>,
     id: u64,
     node: u16,
     user_id: u32,
     ip: IpAddr,
 }
 
-impl Drop for Registered<'_> {
+impl Drop for Registered {
     fn drop(&mut self) {
         self.core.conns.borrow_mut().remove(&self.id);
         if let Some(ev) = self.core.shared.devices.release(self.node, self.user_id, self.ip) {
@@ -486,8 +486,32 @@ async fn read_some(s: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
     }
 }
 
+/// Waits until `s` is readable, then reads into a pooled buffer (taken only now, so a
+/// connection waiting for its handshake bytes holds none) and appends what came to `out`.
+async fn read_pooled(bufs: &BufPool, s: &TcpStream, out: &mut Vec<u8>) -> std::io::Result<usize> {
+    loop {
+        s.readable().await?;
+        let mut b = bufs.take();
+        let r = s.try_read(&mut b);
+        if let Ok(n) = r {
+            out.extend_from_slice(b.get(..n).unwrap_or_default());
+        }
+        bufs.put(b);
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
 async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketAddr) -> Handshake {
-    let mut buf = vec![0u8; 16 * 1024];
+    // A private read buffer only for the PROXY header and the TLS stage; plain protocol
+    // handshakes read through the core's pool (16 KiB zeroed per connection otherwise).
+    let mut buf = if node.cfg.proxy_protocol || node.tls.is_some() {
+        vec![0u8; 16 * 1024]
+    } else {
+        Vec::new()
+    };
     let mut first: Vec<u8> = Vec::new();
     if node.cfg.proxy_protocol {
         let mut head: Vec<u8> = Vec::new();
@@ -544,15 +568,18 @@ async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketA
                 Err(_) => return drain(s, &mut buf).await,
             }
         }
-        let n = match read_some(s, &mut buf).await {
-            Ok(0) | Err(_) => return Handshake::Drop,
-            Ok(n) => n,
-        };
         chunk.clear();
-        let raw = buf.get(..n).unwrap_or_default();
         match tls.as_mut() {
-            None => chunk.extend_from_slice(raw),
+            None => match read_pooled(&core.bufs, s, &mut chunk).await {
+                Ok(0) | Err(_) => return Handshake::Drop,
+                Ok(_) => {}
+            },
             Some(t) => {
+                let n = match read_some(s, &mut buf).await {
+                    Ok(0) | Err(_) => return Handshake::Drop,
+                    Ok(n) => n,
+                };
+                let raw = buf.get(..n).unwrap_or_default();
                 carry.extend_from_slice(raw);
                 let used = match t.open(&carry, &mut chunk) {
                     Ok(u) => u,
@@ -574,7 +601,10 @@ async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketA
 }
 
 /// Reads and discards until the client gives up; the caller's handshake timeout ends it.
-async fn drain(s: &TcpStream, buf: &mut [u8]) -> Handshake {
+async fn drain(s: &TcpStream, buf: &mut Vec<u8>) -> Handshake {
+    if buf.is_empty() {
+        buf.resize(4096, 0);
+    }
     for _ in 0..1_000_000 {
         match read_some(s, buf).await {
             Ok(0) | Err(_) => break,
@@ -584,17 +614,73 @@ async fn drain(s: &TcpStream, buf: &mut [u8]) -> Handshake {
     Handshake::Drop
 }
 
-async fn handle_conn(core: Rc<Core>, node: Rc<NodeRt>, mut client: TcpStream, mut peer: SocketAddr) {
+/// A connection past handshake, admission, reply and connect: what the relay phase needs.
+struct Opened {
+    node: Rc<NodeRt>,
+    client: TcpStream,
+    upstream: TcpStream,
+    codec: Option<Box<dyn crate::proto::StreamCodec>>,
+    pending_up: Vec<u8>,
+    ctl: Rc<ConnCtl>,
+    bucket: Arc<crate::limits::gcra::Bucket>,
+    user_id: u32,
+    /// Registry entry and device reference (and the core), released when the connection ends.
+    reg: Registered,
+}
+
+/// The connection task. Two phases: the setup (PROXY header, handshake, TLS accept, admission,
+/// reply, connect; ~4 KiB of future state) runs in its own allocation, freed once it ends,
+/// so an established connection's task holds only the relay's state.
+fn handle_conn(
+    core: Rc<Core>,
+    node: Rc<NodeRt>,
+    client: TcpStream,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = ()> {
+    let setup = Box::pin(open(core, node, client, peer));
+    async move {
+        let Some(mut c) = setup.await else {
+            return;
+        };
+        let core = &*c.reg.core;
+        let slot = c.node.cfg.slot;
+        let meter = ConnMeter {
+            core,
+            node: slot,
+            user_id: c.user_id,
+        };
+        let env = RelayEnv {
+            bufs: &core.bufs,
+            pipes: &core.pipes,
+            meter: &meter,
+            bucket: &c.bucket,
+            timeouts: c.node.relay,
+            ctl: &c.ctl,
+            splice: core.shared.splice,
+            uring: core.uring.as_ref(),
+        };
+        let pending_up = std::mem::take(&mut c.pending_up);
+        let end = relay::relay(&env, &c.client, &c.upstream, pending_up, c.codec.take()).await;
+        tracing::trace!(node = slot, ?end, "connection ended");
+    }
+}
+
+async fn open(
+    core: Rc<Core>,
+    node: Rc<NodeRt>,
+    mut client: TcpStream,
+    mut peer: SocketAddr,
+) -> Option<Opened> {
     crate::net::tune_stream(&client);
     core.handshaking.set(core.handshaking.get() + 1);
     let hs_guard = HandshakeGuard(&core);
     // One deadline for the whole handshake, including draining a rejected client.
     let deadline = tokio::time::Instant::now() + node.handshake;
-    let (next, tls) =
-        match tokio::time::timeout_at(deadline, handshake(&core, &node, &client, &mut peer)).await {
-            Ok(Handshake::Forward(n, tls)) => (n, tls),
-            Ok(Handshake::Drop) | Err(_) => return,
-        };
+    let hs = tokio::time::timeout_at(deadline, handshake(&core, &node, &client, &mut peer));
+    let (next, tls) = match hs.await {
+        Ok(Handshake::Forward(n, tls)) => (n, tls),
+        Ok(Handshake::Drop) | Err(_) => return None,
+    };
     let (dest, user, initial_upload, mut reply, mut codec) = match next {
         Next::Forward {
             dest,
@@ -606,14 +692,14 @@ async fn handle_conn(core: Rc<Core>, node: Rc<NodeRt>, mut client: TcpStream, mu
         Next::Reject {
             policy: RejectPolicy::Close,
             ..
-        } => return,
+        } => return None,
         Next::Reject {
             policy: RejectPolicy::DrainUntilTimeout,
             ..
         } => {
             let mut buf = vec![0u8; 4096];
             let _ = tokio::time::timeout_at(deadline, drain(&client, &mut buf)).await;
-            return;
+            return None;
         }
     };
     let slot = node.cfg.slot;
@@ -627,7 +713,7 @@ async fn handle_conn(core: Rc<Core>, node: Rc<NodeRt>, mut client: TcpStream, mu
     {
         Admit::No => {
             tracing::debug!(node = slot, user = user.user_id, %ip, "device limit reached");
-            return;
+            return None;
         }
         Admit::Yes(ev) => {
             if let Some(ev) = ev {
@@ -646,8 +732,8 @@ async fn handle_conn(core: Rc<Core>, node: Rc<NodeRt>, mut client: TcpStream, mu
             ctl: ctl.clone(),
         },
     );
-    let _reg = Registered {
-        core: &core,
+    let reg = Registered {
+        core: core.clone(),
         id,
         node: slot,
         user_id: user.user_id,
@@ -664,24 +750,26 @@ async fn handle_conn(core: Rc<Core>, node: Rc<NodeRt>, mut client: TcpStream, mu
     if let Some((mut session, carry)) = tls.map(|b| *b) {
         let mut wire = Vec::new();
         if session.seal(&reply, &mut wire).is_err() {
-            return;
+            return None;
         }
         reply = wire;
         pending_up = carry;
         codec = Some(Box::new(crate::tls::TlsCodec::new(session, codec.take())));
     }
     if !reply.is_empty() && client.write_all(&reply).await.is_err() {
-        return;
+        return None;
     }
+    drop(reply);
+    let connect = core.outbound.connect(&dest, &node.connect);
     let mut upstream = tokio::select! {
-        r = core.outbound.connect(&dest, &node.connect) => match r {
+        r = connect => match r {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(node = slot, %dest, "outbound failed: {e}");
-                return;
+                return None;
             }
         },
-        _ = ctl.cancelled() => return,
+        _ = ctl.cancelled() => return None,
     };
     let meter = ConnMeter {
         core: &core,
@@ -694,20 +782,20 @@ async fn handle_conn(core: Rc<Core>, node: Rc<NodeRt>, mut client: TcpStream, mu
             tokio::time::sleep(d).await;
         }
         if upstream.write_all(&initial_upload).await.is_err() {
-            return;
+            return None;
         }
         meter.up(initial_upload.len() as u64);
     }
-    let env = RelayEnv {
-        bufs: &core.bufs,
-        pipes: &core.pipes,
-        meter: &meter,
-        bucket: &bucket,
-        timeouts: node.relay,
-        ctl: &ctl,
-        splice: core.shared.splice,
-        uring: core.uring.as_ref(),
-    };
-    let end = relay::relay(&env, &client, &upstream, pending_up, codec).await;
-    tracing::trace!(node = slot, ?end, "connection ended");
+    drop(initial_upload);
+    Some(Opened {
+        node,
+        client,
+        upstream,
+        codec,
+        pending_up,
+        ctl,
+        bucket,
+        user_id: user.user_id,
+        reg,
+    })
 }

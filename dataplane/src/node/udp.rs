@@ -251,7 +251,7 @@ fn new_session(u: &Rc<UdpNode>, p: &InboundPacket, from: SocketAddr, key: NatKey
 async fn downlink(u: Rc<UdpNode>, s: Rc<Session>, key: NatKey, id: u64, ip: IpAddr) {
     let core = u.core.clone();
     let _reg = Registered {
-        core: &core,
+        core: core.clone(),
         id,
         node: u.node.cfg.slot,
         user_id: s.user.user_id,

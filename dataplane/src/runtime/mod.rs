@@ -67,20 +67,36 @@ pub fn run_local<Fut: Future<Output = ()>>(fut: Fut) {
     local.block_on(&rt, fut);
 }
 
-/// Spawns a connection task on this core. A panic inside it ends only that task: tokio catches
-/// it at the task boundary; we log it from a watcher so the core never unwinds.
+/// Spawns a connection task on this core. A panic inside it ends only that task: it is caught
+/// at the task's own poll and logged, so the core never unwinds. (One task per connection: a
+/// watcher task awaiting the `JoinHandle` would cost every idle connection a second task.)
 pub fn spawn_conn<Fut>(fut: Fut)
 where
     Fut: Future<Output = ()> + 'static,
 {
-    let h = tokio::task::spawn_local(fut);
-    tokio::task::spawn_local(async move {
-        if let Err(e) = h.await {
-            if e.is_panic() {
+    tokio::task::spawn_local(CatchPanic(Some(Box::pin(fut))));
+}
+
+/// Polls the connection future under `catch_unwind`; after a panic it is dropped and never
+/// polled again.
+struct CatchPanic<F>(Option<std::pin::Pin<Box<F>>>);
+
+impl<F: Future<Output = ()>> Future for CatchPanic<F> {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let Some(fut) = self.0.as_mut() else {
+            return std::task::Poll::Ready(());
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(p) => p,
+            Err(_) => {
                 tracing::error!("connection task panicked; core continues");
+                // Dropping the state may panic again; tokio catches that at the task boundary.
+                self.0 = None;
+                std::task::Poll::Ready(())
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]
