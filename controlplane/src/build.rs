@@ -202,7 +202,14 @@ pub fn node_tls(cert: &CertConfig, info: &NodeInfo) -> Result<Option<TlsSettings
 
 /// Writes a self-signed certificate for `domain` (and its key, mode 0600) unless both files
 /// exist already (a restart keeps the same certificate, so pinned clients keep working).
+///
+/// Nodes sync on their own threads and often share one certificate path: generation is
+/// serialised process-wide and re-checked under the lock, or two nodes would each write a
+/// pair and leave one's certificate next to the other's key. Each file is written under a
+/// temporary name and renamed, so the data plane never loads a half-written file.
 pub fn ensure_self_signed(cert_file: &Path, key_file: &Path, domain: &str) -> Result<(), BuildError> {
+    static GENERATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = GENERATE.lock().unwrap_or_else(|p| p.into_inner());
     if cert_file.exists() && key_file.exists() {
         return Ok(());
     }
@@ -218,21 +225,23 @@ pub fn ensure_self_signed(cert_file: &Path, key_file: &Path, domain: &str) -> Re
             std::fs::create_dir_all(dir).map_err(|e| err(&format!("{}: {e}", dir.display())))?;
         }
     }
-    let key = pair.signing_key.serialize_pem();
-    {
+    let write = |path: &Path, body: &[u8], mode: u32| -> Result<(), BuildError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension("v2sp-tmp");
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
-            .open(key_file)
-            .map_err(|e| err(&format!("{}: {e}", key_file.display())))?;
-        f.write_all(key.as_bytes())
-            .map_err(|e| err(&format!("{}: {e}", key_file.display())))?;
-    }
-    std::fs::write(cert_file, pair.cert.pem()).map_err(|e| err(&format!("{}: {e}", cert_file.display())))?;
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| err(&format!("{}: {e}", tmp.display())))?;
+        f.write_all(body)
+            .map_err(|e| err(&format!("{}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, path).map_err(|e| err(&format!("{}: {e}", path.display())))
+    };
+    write(key_file, pair.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    write(cert_file, pair.cert.pem().as_bytes(), 0o644)?;
     Ok(())
 }
 
@@ -323,6 +332,26 @@ mod tests {
             .config
             .nodes
             .remove(0)
+    }
+
+    #[test]
+    fn concurrent_nodes_sharing_a_certificate_path_get_one_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = (dir.path().join("d.crt"), dir.path().join("d.key"));
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| ensure_self_signed(&c, &k, "d.test").unwrap());
+            }
+        });
+        let (cert, key) = (std::fs::read(&c).unwrap(), std::fs::read(&k).unwrap());
+        // Generated exactly once: every later call keeps both files byte for byte.
+        ensure_self_signed(&c, &k, "d.test").unwrap();
+        assert_eq!(std::fs::read(&c).unwrap(), cert);
+        assert_eq!(std::fs::read(&k).unwrap(), key);
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().count() == 2,
+            "no temporary files left"
+        );
     }
 
     #[test]
