@@ -30,9 +30,10 @@ use v2sp_shared::shm::UserRef;
 
 use super::address::{self, Parsed};
 use super::cipher::{random_bytes, AeadCipher, AeadKind, ChunkCipher, TAG_LEN};
+use super::{reject, settle};
 use crate::proto::{
-    AuthContext, Destination, InboundPacket, Next, PacketCodec, PacketSession, RejectPolicy, Step,
-    StreamCodec, StreamHandshake, WireError,
+    AuthContext, Destination, InboundPacket, Next, PacketCodec, PacketSession, Step, StreamCodec,
+    StreamHandshake, WireError,
 };
 
 /// Largest payload in one AEAD-2017 chunk (the top two length bits are reserved).
@@ -204,13 +205,6 @@ pub struct Aead2017Handshake {
     state: State,
 }
 
-fn reject(error: WireError) -> Step {
-    Step::Done(Next::Reject {
-        error,
-        policy: RejectPolicy::DrainUntilTimeout,
-    })
-}
-
 /// Try each user's key on the first length chunk; stops at the first match.
 /// Returns the user, its key and the opened reader (length already decoded).
 fn find_user(
@@ -362,26 +356,11 @@ impl StreamHandshake for Aead2017Handshake {
             return Ok(reject(WireError::Malformed("data after a finished handshake")));
         }
         self.buf.extend_from_slice(data);
-        match self.step(ctx) {
-            // Bytes beyond what the handshake needs are fine (they go to the codec); only a
-            // handshake that still cannot decide after this much is garbage.
-            Ok(Step::NeedMore(_)) if self.buf.len() > MAX_HANDSHAKE_BUFFER => {
-                self.state = State::Finished;
-                Ok(reject(WireError::Malformed(
-                    "handshake longer than any valid request",
-                )))
-            }
-            Ok(s) => {
-                if let Step::Done(Next::Reject { .. }) = s {
-                    self.state = State::Finished;
-                }
-                Ok(s)
-            }
-            Err(e) => {
-                self.state = State::Finished;
-                Ok(reject(e))
-            }
+        let (step, finished) = settle(self.step(ctx), self.buf.len(), MAX_HANDSHAKE_BUFFER);
+        if finished {
+            self.state = State::Finished;
         }
+        Ok(step)
     }
 }
 

@@ -22,7 +22,7 @@ pub mod ss2022;
 use v2sp_shared::cred::CredKind;
 
 use self::cipher::AeadKind;
-use crate::proto::{PacketCodec, StreamHandshake, WireError};
+use crate::proto::{Next, PacketCodec, RejectPolicy, Step, StreamHandshake, WireError};
 
 /// A Shadowsocks cipher method as panels name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +121,35 @@ impl SsInbound {
             Some(cfg) => Box::new(ss2022::Ss2022Udp::new(cfg)?),
             None => Box::new(aead::Aead2017Udp::new(self.method.aead())),
         })
+    }
+}
+
+/// A client we will not serve: SIP022 asks servers not to close right away, so both
+/// generations drain until the handshake timeout (no distinctive reply or timing).
+fn reject(error: WireError) -> Step {
+    Step::Done(Next::Reject {
+        error,
+        policy: RejectPolicy::DrainUntilTimeout,
+    })
+}
+
+/// The feed policy both generations' handshakes share, applied to one `step` over the bytes
+/// buffered so far (`buffered` of them): still undecided past `max` bytes is garbage; any error
+/// becomes a drain-until-timeout reject. Returns the step and whether the handshake is over
+/// for good (rejected).
+fn settle(step: Result<Step, WireError>, buffered: usize, max: usize) -> (Step, bool) {
+    match step {
+        // Bytes beyond what the handshake needs are fine (they go to the codec); only a
+        // handshake that still cannot decide after this much is garbage.
+        Ok(Step::NeedMore(_)) if buffered > max => (
+            reject(WireError::Malformed("handshake longer than any valid request")),
+            true,
+        ),
+        Ok(s) => {
+            let rejected = matches!(s, Step::Done(Next::Reject { .. }));
+            (s, rejected)
+        }
+        Err(e) => (reject(e), true),
     }
 }
 

@@ -46,9 +46,10 @@ use super::cipher::{
     aes_decrypt_block, random_bytes, xchacha_open_in_place, xchacha_seal_append, AeadCipher, AeadKind,
     AesBlock, ChunkCipher, TAG_LEN,
 };
+use super::{reject, settle};
 use crate::proto::{
-    AuthContext, Destination, InboundPacket, Next, PacketCodec, PacketSession, RejectPolicy, Step,
-    StreamCodec, StreamHandshake, WireError,
+    AuthContext, Destination, InboundPacket, Next, PacketCodec, PacketSession, Step, StreamCodec,
+    StreamHandshake, WireError,
 };
 
 pub const MAX_PAYLOAD: usize = 0xFFFF;
@@ -138,13 +139,6 @@ impl Ss2022Config {
     pub fn uses_eih(&self) -> bool {
         self.server_psk.is_some() && self.kind != AeadKind::ChaCha20Poly1305
     }
-}
-
-fn reject(error: WireError) -> Step {
-    Step::Done(Next::Reject {
-        error,
-        policy: RejectPolicy::DrainUntilTimeout,
-    })
 }
 
 fn check_time(ts: u64, now: u64) -> Result<(), WireError> {
@@ -339,21 +333,11 @@ impl StreamHandshake for Ss2022Handshake {
             return Ok(reject(WireError::Malformed("data after a finished handshake")));
         }
         self.buf.extend_from_slice(data);
-        match self.step(ctx) {
-            // Salt, EIH, fixed header and a variable header of at most 0xFFFF + tag: still no
-            // decision after that is garbage. Bytes beyond a decision go to the codec.
-            Ok(Step::NeedMore(_)) if self.buf.len() > MAX_HANDSHAKE_BUFFER => {
-                self.state = State::Finished;
-                Ok(reject(WireError::Malformed(
-                    "handshake longer than any valid request",
-                )))
-            }
-            Ok(s) => Ok(s),
-            Err(e) => {
-                self.state = State::Finished;
-                Ok(reject(e))
-            }
+        let (step, finished) = settle(self.step(ctx), self.buf.len(), MAX_HANDSHAKE_BUFFER);
+        if finished {
+            self.state = State::Finished;
         }
+        Ok(step)
     }
 }
 
