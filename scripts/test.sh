@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 export V2SP_PEERS=${V2SP_PEERS:-/opt/v2sp-peers}
 export PATH="$V2SP_PEERS/bin:$PATH"
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# A one-shot run gains nothing from incremental state and it costs gigabytes of disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 echo "== installing test peers"
 bash scripts/install-test-deps.sh --with-debian-peers
