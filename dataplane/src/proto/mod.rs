@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use v2sp_shared::shm::UserRef;
 
+pub mod fixture;
 #[cfg(feature = "shadowsocks")]
 pub mod ss;
 #[cfg(feature = "trojan")]

@@ -1,0 +1,55 @@
+//! Shared drivers for the fuzz targets: feed input to a sans-IO handshake in the chunk sizes a
+//! hostile client would choose, then push whatever follows through the connection's codec.
+//! Any panic, overflow or hang here is a bug in the parser under test.
+
+use v2sp_dataplane::proto::{AuthContext, Next, Step, StreamHandshake};
+
+/// Uuids of the fuzzing node's users (fixed, so crashes reproduce).
+pub const UUIDS: [&str; 2] = [
+    "a7b4b8ab-42d7-4c48-a0c5-91fd4bd53c37",
+    "0f0e0d0c-0b0a-0908-0706-050403020100",
+];
+
+/// Unix time the fuzzing context reports.
+pub const NOW: u64 = 1_700_000_000;
+
+/// Splits `data` into chunks whose sizes come from its first byte, so the fuzzer explores
+/// headers cut at every position (clients that split a header across reads must work).
+pub fn chunks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let (step, rest) = match data.split_first() {
+        Some((s, r)) => (usize::from(*s % 31) + 1, r),
+        None => (1, data),
+    };
+    rest.chunks(step)
+}
+
+/// Feeds `data` to `hs`; once it is done, the remaining chunks go to the codec, and a reply is
+/// sealed, exercising both directions.
+pub fn drive(mut hs: Box<dyn StreamHandshake + '_>, data: &[u8], ctx: &dyn AuthContext) {
+    let mut parts = chunks(data);
+    let mut codec = None;
+    for part in parts.by_ref() {
+        match hs.feed(part, ctx) {
+            Ok(Step::NeedMore(_)) => continue,
+            Ok(Step::Done(Next::Forward { codec: c, .. })) => {
+                codec = c;
+                break;
+            }
+            Ok(Step::Done(_)) | Err(_) => return,
+        }
+    }
+    let Some(mut codec) = codec else { return };
+    let mut pending = Vec::new();
+    let mut out = Vec::new();
+    for part in parts {
+        pending.extend_from_slice(part);
+        match codec.open(&pending, &mut out) {
+            Ok(used) => {
+                pending.drain(..used.min(pending.len()));
+            }
+            Err(_) => return,
+        }
+    }
+    let mut wire = Vec::new();
+    let _ = codec.seal(&out, &mut wire);
+}
