@@ -320,12 +320,24 @@ pub struct IdleResult {
     pub conns: usize,
     pub opened: usize,
     pub rss_before_kib: u64,
+    /// RSS once the first half of the connections is open.
+    pub rss_half_kib: u64,
+    /// Connections open at that point.
+    pub opened_half: usize,
     pub rss_after_kib: u64,
 }
 
 impl IdleResult {
+    /// Average over all connections, one-time costs included (first-use pools, the registry's
+    /// hash table growth, runtime slab pages, allocator segments).
     pub fn kib_per_conn(&self) -> f64 {
         (self.rss_after_kib as f64 - self.rss_before_kib as f64) / (self.opened.max(1) as f64)
+    }
+    /// What one more connection costs: the RSS slope over the second half. Steadier than
+    /// the average, whose one-time costs move RSS in allocator-segment steps.
+    pub fn marginal_kib_per_conn(&self) -> f64 {
+        let n = self.opened.saturating_sub(self.opened_half).max(1) as f64;
+        (self.rss_after_kib as f64 - self.rss_half_kib as f64) / n
     }
 }
 
@@ -344,7 +356,13 @@ pub async fn idle(
     let stop = tokio::time::Instant::now() + deadline;
     let batch = 32;
     let mut left = n;
+    let (mut rss_half_kib, mut opened_half) = (rss_before_kib, 0);
     while left > 0 && tokio::time::Instant::now() < stop {
+        if opened_half == 0 && conns.len() >= n / 2 && !conns.is_empty() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            rss_half_kib = server.rss_kib();
+            opened_half = conns.len();
+        }
         let k = left.min(batch);
         let mut set = JoinSet::new();
         for _ in 0..k {
@@ -371,6 +389,8 @@ pub async fn idle(
         conns: n,
         opened,
         rss_before_kib,
+        rss_half_kib,
+        opened_half,
         rss_after_kib,
     }
 }

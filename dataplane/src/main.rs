@@ -38,6 +38,11 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if std::env::var("V2SP_THP").as_deref() != Ok("1") {
+        if let Err(e) = v2sp_dataplane::sys::disable_transparent_huge_pages() {
+            tracing::warn!("cannot opt out of transparent huge pages: {e}");
+        }
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handler(stop.clone())?;

@@ -182,6 +182,8 @@ pub struct Core {
     /// Connections still in the handshake (not yet in `conns`), for draining.
     handshaking: Cell<usize>,
     next_id: Cell<u64>,
+    /// Ticks seen, for the idle sweep's period.
+    sweeps: Cell<u32>,
 }
 
 impl Core {
@@ -210,6 +212,7 @@ impl Core {
             conns: RefCell::new(HashMap::new()),
             handshaking: Cell::new(0),
             next_id: Cell::new(1),
+            sweeps: Cell::new(0),
         })
     }
 
@@ -233,6 +236,7 @@ impl Core {
         if info.tables_changed {
             self.refresh_users();
         }
+        self.sweep_idle();
         loop {
             let cmd = self.port.borrow_mut().pop_command();
             match cmd {
@@ -242,6 +246,20 @@ impl Core {
                 Some(PortCommand::Other) => {}
                 None => break,
             }
+        }
+    }
+
+    /// Closes relays silent for longer than their idle allowance (see `relay::ConnCtl`). Every
+    /// fourth tick (~0.4 s): timeouts are whole seconds, and a scan of the registry is cheap.
+    fn sweep_idle(&self) {
+        let n = self.sweeps.get().wrapping_add(1);
+        self.sweeps.set(n);
+        if n % 4 != 0 {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        for e in self.conns.borrow().values() {
+            e.ctl.sweep(now);
         }
     }
 
