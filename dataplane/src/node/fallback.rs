@@ -205,7 +205,7 @@ pub(super) async fn serve(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
     fn fb(sni: &str, alpn: &str, path: &str, dest: &str) -> FallbackTarget {
