@@ -130,6 +130,11 @@ pub fn node_config(
         // a port that speaks nothing.
         _ => return Err(BuildError::NotServedYet(protocol.as_str())),
     };
+    let fallbacks = node_fallbacks(entry, protocol);
+    let mut tls = tls;
+    if let Some(t) = tls.as_mut().filter(|t| t.alpn.is_empty()) {
+        t.alpn = fallback_alpn(&fallbacks);
+    }
     let send_ip = if entry.send_ip.is_unspecified() {
         String::new()
     } else {
@@ -152,8 +157,24 @@ pub fn node_config(
             "network_settings": info.network_settings,
         }),
         tls,
-        fallbacks: node_fallbacks(entry, protocol),
+        fallbacks,
     })
+}
+
+/// ALPN the TLS server offers so that fallbacks by ALPN can match (xray needs the same in its
+/// TLS settings): the fallbacks' ALPN values in order, then `http/1.1` (so a client offering
+/// both still negotiates); nothing when no fallback names an ALPN.
+fn fallback_alpn(fallbacks: &[FallbackTarget]) -> Vec<String> {
+    let mut alpn: Vec<String> = Vec::new();
+    for f in fallbacks.iter().filter(|f| !f.alpn.is_empty()) {
+        if !alpn.contains(&f.alpn) {
+            alpn.push(f.alpn.clone());
+        }
+    }
+    if !alpn.is_empty() && !alpn.iter().any(|a| a == "http/1.1") {
+        alpn.push("http/1.1".to_string());
+    }
+    alpn
 }
 
 /// xray fallbacks (`EnableFallback` + `FallBackConfigs`) for Trojan and VLESS nodes.
@@ -358,6 +379,14 @@ mod tests {
         );
         e.enable_fallback = false;
         assert!(node_config(0, "t", &e, &i).unwrap().fallbacks.is_empty());
+        let fb = |alpn: &str| FallbackTarget {
+            alpn: alpn.into(),
+            dest: "80".into(),
+            ..FallbackTarget::default()
+        };
+        assert!(fallback_alpn(&[fb("")]).is_empty());
+        assert_eq!(fallback_alpn(&[fb("h2"), fb(""), fb("h2")]), ["h2", "http/1.1"]);
+        assert_eq!(fallback_alpn(&[fb("http/1.1"), fb("h2")]), ["http/1.1", "h2"]);
     }
 
     #[test]

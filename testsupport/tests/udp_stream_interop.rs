@@ -159,17 +159,50 @@ fn curl(port: u16, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// `openssl s_client` offering one ALPN value, sending `req` and reading until the server closes.
+fn s_client_alpn(port: u16, alpn: &str, req: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-ign_eof",
+            "-servername",
+            DOMAIN,
+            "-alpn",
+            alpn,
+            "-connect",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl must be installed for the probe test");
+    child.stdin.take().unwrap().write_all(req.as_bytes()).unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 #[test]
 fn http_probe_gets_the_fallback_site() {
     let certs = tempfile::tempdir().unwrap();
-    let (site, ws) = (http_server("site"), http_server("ws"));
+    let (site, ws, h2) = (http_server("site"), http_server("ws"), http_server("h2"));
     let nodes = vec![node(1, "trojan"), node(2, "vless")];
     let mut extra = cert_cfg(certs.path());
     let o = extra.as_object_mut().unwrap();
     o.insert("EnableFallback".into(), json!(true));
     o.insert(
         "FallBackConfigs".into(),
-        json!([{"Dest": site.to_string()}, {"Path": "/ws", "Dest": format!("127.0.0.1:{ws}"), "ProxyProtocolVer": 1}]),
+        json!([{"Dest": site.to_string()}, {"Path": "/ws", "Dest": format!("127.0.0.1:{ws}"), "ProxyProtocolVer": 1},
+               {"Alpn": "h2", "Dest": h2.to_string()}]),
     );
     let v = V2sp::start(nodes, extra).unwrap();
     let mut failures = Vec::new();
@@ -183,6 +216,12 @@ fn http_probe_gets_the_fallback_site() {
             && got.ends_with(&format!(" {}", n.port)))
         {
             failures.push(format!("node {} /ws: {got:?}", n.node_id));
+        }
+        // A client negotiating h2 goes to the h2 fallback (the server offers the fallbacks'
+        // ALPN values); the tiny server answers whatever it is sent.
+        let got = s_client_alpn(n.port, "h2", "GET /alpn HTTP/1.1\r\n\r\n");
+        if !got.contains("h2 path=/alpn proxy=none") {
+            failures.push(format!("node {} alpn h2: {got:?}", n.node_id));
         }
     }
     if !failures.is_empty() {
