@@ -1,8 +1,8 @@
 //! Issue 4 slices: UDP over the TLS-family streams and fallbacks.
 //!
 //! * The real sing-box client sends UDP through its SOCKS inbound over v2sp's Trojan (UDP
-//!   ASSOCIATE), VLESS with `packet_encoding: "xudp"` (mux command, XUDP frames) and VLESS
-//!   without (UDP command) to a loopback UDP echo server: every datagram comes back intact and
+//!   ASSOCIATE), VLESS with `packet_encoding: "xudp"` (mux command, XUDP frames; also
+//!   sing-box's default) and `""` (UDP command) to a loopback UDP echo server: every datagram comes back intact and
 //!   the panel receives exactly the payload bytes, for the right user.
 //! * Probe resistance: a plain TLS client (curl) sending HTTP to a Trojan or VLESS node gets
 //!   the configured fallback's answer (chosen by path; PROXY header when `ProxyProtocolVer`
@@ -50,8 +50,14 @@ fn cert_cfg(dir: &std::path::Path) -> Value {
 fn sing_box_udp_over_trojan_and_vless_with_exact_accounting() {
     let echo = Echo::start().unwrap();
     let certs = tempfile::tempdir().unwrap();
-    // (protocol, vless packet_encoding)
-    let kinds = [("trojan", None), ("vless", Some("xudp")), ("vless", None)];
+    // (protocol, vless packet_encoding): "xudp" = mux command with XUDP frames, "" = disabled
+    // (UDP command, length-prefixed packets), absent = sing-box's default (xudp).
+    let kinds = [
+        ("trojan", None),
+        ("vless", Some("xudp")),
+        ("vless", Some("")),
+        ("vless", None),
+    ];
     let nodes: Vec<NodeSpec> = kinds
         .iter()
         .enumerate()
