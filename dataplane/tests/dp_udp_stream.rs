@@ -151,3 +151,47 @@ fn dp_trojan_udp_counts_admits_and_closes_on_removal_and_kick() {
     assert!(t.elapsed() < Duration::from_secs(4));
     assert_eq!(h.backend.traffic(6, 2), (11, 11));
 }
+
+#[test]
+fn dp_trojan_udp_idle_timeout_and_speed_limit_drops() {
+    let port = free_port();
+    let mut cfg = config(vec![trojan_node(7, port)]);
+    cfg.timeouts.conn_idle = 1;
+    let h = Harness::start_protocols(
+        cfg,
+        true,
+        Duration::from_secs(10),
+        v2sp_dataplane::node::default_protocols(),
+    );
+    let mut slow = trojan_user(7, 1, 0);
+    slow.user.speed_limit_mbps = 1; // 125 000 bytes/s
+    h.backend.set_users(7, vec![slow]);
+    std::thread::sleep(Duration::from_millis(150));
+    let echo = udp_echo();
+    let mut a = connect_from("127.0.0.1".parse().unwrap(), port);
+    a.write_all(&associate(1)).unwrap();
+    assert!(roundtrip(&mut a, echo, b"x"));
+    // A burst far over the limit: datagrams over it are dropped, never queued, and what was
+    // counted is what went through.
+    let big = data(60_000, 9);
+    for _ in 0..20 {
+        a.write_all(&packet(echo, &big)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (up, _) = h.backend.traffic(7, 1);
+    assert!(up <= 1 + 4 * 60_000, "over the limit datagrams dropped: {up}");
+    // Idle: closed about 1 s after the last datagram.
+    let t = Instant::now();
+    let (got, _) = read_to_end(&mut a);
+    let e = t.elapsed();
+    assert!(e < Duration::from_secs(5), "{e:?}");
+    // Whatever replies arrived were counted as download (payload only).
+    let replies = got.len() / packet(echo, &big).len();
+    assert_eq!(got.len() % packet(echo, &big).len(), 0, "whole replies only");
+    let (_, down) = h.backend.traffic(7, 1);
+    assert_eq!(
+        down,
+        1 + (replies * 60_000) as u64,
+        "down {down}, {replies} replies read"
+    );
+}
