@@ -16,7 +16,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use v2sp_testsupport::harness::{free_port, sing_box_outbound, udp_echo_through, Echo, NodeSpec, V2sp};
+use v2sp_testsupport::harness::{
+    free_port, peer, sing_box_outbound, udp_echo_through, wait_tcp, Echo, NodeSpec, Proc, V2sp,
+};
 use v2sp_testsupport::panel_sim::user;
 
 const UUIDS: [&str; 2] = [
@@ -110,6 +112,59 @@ fn sing_box_udp_over_trojan_and_vless_with_exact_accounting() {
             failures.join("\n"),
             v.agent.log()
         );
+    }
+    for (node, exp) in &expected {
+        v.wait_totals(*node, exp, Duration::from_secs(20)).unwrap();
+    }
+}
+
+/// Debian's v2ray 4.34 (v2fly) as a second client: Trojan UDP and VLESS UDP command (it has
+/// no XUDP), through its SOCKS inbound.
+#[test]
+fn v2ray_udp_over_trojan_and_vless_with_exact_accounting() {
+    let echo = Echo::start().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let kinds = ["trojan", "vless"];
+    let nodes: Vec<NodeSpec> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, p)| node(i as u32 + 1, p))
+        .collect();
+    let v = V2sp::start(nodes, cert_cfg(certs.path())).unwrap();
+    let bin = peer("v2ray").unwrap();
+    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    for (i, p) in kinds.iter().enumerate() {
+        let n = &v.nodes[i];
+        let settings = if *p == "trojan" {
+            json!({"servers": [{"address": "127.0.0.1", "port": n.port, "password": UUIDS[0]}]})
+        } else {
+            json!({"vnext": [{"address": "127.0.0.1", "port": n.port,
+                              "users": [{"id": UUIDS[0], "encryption": "none"}]}]})
+        };
+        let socks = free_port();
+        let cfg = json!({
+            "log": {"loglevel": "warning"},
+            "inbounds": [{"listen": "127.0.0.1", "port": socks, "protocol": "socks",
+                          "settings": {"udp": true, "ip": "127.0.0.1"}}],
+            "outbounds": [{"protocol": p, "settings": settings,
+                           "streamSettings": {"security": "tls",
+                               "tlsSettings": {"serverName": DOMAIN, "allowInsecure": true}}}],
+        });
+        let path = v.dir.path().join(format!("v2ray-{socks}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-config").arg(&path);
+        let proc_ = Proc::spawn("v2ray", cmd, v.dir.path().join(format!("v2ray-{socks}.log"))).unwrap();
+        wait_tcp(socks, Duration::from_secs(10)).unwrap_or_else(|e| panic!("v2ray: {e:#}\n{}", proc_.log()));
+        let bytes = udp_echo_through(socks, echo.port, 10, 900).unwrap_or_else(|e| {
+            panic!(
+                "v2ray {p}: {e:#}\n{}\n--- v2sp ---\n{}",
+                proc_.log(),
+                v.agent.log()
+            )
+        });
+        expected.entry(n.node_id).or_default().insert(1, (bytes, bytes));
+        drop(proc_);
     }
     for (node, exp) in &expected {
         v.wait_totals(*node, exp, Duration::from_secs(20)).unwrap();
