@@ -84,9 +84,12 @@ apt_install() { # packages...
         || die "apt-get install $* failed"
 }
 
-STEP="base packages (iproute2 procps python3)"
+STEP="base packages (iproute2 procps python3 curl openssl)"
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# curl and openssl s_client are the plain TLS clients of the fallback probe test.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 { command -v ps && command -v sysctl; } >/dev/null 2>&1 || missing+=(procps)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"

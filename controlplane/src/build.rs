@@ -6,7 +6,7 @@ use std::path::Path;
 
 use v2sp_shared::config::{CertConfig, CertMode, NodeEntry};
 use v2sp_shared::cred::{secret_for, CredKind};
-use v2sp_shared::dpconfig::{NodeConfig, Protocol, ShadowsocksSettings, TlsSettings};
+use v2sp_shared::dpconfig::{FallbackTarget, NodeConfig, Protocol, ShadowsocksSettings, TlsSettings};
 use v2sp_shared::panel::{NodeInfo, PanelUser, TlsMode};
 use v2sp_shared::shm::UserEntry;
 
@@ -130,6 +130,11 @@ pub fn node_config(
         // a port that speaks nothing.
         _ => return Err(BuildError::NotServedYet(protocol.as_str())),
     };
+    let fallbacks = node_fallbacks(entry, protocol);
+    let mut tls = tls;
+    if let Some(t) = tls.as_mut().filter(|t| t.alpn.is_empty()) {
+        t.alpn = fallback_alpn(&fallbacks);
+    }
     let send_ip = if entry.send_ip.is_unspecified() {
         String::new()
     } else {
@@ -152,7 +157,42 @@ pub fn node_config(
             "network_settings": info.network_settings,
         }),
         tls,
+        fallbacks,
     })
+}
+
+/// ALPN the TLS server offers so that fallbacks by ALPN can match (xray needs the same in its
+/// TLS settings): the fallbacks' ALPN values in order, then `http/1.1` (so a client offering
+/// both still negotiates); nothing when no fallback names an ALPN.
+fn fallback_alpn(fallbacks: &[FallbackTarget]) -> Vec<String> {
+    let mut alpn: Vec<String> = Vec::new();
+    for f in fallbacks.iter().filter(|f| !f.alpn.is_empty()) {
+        if !alpn.contains(&f.alpn) {
+            alpn.push(f.alpn.clone());
+        }
+    }
+    if !alpn.is_empty() && !alpn.iter().any(|a| a == "http/1.1") {
+        alpn.push("http/1.1".to_string());
+    }
+    alpn
+}
+
+/// xray fallbacks (`EnableFallback` + `FallBackConfigs`) for Trojan and VLESS nodes.
+fn node_fallbacks(entry: &NodeEntry, protocol: Protocol) -> Vec<FallbackTarget> {
+    if !entry.enable_fallback || !matches!(protocol, Protocol::Trojan | Protocol::Vless) {
+        return Vec::new();
+    }
+    entry
+        .fallbacks
+        .iter()
+        .map(|f| FallbackTarget {
+            sni: f.sni.trim().to_string(),
+            alpn: f.alpn.trim().to_string(),
+            path: f.path.trim().to_string(),
+            dest: f.dest.trim().to_string(),
+            xver: u8::try_from(f.proxy_protocol_ver).unwrap_or(0),
+        })
+        .collect()
 }
 
 /// `CertFile`/`KeyFile` with the `{domain}`/`{email}` placeholders filled in.
@@ -308,6 +348,45 @@ mod tests {
         // Xboard's reply for the chacha variant.
         let i = info(r#"{"server_port":1,"cipher":"2022-blake3-chacha20-poly1305","server_key":null}"#);
         assert!(node_config(0, "t", &entry("shadowsocks"), &i).is_ok());
+    }
+
+    #[test]
+    fn fallbacks_from_the_config_file_only_when_enabled() {
+        let text = r#"{"Nodes":[{"ApiHost":"http://127.0.0.1:1","ApiKey":"k","NodeID":1,"NodeType":"vless",
+            "EnableFallback":true,"FallBackConfigs":[{"SNI":"a.example","Path":"/ws","Dest":"8080","ProxyProtocolVer":2},{"Dest":"127.0.0.1:80"}]}]}"#;
+        let mut e = v2sp_shared::config::parse_str(text, Path::new("t.json"))
+            .unwrap()
+            .config
+            .nodes
+            .remove(0);
+        let i = info(r#"{"protocol":"vless","server_port":443,"tls":0}"#);
+        let c = node_config(0, "t", &e, &i).unwrap();
+        assert_eq!(
+            c.fallbacks,
+            vec![
+                FallbackTarget {
+                    sni: "a.example".into(),
+                    alpn: String::new(),
+                    path: "/ws".into(),
+                    dest: "8080".into(),
+                    xver: 2
+                },
+                FallbackTarget {
+                    dest: "127.0.0.1:80".into(),
+                    ..FallbackTarget::default()
+                }
+            ]
+        );
+        e.enable_fallback = false;
+        assert!(node_config(0, "t", &e, &i).unwrap().fallbacks.is_empty());
+        let fb = |alpn: &str| FallbackTarget {
+            alpn: alpn.into(),
+            dest: "80".into(),
+            ..FallbackTarget::default()
+        };
+        assert!(fallback_alpn(&[fb("")]).is_empty());
+        assert_eq!(fallback_alpn(&[fb("h2"), fb(""), fb("h2")]), ["h2", "http/1.1"]);
+        assert_eq!(fallback_alpn(&[fb("http/1.1"), fb("h2")]), ["http/1.1", "h2"]);
     }
 
     #[test]

@@ -74,6 +74,28 @@ pub struct NodeConfig {
     /// terminator with `CertMode: none`).
     #[serde(default)]
     pub tls: Option<TlsSettings>,
+    /// Where Trojan/VLESS connections that are not the protocol go (xray fallbacks, local
+    /// `EnableFallback` + `FallBackConfigs`); empty = hold and close like a web server.
+    #[serde(default)]
+    pub fallbacks: Vec<FallbackTarget>,
+}
+
+/// One fallback (xray semantics): the first entry whose `sni`, `alpn` and `path` match — each
+/// compared exactly, an empty value matching when no entry names the connection's value —
+/// receives the connection with every byte already read.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct FallbackTarget {
+    /// TLS server name sent by the client ("" = any).
+    pub sni: String,
+    /// Negotiated ALPN ("" = any).
+    pub alpn: String,
+    /// HTTP/1 request path ("" = any), e.g. `/ws`.
+    pub path: String,
+    /// `port` (loopback), `host:port` or `[v6]:port`.
+    pub dest: String,
+    /// PROXY protocol header version sent to `dest` first (0 = none, 1, 2).
+    pub xver: u8,
 }
 
 /// Server-side TLS of one node. The control plane resolves the local `CertConfig` into files

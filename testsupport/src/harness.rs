@@ -597,7 +597,6 @@ pub fn sing_box_tls(
     tls: Option<Value>,
     dir: &Path,
 ) -> anyhow::Result<(Proc, u16)> {
-    let bin = peer("sing-box")?;
     let mut out = json!({"type": protocol, "tag": "out", "server": "127.0.0.1", "server_port": server_port});
     let key = if protocol == "vless" { "uuid" } else { "password" };
     if let Some(o) = out.as_object_mut() {
@@ -606,6 +605,13 @@ pub fn sing_box_tls(
             o.insert("tls".to_string(), t);
         }
     }
+    sing_box_outbound(out, dir)
+}
+
+/// The sing-box client with a SOCKS inbound (TCP and UDP) and the given outbound object (its
+/// `tag` should be `out`).
+pub fn sing_box_outbound(out: Value, dir: &Path) -> anyhow::Result<(Proc, u16)> {
+    let bin = peer("sing-box")?;
     spawn_listening("sing-box", dir, |socks| {
         let cfg = json!({
             "log": {"level": "warn"},

@@ -5,7 +5,9 @@
 
 pub mod auth;
 mod engine;
+mod fallback;
 mod udp;
+mod udp_stream;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -717,6 +719,32 @@ async fn open(
         } => {
             let mut buf = vec![0u8; 4096];
             let _ = tokio::time::timeout_at(deadline, drain(&client, &mut buf)).await;
+            return None;
+        }
+        Next::Fallback { consumed, .. } => {
+            drop(hs_guard);
+            fallback::serve(&core, &node, client, peer, consumed, tls, deadline).await;
+            return None;
+        }
+        Next::UdpOverStream {
+            user,
+            reply,
+            initial,
+            codec,
+        } => {
+            drop(hs_guard);
+            udp_stream::serve(
+                core.clone(),
+                node.clone(),
+                client,
+                peer,
+                user,
+                reply,
+                initial,
+                codec,
+                tls,
+            )
+            .await;
             return None;
         }
     };

@@ -169,19 +169,19 @@ fn send_up(u: &UdpNode, s: &Session, to: SocketAddr, payload: &[u8]) {
 /// WouldBlock from its readiness cache until the reactor has seen the socket writable, which
 /// dropped the first datagram of every new session. A full socket buffer still returns
 /// WouldBlock, and the datagram is dropped, as UDP may.
-fn send_now(sock: &UdpSocket, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+pub(super) fn send_now(sock: &UdpSocket, data: &[u8], to: SocketAddr) -> io::Result<usize> {
     socket2::SockRef::from(sock).send_to(data, &to.into())
 }
 
 /// The outbound socket is dual-stack IPv6 when possible: IPv4 targets go IPv4-mapped.
-fn to_socket_family(sock: &UdpSocket, to: SocketAddr) -> SocketAddr {
+pub(super) fn to_socket_family(sock: &UdpSocket, to: SocketAddr) -> SocketAddr {
     match (sock.local_addr().map(|a| a.is_ipv6()).unwrap_or(false), to) {
         (true, SocketAddr::V4(v4)) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
         _ => to,
     }
 }
 
-fn outbound_socket(send_ip: Option<IpAddr>) -> io::Result<UdpSocket> {
+pub(super) fn outbound_socket(send_ip: Option<IpAddr>) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let bind = |ip: IpAddr| -> io::Result<UdpSocket> {
         let s = Socket::new(

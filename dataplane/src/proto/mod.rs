@@ -86,6 +86,56 @@ pub enum Next {
     },
     /// Not one of ours (or malformed): handled without any distinctive behaviour.
     Reject { error: WireError, policy: RejectPolicy },
+    /// Not one of ours, and the protocol has fallbacks (Trojan, VLESS): `consumed` is every
+    /// plaintext byte the handshake was fed. The core hands the connection (those bytes first)
+    /// to the node's matching fallback; without one it behaves like `Reject` with
+    /// `DrainUntilTimeout`. Never counted as user traffic.
+    Fallback { error: WireError, consumed: Vec<u8> },
+    /// The stream carries datagrams (Trojan UDP ASSOCIATE, VLESS UDP, VLESS mux/XUDP): the
+    /// core owns the UDP sockets; `codec` cuts the plaintext stream into datagrams and frames
+    /// the replies. `reply` goes to the client first, `initial` is plaintext already read
+    /// after the header (fed to `codec` before anything else).
+    UdpOverStream {
+        user: UserRef,
+        reply: Vec<u8>,
+        initial: Vec<u8>,
+        codec: Box<dyn DatagramStreamCodec>,
+    },
+}
+
+/// One event decoded from a datagram-carrying stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamDatagram {
+    /// `payload` for `dest`, on `flow` (a mux sub-session; 0 where the protocol has one flow).
+    /// Each flow has its own outbound socket; replies come back tagged with the flow.
+    Packet {
+        flow: u16,
+        dest: Destination,
+        payload: Vec<u8>,
+    },
+    /// The client closed `flow`.
+    End { flow: u16 },
+}
+
+/// Sans-IO codec of a datagram-carrying stream (plaintext, after TLS).
+pub trait DatagramStreamCodec: Send {
+    /// Decodes complete packets at the front of `plain` into `out`; returns how many bytes were
+    /// consumed (a partial packet stays for the next call). `reply` gets wire bytes the client
+    /// must receive now (e.g. a mux End for a refused sub-stream).
+    fn open(
+        &mut self,
+        plain: &[u8],
+        out: &mut Vec<StreamDatagram>,
+        reply: &mut Vec<u8>,
+    ) -> Result<usize, WireError>;
+    /// Frames a reply datagram from `from` on `flow`, appending wire bytes to `out`.
+    fn seal(
+        &mut self,
+        flow: u16,
+        from: SocketAddr,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), WireError>;
 }
 
 /// Per-connection state after the handshake: frames payload in both directions.

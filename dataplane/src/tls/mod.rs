@@ -17,6 +17,7 @@
 
 pub mod certs;
 pub mod deframe;
+pub mod sni;
 
 use std::sync::Arc;
 
@@ -70,6 +71,8 @@ pub struct TlsSession {
     /// Bytes at the front of the caller's buffer that rustls keeps (a handshake message split
     /// across records, already processed in place): passed again, never re-deframed.
     retained: usize,
+    /// Server name from the ClientHello (for fallback selection), when it could be read.
+    sni: Option<Box<str>>,
 }
 
 /// Room for one encrypted record's overhead (header, tag, content type, padding).
@@ -84,11 +87,22 @@ impl TlsSession {
             closed: false,
             pending: Vec::new(),
             retained: 0,
+            sni: None,
         })
     }
 
     pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
+    }
+
+    /// The client's SNI (lower case), when the ClientHello came in one record.
+    pub fn server_name(&self) -> Option<&str> {
+        self.sni.as_deref()
+    }
+
+    /// The negotiated ALPN protocol.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
     }
 
     /// Whether the peer ended the TLS stream (close_notify).
@@ -350,7 +364,13 @@ pub async fn accept(
     let mut carry = first;
     let mut plaintext = Vec::new();
     let mut out = Vec::new();
+    let mut sni_tried = false;
     loop {
+        // Once the first record is complete (before rustls consumes it).
+        if !sni_tried && !matches!(deframe::record_len(&carry), Ok(None)) {
+            sni_tried = true;
+            session.sni = sni::client_hello_sni(&carry).map(String::into_boxed_str);
+        }
         if !carry.is_empty() {
             // In place: rustls may keep a handshake message split across records in `carry`.
             let used = session

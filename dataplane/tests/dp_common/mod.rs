@@ -137,6 +137,7 @@ pub fn node(slot: u16, port: u16) -> NodeConfig {
         shadowsocks: None,
         transport: serde_json::Value::Null,
         tls: None,
+        fallbacks: Vec::new(),
     }
 }
 
@@ -151,10 +152,19 @@ impl Harness {
         Self::start_with(cfg, splice, Duration::from_secs(10))
     }
     pub fn start_with(cfg: DataplaneConfig, splice: bool, grace: Duration) -> Harness {
+        Self::start_protocols(cfg, splice, grace, factory())
+    }
+    /// With the given protocols (e.g. `node::default_protocols()` for the real ones).
+    pub fn start_protocols(
+        cfg: DataplaneConfig,
+        splice: bool,
+        grace: Duration,
+        protocols: ProtocolFactory,
+    ) -> Harness {
         let backend = MemBackend::new();
         let b2 = backend.clone();
         let port = cfg.nodes.first().map_or(0, |n| n.port);
-        let mut shared = Shared::new(factory());
+        let mut shared = Shared::new(protocols);
         Arc::get_mut(&mut shared).unwrap().splice = splice;
         let opts = EngineOpts {
             workers: 2,

@@ -12,12 +12,15 @@
 //! ```
 //!
 //! The user is looked up by the 28-byte SHA-224 (`cred::CredKind::TrojanSha224`) as soon as the
-//! first 58 bytes are in; after the header the stream is unchanged (`codec: None`: TLS is the
-//! only framing).
+//! first 58 bytes are in; after a CONNECT header the stream is unchanged (`codec: None`: TLS is
+//! the only framing); after UDP ASSOCIATE it carries packets ([`udp`]). Anything else goes to
+//! the node's fallback with every byte read (`Next::Fallback`).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::proto::{AuthContext, Destination, Next, RejectPolicy, Step, StreamHandshake, WireError};
+use crate::proto::{AuthContext, Destination, Next, Step, StreamHandshake, WireError};
+
+pub mod udp;
 
 pub const HASH_HEX_LEN: usize = 56;
 const CMD_CONNECT: u8 = 1;
@@ -137,44 +140,56 @@ pub struct TrojanHandshake {
     authed: bool,
 }
 
-fn reject(error: WireError) -> Step {
-    // Real servers hand unknown clients to a fallback; until v2sp has one, look like a
-    // server still waiting for more bytes.
-    Step::Done(Next::Reject {
-        error,
-        policy: RejectPolicy::DrainUntilTimeout,
-    })
+impl TrojanHandshake {
+    /// Not ours: the node's fallback gets every byte read so far (xray/trojan-gfw behaviour);
+    /// without one the core looks like a server still waiting for more bytes.
+    fn reject(&mut self, error: WireError) -> Step {
+        Step::Done(Next::Fallback {
+            error,
+            consumed: std::mem::take(&mut self.buf),
+        })
+    }
 }
 
 impl StreamHandshake for TrojanHandshake {
     fn feed(&mut self, data: &[u8], ctx: &dyn AuthContext) -> Result<Step, WireError> {
         self.buf.extend_from_slice(data);
         if !self.authed {
+            // A probe (an HTTP request, say) goes to the fallback as soon as a byte shows it is
+            // not a hex hash, not after 56 bytes that may never come.
+            if !self.buf.iter().take(HASH_HEX_LEN).all(u8::is_ascii_hexdigit) {
+                return Ok(self.reject(WireError::Auth("trojan: not a password hash")));
+            }
             let Some(h) = self.buf.get(..HASH_HEX_LEN) else {
                 return Ok(Step::NeedMore(HASH_HEX_LEN - self.buf.len()));
             };
             let Ok(hash) = decode_hash(h) else {
-                return Ok(reject(WireError::Auth("trojan: not a password hash")));
+                return Ok(self.reject(WireError::Auth("trojan: not a password hash")));
             };
             if ctx.lookup(&hash).is_none() {
-                return Ok(reject(WireError::Auth("trojan: unknown password")));
+                return Ok(self.reject(WireError::Auth("trojan: unknown password")));
             }
             self.authed = true;
         }
         let req = match parse_request(&self.buf) {
             Ok(Some(r)) => r,
             Ok(None) if self.buf.len() < MAX_HEADER => return Ok(Step::NeedMore(0)),
-            Ok(None) => return Ok(reject(WireError::Malformed("trojan: header too long"))),
-            Err(e) => return Ok(reject(e)),
+            Ok(None) => return Ok(self.reject(WireError::Malformed("trojan: header too long"))),
+            Err(e) => return Ok(self.reject(e)),
         };
-        if req.cmd == CMD_UDP_ASSOCIATE {
-            return Ok(reject(WireError::Unsupported("trojan: UDP ASSOCIATE")));
-        }
         let Some(user) = ctx.lookup(&req.hash) else {
-            return Ok(reject(WireError::Auth("trojan: unknown password")));
+            return Ok(self.reject(WireError::Auth("trojan: unknown password")));
         };
         let initial_upload = self.buf.get(req.len..).unwrap_or_default().to_vec();
         self.buf = Vec::new();
+        if req.cmd == CMD_UDP_ASSOCIATE {
+            return Ok(Step::Done(Next::UdpOverStream {
+                user,
+                reply: Vec::new(),
+                initial: initial_upload,
+                codec: Box::new(udp::TrojanUdp),
+            }));
+        }
         Ok(Step::Done(Next::Forward {
             dest: req.dest,
             user,

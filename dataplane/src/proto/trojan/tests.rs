@@ -123,15 +123,15 @@ fn wrong_password_and_garbage_are_rejected_without_a_reply() {
     // Rejected as soon as the hash is in, before the rest of the header.
     assert!(matches!(
         hs.feed(&w[..58], &c).unwrap(),
-        Step::Done(Next::Reject {
+        Step::Done(Next::Fallback {
             error: WireError::Auth(_),
-            policy: RejectPolicy::DrainUntilTimeout
+            ..
         })
     ));
     let mut hs = TrojanHandshake::default();
     assert!(matches!(
         hs.feed(&[b'z'; 80], &c).unwrap(),
-        Step::Done(Next::Reject { .. })
+        Step::Done(Next::Fallback { .. })
     ));
     // Right password, bad command / atyp / missing CRLF.
     for bad in [
@@ -144,23 +144,30 @@ fn wrong_password_and_garbage_are_rejected_without_a_reply() {
         let mut hs = TrojanHandshake::default();
         assert!(matches!(
             hs.feed(&w, &c).unwrap(),
-            Step::Done(Next::Reject { .. })
+            Step::Done(Next::Fallback { .. })
         ));
     }
 }
 
+/// An HTTP probe goes to the fallback at its first byte, with every byte it sent, split
+/// across feeds as it came.
 #[test]
-fn udp_associate_is_refused_for_now() {
-    let mut w = hex::encode(Sha224::digest(PASSWORD.as_bytes())).into_bytes();
-    w.extend_from_slice(b"\r\n\x03\x01\x7f\x00\x00\x01\x00\x35\r\n");
+fn http_probe_goes_to_the_fallback_with_all_its_bytes() {
+    let c = ctx();
     let mut hs = TrojanHandshake::default();
-    assert!(matches!(
-        hs.feed(&w, &ctx()).unwrap(),
-        Step::Done(Next::Reject {
-            error: WireError::Unsupported(_),
-            ..
-        })
-    ));
+    // "abc" are hex digits: still possibly a hash.
+    assert!(matches!(hs.feed(b"abc", &c).unwrap(), Step::NeedMore(_)));
+    match hs.feed(b"GET / HTTP/1.1\r\n", &c).unwrap() {
+        Step::Done(Next::Fallback { consumed, .. }) => assert_eq!(consumed, b"abcGET / HTTP/1.1\r\n"),
+        _ => panic!("expected fallback"),
+    }
+    // A wrong but well-formed hash: all 58 bytes and what followed.
+    let mut w = hex::encode(Sha224::digest(b"wrong")).into_bytes();
+    w.extend_from_slice(b"\r\n\x01");
+    match TrojanHandshake::default().feed(&w, &c).unwrap() {
+        Step::Done(Next::Fallback { consumed, .. }) => assert_eq!(consumed, w),
+        _ => panic!("expected fallback"),
+    }
 }
 
 proptest::proptest! {
@@ -178,5 +185,96 @@ proptest::proptest! {
         w.truncate(58);
         w.extend_from_slice(&data);
         let _ = TrojanHandshake::default().feed(&w, &c);
+    }
+}
+
+mod udp_associate {
+    use super::*;
+    use crate::proto::{DatagramStreamCodec, StreamDatagram};
+
+    /// Known answer (trojan-gfw protocol doc): UDP ASSOCIATE header, then a packet to
+    /// 127.0.0.1:53 carrying "abc", written by hand.
+    #[test]
+    fn udp_associate_and_packets_known_answer() {
+        let mut w = hex::encode(Sha224::digest(PASSWORD.as_bytes())).into_bytes();
+        w.extend_from_slice(b"\r\n\x03\x01\x00\x00\x00\x00\x00\x00\r\n");
+        // ATYP 1, 127.0.0.1, port 53, length 3, CRLF, "abc"; then half of the next packet.
+        let pkt = b"\x01\x7f\x00\x00\x01\x00\x35\x00\x03\r\nabc";
+        w.extend_from_slice(pkt);
+        w.extend_from_slice(b"\x03\x0bexample.com\x01\xbb\x00\x02\r\nh");
+        let mut hs = TrojanHandshake::default();
+        let (user, mut codec, initial) = match hs.feed(&w, &ctx()).unwrap() {
+            Step::Done(Next::UdpOverStream {
+                user,
+                reply,
+                initial,
+                codec,
+            }) => {
+                assert!(reply.is_empty());
+                (user, codec, initial)
+            }
+            _ => panic!("not a UDP association"),
+        };
+        assert_eq!(user.user_id, 7);
+        let mut out = Vec::new();
+        let mut reply = Vec::new();
+        let used = codec.open(&initial, &mut out, &mut reply).unwrap();
+        assert_eq!(used, pkt.len());
+        assert_eq!(
+            out,
+            vec![StreamDatagram::Packet {
+                flow: 0,
+                dest: Destination::Ip("127.0.0.1:53".parse().unwrap()),
+                payload: b"abc".to_vec()
+            }]
+        );
+        // The rest of the second packet arrives.
+        let mut rest = initial[used..].to_vec();
+        rest.push(b'i');
+        out.clear();
+        assert_eq!(codec.open(&rest, &mut out, &mut reply).unwrap(), rest.len());
+        assert_eq!(
+            out,
+            vec![StreamDatagram::Packet {
+                flow: 0,
+                dest: Destination::Domain("example.com".into(), 443),
+                payload: b"hi".to_vec()
+            }]
+        );
+        assert!(reply.is_empty());
+        // Reply from [::1]:5353 and from 10.0.0.1:53.
+        let mut sealed = Vec::new();
+        codec
+            .seal(0, "10.0.0.1:53".parse().unwrap(), b"xy", &mut sealed)
+            .unwrap();
+        assert_eq!(sealed, b"\x01\x0a\x00\x00\x01\x00\x35\x00\x02\r\nxy");
+        sealed.clear();
+        codec
+            .seal(0, "[::1]:5353".parse().unwrap(), b"", &mut sealed)
+            .unwrap();
+        let mut want = vec![4u8];
+        want.extend_from_slice(&[0; 15]);
+        want.extend_from_slice(&[1, 0x14, 0xe9, 0, 0, b'\r', b'\n']);
+        assert_eq!(sealed, want);
+    }
+
+    #[test]
+    fn malformed_packets_are_errors() {
+        let mut c = udp::TrojanUdp;
+        let (mut out, mut reply) = (Vec::new(), Vec::new());
+        assert!(c
+            .open(b"\x01\x7f\x00\x00\x01\x00\x35\x00\x03xxabc", &mut out, &mut reply)
+            .is_err());
+        assert!(c.open(b"\x09", &mut out, &mut reply).is_err());
+        assert!(c.open(b"\x03\x00", &mut out, &mut reply).is_err());
+        assert_eq!(c.open(b"\x01\x7f", &mut out, &mut reply).unwrap(), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_packets_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let (mut out, mut reply) = (Vec::new(), Vec::new());
+            let _ = udp::TrojanUdp.open(&data, &mut out, &mut reply);
+        }
     }
 }

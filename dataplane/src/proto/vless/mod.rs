@@ -18,11 +18,15 @@
 //! ```
 //!
 //! The user is looked up by the 16 uuid bytes (`cred::CredKind::VlessUuid`). Flows (XTLS
-//! Vision) are refused for now; after the header the stream is unchanged (`codec: None`).
+//! Vision) are refused for now; after a TCP header the stream is unchanged (`codec: None`);
+//! UDP and mux (XUDP) carry datagrams ([`udp`]). Anything else goes to the node's fallback
+//! with every byte read (`Next::Fallback`).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::proto::{AuthContext, Destination, Next, RejectPolicy, Step, StreamHandshake, WireError};
+use crate::proto::{AuthContext, Destination, Next, Step, StreamHandshake, WireError};
+
+pub mod udp;
 
 pub const VERSION: u8 = 0;
 pub const CMD_TCP: u8 = 1;
@@ -182,12 +186,31 @@ pub struct VlessHandshake {
     authed: bool,
 }
 
-fn reject(error: WireError) -> Step {
-    // Like a server still waiting for more bytes (fallbacks come later).
-    Step::Done(Next::Reject {
-        error,
-        policy: RejectPolicy::DrainUntilTimeout,
-    })
+impl VlessHandshake {
+    fn datagrams(
+        &mut self,
+        user: v2sp_shared::shm::UserRef,
+        header_len: usize,
+        codec: Box<dyn crate::proto::DatagramStreamCodec>,
+    ) -> Step {
+        let initial = self.buf.get(header_len..).unwrap_or_default().to_vec();
+        self.buf = Vec::new();
+        Step::Done(Next::UdpOverStream {
+            user,
+            reply: RESPONSE.to_vec(),
+            initial,
+            codec,
+        })
+    }
+
+    /// Not ours: the node's fallback gets every byte read so far (xray behaviour); without
+    /// one the core looks like a server still waiting for more bytes.
+    fn reject(&mut self, error: WireError) -> Step {
+        Step::Done(Next::Fallback {
+            error,
+            consumed: std::mem::take(&mut self.buf),
+        })
+    }
 }
 
 impl StreamHandshake for VlessHandshake {
@@ -197,37 +220,35 @@ impl StreamHandshake for VlessHandshake {
             match self.buf.first() {
                 None => return Ok(Step::NeedMore(17)),
                 Some(&VERSION) => {}
-                Some(_) => return Ok(reject(WireError::Malformed("vless: version is not 0"))),
+                Some(_) => return Ok(self.reject(WireError::Malformed("vless: version is not 0"))),
             }
             let Some(id) = self.buf.get(1..17) else {
                 return Ok(Step::NeedMore(17 - self.buf.len()));
             };
             if ctx.lookup(id).is_none() {
-                return Ok(reject(WireError::Auth("vless: unknown uuid")));
+                return Ok(self.reject(WireError::Auth("vless: unknown uuid")));
             }
             self.authed = true;
         }
         let req = match parse_request(&self.buf) {
             Ok(Some(r)) => r,
             Ok(None) if self.buf.len() < MAX_HEADER => return Ok(Step::NeedMore(0)),
-            Ok(None) => return Ok(reject(WireError::Malformed("vless: header too long"))),
-            Err(e) => return Ok(reject(e)),
+            Ok(None) => return Ok(self.reject(WireError::Malformed("vless: header too long"))),
+            Err(e) => return Ok(self.reject(e)),
         };
         if !req.flow.is_empty() {
-            return Ok(reject(WireError::Unsupported(
-                "vless: flow (XTLS) not served yet",
-            )));
+            return Ok(self.reject(WireError::Unsupported("vless: flow (XTLS) not served yet")));
         }
+        let Some(user) = ctx.lookup(&req.uuid) else {
+            return Ok(self.reject(WireError::Auth("vless: unknown uuid")));
+        };
         let dest = match (req.cmd, req.dest) {
             (CMD_TCP, Some(d)) => d,
-            _ => {
-                return Ok(reject(WireError::Unsupported(
-                    "vless: UDP and mux not served yet",
-                )))
+            (CMD_UDP, Some(d)) => {
+                return Ok(self.datagrams(user, req.len, Box::new(udp::VlessUdp { dest: d })))
             }
-        };
-        let Some(user) = ctx.lookup(&req.uuid) else {
-            return Ok(reject(WireError::Auth("vless: unknown uuid")));
+            (CMD_MUX, None) => return Ok(self.datagrams(user, req.len, Box::<udp::Xudp>::default())),
+            _ => return Ok(self.reject(WireError::Malformed("vless: command without destination"))),
         };
         let initial_upload = self.buf.get(req.len..).unwrap_or_default().to_vec();
         self.buf = Vec::new();

@@ -88,17 +88,20 @@ fn unknown_uuid_flows_udp_and_garbage_are_rejected() {
     let mut hs = VlessHandshake::default();
     assert!(matches!(
         hs.feed(&other[..17], &c).unwrap(),
-        Step::Done(Next::Reject {
+        Step::Done(Next::Fallback {
             error: WireError::Auth(_),
-            policy: RejectPolicy::DrainUntilTimeout
+            ..
         })
     ));
+    // A probe: every byte to the fallback.
+    match VlessHandshake::default().feed(b"GET / HTTP/1.1\r\n", &c).unwrap() {
+        Step::Done(Next::Fallback { consumed, .. }) => assert_eq!(consumed, b"GET / HTTP/1.1\r\n"),
+        _ => panic!("expected fallback"),
+    }
     let mut pb = vec![0x0a, 16];
     pb.extend_from_slice(b"xtls-rprx-vision");
     for w in [
         request(&pb, CMD_TCP, &[0, 80, 1, 127, 0, 0, 1]),
-        request(&[], CMD_UDP, &[0, 53, 1, 127, 0, 0, 1]),
-        request(&[], CMD_MUX, &[]),
         request(&[], 9, &[0, 80, 1, 127, 0, 0, 1]),
         request(&[], CMD_TCP, &[0, 80, 7, 127, 0, 0, 1]),
         b"\x05\x01\x00".to_vec(),
@@ -106,7 +109,7 @@ fn unknown_uuid_flows_udp_and_garbage_are_rejected() {
         let mut hs = VlessHandshake::default();
         assert!(matches!(
             hs.feed(&w, &c).unwrap(),
-            Step::Done(Next::Reject { .. })
+            Step::Done(Next::Fallback { .. })
         ));
     }
 }
@@ -126,5 +129,160 @@ proptest::proptest! {
         w.truncate(17);
         w.extend_from_slice(&data);
         let _ = VlessHandshake::default().feed(&w, &c);
+    }
+}
+
+mod datagrams {
+    use super::*;
+    use crate::proto::{DatagramStreamCodec, StreamDatagram};
+
+    fn open_stream(wire: &[u8]) -> (Box<dyn DatagramStreamCodec>, Vec<u8>) {
+        match VlessHandshake::default().feed(wire, &ctx()).unwrap() {
+            Step::Done(Next::UdpOverStream {
+                user,
+                reply,
+                initial,
+                codec,
+            }) => {
+                assert_eq!(user.user_id, 9);
+                assert_eq!(reply, [0, 0]);
+                (codec, initial)
+            }
+            _ => panic!("not a datagram stream"),
+        }
+    }
+
+    /// Known answer: command 0x02 to 127.0.0.1:53, then length-prefixed packets.
+    #[test]
+    fn udp_command_known_answer() {
+        let mut w = request(&[], CMD_UDP, &[0x00, 0x35, 1, 127, 0, 0, 1]);
+        w.extend_from_slice(b"\x00\x03abc\x00\x00\x00\x05he");
+        let (mut c, initial) = open_stream(&w);
+        let (mut out, mut reply) = (Vec::new(), Vec::new());
+        let used = c.open(&initial, &mut out, &mut reply).unwrap();
+        assert_eq!(used, 7);
+        let dest = Destination::Ip("127.0.0.1:53".parse().unwrap());
+        assert_eq!(
+            out,
+            vec![
+                StreamDatagram::Packet {
+                    flow: 0,
+                    dest: dest.clone(),
+                    payload: b"abc".to_vec()
+                },
+                StreamDatagram::Packet {
+                    flow: 0,
+                    dest,
+                    payload: Vec::new()
+                },
+            ]
+        );
+        let mut sealed = Vec::new();
+        c.seal(0, "127.0.0.1:53".parse().unwrap(), b"xyz", &mut sealed)
+            .unwrap();
+        assert_eq!(sealed, b"\x00\x03xyz");
+    }
+
+    /// Known answer for XUDP as sing-box writes it (New with data, no global id; Keep with
+    /// address) and as Xray writes it (New with an 8-byte global id), frame layout per Xray's
+    /// common/mux/frame.go.
+    #[test]
+    fn xudp_known_answer() {
+        let mut w = request(&[], CMD_MUX, &[]);
+        // New, session 0, option data, UDP, port 53, IPv4 127.0.0.1; data "abc".
+        w.extend_from_slice(b"\x00\x0c\x00\x00\x01\x01\x02\x00\x35\x01\x7f\x00\x00\x01\x00\x03abc");
+        let (mut c, initial) = open_stream(&w);
+        let (mut out, mut reply) = (Vec::new(), Vec::new());
+        assert_eq!(c.open(&initial, &mut out, &mut reply).unwrap(), initial.len());
+        assert_eq!(
+            out,
+            vec![StreamDatagram::Packet {
+                flow: 0,
+                dest: Destination::Ip("127.0.0.1:53".parse().unwrap()),
+                payload: b"abc".to_vec()
+            }]
+        );
+        // Keep, session 0, data, UDP to example.com:443 ("de"); Keep without address ("f");
+        // Xray's New for session 1 with a global id and no data; KeepAlive; End of session 0.
+        let mut more = Vec::new();
+        more.extend_from_slice(b"\x00\x14\x00\x00\x02\x01\x02\x01\xbb\x02\x0bexample.com\x00\x02de");
+        more.extend_from_slice(b"\x00\x04\x00\x00\x02\x01\x00\x01f");
+        more.extend_from_slice(
+            b"\x00\x14\x00\x01\x01\x00\x02\x00\x35\x01\x0a\x00\x00\x01\x01\x02\x03\x04\x05\x06\x07\x08",
+        );
+        more.extend_from_slice(b"\x00\x04\x00\x00\x04\x00");
+        more.extend_from_slice(b"\x00\x04\x00\x00\x03\x00");
+        // Split at every byte: nothing is decoded twice or lost.
+        for cut in 0..more.len() {
+            let mut c2 = udp::Xudp::default();
+            let (mut o, mut r) = (Vec::new(), Vec::new());
+            let first = c2.open(&initial, &mut o, &mut r).unwrap();
+            assert_eq!(first, initial.len());
+            o.clear();
+            let used = c2.open(&more[..cut], &mut o, &mut r).unwrap();
+            let mut rest = more[used..cut].to_vec();
+            rest.extend_from_slice(&more[cut..]);
+            assert_eq!(c2.open(&rest, &mut o, &mut r).unwrap(), rest.len(), "cut {cut}");
+            assert_eq!(
+                o,
+                vec![
+                    StreamDatagram::Packet {
+                        flow: 0,
+                        dest: Destination::Domain("example.com".into(), 443),
+                        payload: b"de".to_vec()
+                    },
+                    StreamDatagram::Packet {
+                        flow: 0,
+                        dest: Destination::Ip("127.0.0.1:53".parse().unwrap()),
+                        payload: b"f".to_vec()
+                    },
+                    StreamDatagram::End { flow: 0 },
+                ],
+                "cut {cut}"
+            );
+            assert!(r.is_empty());
+        }
+        // Reply: Keep with option data, UDP, source address, then length and payload.
+        let mut sealed = Vec::new();
+        c.seal(1, "10.0.0.1:53".parse().unwrap(), b"xy", &mut sealed)
+            .unwrap();
+        assert_eq!(
+            sealed,
+            b"\x00\x0c\x00\x01\x02\x01\x02\x00\x35\x01\x0a\x00\x00\x01\x00\x02xy"
+        );
+        sealed.clear();
+        c.seal(2, "[::1]:80".parse().unwrap(), b"", &mut sealed).unwrap();
+        let mut want = b"\x00\x18\x00\x02\x02\x01\x02\x00\x50\x03".to_vec();
+        want.extend_from_slice(&[0; 15]);
+        want.extend_from_slice(&[1, 0, 0]);
+        assert_eq!(sealed, want);
+    }
+
+    /// A TCP sub-stream is refused with End + error; its data is dropped.
+    #[test]
+    fn mux_tcp_substream_is_refused() {
+        let mut c = udp::Xudp::default();
+        let (mut out, mut reply) = (Vec::new(), Vec::new());
+        let w = b"\x00\x0c\x00\x07\x01\x01\x01\x00\x50\x01\x7f\x00\x00\x01\x00\x02hi\x00\x04\x00\x07\x02\x01\x00\x01x";
+        assert_eq!(c.open(w, &mut out, &mut reply).unwrap(), w.len());
+        assert!(out.is_empty());
+        assert_eq!(reply, b"\x00\x04\x00\x07\x03\x02\x00\x04\x00\x07\x03\x02");
+        // Oversized metadata and unknown status are errors.
+        assert!(c.open(b"\x02\x01", &mut out, &mut reply).is_err());
+        assert!(c.open(b"\x00\x04\x00\x00\x09\x00", &mut out, &mut reply).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_frames_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let (mut out, mut reply) = (Vec::new(), Vec::new());
+            let _ = udp::Xudp::default().open(&data, &mut out, &mut reply);
+            let mut c = udp::VlessUdp { dest: Destination::Domain("x".into(), 1) };
+            let _ = c.open(&data, &mut out, &mut reply);
+            // After a valid New frame.
+            let mut w = b"\x00\x0c\x00\x00\x01\x00\x02\x00\x35\x01\x7f\x00\x00\x01".to_vec();
+            w.extend_from_slice(&data);
+            let _ = udp::Xudp::default().open(&w, &mut out, &mut reply);
+        }
     }
 }

@@ -1,0 +1,398 @@
+//! UDP carried inside a client stream (Trojan UDP ASSOCIATE, VLESS UDP, VLESS mux/XUDP): the
+//! protocol's [`DatagramStreamCodec`] cuts the (TLS-decrypted) stream into datagrams; this
+//! module owns the outbound UDP sockets, one per flow (mux sub-session), and frames the replies
+//! back into the stream.
+//!
+//! Like a TCP connection: device admission on open, registered (a kick or the user's removal
+//! closes it within a tick), idle timeout, the user's speed limit (datagrams over it are
+//! dropped, never queued), private destinations refused unless allowed. Counting: upload =
+//! payload bytes sent to a destination, download = payload bytes received and written to the
+//! client (framing and TLS not counted).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use v2sp_shared::shm::UserRef;
+
+use super::udp::{outbound_socket, send_now, to_socket_family};
+use super::{ConnEntry, Core, NodeRt, Registered};
+use crate::limits::devices::Admit;
+use crate::limits::gcra::{effective_bytes_per_sec, Bucket};
+use crate::proto::{DatagramStreamCodec, Destination, StreamDatagram};
+use crate::relay::ConnCtl;
+use crate::tls::TlsSession;
+
+/// Most flows one connection may hold (more are dropped until one ends).
+const MAX_FLOWS: usize = 256;
+/// Replies queued between the flows' sockets and the client (more are dropped, as UDP may).
+const QUEUE: usize = 256;
+/// A client packet may not be longer than this (length fields are 16-bit; headers added).
+const MAX_PENDING: usize = 2 * 65536 + 1024;
+
+/// TLS outside the datagram codec, or plaintext.
+enum Outer {
+    Plain,
+    Tls(Box<crate::tls::TlsCodec>),
+}
+
+impl Outer {
+    fn open(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<usize, crate::proto::WireError> {
+        use crate::proto::StreamCodec;
+        match self {
+            Outer::Plain => {
+                out.extend_from_slice(wire);
+                Ok(wire.len())
+            }
+            Outer::Tls(t) => t.open(wire, out),
+        }
+    }
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), crate::proto::WireError> {
+        use crate::proto::StreamCodec;
+        match self {
+            Outer::Plain => {
+                out.extend_from_slice(plain);
+                Ok(())
+            }
+            Outer::Tls(t) => t.seal(plain, out),
+        }
+    }
+}
+
+struct Flow {
+    sock: Rc<UdpSocket>,
+    ctl: Rc<ConnCtl>,
+}
+
+/// A reply datagram from a flow's socket.
+type Reply = (u16, SocketAddr, Vec<u8>);
+
+/// Admits, registers and serves one datagram-carrying connection until it ends.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve(
+    core: Rc<Core>,
+    node: Rc<NodeRt>,
+    client: TcpStream,
+    peer: SocketAddr,
+    user: UserRef,
+    reply: Vec<u8>,
+    initial: Vec<u8>,
+    codec: Box<dyn DatagramStreamCodec>,
+    tls: Option<Box<(TlsSession, Vec<u8>)>>,
+) {
+    let slot = node.cfg.slot;
+    let ip = crate::net::normalise_ip(peer.ip());
+    // Device admission, exactly as for a TCP connection.
+    let alive = core.port.borrow().alive_elsewhere(&user);
+    match core
+        .shared
+        .devices
+        .admit(slot, user.user_id, ip, user.device_limit, alive)
+    {
+        Admit::No => {
+            tracing::debug!(node = slot, user = user.user_id, %ip, "device limit reached");
+            return;
+        }
+        Admit::Yes(ev) => {
+            if let Some(ev) = ev {
+                core.port.borrow_mut().push_event(ev);
+            }
+        }
+    }
+    let id = core.next_id.get();
+    core.next_id.set(id + 1);
+    let ctl = Rc::new(ConnCtl::default());
+    core.conns.borrow_mut().insert(
+        id,
+        ConnEntry {
+            node: slot,
+            user_id: user.user_id,
+            ctl: ctl.clone(),
+        },
+    );
+    let _reg = Registered {
+        core: core.clone(),
+        id,
+        node: slot,
+        user_id: user.user_id,
+        ip,
+    };
+    let bucket = core.shared.rates.bucket(
+        slot,
+        user.user_id,
+        effective_bytes_per_sec(node.cfg.speed_limit_mbps, user.speed_limit_mbps),
+    );
+    let (outer, carry) = match tls.map(|b| *b) {
+        Some((session, carry)) => (
+            Outer::Tls(Box::new(crate::tls::TlsCodec::new(session, None))),
+            carry,
+        ),
+        None => (Outer::Plain, Vec::new()),
+    };
+    let mut conn = Conn {
+        core: &core,
+        node: &node,
+        client: &client,
+        user,
+        bucket,
+        ctl: &ctl,
+        outer,
+        codec,
+        flows: RefCell::new(HashMap::new()),
+        last: std::cell::Cell::new(Instant::now()),
+    };
+    let end = conn.run(reply, initial, carry).await;
+    for f in conn.flows.borrow().values() {
+        f.ctl.cancel();
+    }
+    match end {
+        End::Error(why) => tracing::debug!(node = slot, user = user.user_id, "datagram stream ended: {why}"),
+        other => tracing::trace!(node = slot, ?other, "datagram stream ended"),
+    }
+}
+
+struct Conn<'a> {
+    core: &'a Rc<Core>,
+    node: &'a Rc<NodeRt>,
+    client: &'a TcpStream,
+    user: UserRef,
+    bucket: Arc<Bucket>,
+    ctl: &'a ConnCtl,
+    outer: Outer,
+    codec: Box<dyn DatagramStreamCodec>,
+    flows: RefCell<HashMap<u16, Flow>>,
+    last: std::cell::Cell<Instant>,
+}
+
+#[derive(Debug)]
+enum End {
+    Eof,
+    Idle,
+    Cancelled,
+    Error(&'static str),
+}
+
+impl Conn<'_> {
+    async fn run(&mut self, reply: Vec<u8>, initial: Vec<u8>, carry: Vec<u8>) -> End {
+        let (tx, mut rx) = mpsc::channel::<Reply>(QUEUE);
+        if !reply.is_empty() {
+            let mut wire = Vec::new();
+            if self.outer.seal(&reply, &mut wire).is_err()
+                || crate::tls::write_all(self.client, &wire).await.is_err()
+            {
+                return End::Error("reply");
+            }
+        }
+        let mut wire_in = carry;
+        let mut plain = initial;
+        if let Err(e) = self.decode(&mut wire_in, &mut plain, &tx).await {
+            return e;
+        }
+        let idle = self.node.relay.idle;
+        loop {
+            let deadline = self.last.get() + idle;
+            tokio::select! {
+                r = self.client.readable() => {
+                    if r.is_err() {
+                        return End::Error("client socket");
+                    }
+                    let mut b = self.core.bufs.take();
+                    let r = self.client.try_read(&mut b);
+                    if let Ok(n) = r {
+                        wire_in.extend_from_slice(b.get(..n).unwrap_or_default());
+                    }
+                    self.core.bufs.put(b);
+                    match r {
+                        Ok(0) => return End::Eof,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(_) => return End::Error("client read"),
+                    }
+                    self.last.set(Instant::now());
+                    if let Err(e) = self.decode(&mut wire_in, &mut plain, &tx).await {
+                        return e;
+                    }
+                }
+                Some((flow, from, data)) = rx.recv() => {
+                    self.last.set(Instant::now());
+                    if !self.bucket.try_take(data.len()) {
+                        continue;
+                    }
+                    let mut framed = Vec::with_capacity(data.len() + 64);
+                    if self.codec.seal(flow, from, &data, &mut framed).is_err() {
+                        continue;
+                    }
+                    let mut wire = Vec::with_capacity(framed.len() + 64);
+                    if self.outer.seal(&framed, &mut wire).is_err() {
+                        return End::Error("seal");
+                    }
+                    if crate::tls::write_all(self.client, &wire).await.is_err() {
+                        return End::Error("client write");
+                    }
+                    self.core.port.borrow_mut().add_traffic(self.user.node, self.user.user_id, 0, data.len() as u64);
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    if Instant::now() >= self.last.get() + idle {
+                        return End::Idle;
+                    }
+                }
+                _ = self.ctl.cancelled() => return End::Cancelled,
+            }
+        }
+    }
+
+    /// Opens what came in and sends the complete datagrams.
+    async fn decode(
+        &mut self,
+        wire_in: &mut Vec<u8>,
+        plain: &mut Vec<u8>,
+        tx: &mpsc::Sender<Reply>,
+    ) -> Result<(), End> {
+        let used = self.outer.open(wire_in, plain).map_err(|_| End::Error("TLS"))?;
+        wire_in.drain(..used.min(wire_in.len()));
+        let mut events = Vec::new();
+        let mut reply = Vec::new();
+        let used = self.codec.open(plain, &mut events, &mut reply).map_err(|e| {
+            tracing::debug!(node = self.node.cfg.slot, error = %e, "datagram stream malformed");
+            End::Error("malformed")
+        })?;
+        plain.drain(..used.min(plain.len()));
+        if plain.len() > MAX_PENDING || wire_in.len() > MAX_PENDING {
+            return Err(End::Error("packet too long"));
+        }
+        if !reply.is_empty() {
+            let mut wire = Vec::new();
+            self.outer
+                .seal(&reply, &mut wire)
+                .map_err(|_| End::Error("seal"))?;
+            crate::tls::write_all(self.client, &wire)
+                .await
+                .map_err(|_| End::Error("client write"))?;
+        }
+        for ev in events {
+            match ev {
+                StreamDatagram::Packet { flow, dest, payload } => {
+                    self.send_up(flow, dest, &payload, tx).await
+                }
+                StreamDatagram::End { flow } => {
+                    if let Some(f) = self.flows.borrow_mut().remove(&flow) {
+                        f.ctl.cancel();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_up(&self, flow: u16, dest: Destination, payload: &[u8], tx: &mpsc::Sender<Reply>) {
+        let to = match dest {
+            Destination::Ip(a) => a,
+            Destination::Domain(..) => match self.core.outbound.resolve(&dest, &self.node.connect).await {
+                Ok(addrs) => match addrs.first() {
+                    Some(a) => *a,
+                    None => return,
+                },
+                Err(e) => {
+                    tracing::debug!(%dest, "datagram destination unresolved: {e}");
+                    return;
+                }
+            },
+        };
+        if !self.node.connect.allow_private && crate::outbound::is_forbidden(to.ip()) {
+            tracing::debug!(%to, "datagram to a private destination refused");
+            return;
+        }
+        let Some(sock) = self.flow_socket(flow, tx) else {
+            return;
+        };
+        if !self.bucket.try_take(payload.len()) {
+            return;
+        }
+        match send_now(&sock, payload, to_socket_family(&sock, to)) {
+            Ok(n) => self
+                .core
+                .port
+                .borrow_mut()
+                .add_traffic(self.user.node, self.user.user_id, n as u64, 0),
+            Err(e) => tracing::debug!(%to, error = %e, "datagram not sent upstream"),
+        }
+    }
+
+    /// The flow's outbound socket, opened (with its reader task) on first use.
+    fn flow_socket(&self, flow: u16, tx: &mpsc::Sender<Reply>) -> Option<Rc<UdpSocket>> {
+        if let Some(f) = self.flows.borrow().get(&flow) {
+            return Some(f.sock.clone());
+        }
+        if self.flows.borrow().len() >= MAX_FLOWS {
+            return None;
+        }
+        let sock = match outbound_socket(self.node.connect.send_ip) {
+            Ok(s) => Rc::new(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open an outbound UDP socket");
+                return None;
+            }
+        };
+        let ctl = Rc::new(ConnCtl::default());
+        tokio::task::spawn_local(read_flow(
+            self.core.clone(),
+            flow,
+            sock.clone(),
+            ctl.clone(),
+            tx.clone(),
+        ));
+        self.flows.borrow_mut().insert(
+            flow,
+            Flow {
+                sock: sock.clone(),
+                ctl,
+            },
+        );
+        Some(sock)
+    }
+}
+
+/// Reads a flow's replies and queues them for the connection (until the flow or the
+/// connection ends). A pooled buffer is taken only once a datagram is ready.
+async fn read_flow(
+    core: Rc<Core>,
+    flow: u16,
+    sock: Rc<UdpSocket>,
+    ctl: Rc<ConnCtl>,
+    tx: mpsc::Sender<Reply>,
+) {
+    loop {
+        tokio::select! {
+            r = sock.readable() => if r.is_err() { return },
+            _ = ctl.cancelled() => return,
+            _ = tx.closed() => return,
+        }
+        let mut b = core.bufs.take();
+        let r = sock.try_recv_from(&mut b);
+        let item = match r {
+            Ok((n, from)) => Some((
+                flow,
+                SocketAddr::new(crate::net::normalise_ip(from.ip()), from.port()),
+                b.get(..n).unwrap_or_default().to_vec(),
+            )),
+            Err(_) => None,
+        };
+        core.bufs.put(b);
+        match (item, r) {
+            (Some(item), _) => {
+                // Full queue: the datagram is dropped, as UDP may.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(item) {
+                    return;
+                }
+            }
+            (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            _ => return,
+        }
+    }
+}
