@@ -187,7 +187,9 @@ pub(super) async fn serve(
         ),
         None => (None, Vec::new()),
     };
-    let ctl = ConnCtl::default();
+    // Registered so the idle sweep, node removal and shutdown reach it like any connection.
+    let ctl = Rc::new(ConnCtl::default());
+    let _reg = super::Unowned::register(core, node.cfg.slot, ctl.clone());
     let bucket = Bucket::new(0);
     let env = RelayEnv {
         bufs: &core.bufs,

@@ -164,7 +164,9 @@ struct NodeHandle {
 
 struct ConnEntry {
     node: u16,
-    user_id: u32,
+    /// The panel user whose traffic this is; `None` for connections that belong to no user
+    /// (fallbacks): those are swept, drained and closed with their node, never kicked.
+    user: Option<u32>,
     ctl: Rc<ConnCtl>,
 }
 
@@ -243,7 +245,7 @@ impl Core {
             let cmd = self.port.borrow_mut().pop_command();
             match cmd {
                 Some(PortCommand::Kick { node, user_id }) => {
-                    self.cancel_where(|e| e.node == node && e.user_id == user_id)
+                    self.cancel_where(|e| e.node == node && e.user == Some(user_id))
                 }
                 Some(PortCommand::Other) => {}
                 None => break,
@@ -263,6 +265,15 @@ impl Core {
         for e in self.conns.borrow().values() {
             e.ctl.sweep(now);
         }
+    }
+
+    /// Enters a connection into the registry (closed on kick, user removal, node removal,
+    /// idle timeout and shutdown); returns its id for the removal on drop.
+    fn register(&self, node: u16, user: Option<u32>, ctl: Rc<ConnCtl>) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        self.conns.borrow_mut().insert(id, ConnEntry { node, user, ctl });
+        id
     }
 
     fn cancel_where(&self, f: impl Fn(&ConnEntry) -> bool) {
@@ -288,12 +299,13 @@ impl Core {
                 true
             });
             for e in self.conns.borrow().values().filter(|e| e.node == node) {
-                match present.get(&e.user_id) {
+                let Some(user_id) = e.user else { continue };
+                match present.get(&user_id) {
                     None => e.ctl.cancel(),
                     Some(&mbps) => {
                         self.shared
                             .rates
-                            .update(node, e.user_id, effective_bytes_per_sec(node_mbps, mbps))
+                            .update(node, user_id, effective_bytes_per_sec(node_mbps, mbps))
                     }
                 }
             }
@@ -467,6 +479,28 @@ impl Meter for ConnMeter<'_> {
             .port
             .borrow_mut()
             .add_traffic(self.node, self.user_id, 0, n);
+    }
+}
+
+/// A registered connection that belongs to no user: removed from the registry when dropped.
+struct Unowned {
+    core: Rc<Core>,
+    id: u64,
+}
+
+impl Unowned {
+    fn register(core: &Rc<Core>, node: u16, ctl: Rc<ConnCtl>) -> Self {
+        let id = core.register(node, None, ctl);
+        Unowned {
+            core: core.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for Unowned {
+    fn drop(&mut self) {
+        self.core.conns.borrow_mut().remove(&self.id);
     }
 }
 
@@ -767,17 +801,8 @@ async fn open(
             }
         }
     }
-    let id = core.next_id.get();
-    core.next_id.set(id + 1);
     let ctl = Rc::new(ConnCtl::default());
-    core.conns.borrow_mut().insert(
-        id,
-        ConnEntry {
-            node: slot,
-            user_id: user.user_id,
-            ctl: ctl.clone(),
-        },
-    );
+    let id = core.register(slot, Some(user.user_id), ctl.clone());
     let reg = Registered {
         core: core.clone(),
         id,

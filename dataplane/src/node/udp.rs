@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use v2sp_shared::shm::UserRef;
 
 use super::auth::{self, CoreAuth};
-use super::{ConnEntry, Core, NodeRt, Registered};
+use super::{Core, NodeRt, Registered};
 use crate::limits::devices::Admit;
 use crate::limits::gcra::{effective_bytes_per_sec, Bucket};
 use crate::proto::{Destination, InboundPacket, PacketCodec, PacketSession};
@@ -219,16 +219,7 @@ fn new_session(u: &Rc<UdpNode>, p: &InboundPacket, from: SocketAddr, key: NatKey
         core.port.borrow_mut().push_event(ev);
     }
     let ctl = Rc::new(ConnCtl::default());
-    let id = core.next_id.get();
-    core.next_id.set(id + 1);
-    core.conns.borrow_mut().insert(
-        id,
-        ConnEntry {
-            node: slot,
-            user_id: p.user.user_id,
-            ctl: ctl.clone(),
-        },
-    );
+    let id = core.register(slot, Some(p.user.user_id), ctl.clone());
     let bucket = core.shared.rates.bucket(
         slot,
         p.user.user_id,

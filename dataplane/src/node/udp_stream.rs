@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use v2sp_shared::shm::UserRef;
 
 use super::udp::{outbound_socket, send_now, to_socket_family};
-use super::{ConnEntry, Core, NodeRt, Registered};
+use super::{Core, NodeRt, Registered};
 use crate::limits::devices::Admit;
 use crate::limits::gcra::{effective_bytes_per_sec, Bucket};
 use crate::proto::{DatagramStreamCodec, Destination, StreamDatagram};
@@ -105,17 +105,8 @@ pub(super) async fn serve(
             }
         }
     }
-    let id = core.next_id.get();
-    core.next_id.set(id + 1);
     let ctl = Rc::new(ConnCtl::default());
-    core.conns.borrow_mut().insert(
-        id,
-        ConnEntry {
-            node: slot,
-            user_id: user.user_id,
-            ctl: ctl.clone(),
-        },
-    );
+    let id = core.register(slot, Some(user.user_id), ctl.clone());
     let _reg = Registered {
         core: core.clone(),
         id,
