@@ -6,7 +6,7 @@ use std::path::Path;
 
 use v2sp_shared::config::{CertConfig, CertMode, NodeEntry};
 use v2sp_shared::cred::{secret_for, CredKind};
-use v2sp_shared::dpconfig::{NodeConfig, Protocol, ShadowsocksSettings, TlsSettings};
+use v2sp_shared::dpconfig::{HttpPathSettings, NodeConfig, Protocol, ShadowsocksSettings, TlsSettings, Transport};
 use v2sp_shared::panel::{NodeInfo, PanelUser, TlsMode};
 use v2sp_shared::shm::UserEntry;
 
@@ -27,7 +27,7 @@ pub enum BuildError {
     NoServerKey(String),
     #[error("this build of v2sp does not serve {0} yet")]
     NotServedYet(&'static str),
-    #[error("this build of v2sp does not serve the {0:?} transport yet (only tcp)")]
+    #[error("this build of v2sp does not serve the {0:?} transport yet (tcp, ws, httpupgrade)")]
     TransportNotServedYet(String),
     #[error("this build of v2sp does not serve VLESS flow {0:?} yet (set no flow on the panel)")]
     FlowNotServedYet(String),
@@ -98,10 +98,6 @@ pub fn node_config(
     let tls = match protocol {
         Protocol::Shadowsocks => None,
         Protocol::Trojan | Protocol::Vless => {
-            let network = info.network.as_deref().unwrap_or("tcp");
-            if network != "tcp" {
-                return Err(BuildError::TransportNotServedYet(network.to_string()));
-            }
             if let Some(flow) = info.flow.as_deref().filter(|f| !f.trim().is_empty()) {
                 if protocol == Protocol::Vless {
                     return Err(BuildError::FlowNotServedYet(flow.to_string()));
@@ -130,6 +126,14 @@ pub fn node_config(
         // a port that speaks nothing.
         _ => return Err(BuildError::NotServedYet(protocol.as_str())),
     };
+    let transport = match protocol {
+        Protocol::Shadowsocks => Transport::Tcp,
+        _ => node_transport(info)?,
+    };
+    let tls = tls.map(|mut t| {
+        t.alpn = transport.alpn();
+        t
+    });
     let send_ip = if entry.send_ip.is_unspecified() {
         String::new()
     } else {
@@ -147,12 +151,67 @@ pub fn node_config(
         send_ip,
         dns_strategy: entry.outbound_domain_strategy().to_string(),
         shadowsocks,
-        transport: serde_json::json!({
-            "network": info.network,
-            "network_settings": info.network_settings,
-        }),
+        transport,
         tls,
     })
+}
+
+/// The panel's `network` and `networkSettings` (xray field names, spec §F.6) as the data
+/// plane's transport.
+pub fn node_transport(info: &NodeInfo) -> Result<Transport, BuildError> {
+    let network = info.network.as_deref().unwrap_or("tcp");
+    let settings = info.network_settings.as_ref();
+    let text = |key: &str| -> String {
+        settings
+            .and_then(|s| s.get(key))
+            .and_then(|v| v.as_str())
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    match network {
+        "tcp" | "raw" => {
+            let header = settings
+                .and_then(|s| s.get("header"))
+                .and_then(|h| h.get("type"))
+                .and_then(|t| t.as_str())
+                .unwrap_or("none");
+            if header.eq_ignore_ascii_case("none") || header.is_empty() {
+                Ok(Transport::Tcp)
+            } else {
+                Err(BuildError::TransportNotServedYet(format!("tcp with header type {header}")))
+            }
+        }
+        "ws" | "websocket" | "httpupgrade" => {
+            // xray: the `ed` query parameter is the client's early-data size, stripped from the
+            // path the server matches; any other query never matches a request path.
+            let raw = text("path");
+            let path = raw.split('?').next().unwrap_or_default();
+            let path = match path {
+                "" => "/".to_string(),
+                p if p.starts_with('/') => p.to_string(),
+                p => format!("/{p}"),
+            };
+            let mut host = text("host");
+            if host.is_empty() && network != "httpupgrade" {
+                // Deprecated in xray: a Host in `headers` when `host` is unset.
+                if let Some(h) = settings.and_then(|s| s.get("headers")).and_then(|h| h.as_object()) {
+                    host = h
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+                        .and_then(|(_, v)| v.as_str())
+                        .map(|v| v.trim().to_string())
+                        .unwrap_or_default();
+                }
+            }
+            let s = HttpPathSettings { path, host };
+            Ok(if network == "httpupgrade" {
+                Transport::HttpUpgrade(s)
+            } else {
+                Transport::Ws(s)
+            })
+        }
+        other => Err(BuildError::TransportNotServedYet(other.to_string())),
+    }
 }
 
 /// `CertFile`/`KeyFile` with the `{domain}`/`{email}` placeholders filled in.
@@ -390,10 +449,10 @@ mod tests {
 
     #[test]
     fn unserved_transports_flows_and_reality_are_clear_errors() {
-        let i = info(r#"{"server_port":443,"network":"ws"}"#);
+        let i = info(r#"{"server_port":443,"network":"kcp"}"#);
         assert_eq!(
             node_config(1, "t", &entry("trojan"), &i),
-            Err(BuildError::TransportNotServedYet("ws".into()))
+            Err(BuildError::TransportNotServedYet("kcp".into()))
         );
         let i = info(r#"{"server_port":443,"flow":"xtls-rprx-vision"}"#);
         assert!(matches!(
@@ -418,6 +477,49 @@ mod tests {
             node_config(1, "t", &entry("vmess"), &info(r#"{"server_port":1}"#)),
             Err(BuildError::NotServedYet("vmess"))
         );
+    }
+
+    #[test]
+    fn transports_from_panel_network_settings() {
+        let t = |j: &str| node_config(1, "t", &entry("vless"), &info(j)).map(|c| c.transport);
+        assert_eq!(t(r#"{"server_port":1}"#), Ok(Transport::Tcp));
+        assert_eq!(
+            t(r#"{"server_port":1,"network":"tcp","networkSettings":{"header":{"type":"none"}}}"#),
+            Ok(Transport::Tcp)
+        );
+        assert!(matches!(
+            t(r#"{"server_port":1,"network":"tcp","networkSettings":{"header":{"type":"http"}}}"#),
+            Err(BuildError::TransportNotServedYet(_))
+        ));
+        assert_eq!(
+            t(r#"{"server_port":1,"network":"ws","networkSettings":{"path":"/ray?ed=2048","headers":{"Host":"cdn.example"}}}"#),
+            Ok(Transport::Ws(HttpPathSettings {
+                path: "/ray".into(),
+                host: "cdn.example".into()
+            }))
+        );
+        assert_eq!(
+            t(r#"{"server_port":1,"network":"ws","networkSettings":null}"#),
+            Ok(Transport::Ws(HttpPathSettings {
+                path: "/".into(),
+                host: String::new()
+            }))
+        );
+        assert_eq!(
+            t(r#"{"server_port":1,"network":"httpupgrade","networkSettings":{"path":"up","host":"h.example"}}"#),
+            Ok(Transport::HttpUpgrade(HttpPathSettings {
+                path: "/up".into(),
+                host: "h.example".into()
+            }))
+        );
+        // A TLS node offers http/1.1 for the HTTP transports.
+        let dir = tempfile::tempdir().unwrap();
+        let e = tls_entry("trojan", "self", dir.path());
+        let c = node_config(1, "t", &e, &info(r#"{"server_port":443,"network":"ws"}"#)).unwrap();
+        assert_eq!(c.tls.unwrap().alpn, vec!["http/1.1".to_string()]);
+        // Shadowsocks is always tcp.
+        let i = info(r#"{"server_port":1,"cipher":"aes-128-gcm","network":"ws"}"#);
+        assert_eq!(node_config(0, "t", &entry("shadowsocks"), &i).unwrap().transport, Transport::Tcp);
     }
 
     #[test]
