@@ -6,7 +6,9 @@ use std::path::Path;
 
 use v2sp_shared::config::{CertConfig, CertMode, NodeEntry};
 use v2sp_shared::cred::{secret_for, CredKind};
-use v2sp_shared::dpconfig::{HttpPathSettings, NodeConfig, Protocol, ShadowsocksSettings, TlsSettings, Transport};
+use v2sp_shared::dpconfig::{
+    HttpPathSettings, NodeConfig, Protocol, ShadowsocksSettings, TlsSettings, Transport,
+};
 use v2sp_shared::panel::{NodeInfo, PanelUser, TlsMode};
 use v2sp_shared::shm::UserEntry;
 
@@ -178,7 +180,9 @@ pub fn node_transport(info: &NodeInfo) -> Result<Transport, BuildError> {
             if header.eq_ignore_ascii_case("none") || header.is_empty() {
                 Ok(Transport::Tcp)
             } else {
-                Err(BuildError::TransportNotServedYet(format!("tcp with header type {header}")))
+                Err(BuildError::TransportNotServedYet(format!(
+                    "tcp with header type {header}"
+                )))
             }
         }
         "ws" | "websocket" | "httpupgrade" => {
@@ -194,7 +198,10 @@ pub fn node_transport(info: &NodeInfo) -> Result<Transport, BuildError> {
             let mut host = text("host");
             if host.is_empty() && network != "httpupgrade" {
                 // Deprecated in xray: a Host in `headers` when `host` is unset.
-                if let Some(h) = settings.and_then(|s| s.get("headers")).and_then(|h| h.as_object()) {
+                if let Some(h) = settings
+                    .and_then(|s| s.get("headers"))
+                    .and_then(|h| h.as_object())
+                {
                     host = h
                         .iter()
                         .find(|(k, _)| k.eq_ignore_ascii_case("host"))
@@ -492,7 +499,9 @@ mod tests {
             Err(BuildError::TransportNotServedYet(_))
         ));
         assert_eq!(
-            t(r#"{"server_port":1,"network":"ws","networkSettings":{"path":"/ray?ed=2048","headers":{"Host":"cdn.example"}}}"#),
+            t(
+                r#"{"server_port":1,"network":"ws","networkSettings":{"path":"/ray?ed=2048","headers":{"Host":"cdn.example"}}}"#
+            ),
             Ok(Transport::Ws(HttpPathSettings {
                 path: "/ray".into(),
                 host: "cdn.example".into()
@@ -506,7 +515,9 @@ mod tests {
             }))
         );
         assert_eq!(
-            t(r#"{"server_port":1,"network":"httpupgrade","networkSettings":{"path":"up","host":"h.example"}}"#),
+            t(
+                r#"{"server_port":1,"network":"httpupgrade","networkSettings":{"path":"up","host":"h.example"}}"#
+            ),
             Ok(Transport::HttpUpgrade(HttpPathSettings {
                 path: "/up".into(),
                 host: "h.example".into()
@@ -519,7 +530,10 @@ mod tests {
         assert_eq!(c.tls.unwrap().alpn, vec!["http/1.1".to_string()]);
         // Shadowsocks is always tcp.
         let i = info(r#"{"server_port":1,"cipher":"aes-128-gcm","network":"ws"}"#);
-        assert_eq!(node_config(0, "t", &entry("shadowsocks"), &i).unwrap().transport, Transport::Tcp);
+        assert_eq!(
+            node_config(0, "t", &entry("shadowsocks"), &i).unwrap().transport,
+            Transport::Tcp
+        );
     }
 
     #[test]

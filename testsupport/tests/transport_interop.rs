@@ -163,7 +163,8 @@ fn sing_box_and_v2ray_over_ws_and_httpupgrade_with_exact_accounting() {
         }
         if let Some(r) = &recorder {
             let cap = r.captured.lock().unwrap();
-            let first = String::from_utf8_lossy(cap.first().map(Vec::as_slice).unwrap_or_default()).to_string();
+            let first =
+                String::from_utf8_lossy(cap.first().map(Vec::as_slice).unwrap_or_default()).to_string();
             if !first.contains("Sec-WebSocket-Protocol: ") {
                 failures.push(format!("{what}: the client sent no early data header"));
             }
@@ -180,9 +181,15 @@ fn sing_box_and_v2ray_over_ws_and_httpupgrade_with_exact_accounting() {
         }
         // Not a user of this node: nothing comes back, nothing is accounted.
         let stranger = "11111111-2222-4333-8444-555555555555";
-        let (proc_, socks) =
-            sing_box_transport(node.port, c.protocol, stranger, tls.clone(), Some(c.client.clone()), v.dir.path())
-                .unwrap_or_else(|e| panic!("sing-box: {e:#}"));
+        let (proc_, socks) = sing_box_transport(
+            node.port,
+            c.protocol,
+            stranger,
+            tls.clone(),
+            Some(c.client.clone()),
+            v.dir.path(),
+        )
+        .unwrap_or_else(|e| panic!("sing-box: {e:#}"));
         if tcp_echo_through(socks, echo.port, &payload(4096, 99)).is_ok() {
             failures.push(format!("{what}: data went through for an unknown credential"));
         }
@@ -234,6 +241,9 @@ fn wrong_path_is_refused_like_xray() {
     let n = s.read(&mut buf).unwrap();
     let head = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{head}");
-    assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{head}");
+    assert!(
+        head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{head}"
+    );
     drop(v);
 }

@@ -248,7 +248,12 @@ struct CodecCtl<'a> {
 }
 
 /// Sends the codec's control frames to the client (download side only).
-async fn send_control(env: &RelayEnv<'_>, act: &Activity, c: CodecCtl<'_>, client: &TcpStream) -> io::Result<()> {
+async fn send_control(
+    env: &RelayEnv<'_>,
+    act: &Activity,
+    c: CodecCtl<'_>,
+    client: &TcpStream,
+) -> io::Result<()> {
     let mut out = Vec::new();
     c.codec
         .borrow_mut()

@@ -88,7 +88,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, WireError> {
     let mut lines = head.split("\r\n");
     let line = lines.next().unwrap_or_default();
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(WireError::Malformed("http: bad request line"));
     };
@@ -171,7 +172,9 @@ mod tests {
 
     #[test]
     fn ipv6_hosts() {
-        let r = parse_request(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n").unwrap().unwrap();
+        let r = parse_request(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(r.host_is("::1"));
         assert!(r.host_is("[::1]"));
     }

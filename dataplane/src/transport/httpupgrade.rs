@@ -21,7 +21,8 @@ use super::{TransportHandshake, Upgrade, Upgraded};
 use crate::proto::WireError;
 
 /// The reply xray (Go's `http.Response.Write`) sends.
-pub const REPLY: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+pub const REPLY: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
 
 pub struct HttpUpgradeHandshake {
     cfg: HttpPathSettings,

@@ -80,7 +80,12 @@ impl Chain {
 
     /// Feeds plaintext the client sent (after TLS). Bytes appended to `send` go to the client
     /// before anything else (sealed by TLS if the node has it), whatever the result.
-    pub fn feed(&mut self, data: &[u8], ctx: &dyn AuthContext, send: &mut Vec<u8>) -> Result<Step, WireError> {
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        ctx: &dyn AuthContext,
+        send: &mut Vec<u8>,
+    ) -> Result<Step, WireError> {
         let mut decoded = Vec::new();
         let stream: &[u8] = if let Some(t) = self.transport.as_mut() {
             match t.feed(data)? {

@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::type_complexity)]
 //! The chain: transport upgrade, framing, then an unmodified protocol handshake (VLESS).
 
 use base64::Engine as _;
@@ -68,7 +68,10 @@ fn ws_then_vless_in_frames_reply_framed_codec_layered() {
     wire.extend_from_slice(&client_frame(&req[10..]));
     let (a, b) = wire.split_at(20);
     let mut send = Vec::new();
-    assert!(matches!(chain.feed(a, &ctx, &mut send).unwrap(), Step::NeedMore(_)));
+    assert!(matches!(
+        chain.feed(a, &ctx, &mut send).unwrap(),
+        Step::NeedMore(_)
+    ));
     let (dest, up, reply, codec) = forward(chain.feed(b, &ctx, &mut send).unwrap());
     assert!(send.is_empty());
     assert_eq!(dest, Destination::Domain("example.com".into(), 443));
@@ -92,12 +95,18 @@ fn ws_early_data_reaches_the_protocol() {
     let mut chain = Chain::new(&ws(), Box::new(VlessHandshake::default()));
     let mut send = Vec::new();
     let step = chain
-        .feed(&upgrade_request(&format!("Sec-WebSocket-Protocol: {ed}\r\n")), &ctx, &mut send)
+        .feed(
+            &upgrade_request(&format!("Sec-WebSocket-Protocol: {ed}\r\n")),
+            &ctx,
+            &mut send,
+        )
         .unwrap();
     let (_, up, reply, _) = forward(step);
     assert_eq!(up, b"GET");
     assert_eq!(reply, [0x82, 0x02, 0x00, 0x00]);
-    assert!(String::from_utf8(send).unwrap().contains(&format!("Sec-WebSocket-Protocol: {ed}\r\n")));
+    assert!(String::from_utf8(send)
+        .unwrap()
+        .contains(&format!("Sec-WebSocket-Protocol: {ed}\r\n")));
 }
 
 #[test]
@@ -108,7 +117,8 @@ fn httpupgrade_passes_raw_bytes_and_keeps_splice() {
         host: String::new(),
     });
     let mut chain = Chain::new(&t, Box::new(VlessHandshake::default()));
-    let mut wire = b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec();
+    let mut wire =
+        b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec();
     wire.extend_from_slice(&hex::decode(VLESS_REQ).unwrap());
     let mut send = Vec::new();
     let (_, up, reply, codec) = forward(chain.feed(&wire, &ctx, &mut send).unwrap());
@@ -123,13 +133,19 @@ fn tcp_is_the_protocol_alone_and_refusals_close() {
     let ctx = Ctx::with(&UUID, 9);
     let mut chain = Chain::new(&Transport::Tcp, Box::new(VlessHandshake::default()));
     let mut send = Vec::new();
-    let (_, up, reply, codec) = forward(chain.feed(&hex::decode(VLESS_REQ).unwrap(), &ctx, &mut send).unwrap());
+    let (_, up, reply, codec) = forward(
+        chain
+            .feed(&hex::decode(VLESS_REQ).unwrap(), &ctx, &mut send)
+            .unwrap(),
+    );
     assert!(send.is_empty());
     assert_eq!((up.as_slice(), reply.as_slice()), (&b"GET"[..], &[0u8, 0][..]));
     assert!(codec.is_none());
     // Wrong path: 404 to send, then close.
     let mut chain = Chain::new(&ws(), Box::new(VlessHandshake::default()));
-    let bad = String::from_utf8(upgrade_request("")).unwrap().replace("/ray", "/nope");
+    let bad = String::from_utf8(upgrade_request(""))
+        .unwrap()
+        .replace("/ray", "/nope");
     let step = chain.feed(bad.as_bytes(), &ctx, &mut send).unwrap();
     assert!(matches!(
         step,
@@ -146,8 +162,11 @@ fn layered_forwards_pongs() {
     let mut l = Layered::new(Box::new(ws::WsCodec::default()), None);
     let mut out = Vec::new();
     // Masked ping "Hello" (RFC 6455 §5.7 masked bytes, opcode 9).
-    l.open(&[0x89, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58], &mut out)
-        .unwrap();
+    l.open(
+        &[0x89, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58],
+        &mut out,
+    )
+    .unwrap();
     assert!(out.is_empty() && l.has_control());
     let mut ctl = Vec::new();
     l.take_control(&mut ctl).unwrap();

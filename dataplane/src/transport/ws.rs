@@ -314,9 +314,15 @@ impl StreamCodec for WsCodec {
                 }
                 continue;
             }
-            let n = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(rest.len());
+            let n = usize::try_from(self.remaining)
+                .unwrap_or(usize::MAX)
+                .min(rest.len());
             let (chunk, tail) = rest.split_at(n);
-            let dst = if self.is_control() { &mut self.ctrl } else { &mut *out };
+            let dst = if self.is_control() {
+                &mut self.ctrl
+            } else {
+                &mut *out
+            };
             let start = dst.len();
             dst.extend_from_slice(chunk);
             unmask(dst.get_mut(start..).unwrap_or_default(), self.mask, self.mask_pos);

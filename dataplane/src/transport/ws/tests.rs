@@ -65,13 +65,18 @@ fn early_data_in_sec_websocket_protocol_is_echoed() {
     let u = done(upgrade(&request(&format!("Sec-WebSocket-Protocol: {ed}\r\n")), "").unwrap());
     assert_eq!(u.early, (0u8..40).collect::<Vec<_>>());
     let reply = String::from_utf8(u.reply).unwrap();
-    assert!(reply.ends_with(&format!("Sec-WebSocket-Protocol: {ed}\r\n\r\n")), "{reply}");
+    assert!(
+        reply.ends_with(&format!("Sec-WebSocket-Protocol: {ed}\r\n\r\n")),
+        "{reply}"
+    );
     // Standard alphabet with padding is accepted too (xray maps it).
     assert_eq!(early_data("+/8=").unwrap(), vec![0xfb, 0xff]);
     // Not base64: no early data, no echo.
     let u = done(upgrade(&request("Sec-WebSocket-Protocol: chat, superchat\r\n"), "").unwrap());
     assert!(u.early.is_empty());
-    assert!(!String::from_utf8(u.reply).unwrap().contains("Sec-WebSocket-Protocol"));
+    assert!(!String::from_utf8(u.reply)
+        .unwrap()
+        .contains("Sec-WebSocket-Protocol"));
 }
 
 #[test]
@@ -172,24 +177,28 @@ fn ping_gets_pong_close_gets_close_then_silence() {
     c.open(&[0x8a, 0x80, 1, 2, 3, 4], &mut out).unwrap();
     assert!(!c.has_control());
     // Close 1000 (0x03e8 masked with 37fa213d = 3412).
-    c.open(&[0x88, 0x82, 0x37, 0xfa, 0x21, 0x3d, 0x34, 0x12], &mut out).unwrap();
+    c.open(&[0x88, 0x82, 0x37, 0xfa, 0x21, 0x3d, 0x34, 0x12], &mut out)
+        .unwrap();
     let mut ctl = Vec::new();
     c.take_control(&mut ctl).unwrap();
     assert_eq!(ctl, [0x88, 0x02, 0x03, 0xe8]);
     // After close, data is ignored.
-    c.open(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58], &mut out)
-        .unwrap();
+    c.open(
+        &[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58],
+        &mut out,
+    )
+    .unwrap();
     assert!(out.is_empty());
 }
 
 #[test]
 fn protocol_violations() {
     let bad: [&[u8]; 6] = [
-        &[0x82, 0x05, b'H', b'e', b'l', b'l', b'o'],    // unmasked client frame
-        &[0xc2, 0x80, 0, 0, 0, 0],                       // RSV1 without an extension
-        &[0x83, 0x80, 0, 0, 0, 0],                       // reserved opcode
-        &[0x09, 0x80, 0, 0, 0, 0],                       // fragmented ping
-        &[0x89, 0xfe, 0, 126, 0, 0, 0, 0],               // control frame > 125
+        &[0x82, 0x05, b'H', b'e', b'l', b'l', b'o'], // unmasked client frame
+        &[0xc2, 0x80, 0, 0, 0, 0],                   // RSV1 without an extension
+        &[0x83, 0x80, 0, 0, 0, 0],                   // reserved opcode
+        &[0x09, 0x80, 0, 0, 0, 0],                   // fragmented ping
+        &[0x89, 0xfe, 0, 126, 0, 0, 0, 0],           // control frame > 125
         &[0x82, 0xff, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0], // 4 GiB frame
     ];
     for b in bad {
