@@ -7,7 +7,7 @@ use std::path::Path;
 use v2sp_shared::config::{CertConfig, CertMode, NodeEntry};
 use v2sp_shared::cred::{secret_for, CredKind};
 use v2sp_shared::dpconfig::{
-    HttpPathSettings, NodeConfig, Protocol, ShadowsocksSettings, TlsSettings, Transport,
+    HttpPathSettings, NodeConfig, Protocol, ShadowsocksSettings, TcpHttpSettings, TlsSettings, Transport,
 };
 use v2sp_shared::panel::{NodeInfo, PanelUser, TlsMode};
 use v2sp_shared::shm::UserEntry;
@@ -179,6 +179,9 @@ pub fn node_transport(info: &NodeInfo) -> Result<Transport, BuildError> {
                 .unwrap_or("none");
             if header.eq_ignore_ascii_case("none") || header.is_empty() {
                 Ok(Transport::Tcp)
+            } else if header.eq_ignore_ascii_case("http") {
+                let h = settings.and_then(|s| s.get("header"));
+                Ok(Transport::TcpHttp(tcp_http(h)))
             } else {
                 Err(BuildError::TransportNotServedYet(format!(
                     "tcp with header type {header}"
@@ -218,6 +221,71 @@ pub fn node_transport(info: &NodeInfo) -> Result<Transport, BuildError> {
             })
         }
         other => Err(BuildError::TransportNotServedYet(other.to_string())),
+    }
+}
+
+/// xray's tcp `header` (`{"type":"http","request":{"path":[..]},"response":{..}}`) with
+/// xray's defaults (path `/`, `HTTP/1.1 200 OK`, its five response headers); a header given as
+/// a list answers with its first value.
+fn tcp_http(header: Option<&serde_json::Value>) -> TcpHttpSettings {
+    let strings = |v: Option<&serde_json::Value>| -> Vec<String> {
+        match v {
+            Some(serde_json::Value::String(s)) => vec![s.clone()],
+            Some(serde_json::Value::Array(a)) => {
+                a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()
+            }
+            _ => Vec::new(),
+        }
+    };
+    let req = header.and_then(|h| h.get("request"));
+    let resp = header.and_then(|h| h.get("response"));
+    let mut paths = strings(req.and_then(|r| r.get("path")));
+    if paths.is_empty() {
+        paths.push("/".to_string());
+    }
+    let field = |k: &str, d: &str| {
+        resp.and_then(|r| r.get(k))
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+            .unwrap_or(d)
+            .to_string()
+    };
+    let status_line = format!(
+        "HTTP/{} {} {}",
+        field("version", "1.1"),
+        field("status", "200"),
+        field("reason", "OK")
+    );
+    let mut headers: Vec<String> = match resp.and_then(|r| r.get("headers")).and_then(|h| h.as_object()) {
+        Some(map) if !map.is_empty() => {
+            let mut names: Vec<&String> = map.keys().collect();
+            names.sort();
+            names
+                .into_iter()
+                .filter_map(|k| {
+                    strings(map.get(k))
+                        .into_iter()
+                        .next()
+                        .map(|v| format!("{k}: {v}"))
+                })
+                .collect()
+        }
+        _ => [
+            "Content-Type: application/octet-stream",
+            "Transfer-Encoding: chunked",
+            "Connection: keep-alive",
+            "Pragma: no-cache",
+            "Cache-Control: private",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    };
+    headers.retain(|h| !h.contains(['\r', '\n']));
+    TcpHttpSettings {
+        paths,
+        status_line,
+        headers,
     }
 }
 
@@ -333,7 +401,7 @@ pub fn user_entries(kind: CredKind, users: &[PanelUser]) -> (Vec<UserEntry>, Vec
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use std::path::Path;
 
@@ -495,9 +563,26 @@ mod tests {
             Ok(Transport::Tcp)
         );
         assert!(matches!(
-            t(r#"{"server_port":1,"network":"tcp","networkSettings":{"header":{"type":"http"}}}"#),
+            t(r#"{"server_port":1,"network":"tcp","networkSettings":{"header":{"type":"srtp"}}}"#),
             Err(BuildError::TransportNotServedYet(_))
         ));
+        let Ok(Transport::TcpHttp(h)) =
+            t(r#"{"server_port":1,"network":"tcp","networkSettings":{"header":{"type":"http"}}}"#)
+        else {
+            panic!("tcp http header")
+        };
+        assert_eq!(h.paths, vec!["/".to_string()]);
+        assert_eq!(h.status_line, "HTTP/1.1 200 OK");
+        assert_eq!(h.headers[0], "Content-Type: application/octet-stream");
+        let Ok(Transport::TcpHttp(h)) = t(
+            r#"{"server_port":1,"network":"tcp","networkSettings":{"header":{"type":"http",
+              "request":{"path":["/a","/b"]},"response":{"status":"404","reason":"Not Found","headers":{"X":["1","2"],"A":"z"}}}}}"#,
+        ) else {
+            panic!("tcp http header")
+        };
+        assert_eq!(h.paths, vec!["/a".to_string(), "/b".to_string()]);
+        assert_eq!(h.status_line, "HTTP/1.1 404 Not Found");
+        assert_eq!(h.headers, vec!["A: z".to_string(), "X: 1".to_string()]);
         assert_eq!(
             t(
                 r#"{"server_port":1,"network":"ws","networkSettings":{"path":"/ray?ed=2048","headers":{"Host":"cdn.example"}}}"#

@@ -109,6 +109,9 @@ pub enum Transport {
     Ws(HttpPathSettings),
     /// An HTTP/1.1 Upgrade request answered with 101, then raw bytes.
     HttpUpgrade(HttpPathSettings),
+    /// Raw TCP behind xray's `header.type = "http"` obfuscation: one fake request head read
+    /// and discarded, one fake response head sent.
+    TcpHttp(TcpHttpSettings),
 }
 
 impl Transport {
@@ -117,15 +120,28 @@ impl Transport {
             Self::Tcp => "tcp",
             Self::Ws(_) => "ws",
             Self::HttpUpgrade(_) => "httpupgrade",
+            Self::TcpHttp(_) => "tcp+http",
         }
     }
     /// ALPN protocols a TLS node offers for this transport (empty: none).
     pub fn alpn(&self) -> Vec<String> {
         match self {
-            Self::Tcp => Vec::new(),
+            Self::Tcp | Self::TcpHttp(_) => Vec::new(),
             Self::Ws(_) | Self::HttpUpgrade(_) => vec!["http/1.1".to_string()],
         }
     }
+}
+
+/// xray's tcp `header` of type `http`, server side.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct TcpHttpSettings {
+    /// Accepted request paths (`request.path`; xray's default `["/"]`).
+    pub paths: Vec<String>,
+    /// Response status line, e.g. `HTTP/1.1 200 OK`.
+    pub status_line: String,
+    /// Response header lines (`Name: value`); a `Date` is added unless one is given.
+    pub headers: Vec<String>,
 }
 
 /// Where an HTTP-based transport accepts requests.

@@ -247,3 +247,109 @@ fn wrong_path_is_refused_like_xray() {
     );
     drop(v);
 }
+
+/// V2Ray 4.34 (VLESS, plaintext) behind xray's tcp `header.type = "http"` obfuscation.
+#[test]
+fn v2ray_vless_over_tcp_http_header() {
+    let echo = Echo::start().unwrap();
+    let port = free_port();
+    let header = json!({"type": "http", "request": {"path": ["/video", "/"]}});
+    let nodes = vec![NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "vless", "server_port": port, "tls": 0, "network": "tcp",
+                     "networkSettings": {"header": header},
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: vec![user(1, UUIDS[0]), user(2, UUIDS[1])],
+    }];
+    let v = V2sp::start(nodes, json!({})).unwrap();
+    let stream = json!({"network": "tcp", "security": "none",
+        "tcpSettings": {"header": {"type": "http", "request": {"path": ["/video"]}}}});
+    let (proc_, socks) = v2ray_client(port, "vless", UUIDS[1], stream, v.dir.path()).unwrap();
+    let data = payload(1 << 20, 77);
+    let n = tcp_echo_through(socks, echo.port, &data)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", proc_.log(), v.agent.log()));
+    drop(proc_);
+    // A client asking for a path the node does not list gets nothing through.
+    let stream = json!({"network": "tcp", "security": "none",
+        "tcpSettings": {"header": {"type": "http", "request": {"path": ["/elsewhere"]}}}});
+    let (proc_, socks) = v2ray_client(port, "vless", UUIDS[0], stream, v.dir.path()).unwrap();
+    assert!(tcp_echo_through(socks, echo.port, &payload(4096, 1)).is_err());
+    drop(proc_);
+    let expected = BTreeMap::from([(2u32, (n, n))]);
+    v.wait_totals(1, &expected, Duration::from_secs(20)).unwrap();
+}
+
+/// Reads one server frame (unmasked, payload < 126 bytes): (opcode, payload).
+fn read_frame(s: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+    use std::io::Read;
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    assert!(h[1] < 126, "small frames only here");
+    let mut p = vec![0u8; usize::from(h[1])];
+    s.read_exact(&mut p).unwrap();
+    (h[0] & 0x0f, p)
+}
+
+/// A hand-made client: VLESS over ws to the echo server; a ping mid-stream is answered with
+/// a pong by the relay (the client-bound side sends the codec's control frames), data keeps
+/// flowing (a fragmented text message too), and a close is echoed.
+#[test]
+fn ws_ping_gets_pong_through_the_relay() {
+    use std::io::{Read, Write};
+    let echo = Echo::start().unwrap();
+    let port = free_port();
+    let nodes = vec![NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "vless", "server_port": port, "tls": 0, "network": "ws",
+                     "networkSettings": {"path": "/ray"},
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: vec![user(1, UUIDS[0])],
+    }];
+    let v = V2sp::start(nodes, json!({})).unwrap();
+    let frame = |op: u8, payload: &[u8]| {
+        let mask = [9u8, 8, 7, 6];
+        let mut f = vec![0x80 | op, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    };
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /ray HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    // VLESS: version 0, uuid, no addons, TCP to 127.0.0.1:echo, then "hi".
+    let mut req = vec![0u8];
+    req.extend_from_slice(&hex::decode(UUIDS[0].replace('-', "")).unwrap());
+    req.extend_from_slice(&[0, 1]);
+    req.extend_from_slice(&echo.port.to_be_bytes());
+    req.extend_from_slice(&[1, 127, 0, 0, 1]);
+    req.extend_from_slice(b"hi");
+    s.write_all(&frame(2, &req)).unwrap();
+    assert_eq!(read_frame(&mut s), (2, vec![0, 0]), "VLESS response header");
+    assert_eq!(read_frame(&mut s), (2, b"hi".to_vec()));
+    s.write_all(&frame(9, b"ping!")).unwrap();
+    assert_eq!(read_frame(&mut s), (10, b"ping!".to_vec()), "pong");
+    let mut two = frame(1, b"ab");
+    two[0] &= 0x7f; // FIN off: a fragmented text message
+    two.extend_from_slice(&frame(0, b"cd"));
+    s.write_all(&two).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let (op, p) = read_frame(&mut s);
+        assert_eq!(op, 2);
+        got.extend_from_slice(&p);
+    }
+    assert_eq!(got, b"abcd");
+    s.write_all(&frame(8, &[0x03, 0xe8])).unwrap();
+    assert_eq!(read_frame(&mut s), (8, vec![0x03, 0xe8]), "close echoed");
+    drop(s);
+    let expected = BTreeMap::from([(1u32, (6, 6))]);
+    v.wait_totals(1, &expected, Duration::from_secs(20)).unwrap();
+}

@@ -21,6 +21,7 @@
 
 pub mod http;
 pub mod httpupgrade;
+pub mod tcphttp;
 pub mod ws;
 
 use v2sp_shared::dpconfig::Transport;
@@ -58,6 +59,7 @@ pub fn handshake_for(t: &Transport) -> Option<Box<dyn TransportHandshake>> {
         Transport::Tcp => None,
         Transport::Ws(s) => Some(Box::new(ws::WsHandshake::new(s))),
         Transport::HttpUpgrade(s) => Some(Box::new(httpupgrade::HttpUpgradeHandshake::new(s))),
+        Transport::TcpHttp(s) => Some(Box::new(tcphttp::TcpHttpHandshake::new(s))),
     }
 }
 
