@@ -188,9 +188,18 @@ pub fn write_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// XORs `buf` with the mask, starting at mask offset `pos` (8 bytes at a time).
 fn unmask(buf: &mut [u8], mask: [u8; 4], pos: usize) {
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b ^= mask[(pos + i) & 3];
+    let m: [u8; 4] = std::array::from_fn(|i| mask[(pos + i) & 3]);
+    let m8 = u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[0], m[1], m[2], m[3]]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for c in &mut chunks {
+        if let Ok(a) = <[u8; 8]>::try_from(&*c) {
+            c.copy_from_slice(&(u64::from_ne_bytes(a) ^ m8).to_ne_bytes());
+        }
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= m[i & 3];
     }
 }
 
