@@ -6,7 +6,10 @@ use std::path::Path;
 
 use v2sp_shared::config::{CertConfig, CertMode, NodeEntry};
 use v2sp_shared::cred::{secret_for, CredKind};
-use v2sp_shared::dpconfig::{FallbackTarget, NodeConfig, Protocol, ShadowsocksSettings, TlsSettings};
+use v2sp_shared::dpconfig::{
+    FallbackTarget, HttpPathSettings, NodeConfig, Protocol, ShadowsocksSettings, TcpHttpSettings,
+    TlsSettings, Transport,
+};
 use v2sp_shared::panel::{NodeInfo, PanelUser, TlsMode};
 use v2sp_shared::shm::UserEntry;
 
@@ -27,7 +30,7 @@ pub enum BuildError {
     NoServerKey(String),
     #[error("this build of v2sp does not serve {0} yet")]
     NotServedYet(&'static str),
-    #[error("this build of v2sp does not serve the {0:?} transport yet (only tcp)")]
+    #[error("this build of v2sp does not serve the {0:?} transport yet (tcp, ws, httpupgrade)")]
     TransportNotServedYet(String),
     #[error("this build of v2sp does not serve VLESS flow {0:?} yet (set no flow on the panel)")]
     FlowNotServedYet(String),
@@ -98,10 +101,6 @@ pub fn node_config(
     let tls = match protocol {
         Protocol::Shadowsocks => None,
         Protocol::Trojan | Protocol::Vless => {
-            let network = info.network.as_deref().unwrap_or("tcp");
-            if network != "tcp" {
-                return Err(BuildError::TransportNotServedYet(network.to_string()));
-            }
             if let Some(flow) = info.flow.as_deref().filter(|f| !f.trim().is_empty()) {
                 if protocol == Protocol::Vless {
                     return Err(BuildError::FlowNotServedYet(flow.to_string()));
@@ -131,10 +130,22 @@ pub fn node_config(
         _ => return Err(BuildError::NotServedYet(protocol.as_str())),
     };
     let fallbacks = node_fallbacks(entry, protocol);
-    let mut tls = tls;
-    if let Some(t) = tls.as_mut().filter(|t| t.alpn.is_empty()) {
-        t.alpn = fallback_alpn(&fallbacks);
-    }
+    let transport = match protocol {
+        Protocol::Shadowsocks => Transport::Tcp,
+        _ => node_transport(info)?,
+    };
+    // ALPN: the fallbacks' values first (server preference picks them for clients that offer
+    // them), then what the transport needs.
+    let tls = tls.map(|mut t| {
+        let mut alpn = fallback_alpn(&fallbacks);
+        for a in transport.alpn() {
+            if !alpn.contains(&a) {
+                alpn.push(a);
+            }
+        }
+        t.alpn = alpn;
+        t
+    });
     let send_ip = if entry.send_ip.is_unspecified() {
         String::new()
     } else {
@@ -152,10 +163,7 @@ pub fn node_config(
         send_ip,
         dns_strategy: entry.outbound_domain_strategy().to_string(),
         shadowsocks,
-        transport: serde_json::json!({
-            "network": info.network,
-            "network_settings": info.network_settings,
-        }),
+        transport,
         tls,
         fallbacks,
     })
@@ -193,6 +201,137 @@ fn node_fallbacks(entry: &NodeEntry, protocol: Protocol) -> Vec<FallbackTarget> 
             xver: u8::try_from(f.proxy_protocol_ver).unwrap_or(0),
         })
         .collect()
+}
+
+/// The panel's `network` and `networkSettings` (xray field names, spec §F.6) as the data
+/// plane's transport.
+pub fn node_transport(info: &NodeInfo) -> Result<Transport, BuildError> {
+    let network = info.network.as_deref().unwrap_or("tcp");
+    let settings = info.network_settings.as_ref();
+    let text = |key: &str| -> String {
+        settings
+            .and_then(|s| s.get(key))
+            .and_then(|v| v.as_str())
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    match network {
+        "tcp" | "raw" => {
+            let header = settings
+                .and_then(|s| s.get("header"))
+                .and_then(|h| h.get("type"))
+                .and_then(|t| t.as_str())
+                .unwrap_or("none");
+            if header.eq_ignore_ascii_case("none") || header.is_empty() {
+                Ok(Transport::Tcp)
+            } else if header.eq_ignore_ascii_case("http") {
+                let h = settings.and_then(|s| s.get("header"));
+                Ok(Transport::TcpHttp(tcp_http(h)))
+            } else {
+                Err(BuildError::TransportNotServedYet(format!(
+                    "tcp with header type {header}"
+                )))
+            }
+        }
+        "ws" | "websocket" | "httpupgrade" => {
+            // xray: the `ed` query parameter is the client's early-data size, stripped from the
+            // path the server matches; any other query never matches a request path.
+            let raw = text("path");
+            let path = raw.split('?').next().unwrap_or_default();
+            let path = match path {
+                "" => "/".to_string(),
+                p if p.starts_with('/') => p.to_string(),
+                p => format!("/{p}"),
+            };
+            let mut host = text("host");
+            if host.is_empty() && network != "httpupgrade" {
+                // Deprecated in xray: a Host in `headers` when `host` is unset.
+                if let Some(h) = settings
+                    .and_then(|s| s.get("headers"))
+                    .and_then(|h| h.as_object())
+                {
+                    host = h
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+                        .and_then(|(_, v)| v.as_str())
+                        .map(|v| v.trim().to_string())
+                        .unwrap_or_default();
+                }
+            }
+            let s = HttpPathSettings { path, host };
+            Ok(if network == "httpupgrade" {
+                Transport::HttpUpgrade(s)
+            } else {
+                Transport::Ws(s)
+            })
+        }
+        other => Err(BuildError::TransportNotServedYet(other.to_string())),
+    }
+}
+
+/// xray's tcp `header` (`{"type":"http","request":{"path":[..]},"response":{..}}`) with
+/// xray's defaults (path `/`, `HTTP/1.1 200 OK`, its five response headers); a header given as
+/// a list answers with its first value.
+fn tcp_http(header: Option<&serde_json::Value>) -> TcpHttpSettings {
+    let strings = |v: Option<&serde_json::Value>| -> Vec<String> {
+        match v {
+            Some(serde_json::Value::String(s)) => vec![s.clone()],
+            Some(serde_json::Value::Array(a)) => {
+                a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()
+            }
+            _ => Vec::new(),
+        }
+    };
+    let req = header.and_then(|h| h.get("request"));
+    let resp = header.and_then(|h| h.get("response"));
+    let mut paths = strings(req.and_then(|r| r.get("path")));
+    if paths.is_empty() {
+        paths.push("/".to_string());
+    }
+    let field = |k: &str, d: &str| {
+        resp.and_then(|r| r.get(k))
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+            .unwrap_or(d)
+            .to_string()
+    };
+    let status_line = format!(
+        "HTTP/{} {} {}",
+        field("version", "1.1"),
+        field("status", "200"),
+        field("reason", "OK")
+    );
+    let mut headers: Vec<String> = match resp.and_then(|r| r.get("headers")).and_then(|h| h.as_object()) {
+        Some(map) if !map.is_empty() => {
+            let mut names: Vec<&String> = map.keys().collect();
+            names.sort();
+            names
+                .into_iter()
+                .filter_map(|k| {
+                    strings(map.get(k))
+                        .into_iter()
+                        .next()
+                        .map(|v| format!("{k}: {v}"))
+                })
+                .collect()
+        }
+        _ => [
+            "Content-Type: application/octet-stream",
+            "Transfer-Encoding: chunked",
+            "Connection: keep-alive",
+            "Pragma: no-cache",
+            "Cache-Control: private",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    };
+    headers.retain(|h| !h.contains(['\r', '\n']));
+    TcpHttpSettings {
+        paths,
+        status_line,
+        headers,
+    }
 }
 
 /// `CertFile`/`KeyFile` with the `{domain}`/`{email}` placeholders filled in.
@@ -307,7 +446,7 @@ pub fn user_entries(kind: CredKind, users: &[PanelUser]) -> (Vec<UserEntry>, Vec
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use std::path::Path;
 
@@ -469,10 +608,10 @@ mod tests {
 
     #[test]
     fn unserved_transports_flows_and_reality_are_clear_errors() {
-        let i = info(r#"{"server_port":443,"network":"ws"}"#);
+        let i = info(r#"{"server_port":443,"network":"kcp"}"#);
         assert_eq!(
             node_config(1, "t", &entry("trojan"), &i),
-            Err(BuildError::TransportNotServedYet("ws".into()))
+            Err(BuildError::TransportNotServedYet("kcp".into()))
         );
         let i = info(r#"{"server_port":443,"flow":"xtls-rprx-vision"}"#);
         assert!(matches!(
@@ -496,6 +635,73 @@ mod tests {
         assert_eq!(
             node_config(1, "t", &entry("vmess"), &info(r#"{"server_port":1}"#)),
             Err(BuildError::NotServedYet("vmess"))
+        );
+    }
+
+    #[test]
+    fn transports_from_panel_network_settings() {
+        let t = |j: &str| node_config(1, "t", &entry("vless"), &info(j)).map(|c| c.transport);
+        assert_eq!(t(r#"{"server_port":1}"#), Ok(Transport::Tcp));
+        assert_eq!(
+            t(r#"{"server_port":1,"network":"tcp","networkSettings":{"header":{"type":"none"}}}"#),
+            Ok(Transport::Tcp)
+        );
+        assert!(matches!(
+            t(r#"{"server_port":1,"network":"tcp","networkSettings":{"header":{"type":"srtp"}}}"#),
+            Err(BuildError::TransportNotServedYet(_))
+        ));
+        let Ok(Transport::TcpHttp(h)) =
+            t(r#"{"server_port":1,"network":"tcp","networkSettings":{"header":{"type":"http"}}}"#)
+        else {
+            panic!("tcp http header")
+        };
+        assert_eq!(h.paths, vec!["/".to_string()]);
+        assert_eq!(h.status_line, "HTTP/1.1 200 OK");
+        assert_eq!(h.headers[0], "Content-Type: application/octet-stream");
+        let Ok(Transport::TcpHttp(h)) = t(
+            r#"{"server_port":1,"network":"tcp","networkSettings":{"header":{"type":"http",
+              "request":{"path":["/a","/b"]},"response":{"status":"404","reason":"Not Found","headers":{"X":["1","2"],"A":"z"}}}}}"#,
+        ) else {
+            panic!("tcp http header")
+        };
+        assert_eq!(h.paths, vec!["/a".to_string(), "/b".to_string()]);
+        assert_eq!(h.status_line, "HTTP/1.1 404 Not Found");
+        assert_eq!(h.headers, vec!["A: z".to_string(), "X: 1".to_string()]);
+        assert_eq!(
+            t(
+                r#"{"server_port":1,"network":"ws","networkSettings":{"path":"/ray?ed=2048","headers":{"Host":"cdn.example"}}}"#
+            ),
+            Ok(Transport::Ws(HttpPathSettings {
+                path: "/ray".into(),
+                host: "cdn.example".into()
+            }))
+        );
+        assert_eq!(
+            t(r#"{"server_port":1,"network":"ws","networkSettings":null}"#),
+            Ok(Transport::Ws(HttpPathSettings {
+                path: "/".into(),
+                host: String::new()
+            }))
+        );
+        assert_eq!(
+            t(
+                r#"{"server_port":1,"network":"httpupgrade","networkSettings":{"path":"up","host":"h.example"}}"#
+            ),
+            Ok(Transport::HttpUpgrade(HttpPathSettings {
+                path: "/up".into(),
+                host: "h.example".into()
+            }))
+        );
+        // A TLS node offers http/1.1 for the HTTP transports.
+        let dir = tempfile::tempdir().unwrap();
+        let e = tls_entry("trojan", "self", dir.path());
+        let c = node_config(1, "t", &e, &info(r#"{"server_port":443,"network":"ws"}"#)).unwrap();
+        assert_eq!(c.tls.unwrap().alpn, vec!["http/1.1".to_string()]);
+        // Shadowsocks is always tcp.
+        let i = info(r#"{"server_port":1,"cipher":"aes-128-gcm","network":"ws"}"#);
+        assert_eq!(
+            node_config(0, "t", &entry("shadowsocks"), &i).unwrap().transport,
+            Transport::Tcp
         );
     }
 

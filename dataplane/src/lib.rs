@@ -9,3 +9,4 @@ pub mod runtime;
 pub mod stats;
 pub mod sys;
 pub mod tls;
+pub mod transport;

@@ -67,9 +67,10 @@ pub struct NodeConfig {
     pub dns_strategy: String,
     #[serde(default)]
     pub shadowsocks: Option<ShadowsocksSettings>,
-    /// Transport and TLS settings for the TLS-family protocols (raw panel JSON for now).
+    /// Stream transport between TLS and the protocol (panel `network`/`networkSettings`);
+    /// plain TCP by default.
     #[serde(default)]
-    pub transport: serde_json::Value,
+    pub transport: Transport,
     /// TLS terminated by the data plane (`None`: plaintext listener, e.g. behind an external
     /// terminator with `CertMode: none`).
     #[serde(default)]
@@ -116,6 +117,63 @@ pub struct TlsSettings {
     pub reject_unknown_sni: bool,
     /// ALPN protocols offered, in preference order; empty = no ALPN.
     pub alpn: Vec<String>,
+}
+
+/// The stream transport of a node (xray's `network`), for the stream protocols (Trojan, VLESS,
+/// VMess). Shadowsocks is always plain TCP.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "network", rename_all = "lowercase")]
+pub enum Transport {
+    /// Raw TCP (the protocol right after TLS).
+    #[default]
+    Tcp,
+    /// WebSocket (RFC 6455) after an HTTP/1.1 Upgrade; early data in `Sec-WebSocket-Protocol`.
+    Ws(HttpPathSettings),
+    /// An HTTP/1.1 Upgrade request answered with 101, then raw bytes.
+    HttpUpgrade(HttpPathSettings),
+    /// Raw TCP behind xray's `header.type = "http"` obfuscation: one fake request head read
+    /// and discarded, one fake response head sent.
+    TcpHttp(TcpHttpSettings),
+}
+
+impl Transport {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Ws(_) => "ws",
+            Self::HttpUpgrade(_) => "httpupgrade",
+            Self::TcpHttp(_) => "tcp+http",
+        }
+    }
+    /// ALPN protocols a TLS node offers for this transport (empty: none).
+    pub fn alpn(&self) -> Vec<String> {
+        match self {
+            Self::Tcp | Self::TcpHttp(_) => Vec::new(),
+            Self::Ws(_) | Self::HttpUpgrade(_) => vec!["http/1.1".to_string()],
+        }
+    }
+}
+
+/// xray's tcp `header` of type `http`, server side.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct TcpHttpSettings {
+    /// Accepted request paths (`request.path`; xray's default `["/"]`).
+    pub paths: Vec<String>,
+    /// Response status line, e.g. `HTTP/1.1 200 OK`.
+    pub status_line: String,
+    /// Response header lines (`Name: value`); a `Date` is added unless one is given.
+    pub headers: Vec<String>,
+}
+
+/// Where an HTTP-based transport accepts requests.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct HttpPathSettings {
+    /// Request path that must match exactly (query string ignored), starting with `/`.
+    pub path: String,
+    /// When non-empty, the request's Host (port ignored, case-insensitive) must equal this.
+    pub host: String,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -597,12 +597,28 @@ pub fn sing_box_tls(
     tls: Option<Value>,
     dir: &Path,
 ) -> anyhow::Result<(Proc, u16)> {
+    sing_box_transport(server_port, protocol, secret, tls, None, dir)
+}
+
+/// As [`sing_box_tls`], with the outbound's V2Ray `transport` object as sing-box takes it
+/// (`{"type": "ws", "path": …}`; `None`: raw TCP).
+pub fn sing_box_transport(
+    server_port: u16,
+    protocol: &str,
+    secret: &str,
+    tls: Option<Value>,
+    transport: Option<Value>,
+    dir: &Path,
+) -> anyhow::Result<(Proc, u16)> {
     let mut out = json!({"type": protocol, "tag": "out", "server": "127.0.0.1", "server_port": server_port});
     let key = if protocol == "vless" { "uuid" } else { "password" };
     if let Some(o) = out.as_object_mut() {
         o.insert(key.to_string(), json!(secret));
         if let Some(t) = tls {
             o.insert("tls".to_string(), t);
+        }
+        if let Some(t) = transport {
+            o.insert("transport".to_string(), t);
         }
     }
     sing_box_outbound(out, dir)
@@ -622,6 +638,37 @@ pub fn sing_box_outbound(out: Value, dir: &Path) -> anyhow::Result<(Proc, u16)> 
         std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
         let mut cmd = Command::new(&bin);
         cmd.arg("run").arg("-c").arg(&path).current_dir(dir);
+        Ok(cmd)
+    })
+}
+
+/// Debian's V2Ray 4.34 as a client: SOCKS inbound, a `vless` (`secret` = uuid) or `trojan`
+/// (`secret` = password) outbound with the given v4 `streamSettings`.
+pub fn v2ray_client(
+    server_port: u16,
+    protocol: &str,
+    secret: &str,
+    stream: Value,
+    dir: &Path,
+) -> anyhow::Result<(Proc, u16)> {
+    let bin = peer("v2ray")?;
+    let settings = if protocol == "vless" {
+        json!({"vnext": [{"address": "127.0.0.1", "port": server_port,
+                          "users": [{"id": secret, "encryption": "none"}]}]})
+    } else {
+        json!({"servers": [{"address": "127.0.0.1", "port": server_port, "password": secret}]})
+    };
+    spawn_listening("v2ray", dir, |socks| {
+        let cfg = json!({
+            "log": {"loglevel": "warning"},
+            "inbounds": [{"listen": "127.0.0.1", "port": socks, "protocol": "socks",
+                          "settings": {"auth": "noauth", "udp": false}}],
+            "outbounds": [{"protocol": protocol, "settings": settings, "streamSettings": stream}],
+        });
+        let path = dir.join(format!("v2ray-{socks}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-config").arg(&path).current_dir(dir);
         Ok(cmd)
     })
 }

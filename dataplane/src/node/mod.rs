@@ -602,10 +602,12 @@ async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketA
             Err(crate::tls::AcceptError::Io) => return Handshake::Drop,
         }
     }
-    let mut hs = node.proto.new_handshake();
+    // The node's transport (ws, httpupgrade, …) in front of the protocol handshake.
+    let mut hs = crate::transport::Chain::new(&node.cfg.transport, node.proto.new_handshake());
     let mut chunk = first;
     loop {
         if !chunk.is_empty() {
+            let mut send = Vec::new();
             let step = {
                 let port = core.port.borrow();
                 let ctx = CoreAuth {
@@ -614,8 +616,22 @@ async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketA
                     replay: &*core.shared.replay,
                     now_unix: auth::unix_now(),
                 };
-                hs.feed(&chunk, &ctx)
+                hs.feed(&chunk, &ctx, &mut send)
             };
+            // The transport's answer (101) goes out before the protocol's handshake ends.
+            if !send.is_empty() {
+                let mut wire = Vec::new();
+                let sealed = match tls.as_mut() {
+                    Some(t) => t.seal(&send, &mut wire).is_ok(),
+                    None => {
+                        wire = send;
+                        true
+                    }
+                };
+                if !sealed || crate::tls::write_all(s, &wire).await.is_err() {
+                    return Handshake::Drop;
+                }
+            }
             match step {
                 Ok(Step::NeedMore(_)) => {}
                 Ok(Step::Done(next)) => return Handshake::Forward(next, tls.map(|t| Box::new((t, carry)))),
@@ -765,6 +781,7 @@ async fn open(
             reply,
             initial,
             codec,
+            framing,
         } => {
             drop(hs_guard);
             udp_stream::serve(
@@ -776,6 +793,7 @@ async fn open(
                 reply,
                 initial,
                 codec,
+                framing,
                 tls,
             )
             .await;

@@ -36,31 +36,30 @@ const QUEUE: usize = 256;
 /// A client packet may not be longer than this (length fields are 16-bit; headers added).
 const MAX_PENDING: usize = 2 * 65536 + 1024;
 
-/// TLS outside the datagram codec, or plaintext.
+/// What is outside the datagram codec: TLS and/or transport framing (one stacked codec), or
+/// nothing.
 enum Outer {
     Plain,
-    Tls(Box<crate::tls::TlsCodec>),
+    Codec(Box<dyn crate::proto::StreamCodec>),
 }
 
 impl Outer {
     fn open(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<usize, crate::proto::WireError> {
-        use crate::proto::StreamCodec;
         match self {
             Outer::Plain => {
                 out.extend_from_slice(wire);
                 Ok(wire.len())
             }
-            Outer::Tls(t) => t.open(wire, out),
+            Outer::Codec(t) => t.open(wire, out),
         }
     }
     fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), crate::proto::WireError> {
-        use crate::proto::StreamCodec;
         match self {
             Outer::Plain => {
                 out.extend_from_slice(plain);
                 Ok(())
             }
-            Outer::Tls(t) => t.seal(plain, out),
+            Outer::Codec(t) => t.seal(plain, out),
         }
     }
 }
@@ -84,6 +83,7 @@ pub(super) async fn serve(
     reply: Vec<u8>,
     initial: Vec<u8>,
     codec: Box<dyn DatagramStreamCodec>,
+    framing: Option<Box<dyn crate::proto::StreamCodec>>,
     tls: Option<Box<(TlsSession, Vec<u8>)>>,
 ) {
     let slot = node.cfg.slot;
@@ -119,12 +119,13 @@ pub(super) async fn serve(
         user.user_id,
         effective_bytes_per_sec(node.cfg.speed_limit_mbps, user.speed_limit_mbps),
     );
-    let (outer, carry) = match tls.map(|b| *b) {
-        Some((session, carry)) => (
-            Outer::Tls(Box::new(crate::tls::TlsCodec::new(session, None))),
+    let (outer, carry) = match (tls.map(|b| *b), framing) {
+        (Some((session, carry)), framing) => (
+            Outer::Codec(Box::new(crate::tls::TlsCodec::new(session, framing))),
             carry,
         ),
-        None => (Outer::Plain, Vec::new()),
+        (None, Some(framing)) => (Outer::Codec(framing), Vec::new()),
+        (None, None) => (Outer::Plain, Vec::new()),
     };
     let mut conn = Conn {
         core: &core,

@@ -100,6 +100,9 @@ pub enum Next {
         reply: Vec<u8>,
         initial: Vec<u8>,
         codec: Box<dyn DatagramStreamCodec>,
+        /// Transport framing around the datagram stream (ws frames), set by the transport
+        /// stage; protocols leave it `None`.
+        framing: Option<Box<dyn StreamCodec>>,
     },
 }
 
@@ -146,6 +149,16 @@ pub trait StreamCodec: Send {
     fn open(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<usize, WireError>;
     /// Seal server→client plaintext, appending wire bytes to `out`.
     fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError>;
+    /// Whether the codec has wire bytes of its own for the client (a transport's control
+    /// frames, e.g. a WebSocket pong); checked after `open`, then the relay's client-bound
+    /// direction calls [`StreamCodec::take_control`].
+    fn has_control(&self) -> bool {
+        false
+    }
+    /// Appends those bytes (framed, and encrypted by outer layers) to `out`.
+    fn take_control(&mut self, _out: &mut Vec<u8>) -> Result<(), WireError> {
+        Ok(())
+    }
 }
 
 /// Everything a handshake may consult: the node's current user table and shared defences.

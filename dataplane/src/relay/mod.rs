@@ -176,12 +176,19 @@ pub async fn relay(
     let act: &Activity = env.ctl;
     act.arm(env.timeouts.idle);
     let codec = codec.map(RefCell::new);
+    // Set by the upload side when the codec has control frames for the client; the download
+    // side (the only writer to the client) sends them.
+    let control = tokio::sync::Notify::new();
     let both = async {
         match &codec {
             Some(c) => {
+                let ctl_up = CodecCtl {
+                    codec: c,
+                    control: &control,
+                };
                 tokio::try_join!(
-                    copy_dir(env, act, Dir::Up, client, dest, Some(c), pending_up),
-                    copy_dir(env, act, Dir::Down, dest, client, Some(c), Vec::new()),
+                    copy_dir(env, act, Dir::Up, client, dest, Some(ctl_up), pending_up),
+                    copy_dir(env, act, Dir::Down, dest, client, Some(ctl_up), Vec::new()),
                 )
             }
             None if env.splice && pending_up.is_empty() => {
@@ -259,13 +266,35 @@ async fn limit(env: &RelayEnv<'_>, n: usize) {
     }
 }
 
+/// A connection's codec and the signal that it has control frames for the client.
+#[derive(Clone, Copy)]
+struct CodecCtl<'a> {
+    codec: &'a RefCell<Box<dyn StreamCodec>>,
+    control: &'a tokio::sync::Notify,
+}
+
+/// Sends the codec's control frames to the client (download side only).
+async fn send_control(
+    env: &RelayEnv<'_>,
+    act: &Activity,
+    c: CodecCtl<'_>,
+    client: &TcpStream,
+) -> io::Result<()> {
+    let mut out = Vec::new();
+    c.codec
+        .borrow_mut()
+        .take_control(&mut out)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    write_all(env, act, Dir::Down, client, &out).await
+}
+
 async fn copy_dir(
     env: &RelayEnv<'_>,
     act: &Activity,
     dir: Dir,
     src: &TcpStream,
     dst: &TcpStream,
-    codec: Option<&RefCell<Box<dyn StreamCodec>>>,
+    codec: Option<CodecCtl<'_>>,
     pending: Vec<u8>,
 ) -> io::Result<()> {
     // Partial frame carried between reads (client wire bytes, Up with a codec only).
@@ -274,7 +303,18 @@ async fn copy_dir(
         Box::pin(forward(env, act, dir, dst, codec, &mut carry, &pending)).await?;
     }
     loop {
-        read_ready(src).await?;
+        match codec {
+            Some(c) if dir == Dir::Down => {
+                tokio::select! {
+                    r = read_ready(src) => r?,
+                    _ = c.control.notified() => {
+                        Box::pin(send_control(env, act, c, dst)).await?;
+                        continue;
+                    }
+                }
+            }
+            _ => read_ready(src).await?,
+        }
         let mut buf = env.bufs.take();
         let grant = env.bucket.grant_len(buf.len());
         let n = match src.try_read(buf.get_mut(..grant).unwrap_or_default()) {
@@ -316,7 +356,7 @@ async fn forward(
     act: &Activity,
     dir: Dir,
     dst: &TcpStream,
-    codec: Option<&RefCell<Box<dyn StreamCodec>>>,
+    codec: Option<CodecCtl<'_>>,
     carry: &mut Vec<u8>,
     data: &[u8],
 ) -> io::Result<()> {
@@ -329,11 +369,11 @@ async fn process_chunk(
     act: &Activity,
     dir: Dir,
     dst: &TcpStream,
-    codec: Option<&RefCell<Box<dyn StreamCodec>>>,
+    codec: Option<CodecCtl<'_>>,
     carry: &mut Vec<u8>,
     data: &[u8],
 ) -> io::Result<()> {
-    let Some(codec) = codec else {
+    let Some(CodecCtl { codec, control }) = codec else {
         if dir == Dir::Down {
             env.meter.down(data.len() as u64);
         }
@@ -348,10 +388,14 @@ async fn process_chunk(
                 carry.extend_from_slice(data);
                 &carry[..]
             };
-            match codec.borrow_mut().open(input, &mut out) {
+            let mut c = codec.borrow_mut();
+            match c.open(input, &mut out) {
                 Ok(used) => {
                     let rest = input.get(used..).unwrap_or_default().to_vec();
                     *carry = rest;
+                    if c.has_control() {
+                        control.notify_one();
+                    }
                     Ok(())
                 }
                 Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),

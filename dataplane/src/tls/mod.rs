@@ -296,6 +296,10 @@ impl StreamCodec for TlsCodec {
         let used = self.tls.open(wire, &mut self.inner_carry)?;
         let n = inner.open(&self.inner_carry, out)?;
         self.inner_carry.drain(..n.min(self.inner_carry.len()));
+        if self.inner_carry.is_empty() {
+            // An idle connection holds no decrypted bytes.
+            self.inner_carry = Vec::new();
+        }
         Ok(used)
     }
 
@@ -308,6 +312,22 @@ impl StreamCodec for TlsCodec {
                 self.tls.seal(&framed, out)
             }
         }
+    }
+
+    fn has_control(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.has_control())
+    }
+
+    fn take_control(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Ok(());
+        };
+        let mut plain = Vec::new();
+        inner.take_control(&mut plain)?;
+        if plain.is_empty() {
+            return Ok(());
+        }
+        self.tls.seal(&plain, out)
     }
 }
 

@@ -135,7 +135,7 @@ pub fn node(slot: u16, port: u16) -> NodeConfig {
         send_ip: String::new(),
         dns_strategy: String::new(),
         shadowsocks: None,
-        transport: serde_json::Value::Null,
+        transport: Default::default(),
         tls: None,
         fallbacks: Vec::new(),
     }

@@ -188,6 +188,7 @@ impl StreamHandshake for TrojanHandshake {
                 reply: Vec::new(),
                 initial: initial_upload,
                 codec: Box::new(udp::TrojanUdp),
+                framing: None,
             }));
         }
         Ok(Step::Done(Next::Forward {

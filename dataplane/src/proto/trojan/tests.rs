@@ -209,6 +209,7 @@ mod udp_associate {
                 reply,
                 initial,
                 codec,
+                ..
             }) => {
                 assert!(reply.is_empty());
                 (user, codec, initial)

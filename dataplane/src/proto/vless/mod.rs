@@ -200,6 +200,7 @@ impl VlessHandshake {
             reply: RESPONSE.to_vec(),
             initial,
             codec,
+            framing: None,
         })
     }
 

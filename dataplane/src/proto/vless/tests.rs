@@ -143,6 +143,7 @@ mod datagrams {
                 reply,
                 initial,
                 codec,
+                ..
             }) => {
                 assert_eq!(user.user_id, 9);
                 assert_eq!(reply, [0, 0]);
