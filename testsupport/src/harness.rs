@@ -619,3 +619,41 @@ pub fn sing_box_tls(
         Ok(cmd)
     })
 }
+
+/// The sing-box client with a SOCKS inbound and the given outbound object (its `tag` is set).
+pub fn sing_box_outbound(mut out: Value, dir: &Path) -> anyhow::Result<(Proc, u16)> {
+    let bin = peer("sing-box")?;
+    if let Some(o) = out.as_object_mut() {
+        o.insert("tag".to_string(), json!("out"));
+    }
+    spawn_listening("sing-box", dir, |socks| {
+        let cfg = json!({
+            "log": {"level": "warn"},
+            "inbounds": [{"type": "socks", "tag": "in", "listen": "127.0.0.1", "listen_port": socks}],
+            "outbounds": [out],
+        });
+        let path = dir.join(format!("sing-box-{socks}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("run").arg("-c").arg(&path).current_dir(dir);
+        Ok(cmd)
+    })
+}
+
+/// Debian's v2ray (4.x) as a client: a SOCKS inbound and the given outbound object.
+pub fn v2ray_outbound(out: Value, dir: &Path) -> anyhow::Result<(Proc, u16)> {
+    let bin = peer("v2ray")?;
+    spawn_listening("v2ray", dir, |socks| {
+        let cfg = json!({
+            "log": {"loglevel": "warning"},
+            "inbounds": [{"listen": "127.0.0.1", "port": socks, "protocol": "socks",
+                          "settings": {"udp": false}}],
+            "outbounds": [out],
+        });
+        let path = dir.join(format!("v2ray-{socks}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-config").arg(&path).current_dir(dir);
+        Ok(cmd)
+    })
+}
