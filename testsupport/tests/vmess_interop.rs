@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use v2sp_testsupport::harness::{
     free_port, payload, sing_box_outbound, tcp_echo_through, v2ray_outbound, Echo, NodeSpec, Proc, V2sp,
 };

@@ -52,8 +52,10 @@ enum SizeCodec {
     Plain,
     /// Chunk masking (and/or padding) draw from here.
     Shake,
+    /// Keyed from the *request* key, nonces from the *request* iv, in both directions.
     Sealed {
         aead: Aead,
+        iv: [u8; 16],
         count: u16,
     },
 }
@@ -90,6 +92,7 @@ impl Framing {
             };
             SizeCodec::Sealed {
                 aead: Aead::body(kind, &k)?,
+                iv: p.request_iv,
                 count: 0,
             }
         } else if masking {
@@ -154,13 +157,13 @@ impl Framing {
                 let v = be16(field)?;
                 usize::from(v ^ self.next2())
             }
-            SizeCodec::Sealed { aead, count } => {
+            SizeCodec::Sealed { aead, iv, count } => {
                 let mut tmp = [0u8; 2 + TAG_LEN];
                 let src = field
                     .get(..2 + TAG_LEN)
                     .ok_or(WireError::Malformed("vmess: short size"))?;
                 tmp.copy_from_slice(src);
-                aead.open_in_place(chunk_nonce(&self.iv, *count), &[], &mut tmp)?;
+                aead.open_in_place(chunk_nonce(iv, *count), &[], &mut tmp)?;
                 *count = count.wrapping_add(1);
                 usize::from(be16(&tmp)?) + overhead
             }
@@ -177,10 +180,10 @@ impl Framing {
                 let m = self.next2();
                 out.extend_from_slice(&(size16 ^ m).to_be_bytes());
             }
-            SizeCodec::Sealed { aead, count } => {
+            SizeCodec::Sealed { aead, iv, count } => {
                 let start = out.len();
                 out.extend_from_slice(&size16.saturating_sub(overhead).to_be_bytes());
-                aead.seal_append(chunk_nonce(&self.iv, *count), &[], out, start)?;
+                aead.seal_append(chunk_nonce(iv, *count), &[], out, start)?;
                 *count = count.wrapping_add(1);
             }
         }

@@ -13,6 +13,7 @@ use super::body::*;
 use super::client::ClientRequest;
 use super::crypto::*;
 use super::*;
+use users::UserKeys;
 
 const VECTORS: &str = include_str!("testdata/vectors.json");
 
@@ -306,6 +307,12 @@ fn authenticated_length_known_answer() {
     let mut sealed = Vec::new();
     w.seal(b"response payload", &mut sealed).unwrap();
     assert_eq!(sealed, c);
+    // The server's response direction: size sealed under the request key and iv.
+    let (rk, ri) = (sha256_16(&p.request_key), sha256_16(&p.request_iv));
+    let mut w = ChunkWriter::new(&p, &rk, &ri).unwrap();
+    let mut sealed = Vec::new();
+    w.seal(b"response payload", &mut sealed).unwrap();
+    assert_eq!(sealed, vh("authlen_response_chunk"));
 }
 
 fn round_trip(security: u8, options: u8) {
@@ -409,7 +416,7 @@ fn hinted_user_is_tried_first_and_cache_follows_generations() {
     users.push(user(&uuid(), 77));
     let mut ctx = Ctx::new(users, time());
     ctx.peer = Some("10.0.0.9".parse().unwrap());
-    let mut keys = users::UserKeys::default();
+    let mut keys = UserKeys::default();
     keys.refresh(&ctx);
     let id: [u8; 16] = vh("auth_id").try_into().unwrap();
     let f = keys.find(&id, ctx.peer).unwrap();

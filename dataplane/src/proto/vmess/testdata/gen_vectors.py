@@ -115,6 +115,11 @@ alk = kdf(key, b"auth_len")[:16]
 authlen_chunk = AESGCM(alk).encrypt(chunk_nonce(iv, 0), struct.pack(">H", len(payload)), None)
 authlen_chunk += AESGCM(key).encrypt(chunk_nonce(iv, 0), payload, None)
 
+# Response direction with authenticated length: the size is still sealed with the request key
+# and request iv (own counter); the payload with the response key/iv.
+authlen_response_chunk = AESGCM(alk).encrypt(chunk_nonce(iv, 0), struct.pack(">H", len(payload)), None)
+authlen_response_chunk += AESGCM(rkey).encrypt(chunk_nonce(riv, 0), payload, None)
+
 print(json.dumps({
     "kdf_root_abc": kdf(b"abc").hex(),
     "kdf_two_labels": kdf(b"key", b"label1", b"label2").hex(),
@@ -133,4 +138,5 @@ print(json.dumps({
     "chacha_response_padding": pad,
     "chacha_response_chunk_prefix": resp_chunk_padded_prefix.hex(),
     "authlen_request_chunk": authlen_chunk.hex(),
+    "authlen_response_chunk": authlen_response_chunk.hex(),
 }, indent=1))
