@@ -3,7 +3,7 @@
 //! IP is tried first (a client opening one more connection); "cold": a new IP whose user is
 //! the last one tried (worst case, one AES block per user). The per-core key cache is built
 //! once outside the timing (it is rebuilt only when the user table changes; its cost is
-//! `rebuild`).
+//! `rebuild`; `rebuild_same_users` is a new table generation whose users kept their uuids).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::cell::Cell;
@@ -23,6 +23,7 @@ const NOW: u64 = 1_760_000_000;
 struct Ctx {
     users: Vec<UserRef>,
     peer: Cell<Option<IpAddr>>,
+    gen: Cell<u64>,
 }
 
 fn uuid(i: usize) -> [u8; 16] {
@@ -52,6 +53,7 @@ impl Ctx {
         Ctx {
             users,
             peer: Cell::new(None),
+            gen: Cell::new(1),
         }
     }
 }
@@ -74,7 +76,7 @@ impl AuthContext for Ctx {
         NOW
     }
     fn users_gen(&self) -> Option<u64> {
-        Some(1)
+        Some(self.gen.get())
     }
     fn peer_ip(&self) -> Option<IpAddr> {
         self.peer.get()
@@ -125,6 +127,16 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("rebuild", n), &n, |b, _| {
             b.iter(|| {
                 let mut k = UserKeys::default();
+                k.refresh(&ctx);
+                black_box(k.len())
+            })
+        });
+        // A new table generation with the same users: keys are reused.
+        g.bench_with_input(BenchmarkId::new("rebuild_same_users", n), &n, |b, _| {
+            let mut k = UserKeys::default();
+            k.refresh(&ctx);
+            b.iter(|| {
+                ctx.gen.set(ctx.gen.get() + 1);
                 k.refresh(&ctx);
                 black_box(k.len())
             })

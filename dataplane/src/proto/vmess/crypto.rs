@@ -43,8 +43,33 @@ pub const MAX_SKEW_S: u64 = 120;
 
 const BLOCK: usize = 64;
 
+/// SHA-256 states that have absorbed the root key's ipad and opad blocks (every KDF call
+/// bottoms out in many level-1 HMACs keyed by the same root label; this halves their cost).
+fn root_states() -> &'static (Sha256, Sha256) {
+    static ROOT: std::sync::OnceLock<(Sha256, Sha256)> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let mut ipad = [0x36u8; BLOCK];
+        let mut opad = [0x5cu8; BLOCK];
+        for ((i, o), b) in ipad.iter_mut().zip(opad.iter_mut()).zip(KDF_ROOT.iter()) {
+            *i ^= b;
+            *o ^= b;
+        }
+        (Sha256::new_with_prefix(ipad), Sha256::new_with_prefix(opad))
+    })
+}
+
 /// `Hn(msg)` for the hash level `keys.len()` (level 0 = SHA-256).
 fn level_hash(keys: &[&[u8]], msg: &[&[u8]]) -> [u8; 32] {
+    if keys == [KDF_ROOT] {
+        let (i, o) = root_states();
+        let mut inner = i.clone();
+        for m in msg {
+            inner.update(m);
+        }
+        let mut outer = o.clone();
+        outer.update(inner.finalize());
+        return outer.finalize().into();
+    }
     let Some((key, lower)) = keys.split_last() else {
         let mut h = Sha256::new();
         for m in msg {

@@ -44,14 +44,29 @@ impl UserKeys {
                 return;
             }
         }
-        let mut users = Vec::with_capacity(self.users.len());
+        // Users still present keep their derived keys (a table change is usually small).
+        let mut old: HashMap<[u8; 16], ([u8; 16], Aes128)> = self
+            .users
+            .drain(..)
+            .filter_map(|k| {
+                let uuid: [u8; 16] = k.user.secret().get(..16)?.try_into().ok()?;
+                Some((uuid, (k.cmd_key, k.auth)))
+            })
+            .collect();
+        let mut users = Vec::with_capacity(old.len());
         ctx.for_each_user(&mut |u| {
             if let Some(uuid) = u.secret().get(..16) {
-                let ck = cmd_key(uuid);
+                let (cmd_key, auth) = match uuid.try_into().ok().and_then(|k: [u8; 16]| old.remove(&k)) {
+                    Some(keys) => keys,
+                    None => {
+                        let ck = cmd_key(uuid);
+                        (ck, auth_id_cipher(&ck))
+                    }
+                };
                 users.push(KeyedUser {
                     user: *u,
-                    cmd_key: ck,
-                    auth: auth_id_cipher(&ck),
+                    cmd_key,
+                    auth,
                 });
             }
             true
