@@ -158,15 +158,16 @@ fn header_parses() {
     assert!(parse_header(&bad).is_err());
 }
 
-fn forward(
-    step: Step,
-) -> (
+/// What a successful handshake returned: destination, user, initial upload, reply, codec.
+type Forwarded = (
     Destination,
     UserRef,
     Vec<u8>,
     Vec<u8>,
     Option<Box<dyn StreamCodec>>,
-) {
+);
+
+fn forward(step: Step) -> Forwarded {
     match step {
         Step::Done(Next::Forward {
             dest,

@@ -44,20 +44,29 @@ impl UserKeys {
                 return;
             }
         }
-        // Users still present keep their derived keys (a table change is usually small).
-        let mut old: HashMap<[u8; 16], ([u8; 16], Aes128)> = self
-            .users
-            .drain(..)
-            .filter_map(|k| {
-                let uuid: [u8; 16] = k.user.secret().get(..16)?.try_into().ok()?;
-                Some((uuid, (k.cmd_key, k.auth)))
-            })
-            .collect();
-        let mut users = Vec::with_capacity(old.len());
+        // Users still present keep their derived keys (a table change is usually small); the
+        // index map is small, the schedules (~0.7 KiB each) are copied once.
+        let old_users = std::mem::take(&mut self.users);
+        let mut old: HashMap<[u8; 16], usize> = HashMap::with_capacity(old_users.len());
+        for (i, k) in old_users.iter().enumerate() {
+            if let Some(uuid) = k
+                .user
+                .secret()
+                .get(..16)
+                .and_then(|u| <[u8; 16]>::try_from(u).ok())
+            {
+                old.insert(uuid, i);
+            }
+        }
+        let mut users = Vec::with_capacity(old_users.len());
         ctx.for_each_user(&mut |u| {
             if let Some(uuid) = u.secret().get(..16) {
-                let (cmd_key, auth) = match uuid.try_into().ok().and_then(|k: [u8; 16]| old.remove(&k)) {
-                    Some(keys) => keys,
+                let reused = <[u8; 16]>::try_from(uuid)
+                    .ok()
+                    .and_then(|k| old.remove(&k))
+                    .and_then(|i| old_users.get(i));
+                let (cmd_key, auth) = match reused {
+                    Some(k) => (k.cmd_key, k.auth.clone()),
                     None => {
                         let ck = cmd_key(uuid);
                         (ck, auth_id_cipher(&ck))
