@@ -100,7 +100,7 @@ pub fn node_config(
     };
     let tls = match protocol {
         Protocol::Shadowsocks => None,
-        Protocol::Trojan | Protocol::Vless => {
+        Protocol::Trojan | Protocol::Vless | Protocol::Vmess => {
             if let Some(flow) = info.flow.as_deref().filter(|f| !f.trim().is_empty()) {
                 if protocol == Protocol::Vless {
                     return Err(BuildError::FlowNotServedYet(flow.to_string()));
@@ -113,7 +113,7 @@ pub fn node_config(
                 }
             }
             // Trojan is always TLS (a `tls: 2` from the panel is ignored for trojan, §B.4);
-            // VLESS when the panel says `tls: 1`.
+            // VLESS and VMess when the panel says `tls: 1`.
             let wants_tls = match (protocol, info.tls) {
                 (Protocol::Trojan, _) | (_, TlsMode::Tls) => true,
                 (_, TlsMode::Reality) => return Err(BuildError::NotServedYet("REALITY")),
@@ -632,9 +632,26 @@ mod tests {
         );
         let i = info(r#"{"server_port":443,"encryption":"none"}"#);
         assert!(node_config(1, "t", &entry("vless"), &i).is_ok());
+    }
+
+    #[test]
+    fn vmess_follows_the_panel_tls_and_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = node_config(1, "t", &entry("vmess"), &info(r#"{"server_port":1}"#)).unwrap();
+        assert_eq!(plain.cred_kind, CredKind::VmessUuid);
+        assert!(plain.tls.is_none());
+        let e = tls_entry("vmess", "self", dir.path());
+        let i = info(r#"{"server_port":443,"tls":1,"tls_settings":{"server_name":"v.example"}}"#);
+        assert!(node_config(1, "t", &e, &i).unwrap().tls.is_some());
+        let i = info(r#"{"server_port":443,"tls":2}"#);
         assert_eq!(
-            node_config(1, "t", &entry("vmess"), &info(r#"{"server_port":1}"#)),
-            Err(BuildError::NotServedYet("vmess"))
+            node_config(1, "t", &entry("vmess"), &i),
+            Err(BuildError::NotServedYet("REALITY"))
+        );
+        let i = info(r#"{"server_port":443,"network":"ws"}"#);
+        assert_eq!(
+            node_config(1, "t", &entry("vmess"), &i),
+            Err(BuildError::TransportNotServedYet("ws".into()))
         );
     }
 

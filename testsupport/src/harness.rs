@@ -624,10 +624,33 @@ pub fn sing_box_transport(
     sing_box_outbound(out, dir)
 }
 
-/// The sing-box client with a SOCKS inbound (TCP and UDP) and the given outbound object (its
-/// `tag` should be `out`).
-pub fn sing_box_outbound(out: Value, dir: &Path) -> anyhow::Result<(Proc, u16)> {
+/// Debian's V2Ray 4.34 as a client: SOCKS inbound, a `vless` (`secret` = uuid) or `trojan`
+/// (`secret` = password) outbound with the given v4 `streamSettings`.
+pub fn v2ray_client(
+    server_port: u16,
+    protocol: &str,
+    secret: &str,
+    stream: Value,
+    dir: &Path,
+) -> anyhow::Result<(Proc, u16)> {
+    let settings = if protocol == "vless" {
+        json!({"vnext": [{"address": "127.0.0.1", "port": server_port,
+                          "users": [{"id": secret, "encryption": "none"}]}]})
+    } else {
+        json!({"servers": [{"address": "127.0.0.1", "port": server_port, "password": secret}]})
+    };
+    v2ray_outbound(
+        json!({"protocol": protocol, "settings": settings, "streamSettings": stream}),
+        dir,
+    )
+}
+
+/// The sing-box client with a SOCKS inbound and the given outbound object (its `tag` is set).
+pub fn sing_box_outbound(mut out: Value, dir: &Path) -> anyhow::Result<(Proc, u16)> {
     let bin = peer("sing-box")?;
+    if let Some(o) = out.as_object_mut() {
+        o.insert("tag".to_string(), json!("out"));
+    }
     spawn_listening("sing-box", dir, |socks| {
         let cfg = json!({
             "log": {"level": "warn"},
@@ -642,28 +665,15 @@ pub fn sing_box_outbound(out: Value, dir: &Path) -> anyhow::Result<(Proc, u16)> 
     })
 }
 
-/// Debian's V2Ray 4.34 as a client: SOCKS inbound, a `vless` (`secret` = uuid) or `trojan`
-/// (`secret` = password) outbound with the given v4 `streamSettings`.
-pub fn v2ray_client(
-    server_port: u16,
-    protocol: &str,
-    secret: &str,
-    stream: Value,
-    dir: &Path,
-) -> anyhow::Result<(Proc, u16)> {
+/// Debian's v2ray (4.x) as a client: a SOCKS inbound and the given outbound object.
+pub fn v2ray_outbound(out: Value, dir: &Path) -> anyhow::Result<(Proc, u16)> {
     let bin = peer("v2ray")?;
-    let settings = if protocol == "vless" {
-        json!({"vnext": [{"address": "127.0.0.1", "port": server_port,
-                          "users": [{"id": secret, "encryption": "none"}]}]})
-    } else {
-        json!({"servers": [{"address": "127.0.0.1", "port": server_port, "password": secret}]})
-    };
     spawn_listening("v2ray", dir, |socks| {
         let cfg = json!({
             "log": {"loglevel": "warning"},
             "inbounds": [{"listen": "127.0.0.1", "port": socks, "protocol": "socks",
                           "settings": {"auth": "noauth", "udp": false}}],
-            "outbounds": [{"protocol": protocol, "settings": settings, "streamSettings": stream}],
+            "outbounds": [out],
         });
         let path = dir.join(format!("v2ray-{socks}.json"));
         std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;

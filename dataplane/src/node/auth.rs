@@ -24,6 +24,7 @@ pub struct CoreAuth<'a> {
     pub node: u16,
     pub replay: &'a dyn ReplayFilter,
     pub now_unix: u64,
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl AuthContext for CoreAuth<'_> {
@@ -38,6 +39,12 @@ impl AuthContext for CoreAuth<'_> {
     }
     fn now_unix(&self) -> u64 {
         self.now_unix
+    }
+    fn users_gen(&self) -> Option<u64> {
+        self.port.users_gen(self.node)
+    }
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.peer
     }
 }
 

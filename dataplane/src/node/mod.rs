@@ -53,6 +53,10 @@ pub fn default_protocols() -> ProtocolFactory {
         v2sp_shared::dpconfig::Protocol::Trojan => Ok(Rc::new(TrojanProto)),
         #[cfg(feature = "vless")]
         v2sp_shared::dpconfig::Protocol::Vless => Ok(Rc::new(VlessProto)),
+        #[cfg(feature = "vmess")]
+        v2sp_shared::dpconfig::Protocol::Vmess => {
+            Ok(Rc::new(VmessProto(crate::proto::vmess::VmessInbound::new())))
+        }
         other => Err(format!(
             "protocol {} is not served by this build yet",
             other.as_str()
@@ -77,6 +81,17 @@ struct VlessProto;
 impl InboundProtocol for VlessProto {
     fn new_handshake(&self) -> Box<dyn StreamHandshake> {
         Box::new(crate::proto::vless::VlessHandshake::default())
+    }
+}
+
+/// Built per core: its user key cache is this core's.
+#[cfg(feature = "vmess")]
+struct VmessProto(crate::proto::vmess::VmessInbound);
+
+#[cfg(feature = "vmess")]
+impl InboundProtocol for VmessProto {
+    fn new_handshake(&self) -> Box<dyn StreamHandshake> {
+        Box::new(self.0.handshake())
     }
 }
 
@@ -135,8 +150,9 @@ impl Shared {
         Arc::new(Shared {
             devices: DeviceTracker::default(),
             rates: RateLimiters::default(),
-            // 60 s covers SS-2022's ±30 s timestamp window and SS-2017 salt reuse in practice.
-            replay: Box::new(crate::limits::replay::ReplayFilter::new(60, 1 << 20)),
+            // 120 s: VMess AEAD auth ids (±120 s timestamps, kept 120 s like Xray); also covers
+            // SS-2022's ±30 s timestamp window and SS-2017 salt reuse in practice.
+            replay: Box::new(crate::limits::replay::ReplayFilter::new(120, 1 << 20)),
             protocols,
             splice: std::env::var("V2SP_SPLICE").map(|v| v != "0").unwrap_or(true),
         })
@@ -615,6 +631,7 @@ async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketA
                     node: node.cfg.slot,
                     replay: &*core.shared.replay,
                     now_unix: auth::unix_now(),
+                    peer: Some(crate::net::normalise_ip(peer.ip())),
                 };
                 hs.feed(&chunk, &ctx, &mut send)
             };

@@ -87,6 +87,7 @@ fn on_packet(u: &Rc<UdpNode>, pkt: &mut [u8], from: SocketAddr) {
             node: u.node.cfg.slot,
             replay: &*u.core.shared.replay,
             now_unix: auth::unix_now(),
+            peer: Some(from.ip()),
         };
         u.codec.open_packet(pkt, hint.as_ref(), &ctx)
     };

@@ -19,6 +19,8 @@ pub mod ss;
 pub mod trojan;
 #[cfg(feature = "vless")]
 pub mod vless;
+#[cfg(feature = "vmess")]
+pub mod vmess;
 
 /// Where a proxied stream or datagram goes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -171,6 +173,17 @@ pub trait AuthContext {
     fn check_replay(&self, nonce: &[u8]) -> bool;
     /// Unix time in seconds (injected so tests control the clock).
     fn now_unix(&self) -> u64;
+    /// Generation of the user table `for_each_user` walks (changes whenever the table does), so
+    /// protocols that precompute per-user keys know when to rebuild; `None` = unknown (rebuild
+    /// every time).
+    fn users_gen(&self) -> Option<u64> {
+        None
+    }
+    /// The client's address (after PROXY protocol), for protocols that try the user last seen
+    /// from there first.
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        None
+    }
 }
 
 /// A TCP protocol's server-side handshake.

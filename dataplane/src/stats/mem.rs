@@ -116,6 +116,9 @@ impl CorePort for MemPort {
             }
         }
     }
+    fn users_gen(&self, _node: u16) -> Option<u64> {
+        Some(self.seen_gen)
+    }
     fn alive_elsewhere(&self, user: &UserRef) -> u32 {
         self.snapshot
             .get(&user.node)

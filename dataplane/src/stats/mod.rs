@@ -39,6 +39,10 @@ pub trait CorePort {
     fn lookup(&self, node: u16, key: &[u8]) -> Option<UserRef>;
     /// Iterates the node's current users until `f` returns false.
     fn for_each_user(&self, node: u16, f: &mut dyn FnMut(&UserRef) -> bool);
+    /// Generation of `node`'s table as `for_each_user` sees it (`None` = unknown).
+    fn users_gen(&self, _node: u16) -> Option<u64> {
+        None
+    }
     /// The panel's alive count of this user minus this node's own IPs.
     fn alive_elsewhere(&self, user: &UserRef) -> u32;
     /// Gauge of open connections on this core (status only).

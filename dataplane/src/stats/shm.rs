@@ -54,6 +54,9 @@ impl CorePort for ShmPort {
             }
         }
     }
+    fn users_gen(&self, node: u16) -> Option<u64> {
+        self.shm.users(node).map(|t| t.gen())
+    }
     fn alive_elsewhere(&self, user: &UserRef) -> u32 {
         let Some(t) = self.shm.users(user.node) else {
             return 0;

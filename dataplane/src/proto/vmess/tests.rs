@@ -1,0 +1,494 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Known answers from `testdata/vectors.json` (made by `testdata/gen_vectors.py`, hashlib and
+//! `cryptography`, independent of this code), round trips and garbage input.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use proptest::prelude::*;
+use v2sp_shared::shm::UserRef;
+
+use super::body::*;
+use super::client::ClientRequest;
+use super::crypto::*;
+use super::*;
+use users::UserKeys;
+
+const VECTORS: &str = include_str!("testdata/vectors.json");
+
+fn v(name: &str) -> serde_json::Value {
+    let all: serde_json::Value = serde_json::from_str(VECTORS).unwrap();
+    all.get(name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no vector {name}"))
+}
+
+fn vh(name: &str) -> Vec<u8> {
+    hex::decode(v(name).as_str().unwrap()).unwrap()
+}
+
+pub(crate) struct Ctx {
+    users: Vec<UserRef>,
+    now: u64,
+    seen: RefCell<HashSet<Vec<u8>>>,
+    gen: Option<u64>,
+    peer: Option<IpAddr>,
+}
+
+pub(crate) fn user(uuid: &[u8], id: u32) -> UserRef {
+    let mut secret = [0u8; 32];
+    secret[..16].copy_from_slice(uuid);
+    UserRef {
+        node: 0,
+        slot: id,
+        user_id: id,
+        gen: 1,
+        secret,
+        secret_len: 16,
+        speed_limit_mbps: 0,
+        device_limit: 0,
+    }
+}
+
+impl Ctx {
+    fn new(users: Vec<UserRef>, now: u64) -> Self {
+        Ctx {
+            users,
+            now,
+            seen: RefCell::new(HashSet::new()),
+            gen: Some(1),
+            peer: None,
+        }
+    }
+}
+
+impl AuthContext for Ctx {
+    fn lookup(&self, _: &[u8]) -> Option<UserRef> {
+        None
+    }
+    fn for_each_user(&self, f: &mut dyn FnMut(&UserRef) -> bool) {
+        for u in &self.users {
+            if !f(u) {
+                break;
+            }
+        }
+    }
+    fn check_replay(&self, nonce: &[u8]) -> bool {
+        self.seen.borrow_mut().insert(nonce.to_vec())
+    }
+    fn now_unix(&self) -> u64 {
+        self.now
+    }
+    fn users_gen(&self) -> Option<u64> {
+        self.gen
+    }
+    fn peer_ip(&self) -> Option<IpAddr> {
+        self.peer
+    }
+}
+
+fn uuid() -> Vec<u8> {
+    vh("uuid")
+}
+
+fn time() -> u64 {
+    v("time").as_u64().unwrap()
+}
+
+#[test]
+fn kdf_known_answers() {
+    assert_eq!(kdf(b"abc", &[]).to_vec(), vh("kdf_root_abc"));
+    assert_eq!(
+        kdf(b"key", &[b"label1", b"label2"]).to_vec(),
+        vh("kdf_two_labels")
+    );
+    assert_eq!(cmd_key(&uuid()).to_vec(), vh("cmd_key"));
+    assert_eq!(
+        kdf16(&cmd_key(&uuid()), &[AUTH_ID_KEY]).to_vec(),
+        vh("auth_id_key")
+    );
+}
+
+#[test]
+fn auth_id_known_answer() {
+    let c = auth_id_cipher(&cmd_key(&uuid()));
+    let r: [u8; 4] = vh("rand").try_into().unwrap();
+    let id = create_auth_id(&c, time(), r);
+    assert_eq!(id.to_vec(), vh("auth_id"));
+    assert_eq!(open_auth_id(&c, &id), Some(time()));
+    let other = auth_id_cipher(&cmd_key(&[9u8; 16]));
+    assert_eq!(open_auth_id(&other, &id), None);
+}
+
+fn vector_request() -> ClientRequest {
+    let h = vh("header_plain");
+    ClientRequest {
+        cmd_key: cmd_key(&uuid()),
+        time: time(),
+        auth_rand: vh("rand").try_into().unwrap(),
+        conn_nonce: vh("conn_nonce").try_into().unwrap(),
+        iv: h[1..17].try_into().unwrap(),
+        key: h[17..33].try_into().unwrap(),
+        v: 0x5A,
+        options: OPT_CHUNK_STREAM | OPT_CHUNK_MASKING,
+        security: SEC_AES128_GCM,
+        cmd: CMD_TCP,
+        padding: vec![0xAA, 0xBB, 0xCC],
+        dest: Destination::Domain("example.com".into(), 443),
+    }
+}
+
+#[test]
+fn client_seals_the_known_request() {
+    let r = vector_request();
+    assert_eq!(r.header_plain(), vh("header_plain"));
+    assert_eq!(r.seal().unwrap(), vh("request_prefix"));
+}
+
+#[test]
+fn header_parses() {
+    let req = parse_header(&vh("header_plain")).unwrap();
+    assert_eq!(req.v, 0x5A);
+    assert_eq!(req.security, SEC_AES128_GCM);
+    assert_eq!(req.dest, Some(Destination::Domain("example.com".into(), 443)));
+    let mut bad = vh("header_plain");
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    assert!(parse_header(&bad).is_err());
+}
+
+/// What a successful handshake returned: destination, user, initial upload, reply, codec.
+type Forwarded = (
+    Destination,
+    UserRef,
+    Vec<u8>,
+    Vec<u8>,
+    Option<Box<dyn StreamCodec>>,
+);
+
+fn forward(step: Step) -> Forwarded {
+    match step {
+        Step::Done(Next::Forward {
+            dest,
+            user,
+            initial_upload,
+            reply,
+            codec,
+        }) => (dest, user, initial_upload, reply, codec),
+        Step::Done(Next::Reject { error, .. }) => panic!("rejected: {error}"),
+        Step::Done(_) => panic!("neither forwarded nor rejected"),
+        Step::NeedMore(_) => panic!("needs more"),
+    }
+}
+
+fn rejected(step: Step) -> WireError {
+    match step {
+        Step::Done(Next::Reject { error, policy }) => {
+            assert_eq!(policy, RejectPolicy::DrainUntilTimeout);
+            error
+        }
+        _ => panic!("not rejected"),
+    }
+}
+
+#[test]
+fn server_opens_the_known_request_and_answers_the_known_response() {
+    let ctx = Ctx::new(vec![user(&[7u8; 16], 1), user(&uuid(), 42)], time() + 5);
+    let inbound = VmessInbound::new();
+    let mut wire = vh("request_prefix");
+    wire.extend_from_slice(&vh("request_body"));
+    let (dest, user, up, reply, codec) = forward(inbound.handshake().feed(&wire, &ctx).unwrap());
+    assert_eq!(dest, Destination::Domain("example.com".into(), 443));
+    assert_eq!(user.user_id, 42);
+    assert_eq!(up, b"helloworld!!");
+    assert_eq!(reply, vh("response_header"));
+    assert!(codec.is_some());
+}
+
+#[test]
+fn byte_by_byte_feeding_gives_the_same_result() {
+    let ctx = Ctx::new(vec![user(&uuid(), 42)], time());
+    let inbound = VmessInbound::new();
+    let mut hs = inbound.handshake();
+    let wire = vh("request_prefix");
+    let body = vh("request_body");
+    let mut last = None;
+    for (i, b) in wire.iter().enumerate() {
+        match hs.feed(&[*b], &ctx).unwrap() {
+            Step::NeedMore(_) => assert!(i + 1 < wire.len()),
+            s => last = Some(s),
+        }
+    }
+    let (_, _, up, _, codec) = forward(last.unwrap());
+    assert!(up.is_empty());
+    let mut codec = codec.unwrap();
+    let mut out = Vec::new();
+    let mut used = 0;
+    for i in 0..body.len() {
+        used += codec.open(&body[used..=i], &mut out).unwrap();
+    }
+    assert_eq!(out, b"helloworld!!");
+}
+
+#[test]
+fn request_body_known_answer_and_end_chunk() {
+    let h = vh("header_plain");
+    let p = BodyParams {
+        security: Security::Aead(AeadKind::Aes128Gcm),
+        options: OPT_CHUNK_STREAM | OPT_CHUNK_MASKING,
+        request_key: h[17..33].try_into().unwrap(),
+        request_iv: h[1..17].try_into().unwrap(),
+    };
+    let mut r = ChunkReader::new(&p, &p.request_key, &p.request_iv).unwrap();
+    let mut out = Vec::new();
+    let body = vh("request_body");
+    assert_eq!(r.open(&body, &mut out).unwrap(), body.len());
+    assert_eq!(out, b"helloworld!!");
+    assert!(r.finished());
+    // Our writer produces the same bytes (no padding, so deterministic).
+    let mut w = ChunkWriter::new(&p, &p.request_key, &p.request_iv).unwrap();
+    let mut sealed = Vec::new();
+    w.seal(b"hello", &mut sealed).unwrap();
+    w.seal(b"world!!", &mut sealed).unwrap();
+    w.seal(b"", &mut sealed).unwrap();
+    assert_eq!(sealed, body);
+}
+
+#[test]
+fn shake_masks_known_answer() {
+    use sha3::digest::{ExtendableOutput, Update, XofReader};
+    let h = vh("header_plain");
+    let mut s = sha3::Shake128::default();
+    s.update(&h[1..17]);
+    let mut o = [0u8; 8];
+    s.finalize_xof().read(&mut o);
+    assert_eq!(o.to_vec(), vh("shake_iv_8"));
+}
+
+#[test]
+fn chacha_padded_response_chunk_known_answer() {
+    let h = vh("header_plain");
+    let key: [u8; 16] = h[17..33].try_into().unwrap();
+    let iv: [u8; 16] = h[1..17].try_into().unwrap();
+    let p = BodyParams {
+        security: Security::Aead(AeadKind::ChaCha20Poly1305),
+        options: OPT_CHUNK_STREAM | OPT_CHUNK_MASKING | OPT_GLOBAL_PADDING,
+        request_key: key,
+        request_iv: iv,
+    };
+    let (rk, ri) = (sha256_16(&key), sha256_16(&iv));
+    let mut w = ChunkWriter::new(&p, &rk, &ri).unwrap();
+    let mut out = Vec::new();
+    w.seal(b"response payload", &mut out).unwrap();
+    let pad = v("chacha_response_padding").as_u64().unwrap() as usize;
+    let prefix = vh("chacha_response_chunk_prefix");
+    assert_eq!(out.len(), prefix.len() + pad);
+    assert_eq!(out[..prefix.len()], prefix[..]);
+    let mut r = ChunkReader::new(&p, &rk, &ri).unwrap();
+    let mut plain = Vec::new();
+    assert_eq!(r.open(&out, &mut plain).unwrap(), out.len());
+    assert_eq!(plain, b"response payload");
+}
+
+#[test]
+fn authenticated_length_known_answer() {
+    let h = vh("header_plain");
+    let p = BodyParams {
+        security: Security::Aead(AeadKind::Aes128Gcm),
+        options: OPT_CHUNK_STREAM | OPT_CHUNK_MASKING | OPT_AUTHENTICATED_LENGTH,
+        request_key: h[17..33].try_into().unwrap(),
+        request_iv: h[1..17].try_into().unwrap(),
+    };
+    let mut r = ChunkReader::new(&p, &p.request_key, &p.request_iv).unwrap();
+    let mut out = Vec::new();
+    let c = vh("authlen_request_chunk");
+    assert_eq!(r.open(&c, &mut out).unwrap(), c.len());
+    assert_eq!(out, b"response payload");
+    let mut w = ChunkWriter::new(&p, &p.request_key, &p.request_iv).unwrap();
+    let mut sealed = Vec::new();
+    w.seal(b"response payload", &mut sealed).unwrap();
+    assert_eq!(sealed, c);
+    // The server's response direction: size sealed under the request key and iv.
+    let (rk, ri) = (sha256_16(&p.request_key), sha256_16(&p.request_iv));
+    let mut w = ChunkWriter::new(&p, &rk, &ri).unwrap();
+    let mut sealed = Vec::new();
+    w.seal(b"response payload", &mut sealed).unwrap();
+    assert_eq!(sealed, vh("authlen_response_chunk"));
+}
+
+fn round_trip(security: u8, options: u8) {
+    let id = [0x11u8; 16];
+    let ctx = Ctx::new(vec![user(&[1u8; 16], 1), user(&id, 2)], 1_800_000_000);
+    let mut req = ClientRequest::tcp(
+        cmd_key(&id),
+        1_800_000_000 - 100,
+        security,
+        Destination::Ip("127.0.0.1:80".parse().unwrap()),
+    );
+    req.options = options;
+    req.padding = vec![1, 2, 3, 4, 5];
+    let mut wire = req.seal().unwrap();
+    let mut cb = req.body().unwrap();
+    let big: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+    match cb.as_mut() {
+        Some(b) => b.writer.seal(&big, &mut wire).unwrap(),
+        None => wire.extend_from_slice(&big),
+    }
+    let (_, u, up, reply, codec) = forward(VmessInbound::new().handshake().feed(&wire, &ctx).unwrap());
+    assert_eq!(u.user_id, 2);
+    assert_eq!(up, big, "security {security} options {options:#x}");
+    assert_eq!(req.open_response(&reply).unwrap(), Some(reply.len()));
+    match (codec, cb) {
+        (Some(mut c), Some(mut b)) => {
+            let mut down = Vec::new();
+            c.seal(&big, &mut down).unwrap();
+            let mut plain = Vec::new();
+            assert_eq!(b.reader.open(&down, &mut plain).unwrap(), down.len());
+            assert_eq!(plain, big);
+        }
+        (None, None) => {}
+        _ => panic!("codec presence differs"),
+    }
+}
+
+#[test]
+fn round_trips_every_security_and_option() {
+    for sec in [SEC_AES128_GCM, SEC_CHACHA20_POLY1305, SEC_NONE] {
+        for opt in [
+            OPT_CHUNK_STREAM,
+            OPT_CHUNK_STREAM | OPT_CHUNK_MASKING,
+            OPT_CHUNK_STREAM | OPT_CHUNK_MASKING | OPT_GLOBAL_PADDING,
+            OPT_CHUNK_STREAM | OPT_CHUNK_MASKING | OPT_AUTHENTICATED_LENGTH,
+            OPT_CHUNK_STREAM | OPT_CHUNK_MASKING | OPT_GLOBAL_PADDING | OPT_AUTHENTICATED_LENGTH,
+        ] {
+            round_trip(sec, opt);
+        }
+    }
+    round_trip(SEC_NONE, 0);
+}
+
+#[test]
+fn unknown_user_stale_time_and_replay_are_drained() {
+    let mut wire = vh("request_prefix");
+    wire.extend_from_slice(&vh("request_body"));
+    let stranger = Ctx::new(vec![user(&[3u8; 16], 1)], time());
+    let e = rejected(VmessInbound::new().handshake().feed(&wire, &stranger).unwrap());
+    assert!(matches!(e, WireError::Auth(_)));
+    let late = Ctx::new(vec![user(&uuid(), 1)], time() + 121);
+    assert_eq!(
+        rejected(VmessInbound::new().handshake().feed(&wire, &late).unwrap()),
+        WireError::Timestamp
+    );
+    let early = Ctx::new(vec![user(&uuid(), 1)], time() - 121);
+    assert_eq!(
+        rejected(VmessInbound::new().handshake().feed(&wire, &early).unwrap()),
+        WireError::Timestamp
+    );
+    let ctx = Ctx::new(vec![user(&uuid(), 1)], time() + 120);
+    let inbound = VmessInbound::new();
+    forward(inbound.handshake().feed(&wire, &ctx).unwrap());
+    assert_eq!(
+        rejected(inbound.handshake().feed(&wire, &ctx).unwrap()),
+        WireError::Replay
+    );
+}
+
+#[test]
+fn tampered_header_is_rejected() {
+    let ctx = Ctx::new(vec![user(&uuid(), 1)], time());
+    let wire = vh("request_prefix");
+    for i in [16, 20, 34, 40, 45, wire.len() - 1] {
+        let mut w = wire.clone();
+        w[i] ^= 0x80;
+        let ctx = Ctx::new(ctx.users.clone(), time());
+        let step = VmessInbound::new().handshake().feed(&w, &ctx).unwrap();
+        match step {
+            Step::NeedMore(_) => {}
+            s => {
+                rejected(s);
+            }
+        }
+    }
+}
+
+#[test]
+fn hinted_user_is_tried_first_and_cache_follows_generations() {
+    let mut users: Vec<UserRef> = (0..50u32).map(|i| user(&[i as u8 + 100; 16], i)).collect();
+    users.push(user(&uuid(), 77));
+    let mut ctx = Ctx::new(users, time());
+    ctx.peer = Some("10.0.0.9".parse().unwrap());
+    let mut keys = UserKeys::default();
+    keys.refresh(&ctx);
+    let id: [u8; 16] = vh("auth_id").try_into().unwrap();
+    let f = keys.find(&id, ctx.peer).unwrap();
+    assert_eq!(keys.get(f.index).unwrap().user.user_id, 77);
+    keys.hint(ctx.peer, f.index);
+    assert_eq!(keys.find(&id, ctx.peer).unwrap().index, f.index);
+    // A new generation without that user: it is no longer found.
+    ctx.users.pop();
+    ctx.gen = Some(2);
+    keys.refresh(&ctx);
+    assert!(keys.find(&id, ctx.peer).is_none());
+}
+
+#[test]
+fn udp_and_mux_are_refused() {
+    for cmd in [CMD_UDP, CMD_MUX] {
+        let ctx = Ctx::new(vec![user(&uuid(), 1)], time());
+        let mut r = vector_request();
+        r.cmd = cmd;
+        let e = rejected(
+            VmessInbound::new()
+                .handshake()
+                .feed(&r.seal().unwrap(), &ctx)
+                .unwrap(),
+        );
+        assert!(
+            matches!(e, WireError::Unsupported(_) | WireError::Malformed(_)),
+            "{e}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600), split in 0usize..600) {
+        let ctx = Ctx::new(vec![user(&uuid(), 1)], time());
+        let mut hs = VmessInbound::new().handshake();
+        let (a, b) = data.split_at(split.min(data.len()));
+        let _ = hs.feed(a, &ctx);
+        let _ = hs.feed(b, &ctx);
+    }
+
+    #[test]
+    fn mutated_requests_never_panic(pos in 0usize..400, bit in 0u8..8, body_cut in 0usize..80) {
+        let ctx = Ctx::new(vec![user(&uuid(), 1)], time());
+        let mut wire = vh("request_prefix");
+        wire.extend_from_slice(&vh("request_body"));
+        let p = pos % wire.len();
+        wire[p] ^= 1 << bit;
+        wire.truncate(wire.len() - body_cut.min(wire.len()));
+        if let Ok(Step::Done(Next::Forward { codec: Some(mut c), .. })) =
+            VmessInbound::new().handshake().feed(&wire, &ctx)
+        {
+            let mut out = Vec::new();
+            let _ = c.open(&wire, &mut out);
+        }
+    }
+
+    #[test]
+    fn random_chunks_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2000), opt in 0u8..32, sec in 0u8..3) {
+        let security = match sec {
+            0 => Security::Aead(AeadKind::Aes128Gcm),
+            1 => Security::Aead(AeadKind::ChaCha20Poly1305),
+            _ => Security::None,
+        };
+        let p = BodyParams { security, options: opt | OPT_CHUNK_STREAM, request_key: [1; 16], request_iv: [2; 16] };
+        let mut r = ChunkReader::new(&p, &[1; 16], &[2; 16]).unwrap();
+        let mut out = Vec::new();
+        let _ = r.open(&data, &mut out);
+    }
+}
