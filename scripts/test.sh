@@ -16,7 +16,7 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 echo "== installing test peers"
-bash scripts/install-test-deps.sh --with-debian-peers
+bash scripts/install-test-deps.sh --with-debian-peers --with-shoes
 
 echo "== building"
 cargo build --workspace --bins --tests "$@"

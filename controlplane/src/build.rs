@@ -648,10 +648,16 @@ mod tests {
             node_config(1, "t", &entry("vmess"), &i),
             Err(BuildError::NotServedYet("REALITY"))
         );
-        let i = info(r#"{"server_port":443,"network":"ws"}"#);
+        // Transports apply to VMess as to Trojan and VLESS.
+        let i = info(r#"{"server_port":443,"network":"ws","networkSettings":{"path":"/v"}}"#);
+        assert!(matches!(
+            node_config(1, "t", &entry("vmess"), &i).map(|c| c.transport),
+            Ok(Transport::Ws(_))
+        ));
+        let i = info(r#"{"server_port":443,"network":"kcp"}"#);
         assert_eq!(
             node_config(1, "t", &entry("vmess"), &i),
-            Err(BuildError::TransportNotServedYet("ws".into()))
+            Err(BuildError::TransportNotServedYet("kcp".into()))
         );
     }
 
