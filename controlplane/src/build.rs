@@ -6,7 +6,7 @@ use std::path::Path;
 
 use v2sp_shared::config::{CertConfig, CertMode, NodeEntry};
 use v2sp_shared::cred::{secret_for, CredKind};
-use v2sp_shared::dpconfig::{NodeConfig, Protocol, ShadowsocksSettings, TlsSettings};
+use v2sp_shared::dpconfig::{NodeConfig, Protocol, RealitySettings, ShadowsocksSettings, TlsSettings};
 use v2sp_shared::panel::{NodeInfo, PanelUser, TlsMode};
 use v2sp_shared::shm::UserEntry;
 
@@ -31,6 +31,8 @@ pub enum BuildError {
     TransportNotServedYet(String),
     #[error("this build of v2sp does not serve VLESS flow {0:?} yet (set no flow on the panel)")]
     FlowNotServedYet(String),
+    #[error("REALITY node: {0}")]
+    Reality(&'static str),
     #[error("CertMode self: cannot write the self-signed certificate: {0}")]
     SelfSigned(String),
 }
@@ -102,8 +104,8 @@ pub fn node_config(
             if network != "tcp" {
                 return Err(BuildError::TransportNotServedYet(network.to_string()));
             }
-            if let Some(flow) = info.flow.as_deref().filter(|f| !f.trim().is_empty()) {
-                if protocol == Protocol::Vless {
+            if let Some(flow) = info.flow.as_deref().map(str::trim).filter(|f| !f.is_empty()) {
+                if protocol == Protocol::Vless && flow != VISION {
                     return Err(BuildError::FlowNotServedYet(flow.to_string()));
                 }
             }
@@ -117,10 +119,11 @@ pub fn node_config(
             // VLESS when the panel says `tls: 1`.
             let wants_tls = match (protocol, info.tls) {
                 (Protocol::Trojan, _) | (_, TlsMode::Tls) => true,
-                (_, TlsMode::Reality) => return Err(BuildError::NotServedYet("REALITY")),
                 _ => false,
             };
-            if wants_tls {
+            if protocol == Protocol::Vless && info.tls == TlsMode::Reality {
+                Some(reality_tls(info)?)
+            } else if wants_tls {
                 node_tls(&entry.cert, info)?
             } else {
                 None
@@ -151,7 +154,61 @@ pub fn node_config(
             "network": info.network,
             "network_settings": info.network_settings,
         }),
+        flow: match (protocol, &tls) {
+            (Protocol::Vless, Some(_)) => vless_flow(info),
+            (Protocol::Vless, None) if !vless_flow(info).is_empty() => {
+                return Err(BuildError::NotServedYet("VLESS flow without TLS or REALITY"))
+            }
+            _ => String::new(),
+        },
         tls,
+    })
+}
+
+/// The VLESS flow every user of the node uses (spec §F.4); only Vision passes the build.
+pub const VISION: &str = "xtls-rprx-vision";
+
+fn vless_flow(info: &NodeInfo) -> String {
+    info.flow.as_deref().map(str::trim).unwrap_or("").to_string()
+}
+
+/// REALITY for a VLESS node with `tls: 2` (spec §F.3): dest = `dest` or `server_name`, with
+/// `server_port`; one server name and one short id from the panel; no time check (xray leaves
+/// `maxTimeDiff` unset).
+pub fn reality_tls(info: &NodeInfo) -> Result<TlsSettings, BuildError> {
+    let t = info
+        .tls_settings
+        .as_ref()
+        .ok_or(BuildError::Reality("no tls_settings"))?;
+    let dest = t
+        .reality_dest()
+        .ok_or(BuildError::Reality("no dest/server_name with a server_port"))?;
+    let private_key = t
+        .private_key
+        .clone()
+        .filter(|k| !k.trim().is_empty())
+        .ok_or(BuildError::Reality("no private_key"))?;
+    let server_names: Vec<String> = t
+        .server_name
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if server_names.is_empty() {
+        return Err(BuildError::Reality("no server_name"));
+    }
+    Ok(TlsSettings {
+        cert_mode: "reality".into(),
+        server_name: server_names.first().cloned().unwrap_or_default(),
+        reality: Some(RealitySettings {
+            dest,
+            server_names,
+            private_key: private_key.trim().to_string(),
+            short_ids: vec![t.short_id.clone().unwrap_or_default().trim().to_string()],
+            xver: u8::try_from(t.xver).unwrap_or(0),
+            max_time_diff_ms: 0,
+        }),
+        ..TlsSettings::default()
     })
 }
 
@@ -197,6 +254,7 @@ pub fn node_tls(cert: &CertConfig, info: &NodeInfo) -> Result<Option<TlsSettings
         server_name,
         reject_unknown_sni: cert.reject_unknown_sni,
         alpn: Vec::new(),
+        reality: None,
     }))
 }
 

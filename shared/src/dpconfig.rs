@@ -74,6 +74,9 @@ pub struct NodeConfig {
     /// terminator with `CertMode: none`).
     #[serde(default)]
     pub tls: Option<TlsSettings>,
+    /// VLESS flow every user of the node must use (`xtls-rprx-vision`), empty = none.
+    #[serde(default)]
+    pub flow: String,
 }
 
 /// Server-side TLS of one node. The control plane resolves the local `CertConfig` into files
@@ -94,6 +97,27 @@ pub struct TlsSettings {
     pub reject_unknown_sni: bool,
     /// ALPN protocols offered, in preference order; empty = no ALPN.
     pub alpn: Vec<String>,
+    /// REALITY instead of a certificate (VLESS, panel `tls: 2`): the certificate fields are
+    /// then unused.
+    pub reality: Option<RealitySettings>,
+}
+
+/// Server-side REALITY of one node (spec §F.3).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct RealitySettings {
+    /// `host:port` that unauthenticated clients are relayed to (and whose certificate they see).
+    pub dest: String,
+    /// SNI values a REALITY client may use (exact, case-insensitive).
+    pub server_names: Vec<String>,
+    /// X25519 private key, base64url (no padding; padding tolerated).
+    pub private_key: String,
+    /// Accepted short ids, hex, up to 16 digits each ("" = all zeros).
+    pub short_ids: Vec<String>,
+    /// PROXY protocol version sent to `dest` (0 = none, 1 or 2).
+    pub xver: u8,
+    /// Largest accepted client clock difference in milliseconds (0 = not checked).
+    pub max_time_diff_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

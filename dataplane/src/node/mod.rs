@@ -147,6 +147,8 @@ pub struct NodeRt {
     proto: Rc<dyn InboundProtocol>,
     /// TLS terminated before the protocol handshake (`NodeConfig.tls`).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// REALITY instead of a certificate (`TlsSettings.reality`).
+    reality: Option<Arc<crate::tls::reality::RealityServer>>,
     connect: ConnectOpts,
     handshake: Duration,
     relay: RelayTimeouts,
@@ -313,7 +315,14 @@ impl Core {
 
     fn start_node(self: &Rc<Self>, n: &NodeConfig, cfg: &DataplaneConfig) -> Result<(), String> {
         let proto = (self.shared.protocols)(n)?;
-        let tls = n.tls.as_ref().map(crate::tls::server_config).transpose()?;
+        let reality = match n.tls.as_ref().and_then(|t| t.reality.as_ref()) {
+            Some(r) => Some(Arc::new(crate::tls::reality::RealityServer::new(r)?)),
+            None => None,
+        };
+        let tls = match reality {
+            Some(_) => None,
+            None => n.tls.as_ref().map(crate::tls::server_config).transpose()?,
+        };
         let addr = crate::net::listen_addr(&n.listen_ip, n.port)?;
         let send_ip = match n.send_ip.trim() {
             "" => None,
@@ -331,6 +340,7 @@ impl Core {
             cfg: n.clone(),
             proto,
             tls,
+            reality,
             connect: ConnectOpts {
                 strategy: DnsStrategy::parse(&n.dns_strategy),
                 send_ip,
@@ -473,6 +483,8 @@ enum Handshake {
     /// The protocol's answer, and the TLS session with the partial record that followed the
     /// header (TLS nodes only).
     Forward(Next, Option<Box<(crate::tls::TlsSession, Vec<u8>)>>),
+    /// REALITY: not one of ours; relayed unchanged to the node's dest (this socket).
+    Fallback(TcpStream),
     Drop,
 }
 
@@ -507,7 +519,7 @@ async fn read_pooled(bufs: &BufPool, s: &TcpStream, out: &mut Vec<u8>) -> std::i
 async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketAddr) -> Handshake {
     // A private read buffer only for the PROXY header and the TLS stage; plain protocol
     // handshakes read through the core's pool (16 KiB zeroed per connection otherwise).
-    let mut buf = if node.cfg.proxy_protocol || node.tls.is_some() {
+    let mut buf = if node.cfg.proxy_protocol || node.tls.is_some() || node.reality.is_some() {
         vec![0u8; 16 * 1024]
     } else {
         Vec::new()
@@ -537,7 +549,18 @@ async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketA
     // TLS nodes: the protocol sees the decrypted stream; `carry` is the partial record.
     let mut tls = None;
     let mut carry = Vec::new();
-    if let Some(cfg) = &node.tls {
+    if let Some(r) = &node.reality {
+        use crate::tls::reality::{accept, Outcome};
+        match accept(r, &core.outbound, &node.connect, s, *peer, first, &mut buf).await {
+            Outcome::Authed(Ok(a)) => {
+                first = a.plaintext;
+                carry = a.carry;
+                tls = Some(a.session);
+            }
+            Outcome::Authed(Err(_)) | Outcome::Drop => return Handshake::Drop,
+            Outcome::Fallback(dest) => return Handshake::Fallback(dest),
+        }
+    } else if let Some(cfg) = &node.tls {
         match crate::tls::accept(s, cfg, first, &mut buf).await {
             Ok(a) => {
                 first = a.plaintext;
@@ -614,6 +637,29 @@ async fn drain(s: &TcpStream, buf: &mut Vec<u8>) -> Handshake {
     Handshake::Drop
 }
 
+/// REALITY fallback: client and dest relayed unchanged, counted for nobody, unlimited.
+async fn fallback_relay(core: &Core, node: &NodeRt, client: &TcpStream, dest: &TcpStream) {
+    struct Nobody;
+    impl Meter for Nobody {
+        fn up(&self, _: u64) {}
+        fn down(&self, _: u64) {}
+    }
+    let bucket = crate::limits::gcra::Bucket::new(0);
+    let ctl = ConnCtl::default();
+    let env = RelayEnv {
+        bufs: &core.bufs,
+        pipes: &core.pipes,
+        meter: &Nobody,
+        bucket: &bucket,
+        timeouts: node.relay,
+        ctl: &ctl,
+        splice: core.shared.splice,
+        uring: core.uring.as_ref(),
+    };
+    let end = relay::relay(&env, client, dest, Vec::new(), None).await;
+    tracing::trace!(node = node.cfg.slot, ?end, "REALITY fallback ended");
+}
+
 /// A connection past handshake, admission, reply and connect: what the relay phase needs.
 struct Opened {
     node: Rc<NodeRt>,
@@ -679,6 +725,11 @@ async fn open(
     let hs = tokio::time::timeout_at(deadline, handshake(&core, &node, &client, &mut peer));
     let (next, tls) = match hs.await {
         Ok(Handshake::Forward(n, tls)) => (n, tls),
+        Ok(Handshake::Fallback(dest)) => {
+            drop(hs_guard);
+            fallback_relay(&core, &node, &client, &dest).await;
+            return None;
+        }
         Ok(Handshake::Drop) | Err(_) => return None,
     };
     let (dest, user, initial_upload, mut reply, mut codec) = match next {

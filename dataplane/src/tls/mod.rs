@@ -17,6 +17,7 @@
 
 pub mod certs;
 pub mod deframe;
+pub mod reality;
 
 use std::sync::Arc;
 

@@ -137,6 +137,7 @@ pub fn node(slot: u16, port: u16) -> NodeConfig {
         shadowsocks: None,
         transport: serde_json::Value::Null,
         tls: None,
+        flow: String::new(),
     }
 }
 
