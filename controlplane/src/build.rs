@@ -105,7 +105,8 @@ pub fn node_config(
                 return Err(BuildError::TransportNotServedYet(network.to_string()));
             }
             if let Some(flow) = info.flow.as_deref().map(str::trim).filter(|f| !f.is_empty()) {
-                if protocol == Protocol::Vless && flow != VISION {
+                // Vision (`xtls-rprx-vision`) is not served yet: refused clearly at build.
+                if protocol == Protocol::Vless {
                     return Err(BuildError::FlowNotServedYet(flow.to_string()));
                 }
             }
@@ -117,10 +118,7 @@ pub fn node_config(
             }
             // Trojan is always TLS (a `tls: 2` from the panel is ignored for trojan, §B.4);
             // VLESS when the panel says `tls: 1`.
-            let wants_tls = match (protocol, info.tls) {
-                (Protocol::Trojan, _) | (_, TlsMode::Tls) => true,
-                _ => false,
-            };
+            let wants_tls = matches!((protocol, info.tls), (Protocol::Trojan, _) | (_, TlsMode::Tls));
             if protocol == Protocol::Vless && info.tls == TlsMode::Reality {
                 Some(reality_tls(info)?)
             } else if wants_tls {
@@ -165,9 +163,7 @@ pub fn node_config(
     })
 }
 
-/// The VLESS flow every user of the node uses (spec §F.4); only Vision passes the build.
-pub const VISION: &str = "xtls-rprx-vision";
-
+/// The VLESS flow every user of the node uses (spec §F.4).
 fn vless_flow(info: &NodeInfo) -> String {
     info.flow.as_deref().map(str::trim).unwrap_or("").to_string()
 }
@@ -447,6 +443,44 @@ mod tests {
     }
 
     #[test]
+    fn reality_maps_from_the_panel() {
+        // Xboard style: no dest (server_name), string server_port, one short id.
+        let i = info(
+            r#"{"server_port":443,"tls":2,"tls_settings":{"server_name":"www.example.com",
+                "server_port":"8443","private_key":"UuMBgl7MXTPx9inmQp2UC7Jcnwc6XYbwDNebonM-FCc",
+                "short_id":"0123abcd","xver":"1"}}"#,
+        );
+        let c = node_config(1, "t", &entry("vless"), &i).unwrap();
+        let r = c.tls.unwrap().reality.unwrap();
+        assert_eq!(r.dest, "www.example.com:8443");
+        assert_eq!(r.server_names, vec!["www.example.com".to_string()]);
+        assert_eq!(r.short_ids, vec!["0123abcd".to_string()]);
+        assert_eq!(r.xver, 1);
+        assert_eq!(r.max_time_diff_ms, 0);
+        assert!(c.flow.is_empty());
+        // dest wins over server_name; a numeric port works too.
+        let i = info(
+            r#"{"server_port":443,"tls":2,"tls_settings":{"server_name":"a.example","dest":"127.0.0.1",
+                "server_port":9443,"private_key":"UuMBgl7MXTPx9inmQp2UC7Jcnwc6XYbwDNebonM-FCc"}}"#,
+        );
+        let r = node_config(1, "t", &entry("vless"), &i)
+            .unwrap()
+            .tls
+            .unwrap()
+            .reality
+            .unwrap();
+        assert_eq!(r.dest, "127.0.0.1:9443");
+        assert_eq!(r.short_ids, vec![String::new()]);
+        let i = info(
+            r#"{"server_port":443,"tls":2,"tls_settings":{"server_name":"a.example","server_port":"1"}}"#,
+        );
+        assert_eq!(
+            node_config(1, "t", &entry("vless"), &i),
+            Err(BuildError::Reality("no private_key"))
+        );
+    }
+
+    #[test]
     fn unserved_transports_flows_and_reality_are_clear_errors() {
         let i = info(r#"{"server_port":443,"network":"ws"}"#);
         assert_eq!(
@@ -461,7 +495,7 @@ mod tests {
         let i = info(r#"{"server_port":443,"tls":2}"#);
         assert_eq!(
             node_config(1, "t", &entry("vless"), &i),
-            Err(BuildError::NotServedYet("REALITY"))
+            Err(BuildError::Reality("no tls_settings"))
         );
         // Trojan ignores tls 2 (served with the local certificate).
         assert!(node_config(1, "t", &entry("trojan"), &i).is_ok());

@@ -619,25 +619,3 @@ pub fn sing_box_tls(
         Ok(cmd)
     })
 }
-
-/// The sing-box client with a SOCKS inbound and `out` as its outbound (e.g. VLESS with REALITY
-/// and a flow, which [`sing_box_tls`] does not set).
-pub fn sing_box_outbound(out: Value, dir: &Path) -> anyhow::Result<(Proc, u16)> {
-    let bin = peer("sing-box")?;
-    let mut out = out;
-    if let Some(o) = out.as_object_mut() {
-        o.insert("tag".to_string(), json!("out"));
-    }
-    spawn_listening("sing-box", dir, |socks| {
-        let cfg = json!({
-            "log": {"level": "warn"},
-            "inbounds": [{"type": "socks", "tag": "in", "listen": "127.0.0.1", "listen_port": socks}],
-            "outbounds": [out],
-        });
-        let path = dir.join(format!("sing-box-{socks}.json"));
-        std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
-        let mut cmd = Command::new(&bin);
-        cmd.arg("run").arg("-c").arg(&path).current_dir(dir);
-        Ok(cmd)
-    })
-}

@@ -552,12 +552,15 @@ async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketA
     if let Some(r) = &node.reality {
         use crate::tls::reality::{accept, Outcome};
         match accept(r, &core.outbound, &node.connect, s, *peer, first, &mut buf).await {
-            Outcome::Authed(Ok(a)) => {
-                first = a.plaintext;
-                carry = a.carry;
-                tls = Some(a.session);
-            }
-            Outcome::Authed(Err(_)) | Outcome::Drop => return Handshake::Drop,
+            Outcome::Authed(r) => match *r {
+                Ok(a) => {
+                    first = a.plaintext;
+                    carry = a.carry;
+                    tls = Some(a.session);
+                }
+                Err(_) => return Handshake::Drop,
+            },
+            Outcome::Drop => return Handshake::Drop,
             Outcome::Fallback(dest) => return Handshake::Fallback(dest),
         }
     } else if let Some(cfg) = &node.tls {

@@ -336,7 +336,7 @@ fn unreachable_family(v: &mut Vec<u8>) {
 /// How a REALITY accept ended.
 pub enum Outcome {
     /// Authenticated; the TLS handshake's result.
-    Authed(Result<Accepted, AcceptError>),
+    Authed(Box<Result<Accepted, AcceptError>>),
     /// Not ours: every byte read so far went to `dest`; relay the two sockets unchanged.
     Fallback(TcpStream),
     /// Socket closed, or dest unreachable.
@@ -430,7 +430,7 @@ pub async fn accept(
             return Outcome::Drop;
         }
     };
-    Outcome::Authed(crate::tls::accept(s, &cfg, carry, buf).await)
+    Outcome::Authed(Box::new(crate::tls::accept(s, &cfg, carry, buf).await))
 }
 
 #[cfg(test)]
