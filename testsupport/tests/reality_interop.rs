@@ -190,6 +190,19 @@ fn reality_probes_see_dest() {
     let (d, v) = (ask(s.nginx.port), ask(port));
     assert!(d.starts_with("HTTP/1.1 400"), "nginx said {d:?}");
     assert_eq!(v, d);
+    // A client silent past the handshake timeout (4 s) is not cut off: it is dest's visitor.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    c.write_all(b"GET / HTTP/1.0\r\nHost: v2sp.test\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let late = String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(late, d, "silent client after the handshake timeout");
     // Nothing was accounted for anybody.
     std::thread::sleep(Duration::from_secs(2));
     assert!(

@@ -516,7 +516,13 @@ async fn read_pooled(bufs: &BufPool, s: &TcpStream, out: &mut Vec<u8>) -> std::i
     }
 }
 
-async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketAddr) -> Handshake {
+async fn handshake(
+    core: &Core,
+    node: &NodeRt,
+    s: &TcpStream,
+    peer: &mut SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Handshake {
     // A private read buffer only for the PROXY header and the TLS stage; plain protocol
     // handshakes read through the core's pool (16 KiB zeroed per connection otherwise).
     let mut buf = if node.cfg.proxy_protocol || node.tls.is_some() || node.reality.is_some() {
@@ -551,7 +557,21 @@ async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketA
     let mut carry = Vec::new();
     if let Some(r) = &node.reality {
         use crate::tls::reality::{accept, Outcome};
-        match accept(r, &core.outbound, &node.connect, s, *peer, first, &mut buf).await {
+        // A client still silent just before the deadline is handed to dest too (dest's own
+        // timeouts apply, as for any of its visitors).
+        let give_up = deadline - Duration::from_millis(100).min(node.handshake / 4);
+        match accept(
+            r,
+            &core.outbound,
+            &node.connect,
+            s,
+            *peer,
+            first,
+            &mut buf,
+            give_up,
+        )
+        .await
+        {
             Outcome::Authed(r) => match *r {
                 Ok(a) => {
                     first = a.plaintext;
@@ -725,7 +745,7 @@ async fn open(
     let hs_guard = HandshakeGuard(&core);
     // One deadline for the whole handshake, including draining a rejected client.
     let deadline = tokio::time::Instant::now() + node.handshake;
-    let hs = tokio::time::timeout_at(deadline, handshake(&core, &node, &client, &mut peer));
+    let hs = tokio::time::timeout_at(deadline, handshake(&core, &node, &client, &mut peer, deadline));
     let (next, tls) = match hs.await {
         Ok(Handshake::Forward(n, tls)) => (n, tls),
         Ok(Handshake::Fallback(dest)) => {

@@ -360,7 +360,9 @@ fn now_ms() -> u64 {
 }
 
 /// Accepts one REALITY connection on `s` (`first`: bytes already read after a PROXY header).
-/// Bounded by the caller's handshake deadline.
+/// Bounded by the caller's handshake deadline; a client whose ClientHello is still incomplete
+/// at `give_up` is handed to dest.
+#[allow(clippy::too_many_arguments)]
 pub async fn accept(
     srv: &RealityServer,
     outbound: &Outbound,
@@ -369,6 +371,7 @@ pub async fn accept(
     peer: SocketAddr,
     first: Vec<u8>,
     buf: &mut [u8],
+    give_up: tokio::time::Instant,
 ) -> Outcome {
     // Contact dest before looking at the hello: a probe sees the same delay either way.
     let mut opts = opts.clone();
@@ -408,9 +411,10 @@ pub async fn accept(
             Ok(None) if carry.len() <= hello::MAX_HELLO + 64 * crate::tls::deframe::HEADER_LEN => {}
             _ => break None,
         }
-        let n = match read_some(s, buf).await {
-            Ok(0) | Err(_) => return Outcome::Drop,
-            Ok(n) => n,
+        let n = match tokio::time::timeout_at(give_up, read_some(s, buf)).await {
+            Err(_) => return Outcome::Fallback(dest),
+            Ok(Ok(0) | Err(_)) => return Outcome::Drop,
+            Ok(Ok(n)) => n,
         };
         carry.extend_from_slice(buf.get(..n).unwrap_or_default());
     };
