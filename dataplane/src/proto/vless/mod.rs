@@ -22,6 +22,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
+pub mod vision;
+
 use crate::proto::{AuthContext, Destination, Next, RejectPolicy, Step, StreamHandshake, WireError};
 
 pub const VERSION: u8 = 0;
