@@ -105,8 +105,8 @@ pub fn node_config(
                 return Err(BuildError::TransportNotServedYet(network.to_string()));
             }
             if let Some(flow) = info.flow.as_deref().map(str::trim).filter(|f| !f.is_empty()) {
-                // Vision (`xtls-rprx-vision`) is not served yet: refused clearly at build.
-                if protocol == Protocol::Vless {
+                // Vision is served over TLS and REALITY (checked below); other flows are not.
+                if protocol == Protocol::Vless && flow != VISION {
                     return Err(BuildError::FlowNotServedYet(flow.to_string()));
                 }
             }
@@ -163,7 +163,9 @@ pub fn node_config(
     })
 }
 
-/// The VLESS flow every user of the node uses (spec §F.4).
+/// The VLESS flow every user of the node uses (spec §F.4); only Vision passes the build.
+pub const VISION: &str = "xtls-rprx-vision";
+
 fn vless_flow(info: &NodeInfo) -> String {
     info.flow.as_deref().map(str::trim).unwrap_or("").to_string()
 }
@@ -488,6 +490,11 @@ mod tests {
             Err(BuildError::TransportNotServedYet("ws".into()))
         );
         let i = info(r#"{"server_port":443,"flow":"xtls-rprx-vision"}"#);
+        assert_eq!(
+            node_config(1, "t", &entry("vless"), &i),
+            Err(BuildError::NotServedYet("VLESS flow without TLS or REALITY"))
+        );
+        let i = info(r#"{"server_port":443,"flow":"xtls-rprx-splice"}"#);
         assert!(matches!(
             node_config(1, "t", &entry("vless"), &i),
             Err(BuildError::FlowNotServedYet(_))

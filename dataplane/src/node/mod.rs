@@ -50,7 +50,7 @@ pub fn default_protocols() -> ProtocolFactory {
         #[cfg(feature = "trojan")]
         v2sp_shared::dpconfig::Protocol::Trojan => Ok(Rc::new(TrojanProto)),
         #[cfg(feature = "vless")]
-        v2sp_shared::dpconfig::Protocol::Vless => Ok(Rc::new(VlessProto)),
+        v2sp_shared::dpconfig::Protocol::Vless => Ok(Rc::new(VlessProto(n.flow.clone()))),
         other => Err(format!(
             "protocol {} is not served by this build yet",
             other.as_str()
@@ -69,12 +69,13 @@ impl InboundProtocol for TrojanProto {
 }
 
 #[cfg(feature = "vless")]
-struct VlessProto;
+/// VLESS with the node's flow (every user must request exactly it).
+struct VlessProto(String);
 
 #[cfg(feature = "vless")]
 impl InboundProtocol for VlessProto {
     fn new_handshake(&self) -> Box<dyn StreamHandshake> {
-        Box::new(crate::proto::vless::VlessHandshake::default())
+        Box::new(crate::proto::vless::VlessHandshake::with_flow(&self.0))
     }
 }
 
@@ -755,7 +756,7 @@ async fn open(
         }
         Ok(Handshake::Drop) | Err(_) => return None,
     };
-    let (dest, user, initial_upload, mut reply, mut codec) = match next {
+    let (dest, user, mut initial_upload, mut reply, mut codec) = match next {
         Next::Forward {
             dest,
             user,
@@ -828,7 +829,15 @@ async fn open(
         }
         reply = wire;
         pending_up = carry;
-        codec = Some(Box::new(crate::tls::TlsCodec::new(session, codec.take())));
+        if node.cfg.flow == crate::proto::vless::vision::FLOW {
+            // Vision: padding, then raw once the inner TLS 1.3 allows (tls/vision.rs).
+            let uuid: [u8; 16] = user.secret.get(..16)?.try_into().ok()?;
+            let mut v = crate::tls::vision::VisionCodec::new(session, uuid);
+            initial_upload = v.unpad_initial(&initial_upload).ok()?;
+            codec = Some(Box::new(v));
+        } else {
+            codec = Some(Box::new(crate::tls::TlsCodec::new(session, codec.take())));
+        }
     }
     if !reply.is_empty() && client.write_all(&reply).await.is_err() {
         return None;

@@ -18,6 +18,7 @@
 pub mod certs;
 pub mod deframe;
 pub mod reality;
+pub mod vision;
 
 use std::sync::Arc;
 

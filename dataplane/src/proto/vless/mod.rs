@@ -182,6 +182,18 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, WireError> {
 pub struct VlessHandshake {
     buf: Vec<u8>,
     authed: bool,
+    /// The node's flow: a request must carry exactly this one ("" = none).
+    flow: String,
+}
+
+impl VlessHandshake {
+    /// A handshake for a node whose users use `flow` (e.g. [`vision::FLOW`]).
+    pub fn with_flow(flow: &str) -> Self {
+        VlessHandshake {
+            flow: flow.to_string(),
+            ..Self::default()
+        }
+    }
 }
 
 fn reject(error: WireError) -> Step {
@@ -215,10 +227,9 @@ impl StreamHandshake for VlessHandshake {
             Ok(None) => return Ok(reject(WireError::Malformed("vless: header too long"))),
             Err(e) => return Ok(reject(e)),
         };
-        if !req.flow.is_empty() {
-            return Ok(reject(WireError::Unsupported(
-                "vless: flow (XTLS) not served yet",
-            )));
+        // A user whose flow is not the node's is treated like an unknown one.
+        if req.flow != self.flow {
+            return Ok(reject(WireError::Auth("vless: flow does not match the node")));
         }
         let dest = match (req.cmd, req.dest) {
             (CMD_TCP, Some(d)) => d,

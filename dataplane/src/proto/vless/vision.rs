@@ -17,6 +17,8 @@
 //! first application-data record 17 03 03 once TLS 1.3 was seen.
 //! ```
 
+/// The flow name VLESS requests carry.
+pub const FLOW: &str = "xtls-rprx-vision";
 pub const CMD_CONTINUE: u8 = 0;
 pub const CMD_END: u8 = 1;
 pub const CMD_DIRECT: u8 = 2;
