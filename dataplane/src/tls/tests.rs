@@ -45,7 +45,7 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
-fn pair(dir: &std::path::Path) -> TlsSettings {
+pub(crate) fn pair(dir: &std::path::Path) -> TlsSettings {
     let c = rcgen::generate_simple_self_signed(vec!["example.com".to_string()]).unwrap();
     let cert = dir.join("c.pem");
     let key = dir.join("k.pem");

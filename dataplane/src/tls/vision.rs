@@ -142,3 +142,99 @@ impl StreamCodec for VisionCodec {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::io::{Read, Write};
+
+    use super::*;
+    use crate::proto::vless::vision::{pad, CMD_CONTINUE, CMD_DIRECT};
+    use crate::tls::tests::{client, client_out, pair};
+
+    const UUID: [u8; 16] = [7; 16];
+
+    fn connected() -> (TlsSession, rustls::ClientConnection, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::tls::server_config(&pair(dir.path())).unwrap();
+        let mut s = TlsSession::new(&cfg).unwrap();
+        let mut c = client(&rustls::version::TLS13);
+        let mut plain = Vec::new();
+        for _ in 0..10 {
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+            let mut w = client_out(&mut c);
+            if !w.is_empty() {
+                s.open_in_place(&mut w, &mut plain).unwrap();
+            }
+            let mut back = Vec::new();
+            s.pending_output(&mut back);
+            let mut r = &back[..];
+            while !r.is_empty() {
+                c.read_tls(&mut r).unwrap();
+            }
+            c.process_new_packets().unwrap();
+        }
+        (s, c, dir)
+    }
+
+    /// Uplink: padded blocks in TLS, command 2, then raw bytes in the same read; downlink:
+    /// padded until the inner TLS 1.3 ServerHello and first application data, then raw.
+    #[test]
+    fn switches_each_direction_to_raw() {
+        let (s, mut c, _dir) = connected();
+        let mut codec = VisionCodec::new(s, UUID);
+        // Uplink.
+        let mut block = Vec::new();
+        pad(Some(&UUID), CMD_CONTINUE, b"inner hello", &[0; 30], &mut block);
+        c.writer().write_all(&block).unwrap();
+        let mut wire = client_out(&mut c);
+        block.clear();
+        pad(None, CMD_DIRECT, b"last", &[0; 3], &mut block);
+        c.writer().write_all(&block).unwrap();
+        wire.extend_from_slice(&client_out(&mut c));
+        wire.extend_from_slice(b"\x17\x03\x03raw after direct");
+        let mut up = Vec::new();
+        let used = codec.open(&wire, &mut up).unwrap();
+        assert_eq!(used, wire.len());
+        assert_eq!(up, b"inner hellolast\x17\x03\x03raw after direct");
+        let mut more = Vec::new();
+        codec.open(b"raw2", &mut more).unwrap();
+        assert_eq!(more, b"raw2");
+        // Downlink: an inner TLS 1.3 ServerHello, then application data.
+        let mut sh = vec![0x16, 0x03, 0x03, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x03, 0x03];
+        sh.extend_from_slice(&[0u8; 32]);
+        sh.push(0);
+        sh.extend_from_slice(&[0x13, 0x01, 0x00, 0x00, 0x06, 0x00, 0x2b, 0x00, 0x02, 0x03, 0x04]);
+        let len = (sh.len() - 5) as u16;
+        sh[3..5].copy_from_slice(&len.to_be_bytes());
+        let mut out = Vec::new();
+        codec.seal(&sh, &mut out).unwrap();
+        codec.seal(b"\x17\x03\x03appdata", &mut out).unwrap();
+        assert!(!codec.is_raw() || out.len() > sh.len());
+        let mut r = &out[..];
+        while !r.is_empty() {
+            c.read_tls(&mut r).unwrap();
+        }
+        c.process_new_packets().unwrap();
+        let mut stream = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = c.reader().read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            stream.extend_from_slice(&buf[..n]);
+        }
+        let mut un = crate::proto::vless::vision::Unpadder::new(UUID);
+        let mut down = Vec::new();
+        assert_eq!(un.feed(&stream, &mut down), Seen::Direct);
+        let mut want = sh.clone();
+        want.extend_from_slice(b"\x17\x03\x03appdata");
+        assert_eq!(down, want);
+        assert!(codec.is_raw());
+        let mut raw = Vec::new();
+        codec.seal(b"plain now", &mut raw).unwrap();
+        assert_eq!(raw, b"plain now");
+    }
+}
