@@ -226,7 +226,7 @@ mod tests {
             }
             stream.extend_from_slice(&buf[..n]);
         }
-        let mut un = crate::proto::vless::vision::Unpadder::new(UUID);
+        let mut un = Unpadder::new(UUID);
         let mut down = Vec::new();
         assert_eq!(un.feed(&stream, &mut down), Seen::Direct);
         let mut want = sh.clone();
