@@ -95,6 +95,11 @@ pub trait StreamCodec: Send {
     fn open(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<usize, WireError>;
     /// Seal server→client plaintext, appending wire bytes to `out`.
     fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError>;
+    /// Whether this direction (`upload`: client→server) now passes bytes unchanged, so the
+    /// relay may splice it (XTLS Vision after its switch to direct).
+    fn passthrough(&self, _upload: bool) -> bool {
+        false
+    }
 }
 
 /// Everything a handshake may consult: the node's current user table and shared defences.

@@ -95,6 +95,14 @@ impl StreamCodec for VisionCodec {
         Ok(used)
     }
 
+    fn passthrough(&self, upload: bool) -> bool {
+        if upload {
+            self.up_raw
+        } else {
+            self.down_raw
+        }
+    }
+
     fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
         if self.down_raw {
             self.tls.pending_output(out);
@@ -232,7 +240,7 @@ mod tests {
         let mut want = sh.clone();
         want.extend_from_slice(b"\x17\x03\x03appdata");
         assert_eq!(down, want);
-        assert!(codec.is_raw());
+        assert!(codec.is_raw() && codec.passthrough(true) && codec.passthrough(false));
         let mut raw = Vec::new();
         codec.seal(b"plain now", &mut raw).unwrap();
         assert_eq!(raw, b"plain now");
