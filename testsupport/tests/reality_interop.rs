@@ -311,6 +311,8 @@ impl Counter {
 /// A user without the flow is refused.
 #[test]
 fn reality_vision_shoes_inner_tls_exact_accounting() {
+    // The data plane logs each direction's switch to direct at debug level.
+    std::env::set_var("RUST_LOG", "info,v2sp_dataplane::tls::vision=debug");
     let s = setup("xtls-rprx-vision");
     let port = s.v.nodes[0].port;
     let counter = Counter::start(s.nginx.port);
@@ -337,6 +339,11 @@ fn reality_vision_shoes_inner_tls_exact_accounting() {
     }
     drop(p);
     std::thread::sleep(Duration::from_millis(500));
+    let log = s.v.agent.log();
+    assert!(
+        log.contains("vision: uplink direct") && log.contains("vision: downlink direct"),
+        "Vision never switched both directions to direct:\n{log}"
+    );
     let up = counter.up.load(std::sync::atomic::Ordering::SeqCst);
     let down = counter.down.load(std::sync::atomic::Ordering::SeqCst);
     assert!(down > 4 << 20, "counter saw {down} bytes down");

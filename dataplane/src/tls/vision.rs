@@ -87,6 +87,7 @@ impl StreamCodec for VisionCodec {
                 self.filter.inspect(out.get(before..).unwrap_or_default());
             }
             if seen == Seen::Direct {
+                tracing::debug!("vision: uplink direct");
                 self.up_raw = true;
                 out.extend_from_slice(wire.get(used..).unwrap_or_default());
                 return Ok(wire.len());
@@ -141,6 +142,7 @@ impl StreamCodec for VisionCodec {
         self.tls.seal(&framed, out)?;
         match command {
             CMD_DIRECT => {
+                tracing::debug!("vision: downlink direct");
                 self.down_padding = false;
                 self.down_raw = true;
             }
