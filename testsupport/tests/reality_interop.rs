@@ -7,7 +7,11 @@
 //! * A client with a wrong short id is relayed to `dest` (a local nginx with a self-signed
 //!   certificate) and gets no data through; nothing is accounted.
 //! * Probe: `openssl s_client` to the REALITY port gets the same certificate chain as from
-//!   nginx directly.
+//!   nginx directly; plain HTTP and a client silent past the handshake timeout reach nginx too.
+//! * Vision (`xtls-rprx-vision`) over REALITY and over ordinary TLS: curl fetches 4 MiB over
+//!   an inner TLS 1.3 connection to nginx, sha256-checked; both directions switch to direct
+//!   (the data plane's debug log says so) and the panel totals equal the bytes a counting
+//!   proxy in front of nginx saw each way. A client without the node's flow gets nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -216,12 +220,20 @@ fn reality_probes_see_dest() {
 
 /// The shoes client (SOCKS on a free port) with a REALITY + VLESS outbound.
 fn shoes(dir: &Path, port: u16, uuid: &str, public_key: &str, short_id: &str, vision: bool) -> (Proc, u16) {
+    let outer = format!(
+        "type: reality\n          public_key: \"{public_key}\"\n          short_id: \"{short_id}\"\n          sni_hostname: \"{SNI}\"\n          vision: {vision}"
+    );
+    shoes_with(dir, port, uuid, &outer)
+}
+
+/// The shoes client with `outer` (YAML at the outbound protocol's indentation) around VLESS.
+fn shoes_with(dir: &Path, port: u16, uuid: &str, outer: &str) -> (Proc, u16) {
     let bin = peer("shoes")
         .unwrap_or_else(|e| panic!("shoes client: {e:#} (scripts/install-test-deps.sh --with-shoes)"));
     for _ in 0..5 {
         let socks = free_port();
         let yaml = format!(
-            "- address: \"127.0.0.1:{socks}\"\n  protocol:\n    type: socks\n  rules:\n    - masks: \"0.0.0.0/0\"\n      action: allow\n      client_proxy:\n        address: \"127.0.0.1:{port}\"\n        protocol:\n          type: reality\n          public_key: \"{public_key}\"\n          short_id: \"{short_id}\"\n          sni_hostname: \"{SNI}\"\n          vision: {vision}\n          protocol:\n            type: vless\n            user_id: \"{uuid}\"\n"
+            "- address: \"127.0.0.1:{socks}\"\n  protocol:\n    type: socks\n  rules:\n    - masks: \"0.0.0.0/0\"\n      action: allow\n      client_proxy:\n        address: \"127.0.0.1:{port}\"\n        protocol:\n          {outer}\n          protocol:\n            type: vless\n            user_id: \"{uuid}\"\n"
         );
         let path = dir.join(format!("shoes-{socks}.yaml"));
         std::fs::write(&path, yaml).unwrap();
@@ -305,6 +317,75 @@ impl Counter {
     }
 }
 
+/// curl fetches nginx's 4 MiB file over TLS (an inner TLS 1.3 connection) through shoes' SOCKS
+/// port and the counting proxy; panics unless it arrives intact.
+fn fetch_big(socks: u16, counter: &Counter, dir: &Path, logs: &dyn Fn() -> String) {
+    let out = dir.join(format!("big-{socks}.out"));
+    let r = Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "30", "--socks5"])
+        .arg(format!("127.0.0.1:{socks}"))
+        .arg(format!("https://127.0.0.1:{}/big", counter.port))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let got = std::fs::read(&out).unwrap_or_default();
+    if !r.status.success() || sha256(&got) != sha256(&payload(4 << 20, 77)) {
+        panic!(
+            "curl through Vision: {:?} {} ({} bytes)\n{}",
+            r.status,
+            String::from_utf8_lossy(&r.stderr),
+            got.len(),
+            logs()
+        );
+    }
+}
+
+/// VLESS + Vision over ordinary TLS (`tls: 1`, CertMode self): the same inner-TLS fetch,
+/// both directions switch to direct, exact totals.
+#[test]
+fn tls_vision_shoes_inner_tls_exact_accounting() {
+    std::env::set_var("RUST_LOG", "info,v2sp_dataplane::tls::vision=debug");
+    let tmp = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(tmp.path());
+    let counter = Counter::start(nginx.port);
+    let port = free_port();
+    let node = NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "vless", "server_port": port, "tls": 1, "network": "tcp",
+                     "flow": "xtls-rprx-vision", "tls_settings": {"server_name": SNI},
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: vec![user(1, UUIDS[0])],
+    };
+    let certs = tmp.path().join("certs");
+    let v = V2sp::start(
+        vec![node],
+        json!({"CertConfig": {"CertMode": "self", "CertDomain": SNI,
+            "CertFile": certs.join("{domain}.crt"), "KeyFile": certs.join("{domain}.key")}}),
+    )
+    .unwrap();
+    let outer = format!(
+        "type: tls\n          verify: false\n          sni_hostname: \"{SNI}\"\n          vision: true"
+    );
+    let (p, socks) = shoes_with(v.dir.path(), port, UUIDS[0], &outer);
+    fetch_big(socks, &counter, v.dir.path(), &|| {
+        format!("--- shoes ---\n{}\n--- v2sp ---\n{}", p.log(), v.agent.log())
+    });
+    drop(p);
+    std::thread::sleep(Duration::from_millis(500));
+    let log = v.agent.log();
+    assert!(
+        log.contains("vision: uplink direct") && log.contains("vision: downlink direct"),
+        "Vision never switched both directions to direct:\n{log}"
+    );
+    let up = counter.up.load(std::sync::atomic::Ordering::SeqCst);
+    let down = counter.down.load(std::sync::atomic::Ordering::SeqCst);
+    let mut exp = BTreeMap::new();
+    exp.insert(1u32, (up, down));
+    v.wait_totals(1, &exp, Duration::from_secs(20)).unwrap();
+}
+
 /// VLESS + REALITY + Vision: curl fetches 4 MiB over TLS from nginx through shoes → v2sp, so
 /// the tunnel carries an inner TLS 1.3 connection and Vision switches to direct; the file is
 /// sha256-checked and the panel receives exactly the bytes that reached nginx and came back.
@@ -317,26 +398,9 @@ fn reality_vision_shoes_inner_tls_exact_accounting() {
     let port = s.v.nodes[0].port;
     let counter = Counter::start(s.nginx.port);
     let (p, socks) = shoes(s.v.dir.path(), port, UUIDS[0], &s.public_key, SHORT_ID, true);
-    let out = s.v.dir.path().join("big.out");
-    let r = Command::new("curl")
-        .args(["-sS", "-k", "--max-time", "30", "--socks5"])
-        .arg(format!("127.0.0.1:{socks}"))
-        .arg(format!("https://127.0.0.1:{}/big", counter.port))
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let got = std::fs::read(&out).unwrap_or_default();
-    if !r.status.success() || sha256(&got) != sha256(&payload(4 << 20, 77)) {
-        panic!(
-            "curl through Vision: {:?} {} ({} bytes)\n--- shoes ---\n{}\n--- v2sp ---\n{}",
-            r.status,
-            String::from_utf8_lossy(&r.stderr),
-            got.len(),
-            p.log(),
-            s.v.agent.log()
-        );
-    }
+    fetch_big(socks, &counter, s.v.dir.path(), &|| {
+        format!("--- shoes ---\n{}\n--- v2sp ---\n{}", p.log(), s.v.agent.log())
+    });
     drop(p);
     std::thread::sleep(Duration::from_millis(500));
     let log = s.v.agent.log();
