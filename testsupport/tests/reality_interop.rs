@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use v2sp_testsupport::harness::{
-    free_port, payload, peer, sha256, tcp_echo_through, wait_tcp, Echo, NodeSpec, Proc, V2sp,
+    free_port, payload, peer, sha256, socks5_connect, tcp_echo_through, wait_tcp, Echo, NodeSpec, Proc, V2sp,
 };
 use v2sp_testsupport::panel_sim::user;
 
@@ -273,6 +273,19 @@ fn reality_shoes_exact_accounting_and_wrong_short_id_goes_to_dest() {
     let mut exp = BTreeMap::new();
     exp.insert(1u32, (moved, moved));
     s.v.wait_totals(1, &exp, Duration::from_secs(20)).unwrap();
+    // Accounted while the connection is still open: 64 KiB echoed, totals grow by exactly that
+    // before the client closes.
+    let (p, socks) = shoes(s.v.dir.path(), port, UUIDS[0], &s.public_key, SHORT_ID, false);
+    let mut c = socks5_connect(socks, s.echo.port).unwrap();
+    let data = payload(64 << 10, 9);
+    c.write_all(&data).unwrap();
+    let mut back = vec![0u8; data.len()];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(back, data);
+    exp.insert(1u32, (moved + data.len() as u64, moved + data.len() as u64));
+    s.v.wait_totals(1, &exp, Duration::from_secs(20)).unwrap();
+    drop(c);
+    drop(p);
 }
 
 /// A TCP proxy in front of 127.0.0.1:`upstream` counting the bytes each way (what v2sp must
