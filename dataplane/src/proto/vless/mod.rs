@@ -17,8 +17,9 @@
 //! +-----+--------+
 //! ```
 //!
-//! The user is looked up by the 16 uuid bytes (`cred::CredKind::VlessUuid`). Flows (XTLS
-//! Vision) are refused for now; after the header the stream is unchanged (`codec: None`).
+//! The user is looked up by the 16 uuid bytes (`cred::CredKind::VlessUuid`). A request must
+//! carry the node's flow (none, or Vision over TLS/REALITY, framed by `vision` and
+//! `tls::vision`); after the header the stream is unchanged (`codec: None`).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 

@@ -1,6 +1,6 @@
 //! XTLS Vision (`xtls-rprx-vision`) framing, sans-IO: the padding blocks of the first packets
-//! and the inner-TLS filter that decides when both sides drop the outer TLS. Not wired into the
-//! relay yet (the build still refuses the flow); see issue 5.
+//! and the inner-TLS filter that decides when both sides drop the outer TLS. The relay codec
+//! that applies it is `tls::vision::VisionCodec`.
 //!
 //! ```text
 //! padded block (first block in each direction is prefixed by the user's 16-byte UUID):
