@@ -7,8 +7,8 @@ use std::path::Path;
 use v2sp_shared::config::{CertConfig, CertMode, NodeEntry};
 use v2sp_shared::cred::{secret_for, CredKind};
 use v2sp_shared::dpconfig::{
-    FallbackTarget, HttpPathSettings, NodeConfig, Protocol, ShadowsocksSettings, TcpHttpSettings,
-    TlsSettings, Transport,
+    FallbackTarget, HttpPathSettings, NodeConfig, Protocol, RealitySettings, ShadowsocksSettings,
+    TcpHttpSettings, TlsSettings, Transport,
 };
 use v2sp_shared::panel::{NodeInfo, PanelUser, TlsMode};
 use v2sp_shared::shm::UserEntry;
@@ -34,6 +34,8 @@ pub enum BuildError {
     TransportNotServedYet(String),
     #[error("this build of v2sp does not serve VLESS flow {0:?} yet (set no flow on the panel)")]
     FlowNotServedYet(String),
+    #[error("REALITY node: {0}")]
+    Reality(&'static str),
     #[error("CertMode self: cannot write the self-signed certificate: {0}")]
     SelfSigned(String),
 }
@@ -101,8 +103,9 @@ pub fn node_config(
     let tls = match protocol {
         Protocol::Shadowsocks => None,
         Protocol::Trojan | Protocol::Vless | Protocol::Vmess => {
-            if let Some(flow) = info.flow.as_deref().filter(|f| !f.trim().is_empty()) {
-                if protocol == Protocol::Vless {
+            if let Some(flow) = info.flow.as_deref().map(str::trim).filter(|f| !f.is_empty()) {
+                // Vision is served over TLS and REALITY (checked below); other flows are not.
+                if protocol == Protocol::Vless && flow != VISION {
                     return Err(BuildError::FlowNotServedYet(flow.to_string()));
                 }
             }
@@ -113,13 +116,14 @@ pub fn node_config(
                 }
             }
             // Trojan is always TLS (a `tls: 2` from the panel is ignored for trojan, §B.4);
-            // VLESS and VMess when the panel says `tls: 1`.
-            let wants_tls = match (protocol, info.tls) {
-                (Protocol::Trojan, _) | (_, TlsMode::Tls) => true,
-                (_, TlsMode::Reality) => return Err(BuildError::NotServedYet("REALITY")),
-                _ => false,
-            };
-            if wants_tls {
+            // VLESS and VMess when the panel says `tls: 1`; REALITY (`tls: 2`) for VLESS.
+            let wants_tls = matches!((protocol, info.tls), (Protocol::Trojan, _) | (_, TlsMode::Tls));
+            if protocol == Protocol::Vmess && info.tls == TlsMode::Reality {
+                return Err(BuildError::NotServedYet("REALITY"));
+            }
+            if protocol == Protocol::Vless && info.tls == TlsMode::Reality {
+                Some(reality_tls(info)?)
+            } else if wants_tls {
                 node_tls(&entry.cert, info)?
             } else {
                 None
@@ -164,6 +168,13 @@ pub fn node_config(
         dns_strategy: entry.outbound_domain_strategy().to_string(),
         shadowsocks,
         transport,
+        flow: match (protocol, &tls) {
+            (Protocol::Vless, Some(_)) => vless_flow(info),
+            (Protocol::Vless, None) if !vless_flow(info).is_empty() => {
+                return Err(BuildError::NotServedYet("VLESS flow without TLS or REALITY"))
+            }
+            _ => String::new(),
+        },
         tls,
         fallbacks,
     })
@@ -334,6 +345,53 @@ fn tcp_http(header: Option<&serde_json::Value>) -> TcpHttpSettings {
     }
 }
 
+/// The VLESS flow every user of the node uses (spec §F.4); only Vision passes the build.
+pub const VISION: &str = "xtls-rprx-vision";
+
+fn vless_flow(info: &NodeInfo) -> String {
+    info.flow.as_deref().map(str::trim).unwrap_or("").to_string()
+}
+
+/// REALITY for a VLESS node with `tls: 2` (spec §F.3): dest = `dest` or `server_name`, with
+/// `server_port`; one server name and one short id from the panel; no time check (xray leaves
+/// `maxTimeDiff` unset).
+pub fn reality_tls(info: &NodeInfo) -> Result<TlsSettings, BuildError> {
+    let t = info
+        .tls_settings
+        .as_ref()
+        .ok_or(BuildError::Reality("no tls_settings"))?;
+    let dest = t
+        .reality_dest()
+        .ok_or(BuildError::Reality("no dest/server_name with a server_port"))?;
+    let private_key = t
+        .private_key
+        .clone()
+        .filter(|k| !k.trim().is_empty())
+        .ok_or(BuildError::Reality("no private_key"))?;
+    let server_names: Vec<String> = t
+        .server_name
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if server_names.is_empty() {
+        return Err(BuildError::Reality("no server_name"));
+    }
+    Ok(TlsSettings {
+        cert_mode: "reality".into(),
+        server_name: server_names.first().cloned().unwrap_or_default(),
+        reality: Some(RealitySettings {
+            dest,
+            server_names,
+            private_key: private_key.trim().to_string(),
+            short_ids: vec![t.short_id.clone().unwrap_or_default().trim().to_string()],
+            xver: u8::try_from(t.xver).unwrap_or(0),
+            max_time_diff_ms: 0,
+        }),
+        ..TlsSettings::default()
+    })
+}
+
 /// `CertFile`/`KeyFile` with the `{domain}`/`{email}` placeholders filled in.
 fn cert_path(template: &str, cert: &CertConfig) -> String {
     template
@@ -376,6 +434,7 @@ pub fn node_tls(cert: &CertConfig, info: &NodeInfo) -> Result<Option<TlsSettings
         server_name,
         reject_unknown_sni: cert.reject_unknown_sni,
         alpn: Vec::new(),
+        reality: None,
     }))
 }
 
@@ -607,6 +666,44 @@ mod tests {
     }
 
     #[test]
+    fn reality_maps_from_the_panel() {
+        // Xboard style: no dest (server_name), string server_port, one short id.
+        let i = info(
+            r#"{"server_port":443,"tls":2,"tls_settings":{"server_name":"www.example.com",
+                "server_port":"8443","private_key":"UuMBgl7MXTPx9inmQp2UC7Jcnwc6XYbwDNebonM-FCc",
+                "short_id":"0123abcd","xver":"1"}}"#,
+        );
+        let c = node_config(1, "t", &entry("vless"), &i).unwrap();
+        let r = c.tls.unwrap().reality.unwrap();
+        assert_eq!(r.dest, "www.example.com:8443");
+        assert_eq!(r.server_names, vec!["www.example.com".to_string()]);
+        assert_eq!(r.short_ids, vec!["0123abcd".to_string()]);
+        assert_eq!(r.xver, 1);
+        assert_eq!(r.max_time_diff_ms, 0);
+        assert!(c.flow.is_empty());
+        // dest wins over server_name; a numeric port works too.
+        let i = info(
+            r#"{"server_port":443,"tls":2,"tls_settings":{"server_name":"a.example","dest":"127.0.0.1",
+                "server_port":9443,"private_key":"UuMBgl7MXTPx9inmQp2UC7Jcnwc6XYbwDNebonM-FCc"}}"#,
+        );
+        let r = node_config(1, "t", &entry("vless"), &i)
+            .unwrap()
+            .tls
+            .unwrap()
+            .reality
+            .unwrap();
+        assert_eq!(r.dest, "127.0.0.1:9443");
+        assert_eq!(r.short_ids, vec![String::new()]);
+        let i = info(
+            r#"{"server_port":443,"tls":2,"tls_settings":{"server_name":"a.example","server_port":"1"}}"#,
+        );
+        assert_eq!(
+            node_config(1, "t", &entry("vless"), &i),
+            Err(BuildError::Reality("no private_key"))
+        );
+    }
+
+    #[test]
     fn unserved_transports_flows_and_reality_are_clear_errors() {
         let i = info(r#"{"server_port":443,"network":"kcp"}"#);
         assert_eq!(
@@ -614,6 +711,11 @@ mod tests {
             Err(BuildError::TransportNotServedYet("kcp".into()))
         );
         let i = info(r#"{"server_port":443,"flow":"xtls-rprx-vision"}"#);
+        assert_eq!(
+            node_config(1, "t", &entry("vless"), &i),
+            Err(BuildError::NotServedYet("VLESS flow without TLS or REALITY"))
+        );
+        let i = info(r#"{"server_port":443,"flow":"xtls-rprx-splice"}"#);
         assert!(matches!(
             node_config(1, "t", &entry("vless"), &i),
             Err(BuildError::FlowNotServedYet(_))
@@ -621,7 +723,7 @@ mod tests {
         let i = info(r#"{"server_port":443,"tls":2}"#);
         assert_eq!(
             node_config(1, "t", &entry("vless"), &i),
-            Err(BuildError::NotServedYet("REALITY"))
+            Err(BuildError::Reality("no tls_settings"))
         );
         // Trojan ignores tls 2 (served with the local certificate).
         assert!(node_config(1, "t", &entry("trojan"), &i).is_ok());

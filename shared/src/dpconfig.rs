@@ -79,6 +79,9 @@ pub struct NodeConfig {
     /// `EnableFallback` + `FallBackConfigs`); empty = hold and close like a web server.
     #[serde(default)]
     pub fallbacks: Vec<FallbackTarget>,
+    /// VLESS flow every user of the node must use (`xtls-rprx-vision`), empty = none.
+    #[serde(default)]
+    pub flow: String,
 }
 
 /// One fallback (xray semantics): the first entry whose `sni`, `alpn` and `path` match — each
@@ -117,6 +120,27 @@ pub struct TlsSettings {
     pub reject_unknown_sni: bool,
     /// ALPN protocols offered, in preference order; empty = no ALPN.
     pub alpn: Vec<String>,
+    /// REALITY instead of a certificate (VLESS, panel `tls: 2`): the certificate fields are
+    /// then unused.
+    pub reality: Option<RealitySettings>,
+}
+
+/// Server-side REALITY of one node (spec §F.3).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct RealitySettings {
+    /// `host:port` that unauthenticated clients are relayed to (and whose certificate they see).
+    pub dest: String,
+    /// SNI values a REALITY client may use (exact, case-insensitive).
+    pub server_names: Vec<String>,
+    /// X25519 private key, base64url (no padding; padding tolerated).
+    pub private_key: String,
+    /// Accepted short ids, hex, up to 16 digits each ("" = all zeros).
+    pub short_ids: Vec<String>,
+    /// PROXY protocol version sent to `dest` (0 = none, 1 or 2).
+    pub xver: u8,
+    /// Largest accepted client clock difference in milliseconds (0 = not checked).
+    pub max_time_diff_ms: u64,
 }
 
 /// The stream transport of a node (xray's `network`), for the stream protocols (Trojan, VLESS,

@@ -187,7 +187,21 @@ pub(super) async fn serve(
         ),
         None => (None, Vec::new()),
     };
-    // Registered so the idle sweep, node removal and shutdown reach it like any connection.
+    let end = relay_unowned(core, node, &client, &upstream, pending_up, codec).await;
+    tracing::trace!(node = node.cfg.slot, ?end, "fallback connection ended");
+}
+
+/// Relays a connection that belongs to no user (a fallback, a REALITY probe passed to dest):
+/// counted for nobody, unlimited, but registered, so the idle sweep, node removal and shutdown
+/// reach it like any connection.
+pub(super) async fn relay_unowned(
+    core: &Rc<Core>,
+    node: &NodeRt,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    pending_up: Vec<u8>,
+    codec: Option<Box<dyn crate::proto::StreamCodec>>,
+) -> relay::RelayEnd {
     let ctl = Rc::new(ConnCtl::default());
     let _reg = super::Unowned::register(core, node.cfg.slot, ctl.clone());
     let bucket = Bucket::new(0);
@@ -201,8 +215,7 @@ pub(super) async fn serve(
         splice: core.shared.splice,
         uring: core.uring.as_ref(),
     };
-    let end = relay::relay(&env, &client, &upstream, pending_up, codec).await;
-    tracing::trace!(node = node.cfg.slot, ?end, "fallback connection ended");
+    relay::relay(&env, client, upstream, pending_up, codec).await
 }
 
 #[cfg(test)]

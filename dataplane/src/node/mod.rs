@@ -52,7 +52,7 @@ pub fn default_protocols() -> ProtocolFactory {
         #[cfg(feature = "trojan")]
         v2sp_shared::dpconfig::Protocol::Trojan => Ok(Rc::new(TrojanProto)),
         #[cfg(feature = "vless")]
-        v2sp_shared::dpconfig::Protocol::Vless => Ok(Rc::new(VlessProto)),
+        v2sp_shared::dpconfig::Protocol::Vless => Ok(Rc::new(VlessProto(n.flow.clone()))),
         #[cfg(feature = "vmess")]
         v2sp_shared::dpconfig::Protocol::Vmess => {
             Ok(Rc::new(VmessProto(crate::proto::vmess::VmessInbound::new())))
@@ -75,12 +75,13 @@ impl InboundProtocol for TrojanProto {
 }
 
 #[cfg(feature = "vless")]
-struct VlessProto;
+/// VLESS with the node's flow (every user must request exactly it).
+struct VlessProto(String);
 
 #[cfg(feature = "vless")]
 impl InboundProtocol for VlessProto {
     fn new_handshake(&self) -> Box<dyn StreamHandshake> {
-        Box::new(crate::proto::vless::VlessHandshake::default())
+        Box::new(crate::proto::vless::VlessHandshake::with_flow(&self.0))
     }
 }
 
@@ -165,6 +166,8 @@ pub struct NodeRt {
     proto: Rc<dyn InboundProtocol>,
     /// TLS terminated before the protocol handshake (`NodeConfig.tls`).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// REALITY instead of a certificate (`TlsSettings.reality`).
+    reality: Option<Arc<crate::tls::reality::RealityServer>>,
     connect: ConnectOpts,
     handshake: Duration,
     relay: RelayTimeouts,
@@ -361,7 +364,14 @@ impl Core {
 
     fn start_node(self: &Rc<Self>, n: &NodeConfig, cfg: &DataplaneConfig) -> Result<(), String> {
         let proto = (self.shared.protocols)(n)?;
-        let tls = n.tls.as_ref().map(crate::tls::server_config).transpose()?;
+        let reality = match n.tls.as_ref().and_then(|t| t.reality.as_ref()) {
+            Some(r) => Some(Arc::new(crate::tls::reality::RealityServer::new(r)?)),
+            None => None,
+        };
+        let tls = match reality {
+            Some(_) => None,
+            None => n.tls.as_ref().map(crate::tls::server_config).transpose()?,
+        };
         let addr = crate::net::listen_addr(&n.listen_ip, n.port)?;
         let send_ip = match n.send_ip.trim() {
             "" => None,
@@ -379,6 +389,7 @@ impl Core {
             cfg: n.clone(),
             proto,
             tls,
+            reality,
             connect: ConnectOpts {
                 strategy: DnsStrategy::parse(&n.dns_strategy),
                 send_ip,
@@ -543,6 +554,8 @@ enum Handshake {
     /// The protocol's answer, and the TLS session with the partial record that followed the
     /// header (TLS nodes only).
     Forward(Next, Option<Box<(crate::tls::TlsSession, Vec<u8>)>>),
+    /// REALITY: not one of ours; relayed unchanged to the node's dest (this socket).
+    Fallback(TcpStream),
     Drop,
 }
 
@@ -574,10 +587,16 @@ async fn read_pooled(bufs: &BufPool, s: &TcpStream, out: &mut Vec<u8>) -> std::i
     }
 }
 
-async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketAddr) -> Handshake {
+async fn handshake(
+    core: &Core,
+    node: &NodeRt,
+    s: &TcpStream,
+    peer: &mut SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Handshake {
     // A private read buffer only for the PROXY header and the TLS stage; plain protocol
     // handshakes read through the core's pool (16 KiB zeroed per connection otherwise).
-    let mut buf = if node.cfg.proxy_protocol || node.tls.is_some() {
+    let mut buf = if node.cfg.proxy_protocol || node.tls.is_some() || node.reality.is_some() {
         vec![0u8; 16 * 1024]
     } else {
         Vec::new()
@@ -607,7 +626,35 @@ async fn handshake(core: &Core, node: &NodeRt, s: &TcpStream, peer: &mut SocketA
     // TLS nodes: the protocol sees the decrypted stream; `carry` is the partial record.
     let mut tls = None;
     let mut carry = Vec::new();
-    if let Some(cfg) = &node.tls {
+    if let Some(r) = &node.reality {
+        use crate::tls::reality::{accept, Outcome};
+        // A client still silent just before the deadline is handed to dest too (dest's own
+        // timeouts apply, as for any of its visitors).
+        let give_up = deadline - Duration::from_millis(100).min(node.handshake / 4);
+        match accept(
+            r,
+            &core.outbound,
+            &node.connect,
+            s,
+            *peer,
+            first,
+            &mut buf,
+            give_up,
+        )
+        .await
+        {
+            Outcome::Authed(r) => match *r {
+                Ok(a) => {
+                    first = a.plaintext;
+                    carry = a.carry;
+                    tls = Some(a.session);
+                }
+                Err(_) => return Handshake::Drop,
+            },
+            Outcome::Drop => return Handshake::Drop,
+            Outcome::Fallback(dest) => return Handshake::Fallback(dest),
+        }
+    } else if let Some(cfg) = &node.tls {
         match crate::tls::accept(s, cfg, first, &mut buf).await {
             Ok(a) => {
                 first = a.plaintext;
@@ -701,6 +748,12 @@ async fn drain(s: &TcpStream, buf: &mut Vec<u8>) -> Handshake {
     Handshake::Drop
 }
 
+/// REALITY fallback: client and dest relayed unchanged, counted for nobody, unlimited.
+async fn fallback_relay(core: &Rc<Core>, node: &NodeRt, client: &TcpStream, dest: &TcpStream) {
+    let end = fallback::relay_unowned(core, node, client, dest, Vec::new(), None).await;
+    tracing::trace!(node = node.cfg.slot, ?end, "REALITY fallback ended");
+}
+
 /// A connection past handshake, admission, reply and connect: what the relay phase needs.
 struct Opened {
     node: Rc<NodeRt>,
@@ -763,12 +816,17 @@ async fn open(
     let hs_guard = HandshakeGuard(&core);
     // One deadline for the whole handshake, including draining a rejected client.
     let deadline = tokio::time::Instant::now() + node.handshake;
-    let hs = tokio::time::timeout_at(deadline, handshake(&core, &node, &client, &mut peer));
+    let hs = tokio::time::timeout_at(deadline, handshake(&core, &node, &client, &mut peer, deadline));
     let (next, tls) = match hs.await {
         Ok(Handshake::Forward(n, tls)) => (n, tls),
+        Ok(Handshake::Fallback(dest)) => {
+            drop(hs_guard);
+            fallback_relay(&core, &node, &client, &dest).await;
+            return None;
+        }
         Ok(Handshake::Drop) | Err(_) => return None,
     };
-    let (dest, user, initial_upload, mut reply, mut codec) = match next {
+    let (dest, user, mut initial_upload, mut reply, mut codec) = match next {
         Next::Forward {
             dest,
             user,
@@ -860,7 +918,15 @@ async fn open(
         }
         reply = wire;
         pending_up = carry;
-        codec = Some(Box::new(crate::tls::TlsCodec::new(session, codec.take())));
+        if node.cfg.flow == crate::proto::vless::vision::FLOW {
+            // Vision: padding, then raw once the inner TLS 1.3 allows (tls/vision.rs).
+            let uuid: [u8; 16] = user.secret.get(..16)?.try_into().ok()?;
+            let mut v = crate::tls::vision::VisionCodec::new(session, uuid);
+            initial_upload = v.unpad_initial(&initial_upload).ok()?;
+            codec = Some(Box::new(v));
+        } else {
+            codec = Some(Box::new(crate::tls::TlsCodec::new(session, codec.take())));
+        }
     }
     if !reply.is_empty() && client.write_all(&reply).await.is_err() {
         return None;

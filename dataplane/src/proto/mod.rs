@@ -161,6 +161,11 @@ pub trait StreamCodec: Send {
     fn take_control(&mut self, _out: &mut Vec<u8>) -> Result<(), WireError> {
         Ok(())
     }
+    /// Whether this direction (`upload`: client→server) now passes bytes unchanged, so the
+    /// relay may splice it (XTLS Vision after its switch to direct).
+    fn passthrough(&self, _upload: bool) -> bool {
+        false
+    }
 }
 
 /// Everything a handshake may consult: the node's current user table and shared defences.

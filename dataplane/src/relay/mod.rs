@@ -345,6 +345,13 @@ async fn copy_dir(
         .await;
         env.bufs.put(buf);
         r?;
+        // A codec that went transparent (Vision's direct mode) hands this direction to splice.
+        if env.splice
+            && carry.is_empty()
+            && codec.is_some_and(|c| c.codec.borrow().passthrough(dir == Dir::Up))
+        {
+            return splice_dir(env, act, dir, src, dst).await;
+        }
     }
 }
 

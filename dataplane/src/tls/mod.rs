@@ -17,7 +17,9 @@
 
 pub mod certs;
 pub mod deframe;
+pub mod reality;
 pub mod sni;
+pub mod vision;
 
 use std::sync::Arc;
 

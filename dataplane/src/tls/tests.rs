@@ -45,7 +45,7 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
-fn pair(dir: &std::path::Path) -> TlsSettings {
+pub(crate) fn pair(dir: &std::path::Path) -> TlsSettings {
     let c = rcgen::generate_simple_self_signed(vec!["example.com".to_string()]).unwrap();
     let cert = dir.join("c.pem");
     let key = dir.join("k.pem");
@@ -58,10 +58,11 @@ fn pair(dir: &std::path::Path) -> TlsSettings {
         server_name: "example.com".into(),
         reject_unknown_sni: false,
         alpn: vec![],
+        reality: None,
     }
 }
 
-fn client(version: &'static rustls::SupportedProtocolVersion) -> ClientConnection {
+pub(crate) fn client(version: &'static rustls::SupportedProtocolVersion) -> ClientConnection {
     let cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[version])
         .unwrap()
@@ -73,7 +74,7 @@ fn client(version: &'static rustls::SupportedProtocolVersion) -> ClientConnectio
     c
 }
 
-fn client_out(c: &mut ClientConnection) -> Vec<u8> {
+pub(crate) fn client_out(c: &mut ClientConnection) -> Vec<u8> {
     let mut v = Vec::new();
     while c.wants_write() {
         c.write_tls(&mut v).unwrap();

@@ -138,6 +138,7 @@ pub fn node(slot: u16, port: u16) -> NodeConfig {
         transport: Default::default(),
         tls: None,
         fallbacks: Vec::new(),
+        flow: String::new(),
     }
 }
 

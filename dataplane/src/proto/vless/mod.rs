@@ -1,4 +1,4 @@
-//! VLESS (server side, no flow), request header parsed incrementally from the decrypted stream.
+//! VLESS (server side), request header parsed incrementally from the decrypted stream.
 //!
 //! ```text
 //! request:
@@ -17,16 +17,18 @@
 //! +-----+--------+
 //! ```
 //!
-//! The user is looked up by the 16 uuid bytes (`cred::CredKind::VlessUuid`). Flows (XTLS
-//! Vision) are refused for now; after a TCP header the stream is unchanged (`codec: None`);
-//! UDP and mux (XUDP) carry datagrams ([`udp`]). Anything else goes to the node's fallback
-//! with every byte read (`Next::Fallback`).
+//! The user is looked up by the 16 uuid bytes (`cred::CredKind::VlessUuid`). A request must
+//! carry the node's flow (none, or Vision over TLS/REALITY, framed by `vision` and
+//! `tls::vision`); after a TCP header the stream is unchanged (`codec: None`); UDP and mux
+//! (XUDP) carry datagrams ([`udp`]). Anything else goes to the node's fallback with every byte
+//! read (`Next::Fallback`).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::proto::{AuthContext, Destination, Next, Step, StreamHandshake, WireError};
-
 pub mod udp;
+pub mod vision;
+
+use crate::proto::{AuthContext, Destination, Next, Step, StreamHandshake, WireError};
 
 pub const VERSION: u8 = 0;
 pub const CMD_TCP: u8 = 1;
@@ -184,6 +186,18 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, WireError> {
 pub struct VlessHandshake {
     buf: Vec<u8>,
     authed: bool,
+    /// The node's flow: a request must carry exactly this one ("" = none).
+    flow: String,
+}
+
+impl VlessHandshake {
+    /// A handshake for a node whose users use `flow` (e.g. [`vision::FLOW`]).
+    pub fn with_flow(flow: &str) -> Self {
+        VlessHandshake {
+            flow: flow.to_string(),
+            ..Self::default()
+        }
+    }
 }
 
 impl VlessHandshake {
@@ -237,8 +251,9 @@ impl StreamHandshake for VlessHandshake {
             Ok(None) => return Ok(self.reject(WireError::Malformed("vless: header too long"))),
             Err(e) => return Ok(self.reject(e)),
         };
-        if !req.flow.is_empty() {
-            return Ok(self.reject(WireError::Unsupported("vless: flow (XTLS) not served yet")));
+        // A user whose flow is not the node's is treated like an unknown one.
+        if req.flow != self.flow {
+            return Ok(self.reject(WireError::Auth("vless: flow does not match the node")));
         }
         let Some(user) = ctx.lookup(&req.uuid) else {
             return Ok(self.reject(WireError::Auth("vless: unknown uuid")));
