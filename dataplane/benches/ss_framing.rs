@@ -4,73 +4,29 @@
 //! against SS-2022's identity-header lookup.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use v2sp_dataplane::proto::fixture::StaticAuth;
 use v2sp_dataplane::proto::ss::address;
 use v2sp_dataplane::proto::ss::aead::Aead2017Client;
 use v2sp_dataplane::proto::ss::ss2022::Ss2022Client;
 use v2sp_dataplane::proto::ss::{Method, SsInbound};
-use v2sp_dataplane::proto::{AuthContext, Destination, Next, Step, StreamCodec};
-use v2sp_shared::cred::{lookup_key, secret_for};
-use v2sp_shared::shm::UserRef;
+use v2sp_dataplane::proto::{Destination, Next, Step, StreamCodec};
+use v2sp_shared::cred::secret_for;
 
 const NOW: u64 = 1_760_000_000;
-
-struct Ctx {
-    users: Vec<UserRef>,
-    index: HashMap<Vec<u8>, UserRef>,
-}
 
 fn uuid(i: usize) -> String {
     format!("{:08x}-0d1c-4b8a-9d8e-5e3f2a1b0c9d", i)
 }
 
-impl Ctx {
-    fn new(m: Method, n: usize) -> Self {
-        let kind = m.cred_kind();
-        let mut users = Vec::with_capacity(n);
-        let mut index = HashMap::new();
-        for i in 0..n {
-            let s = secret_for(kind, &uuid(i)).unwrap();
-            let r = UserRef {
-                node: 1,
-                slot: i as u32,
-                user_id: i as u32,
-                gen: 1,
-                secret: s.bytes,
-                secret_len: s.len,
-                speed_limit_mbps: 0,
-                device_limit: 0,
-            };
-            if let Some(k) = lookup_key(kind, s.as_slice()) {
-                index.insert(k.as_slice().to_vec(), r);
-            }
-            users.push(r);
-        }
-        Ctx { users, index }
-    }
-}
-
-impl AuthContext for Ctx {
-    fn lookup(&self, key: &[u8]) -> Option<UserRef> {
-        self.index.get(key).copied()
-    }
-    fn for_each_user(&self, f: &mut dyn FnMut(&UserRef) -> bool) {
-        for u in &self.users {
-            if !f(u) {
-                break;
-            }
-        }
-    }
-    // The benchmark replays the same request on purpose.
-    fn check_replay(&self, _nonce: &[u8]) -> bool {
-        true
-    }
-    fn now_unix(&self) -> u64 {
-        NOW
-    }
+/// `n` users (ids 100…); the benchmark replays the same request on purpose, so nonces are
+/// not remembered.
+fn ctx(m: Method, n: usize) -> StaticAuth {
+    let uuids: Vec<String> = (0..n).map(uuid).collect();
+    let refs: Vec<&str> = uuids.iter().map(String::as_str).collect();
+    StaticAuth::new(m.cred_kind(), &refs, NOW).without_replay_memory()
 }
 
 fn psk(m: Method) -> Vec<u8> {
@@ -117,7 +73,7 @@ fn inbound(m: Method) -> SsInbound {
     SsInbound::new(m, (m != Method::Blake3ChaCha20Poly1305).then_some(&p[..])).unwrap()
 }
 
-fn accept(m: Method, ctx: &Ctx, wire: &[u8]) -> Box<dyn StreamCodec> {
+fn accept(m: Method, ctx: &StaticAuth, wire: &[u8]) -> Box<dyn StreamCodec> {
     let mut hs = inbound(m).handshake();
     match hs.feed(wire, ctx).unwrap() {
         Step::Done(Next::Forward { codec: Some(c), .. }) => c,
@@ -139,7 +95,7 @@ fn framing(c: &mut Criterion) {
     let plain = vec![0xa5u8; 16 * 1024];
     g.throughput(Throughput::Bytes(plain.len() as u64));
     for m in METHODS {
-        let ctx = Ctx::new(m, 1);
+        let ctx = ctx(m, 1);
         let (wire, mut client) = request(m, 0);
         let mut server = accept(m, &ctx, &wire);
         let mut out = Vec::with_capacity(64 * 1024);
@@ -175,14 +131,16 @@ fn new_connection(c: &mut Criterion) {
         Method::Blake3Aes128Gcm,
     ] {
         for n in [10usize, 1_000, 10_000] {
-            let ctx = Ctx::new(m, n);
+            let ctx = ctx(m, n);
             // Worst case for trial decryption: the last user in the table.
             let (wire, _) = request(m, n - 1);
             g.bench_with_input(BenchmarkId::new(m.name(), n), &n, |b, _| {
                 b.iter(|| {
                     let mut hs = inbound(m).handshake();
                     match hs.feed(black_box(&wire), &ctx).unwrap() {
-                        Step::Done(Next::Forward { user, .. }) => assert_eq!(user.user_id as usize, n - 1),
+                        Step::Done(Next::Forward { user, .. }) => {
+                            assert_eq!(user.user_id as usize, 100 + n - 1)
+                        }
                         _ => panic!("not accepted"),
                     }
                 })

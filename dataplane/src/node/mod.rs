@@ -509,6 +509,50 @@ impl Meter for ConnMeter<'_> {
     }
 }
 
+/// A user's connection admitted on this core.
+struct Admitted {
+    reg: Registered,
+    ctl: Rc<ConnCtl>,
+    bucket: Arc<crate::limits::gcra::Bucket>,
+}
+
+/// Device admission (exact across cores; touched on open/close only), the registry entry and
+/// the user's speed-limit bucket, for every kind of user connection (TCP relay, UDP over a
+/// stream). `None` when the device limit refuses the source IP.
+fn admit(core: &Rc<Core>, node: &NodeRt, user: &v2sp_shared::shm::UserRef, ip: IpAddr) -> Option<Admitted> {
+    let slot = node.cfg.slot;
+    let alive = core.port.borrow().alive_elsewhere(user);
+    match core
+        .shared
+        .devices
+        .admit(slot, user.user_id, ip, user.device_limit, alive)
+    {
+        Admit::No => {
+            tracing::debug!(node = slot, user = user.user_id, %ip, "device limit reached");
+            return None;
+        }
+        Admit::Yes(Some(ev)) => {
+            core.port.borrow_mut().push_event(ev);
+        }
+        Admit::Yes(None) => {}
+    }
+    let ctl = Rc::new(ConnCtl::default());
+    let id = core.register(slot, Some(user.user_id), ctl.clone());
+    let reg = Registered {
+        core: core.clone(),
+        id,
+        node: slot,
+        user_id: user.user_id,
+        ip,
+    };
+    let bucket = core.shared.rates.bucket(
+        slot,
+        user.user_id,
+        effective_bytes_per_sec(node.cfg.speed_limit_mbps, user.speed_limit_mbps),
+    );
+    Some(Admitted { reg, ctl, bucket })
+}
+
 /// A registered connection that belongs to no user: removed from the registry when dropped.
 struct Unowned {
     core: Rc<Core>,
@@ -877,38 +921,8 @@ async fn open(
     };
     let slot = node.cfg.slot;
     let ip = crate::net::normalise_ip(peer.ip());
-    // Device admission (exact across cores; touched on open/close only).
-    let alive = core.port.borrow().alive_elsewhere(&user);
-    match core
-        .shared
-        .devices
-        .admit(slot, user.user_id, ip, user.device_limit, alive)
-    {
-        Admit::No => {
-            tracing::debug!(node = slot, user = user.user_id, %ip, "device limit reached");
-            return None;
-        }
-        Admit::Yes(ev) => {
-            if let Some(ev) = ev {
-                core.port.borrow_mut().push_event(ev);
-            }
-        }
-    }
-    let ctl = Rc::new(ConnCtl::default());
-    let id = core.register(slot, Some(user.user_id), ctl.clone());
-    let reg = Registered {
-        core: core.clone(),
-        id,
-        node: slot,
-        user_id: user.user_id,
-        ip,
-    };
+    let Admitted { reg, ctl, bucket } = admit(&core, &node, &user, ip)?;
     drop(hs_guard);
-    let bucket = core.shared.rates.bucket(
-        slot,
-        user.user_id,
-        effective_bytes_per_sec(node.cfg.speed_limit_mbps, user.speed_limit_mbps),
-    );
     // TLS: the reply is sealed, and TLS wraps the protocol's codec (if any) for the relay.
     let mut pending_up = Vec::new();
     if let Some((mut session, carry)) = tls.map(|b| *b) {

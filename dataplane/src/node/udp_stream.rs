@@ -22,9 +22,8 @@ use tokio::time::Instant;
 use v2sp_shared::shm::UserRef;
 
 use super::udp::{outbound_socket, send_now, to_socket_family};
-use super::{Core, NodeRt, Registered};
-use crate::limits::devices::Admit;
-use crate::limits::gcra::{effective_bytes_per_sec, Bucket};
+use super::{Core, NodeRt};
+use crate::limits::gcra::Bucket;
 use crate::proto::{DatagramStreamCodec, Destination, StreamDatagram};
 use crate::relay::ConnCtl;
 use crate::tls::TlsSession;
@@ -88,37 +87,15 @@ pub(super) async fn serve(
 ) {
     let slot = node.cfg.slot;
     let ip = crate::net::normalise_ip(peer.ip());
-    // Device admission, exactly as for a TCP connection.
-    let alive = core.port.borrow().alive_elsewhere(&user);
-    match core
-        .shared
-        .devices
-        .admit(slot, user.user_id, ip, user.device_limit, alive)
-    {
-        Admit::No => {
-            tracing::debug!(node = slot, user = user.user_id, %ip, "device limit reached");
-            return;
-        }
-        Admit::Yes(ev) => {
-            if let Some(ev) = ev {
-                core.port.borrow_mut().push_event(ev);
-            }
-        }
-    }
-    let ctl = Rc::new(ConnCtl::default());
-    let id = core.register(slot, Some(user.user_id), ctl.clone());
-    let _reg = Registered {
-        core: core.clone(),
-        id,
-        node: slot,
-        user_id: user.user_id,
-        ip,
+    // Device admission, registry and bucket exactly as for a TCP connection.
+    let Some(super::Admitted {
+        reg: _reg,
+        ctl,
+        bucket,
+    }) = super::admit(&core, &node, &user, ip)
+    else {
+        return;
     };
-    let bucket = core.shared.rates.bucket(
-        slot,
-        user.user_id,
-        effective_bytes_per_sec(node.cfg.speed_limit_mbps, user.speed_limit_mbps),
-    );
     let (outer, carry) = match (tls.map(|b| *b), framing) {
         (Some((session, carry)), framing) => (
             Outer::Codec(Box::new(crate::tls::TlsCodec::new(session, framing))),

@@ -3,20 +3,15 @@
 //! mirrors, rejection paths, and property tests on garbage input.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
-
 use proptest::prelude::*;
-use v2sp_shared::cred::{lookup_key, secret_for};
-use v2sp_shared::shm::UserRef;
+use v2sp_shared::cred::secret_for;
 
 use super::aead::{Aead2017Client, Aead2017Udp};
 use super::cipher::AeadKind;
 use super::ss2022::{client_open_reply, client_packet, PacketWindow, Ss2022Client};
 use super::*;
-use crate::limits::replay::ReplayFilter;
-use crate::proto::{
-    AuthContext, Destination, Next, PacketCodec, RejectPolicy, Step, StreamHandshake, WireError,
-};
+use crate::proto::fixture::StaticAuth;
+use crate::proto::{Destination, Next, PacketCodec, RejectPolicy, Step, StreamHandshake, WireError};
 
 pub(super) const UUIDS: [&str; 5] = [
     "0d7a1a49-0d1c-4b8a-9d8e-5e3f2a1b0c9d",
@@ -27,61 +22,11 @@ pub(super) const UUIDS: [&str; 5] = [
 ];
 pub(super) const NOW: u64 = 1_760_000_000;
 
-pub(super) struct TestCtx {
-    users: Vec<UserRef>,
-    index: HashMap<Vec<u8>, UserRef>,
-    replay: ReplayFilter,
-    pub now: u64,
-}
+/// The node's users for `method` (ids 100, 101, …) at the fixed clock [`NOW`].
+pub(super) type TestCtx = StaticAuth;
 
-impl TestCtx {
-    pub(super) fn new(method: Method, uuids: &[&str]) -> Self {
-        let kind = method.cred_kind();
-        let mut users = Vec::new();
-        let mut index = HashMap::new();
-        for (i, u) in uuids.iter().enumerate() {
-            let s = secret_for(kind, u).unwrap();
-            let r = UserRef {
-                node: 1,
-                slot: i as u32,
-                user_id: 100 + i as u32,
-                gen: 1,
-                secret: s.bytes,
-                secret_len: s.len,
-                speed_limit_mbps: 0,
-                device_limit: 0,
-            };
-            if let Some(k) = lookup_key(kind, s.as_slice()) {
-                index.insert(k.as_slice().to_vec(), r);
-            }
-            users.push(r);
-        }
-        TestCtx {
-            users,
-            index,
-            replay: ReplayFilter::new(60, 1 << 16),
-            now: NOW,
-        }
-    }
-}
-
-impl AuthContext for TestCtx {
-    fn lookup(&self, key: &[u8]) -> Option<UserRef> {
-        self.index.get(key).copied()
-    }
-    fn for_each_user(&self, f: &mut dyn FnMut(&UserRef) -> bool) {
-        for u in &self.users {
-            if !f(u) {
-                break;
-            }
-        }
-    }
-    fn check_replay(&self, nonce: &[u8]) -> bool {
-        self.replay.check_and_insert(nonce, self.now)
-    }
-    fn now_unix(&self) -> u64 {
-        self.now
-    }
+pub(super) fn test_ctx(method: Method, uuids: &[&str]) -> TestCtx {
+    StaticAuth::new(method.cred_kind(), uuids, NOW)
 }
 
 const ALL: [Method; 6] = [
@@ -203,7 +148,7 @@ fn aead2017_known_answer_requests() {
     ];
     for (m, hexwire) in vectors {
         let wire = hex::decode(hexwire).unwrap();
-        let ctx = TestCtx::new(m, &UUIDS);
+        let ctx = test_ctx(m, &UUIDS);
         let mut hs = inbound(m).handshake();
         match feed_all(hs.as_mut(), &wire, wire.len(), &ctx) {
             Step::Done(Next::Forward {
@@ -230,7 +175,7 @@ fn aead2017_known_answer_datagrams() {
     ];
     for (m, h) in vectors {
         let mut pkt = hex::decode(h).unwrap();
-        let ctx = TestCtx::new(m, &UUIDS);
+        let ctx = test_ctx(m, &UUIDS);
         let codec = Aead2017Udp::new(m.aead());
         let p = PacketCodec::open_packet(&codec, &mut pkt, None, &ctx).unwrap();
         assert_eq!(p.user.user_id, 102);
@@ -244,7 +189,7 @@ fn every_method_round_trips_for_every_feed_granularity() {
     for m in ALL {
         for step in [1usize, 7, 64, 1 << 20] {
             for initial in [&b""[..], b"hello world"] {
-                let ctx = TestCtx::new(m, &UUIDS);
+                let ctx = test_ctx(m, &UUIDS);
                 let mut client = Client::new(m, 3, &domain(), initial, NOW);
                 let mut wire = Vec::new();
                 client.seal(b"", &mut wire);
@@ -306,7 +251,7 @@ fn every_method_round_trips_for_every_feed_granularity() {
 #[test]
 fn wrong_key_is_drained_not_answered() {
     for m in ALL {
-        let ctx = TestCtx::new(m, &UUIDS[..2]);
+        let ctx = test_ctx(m, &UUIDS[..2]);
         // User 3 is not on this node.
         let mut client = Client::new(m, 3, &domain(), b"x", NOW);
         let mut wire = Vec::new();
@@ -322,7 +267,7 @@ fn wrong_key_is_drained_not_answered() {
 #[test]
 fn replayed_handshake_is_rejected() {
     for m in ALL {
-        let ctx = TestCtx::new(m, &UUIDS);
+        let ctx = test_ctx(m, &UUIDS);
         let mut client = Client::new(m, 0, &domain(), b"x", NOW);
         let mut wire = Vec::new();
         client.seal(b"", &mut wire);
@@ -344,7 +289,7 @@ fn replayed_handshake_is_rejected() {
 fn ss2022_timestamp_window_is_30s() {
     for m in [Method::Blake3Aes128Gcm, Method::Blake3ChaCha20Poly1305] {
         for (skew, ok) in [(0i64, true), (30, true), (-30, true), (31, false), (-31, false)] {
-            let ctx = TestCtx::new(m, &UUIDS);
+            let ctx = test_ctx(m, &UUIDS);
             let mut client = Client::new(m, 1, &domain(), b"x", (NOW as i64 + skew) as u64);
             let mut wire = Vec::new();
             client.seal(b"", &mut wire);
@@ -361,7 +306,7 @@ fn ss2022_timestamp_window_is_30s() {
 #[test]
 fn ss2022_eih_is_required_with_a_server_psk() {
     let m = Method::Blake3Aes256Gcm;
-    let ctx = TestCtx::new(m, &UUIDS);
+    let ctx = test_ctx(m, &UUIDS);
     // Client that skips the identity header (as if talking to a single-user server).
     let key = user_secret(m, 0);
     let mut c = Ss2022Client::new(m.aead(), None, &key, &domain(), b"x", 0, NOW).unwrap();
@@ -375,7 +320,7 @@ fn ss2022_eih_is_required_with_a_server_psk() {
         hs_no_psk.handshake().as_mut(),
         &wire,
         wire.len(),
-        &TestCtx::new(m, &UUIDS),
+        &test_ctx(m, &UUIDS),
     );
     assert!(matches!(s, Step::Done(Next::Forward { .. })));
 }
@@ -383,7 +328,7 @@ fn ss2022_eih_is_required_with_a_server_psk() {
 #[test]
 fn ss2022_request_without_payload_or_padding_is_rejected() {
     let m = Method::Blake3Aes128Gcm;
-    let ctx = TestCtx::new(m, &UUIDS);
+    let ctx = test_ctx(m, &UUIDS);
     let psk = server_psk(m);
     let mut c = Ss2022Client::new(m.aead(), Some(&psk), &user_secret(m, 2), &domain(), b"", 0, NOW).unwrap();
     let mut wire = Vec::new();
@@ -395,7 +340,7 @@ fn ss2022_request_without_payload_or_padding_is_rejected() {
 #[test]
 fn udp_round_trip_every_method() {
     for m in ALL {
-        let ctx = TestCtx::new(m, &UUIDS);
+        let ctx = test_ctx(m, &UUIDS);
         let codec = inbound(m).udp_codec().unwrap();
         let key = user_secret(m, 4);
         let dest = Destination::Ip("10.0.0.1:53".parse().unwrap());
@@ -437,7 +382,7 @@ fn udp_round_trip_every_method() {
                 (0xabcdef, dest.clone(), &b"answer"[..])
             );
         } else {
-            let ctx_client = TestCtx::new(m, &UUIDS[4..]);
+            let ctx_client = test_ctx(m, &UUIDS[4..]);
             let back = Aead2017Udp::new(m.aead());
             let ip = back.open_packet(&mut reply, None, &ctx_client).unwrap();
             assert_eq!(&reply[ip.payload], b"answer");
@@ -452,7 +397,7 @@ fn udp_wrong_user_and_stale_timestamp_are_rejected() {
         Method::Blake3ChaCha20Poly1305,
         Method::Aes256Gcm,
     ] {
-        let ctx = TestCtx::new(m, &UUIDS[..2]);
+        let ctx = test_ctx(m, &UUIDS[..2]);
         let codec = inbound(m).udp_codec().unwrap();
         let dest = Destination::Ip("10.0.0.1:53".parse().unwrap());
         let key = user_secret(m, 3);
@@ -524,7 +469,7 @@ proptest! {
 
     #[test]
     fn random_bytes_never_authenticate(m in method_strategy(), data in prop::collection::vec(any::<u8>(), 0..600), step in 1usize..80) {
-        let ctx = TestCtx::new(m, &UUIDS);
+        let ctx = test_ctx(m, &UUIDS);
         let mut hs = inbound(m).handshake();
         let s = feed_all(hs.as_mut(), &data, step, &ctx);
         let forwarded = matches!(s, Step::Done(Next::Forward { .. }));
@@ -536,7 +481,7 @@ proptest! {
 
     #[test]
     fn bit_flipped_requests_never_authenticate(m in method_strategy(), pos in any::<prop::sample::Index>(), bit in 0u8..8) {
-        let ctx = TestCtx::new(m, &UUIDS);
+        let ctx = test_ctx(m, &UUIDS);
         let mut wire = valid_request(m);
         let i = pos.index(wire.len());
         wire[i] ^= 1 << bit;
@@ -547,7 +492,7 @@ proptest! {
 
     #[test]
     fn truncated_requests_wait_or_reject(m in method_strategy(), cut in any::<prop::sample::Index>()) {
-        let ctx = TestCtx::new(m, &UUIDS);
+        let ctx = test_ctx(m, &UUIDS);
         let wire = valid_request(m);
         let n = cut.index(wire.len());
         let s = feed_all(inbound(m).handshake().as_mut(), &wire[..n], wire.len(), &ctx);
@@ -557,7 +502,7 @@ proptest! {
 
     #[test]
     fn bit_flipped_datagrams_never_authenticate(m in method_strategy(), pos in any::<prop::sample::Index>(), bit in 0u8..8) {
-        let ctx = TestCtx::new(m, &UUIDS);
+        let ctx = test_ctx(m, &UUIDS);
         let key = user_secret(m, 1);
         let dest = Destination::Ip("10.0.0.1:53".parse().unwrap());
         let mut p = if m.is_2022() {
@@ -577,7 +522,7 @@ proptest! {
 
     #[test]
     fn garbage_after_handshake_is_an_error_not_a_panic(m in method_strategy(), data in prop::collection::vec(any::<u8>(), 0..2000)) {
-        let ctx = TestCtx::new(m, &UUIDS);
+        let ctx = test_ctx(m, &UUIDS);
         let wire = valid_request(m);
         if let Step::Done(Next::Forward { codec: Some(mut codec), .. }) = feed_all(inbound(m).handshake().as_mut(), &wire, wire.len(), &ctx) {
             let mut out = Vec::new();
@@ -595,7 +540,7 @@ proptest! {
 fn a_large_first_read_is_not_mistaken_for_garbage() {
     // A client that already sent a lot (here ~200 KiB) before the server's first read.
     for m in ALL {
-        let ctx = TestCtx::new(m, &UUIDS);
+        let ctx = test_ctx(m, &UUIDS);
         let mut client = Client::new(m, 2, &domain(), b"hi", NOW);
         let mut wire = Vec::new();
         client.seal(&vec![1u8; 200_000], &mut wire);
