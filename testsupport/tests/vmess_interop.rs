@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use v2sp_testsupport::harness::{
-    free_port, payload, peer, sing_box_outbound, tcp_echo_through, udp_echo_through, v2ray_outbound, wait_tcp, Echo,
-    NodeSpec, Proc, V2sp,
+    free_port, payload, peer, sing_box_outbound, tcp_echo_through, udp_echo_through, v2ray_outbound,
+    wait_tcp, Echo, NodeSpec, Proc, V2sp,
 };
 use v2sp_testsupport::panel_sim::user;
 

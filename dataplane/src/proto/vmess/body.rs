@@ -246,7 +246,12 @@ impl ChunkReader {
     }
 
     /// Opens up to `max_chunks` data chunks; returns (bytes consumed, data chunks opened).
-    fn open_inner(&mut self, wire: &[u8], out: &mut Vec<u8>, max_chunks: usize) -> Result<(usize, usize), WireError> {
+    fn open_inner(
+        &mut self,
+        wire: &[u8],
+        out: &mut Vec<u8>,
+        max_chunks: usize,
+    ) -> Result<(usize, usize), WireError> {
         let mut pos = 0usize;
         let mut chunks = 0usize;
         loop {

@@ -508,7 +508,14 @@ fn udp_chunks_of_the_known_body_are_datagrams() {
     let mut ev = Vec::new();
     let mut reply = Vec::new();
     assert_eq!(c.open(&body, &mut ev, &mut reply).unwrap(), body.len());
-    assert_eq!(ev, vec![packet(b"hello"), packet(b"world!!"), StreamDatagram::End { flow: 0 }]);
+    assert_eq!(
+        ev,
+        vec![
+            packet(b"hello"),
+            packet(b"world!!"),
+            StreamDatagram::End { flow: 0 }
+        ]
+    );
     assert!(reply.is_empty());
     // Byte by byte, as the engine presents what it keeps.
     let mut c = mk();
@@ -519,7 +526,14 @@ fn udp_chunks_of_the_known_body_are_datagrams() {
         let n = c.open(&pending, &mut ev, &mut reply).unwrap();
         pending.drain(..n);
     }
-    assert_eq!(ev, vec![packet(b"hello"), packet(b"world!!"), StreamDatagram::End { flow: 0 }]);
+    assert_eq!(
+        ev,
+        vec![
+            packet(b"hello"),
+            packet(b"world!!"),
+            StreamDatagram::End { flow: 0 }
+        ]
+    );
     // Our writer seals one chunk per datagram: the same bytes as the TCP writer's chunks.
     let mut w = ChunkWriter::new(&p, &p.request_key, &p.request_iv).unwrap();
     let mut sealed = Vec::new();
