@@ -2,7 +2,7 @@
 //! hostile client would choose, then push whatever follows through the connection's codec.
 //! Any panic, overflow or hang here is a bug in the parser under test.
 
-use v2sp_dataplane::proto::{AuthContext, Next, Step, StreamHandshake};
+use v2sp_dataplane::proto::{AuthContext, DatagramStreamCodec, Next, Step, StreamHandshake};
 
 /// Uuids of the fuzzing node's users (fixed, so crashes reproduce).
 pub const UUIDS: [&str; 2] = [
@@ -35,6 +35,10 @@ pub fn drive(mut hs: Box<dyn StreamHandshake + '_>, data: &[u8], ctx: &dyn AuthC
                 codec = c;
                 break;
             }
+            Ok(Step::Done(Next::UdpOverStream { codec, initial, .. })) => {
+                drive_datagrams(codec, initial, parts);
+                return;
+            }
             Ok(Step::Done(_)) | Err(_) => return,
         }
     }
@@ -52,4 +56,28 @@ pub fn drive(mut hs: Box<dyn StreamHandshake + '_>, data: &[u8], ctx: &dyn AuthC
     }
     let mut wire = Vec::new();
     let _ = codec.seal(&out, &mut wire);
+}
+
+/// A datagram-carrying stream (UDP over Trojan/VLESS/VMess): what the handshake left over,
+/// then the remaining chunks, decoded as the core does; then a reply datagram is sealed.
+fn drive_datagrams<'a>(
+    mut codec: Box<dyn DatagramStreamCodec>,
+    initial: Vec<u8>,
+    parts: impl Iterator<Item = &'a [u8]>,
+) {
+    let mut pending = initial;
+    let mut events = Vec::new();
+    let mut reply = Vec::new();
+    for part in std::iter::once(&[][..]).chain(parts) {
+        pending.extend_from_slice(part);
+        match codec.open(&pending, &mut events, &mut reply) {
+            Ok(used) => {
+                pending.drain(..used.min(pending.len()));
+            }
+            Err(_) => return,
+        }
+    }
+    let from = std::net::SocketAddr::from(([127, 0, 0, 1], 53));
+    let mut out = Vec::new();
+    let _ = codec.seal(0, from, &pending, &mut out);
 }

@@ -225,25 +225,48 @@ impl ChunkReader {
     /// consumed (a partial chunk stays with the caller). On error `out` is left as it was.
     pub fn open(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<usize, WireError> {
         let start = out.len();
-        let r = self.open_inner(wire, out);
+        let r = self.open_inner(wire, out, usize::MAX);
         if r.is_err() {
             out.truncate(start);
         }
-        r
+        r.map(|(n, _)| n)
     }
 
-    fn open_inner(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<usize, WireError> {
+    /// Opens at most one data chunk of `wire` (a datagram, for UDP), appending its plaintext
+    /// to `out`. Returns the bytes consumed and whether a whole chunk was opened; a size field
+    /// may be consumed without its chunk (kept pending for the next call), and the
+    /// end-of-stream chunk consumes everything (see [`ChunkReader::finished`]).
+    pub fn open_chunk(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<(usize, bool), WireError> {
+        let start = out.len();
+        let r = self.open_inner(wire, out, 1);
+        if r.is_err() {
+            out.truncate(start);
+        }
+        r.map(|(n, c)| (n, c > 0))
+    }
+
+    /// Opens up to `max_chunks` data chunks; returns (bytes consumed, data chunks opened).
+    fn open_inner(
+        &mut self,
+        wire: &[u8],
+        out: &mut Vec<u8>,
+        max_chunks: usize,
+    ) -> Result<(usize, usize), WireError> {
         let mut pos = 0usize;
+        let mut chunks = 0usize;
         loop {
             if self.done {
-                return Ok(wire.len());
+                return Ok((wire.len(), chunks));
+            }
+            if chunks >= max_chunks {
+                return Ok((pos, chunks));
             }
             let (size, padding) = match self.pending {
                 Some(sp) => sp,
                 None => {
                     let n = self.f.size_len();
                     let Some(field) = wire.get(pos..pos + n) else {
-                        return Ok(pos);
+                        return Ok((pos, chunks));
                     };
                     let sp = self.f.decode_size(field)?;
                     pos += n;
@@ -262,7 +285,7 @@ impl ChunkReader {
                 continue;
             }
             let Some(chunk) = wire.get(pos..pos + size) else {
-                return Ok(pos);
+                return Ok((pos, chunks));
             };
             let body = chunk.get(..sealed).ok_or(WireError::Malformed("vmess: chunk"))?;
             let at = out.len();
@@ -275,6 +298,7 @@ impl ChunkReader {
             }
             pos += size;
             self.pending = None;
+            chunks += 1;
         }
     }
 }
@@ -305,6 +329,19 @@ impl ChunkWriter {
             self.seal_one(piece, out)?;
         }
         Ok(())
+    }
+
+    /// Seals `piece` as exactly one chunk (a datagram, for UDP). An empty `piece` would end
+    /// the stream and one too large for a chunk's 16-bit size cannot be framed: both are
+    /// refused before any framing state is drawn, so the stream stays usable.
+    pub fn seal_chunk(&mut self, piece: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        if piece.is_empty() {
+            return Err(WireError::Unsupported("vmess: empty datagram"));
+        }
+        if piece.len() + self.f.overhead() + MAX_PADDING > usize::from(u16::MAX) {
+            return Err(WireError::Unsupported("vmess: datagram too large for one chunk"));
+        }
+        self.seal_one(piece, out)
     }
 
     fn seal_one(&mut self, piece: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {

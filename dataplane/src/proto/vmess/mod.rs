@@ -29,12 +29,13 @@
 //!
 //! Users are found by trying each user's auth-id key ([`users::UserKeys`], cached per core);
 //! a bad auth id, timestamp or replay is drained like Xray does (no distinctive reply). Body
-//! framing is in [`body`]. UDP (cmd 2) and mux are refused: the engine has no UDP-over-stream
-//! yet.
+//! framing is in [`body`]; UDP (cmd 2) carries one datagram per chunk ([`udp`]). Mux (cmd 3)
+//! is refused.
 
 pub mod body;
 pub mod client;
 pub mod crypto;
+pub mod udp;
 pub mod users;
 
 use std::cell::RefCell;
@@ -46,7 +47,7 @@ use v2sp_shared::shm::UserRef;
 use crate::proto::{
     AuthContext, Destination, Next, RejectPolicy, Step, StreamCodec, StreamHandshake, WireError,
 };
-use body::{BodyParams, Security, ServerBody, OPT_CHUNK_STREAM};
+use body::{BodyParams, ChunkReader, ChunkWriter, Security, ServerBody, OPT_CHUNK_STREAM};
 use crypto::{
     kdf12, kdf16, sha256_16, Aead, AeadKind, HEADER_IV, HEADER_KEY, HEADER_LEN_IV, HEADER_LEN_KEY,
     MAX_SKEW_S, RESP_HEADER_IV, RESP_HEADER_KEY, RESP_HEADER_LEN_IV, RESP_HEADER_LEN_KEY, TAG_LEN,
@@ -300,9 +301,10 @@ impl VmessHandshake {
         let (aead, n) = header_aead(&cmd_key, auth_id, nonce, HEADER_KEY, HEADER_IV)?;
         let plen = aead.open_in_place(n, auth_id, &mut sealed)?;
         let req = parse_header(sealed.get(..plen).unwrap_or_default())?;
-        let dest = match (req.cmd, req.dest) {
-            (CMD_TCP, Some(d)) => d,
-            _ => return Err(WireError::Unsupported("vmess: UDP and mux not served yet")),
+        let (dest, udp) = match (req.cmd, req.dest) {
+            (CMD_TCP, Some(d)) => (d, false),
+            (CMD_UDP, Some(d)) => (d, true),
+            _ => return Err(WireError::Unsupported("vmess: mux not served")),
         };
         let chunked = req.options & OPT_CHUNK_STREAM != 0;
         let security = match req.security {
@@ -318,6 +320,31 @@ impl VmessHandshake {
         let response_iv = sha256_16(&req.iv);
         let reply = response_header(req.v, &response_key, &response_iv)?;
         let rest = self.buf.get(end..).unwrap_or_default();
+        if udp {
+            if !chunked {
+                return Err(WireError::Unsupported("vmess: UDP without chunk stream"));
+            }
+            let p = BodyParams {
+                security,
+                options: req.options,
+                request_key: req.key,
+                request_iv: req.iv,
+            };
+            let codec = udp::VmessUdp::new(
+                dest,
+                ChunkReader::new(&p, &req.key, &req.iv)?,
+                ChunkWriter::new(&p, &response_key, &response_iv)?,
+            );
+            let initial = rest.to_vec();
+            self.buf = Vec::new();
+            return Ok(Step::Done(Next::UdpOverStream {
+                user,
+                reply,
+                initial,
+                codec: Box::new(codec),
+                framing: None,
+            }));
+        }
         let mut initial_upload = Vec::new();
         let codec: Option<Box<dyn StreamCodec>> = if chunked {
             let p = BodyParams {

@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use proptest::prelude::*;
 use v2sp_shared::shm::UserRef;
@@ -13,6 +13,7 @@ use super::body::*;
 use super::client::ClientRequest;
 use super::crypto::*;
 use super::*;
+use crate::proto::{DatagramStreamCodec, StreamDatagram};
 use users::UserKeys;
 
 const VECTORS: &str = include_str!("testdata/vectors.json");
@@ -433,11 +434,13 @@ fn hinted_user_is_tried_first_and_cache_follows_generations() {
 }
 
 #[test]
-fn udp_and_mux_are_refused() {
-    for cmd in [CMD_UDP, CMD_MUX] {
+fn mux_and_udp_without_chunk_stream_are_refused() {
+    for (cmd, options) in [(CMD_MUX, OPT_CHUNK_STREAM), (CMD_UDP, 0)] {
         let ctx = Ctx::new(vec![user(&uuid(), 1)], time());
         let mut r = vector_request();
         r.cmd = cmd;
+        r.options = options;
+        r.security = SEC_NONE;
         let e = rejected(
             VmessInbound::new()
                 .handshake()
@@ -448,6 +451,172 @@ fn udp_and_mux_are_refused() {
             matches!(e, WireError::Unsupported(_) | WireError::Malformed(_)),
             "{e}"
         );
+    }
+}
+
+/// What a successful UDP handshake returned: user, reply, initial bytes, codec.
+fn udp_over_stream(step: Step) -> (UserRef, Vec<u8>, Vec<u8>, Box<dyn DatagramStreamCodec>) {
+    match step {
+        Step::Done(Next::UdpOverStream {
+            user,
+            reply,
+            initial,
+            codec,
+            framing,
+        }) => {
+            assert!(framing.is_none());
+            (user, reply, initial, codec)
+        }
+        Step::Done(Next::Reject { error, .. }) => panic!("rejected: {error}"),
+        Step::Done(_) => panic!("not a datagram stream"),
+        Step::NeedMore(_) => panic!("needs more"),
+    }
+}
+
+fn udp_dest() -> Destination {
+    Destination::Ip("127.0.0.1:53".parse().unwrap())
+}
+
+fn packet(payload: &[u8]) -> StreamDatagram {
+    StreamDatagram::Packet {
+        flow: 0,
+        dest: udp_dest(),
+        payload: payload.to_vec(),
+    }
+}
+
+/// The known TCP body vector (chunks "hello", "world!!", end) read as UDP: one datagram per
+/// chunk, then the end of the flow.
+#[test]
+fn udp_chunks_of_the_known_body_are_datagrams() {
+    let h = vh("header_plain");
+    let p = BodyParams {
+        security: Security::Aead(AeadKind::Aes128Gcm),
+        options: OPT_CHUNK_STREAM | OPT_CHUNK_MASKING,
+        request_key: h[17..33].try_into().unwrap(),
+        request_iv: h[1..17].try_into().unwrap(),
+    };
+    let body = vh("request_body");
+    let mk = || {
+        udp::VmessUdp::new(
+            udp_dest(),
+            ChunkReader::new(&p, &p.request_key, &p.request_iv).unwrap(),
+            ChunkWriter::new(&p, &[0; 16], &[0; 16]).unwrap(),
+        )
+    };
+    let mut c = mk();
+    let mut ev = Vec::new();
+    let mut reply = Vec::new();
+    assert_eq!(c.open(&body, &mut ev, &mut reply).unwrap(), body.len());
+    assert_eq!(
+        ev,
+        vec![
+            packet(b"hello"),
+            packet(b"world!!"),
+            StreamDatagram::End { flow: 0 }
+        ]
+    );
+    assert!(reply.is_empty());
+    // Byte by byte, as the engine presents what it keeps.
+    let mut c = mk();
+    let mut ev = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    for b in &body {
+        pending.push(*b);
+        let n = c.open(&pending, &mut ev, &mut reply).unwrap();
+        pending.drain(..n);
+    }
+    assert_eq!(
+        ev,
+        vec![
+            packet(b"hello"),
+            packet(b"world!!"),
+            StreamDatagram::End { flow: 0 }
+        ]
+    );
+    // Our writer seals one chunk per datagram: the same bytes as the TCP writer's chunks.
+    let mut w = ChunkWriter::new(&p, &p.request_key, &p.request_iv).unwrap();
+    let mut sealed = Vec::new();
+    w.seal_chunk(b"hello", &mut sealed).unwrap();
+    w.seal_chunk(b"world!!", &mut sealed).unwrap();
+    w.seal(b"", &mut sealed).unwrap();
+    assert_eq!(sealed, body);
+}
+
+fn udp_round_trip(security: u8, options: u8) {
+    let id = [0x22u8; 16];
+    let ctx = Ctx::new(vec![user(&[1u8; 16], 1), user(&id, 5)], 1_800_000_000);
+    let mut req = ClientRequest::tcp(cmd_key(&id), 1_800_000_000 - 10, security, udp_dest());
+    req.cmd = CMD_UDP;
+    req.options = options;
+    let mut wire = req.seal().unwrap();
+    let mut cb = req.body().unwrap().unwrap();
+    // Datagrams larger than a TCP chunk (8 KiB) stay one chunk each.
+    let grams: Vec<Vec<u8>> = [1usize, 100, 1400, 9000, 60_000]
+        .iter()
+        .map(|&n| (0..n).map(|i| (i * 7 + n) as u8).collect())
+        .collect();
+    cb.writer.seal_chunk(&grams[0], &mut wire).unwrap();
+    let (u, reply, initial, mut codec) =
+        udp_over_stream(VmessInbound::new().handshake().feed(&wire, &ctx).unwrap());
+    assert_eq!(u.user_id, 5);
+    assert_eq!(req.open_response(&reply).unwrap(), Some(reply.len()));
+    let mut later = Vec::new();
+    for g in &grams[1..] {
+        cb.writer.seal_chunk(g, &mut later).unwrap();
+    }
+    let mut all = initial;
+    all.extend_from_slice(&later);
+    let mut ev = Vec::new();
+    let mut r = Vec::new();
+    // In two pieces, cut inside a chunk.
+    let cut = all.len() / 2 + 3;
+    let n = codec.open(&all[..cut], &mut ev, &mut r).unwrap();
+    let mut rest = all[n..cut].to_vec();
+    rest.extend_from_slice(&all[cut..]);
+    assert_eq!(codec.open(&rest, &mut ev, &mut r).unwrap(), rest.len());
+    let want: Vec<StreamDatagram> = grams.iter().map(|g| packet(g)).collect();
+    assert_eq!(ev, want, "security {security} options {options:#x}");
+    // Replies: one chunk each, opened one at a time by the client.
+    let from: SocketAddr = "127.0.0.1:53".parse().unwrap();
+    let mut down = Vec::new();
+    for g in &grams {
+        codec.seal(0, from, g, &mut down).unwrap();
+    }
+    // Neither an empty nor an oversized datagram can be a chunk; refusing them keeps the
+    // stream in step.
+    assert!(codec.seal(0, from, &[], &mut down).is_err());
+    assert!(codec.seal(0, from, &vec![0u8; 65_500], &mut down).is_err());
+    let mut at = 0;
+    for g in &grams {
+        let mut plain = Vec::new();
+        let (n, whole) = cb.reader.open_chunk(&down[at..], &mut plain).unwrap();
+        assert!(whole);
+        at += n;
+        assert_eq!(&plain, g);
+    }
+    assert_eq!(at, down.len());
+    // The client's end chunk ends flow 0; later bytes are ignored.
+    let mut end = Vec::new();
+    cb.writer.seal(b"", &mut end).unwrap();
+    end.extend_from_slice(b"trailing");
+    let mut ev = Vec::new();
+    assert_eq!(codec.open(&end, &mut ev, &mut r).unwrap(), end.len());
+    assert_eq!(ev, vec![StreamDatagram::End { flow: 0 }]);
+}
+
+#[test]
+fn udp_round_trips_every_security_and_option() {
+    for sec in [SEC_AES128_GCM, SEC_CHACHA20_POLY1305, SEC_NONE] {
+        for opt in [
+            OPT_CHUNK_STREAM,
+            OPT_CHUNK_STREAM | OPT_CHUNK_MASKING,
+            OPT_CHUNK_STREAM | OPT_CHUNK_MASKING | OPT_GLOBAL_PADDING,
+            OPT_CHUNK_STREAM | OPT_CHUNK_MASKING | OPT_AUTHENTICATED_LENGTH,
+            OPT_CHUNK_STREAM | OPT_CHUNK_MASKING | OPT_GLOBAL_PADDING | OPT_AUTHENTICATED_LENGTH,
+        ] {
+            udp_round_trip(sec, opt);
+        }
     }
 }
 
@@ -490,5 +659,51 @@ proptest! {
         let mut r = ChunkReader::new(&p, &[1; 16], &[2; 16]).unwrap();
         let mut out = Vec::new();
         let _ = r.open(&data, &mut out);
+    }
+
+    #[test]
+    fn random_udp_stream_never_panics(data in proptest::collection::vec(any::<u8>(), 0..3000), opt in 0u8..32, sec in 0u8..3, split in 0usize..3000) {
+        let security = match sec {
+            0 => Security::Aead(AeadKind::Aes128Gcm),
+            1 => Security::Aead(AeadKind::ChaCha20Poly1305),
+            _ => Security::None,
+        };
+        let p = BodyParams { security, options: opt | OPT_CHUNK_STREAM, request_key: [1; 16], request_iv: [2; 16] };
+        let mut c = udp::VmessUdp::new(
+            udp_dest(),
+            ChunkReader::new(&p, &[1; 16], &[2; 16]).unwrap(),
+            ChunkWriter::new(&p, &[3; 16], &[4; 16]).unwrap(),
+        );
+        let (a, b) = data.split_at(split.min(data.len()));
+        let mut ev = Vec::new();
+        let mut r = Vec::new();
+        if let Ok(n) = c.open(a, &mut ev, &mut r) {
+            prop_assert!(n <= a.len());
+            let mut rest = a[n..].to_vec();
+            rest.extend_from_slice(b);
+            if let Ok(m) = c.open(&rest, &mut ev, &mut r) {
+                prop_assert!(m <= rest.len());
+            }
+        }
+        let mut out = Vec::new();
+        let _ = c.seal(0, "127.0.0.1:1".parse().unwrap(), &data, &mut out);
+    }
+
+    #[test]
+    fn mutated_udp_requests_never_panic(pos in 0usize..400, bit in 0u8..8) {
+        let ctx = Ctx::new(vec![user(&uuid(), 1)], time());
+        let mut r = vector_request();
+        r.cmd = CMD_UDP;
+        let mut wire = r.seal().unwrap();
+        wire.extend_from_slice(&vh("request_body"));
+        let p = pos % wire.len();
+        wire[p] ^= 1 << bit;
+        if let Ok(Step::Done(Next::UdpOverStream { mut codec, initial, .. })) =
+            VmessInbound::new().handshake().feed(&wire, &ctx)
+        {
+            let mut ev = Vec::new();
+            let mut reply = Vec::new();
+            let _ = codec.open(&initial, &mut ev, &mut reply);
+        }
     }
 }
