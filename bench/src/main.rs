@@ -82,7 +82,8 @@ struct Common {
 struct RunArgs {
     #[command(flatten)]
     common: Common,
-    /// CI smoke run: tiny byte counts, 1 round, two methods; asserts nothing about speed.
+    /// CI smoke run: tiny byte counts, 1 round, a few methods (vless-reality-vision too when the
+    /// shoes client is installed); asserts nothing about speed.
     #[arg(long)]
     quick: bool,
     #[arg(long)]
@@ -303,7 +304,12 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
     let bins = binaries(&c)?;
     let tls = Arc::new(TlsMaterial::generate()?);
     let names: Vec<String> = if a.quick && c.ciphers.join(",") == ALL_CIPHERS {
-        QUICK_CIPHERS.iter().map(|s| s.to_string()).collect()
+        let mut v: Vec<String> = QUICK_CIPHERS.iter().map(|s| s.to_string()).collect();
+        // VLESS + REALITY + Vision costs about 1 s here; it needs the shoes client.
+        if bins.shoes.exists() {
+            v.push(v2sp_bench::client::vision::REALITY_VISION.to_string());
+        }
+        v
     } else {
         c.ciphers.clone()
     };
