@@ -403,8 +403,8 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
             .join(", ")
     );
     let _ = writeln!(s, "- v2sp = `v2sp run -c config.json` (control plane + the data plane it spawns; both processes counted) with a generated `file://` nodes file, `V2SP_IO=epoll|uring`; ssserver = shadowsocks-rust `--worker-threads N`, `no_delay`; sing-box with `GOMAXPROCS=N`; v2ray (Trojan/VLESS only) with `GOMAXPROCS=N`, `streamSettings.security: tls`; one user, same method everywhere; Trojan/VLESS: TLS on every server with one self-signed certificate (rcgen) and our rustls client (aws-lc-rs), trusting only that certificate; TLS session resumption on (rustls default); Vision suites (`vless-reality-vision`, `vless-tls-vision`): VLESS `flow: xtls-rprx-vision` on v2sp and shoes (`--threads N`), the shoes client as the load generator's front end, TLS 1.3 end to end to the target (REALITY's `dest` is that target)");
-    let _ = writeln!(s, "- bulk: {} MiB per run for {headline} (split over N connections, download = target → client), {} MiB at {} connections for the other methods{}; latency: {} round trips of {} B; rate: {} s × {} concurrent loops; idle: {} connections",
-        plan.bulk_bytes >> 20, plan.other_bulk_bytes >> 20, plan.other_conns,
+    let _ = writeln!(s, "- bulk: {} MiB per run for {} (split over N connections, download = target → client), {} MiB at {} connections for the other methods{}; latency: {} round trips of {} B; rate: {} s × {} concurrent loops; idle: {} connections",
+        plan.bulk_bytes >> 20, if headline_is_vision { "the headline (none ran: Vision suites only)" } else { &headline }, plan.other_bulk_bytes >> 20, plan.other_conns,
         if plan.upload { " and for the upload run" } else { "" },
         plan.latency_count, plan.latency_size, plan.rate_secs, plan.rate_concurrency, plan.idle_conns);
     let _ = writeln!(s, "\nFigures: median over rounds [min–max]. CPU = utime+stime from /proc/<pid>/stat (all threads) before/after each measured window. Ratios are v2sp ÷ peer of the medians (below 1 = v2sp uses less / is lower).\n");

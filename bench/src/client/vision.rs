@@ -49,14 +49,12 @@ impl VisionSuite {
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut sk))
             .context("/dev/urandom")?;
-        let secret = x25519_dalek::StaticSecret::from(sk);
-        let public = x25519_dalek::PublicKey::from(&secret);
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let (private_key, public_key) = reality_keys(sk);
         Ok(VisionSuite {
             reality: name == REALITY_VISION,
             tls: tls.clone(),
-            private_key: b64.encode(secret.to_bytes()),
-            public_key: b64.encode(public.as_bytes()),
+            private_key,
+            public_key,
             target: OnceLock::new(),
         })
     }
@@ -127,6 +125,14 @@ impl VisionSuite {
             )
         }
     }
+}
+
+/// REALITY's key pair from an X25519 private key: (private, public), base64url without padding.
+pub fn reality_keys(sk: [u8; 32]) -> (String, String) {
+    let secret = x25519_dalek::StaticSecret::from(sk);
+    let public = x25519_dalek::PublicKey::from(&secret);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    (b64.encode(secret.to_bytes()), b64.encode(public.as_bytes()))
 }
 
 /// The shoes client process (load generator side), killed on drop.
@@ -229,4 +235,38 @@ pub async fn socks5_connect(socks: SocketAddr, target: SocketAddr) -> anyhow::Re
         bail!("SOCKS connect reply {:?}", &r[..4]);
     }
     Ok(s)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// RFC 7748 §6.1 (Alice's key pair); base64url forms computed with Python's
+    /// `base64.urlsafe_b64encode` (padding stripped).
+    #[test]
+    fn reality_keys_rfc7748_alice() {
+        let sk: [u8; 32] = hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let (private, public) = reality_keys(sk);
+        assert_eq!(private, "dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo");
+        assert_eq!(public, "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo");
+    }
+
+    #[test]
+    fn shoes_server_yaml_names_dest_by_host() {
+        let tls = Arc::new(TlsMaterial::generate().unwrap());
+        let v = VisionSuite::new(REALITY_VISION, &tls).unwrap();
+        let y = v.shoes_server_yaml(1000, "127.0.0.1:2000".parse().unwrap());
+        assert!(y.contains("dest: \"localhost:2000\""), "{y}");
+        assert!(y.contains(&v.private_key) && y.contains("vision: true"), "{y}");
+        let v = VisionSuite::new(TLS_VISION, &tls).unwrap();
+        assert!(
+            v.server_tls().is_some()
+                && v.shoes_server_yaml(1, "127.0.0.1:2".parse().unwrap())
+                    .contains("tls_targets")
+        );
+    }
 }
