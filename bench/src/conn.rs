@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,6 +13,7 @@ use tokio::net::TcpStream;
 use v2sp_dataplane::proto::Destination;
 
 use crate::client::ss::{SsStream, USER_UUID};
+use crate::client::tls::TlsMaterial;
 use crate::client::vless::ResponseHeader;
 use crate::client::{trojan, vless, Suite};
 
@@ -21,7 +23,16 @@ const READ_BUF: usize = 256 * 1024;
 #[derive(Clone)]
 pub enum Via {
     Direct,
-    Proxy { addr: SocketAddr, suite: Suite },
+    Proxy {
+        addr: SocketAddr,
+        suite: Suite,
+    },
+    /// Through a SOCKS5 client (the shoes client of the Vision suites), with TLS 1.3 end to end
+    /// to the target (`target::start_tls`), which must be the `target` given to `Conn::open`.
+    Socks {
+        socks: SocketAddr,
+        tls: Arc<TlsMaterial>,
+    },
 }
 
 /// The protocol layer above TLS (or above TCP).
@@ -55,6 +66,21 @@ impl Conn {
                 wire.extend_from_slice(first);
                 (target, Codec::Plain, None)
             }
+            Via::Socks { socks, tls } => {
+                let s = crate::client::vision::socks5_connect(*socks, target).await?;
+                let mut c = Conn {
+                    s,
+                    tls: Some(Box::new(tls.connect()?)),
+                    codec: Codec::Plain,
+                    rbuf: Vec::new(),
+                    tls_plain: Vec::new(),
+                    plain: Vec::new(),
+                    wbuf: Vec::new(),
+                };
+                c.handshake().await?;
+                c.send_wire(first).await?;
+                return Ok(c);
+            }
             Via::Proxy { addr, suite } => match suite {
                 Suite::Ss(creds) => {
                     let c = SsStream::open_request(creds, &dest, first, &mut wire)?;
@@ -64,6 +90,7 @@ impl Conn {
                     trojan::request(USER_UUID, &dest, first, &mut wire)?;
                     (*addr, Codec::Trojan, Some(Box::new(t.connect()?)))
                 }
+                Suite::Vision(_) => bail!("the Vision suites go through their SOCKS client (Via::Socks)"),
                 Suite::Vless(t) => {
                     vless::request(&vless::uuid_bytes(USER_UUID)?, &dest, first, &mut wire)?;
                     (

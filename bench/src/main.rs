@@ -20,7 +20,7 @@ use v2sp_bench::report::{self, Env};
 use v2sp_bench::run::{self, Plan, Scenario};
 use v2sp_bench::servers::{Binaries, Server, ServerKind};
 
-const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls";
+const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vless-reality-vision,vless-tls-vision";
 const QUICK_CIPHERS: [&str; 4] = [
     "aes-128-gcm",
     "2022-blake3-aes-128-gcm",
@@ -48,15 +48,16 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Shadowsocks methods and `trojan-tls`, `vless-tls`; the first is the headline (all
-    /// scenarios run on it).
+    /// Shadowsocks methods and `trojan-tls`, `vless-tls`, `vless-reality-vision`,
+    /// `vless-tls-vision` (the last two through the shoes client, bulk download only); the first
+    /// non-Vision one is the headline (all scenarios run on it).
     #[arg(long, value_delimiter = ',', default_value = ALL_CIPHERS)]
     ciphers: Vec<String>,
     /// Servers to compare.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "v2sp-epoll,v2sp-uring,ssserver,sing-box,v2ray"
+        default_value = "v2sp-epoll,v2sp-uring,ssserver,sing-box,v2ray,shoes"
     )]
     servers: Vec<String>,
     /// `v2sp` binary (the data plane must sit next to it); default: next to this executable.
@@ -69,6 +70,9 @@ struct Common {
     /// v2ray 4.x (Debian's `v2ray` package; Trojan and VLESS only).
     #[arg(long, default_value = "/opt/v2sp-peers/bin/v2ray")]
     v2ray: PathBuf,
+    /// shoes 0.3.x: the Vision suites' client (always) and a peer server (`shoes` in --servers).
+    #[arg(long, default_value = "/opt/v2sp-peers/bin/shoes")]
+    shoes: PathBuf,
     /// Do not pin (by default the bench runs on the first CPUs and the server on the last).
     #[arg(long)]
     no_pin: bool,
@@ -78,7 +82,8 @@ struct Common {
 struct RunArgs {
     #[command(flatten)]
     common: Common,
-    /// CI smoke run: tiny byte counts, 1 round, two methods; asserts nothing about speed.
+    /// CI smoke run: tiny byte counts, 1 round, a few methods (vless-reality-vision too when the
+    /// shoes client is installed); asserts nothing about speed.
     #[arg(long)]
     quick: bool,
     #[arg(long)]
@@ -126,6 +131,7 @@ fn binaries(c: &Common) -> anyhow::Result<Binaries> {
         } else {
             c.v2ray.clone()
         },
+        shoes: c.shoes.clone(),
     })
 }
 
@@ -137,12 +143,19 @@ fn servers(c: &Common, bins: &Binaries, suites: &[Suite]) -> anyhow::Result<Vec<
         .map(|s| ServerKind::parse(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
     ks.retain(|k| suites.iter().any(|s| k.serves(s)));
+    if suites.iter().any(|s| s.vision().is_some()) && !bins.shoes.exists() {
+        bail!(
+            "the Vision suites need the shoes client, not found at {} (scripts/install-test-deps.sh --with-shoes, \
+             or --shoes PATH, or leave vless-*-vision out of --ciphers)",
+            bins.shoes.display()
+        );
+    }
     for k in &ks {
         let p = bins.path(*k);
         if !p.exists() {
             bail!(
                 "{} not found at {} — v2sp: `cargo build --release -p v2sp-control -p v2sp-dataplane` (or --v2sp PATH); \
-                 peers: scripts/install-test-deps.sh (or --ssserver/--sing-box/--v2ray PATH, or leave it out of --servers)",
+                 peers: scripts/install-test-deps.sh (or --ssserver/--sing-box/--v2ray/--shoes PATH, or leave it out of --servers)",
                 k.label(),
                 p.display()
             );
@@ -195,6 +208,7 @@ fn describe_binary(k: ServerKind, bins: &Binaries) -> String {
         ServerKind::SsServer => Some("--version"),
         ServerKind::SingBox => Some("version"),
         ServerKind::V2ray => Some("-version"),
+        ServerKind::Shoes => Some("--version"),
         _ => None,
     }
     .and_then(|arg| std::process::Command::new(p).arg(arg).output().ok())
@@ -241,6 +255,8 @@ fn self_check(c: Common) -> anyhow::Result<()> {
         .iter()
         .map(|n| Suite::parse(n, &tls))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // The Vision suites need the shoes client and the TLS target: `run` probes them.
+    let suites: Vec<Suite> = suites.into_iter().filter(|s| s.vision().is_none()).collect();
     let kinds = servers(&c, &bins, &suites)?;
     let allowed = allowed_cpus();
     let (client, nserver) = cpu_split(&allowed, 1);
@@ -288,7 +304,12 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
     let bins = binaries(&c)?;
     let tls = Arc::new(TlsMaterial::generate()?);
     let names: Vec<String> = if a.quick && c.ciphers.join(",") == ALL_CIPHERS {
-        QUICK_CIPHERS.iter().map(|s| s.to_string()).collect()
+        let mut v: Vec<String> = QUICK_CIPHERS.iter().map(|s| s.to_string()).collect();
+        // VLESS + REALITY + Vision costs about 1 s here; it needs the shoes client.
+        if bins.shoes.exists() {
+            v.push(v2sp_bench::client::vision::REALITY_VISION.to_string());
+        }
+        v
     } else {
         c.ciphers.clone()
     };

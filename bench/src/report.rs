@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::client::vision::{REALITY_VISION, TLS_VISION};
 use crate::client::{TROJAN_TLS, VLESS_TLS};
 use crate::run::{Measure, Outcome, Plan, Record, Scenario};
 use crate::svg::{self, Series};
@@ -255,12 +256,82 @@ fn header_row(s: &mut String, first: &str, cols: &[String]) {
     let _ = writeln!(s, "|---|{}", "---|".repeat(cols.len()));
 }
 
+/// Issue 5's target for the Vision suites: v2sp's server CPU-s/GB at most this times shoes'.
+pub const VISION_TARGET: f64 = 0.8;
+
+/// VLESS + Vision (REALITY / TLS) through the shoes client with TLS 1.3 inside: each v2sp
+/// backend against the shoes server, with the target.
+fn vision_section(s: &mut String, v: &View, plan: &Plan, servers: &[String]) {
+    let vision: Vec<&String> = plan
+        .cipher_names
+        .iter()
+        .filter(|c| c.as_str() == REALITY_VISION || c.as_str() == TLS_VISION)
+        .collect();
+    if vision.is_empty() || !servers.iter().any(|x| x == "shoes") {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "### VLESS + Vision vs shoes (TLS 1.3 inside the tunnel, {} connections, download)\n",
+        plan.other_conns
+    );
+    let _ = writeln!(s, "The load generator speaks TLS 1.3 (rustls) to the bench's TLS target through the real shoes client (SOCKS5 in, VLESS + Vision over REALITY/TLS out, on the load generator's CPUs and counted with it), so Vision switches to direct copy after the inner handshake on every server. Only the server's CPU is counted. Target (issue 5): v2sp ≤ {VISION_TARGET}× shoes' server CPU-s/GB.\n");
+    let v2sp: Vec<&String> = servers.iter().filter(|x| x.starts_with("v2sp")).collect();
+    let mut cols: Vec<String> = Vec::new();
+    for srv in v2sp.iter().copied().chain(std::iter::once(&"shoes".to_string())) {
+        cols.push(format!("{srv} CPU-s/GB"));
+    }
+    for srv in v2sp.iter().copied().chain(std::iter::once(&"shoes".to_string())) {
+        cols.push(format!("{srv} MB/s"));
+    }
+    for a in &v2sp {
+        cols.push(format!("{a} / shoes (target ≤ {VISION_TARGET})"));
+    }
+    header_row(s, "method", &cols);
+    for c in vision {
+        let cpu = |srv: &str| v.bulk(c, srv, plan.other_conns, false, |b| b.cpu_s_per_gb());
+        let mbs = |srv: &str| v.bulk(c, srv, plan.other_conns, false, |b| b.mb_per_s());
+        let mut row: Vec<String> = Vec::new();
+        for srv in v2sp.iter().map(|x| x.as_str()).chain(std::iter::once("shoes")) {
+            row.push(fmt_mmm(cpu(srv), 3));
+        }
+        for srv in v2sp.iter().map(|x| x.as_str()).chain(std::iter::once("shoes")) {
+            row.push(fmt_mmm(mbs(srv), 0));
+        }
+        let shoes = cpu("shoes");
+        for a in &v2sp {
+            let r = match (cpu(a), shoes) {
+                (Some((x, _, _)), Some((y, _, _))) if y > 0.0 => {
+                    let q = x / y;
+                    format!(
+                        "{q:.2}× {}",
+                        if q <= VISION_TARGET { "met" } else { "**not met**" }
+                    )
+                }
+                _ => "–".into(),
+            };
+            row.push(r);
+        }
+        let _ = writeln!(s, "| {c} | {} |", row.join(" | "));
+    }
+    let _ = writeln!(s);
+}
+
 /// Write report.md, results.json and the SVGs into `dir`.
 pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let servers: Vec<String> = plan.servers.iter().map(|k| k.label().to_string()).collect();
     let pairs = ratio_pairs(&servers);
-    let headline = plan.cipher_names.first().cloned().unwrap_or_default();
+    // The headline: the first non-Vision suite (the Vision ones get their bulk download only).
+    let headline = plan
+        .cipher_names
+        .iter()
+        .find(|c| c.as_str() != REALITY_VISION && c.as_str() != TLS_VISION)
+        .or(plan.cipher_names.first())
+        .cloned()
+        .unwrap_or_default();
+    // Only Vision suites: no headline scenarios ran.
+    let headline_is_vision = headline == REALITY_VISION || headline == TLS_VISION;
     // Rate and idle run on the headline and on every Trojan/VLESS suite.
     let mut per_proto: Vec<String> = vec![headline.clone()];
     for c in &plan.cipher_names {
@@ -273,6 +344,12 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         (plan.ciphers.iter().any(|c| c.is_ss()), "Shadowsocks"),
         (plan.cipher_names.iter().any(|c| c == TROJAN_TLS), "Trojan (TLS)"),
         (plan.cipher_names.iter().any(|c| c == VLESS_TLS), "VLESS (TLS)"),
+        (
+            plan.cipher_names
+                .iter()
+                .any(|c| c == REALITY_VISION || c == TLS_VISION),
+            "VLESS + Vision (REALITY/TLS, TLS 1.3 inside)",
+        ),
     ]
     .into_iter()
     .filter_map(|(on, n)| on.then_some(n))
@@ -325,9 +402,9 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let _ = writeln!(s, "- v2sp = `v2sp run -c config.json` (control plane + the data plane it spawns; both processes counted) with a generated `file://` nodes file, `V2SP_IO=epoll|uring`; ssserver = shadowsocks-rust `--worker-threads N`, `no_delay`; sing-box with `GOMAXPROCS=N`; v2ray (Trojan/VLESS only) with `GOMAXPROCS=N`, `streamSettings.security: tls`; one user, same method everywhere; Trojan/VLESS: TLS on every server with one self-signed certificate (rcgen) and our rustls client (aws-lc-rs), trusting only that certificate; TLS session resumption on (rustls default)");
-    let _ = writeln!(s, "- bulk: {} MiB per run for {headline} (split over N connections, download = target → client), {} MiB at {} connections for the other methods{}; latency: {} round trips of {} B; rate: {} s × {} concurrent loops; idle: {} connections",
-        plan.bulk_bytes >> 20, plan.other_bulk_bytes >> 20, plan.other_conns,
+    let _ = writeln!(s, "- v2sp = `v2sp run -c config.json` (control plane + the data plane it spawns; both processes counted) with a generated `file://` nodes file, `V2SP_IO=epoll|uring`; ssserver = shadowsocks-rust `--worker-threads N`, `no_delay`; sing-box with `GOMAXPROCS=N`; v2ray (Trojan/VLESS only) with `GOMAXPROCS=N`, `streamSettings.security: tls`; one user, same method everywhere; Trojan/VLESS: TLS on every server with one self-signed certificate (rcgen) and our rustls client (aws-lc-rs), trusting only that certificate; TLS session resumption on (rustls default); Vision suites (`vless-reality-vision`, `vless-tls-vision`): VLESS `flow: xtls-rprx-vision` on v2sp and shoes (`--threads N`), the shoes client as the load generator's front end, TLS 1.3 end to end to the target (REALITY's `dest` is that target)");
+    let _ = writeln!(s, "- bulk: {} MiB per run for {} (split over N connections, download = target → client), {} MiB at {} connections for the other methods{}; latency: {} round trips of {} B; rate: {} s × {} concurrent loops; idle: {} connections",
+        plan.bulk_bytes >> 20, if headline_is_vision { "the headline (none ran: Vision suites only)" } else { &headline }, plan.other_bulk_bytes >> 20, plan.other_conns,
         if plan.upload { " and for the upload run" } else { "" },
         plan.latency_count, plan.latency_size, plan.rate_secs, plan.rate_concurrency, plan.idle_conns);
     let _ = writeln!(s, "\nFigures: median over rounds [min–max]. CPU = utime+stime from /proc/<pid>/stat (all threads) before/after each measured window. Ratios are v2sp ÷ peer of the medians (below 1 = v2sp uses less / is lower).\n");
@@ -423,7 +500,9 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         )?;
         let _ = writeln!(s, "\n![CPU-s per GB]({})\n", name("cpu-per-gb"));
 
-        if plan.scenarios.contains(&Scenario::Bulk) {
+        vision_section(&mut s, &v, plan, &servers);
+
+        if plan.scenarios.contains(&Scenario::Bulk) && !headline_is_vision {
             // Throughput vs connections, headline cipher.
             let _ = writeln!(
                 s,
@@ -544,7 +623,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
                 }
             }
         }
-        if plan.scenarios.contains(&Scenario::Latency) {
+        if plan.scenarios.contains(&Scenario::Latency) && !headline_is_vision {
             // Latency.
             let _ = writeln!(
                 s,

@@ -10,6 +10,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::client::vision::ShoesClient;
 use crate::client::Suite;
 use crate::conn::Via;
 use crate::scenarios::{self, BulkResult, IdleResult, LatencySummary, RateResult};
@@ -125,12 +126,28 @@ fn log(msg: &str) {
 
 pub async fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Outcome> {
     let target = crate::target::start().await?;
+    // The Vision suites' destination: the same target behind TLS 1.3.
+    let mut tls_target = None;
+    for v in plan.ciphers.iter().filter_map(|c| c.vision()) {
+        let a = match tls_target {
+            Some(a) => a,
+            None => crate::target::start_tls(v.tls.server.clone()).await?,
+        };
+        v.set_target(a);
+        tls_target = Some(a);
+    }
     let mut out = Outcome::default();
     let deadline = Duration::from_secs(plan.deadline_s);
     for &w in &plan.workers {
         let cpus = plan.server_cpus.get(&w).cloned().flatten();
         for (ci, suite) in plan.ciphers.iter().enumerate() {
-            let headline = ci == 0;
+            // The headline is the first non-Vision suite; a Vision suite gets its bulk download
+            // only (through the shoes client).
+            let headline = plan.ciphers.iter().position(|c| c.vision().is_none()) == Some(ci);
+            let suite_target = match suite.vision() {
+                Some(v) => v.target()?,
+                None => target,
+            };
             let name = suite.name();
             let kinds: Vec<ServerKind> = plan.servers.iter().copied().filter(|k| k.serves(suite)).collect();
             for round in 0..plan.rounds {
@@ -168,7 +185,7 @@ pub async fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Outcome> {
                         cpus.as_deref(),
                         round,
                         headline,
-                        target,
+                        suite_target,
                     )
                     .await
                     {
@@ -199,7 +216,34 @@ async fn one_server(
     target: SocketAddr,
 ) -> anyhow::Result<()> {
     let mut srv = Server::start(kind, suite, bins, w, cpus)?;
-    let res = measure(plan, out, suite, &mut srv, w, round, headline, target).await;
+    // Vision: the real shoes client in front of the load generator (on its CPUs).
+    let (via, client) = match suite.vision() {
+        Some(v) => {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            match ShoesClient::start(&bins.shoes, v, srv.port, srv.dir(), threads) {
+                Ok(c) => (
+                    Via::Socks {
+                        socks: c.socks,
+                        tls: v.tls.clone(),
+                    },
+                    Some(c),
+                ),
+                Err(e) => {
+                    srv.stop();
+                    return Err(e);
+                }
+            }
+        }
+        None => (
+            Via::Proxy {
+                addr: srv.addr(),
+                suite: suite.clone(),
+            },
+            None,
+        ),
+    };
+    let res = measure(plan, out, suite, &mut srv, &via, w, round, headline, target).await;
+    drop(client);
     if srv.kind.is_v2sp() && srv.dataplane_restarted() {
         out.problems.push(format!(
             "{} {}: the data plane restarted during the run (its CPU before the restart is lost)",
@@ -223,15 +267,13 @@ async fn measure(
     out: &mut Outcome,
     suite: &Suite,
     srv: &mut Server,
+    via: &Via,
     w: usize,
     round: usize,
     headline: bool,
     target: SocketAddr,
 ) -> anyhow::Result<()> {
-    let via = Via::Proxy {
-        addr: srv.addr(),
-        suite: suite.clone(),
-    };
+    let via = via.clone();
     scenarios::probe(&via, target, Duration::from_secs(20))
         .await
         .context("start-up probe")?;
@@ -249,7 +291,7 @@ async fn measure(
         out.problems
             .push(format!("{cipher} {label} round {round}: {what}"))
     };
-    if !headline && !suite.is_ss() {
+    if !headline && !suite.is_ss() && suite.vision().is_none() {
         // Trojan / VLESS: idle memory, connection rate (TLS handshake included) and the one
         // bulk download for the CPU-s/GB table.
         if plan.scenarios.contains(&Scenario::Idle) {

@@ -35,15 +35,18 @@ pub enum ServerKind {
     SsServer,
     SingBox,
     V2ray,
+    /// shoes 0.3.x: the Vision suites only (VLESS + Vision over REALITY or TLS).
+    Shoes,
 }
 
 impl ServerKind {
-    pub const ALL: [ServerKind; 5] = [
+    pub const ALL: [ServerKind; 6] = [
         ServerKind::V2spEpoll,
         ServerKind::V2spUring,
         ServerKind::SsServer,
         ServerKind::SingBox,
         ServerKind::V2ray,
+        ServerKind::Shoes,
     ];
 
     pub fn label(self) -> &'static str {
@@ -53,6 +56,7 @@ impl ServerKind {
             ServerKind::SsServer => "ssserver",
             ServerKind::SingBox => "sing-box",
             ServerKind::V2ray => "v2ray",
+            ServerKind::Shoes => "shoes",
         }
     }
 
@@ -61,17 +65,21 @@ impl ServerKind {
             .into_iter()
             .find(|k| k.label() == s.trim())
             .with_context(|| {
-                format!("unknown server {s:?} (v2sp-epoll, v2sp-uring, ssserver, sing-box, v2ray)")
+                format!("unknown server {s:?} (v2sp-epoll, v2sp-uring, ssserver, sing-box, v2ray, shoes)")
             })
     }
 
     /// Whether this server speaks `suite` (ssserver: Shadowsocks only; v2ray: here, Trojan and
-    /// VLESS only — its Shadowsocks lacks the 2022 methods).
+    /// VLESS only — its Shadowsocks lacks the 2022 methods; shoes: the Vision suites only,
+    /// v2sp: everything).
     pub fn serves(self, suite: &Suite) -> bool {
+        let vision = suite.vision().is_some();
         match self {
             ServerKind::SsServer => suite.is_ss(),
-            ServerKind::V2ray => !suite.is_ss(),
-            _ => true,
+            ServerKind::V2ray => !suite.is_ss() && !vision,
+            ServerKind::SingBox => !vision,
+            ServerKind::Shoes => vision,
+            ServerKind::V2spEpoll | ServerKind::V2spUring => true,
         }
     }
 
@@ -87,6 +95,8 @@ pub struct Binaries {
     pub ssserver: PathBuf,
     pub singbox: PathBuf,
     pub v2ray: PathBuf,
+    /// shoes: server of the Vision suites, and their client (load generator side) everywhere.
+    pub shoes: PathBuf,
 }
 
 impl Binaries {
@@ -96,6 +106,7 @@ impl Binaries {
             ServerKind::SsServer => &self.ssserver,
             ServerKind::SingBox => &self.singbox,
             ServerKind::V2ray => &self.v2ray,
+            ServerKind::Shoes => &self.shoes,
         }
     }
 }
@@ -156,7 +167,7 @@ impl Server {
         let proto = match suite {
             Suite::Ss(_) => "shadowsocks",
             Suite::Trojan(_) => "trojan",
-            Suite::Vless(_) => "vless",
+            Suite::Vless(_) | Suite::Vision(_) => "vless",
         };
         let mut args: Vec<String> = Vec::new();
         let mut envs: Vec<(&str, String)> = Vec::new();
@@ -179,6 +190,23 @@ impl Server {
                     Suite::Trojan(_) | Suite::Vless(_) => {
                         node["tls"] = json!(1);
                         node["network"] = json!("tcp");
+                        node["tls_settings"] = json!({ "server_name": SERVER_NAME });
+                    }
+                    Suite::Vision(v) if v.reality => {
+                        let dest = v.target()?;
+                        node["tls"] = json!(2);
+                        node["network"] = json!("tcp");
+                        node["flow"] = json!("xtls-rprx-vision");
+                        node["tls_settings"] = json!({
+                            "server_name": SERVER_NAME, "dest": dest.ip().to_string(),
+                            "server_port": dest.port().to_string(), "private_key": v.private_key,
+                            "short_id": crate::client::vision::SHORT_ID, "xver": "0"
+                        });
+                    }
+                    Suite::Vision(_) => {
+                        node["tls"] = json!(1);
+                        node["network"] = json!("tcp");
+                        node["flow"] = json!("xtls-rprx-vision");
                         node["tls_settings"] = json!({ "server_name": SERVER_NAME });
                     }
                 }
@@ -262,6 +290,7 @@ impl Server {
                     Suite::Vless(_) => {
                         inb["users"] = json!([{ "name": "bench", "uuid": USER_UUID }]);
                     }
+                    Suite::Vision(_) => bail!("sing-box is not benchmarked with Vision"),
                 }
                 if let Some(t) = tls {
                     inb["tls"] = json!({
@@ -305,6 +334,20 @@ impl Server {
                 args.extend(["-config".into(), p.display().to_string()]);
                 envs.push(("GOMAXPROCS", workers.max(1).to_string()));
             }
+            ServerKind::Shoes => {
+                let v = suite
+                    .vision()
+                    .context("shoes is benchmarked with the Vision suites only")?;
+                let p = dir.path().join("shoes.yaml");
+                fs::write(&p, v.shoes_server_yaml(port, v.target()?))?;
+                args.extend([
+                    "--threads".into(),
+                    workers.max(1).to_string(),
+                    "--no-reload".into(),
+                    p.display().to_string(),
+                ]);
+                envs.push(("RUST_LOG", "error".to_string()));
+            }
         }
         let log = fs::File::create(dir.path().join("server.log"))?;
         let mut cmd = match cpus {
@@ -330,6 +373,11 @@ impl Server {
             dir,
             dataplane_pid: None,
         })
+    }
+
+    /// The server's temporary directory (configs and logs of this run).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {

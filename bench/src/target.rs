@@ -15,7 +15,9 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub const REQ_LEN: usize = 9;
@@ -43,7 +45,7 @@ pub async fn start() -> anyhow::Result<SocketAddr> {
                 Ok((s, _)) => {
                     tokio::spawn(async move {
                         // A connection the proxy or client dropped is normal here.
-                        let _ = handle(s).await;
+                        let _ = handle_tcp(s).await;
                     });
                 }
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
@@ -53,8 +55,41 @@ pub async fn start() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-async fn handle(mut s: TcpStream) -> anyhow::Result<()> {
+/// The same target behind TLS 1.3 (the run's certificate, `TlsMaterial::server`): the
+/// destination of the Vision suites, whose tunnel must carry TLS 1.3 for Vision to splice.
+/// TLS runs in the bench's runtime, on the load generator's CPUs.
+pub async fn start_tls(cfg: Arc<rustls::ServerConfig>) -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    tokio::spawn(async move {
+        loop {
+            match l.accept().await {
+                Ok((s, _)) => {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        if s.set_nodelay(true).is_err() {
+                            return;
+                        }
+                        // REALITY probes and dropped connections fail here; that is normal.
+                        if let Ok(t) = acceptor.accept(s).await {
+                            let _ = handle(t).await;
+                        }
+                    });
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            }
+        }
+    });
+    Ok(addr)
+}
+
+async fn handle_tcp(s: TcpStream) -> anyhow::Result<()> {
     s.set_nodelay(true)?;
+    handle(s).await
+}
+
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> anyhow::Result<()> {
     let mut req = [0u8; REQ_LEN];
     s.read_exact(&mut req).await?;
     let mut a = [0u8; 8];

@@ -4,12 +4,14 @@
 pub mod ss;
 pub mod tls;
 pub mod trojan;
+pub mod vision;
 pub mod vless;
 
 use std::sync::Arc;
 
 use self::ss::SsCredentials;
 use self::tls::TlsMaterial;
+use self::vision::VisionSuite;
 
 /// The protocol (and credentials) one report row is measured with.
 #[derive(Clone)]
@@ -17,6 +19,8 @@ pub enum Suite {
     Ss(Arc<SsCredentials>),
     Trojan(Arc<TlsMaterial>),
     Vless(Arc<TlsMaterial>),
+    /// VLESS + Vision (REALITY or TLS) through the real shoes client; see `client::vision`.
+    Vision(Arc<VisionSuite>),
 }
 
 impl std::fmt::Debug for Suite {
@@ -35,6 +39,7 @@ impl Suite {
             Suite::Ss(c) => c.method.name(),
             Suite::Trojan(_) => TROJAN_TLS,
             Suite::Vless(_) => VLESS_TLS,
+            Suite::Vision(v) => v.name(),
         }
     }
 
@@ -52,7 +57,15 @@ impl Suite {
     pub fn tls(&self) -> Option<&Arc<TlsMaterial>> {
         match self {
             Suite::Ss(_) => None,
+            Suite::Vision(v) => v.server_tls(),
             Suite::Trojan(t) | Suite::Vless(t) => Some(t),
+        }
+    }
+
+    pub fn vision(&self) -> Option<&Arc<VisionSuite>> {
+        match self {
+            Suite::Vision(v) => Some(v),
+            _ => None,
         }
     }
 
@@ -61,6 +74,9 @@ impl Suite {
         Ok(match name.trim() {
             TROJAN_TLS => Suite::Trojan(tls.clone()),
             VLESS_TLS => Suite::Vless(tls.clone()),
+            vision::REALITY_VISION | vision::TLS_VISION => {
+                Suite::Vision(Arc::new(VisionSuite::new(name.trim(), tls)?))
+            }
             n => Suite::Ss(Arc::new(SsCredentials::new(ss::parse_method(n)?)?)),
         })
     }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// The name in the certificate and the SNI our client sends.
 pub const SERVER_NAME: &str = "v2sp.bench";
@@ -18,6 +19,8 @@ pub struct TlsMaterial {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub client: Arc<ClientConfig>,
+    /// TLS 1.3 only, same certificate: the bench's TLS target (`target::start_tls`).
+    pub server: Arc<ServerConfig>,
 }
 
 impl TlsMaterial {
@@ -34,6 +37,15 @@ impl TlsMaterial {
             .add(ck.cert.der().clone())
             .map_err(|e| anyhow!("trust the bench certificate: {e}"))?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("rustls TLS 1.3")?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from(ck.cert.der().to_vec())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der())),
+            )
+            .map_err(|e| anyhow!("rustls server config: {e}"))?;
         let client = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .context("rustls protocol versions")?
@@ -44,6 +56,7 @@ impl TlsMaterial {
             cert_file,
             key_file,
             client: Arc::new(client),
+            server: Arc::new(server),
         })
     }
 
