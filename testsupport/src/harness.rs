@@ -231,6 +231,26 @@ impl V2sp {
         }
     }
 
+    /// Ends an interop test: panics with every failure and the v2sp log if there were any,
+    /// then waits (20 s at most) until the panel holds exactly `expected` for each node
+    /// (user id → (upload, download) bytes).
+    #[allow(clippy::panic)] // failing the calling test is this helper's job
+    pub fn finish(&self, failures: &[String], expected: &BTreeMap<u32, BTreeMap<u32, (u64, u64)>>) {
+        if !failures.is_empty() {
+            panic!(
+                "{} failures:\n{}\n--- v2sp log ---\n{}",
+                failures.len(),
+                failures.join("\n"),
+                self.agent.log()
+            );
+        }
+        for (node, exp) in expected {
+            if let Err(e) = self.wait_totals(*node, exp, Duration::from_secs(20)) {
+                panic!("node {node}: {e:#}");
+            }
+        }
+    }
+
     /// Wait until the panel's totals for `node` equal `expected` (bounded).
     pub fn wait_totals(
         &self,

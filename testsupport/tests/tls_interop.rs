@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{free_port, payload, sing_box_tls, tcp_echo_through, Echo, NodeSpec, V2sp};
@@ -96,15 +95,5 @@ fn sing_box_trojan_and_vless_with_exact_accounting() {
         }
         drop(proc_);
     }
-    if !failures.is_empty() {
-        panic!(
-            "{} failures:\n{}\n--- v2sp log ---\n{}",
-            failures.len(),
-            failures.join("\n"),
-            v.agent.log()
-        );
-    }
-    for (node, exp) in &expected {
-        v.wait_totals(*node, exp, Duration::from_secs(20)).unwrap();
-    }
+    v.finish(&failures, &expected);
 }

@@ -195,17 +195,7 @@ fn sing_box_and_v2ray_over_ws_and_httpupgrade_with_exact_accounting() {
         }
         drop(proc_);
     }
-    if !failures.is_empty() {
-        panic!(
-            "{} failures:\n{}\n--- v2sp log ---\n{}",
-            failures.len(),
-            failures.join("\n"),
-            v.agent.log()
-        );
-    }
-    for (node, exp) in &expected {
-        v.wait_totals(*node, exp, Duration::from_secs(20)).unwrap();
-    }
+    v.finish(&failures, &expected);
 }
 
 /// A request for another path, or plain garbage, gets no tunnel: the ws node answers 404 and

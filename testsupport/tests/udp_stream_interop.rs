@@ -105,17 +105,7 @@ fn sing_box_udp_over_trojan_and_vless_with_exact_accounting() {
             drop(proc_);
         }
     }
-    if !failures.is_empty() {
-        panic!(
-            "{} failures:\n{}\n--- v2sp log ---\n{}",
-            failures.len(),
-            failures.join("\n"),
-            v.agent.log()
-        );
-    }
-    for (node, exp) in &expected {
-        v.wait_totals(*node, exp, Duration::from_secs(20)).unwrap();
-    }
+    v.finish(&failures, &expected);
 }
 
 /// Debian's v2ray 4.34 (v2fly) as a second client: Trojan UDP and VLESS UDP command (it has

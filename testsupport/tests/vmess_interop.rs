@@ -144,17 +144,7 @@ fn sing_box_and_v2ray_vmess_with_exact_accounting() {
         }
         drop(proc_);
     }
-    if !failures.is_empty() {
-        panic!(
-            "{} failures:\n{}\n--- v2sp log ---\n{}",
-            failures.len(),
-            failures.join("\n"),
-            v.agent.log()
-        );
-    }
-    for (node, exp) in &expected {
-        v.wait_totals(*node, exp, Duration::from_secs(20)).unwrap();
-    }
+    v.finish(&failures, &expected);
 }
 
 /// VMess UDP (command 2, one datagram per body chunk): the real sing-box client sends UDP
@@ -230,17 +220,7 @@ fn sing_box_vmess_udp_with_exact_accounting() {
         }
         drop(proc_);
     }
-    if !failures.is_empty() {
-        panic!(
-            "{} failures:\n{}\n--- v2sp log ---\n{}",
-            failures.len(),
-            failures.join("\n"),
-            v.agent.log()
-        );
-    }
-    for (node, exp) in &expected {
-        v.wait_totals(*node, exp, Duration::from_secs(20)).unwrap();
-    }
+    v.finish(&failures, &expected);
 }
 
 /// v2ray with a UDP-enabled SOCKS inbound and a VMess (aes-128-gcm) outbound.
