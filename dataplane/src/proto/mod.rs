@@ -166,6 +166,47 @@ pub trait StreamCodec: Send {
     fn passthrough(&self, _upload: bool) -> bool {
         false
     }
+    /// Where the relay may read server→client plaintext so that [`StreamCodec::seal_in_place`]
+    /// frames it without a copy; `None` (the default, or for now) means use `seal`.
+    fn seal_layout(&self) -> Option<SealLayout> {
+        None
+    }
+    /// Seals `n` plaintext bytes that a vectored read put into `buf`'s payload slots (slot `i`
+    /// at `i * stride + head`, every slot full except the last); the wire bytes are then
+    /// `buf[..returned]`, contiguous.
+    fn seal_in_place(&mut self, _buf: &mut [u8], _n: usize, _l: SealLayout) -> Result<usize, WireError> {
+        Err(WireError::Unsupported("in-place sealing"))
+    }
+}
+
+/// Frame geometry for in-place sealing: each frame is `head` bytes (header) + up to `max`
+/// payload bytes + `tail` bytes (tag), and frames follow each other with no gap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealLayout {
+    pub head: usize,
+    pub max: usize,
+    pub tail: usize,
+}
+
+impl SealLayout {
+    pub fn stride(&self) -> usize {
+        self.head + self.max + self.tail
+    }
+
+    /// Payload slots of a buffer of `len` bytes, limited to `grant` payload bytes in all:
+    /// (offset, length) of each.
+    pub fn slots(&self, len: usize, grant: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let stride = self.stride().max(1);
+        let full = len / stride;
+        (0..full)
+            .map(move |i| {
+                (
+                    i * stride + self.head,
+                    grant.saturating_sub(i * self.max).min(self.max),
+                )
+            })
+            .take_while(|&(_, n)| n > 0)
+    }
 }
 
 /// Everything a handshake may consult: the node's current user table and shared defences.

@@ -315,6 +315,20 @@ async fn copy_dir(
             }
             _ => read_ready(src).await?,
         }
+        // Server→client through a codec that seals in place (TLS record layer): read
+        // straight into the records' payload slots, no plaintext copy.
+        if let Some(c) = codec.filter(|_| dir == Dir::Down) {
+            let layout = c.codec.borrow().seal_layout();
+            if let Some(l) = layout {
+                match Box::pin(seal_read_in_place(env, act, src, dst, c, l)).await? {
+                    Some(_) => continue,
+                    None => {
+                        finish_dir(env, act, dir, dst);
+                        return Ok(());
+                    }
+                }
+            }
+        }
         let mut buf = env.bufs.take();
         let grant = env.bucket.grant_len(buf.len());
         let n = match src.try_read(buf.get_mut(..grant).unwrap_or_default()) {
@@ -422,6 +436,66 @@ async fn process_chunk(
     };
     env.bufs.put_vec(out);
     r
+}
+
+/// One server→client read into `l`'s payload slots of a pooled buffer (vectored), sealed in
+/// place and written. `None` at EOF; `Some(0)` when the socket had nothing after all.
+async fn seal_read_in_place(
+    env: &RelayEnv<'_>,
+    act: &Activity,
+    src: &TcpStream,
+    dst: &TcpStream,
+    c: CodecCtl<'_>,
+    l: crate::proto::SealLayout,
+) -> io::Result<Option<usize>> {
+    let mut buf = env.bufs.take();
+    let grant = env.bucket.grant_len(buf.len());
+    let r = {
+        let mut slots: Vec<io::IoSliceMut<'_>> = Vec::with_capacity(buf.len() / l.stride().max(1));
+        let mut rest: &mut [u8] = &mut buf;
+        let mut taken = 0usize;
+        for (off, len) in l.slots(rest.len(), grant) {
+            let Some((_, tail)) = std::mem::take(&mut rest).split_at_mut_checked(off - taken) else {
+                break;
+            };
+            let Some((slot, after)) = tail.split_at_mut_checked(len) else {
+                break;
+            };
+            slots.push(io::IoSliceMut::new(slot));
+            rest = after;
+            taken = off + len;
+        }
+        src.try_read_vectored(&mut slots)
+    };
+    let n = match r {
+        Ok(0) => {
+            env.bufs.put(buf);
+            return Ok(None);
+        }
+        Ok(n) => n,
+        Err(e) => {
+            env.bufs.put(buf);
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(Some(0))
+            } else {
+                Err(e)
+            };
+        }
+    };
+    act.touch();
+    limit(env, n).await;
+    env.meter.down(n as u64);
+    let sealed = c
+        .codec
+        .borrow_mut()
+        .seal_in_place(&mut buf, n, l)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+    let r = match sealed {
+        Ok(len) => write_all(env, act, Dir::Down, dst, buf.get(..len).unwrap_or_default()).await,
+        Err(e) => Err(e),
+    };
+    env.bufs.put(buf);
+    r.map(|()| Some(n))
 }
 
 /// Bytes a direction copies before it switches to splice: short flows never pay for pipes

@@ -18,6 +18,7 @@
 pub mod certs;
 pub mod deframe;
 pub mod reality;
+pub mod record;
 pub mod sni;
 pub mod vision;
 
@@ -32,7 +33,7 @@ use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use v2sp_shared::dpconfig::TlsSettings;
 
-use crate::proto::{StreamCodec, WireError};
+use crate::proto::{SealLayout, StreamCodec, WireError};
 pub use certs::{CertError, CertStore};
 
 /// The aws-lc-rs provider (the control plane's panel client uses the same stack).
@@ -58,6 +59,8 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(store));
     cfg.alpn_protocols = s.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    // After the handshake the relay seals and opens records itself (`record`).
+    cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
 }
 
@@ -65,7 +68,14 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
 /// the caller's buffer and encrypts into the caller's `out`, so between calls a session holds
 /// no record buffer of its own (an idle connection costs the session state only).
 pub struct TlsSession {
-    conn: UnbufferedServerConnection,
+    /// rustls, until the handshake is over and the keys move to `records`.
+    conn: Option<Box<UnbufferedServerConnection>>,
+    /// Our record layer once the connection is established (see [`record`]).
+    records: Option<Box<record::RecordLayer>>,
+    /// The config allows taking the keys out of rustls.
+    extractable: bool,
+    /// Negotiated ALPN, kept when rustls is dropped.
+    alpn: Option<Box<[u8]>>,
     /// Set once the peer sent close_notify.
     closed: bool,
     /// Handshake records produced while opening (flushed by `pending_output`/`seal`).
@@ -85,7 +95,10 @@ impl TlsSession {
         let conn = UnbufferedServerConnection::new(cfg.clone())
             .map_err(|_| WireError::Unsupported("TLS server config"))?;
         Ok(TlsSession {
-            conn,
+            conn: Some(Box::new(conn)),
+            records: None,
+            extractable: cfg.enable_secret_extraction,
+            alpn: None,
             closed: false,
             pending: Vec::new(),
             retained: 0,
@@ -94,7 +107,42 @@ impl TlsSession {
     }
 
     pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
+        self.conn.as_ref().is_some_and(|c| c.is_handshaking())
+    }
+
+    /// Moves the traffic keys from rustls to our record layer, once that is safe: handshake
+    /// over, nothing of rustls' left to send or half-read. Until then (and for configs that
+    /// do not allow it) rustls' own record path serves.
+    fn switch_to_records(&mut self) {
+        if self.records.is_some()
+            || !self.extractable
+            || self.is_handshaking()
+            || self.retained > 0
+            || !self.pending.is_empty()
+        {
+            return;
+        }
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        self.alpn = conn.alpn_protocol().map(Box::from);
+        // An error here leaves the session without either layer: every later call fails and
+        // the connection closes (rustls refuses only on states excluded above).
+        if let Ok((secrets, schedule)) = conn.dangerous_into_kernel_connection() {
+            self.records = record::RecordLayer::new(secrets, schedule).ok().map(Box::new);
+        }
+    }
+
+    /// Our record layer, once the keys moved there (tests).
+    #[cfg(test)]
+    pub(crate) fn records_mut(&mut self) -> Option<&mut record::RecordLayer> {
+        self.records.as_deref_mut()
+    }
+
+    fn conn(&mut self) -> Result<&mut UnbufferedServerConnection, WireError> {
+        self.conn
+            .as_deref_mut()
+            .ok_or(WireError::Unsupported("TLS: session lost its keys"))
     }
 
     /// The client's SNI (lower case), when the ClientHello came in one record.
@@ -104,7 +152,10 @@ impl TlsSession {
 
     /// The negotiated ALPN protocol.
     pub fn alpn(&self) -> Option<&[u8]> {
-        self.conn.alpn_protocol()
+        match &self.conn {
+            Some(c) => c.alpn_protocol(),
+            None => self.alpn.as_deref(),
+        }
     }
 
     /// Whether the peer ended the TLS stream (close_notify).
@@ -125,8 +176,12 @@ impl TlsSession {
         };
         let mut dropped = 0usize;
         // Bounded: each pass either consumes input, emits output or stops.
+        let conn = self
+            .conn
+            .as_deref_mut()
+            .ok_or(WireError::Unsupported("TLS: handshake already handed over"))?;
         for _ in 0..10_000 {
-            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(rest);
+            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(rest);
             let state = state.map_err(|_| WireError::Malformed("TLS: bad handshake or record"))?;
             let stop = match state {
                 ConnectionState::ReadTraffic(mut r) => {
@@ -190,6 +245,13 @@ impl TlsSession {
     /// plaintext to `out`; returns how many bytes were consumed (a partial record stays with
     /// the caller). For the relay, after the handshake.
     pub fn open(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<usize, WireError> {
+        self.switch_to_records();
+        if let Some(r) = self.records.as_deref_mut() {
+            let mut seen = record::Opened { closed: self.closed };
+            let used = r.open(wire, out, &mut seen)?;
+            self.closed = seen.closed;
+            return Ok(used);
+        }
         if self.retained > 0 {
             return Err(WireError::Unsupported("TLS: fragmented post-handshake message"));
         }
@@ -208,8 +270,32 @@ impl TlsSession {
         Ok(used)
     }
 
-    /// Appends the TLS records produced while opening (handshake messages, tickets).
+    /// In-place sealing geometry, once our record layer serves and nothing is queued.
+    pub fn seal_layout(&self) -> Option<SealLayout> {
+        if !self.pending.is_empty() {
+            return None;
+        }
+        self.records.as_ref()?.seal_layout()
+    }
+
+    /// See [`StreamCodec::seal_in_place`].
+    pub fn seal_in_place(&mut self, buf: &mut [u8], n: usize, l: SealLayout) -> Result<usize, WireError> {
+        self.records
+            .as_deref_mut()
+            .ok_or(WireError::Unsupported("in-place sealing before the record layer"))?
+            .seal_in_place(buf, n, l)
+    }
+
+    /// Whether records wait to be sent without new data (our KeyUpdate answer).
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty() || self.records.as_ref().is_some_and(|r| r.has_pending())
+    }
+
+    /// Appends the TLS records produced while opening (handshake messages, tickets, KeyUpdate).
     pub fn pending_output(&mut self, out: &mut Vec<u8>) {
+        if let Some(r) = self.records.as_deref_mut() {
+            r.take_pending(&mut self.pending);
+        }
         if out.is_empty() {
             std::mem::swap(out, &mut self.pending);
         } else {
@@ -221,12 +307,17 @@ impl TlsSession {
     /// Encrypts `plain`, appending records (after anything pending) to `out`.
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
         self.pending_output(out);
+        self.switch_to_records();
+        if let Some(r) = self.records.as_deref_mut() {
+            return r.seal(plain, out);
+        }
         if plain.is_empty() {
             return Ok(());
         }
+        let conn = self.conn()?;
         // Anything rustls still wants to send first (e.g. a key update) is encoded into `out`.
         for _ in 0..16 {
-            match self.conn.process_tls_records(&mut []).state {
+            match conn.process_tls_records(&mut []).state {
                 Ok(ConnectionState::WriteTraffic(mut w)) => return encrypt(&mut w, plain, out),
                 Ok(ConnectionState::EncodeTlsData(mut e)) => {
                     let start = out.len();
@@ -316,11 +407,26 @@ impl StreamCodec for TlsCodec {
         }
     }
 
+    fn seal_layout(&self) -> Option<SealLayout> {
+        match self.inner {
+            None => self.tls.seal_layout(),
+            Some(_) => None,
+        }
+    }
+
+    fn seal_in_place(&mut self, buf: &mut [u8], n: usize, l: SealLayout) -> Result<usize, WireError> {
+        match self.inner {
+            None => self.tls.seal_in_place(buf, n, l),
+            Some(_) => Err(WireError::Unsupported("in-place sealing under an inner codec")),
+        }
+    }
+
     fn has_control(&self) -> bool {
-        self.inner.as_ref().is_some_and(|i| i.has_control())
+        self.tls.has_pending() || self.inner.as_ref().is_some_and(|i| i.has_control())
     }
 
     fn take_control(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        self.tls.pending_output(out);
         let Some(inner) = self.inner.as_mut() else {
             return Ok(());
         };

@@ -283,3 +283,165 @@ fn client_hello_fragmented_across_records_and_reads() {
         }
     }
 }
+
+/// A client offering exactly one cipher suite.
+fn client_with_suite(
+    version: &'static rustls::SupportedProtocolVersion,
+    suite: rustls::SupportedCipherSuite,
+) -> ClientConnection {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites = vec![suite];
+    let cfg = ClientConfig::builder_with_provider(Arc::new(p))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_no_client_auth();
+    let mut c = ClientConnection::new(Arc::new(cfg), "example.com".try_into().unwrap()).unwrap();
+    c.set_buffer_limit(None);
+    c
+}
+
+/// Handshake between `s` and `c` in memory.
+fn establish(s: &mut TlsSession, c: &mut ClientConnection) {
+    let mut carry = Vec::new();
+    let mut plain = Vec::new();
+    for _ in 0..10 {
+        if !c.is_handshaking() && !s.is_handshaking() {
+            break;
+        }
+        let w = client_out(c);
+        feed(s, &mut carry, &w, 1 << 20, &mut plain);
+        let mut back = Vec::new();
+        s.pending_output(&mut back);
+        to_client(c, &back);
+    }
+    assert!(!s.is_handshaking() && !c.is_handshaking());
+}
+
+/// Delivers `wire` to the client; returns the plaintext it read.
+fn to_client(c: &mut ClientConnection, wire: &[u8]) -> Vec<u8> {
+    let mut r = wire;
+    let mut got = Vec::new();
+    while !r.is_empty() {
+        c.read_tls(&mut r).unwrap();
+        c.process_new_packets().unwrap();
+        let mut b = [0u8; 4096];
+        while let Ok(n @ 1..) = c.reader().read(&mut b) {
+            got.extend_from_slice(&b[..n]);
+        }
+    }
+    got
+}
+
+const MAX_PLAIN_TEST: usize = record::MAX_PLAIN;
+
+#[test]
+fn own_record_layer_serves_every_suite_and_rotates_keys() {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    let suites = [
+        (&rustls::version::TLS13, cs::TLS13_AES_128_GCM_SHA256),
+        (&rustls::version::TLS13, cs::TLS13_AES_256_GCM_SHA384),
+        (&rustls::version::TLS13, cs::TLS13_CHACHA20_POLY1305_SHA256),
+        (
+            &rustls::version::TLS12,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            &rustls::version::TLS12,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+        (
+            &rustls::version::TLS12,
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = server_config(&pair(dir.path())).unwrap();
+    for (version, suite) in suites {
+        let name = format!("{:?}", suite.suite());
+        let mut s = TlsSession::new(&cfg).unwrap();
+        let mut c = client_with_suite(version, suite);
+        establish(&mut s, &mut c);
+        // Server → client: 100 KiB (7 records), then the keys live in our record layer.
+        let data: Vec<u8> = (0..100 * 1024u32).map(|i| (i % 253) as u8).collect();
+        let mut wire = Vec::new();
+        s.seal(&data, &mut wire).unwrap();
+        assert!(s.records_mut().is_some(), "{name}: still on rustls' record path");
+        assert_eq!(to_client(&mut c, &wire), data, "{name}");
+        // In place, as the relay does it: plaintext read into the layout's slots.
+        let l = s.seal_layout().expect("in-place layout");
+        for n in [
+            1,
+            MAX_PLAIN_TEST - 1,
+            MAX_PLAIN_TEST,
+            MAX_PLAIN_TEST + 1,
+            5 * MAX_PLAIN_TEST + 77,
+        ] {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut put = 0;
+            for (off, len) in l.slots(buf.len(), n) {
+                buf[off..off + len].copy_from_slice(&data[put..put + len]);
+                put += len;
+            }
+            assert_eq!(put, n);
+            let wire_len = s.seal_in_place(&mut buf, n, l).unwrap();
+            assert_eq!(
+                to_client(&mut c, &buf[..wire_len]),
+                &data[..n],
+                "{name}: in place, {n} bytes"
+            );
+        }
+        // Client → server, fed a byte at a time.
+        c.writer().write_all(&data[..40_000]).unwrap();
+        let w = client_out(&mut c);
+        let (mut carry, mut got) = (Vec::new(), Vec::new());
+        feed(&mut s, &mut carry, &w, 1, &mut got);
+        assert!(carry.is_empty(), "{name}");
+        assert_eq!(got, &data[..40_000], "{name}");
+        if version == &rustls::version::TLS13 {
+            // Our own KeyUpdate every 3 records: the client follows it.
+            s.records_mut().unwrap().set_rotate_after(3);
+            let mut wire = Vec::new();
+            s.seal(&data, &mut wire).unwrap();
+            s.seal(b"after rotation", &mut wire).unwrap();
+            let mut want = data.clone();
+            want.extend_from_slice(b"after rotation");
+            assert_eq!(to_client(&mut c, &wire), want, "{name}");
+        }
+        // close_notify from the client ends the upload; nothing after it counts.
+        c.send_close_notify();
+        let w = client_out(&mut c);
+        let mut got = Vec::new();
+        assert_eq!(s.open(&w, &mut got).unwrap(), w.len());
+        assert!(got.is_empty() && s.peer_closed(), "{name}");
+    }
+}
+
+#[test]
+fn tampered_or_unprotected_records_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = server_config(&pair(dir.path())).unwrap();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mut s = TlsSession::new(&cfg).unwrap();
+        let mut c = client(version);
+        establish(&mut s, &mut c);
+        let mut w = Vec::new();
+        s.seal(b"x", &mut w).unwrap();
+        c.writer().write_all(b"hello").unwrap();
+        let mut w = client_out(&mut c);
+        let last = w.len() - 1;
+        w[last] ^= 1;
+        let mut got = Vec::new();
+        assert!(matches!(s.open(&w, &mut got), Err(WireError::BadTag)));
+        assert!(got.is_empty());
+        // A plaintext handshake record after the handshake.
+        let mut s2 = TlsSession::new(&cfg).unwrap();
+        let mut c2 = client(version);
+        establish(&mut s2, &mut c2);
+        s2.seal(b"", &mut Vec::new()).unwrap();
+        assert!(s2.open(&[0x16, 3, 3, 0, 4, 1, 0, 0, 0], &mut got).is_err());
+        // Shorter than a tag.
+        assert!(s2.open(&[0x17, 3, 3, 0, 3, 1, 2, 3], &mut got).is_err());
+    }
+}

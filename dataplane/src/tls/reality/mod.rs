@@ -246,6 +246,7 @@ impl RealityServer {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(OneCert(Arc::new(ck))));
         cfg.send_tls13_tickets = 0;
+        cfg.enable_secret_extraction = true;
         Ok(Arc::new(cfg))
     }
 }
