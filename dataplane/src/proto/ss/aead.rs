@@ -32,7 +32,7 @@ use super::address::{self, Parsed};
 use super::cipher::{random_bytes, AeadCipher, AeadKind, ChunkCipher, TAG_LEN};
 use super::{reject, settle};
 use crate::proto::{
-    AuthContext, Destination, InboundPacket, Next, PacketCodec, PacketSession, Step, StreamCodec,
+    AuthContext, Destination, InboundPacket, Next, PacketCodec, PacketSession, SealLayout, Step, StreamCodec,
     StreamHandshake, WireError,
 };
 
@@ -143,6 +143,38 @@ impl ChunkWriter {
         }
     }
 
+    /// Chunk geometry for in-place sealing: sealed length (2 + tag), payload, tag.
+    pub fn layout(&self) -> SealLayout {
+        SealLayout {
+            head: 2 + TAG_LEN,
+            max: self.max_len,
+            tail: TAG_LEN,
+        }
+    }
+
+    /// Seals the `n` plaintext bytes a vectored read left in `buf`'s slots of `l` (from
+    /// [`ChunkWriter::layout`]); returns the wire length at the front of `buf`.
+    pub fn seal_in_place(&mut self, buf: &mut [u8], n: usize, l: SealLayout) -> Result<usize, WireError> {
+        let (mut left, mut at, mut end) = (n, 0usize, 0usize);
+        while left > 0 {
+            let len = left.min(l.max).min(self.max_len);
+            left -= len;
+            let frame = buf
+                .get_mut(at..at + 2 + 2 * TAG_LEN + len)
+                .ok_or(WireError::Unsupported("in-place sealing: buffer too short"))?;
+            let (head, body) = frame.split_at_mut(2 + TAG_LEN);
+            let (len_field, len_tag) = head.split_at_mut(2);
+            let len16 = u16::try_from(len).map_err(|_| WireError::Unsupported("chunk too long"))?;
+            len_field.copy_from_slice(&len16.to_be_bytes());
+            self.cipher.seal_chunk_in_place(len_field, len_tag)?;
+            let (payload, tag) = body.split_at_mut(len);
+            self.cipher.seal_chunk_in_place(payload, tag)?;
+            end = at + 2 + 2 * TAG_LEN + len;
+            at += l.stride();
+        }
+        Ok(end)
+    }
+
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
         out.reserve(plain.len() + (plain.len() / self.max_len + 1) * (2 + 2 * TAG_LEN));
         for piece in plain.chunks(self.max_len) {
@@ -183,6 +215,17 @@ impl StreamCodec for Aead2017Codec {
             out.extend_from_slice(salt.as_slice());
         }
         self.writer.seal(plain, out)
+    }
+
+    fn seal_layout(&self) -> Option<SealLayout> {
+        self.salt_to_send.is_none().then(|| self.writer.layout())
+    }
+
+    fn seal_in_place(&mut self, buf: &mut [u8], n: usize, l: SealLayout) -> Result<usize, WireError> {
+        if self.salt_to_send.is_some() {
+            return Err(WireError::Unsupported("in-place sealing before the salt"));
+        }
+        self.writer.seal_in_place(buf, n, l)
     }
 }
 

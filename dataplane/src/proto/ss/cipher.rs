@@ -74,6 +74,24 @@ impl AeadCipher {
         Ok(())
     }
 
+    /// Encrypt `region` in place, writing the tag to `tag_out` (exactly `TAG_LEN` bytes).
+    pub fn seal_in_place(
+        &self,
+        nonce: [u8; 12],
+        region: &mut [u8],
+        tag_out: &mut [u8],
+    ) -> Result<(), WireError> {
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), region)
+            .map_err(|_| WireError::Unsupported("AEAD seal failed"))?;
+        if tag_out.len() != TAG_LEN {
+            return Err(WireError::Unsupported("tag room is not 16 bytes"));
+        }
+        tag_out.copy_from_slice(tag.as_ref());
+        Ok(())
+    }
+
     /// Decrypt `buf` (ciphertext ‖ tag) in place; returns the plaintext length.
     pub fn open_in_place(&self, nonce: [u8; 12], buf: &mut [u8]) -> Result<usize, WireError> {
         if buf.len() < TAG_LEN {
@@ -124,6 +142,11 @@ impl ChunkCipher {
         let start = out.len();
         out.extend_from_slice(plain);
         self.aead.seal_append(self.nonce.advance(), out, start)
+    }
+
+    /// Seal `region` as one chunk in place, its tag into `tag_out`.
+    pub fn seal_chunk_in_place(&mut self, region: &mut [u8], tag_out: &mut [u8]) -> Result<(), WireError> {
+        self.aead.seal_in_place(self.nonce.advance(), region, tag_out)
     }
 
     /// Advance the nonce past a chunk opened elsewhere (handshake trial decryption).

@@ -48,7 +48,7 @@ use super::cipher::{
 };
 use super::{reject, settle};
 use crate::proto::{
-    AuthContext, Destination, InboundPacket, Next, PacketCodec, PacketSession, Step, StreamCodec,
+    AuthContext, Destination, InboundPacket, Next, PacketCodec, PacketSession, SealLayout, Step, StreamCodec,
     StreamHandshake, WireError,
 };
 
@@ -395,6 +395,19 @@ impl StreamCodec for Ss2022Codec {
         w.seal(rest, out)?;
         self.writer = Some(w);
         Ok(())
+    }
+
+    fn seal_layout(&self) -> Option<SealLayout> {
+        self.writer.as_ref().map(ChunkWriter::layout)
+    }
+
+    fn seal_in_place(&mut self, buf: &mut [u8], n: usize, l: SealLayout) -> Result<usize, WireError> {
+        self.writer
+            .as_mut()
+            .ok_or(WireError::Unsupported(
+                "in-place sealing before the response header",
+            ))?
+            .seal_in_place(buf, n, l)
     }
 }
 

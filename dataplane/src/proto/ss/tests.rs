@@ -234,11 +234,30 @@ fn every_method_round_trips_for_every_feed_granularity() {
                 for size in [1usize, 100_000, 3] {
                     codec.seal(&vec![size as u8; size], &mut down).unwrap();
                 }
+                // Then in place, as the relay does once the first chunk went out: plaintext
+                // read into the layout's slots, sealed where it lies.
+                let l = codec.seal_layout().expect("in-place layout after the first seal");
+                let mut want = 100_004;
+                for n in [1usize, l.max - 1, l.max, l.max + 1, 3 * l.max + 5] {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut put = 0;
+                    for (off, len) in l.slots(buf.len(), n) {
+                        buf[off..off + len].fill(0xa5);
+                        put += len;
+                    }
+                    if put < n {
+                        continue; // more than one buffer (SS-2022's 64 KiB chunks)
+                    }
+                    let end = codec.seal_in_place(&mut buf, n, l).unwrap();
+                    down.extend_from_slice(&buf[..end]);
+                    want += n;
+                }
                 let mut got = Vec::new();
                 for piece in down.chunks(999) {
                     client.open(piece, &mut got);
                 }
-                assert_eq!(got.len(), 100_004);
+                assert_eq!(got.len(), want, "{m:?}");
+                assert!(got[100_004..].iter().all(|&b| b == 0xa5));
                 if let Client::New(c) = &client {
                     let (ts, salt_ok) = c.response_checked.unwrap();
                     assert!(salt_ok && ts.abs_diff(NOW) <= 1);
