@@ -5,9 +5,9 @@
 //! Six concurrent SOCKS connections, 1-2 MiB each, echo through one mux (a recording proxy in
 //! front of the node shows fewer client connections than sub-streams), sha256-checked both
 //! ways, over VMess (plain TCP), VMess + TLS and VLESS + TLS; the panel receives exactly the
-//! bytes moved, per user. UDP through the same mux (a UDP sub-session) comes back intact and is
-//! counted too. sing-box's VMess with `packet_encoding: "xudp"` (command 3, UDP only) works the
-//! same way.
+//! bytes moved, per user; a sub-stream to a closed port fails alone. UDP through the same mux
+//! (a UDP sub-session) comes back intact and is counted too. sing-box's VMess with
+//! `packet_encoding: "xudp"` (command 3, UDP only) works the same way.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -118,6 +118,19 @@ fn v2ray_mux_tcp_substreams_with_exact_accounting() {
                 Ok(b) => moved += b,
                 Err(e) => failures.push(format!("{what} stream {k}: {e:#}\n{}", proc_.log())),
             }
+        }
+        // A sub-stream whose destination refuses the connection ends with an error and moves
+        // nothing; the mux goes on serving the next one.
+        let closed = free_port();
+        if tcp_echo_through(socks, closed, &payload(4096, 5)).is_ok() {
+            failures.push(format!("{what}: data went through to a closed port"));
+        }
+        match tcp_echo_through(socks, echo.port, &payload(70_000, 6)) {
+            Ok(b) => moved += b,
+            Err(e) => failures.push(format!(
+                "{what} after a refused sub-stream: {e:#}\n{}",
+                proc_.log()
+            )),
         }
         // UDP through the same mux (a UDP sub-session).
         match udp_echo_through(socks, echo.port, 12, 700 + i) {
