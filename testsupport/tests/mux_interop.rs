@@ -7,7 +7,8 @@
 //! ways, over VMess (plain TCP), VMess + TLS and VLESS + TLS; the panel receives exactly the
 //! bytes moved, per user; a sub-stream to a closed port fails alone. UDP through the same mux
 //! (a UDP sub-session) comes back intact and is counted too. sing-box's VMess with
-//! `packet_encoding: "xudp"` (command 3, UDP only) works the same way.
+//! `packet_encoding: "xudp"` (command 3, UDP only) works the same way. Removing the user closes
+//! the mux and every sub-stream's destination connection.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -286,4 +287,74 @@ fn sing_box_vmess_xudp_with_exact_accounting() {
         drop(proc_);
     }
     v.finish(&failures, &expected);
+}
+
+/// A removed user's mux connection closes, and with it every sub-stream's destination
+/// connection: two sub-streams are open to a listener that holds them; after the user leaves
+/// the panel, both destination sockets see EOF within a few seconds.
+#[test]
+fn v2ray_mux_substreams_close_when_the_user_is_removed() {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+    use v2sp_testsupport::harness::socks5_connect;
+
+    // Answers "ok" to each connection's first bytes, then waits for EOF (20 s at most).
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dport = l.local_addr().unwrap().port();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let c2 = closed.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let c3 = c2.clone();
+            std::thread::spawn(move || {
+                let mut s = s;
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut b = [0u8; 64];
+                if matches!(s.read(&mut b), Ok(n) if n > 0) && s.write_all(b"ok").is_ok() {
+                    while let Ok(n) = s.read(&mut b) {
+                        if n == 0 {
+                            c3.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let node = NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "vmess", "server_port": port, "tls": 0, "network": "tcp",
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: vec![user(1, UUIDS[0]), user(2, UUIDS[1])],
+    };
+    let v = V2sp::start(vec![node], json!({})).unwrap();
+    let (proc_, socks) = v2ray_mux("vmess", port, UUIDS[1], false, v.dir.path());
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let mut s = socks5_connect(socks, dport).unwrap();
+        s.write_all(b"hi").unwrap();
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b)
+            .unwrap_or_else(|e| panic!("{e}\n{}\n{}", proc_.log(), v.agent.log()));
+        assert_eq!(&b, b"ok");
+        conns.push(s);
+    }
+    assert_eq!(closed.load(Ordering::SeqCst), 0);
+    v.sim.set_users(1, vec![user(1, UUIDS[0])]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while closed.load(Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "destination connections still open after the user's removal\n{}",
+            v.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(conns);
+    drop(proc_);
 }
