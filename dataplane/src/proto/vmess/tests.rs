@@ -713,6 +713,39 @@ proptest! {
         let _ = r.open(&data, &mut out);
     }
 
+    /// Random Mux.Cool bytes inside valid chunks (every security): decoded or refused, never a
+    /// panic; replies seal.
+    #[cfg(feature = "vless")]
+    #[test]
+    fn random_mux_frames_in_chunks_never_panic(data in proptest::collection::vec(any::<u8>(), 0..3000), sec in 0u8..3, split in 0usize..3000) {
+        let security = match sec {
+            0 => Security::Aead(AeadKind::Aes128Gcm),
+            1 => Security::Aead(AeadKind::ChaCha20Poly1305),
+            _ => Security::None,
+        };
+        let p = BodyParams { security, options: OPT_CHUNK_STREAM | OPT_CHUNK_MASKING, request_key: [1; 16], request_iv: [2; 16] };
+        let mut client = ChunkWriter::new(&p, &[1; 16], &[2; 16]).unwrap();
+        let mut wire = Vec::new();
+        client.seal(&data, &mut wire).unwrap();
+        let mut c = mux::VmessMux::new(
+            ChunkReader::new(&p, &[1; 16], &[2; 16]).unwrap(),
+            ChunkWriter::new(&p, &[3; 16], &[4; 16]).unwrap(),
+        );
+        let (a, b) = wire.split_at(split.min(wire.len()));
+        let (mut ev, mut r) = (Vec::new(), Vec::new());
+        if let Ok(n) = c.open(a, &mut ev, &mut r) {
+            prop_assert!(n <= a.len());
+            let mut rest = a[n..].to_vec();
+            rest.extend_from_slice(b);
+            if let Ok(m) = c.open(&rest, &mut ev, &mut r) {
+                prop_assert!(m <= rest.len());
+            }
+        }
+        let mut out = Vec::new();
+        prop_assert!(c.seal_stream(1, &data, &mut out).is_ok());
+        prop_assert!(c.seal_end(1, true, &mut out).is_ok());
+    }
+
     #[test]
     fn random_udp_stream_never_panics(data in proptest::collection::vec(any::<u8>(), 0..3000), opt in 0u8..32, sec in 0u8..3, split in 0usize..3000) {
         let security = match sec {
