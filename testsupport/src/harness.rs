@@ -562,7 +562,7 @@ pub fn sslocal_from(
 
 /// Start a client that listens on a port we pick, retrying on another port when the chosen one
 /// was taken meanwhile (tests run in parallel) and the client exited.
-fn spawn_listening(
+pub(crate) fn spawn_listening(
     name: &str,
     dir: &Path,
     make: impl Fn(u16) -> anyhow::Result<Command>,

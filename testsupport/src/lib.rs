@@ -4,5 +4,6 @@
 
 pub mod harness;
 pub mod panel_sim;
+pub mod peers;
 
 pub use panel_sim::{AcceptedPush, Fault, PanelSim, RecordedRequest, SimDialect, SimOptions};

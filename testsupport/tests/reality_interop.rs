@@ -25,6 +25,7 @@ use v2sp_testsupport::harness::{
     free_port, payload, peer, sha256, socks5_connect, tcp_echo_through, wait_tcp, Echo, NodeSpec, Proc, V2sp,
 };
 use v2sp_testsupport::panel_sim::user;
+use v2sp_testsupport::peers::shoes;
 
 const UUIDS: [&str; 2] = [
     "705d4ada-fc32-48de-951c-2ab9d5765ce0",
@@ -220,32 +221,8 @@ fn reality_probes_see_dest() {
 
 /// The shoes client (SOCKS on a free port) with a REALITY + VLESS outbound.
 fn shoes(dir: &Path, port: u16, uuid: &str, public_key: &str, short_id: &str, vision: bool) -> (Proc, u16) {
-    let outer = format!(
-        "type: reality\n          public_key: \"{public_key}\"\n          short_id: \"{short_id}\"\n          sni_hostname: \"{SNI}\"\n          vision: {vision}"
-    );
-    shoes_with(dir, port, uuid, &outer)
-}
-
-/// The shoes client with `outer` (YAML at the outbound protocol's indentation) around VLESS.
-fn shoes_with(dir: &Path, port: u16, uuid: &str, outer: &str) -> (Proc, u16) {
-    let bin = peer("shoes")
-        .unwrap_or_else(|e| panic!("shoes client: {e:#} (scripts/install-test-deps.sh --with-shoes)"));
-    for _ in 0..5 {
-        let socks = free_port();
-        let yaml = format!(
-            "- address: \"127.0.0.1:{socks}\"\n  protocol:\n    type: socks\n  rules:\n    - masks: \"0.0.0.0/0\"\n      action: allow\n      client_proxy:\n        address: \"127.0.0.1:{port}\"\n        protocol:\n          {outer}\n          protocol:\n            type: vless\n            user_id: \"{uuid}\"\n"
-        );
-        let path = dir.join(format!("shoes-{socks}.yaml"));
-        std::fs::write(&path, yaml).unwrap();
-        let mut cmd = Command::new(&bin);
-        cmd.arg(&path).current_dir(dir).env("RUST_LOG", "debug");
-        let p = Proc::spawn("shoes", cmd, dir.join(format!("shoes-{socks}.log"))).unwrap();
-        if wait_tcp(socks, Duration::from_secs(5)).is_ok() {
-            return (p, socks);
-        }
-        eprintln!("shoes did not listen on {socks}:\n{}", p.log());
-    }
-    panic!("shoes never started listening");
+    let chain = shoes::reality(public_key, short_id, SNI, vision, shoes::vless(uuid));
+    shoes::client(port, chain, dir).unwrap_or_else(|e| panic!("shoes client: {e:#}"))
 }
 
 #[test]
@@ -378,10 +355,9 @@ fn tls_vision_shoes_inner_tls_exact_accounting() {
             "CertFile": certs.join("{domain}.crt"), "KeyFile": certs.join("{domain}.key")}}),
     )
     .unwrap();
-    let outer = format!(
-        "type: tls\n          verify: false\n          sni_hostname: \"{SNI}\"\n          vision: true"
-    );
-    let (p, socks) = shoes_with(v.dir.path(), port, UUIDS[0], &outer);
+    let chain = shoes::tls_vision(SNI, shoes::vless(UUIDS[0]));
+    let (p, socks) =
+        shoes::client(port, chain, v.dir.path()).unwrap_or_else(|e| panic!("shoes client: {e:#}"));
     fetch_big(socks, &counter, v.dir.path(), &|| {
         format!("--- shoes ---\n{}\n--- v2sp ---\n{}", p.log(), v.agent.log())
     });

@@ -6,6 +6,7 @@
 pub mod auth;
 mod engine;
 mod fallback;
+mod mux_tcp;
 mod udp;
 mod udp_stream;
 

@@ -8,9 +8,13 @@
 //! dropped, never queued), private destinations refused unless allowed. Counting: upload =
 //! payload bytes sent to a destination, download = payload bytes received and written to the
 //! client (framing and TLS not counted).
+//!
+//! Mux.Cool TCP sub-streams (VLESS/VMess command 3 from v2ray/Xray clients with `mux`) are
+//! served here too, each by a task of [`super::mux_tcp`]; this loop stops reading the client
+//! while one of them has no room for the client's next frame, and keeps writing replies.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -21,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use v2sp_shared::shm::UserRef;
 
+use super::mux_tcp::{DownKind, StreamEnv, Streams};
 use super::udp::{outbound_socket, send_now, to_socket_family};
 use super::{Core, NodeRt};
 use crate::limits::gcra::Bucket;
@@ -115,6 +120,7 @@ pub(super) async fn serve(
         codec,
         flows: RefCell::new(HashMap::new()),
         last: std::cell::Cell::new(Instant::now()),
+        stalled: VecDeque::new(),
     };
     let end = conn.run(reply, initial, carry).await;
     for f in conn.flows.borrow().values() {
@@ -137,6 +143,9 @@ struct Conn<'a> {
     codec: Box<dyn DatagramStreamCodec>,
     flows: RefCell<HashMap<u16, Flow>>,
     last: std::cell::Cell<Instant>,
+    /// Decoded events not acted on yet: the first is client data for a TCP sub-stream whose
+    /// queue is full (the client is not read until it has room).
+    stalled: VecDeque<StreamDatagram>,
 }
 
 #[derive(Debug)]
@@ -150,6 +159,9 @@ enum End {
 impl Conn<'_> {
     async fn run(&mut self, reply: Vec<u8>, initial: Vec<u8>, carry: Vec<u8>) -> End {
         let (tx, mut rx) = mpsc::channel::<Reply>(QUEUE);
+        // Dropped when this returns: every sub-stream task ends with the connection.
+        let (mut streams, mut down_rx) = Streams::new();
+        let streams = &mut streams;
         if !reply.is_empty() {
             let mut wire = Vec::new();
             if self.outer.seal(&reply, &mut wire).is_err()
@@ -160,14 +172,57 @@ impl Conn<'_> {
         }
         let mut wire_in = carry;
         let mut plain = initial;
-        if let Err(e) = self.decode(&mut wire_in, &mut plain, &tx).await {
+        if let Err(e) = self.decode(&mut wire_in, &mut plain, &tx, streams).await {
             return e;
         }
         let idle = self.node.relay.idle;
         loop {
             let deadline = self.last.get() + idle;
+            // The sub-stream whose queue the next event waits for.
+            let waiting = match self.stalled.front() {
+                Some(StreamDatagram::StreamData { flow, .. }) => streams.sender(*flow),
+                _ => None,
+            };
+            let stalled = !self.stalled.is_empty();
             tokio::select! {
-                r = self.client.readable() => {
+                room = async {
+                    match waiting.as_ref() {
+                        Some(s) => s.reserve().await.is_ok(),
+                        None => false,
+                    }
+                }, if stalled => {
+                    if !room {
+                        // The sub-stream is gone: its data is dropped.
+                        self.stalled.pop_front();
+                    }
+                    self.last.set(Instant::now());
+                    if let Err(e) = self.act(&tx, streams).await {
+                        return e;
+                    }
+                }
+                Some(d) = down_rx.recv() => {
+                    self.last.set(Instant::now());
+                    let Some((flow, what)) = streams.accept(d) else { continue };
+                    let mut framed = Vec::new();
+                    let (sealed, n) = match what {
+                        DownKind::Data(data) => (self.codec.seal_stream(flow, &data, &mut framed), data.len()),
+                        DownKind::End { error } => (self.codec.seal_end(flow, error, &mut framed), 0),
+                    };
+                    if sealed.is_err() {
+                        return End::Error("seal");
+                    }
+                    let mut wire = Vec::with_capacity(framed.len() + 64);
+                    if self.outer.seal(&framed, &mut wire).is_err() {
+                        return End::Error("seal");
+                    }
+                    if crate::tls::write_all(self.client, &wire).await.is_err() {
+                        return End::Error("client write");
+                    }
+                    if n > 0 {
+                        self.core.port.borrow_mut().add_traffic(self.user.node, self.user.user_id, 0, n as u64);
+                    }
+                }
+                r = self.client.readable(), if !stalled => {
                     if r.is_err() {
                         return End::Error("client socket");
                     }
@@ -184,7 +239,7 @@ impl Conn<'_> {
                         Err(_) => return End::Error("client read"),
                     }
                     self.last.set(Instant::now());
-                    if let Err(e) = self.decode(&mut wire_in, &mut plain, &tx).await {
+                    if let Err(e) = self.decode(&mut wire_in, &mut plain, &tx, streams).await {
                         return e;
                     }
                 }
@@ -222,6 +277,7 @@ impl Conn<'_> {
         wire_in: &mut Vec<u8>,
         plain: &mut Vec<u8>,
         tx: &mpsc::Sender<Reply>,
+        streams: &mut Streams,
     ) -> Result<(), End> {
         let used = self.outer.open(wire_in, plain).map_err(|_| End::Error("TLS"))?;
         wire_in.drain(..used.min(wire_in.len()));
@@ -244,7 +300,14 @@ impl Conn<'_> {
                 .await
                 .map_err(|_| End::Error("client write"))?;
         }
-        for ev in events {
+        self.stalled.extend(events);
+        self.act(tx, streams).await
+    }
+
+    /// Acts on the decoded events in order, until a TCP sub-stream's queue is full.
+    async fn act(&mut self, tx: &mpsc::Sender<Reply>, streams: &mut Streams) -> Result<(), End> {
+        // Bounded by what one read decoded.
+        while let Some(ev) = self.stalled.pop_front() {
             match ev {
                 StreamDatagram::Packet { flow, dest, payload } => {
                     self.send_up(flow, dest, &payload, tx).await
@@ -252,6 +315,32 @@ impl Conn<'_> {
                 StreamDatagram::End { flow } => {
                     if let Some(f) = self.flows.borrow_mut().remove(&flow) {
                         f.ctl.cancel();
+                    }
+                    streams.end(flow);
+                }
+                StreamDatagram::StreamOpen { flow, dest, data } => {
+                    let env = StreamEnv {
+                        core: self.core,
+                        node: self.node,
+                        user: self.user,
+                        bucket: &self.bucket,
+                    };
+                    if !streams.open(&env, flow, dest, data) {
+                        let mut framed = Vec::new();
+                        let mut wire = Vec::new();
+                        self.codec
+                            .seal_end(flow, true, &mut framed)
+                            .and_then(|()| self.outer.seal(&framed, &mut wire))
+                            .map_err(|_| End::Error("seal"))?;
+                        crate::tls::write_all(self.client, &wire)
+                            .await
+                            .map_err(|_| End::Error("client write"))?;
+                    }
+                }
+                StreamDatagram::StreamData { flow, data } => {
+                    if let Err(data) = streams.push(flow, data) {
+                        self.stalled.push_front(StreamDatagram::StreamData { flow, data });
+                        return Ok(());
                     }
                 }
             }

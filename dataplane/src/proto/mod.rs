@@ -118,8 +118,16 @@ pub enum StreamDatagram {
         dest: Destination,
         payload: Vec<u8>,
     },
-    /// The client closed `flow`.
+    /// The client closed `flow` (a datagram flow or a TCP sub-stream).
     End { flow: u16 },
+    /// A mux TCP sub-stream `flow` to `dest` opens; `data` are its first bytes (may be empty).
+    StreamOpen {
+        flow: u16,
+        dest: Destination,
+        data: Vec<u8>,
+    },
+    /// Bytes for the open TCP sub-stream `flow`.
+    StreamData { flow: u16, data: Vec<u8> },
 }
 
 /// Sans-IO codec of a datagram-carrying stream (plaintext, after TLS).
@@ -141,6 +149,14 @@ pub trait DatagramStreamCodec: Send {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), WireError>;
+    /// Frames bytes from the destination of TCP sub-stream `flow` (codecs with sub-streams).
+    fn seal_stream(&mut self, _flow: u16, _data: &[u8], _out: &mut Vec<u8>) -> Result<(), WireError> {
+        Err(WireError::Unsupported("no TCP sub-streams"))
+    }
+    /// Frames the end of TCP sub-stream `flow` (`error`: it failed) and forgets the flow.
+    fn seal_end(&mut self, _flow: u16, _error: bool, _out: &mut Vec<u8>) -> Result<(), WireError> {
+        Err(WireError::Unsupported("no TCP sub-streams"))
+    }
 }
 
 /// Per-connection state after the handshake: frames payload in both directions.

@@ -259,18 +259,120 @@ mod datagrams {
         assert_eq!(sealed, want);
     }
 
-    /// A TCP sub-stream is refused with End + error; its data is dropped.
+    /// Known answer for Mux.Cool TCP sub-streams as v2ray 4.34's mux client writes them (frame
+    /// layout per v2ray-core common/mux/frame.go and writer.go; bytes built by a separate
+    /// script): New with data to 127.0.0.1:80 (session 7), New without data to example.com:443
+    /// (session 8), Keep with data on both, End of 7, then a late Keep for 7.
     #[test]
-    fn mux_tcp_substream_is_refused() {
+    fn mux_tcp_substreams_known_answer() {
+        let wire = hex::decode(
+            "000c00070101010050017f000001000268690014000801000101bb020b6578616d706c652e636f6d\
+             00040007020100036162630004000802010005474554202f00040007030000040007020100046c617465",
+        )
+        .unwrap();
+        let want = vec![
+            StreamDatagram::StreamOpen {
+                flow: 7,
+                dest: Destination::Ip("127.0.0.1:80".parse().unwrap()),
+                data: b"hi".to_vec(),
+            },
+            StreamDatagram::StreamOpen {
+                flow: 8,
+                dest: Destination::Domain("example.com".into(), 443),
+                data: Vec::new(),
+            },
+            StreamDatagram::StreamData {
+                flow: 7,
+                data: b"abc".to_vec(),
+            },
+            StreamDatagram::StreamData {
+                flow: 8,
+                data: b"GET /".to_vec(),
+            },
+            StreamDatagram::End { flow: 7 },
+        ];
+        // Split at every byte: nothing is decoded twice or lost.
+        for cut in 0..wire.len() {
+            let mut c = udp::Xudp::default();
+            let (mut out, mut reply) = (Vec::new(), Vec::new());
+            let used = c.open(&wire[..cut], &mut out, &mut reply).unwrap();
+            let mut rest = wire[used..cut].to_vec();
+            rest.extend_from_slice(&wire[cut..]);
+            assert_eq!(
+                c.open(&rest, &mut out, &mut reply).unwrap(),
+                rest.len(),
+                "cut {cut}"
+            );
+            assert_eq!(out, want, "cut {cut}");
+            // The late Keep for the ended session 7: End with the error option back.
+            assert_eq!(reply, hex::decode("000400070302").unwrap(), "cut {cut}");
+        }
+        // Server side: 20000 bytes on session 8 as Keep frames of at most 16 KiB, no address.
         let mut c = udp::Xudp::default();
         let (mut out, mut reply) = (Vec::new(), Vec::new());
-        let w = b"\x00\x0c\x00\x07\x01\x01\x01\x00\x50\x01\x7f\x00\x00\x01\x00\x02hi\x00\x04\x00\x07\x02\x01\x00\x01x";
-        assert_eq!(c.open(w, &mut out, &mut reply).unwrap(), w.len());
+        c.open(&wire, &mut out, &mut reply).unwrap();
+        let data: Vec<u8> = (0..20000u32).map(|i| (i % 251) as u8).collect();
+        let mut sealed = Vec::new();
+        c.seal_stream(8, &data, &mut sealed).unwrap();
+        let mut want = hex::decode("0004000802014000").unwrap();
+        want.extend_from_slice(&data[..16384]);
+        want.extend_from_slice(&hex::decode("0004000802010e20").unwrap());
+        want.extend_from_slice(&data[16384..]);
+        assert_eq!(sealed, want);
+        // Its end (no error, then with error on another session): End frames.
+        sealed.clear();
+        c.seal_end(8, false, &mut sealed).unwrap();
+        assert_eq!(sealed, hex::decode("000400080300").unwrap());
+        sealed.clear();
+        c.seal_end(9, true, &mut sealed).unwrap();
+        assert_eq!(sealed, hex::decode("000400090302").unwrap());
+        // Session 8 is forgotten: its data now gets End + error.
+        out.clear();
+        reply.clear();
+        let late = hex::decode("0004000802010001ff").unwrap();
+        assert_eq!(c.open(&late, &mut out, &mut reply).unwrap(), late.len());
         assert!(out.is_empty());
-        assert_eq!(reply, b"\x00\x04\x00\x07\x03\x02\x00\x04\x00\x07\x03\x02");
-        // Oversized metadata and unknown status are errors.
+        assert_eq!(reply, hex::decode("000400080302").unwrap());
+        // Oversized metadata and unknown status are errors; so is New for an open sub-stream.
         assert!(c.open(b"\x02\x01", &mut out, &mut reply).is_err());
         assert!(c.open(b"\x00\x04\x00\x00\x09\x00", &mut out, &mut reply).is_err());
+        let mut c = udp::Xudp::default();
+        let new = hex::decode("000c0007010001005001 7f000001".replace(' ', "")).unwrap();
+        c.open(&new, &mut out, &mut reply).unwrap();
+        assert!(c.open(&new, &mut out, &mut reply).is_err());
+    }
+
+    /// At most `MAX_STREAMS` TCP sub-streams: the next New gets End + error, and a freed
+    /// slot is usable again.
+    #[test]
+    fn mux_tcp_substreams_are_bounded() {
+        let mut c = udp::Xudp::default();
+        let (mut out, mut reply) = (Vec::new(), Vec::new());
+        let new = |sid: u16| {
+            let mut f = vec![0x00, 0x0c];
+            f.extend_from_slice(&sid.to_be_bytes());
+            f.extend_from_slice(&[0x01, 0x00, 0x01, 0x00, 0x50, 0x01, 127, 0, 0, 1]);
+            f
+        };
+        for sid in 0..udp::MAX_STREAMS as u16 {
+            c.open(&new(sid), &mut out, &mut reply).unwrap();
+        }
+        assert_eq!(out.len(), udp::MAX_STREAMS);
+        assert!(reply.is_empty());
+        out.clear();
+        c.open(&new(1000), &mut out, &mut reply).unwrap();
+        assert!(out.is_empty());
+        assert_eq!(reply, hex::decode("000403e80302").unwrap());
+        // Session 0 ends (client End): session 1001 may open.
+        c.open(&hex::decode("000400000300").unwrap(), &mut out, &mut reply)
+            .unwrap();
+        assert_eq!(out, vec![StreamDatagram::End { flow: 0 }]);
+        out.clear();
+        c.open(&new(1001), &mut out, &mut reply).unwrap();
+        assert!(matches!(
+            out.as_slice(),
+            [StreamDatagram::StreamOpen { flow: 1001, .. }]
+        ));
     }
 
     proptest::proptest! {

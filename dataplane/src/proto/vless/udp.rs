@@ -20,10 +20,15 @@
 //! ```
 //!
 //! Each UDP sub-session is one flow (its session id): its own outbound socket, replies as Keep
-//! frames carrying the source address (what Xray's server writes). TCP sub-streams are not
-//! served yet: they get an End frame with the error option.
+//! frames carrying the source address (what Xray's server writes). Each TCP sub-stream (what
+//! v2ray/Xray clients with `mux` enabled send for every TCP connection) is a flow too: New
+//! opens it ([`StreamDatagram::StreamOpen`]), Keep frames carry its bytes
+//! ([`StreamDatagram::StreamData`]), End closes it; the server's bytes go back as Keep frames
+//! without address ([`DatagramStreamCodec::seal_stream`], at most [`MAX_STREAM_CHUNK`] a frame)
+//! and its end as an End frame ([`DatagramStreamCodec::seal_end`]). At most
+//! [`MAX_STREAMS`] TCP sub-streams are open at once; more are refused with End + error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use super::{address, port_at};
@@ -83,12 +88,18 @@ const NET_TCP: u8 = 1;
 const NET_UDP: u8 = 2;
 /// Sub-sessions one connection may hold open.
 pub const MAX_SESSIONS: usize = 256;
+/// TCP sub-streams one connection may hold open.
+pub const MAX_STREAMS: usize = 128;
+/// Most bytes of a TCP sub-stream one Keep frame carries (v2ray writes 8 KiB frames).
+pub const MAX_STREAM_CHUNK: usize = 16 * 1024;
 
-/// Command 0x03: Mux.Cool frames with XUDP sub-sessions.
+/// Command 0x03: Mux.Cool frames with XUDP sub-sessions and TCP sub-streams.
 #[derive(Default)]
 pub struct Xudp {
     /// Open UDP sub-sessions and their New-frame destination (for Keep frames without one).
     sessions: HashMap<u16, Destination>,
+    /// Open TCP sub-streams.
+    streams: HashSet<u16>,
 }
 
 /// Port then address (mux order), at the start of `b`.
@@ -150,6 +161,9 @@ impl DatagramStreamCodec for Xudp {
                     else {
                         return Err(SHORT);
                     };
+                    if self.streams.contains(&sid) {
+                        return Err(WireError::Malformed("mux: New for an open TCP sub-stream"));
+                    }
                     match net {
                         NET_UDP if self.sessions.len() < MAX_SESSIONS || self.sessions.contains_key(&sid) => {
                             self.sessions.insert(sid, dest.clone());
@@ -161,7 +175,15 @@ impl DatagramStreamCodec for Xudp {
                                 });
                             }
                         }
-                        // TCP sub-streams are not served yet; too many sessions.
+                        NET_TCP if self.streams.len() < MAX_STREAMS && !self.sessions.contains_key(&sid) => {
+                            self.streams.insert(sid);
+                            out.push(StreamDatagram::StreamOpen {
+                                flow: sid,
+                                dest,
+                                data: data.unwrap_or_default().to_vec(),
+                            });
+                        }
+                        // Too many sessions or sub-streams.
                         NET_TCP | NET_UDP => end_frame(sid, reply),
                         _ => return Err(WireError::Malformed("mux: unknown network")),
                     }
@@ -171,6 +193,16 @@ impl DatagramStreamCodec for Xudp {
                         Some(&NET_UDP) => port_address(rest.get(1..).unwrap_or_default())?.map(|(d, _)| d),
                         _ => None,
                     };
+                    if self.streams.contains(&sid) {
+                        if let Some(d) = data.filter(|d| !d.is_empty()) {
+                            out.push(StreamDatagram::StreamData {
+                                flow: sid,
+                                data: d.to_vec(),
+                            });
+                        }
+                        at = end;
+                        continue;
+                    }
                     match (self.sessions.get(&sid), data) {
                         (Some(default), Some(d)) => out.push(StreamDatagram::Packet {
                             flow: sid,
@@ -183,7 +215,7 @@ impl DatagramStreamCodec for Xudp {
                     }
                 }
                 STATUS_END => {
-                    if self.sessions.remove(&sid).is_some() {
+                    if self.sessions.remove(&sid).is_some() || self.streams.remove(&sid) {
                         out.push(StreamDatagram::End { flow: sid });
                     }
                 }
@@ -217,6 +249,26 @@ impl DatagramStreamCodec for Xudp {
         out.extend_from_slice(&ip);
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(payload);
+        Ok(())
+    }
+
+    fn seal_stream(&mut self, flow: u16, data: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        for piece in data.chunks(MAX_STREAM_CHUNK) {
+            // Keep, option data, no address (v2ray's response writer), then length and bytes.
+            out.extend_from_slice(&4u16.to_be_bytes());
+            out.extend_from_slice(&flow.to_be_bytes());
+            out.extend_from_slice(&[STATUS_KEEP, OPTION_DATA]);
+            out.extend_from_slice(&(piece.len() as u16).to_be_bytes());
+            out.extend_from_slice(piece);
+        }
+        Ok(())
+    }
+
+    fn seal_end(&mut self, flow: u16, error: bool, out: &mut Vec<u8>) -> Result<(), WireError> {
+        self.streams.remove(&flow);
+        out.extend_from_slice(&4u16.to_be_bytes());
+        out.extend_from_slice(&flow.to_be_bytes());
+        out.extend_from_slice(&[STATUS_END, if error { OPTION_ERROR } else { 0 }]);
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use super::crypto::{
     HEADER_LEN_IV, HEADER_LEN_KEY, RESP_HEADER_IV, RESP_HEADER_KEY, RESP_HEADER_LEN_IV, RESP_HEADER_LEN_KEY,
     TAG_LEN,
 };
-use super::{CMD_TCP, SEC_AES128_GCM, SEC_CHACHA20_POLY1305, SEC_NONE, VERSION};
+use super::{CMD_MUX, CMD_TCP, SEC_AES128_GCM, SEC_CHACHA20_POLY1305, SEC_NONE, VERSION};
 use crate::proto::{Destination, WireError};
 
 /// Everything a client request is made of (random parts passed in, so tests are repeatable).
@@ -69,7 +69,9 @@ impl ClientRequest {
             0,
             self.cmd,
         ]);
+        // Command 3 (mux) carries no address (v2ray's header encoding).
         match &self.dest {
+            _ if self.cmd == CMD_MUX => {}
             Destination::Ip(a) => {
                 h.extend_from_slice(&a.port().to_be_bytes());
                 match a.ip() {

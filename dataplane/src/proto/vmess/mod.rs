@@ -35,6 +35,8 @@
 pub mod body;
 pub mod client;
 pub mod crypto;
+#[cfg(feature = "vless")]
+pub mod mux;
 pub mod udp;
 pub mod users;
 
@@ -301,9 +303,12 @@ impl VmessHandshake {
         let (aead, n) = header_aead(&cmd_key, auth_id, nonce, HEADER_KEY, HEADER_IV)?;
         let plen = aead.open_in_place(n, auth_id, &mut sealed)?;
         let req = parse_header(sealed.get(..plen).unwrap_or_default())?;
+        // `None`: command 3, Mux.Cool (the frames carry the destinations).
         let (dest, udp) = match (req.cmd, req.dest) {
-            (CMD_TCP, Some(d)) => (d, false),
-            (CMD_UDP, Some(d)) => (d, true),
+            (CMD_TCP, Some(d)) => (Some(d), false),
+            (CMD_UDP, Some(d)) => (Some(d), true),
+            #[cfg(feature = "vless")]
+            (CMD_MUX, None) => (None, true),
             _ => return Err(WireError::Unsupported("vmess: mux not served")),
         };
         let chunked = req.options & OPT_CHUNK_STREAM != 0;
@@ -330,21 +335,28 @@ impl VmessHandshake {
                 request_key: req.key,
                 request_iv: req.iv,
             };
-            let codec = udp::VmessUdp::new(
-                dest,
-                ChunkReader::new(&p, &req.key, &req.iv)?,
-                ChunkWriter::new(&p, &response_key, &response_iv)?,
-            );
+            let reader = ChunkReader::new(&p, &req.key, &req.iv)?;
+            let writer = ChunkWriter::new(&p, &response_key, &response_iv)?;
+            let codec: Box<dyn crate::proto::DatagramStreamCodec> = match dest {
+                Some(d) => Box::new(udp::VmessUdp::new(d, reader, writer)),
+                #[cfg(feature = "vless")]
+                None => Box::new(mux::VmessMux::new(reader, writer)),
+                #[cfg(not(feature = "vless"))]
+                None => return Err(WireError::Unsupported("vmess: mux not served")),
+            };
             let initial = rest.to_vec();
             self.buf = Vec::new();
             return Ok(Step::Done(Next::UdpOverStream {
                 user,
                 reply,
                 initial,
-                codec: Box::new(codec),
+                codec,
                 framing: None,
             }));
         }
+        let Some(dest) = dest else {
+            return Err(WireError::Unsupported("vmess: mux not served"));
+        };
         let mut initial_upload = Vec::new();
         let codec: Option<Box<dyn StreamCodec>> = if chunked {
             let p = BodyParams {
