@@ -320,6 +320,10 @@ impl StreamCodec for TlsCodec {
         self.inner.as_ref().is_some_and(|i| i.has_control())
     }
 
+    fn send_blocked(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.send_blocked())
+    }
+
     fn take_control(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
         let Some(inner) = self.inner.as_mut() else {
             return Ok(());
