@@ -670,3 +670,6 @@ async fn uring_step(
     env.bufs.put(buf);
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests;
