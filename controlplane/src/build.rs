@@ -7,8 +7,8 @@ use std::path::Path;
 use v2sp_shared::config::{CertConfig, CertMode, NodeEntry};
 use v2sp_shared::cred::{secret_for, CredKind};
 use v2sp_shared::dpconfig::{
-    FallbackTarget, HttpPathSettings, NodeConfig, Protocol, RealitySettings, ShadowsocksSettings,
-    GrpcSettings, TcpHttpSettings, TlsSettings, Transport,
+    FallbackTarget, GrpcSettings, HttpPathSettings, NodeConfig, Protocol, RealitySettings,
+    ShadowsocksSettings, TcpHttpSettings, TlsSettings, Transport,
 };
 use v2sp_shared::panel::{NodeInfo, PanelUser, TlsMode};
 use v2sp_shared::shm::UserEntry;
@@ -792,18 +792,28 @@ mod tests {
             g("gun", false)
         );
         assert_eq!(
-            t(r#"{"server_port":1,"network":"grpc","networkSettings":{"serviceName":" /a/b/Tun|TunM ","multiMode":true}}"#),
+            t(
+                r#"{"server_port":1,"network":"grpc","networkSettings":{"serviceName":" /a/b/Tun|TunM ","multiMode":true}}"#
+            ),
             g("/a/b/Tun|TunM", true)
         );
         // Tolerated: snake case, a string bool, null settings.
         assert_eq!(
-            t(r#"{"server_port":1,"network":"grpc","networkSettings":{"service_name":"s","multi_mode":"true"}}"#),
+            t(
+                r#"{"server_port":1,"network":"grpc","networkSettings":{"service_name":"s","multi_mode":"true"}}"#
+            ),
             g("s", true)
         );
-        assert_eq!(t(r#"{"server_port":1,"network":"grpc","networkSettings":null}"#), g("", false));
+        assert_eq!(
+            t(r#"{"server_port":1,"network":"grpc","networkSettings":null}"#),
+            g("", false)
+        );
         // VMess and VLESS too; a TLS node offers h2.
         let i = info(r#"{"server_port":443,"network":"grpc","networkSettings":{"serviceName":"v"}}"#);
-        assert_eq!(node_config(1, "t", &entry("vmess"), &i).map(|c| c.transport), g("v", false));
+        assert_eq!(
+            node_config(1, "t", &entry("vmess"), &i).map(|c| c.transport),
+            g("v", false)
+        );
         let dir = tempfile::tempdir().unwrap();
         let e = tls_entry("trojan", "self", dir.path());
         let c = node_config(1, "t", &e, &i).unwrap();

@@ -12,7 +12,9 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
-use v2sp_testsupport::harness::{free_port, payload, sing_box_outbound, tcp_echo_through, Echo, NodeSpec, V2sp};
+use v2sp_testsupport::harness::{
+    free_port, payload, sing_box_outbound, tcp_echo_through, Echo, NodeSpec, V2sp,
+};
 use v2sp_testsupport::panel_sim::user;
 
 const UUIDS: [&str; 2] = [
@@ -68,7 +70,13 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn client(port: u16, c: &Case, secret: &str, service: &str, dir: &std::path::Path) -> (v2sp_testsupport::harness::Proc, u16) {
+fn client(
+    port: u16,
+    c: &Case,
+    secret: &str,
+    service: &str,
+    dir: &std::path::Path,
+) -> (v2sp_testsupport::harness::Proc, u16) {
     let mut out = json!({"type": c.protocol, "tag": "out", "server": "127.0.0.1", "server_port": port,
                          "transport": {"type": "grpc", "service_name": service}});
     let o = out.as_object_mut().unwrap();

@@ -76,7 +76,10 @@ fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
 
 #[test]
 fn download_waits_while_the_codec_holds_bytes() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (mut client_app, client_relay) = pair();
     let (mut dest_app, dest_relay) = pair();
     let data: Vec<u8> = (0..30_000u32).map(|i| (i * 7) as u8).collect();

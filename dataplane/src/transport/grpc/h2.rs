@@ -63,6 +63,12 @@ pub const RECV_MAX_FRAME: u32 = DEFAULT_MAX_FRAME;
 pub const RECV_WINDOW: u32 = 1 << 20;
 /// Largest header block (HEADERS + CONTINUATION) accepted.
 pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// Most bytes held for a client whose windows stay closed (the relay stops reading at one
+/// read's worth; datagram streams may queue more) before the connection is dropped.
+pub const MAX_HELD: usize = 4 << 20;
+/// Most control bytes (acks, updates, refusals, released DATA) waiting for a client that does
+/// not read them.
+pub const MAX_CONTROL: usize = MAX_HELD + (1 << 20);
 /// HPACK dynamic table size (the default; we do not advertise another).
 const HPACK_TABLE: usize = 4096;
 
@@ -90,7 +96,13 @@ pub fn server_preface(out: &mut Vec<u8>) {
     s.extend_from_slice(&S_INITIAL_WINDOW_SIZE.to_be_bytes());
     s.extend_from_slice(&RECV_WINDOW.to_be_bytes());
     frame(out, T_SETTINGS, 0, 0, &s);
-    frame(out, T_WINDOW_UPDATE, 0, 0, &(RECV_WINDOW - DEFAULT_WINDOW).to_be_bytes());
+    frame(
+        out,
+        T_WINDOW_UPDATE,
+        0,
+        0,
+        &(RECV_WINDOW - DEFAULT_WINDOW).to_be_bytes(),
+    );
 }
 
 /// Appends an HPACK string literal without Huffman coding.
@@ -315,6 +327,11 @@ impl H2Conn {
                 self.hdr_len = 0;
                 self.start_frame()?;
             }
+            if self.control.len() > MAX_CONTROL {
+                return Err(WireError::Malformed(
+                    "grpc: client does not read our control frames",
+                ));
+            }
         }
         if self.request.is_some() {
             return Ok(Fed::Request(pos));
@@ -361,7 +378,9 @@ impl H2Conn {
         let flags = b[4];
         let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7FFF_FFFF;
         if len > RECV_MAX_FRAME {
-            return Err(WireError::Malformed("grpc: HTTP/2 frame larger than SETTINGS_MAX_FRAME_SIZE"));
+            return Err(WireError::Malformed(
+                "grpc: HTTP/2 frame larger than SETTINGS_MAX_FRAME_SIZE",
+            ));
         }
         if self.in_block && (ty != T_CONTINUATION || stream != self.block_stream) {
             return Err(WireError::Malformed("grpc: header block interrupted"));
@@ -380,7 +399,9 @@ impl H2Conn {
                 self.recv_stream -= i64::from(len);
             }
             if self.recv_conn < 0 || self.recv_stream < 0 {
-                return Err(WireError::Malformed("grpc: client exceeded the flow-control window"));
+                return Err(WireError::Malformed(
+                    "grpc: client exceeded the flow-control window",
+                ));
             }
             self.unacked_conn += len;
             if ours {
@@ -447,7 +468,9 @@ impl H2Conn {
                     let keep = rest
                         .len()
                         .checked_sub(usize::from(pad))
-                        .ok_or(WireError::Malformed("grpc: HEADERS padding longer than the frame"))?;
+                        .ok_or(WireError::Malformed(
+                            "grpc: HEADERS padding longer than the frame",
+                        ))?;
                     body = rest.get(..keep).unwrap_or_default();
                 }
                 if h.flags & F_PRIORITY != 0 {
@@ -495,7 +518,9 @@ impl H2Conn {
                     match id {
                         S_INITIAL_WINDOW_SIZE => {
                             if i64::from(v) > MAX_WINDOW {
-                                return Err(WireError::Malformed("grpc: SETTINGS_INITIAL_WINDOW_SIZE too large"));
+                                return Err(WireError::Malformed(
+                                    "grpc: SETTINGS_INITIAL_WINDOW_SIZE too large",
+                                ));
                             }
                             let delta = i64::from(v) - i64::from(self.peer_initial);
                             self.peer_initial = v;
@@ -510,7 +535,9 @@ impl H2Conn {
                         }
                         S_MAX_FRAME_SIZE => {
                             if !(DEFAULT_MAX_FRAME..=0xFF_FFFF).contains(&v) {
-                                return Err(WireError::Malformed("grpc: SETTINGS_MAX_FRAME_SIZE out of range"));
+                                return Err(WireError::Malformed(
+                                    "grpc: SETTINGS_MAX_FRAME_SIZE out of range",
+                                ));
                             }
                             self.peer_max_frame = v;
                         }
@@ -572,7 +599,7 @@ impl H2Conn {
             }
             T_PUSH_PROMISE => return Err(WireError::Malformed("grpc: PUSH_PROMISE from a client")),
             // PRIORITY and unknown types are ignored (RFC 9113 §4.1, §5.5).
-            T_PRIORITY | _ => {}
+            _ => {}
         }
         Ok(())
     }
@@ -606,7 +633,13 @@ impl H2Conn {
                 self.remote_closed = true;
             }
         } else {
-            frame(&mut self.control, T_RST_STREAM, 0, id, &REFUSED_STREAM.to_be_bytes());
+            frame(
+                &mut self.control,
+                T_RST_STREAM,
+                0,
+                id,
+                &REFUSED_STREAM.to_be_bytes(),
+            );
         }
         Ok(())
     }
@@ -615,7 +648,13 @@ impl H2Conn {
     fn give_back(&mut self) {
         let half = RECV_WINDOW / 2;
         if self.unacked_conn >= half {
-            frame(&mut self.control, T_WINDOW_UPDATE, 0, 0, &self.unacked_conn.to_be_bytes());
+            frame(
+                &mut self.control,
+                T_WINDOW_UPDATE,
+                0,
+                0,
+                &self.unacked_conn.to_be_bytes(),
+            );
             self.recv_conn += i64::from(self.unacked_conn);
             self.unacked_conn = 0;
         }
@@ -634,9 +673,15 @@ impl H2Conn {
 
     /// Queues DATA payload for the served stream and writes the frames the client's windows
     /// allow to `out`; the rest is held.
-    pub fn send(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+    pub fn send(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        if self.held() + payload.len() > MAX_HELD {
+            return Err(WireError::Malformed(
+                "grpc: the client's flow-control window stays closed",
+            ));
+        }
         self.held.extend_from_slice(payload);
         self.flush(out);
+        Ok(())
     }
 
     /// Moves held DATA the windows now allow into the control output.
@@ -651,12 +696,18 @@ impl H2Conn {
     fn flush(&mut self, out: &mut Vec<u8>) {
         // Bounded: each pass sends at least one byte or stops.
         while self.held() > 0 && self.stream != 0 {
-            let room = self.send_conn.min(self.send_stream).min(i64::from(self.peer_max_frame));
+            let room = self
+                .send_conn
+                .min(self.send_stream)
+                .min(i64::from(self.peer_max_frame));
             if room <= 0 {
                 break;
             }
             let n = (self.held() as u64).min(room as u64) as usize;
-            let chunk = self.held.get(self.held_off..self.held_off + n).unwrap_or_default();
+            let chunk = self
+                .held
+                .get(self.held_off..self.held_off + n)
+                .unwrap_or_default();
             frame(out, T_DATA, 0, self.stream, chunk);
             self.held_off += n;
             self.send_conn -= n as i64;

@@ -61,7 +61,9 @@ pub fn paths(service_name: &str) -> (String, String) {
         .map(path_escape)
         .collect::<Vec<_>>()
         .join("/");
-    let ending = service_name.get(service_name.rfind('/').map_or(0, |i| i + 1)..).unwrap_or_default();
+    let ending = service_name
+        .get(service_name.rfind('/').map_or(0, |i| i + 1)..)
+        .unwrap_or_default();
     let mut names = ending.split('|');
     let tun = path_escape(names.next().unwrap_or_default());
     let multi = names.next().map_or_else(|| tun.clone(), path_escape);
@@ -163,10 +165,9 @@ impl GunReader {
                             _ => return Err(WireError::Malformed("grpc: protobuf wire type not in a Hunk")),
                         },
                         GunState::Len { emit } => {
-                            let left = u32::try_from(v)
-                                .ok()
-                                .filter(|&l| l <= self.msg_left)
-                                .ok_or(WireError::Malformed("grpc: protobuf field longer than its message"))?;
+                            let left = u32::try_from(v).ok().filter(|&l| l <= self.msg_left).ok_or(
+                                WireError::Malformed("grpc: protobuf field longer than its message"),
+                            )?;
                             GunState::Bytes { left, emit }
                         }
                         _ => GunState::Key,
@@ -194,10 +195,9 @@ impl GunReader {
     }
 
     fn take_msg_byte(&mut self) -> Result<(), WireError> {
-        self.msg_left = self
-            .msg_left
-            .checked_sub(1)
-            .ok_or(WireError::Malformed("grpc: protobuf field cut by its message's end"))?;
+        self.msg_left = self.msg_left.checked_sub(1).ok_or(WireError::Malformed(
+            "grpc: protobuf field cut by its message's end",
+        ))?;
         Ok(())
     }
 
@@ -302,7 +302,13 @@ impl TransportHandshake for GrpcHandshake {
         }
         let mut block = Vec::new();
         h2::response_block(&mut block);
-        h2::frame(&mut reply, h2::T_HEADERS, h2::F_END_HEADERS, conn.stream(), &block);
+        h2::frame(
+            &mut reply,
+            h2::T_HEADERS,
+            h2::F_END_HEADERS,
+            conn.stream(),
+            &block,
+        );
         let rest = data.get(used..).unwrap_or_default().to_vec();
         let conn = self.conn.take().unwrap_or_default();
         Ok(Upgrade::Done(Upgraded {
@@ -360,8 +366,7 @@ impl StreamCodec for GrpcCodec {
         out.append(&mut self.conn.control);
         let mut msg = Vec::with_capacity(plain.len() + 16);
         write_message(plain, &mut msg);
-        self.conn.send(&msg, out);
-        Ok(())
+        self.conn.send(&msg, out)
     }
 
     fn has_control(&self) -> bool {

@@ -106,7 +106,10 @@ fn gun_codec(extra_client_settings: &[u8]) -> (Box<dyn StreamCodec>, Vec<u8>) {
 fn server_paths_follow_xray() {
     let p = |s: &str| paths(s);
     assert_eq!(p("gun"), ("/gun/Tun".into(), "/gun/TunMulti".into()));
-    assert_eq!(p("a b/c"), ("/a%20b%2Fc/Tun".into(), "/a%20b%2Fc/TunMulti".into()));
+    assert_eq!(
+        p("a b/c"),
+        ("/a%20b%2Fc/Tun".into(), "/a%20b%2Fc/TunMulti".into())
+    );
     assert_eq!(p("/a/b/Tun|TunM"), ("/a/b/Tun".into(), "/a/b/TunM".into()));
     assert_eq!(p("/a/b/x"), ("/a/b/x".into(), "/a/b/x".into()));
     assert_eq!(p("/my"), ("//my".into(), "//my".into()));
@@ -164,7 +167,12 @@ fn rfc7541_c4_request_blocks_and_refused_streams() {
     let mut out = Vec::new();
     let mut sink = GunSinkForTest(&mut out);
     let mut more = fr(1, 4 | 1, 3, &hx("8286 84be 5886 a8eb 1064 9cbf"));
-    more.extend(fr(1, 4 | 1, 5, &hx("8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf")));
+    more.extend(fr(
+        1,
+        4 | 1,
+        5,
+        &hx("8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf"),
+    ));
     assert_eq!(c.feed(&more, &mut sink).unwrap(), Fed::All);
     // SETTINGS ACK first, then the two refusals.
     let mut want = hx("000000 04 01 00000000");
@@ -224,19 +232,19 @@ fn gun_messages_split_at_every_byte() {
 #[test]
 fn malformed_gun_and_h2_input_is_an_error() {
     let cases: Vec<Vec<u8>> = vec![
-        fr(0, 0, 1, &hx("01 00000002 0a00")),          // compressed
-        fr(0, 0, 1, &hx("00 00000003 0a05 6868")),      // field longer than its message
-        fr(0, 0, 1, &hx("00 00000002 0f00")),          // wire type 7
-        fr(0, 0, 1, &hx("00 00000001 0a 00")),          // message ends inside a field
-        fr(3, 0, 1, &hx("00000008")),                   // RST_STREAM on our stream
-        fr(7, 0, 0, &hx("00000001 00000002")),          // GOAWAY with an error
-        fr(6, 0, 0, b"short"),                          // bad PING
-        fr(8, 0, 1, &hx("00000000")),                   // WINDOW_UPDATE of 0
-        fr(5, 4, 1, &hx("00000002 82")),                // PUSH_PROMISE
-        fr(0, 0x8, 1, &hx("05 00")),                    // padding longer than the frame
-        fr(9, 4, 1, &hx("82")),                         // CONTINUATION without HEADERS
-        fr(4, 0, 0, &hx("0005 00000010")),              // MAX_FRAME_SIZE below 16384
-        hx("ffffff 00 00 00000001"),                    // frame over our max size
+        fr(0, 0, 1, &hx("01 00000002 0a00")),      // compressed
+        fr(0, 0, 1, &hx("00 00000003 0a05 6868")), // field longer than its message
+        fr(0, 0, 1, &hx("00 00000002 0f00")),      // wire type 7
+        fr(0, 0, 1, &hx("00 00000001 0a 00")),     // message ends inside a field
+        fr(3, 0, 1, &hx("00000008")),              // RST_STREAM on our stream
+        fr(7, 0, 0, &hx("00000001 00000002")),     // GOAWAY with an error
+        fr(6, 0, 0, b"short"),                     // bad PING
+        fr(8, 0, 1, &hx("00000000")),              // WINDOW_UPDATE of 0
+        fr(5, 4, 1, &hx("00000002 82")),           // PUSH_PROMISE
+        fr(0, 0x8, 1, &hx("05 00")),               // padding longer than the frame
+        fr(9, 4, 1, &hx("82")),                    // CONTINUATION without HEADERS
+        fr(4, 0, 0, &hx("0005 00000010")),         // MAX_FRAME_SIZE below 16384
+        hx("ffffff 00 00 00000001"),               // frame over our max size
     ];
     for (i, c) in cases.iter().enumerate() {
         let (mut f, _) = gun_codec(&[]);
@@ -247,7 +255,8 @@ fn malformed_gun_and_h2_input_is_an_error() {
     let (mut f, _) = gun_codec(&[]);
     let mut out = Vec::new();
     f.open(&fr(7, 0, 0, &hx("00000001 00000000")), &mut out).unwrap();
-    f.open(&fr(0, 0, 1, &hx("00 00000003 0a01 41")), &mut out).unwrap();
+    f.open(&fr(0, 0, 1, &hx("00 00000003 0a01 41")), &mut out)
+        .unwrap();
     assert_eq!(out, b"A");
 }
 
@@ -383,9 +392,35 @@ fn connection_window_limits_sending() {
     }
     assert_eq!(sent, 65535);
     assert!(f.send_blocked());
-    f.open(&fr(8, 0, 0, &1_000_000u32.to_be_bytes()), &mut out).unwrap();
+    f.open(&fr(8, 0, 0, &1_000_000u32.to_be_bytes()), &mut out)
+        .unwrap();
     assert!(!f.send_blocked());
     let mut ctl = Vec::new();
     f.take_control(&mut ctl).unwrap();
     assert_eq!(ctl.len(), 100_000 + 5 + 1 + 3 - 65535 + 9 * 3);
+}
+
+/// What waits for a client that neither opens its window nor reads is bounded.
+#[test]
+fn held_and_control_bytes_are_bounded() {
+    let (mut f, _) = gun_codec(&fr(4, 0, 0, &hx("0004 00000000")));
+    let chunk = vec![0u8; 1 << 20];
+    let mut out = Vec::new();
+    let mut results = Vec::new();
+    for _ in 0..5 {
+        results.push(f.seal(&chunk, &mut out).is_ok());
+    }
+    assert_eq!(results, [true, true, true, false, false]);
+    assert!(out.is_empty());
+    // A PING flood whose answers are never taken.
+    let (mut f, _) = gun_codec(&[]);
+    let ping = fr(6, 0, 0, b"12345678");
+    let mut r = Ok(0);
+    for _ in 0..(h2::MAX_CONTROL / 17 / 100 + 2) {
+        r = f.open(&ping.repeat(100), &mut out);
+        if r.is_err() {
+            break;
+        }
+    }
+    assert!(r.is_err());
 }
