@@ -3,7 +3,8 @@
 //! VLESS and VMess over plain grpc (h2c), one with xray's custom-path `serviceName`. Each user
 //! moves 4 MiB each way through the echo server, sha256-checked, so both directions run
 //! through several HTTP/2 flow-control windows; the panel receives exactly the bytes moved
-//! per user, nothing for a stranger or a client asking for another service.
+//! per user, nothing for a stranger or a client asking for another service. UDP (Trojan
+//! UDP ASSOCIATE, VLESS XUDP) rides the gun stream too.
 //!
 //! Debian's V2Ray 4.34 has no grpc transport (added in 4.36: "unknown transport protocol:
 //! grpc"), so no case for it here.
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    free_port, payload, sing_box_outbound, tcp_echo_through, Echo, NodeSpec, V2sp,
+    free_port, payload, sing_box_outbound, tcp_echo_through, udp_echo_through, Echo, NodeSpec, V2sp,
 };
 use v2sp_testsupport::panel_sim::user;
 
@@ -170,6 +171,79 @@ fn sing_box_over_grpc_with_exact_accounting() {
             failures.push(format!("{what}: data went through for another service name"));
         }
         drop(proc_);
+    }
+    v.finish(&failures, &expected);
+}
+
+/// UDP through the gun stream: Trojan UDP ASSOCIATE and VLESS (XUDP, sing-box's default) over
+/// grpc + TLS; every datagram comes back, the panel gets exactly the payload bytes.
+#[test]
+fn sing_box_udp_over_grpc_with_exact_accounting() {
+    let echo = Echo::start().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let cases = [
+        Case {
+            protocol: "trojan",
+            tls: 1,
+            service: "gun",
+            client_service: "gun",
+        },
+        Case {
+            protocol: "vless",
+            tls: 1,
+            service: "gun",
+            client_service: "gun",
+        },
+    ];
+    let nodes: Vec<NodeSpec> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let port = free_port();
+            NodeSpec {
+                node_id: i as u32 + 1,
+                port,
+                info: json!({"node_type": c.protocol, "server_port": port, "tls": c.tls,
+                             "network": "grpc", "networkSettings": {"serviceName": c.service},
+                             "tls_settings": {"server_name": DOMAIN},
+                             "base_config": {"push_interval": 1, "pull_interval": 1}}),
+                users: UUIDS
+                    .iter()
+                    .enumerate()
+                    .map(|(u, id)| user(u as u32 + 1, id))
+                    .collect(),
+            }
+        })
+        .collect();
+    let cert_cfg = json!({"CertConfig": {"CertMode": "self", "CertDomain": DOMAIN,
+        "CertFile": certs.path().join("{domain}.crt"), "KeyFile": certs.path().join("{domain}.key")}});
+    let v = V2sp::start(nodes, cert_cfg).unwrap();
+    let mut failures = Vec::new();
+    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    for (i, c) in cases.iter().enumerate() {
+        let node = &v.nodes[i];
+        for (uidx, id) in UUIDS.iter().enumerate() {
+            let (proc_, socks) = client(node.port, c, id, c.client_service, v.dir.path());
+            let (count, size) = if uidx == 0 { (20, 1200) } else { (7, 333) };
+            match udp_echo_through(socks, echo.port, count, size) {
+                Ok(n) => {
+                    let e = expected
+                        .entry(node.node_id)
+                        .or_default()
+                        .entry(uidx as u32 + 1)
+                        .or_default();
+                    e.0 += n;
+                    e.1 += n;
+                }
+                Err(err) => failures.push(format!(
+                    "sing-box {} udp over grpc user {}: {err:#}\n{}",
+                    c.protocol,
+                    uidx + 1,
+                    proc_.log()
+                )),
+            }
+            drop(proc_);
+        }
     }
     v.finish(&failures, &expected);
 }
