@@ -7,8 +7,8 @@ use std::path::Path;
 use v2sp_shared::config::{CertConfig, CertMode, NodeEntry};
 use v2sp_shared::cred::{secret_for, CredKind};
 use v2sp_shared::dpconfig::{
-    FallbackTarget, HttpPathSettings, NodeConfig, Protocol, RealitySettings, ShadowsocksSettings,
-    TcpHttpSettings, TlsSettings, Transport,
+    FallbackTarget, GrpcSettings, HttpPathSettings, NodeConfig, Protocol, RealitySettings,
+    ShadowsocksSettings, TcpHttpSettings, TlsSettings, Transport,
 };
 use v2sp_shared::panel::{NodeInfo, PanelUser, TlsMode};
 use v2sp_shared::shm::UserEntry;
@@ -30,7 +30,7 @@ pub enum BuildError {
     NoServerKey(String),
     #[error("this build of v2sp does not serve {0} yet")]
     NotServedYet(&'static str),
-    #[error("this build of v2sp does not serve the {0:?} transport yet (tcp, ws, httpupgrade)")]
+    #[error("this build of v2sp does not serve the {0:?} transport yet (tcp, ws, httpupgrade, grpc)")]
     TransportNotServedYet(String),
     #[error("this build of v2sp does not serve VLESS flow {0:?} yet (set no flow on the panel)")]
     FlowNotServedYet(String),
@@ -275,6 +275,20 @@ pub fn node_transport(info: &NodeInfo) -> Result<Transport, BuildError> {
             } else {
                 Transport::Ws(s)
             })
+        }
+        "grpc" | "gun" => {
+            // xray field names (`serviceName`, `multiMode`); snake case tolerated.
+            let mut service_name = text("serviceName");
+            if service_name.is_empty() {
+                service_name = text("service_name");
+            }
+            let multi = settings
+                .and_then(|s| s.get("multiMode").or_else(|| s.get("multi_mode")))
+                .is_some_and(|v| v.as_bool().unwrap_or_else(|| v.as_str() == Some("true")));
+            Ok(Transport::Grpc(GrpcSettings {
+                service_name,
+                multi_mode: multi,
+            }))
         }
         other => Err(BuildError::TransportNotServedYet(other.to_string())),
     }
@@ -761,6 +775,49 @@ mod tests {
             node_config(1, "t", &entry("vmess"), &i),
             Err(BuildError::TransportNotServedYet("kcp".into()))
         );
+    }
+
+    #[test]
+    fn grpc_from_panel_network_settings() {
+        let t = |j: &str| node_config(1, "t", &entry("trojan"), &info(j)).map(|c| c.transport);
+        let g = |name: &str, multi: bool| {
+            Ok(Transport::Grpc(GrpcSettings {
+                service_name: name.into(),
+                multi_mode: multi,
+            }))
+        };
+        // Xboard / v2board: xray's grpcSettings object.
+        assert_eq!(
+            t(r#"{"server_port":1,"network":"grpc","networkSettings":{"serviceName":"gun"}}"#),
+            g("gun", false)
+        );
+        assert_eq!(
+            t(
+                r#"{"server_port":1,"network":"grpc","networkSettings":{"serviceName":" /a/b/Tun|TunM ","multiMode":true}}"#
+            ),
+            g("/a/b/Tun|TunM", true)
+        );
+        // Tolerated: snake case, a string bool, null settings.
+        assert_eq!(
+            t(
+                r#"{"server_port":1,"network":"grpc","networkSettings":{"service_name":"s","multi_mode":"true"}}"#
+            ),
+            g("s", true)
+        );
+        assert_eq!(
+            t(r#"{"server_port":1,"network":"grpc","networkSettings":null}"#),
+            g("", false)
+        );
+        // VMess and VLESS too; a TLS node offers h2.
+        let i = info(r#"{"server_port":443,"network":"grpc","networkSettings":{"serviceName":"v"}}"#);
+        assert_eq!(
+            node_config(1, "t", &entry("vmess"), &i).map(|c| c.transport),
+            g("v", false)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let e = tls_entry("trojan", "self", dir.path());
+        let c = node_config(1, "t", &e, &i).unwrap();
+        assert_eq!(c.tls.unwrap().alpn, vec!["h2".to_string()]);
     }
 
     #[test]

@@ -158,6 +158,9 @@ pub enum Transport {
     /// Raw TCP behind xray's `header.type = "http"` obfuscation: one fake request head read
     /// and discarded, one fake response head sent.
     TcpHttp(TcpHttpSettings),
+    /// gRPC "gun" (xray `grpc`): one HTTP/2 stream per connection, payload in protobuf
+    /// `Hunk`/`MultiHunk` messages.
+    Grpc(GrpcSettings),
 }
 
 impl Transport {
@@ -167,6 +170,7 @@ impl Transport {
             Self::Ws(_) => "ws",
             Self::HttpUpgrade(_) => "httpupgrade",
             Self::TcpHttp(_) => "tcp+http",
+            Self::Grpc(_) => "grpc",
         }
     }
     /// ALPN protocols a TLS node offers for this transport (empty: none).
@@ -174,8 +178,20 @@ impl Transport {
         match self {
             Self::Tcp | Self::TcpHttp(_) => Vec::new(),
             Self::Ws(_) | Self::HttpUpgrade(_) => vec!["http/1.1".to_string()],
+            Self::Grpc(_) => vec!["h2".to_string()],
         }
     }
+}
+
+/// xray's `grpcSettings`, server side.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct GrpcSettings {
+    /// `serviceName` as the panel sent it (xray: a name starting with `/` is a custom path,
+    /// `/a/b/Tun|TunMulti`).
+    pub service_name: String,
+    /// `multiMode` (a client setting; the server accepts both streams either way).
+    pub multi_mode: bool,
 }
 
 /// xray's tcp `header` of type `http`, server side.

@@ -271,6 +271,21 @@ impl Conn<'_> {
         }
     }
 
+    /// Sends the transport's control frames (HTTP/2 acks and window updates, ws pongs).
+    async fn send_control(&mut self) -> Result<(), End> {
+        let Outer::Codec(c) = &mut self.outer else {
+            return Ok(());
+        };
+        if !c.has_control() {
+            return Ok(());
+        }
+        let mut wire = Vec::new();
+        c.take_control(&mut wire).map_err(|_| End::Error("seal"))?;
+        crate::tls::write_all(self.client, &wire)
+            .await
+            .map_err(|_| End::Error("client write"))
+    }
+
     /// Opens what came in and sends the complete datagrams.
     async fn decode(
         &mut self,
@@ -281,6 +296,7 @@ impl Conn<'_> {
     ) -> Result<(), End> {
         let used = self.outer.open(wire_in, plain).map_err(|_| End::Error("TLS"))?;
         wire_in.drain(..used.min(wire_in.len()));
+        self.send_control().await?;
         let mut events = Vec::new();
         let mut reply = Vec::new();
         let used = self.codec.open(plain, &mut events, &mut reply).map_err(|e| {

@@ -177,6 +177,12 @@ pub trait StreamCodec: Send {
     fn take_control(&mut self, _out: &mut Vec<u8>) -> Result<(), WireError> {
         Ok(())
     }
+    /// Whether the codec holds sealed bytes it may not send yet (the client's flow-control
+    /// window is closed, HTTP/2): the relay stops reading the download source until
+    /// [`StreamCodec::has_control`] signals that they can go.
+    fn send_blocked(&self) -> bool {
+        false
+    }
     /// Whether this direction (`upload`: client→server) now passes bytes unchanged, so the
     /// relay may splice it (XTLS Vision after its switch to direct).
     fn passthrough(&self, _upload: bool) -> bool {

@@ -305,6 +305,13 @@ async fn copy_dir(
     loop {
         match codec {
             Some(c) if dir == Dir::Down => {
+                if c.codec.borrow().send_blocked() {
+                    // The client's flow control holds what was sealed: read nothing more
+                    // until its window update releases it (as control bytes).
+                    c.control.notified().await;
+                    Box::pin(send_control(env, act, c, dst)).await?;
+                    continue;
+                }
                 tokio::select! {
                     r = read_ready(src) => r?,
                     _ = c.control.notified() => {
@@ -737,3 +744,6 @@ async fn uring_step(
     env.bufs.put(buf);
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests;

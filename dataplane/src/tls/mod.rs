@@ -425,6 +425,10 @@ impl StreamCodec for TlsCodec {
         self.tls.has_pending() || self.inner.as_ref().is_some_and(|i| i.has_control())
     }
 
+    fn send_blocked(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.send_blocked())
+    }
+
     fn take_control(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
         self.tls.pending_output(out);
         let Some(inner) = self.inner.as_mut() else {

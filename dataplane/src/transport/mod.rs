@@ -19,6 +19,7 @@
 //! its codec wrapped in [`Layered`]. A protocol needs no transport-specific code: it is a
 //! plain [`StreamHandshake`] either way.
 
+pub mod grpc;
 pub mod http;
 pub mod httpupgrade;
 pub mod tcphttp;
@@ -60,6 +61,7 @@ pub fn handshake_for(t: &Transport) -> Option<Box<dyn TransportHandshake>> {
         Transport::Ws(s) => Some(Box::new(ws::WsHandshake::new(s))),
         Transport::HttpUpgrade(s) => Some(Box::new(httpupgrade::HttpUpgradeHandshake::new(s))),
         Transport::TcpHttp(s) => Some(Box::new(tcphttp::TcpHttpHandshake::new(s))),
+        Transport::Grpc(s) => Some(Box::new(grpc::GrpcHandshake::new(s))),
     }
 }
 
@@ -242,6 +244,10 @@ impl StreamCodec for Layered {
 
     fn has_control(&self) -> bool {
         self.framing.has_control() || self.inner.as_ref().is_some_and(|i| i.has_control())
+    }
+
+    fn send_blocked(&self) -> bool {
+        self.framing.send_blocked()
     }
 
     fn take_control(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
