@@ -20,18 +20,19 @@ use v2sp_bench::report::{self, Env};
 use v2sp_bench::run::{self, Plan, Scenario};
 use v2sp_bench::servers::{Binaries, Server, ServerKind};
 
-const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vless-reality-vision,vless-tls-vision";
-const QUICK_CIPHERS: [&str; 4] = [
+const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vmess,vmess-tls,vless-reality-vision,vless-tls-vision";
+const QUICK_CIPHERS: [&str; 5] = [
     "aes-128-gcm",
     "2022-blake3-aes-128-gcm",
     "trojan-tls",
     "vless-tls",
+    "vmess",
 ];
 
 #[derive(Parser)]
 #[command(
     name = "v2sp-bench",
-    about = "v2sp side-by-side benchmarks (Shadowsocks, Trojan, VLESS)"
+    about = "v2sp side-by-side benchmarks (Shadowsocks, Trojan, VLESS, VMess, VLESS + Vision)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,9 +49,9 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Shadowsocks methods and `trojan-tls`, `vless-tls`, `vless-reality-vision`,
-    /// `vless-tls-vision` (the last two through the shoes client, bulk download only); the first
-    /// non-Vision one is the headline (all scenarios run on it).
+    /// Shadowsocks methods and `trojan-tls`, `vless-tls`, `vmess` (TCP), `vmess-tls`,
+    /// `vless-reality-vision`, `vless-tls-vision` (the last two through the shoes client, bulk
+    /// download only); the first non-Vision one is the headline (all scenarios run on it).
     #[arg(long, value_delimiter = ',', default_value = ALL_CIPHERS)]
     ciphers: Vec<String>,
     /// Servers to compare.
@@ -67,10 +68,11 @@ struct Common {
     ssserver: PathBuf,
     #[arg(long, default_value = "/opt/v2sp-peers/bin/sing-box")]
     sing_box: PathBuf,
-    /// v2ray 4.x (Debian's `v2ray` package; Trojan and VLESS only).
+    /// v2ray 4.x (Debian's `v2ray` package; Trojan, VLESS and VMess).
     #[arg(long, default_value = "/opt/v2sp-peers/bin/v2ray")]
     v2ray: PathBuf,
-    /// shoes 0.3.x: the Vision suites' client (always) and a peer server (`shoes` in --servers).
+    /// shoes 0.3.x: the Vision suites' client (always) and a peer server (`shoes` in --servers)
+    /// for every suite but the multi-user Shadowsocks 2022 AES methods.
     #[arg(long, default_value = "/opt/v2sp-peers/bin/shoes")]
     shoes: PathBuf,
     /// Do not pin (by default the bench runs on the first CPUs and the server on the last).
