@@ -21,6 +21,9 @@ use v2sp_bench::run::{self, Plan, Scenario};
 use v2sp_bench::servers::{Binaries, Server, ServerKind};
 
 const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vmess,vmess-tls,vless-reality-vision,vless-tls-vision";
+/// The servers compared when `--servers` is not given; a peer missing from this default list
+/// is left out with a warning (named explicitly, it is an error).
+const DEFAULT_SERVERS: &str = "v2sp-epoll,v2sp-uring,ssserver,sing-box,v2ray,shoes";
 const QUICK_CIPHERS: [&str; 5] = [
     "aes-128-gcm",
     "2022-blake3-aes-128-gcm",
@@ -58,7 +61,7 @@ struct Common {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "v2sp-epoll,v2sp-uring,ssserver,sing-box,v2ray,shoes"
+        default_value = DEFAULT_SERVERS
     )]
     servers: Vec<String>,
     /// `v2sp` binary (the data plane must sit next to it); default: next to this executable.
@@ -145,6 +148,19 @@ fn servers(c: &Common, bins: &Binaries, suites: &[Suite]) -> anyhow::Result<Vec<
         .map(|s| ServerKind::parse(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
     ks.retain(|k| suites.iter().any(|s| k.serves(s)));
+    if c.servers.join(",") == DEFAULT_SERVERS {
+        ks.retain(|k| {
+            let there = k.is_v2sp() || bins.path(*k).exists();
+            if !there {
+                eprintln!(
+                    "note: {} not found at {}, left out (scripts/install-test-deps.sh --all installs every peer)",
+                    k.label(),
+                    bins.path(*k).display()
+                );
+            }
+            there
+        });
+    }
     if suites.iter().any(|s| s.vision().is_some()) && !bins.shoes.exists() {
         bail!(
             "the Vision suites need the shoes client, not found at {} (scripts/install-test-deps.sh --with-shoes, \
