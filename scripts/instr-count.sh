@@ -47,7 +47,7 @@ mkdir -p "$(dirname "$out")"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 printf 'case\titers\tinstructions_per_iter\n' >"$out"
-printf '%-48s %8s %16s' case iters "Ir/iter"
+printf '%-56s %8s %16s' case iters "Ir/iter"
 [[ -n "$compare" ]] && printf ' %16s %8s' before change
 printf '\n'
 for b in "${benches[@]}"; do
@@ -65,7 +65,7 @@ for b in "${benches[@]}"; do
         ir=$(sed -n 's/^summary: *//p' "$cg" | head -1)
         per=$(( ir / n ))
         printf '%s\t%s\t%s\n' "$name" "$n" "$per" >>"$out"
-        printf '%-48s %8s %16s' "$name" "$n" "$per"
+        printf '%-56s %8s %16s' "$name" "$n" "$per"
         if [[ -n "$compare" ]]; then
             before=$(awk -F'\t' -v c="$name" '$1 == c { print $3 }' "$compare")
             if [[ -n "$before" && "$before" -gt 0 ]]; then

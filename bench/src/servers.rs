@@ -552,3 +552,57 @@ impl Server {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::client::tls::TlsMaterial;
+
+    #[test]
+    fn shoes_yaml_plain_vmess_and_tls_trojan() {
+        let y = shoes_server_yaml(&Suite::Vmess(None), 1234).unwrap();
+        assert_eq!(
+            y,
+            format!(
+                "- address: \"127.0.0.1:1234\"\n  protocol:\n    type: vmess\n    cipher: aes-128-gcm\n    user_id: \"{USER_UUID}\"\n    udp_enabled: false\n"
+            )
+        );
+        let tls = Arc::new(TlsMaterial::generate().unwrap());
+        let y = shoes_server_yaml(&Suite::Trojan(tls.clone()), 1).unwrap();
+        assert!(y.contains("    tls_targets:\n      \"v2sp.bench\":\n"), "{y}");
+        assert!(
+            y.contains(&format!(
+                "        protocol:\n          type: trojan\n          password: \"{USER_UUID}\"\n"
+            )),
+            "{y}"
+        );
+        assert!(y.contains(&tls.cert_file.display().to_string()));
+    }
+
+    #[test]
+    fn who_serves_what() {
+        let tls = Arc::new(TlsMaterial::generate().unwrap());
+        let eih = Suite::parse("2022-blake3-aes-128-gcm", &tls).unwrap();
+        let chacha22 = Suite::parse("2022-blake3-chacha20-poly1305", &tls).unwrap();
+        let reality = Suite::parse("vless-reality-vision", &tls).unwrap();
+        let tls_vision = Suite::parse("vless-tls-vision", &tls).unwrap();
+        let vmess = Suite::parse("vmess", &tls).unwrap();
+        assert!(!ServerKind::Shoes.serves(&eih) && ServerKind::Shoes.serves(&chacha22));
+        assert!(!ServerKind::SingBox.serves(&reality) && ServerKind::SingBox.serves(&tls_vision));
+        assert!(!ServerKind::V2ray.serves(&tls_vision) && ServerKind::V2ray.serves(&vmess));
+        // Every suite: v2sp and at least one peer; every suite but REALITY: two or more.
+        for s in [&eih, &chacha22, &reality, &tls_vision, &vmess] {
+            let peers = ServerKind::ALL
+                .into_iter()
+                .filter(|k| !k.is_v2sp() && k.serves(s))
+                .count();
+            assert!(
+                peers >= if s.name() == "vless-reality-vision" { 1 } else { 2 },
+                "{s:?}"
+            );
+        }
+    }
+}

@@ -123,7 +123,7 @@ impl VmessStream {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use v2sp_dataplane::proto::vmess::crypto::{auth_id_cipher, open_auth_id};
