@@ -430,11 +430,15 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
     if measured == 0 {
         bail!("nothing was measured");
     }
-    if q && !out.problems.is_empty() {
-        bail!(
-            "{} problem(s) during the quick run (see the report)",
-            out.problems.len()
-        );
+    // A peer that drops a few of the rate/idle connections (v2ray's VMess does, now and then)
+    // is reported, but does not fail the smoke run; anything else does.
+    let fatal = out
+        .problems
+        .iter()
+        .filter(|p| p.contains(" v2sp-") || !(p.contains(": idle: opened ") || p.contains(": rate: ")))
+        .count();
+    if q && fatal > 0 {
+        bail!("{fatal} problem(s) during the quick run (see the report)");
     }
     Ok(())
 }
