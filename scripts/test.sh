@@ -34,7 +34,7 @@ else
     echo "== io_uring is disabled on this kernel: the io_uring run is skipped"
 fi
 
-echo "== benchmark harness, quick mode (v2sp epoll/uring vs ssserver vs sing-box)"
+echo "== benchmark harness, quick mode (v2sp epoll/uring vs ssserver, sing-box, v2ray, shoes where installed)"
 out=$(mktemp -d)
 cargo run -q -p v2sp-bench "$@" -- run --quick --out "$out"
 echo "quick benchmark report: $out/report.md"

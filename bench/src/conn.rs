@@ -15,6 +15,7 @@ use v2sp_dataplane::proto::Destination;
 use crate::client::ss::{SsStream, USER_UUID};
 use crate::client::tls::TlsMaterial;
 use crate::client::vless::ResponseHeader;
+use crate::client::vmess::VmessStream;
 use crate::client::{trojan, vless, Suite};
 
 const READ_BUF: usize = 256 * 1024;
@@ -42,6 +43,8 @@ enum Codec {
     /// Trojan: no response header.
     Trojan,
     Vless(ResponseHeader),
+    /// VMess: its own chunk framing, on TCP or inside TLS.
+    Vmess(Box<VmessStream>),
 }
 
 pub struct Conn {
@@ -54,6 +57,8 @@ pub struct Conn {
     /// Decoded plaintext not yet consumed.
     plain: Vec<u8>,
     wbuf: Vec<u8>,
+    /// Sealed protocol bytes on their way into TLS (VMess).
+    sbuf: Vec<u8>,
 }
 
 impl Conn {
@@ -76,6 +81,7 @@ impl Conn {
                     tls_plain: Vec::new(),
                     plain: Vec::new(),
                     wbuf: Vec::new(),
+                    sbuf: Vec::new(),
                 };
                 c.handshake().await?;
                 c.send_wire(first).await?;
@@ -89,6 +95,14 @@ impl Conn {
                 Suite::Trojan(t) => {
                     trojan::request(USER_UUID, &dest, first, &mut wire)?;
                     (*addr, Codec::Trojan, Some(Box::new(t.connect()?)))
+                }
+                Suite::Vmess(t) => {
+                    let v = VmessStream::open_request(&dest, first, &mut wire)?;
+                    let tls = match t {
+                        Some(t) => Some(Box::new(t.connect()?)),
+                        None => None,
+                    };
+                    (*addr, Codec::Vmess(Box::new(v)), tls)
                 }
                 Suite::Vision(_) => bail!("the Vision suites go through their SOCKS client (Via::Socks)"),
                 Suite::Vless(t) => {
@@ -113,6 +127,7 @@ impl Conn {
             tls_plain: Vec::new(),
             plain: Vec::new(),
             wbuf: Vec::new(),
+            sbuf: Vec::new(),
         };
         if c.tls.is_some() {
             c.handshake().await?;
@@ -175,6 +190,14 @@ impl Conn {
                 self.s.write_all(&w).await?;
                 self.wbuf = w;
             }
+            Codec::Vmess(c) => {
+                let mut w = std::mem::take(&mut self.sbuf);
+                w.clear();
+                c.seal(plain, &mut w)?;
+                let r = self.send_wire(&w).await;
+                self.sbuf = w;
+                r?;
+            }
             Codec::Plain | Codec::Trojan | Codec::Vless(_) => self.send_wire(plain).await?,
         }
         Ok(())
@@ -212,6 +235,7 @@ impl Conn {
         match &mut self.codec {
             Codec::Plain | Codec::Trojan => self.plain.extend_from_slice(data),
             Codec::Ss(c) => c.open(data, &mut self.plain)?,
+            Codec::Vmess(c) => c.open(data, &mut self.plain)?,
             Codec::Vless(h) => {
                 let p = h.strip(data)?;
                 self.plain.extend_from_slice(p);

@@ -8,8 +8,16 @@
 //!   `no_delay` on (v2sp and sing-box set TCP_NODELAY too).
 //! * `sing-box`: a `shadowsocks` / `trojan` / `vless` inbound and a `direct` outbound,
 //!   `GOMAXPROCS=N`.
-//! * `v2ray` (Debian's 4.34, Trojan and VLESS only): a `trojan` / `vless` inbound with
-//!   `streamSettings.security: "tls"` and a `freedom` outbound, `GOMAXPROCS=N`.
+//! * `v2ray` (Debian's 4.34; Trojan, VLESS and VMess): a `trojan` / `vless` / `vmess` (alterId 0)
+//!   inbound with `streamSettings.security: "tls"` (none for plain `vmess`) and a `freedom`
+//!   outbound, `GOMAXPROCS=N`. It has neither Vision nor REALITY.
+//! * `sing-box` also serves `vless-tls-vision` (a `vless` inbound, user `flow:
+//!   xtls-rprx-vision`, TLS); not `vless-reality-vision`: the registry build lacks uTLS, which
+//!   its REALITY server needs.
+//! * `shoes` 0.3.x: `--threads N`, a `vmess` / `shadowsocks` inbound, or a `tls` inbound with
+//!   `tls_targets` (the run's certificate) around `trojan` / `vless` / `vmess`, or REALITY/TLS +
+//!   Vision around `vless` (`client::vision`). Shadowsocks: not the 2022 AES methods, which the
+//!   bench runs with an identity header (multi-user), which shoes does not take.
 //!
 //! All get the same method (or protocol), the same single user (see `client::ss`) and, for
 //! Trojan/VLESS, the run's certificate (see `client::tls`).
@@ -35,7 +43,7 @@ pub enum ServerKind {
     SsServer,
     SingBox,
     V2ray,
-    /// shoes 0.3.x: the Vision suites only (VLESS + Vision over REALITY or TLS).
+    /// shoes 0.3.x: Trojan, VLESS, VMess, Vision, single-user Shadowsocks.
     Shoes,
 }
 
@@ -69,16 +77,17 @@ impl ServerKind {
             })
     }
 
-    /// Whether this server speaks `suite` (ssserver: Shadowsocks only; v2ray: here, Trojan and
-    /// VLESS only — its Shadowsocks lacks the 2022 methods; shoes: the Vision suites only,
-    /// v2sp: everything).
+    /// Whether this server speaks `suite` (ssserver: Shadowsocks only; v2ray: here, Trojan,
+    /// VLESS and VMess — its Shadowsocks lacks the 2022 methods, and it has no Vision; sing-box:
+    /// everything but REALITY; shoes: everything but the multi-user (identity header)
+    /// Shadowsocks 2022 AES methods; v2sp: everything).
     pub fn serves(self, suite: &Suite) -> bool {
-        let vision = suite.vision().is_some();
+        let vision = suite.vision();
         match self {
             ServerKind::SsServer => suite.is_ss(),
-            ServerKind::V2ray => !suite.is_ss() && !vision,
-            ServerKind::SingBox => !vision,
-            ServerKind::Shoes => vision,
+            ServerKind::V2ray => !suite.is_ss() && vision.is_none(),
+            ServerKind::SingBox => !vision.is_some_and(|v| v.reality),
+            ServerKind::Shoes => !suite.ss().is_some_and(|c| c.uses_eih()),
             ServerKind::V2spEpoll | ServerKind::V2spUring => true,
         }
     }
@@ -109,6 +118,55 @@ impl Binaries {
             ServerKind::Shoes => &self.shoes,
         }
     }
+}
+
+/// The shoes server config for the non-Vision suites: the protocol on `port`, inside a `tls`
+/// inbound with the run's certificate where the suite has TLS.
+pub fn shoes_server_yaml(suite: &Suite, port: u16) -> anyhow::Result<String> {
+    // The protocol block, indented for its place (top level: 4 spaces; in a TLS target: 8).
+    let inner: Vec<String> = match suite {
+        Suite::Ss(creds) => {
+            if creds.uses_eih() {
+                bail!("shoes takes no Shadowsocks 2022 identity headers (multi-user)");
+            }
+            let password = if creds.method.is_2022() {
+                creds.user_key_b64()
+            } else {
+                creds.password_2017().to_string()
+            };
+            vec![
+                "type: shadowsocks".into(),
+                format!("cipher: {}", creds.method.name()),
+                format!("password: \"{password}\""),
+                "udp_enabled: false".into(),
+            ]
+        }
+        Suite::Trojan(_) => vec!["type: trojan".into(), format!("password: \"{USER_UUID}\"")],
+        Suite::Vless(_) => vec![
+            "type: vless".into(),
+            format!("user_id: \"{USER_UUID}\""),
+            "udp_enabled: false".into(),
+        ],
+        Suite::Vmess(_) => vec![
+            "type: vmess".into(),
+            format!("cipher: {}", crate::client::vmess::SECURITY),
+            format!("user_id: \"{USER_UUID}\""),
+            "udp_enabled: false".into(),
+        ],
+        Suite::Vision(_) => bail!("the Vision suites have their own shoes config"),
+    };
+    Ok(match suite.tls() {
+        None => format!(
+            "- address: \"127.0.0.1:{port}\"\n  protocol:\n    {}\n",
+            inner.join("\n    ")
+        ),
+        Some(t) => format!(
+            "- address: \"127.0.0.1:{port}\"\n  protocol:\n    type: tls\n    tls_targets:\n      \"{SERVER_NAME}\":\n        cert: \"{}\"\n        key: \"{}\"\n        protocol:\n          {}\n",
+            t.cert_file.display(),
+            t.key_file.display(),
+            inner.join("\n          ")
+        ),
+    })
 }
 
 /// A running server under test.
@@ -168,6 +226,7 @@ impl Server {
             Suite::Ss(_) => "shadowsocks",
             Suite::Trojan(_) => "trojan",
             Suite::Vless(_) | Suite::Vision(_) => "vless",
+            Suite::Vmess(_) => "vmess",
         };
         let mut args: Vec<String> = Vec::new();
         let mut envs: Vec<(&str, String)> = Vec::new();
@@ -187,7 +246,11 @@ impl Server {
                         node["cipher"] = json!(creds.method.name());
                         node["server_key"] = json!(creds.server_psk_b64());
                     }
-                    Suite::Trojan(_) | Suite::Vless(_) => {
+                    Suite::Vmess(None) => {
+                        node["tls"] = json!(0);
+                        node["network"] = json!("tcp");
+                    }
+                    Suite::Trojan(_) | Suite::Vless(_) | Suite::Vmess(Some(_)) => {
                         node["tls"] = json!(1);
                         node["network"] = json!("tcp");
                         node["tls_settings"] = json!({ "server_name": SERVER_NAME });
@@ -290,7 +353,16 @@ impl Server {
                     Suite::Vless(_) => {
                         inb["users"] = json!([{ "name": "bench", "uuid": USER_UUID }]);
                     }
-                    Suite::Vision(_) => bail!("sing-box is not benchmarked with Vision"),
+                    Suite::Vmess(_) => {
+                        inb["users"] = json!([{ "name": "bench", "uuid": USER_UUID, "alterId": 0 }]);
+                    }
+                    Suite::Vision(v) if v.reality => {
+                        bail!("sing-box (registry build, no uTLS) has no REALITY server")
+                    }
+                    Suite::Vision(_) => {
+                        inb["users"] =
+                            json!([{ "name": "bench", "uuid": USER_UUID, "flow": "xtls-rprx-vision" }]);
+                    }
                 }
                 if let Some(t) = tls {
                     inb["tls"] = json!({
@@ -309,23 +381,28 @@ impl Server {
                 envs.push(("GOMAXPROCS", workers.max(1).to_string()));
             }
             ServerKind::V2ray => {
-                let t = tls.context("v2ray is benchmarked with Trojan/VLESS over TLS only")?;
                 let settings = match suite {
                     Suite::Trojan(_) => json!({ "clients": [{ "password": USER_UUID }] }),
-                    _ => json!({ "clients": [{ "id": USER_UUID }], "decryption": "none" }),
+                    Suite::Vless(_) => json!({ "clients": [{ "id": USER_UUID }], "decryption": "none" }),
+                    Suite::Vmess(_) => json!({ "clients": [{ "id": USER_UUID, "alterId": 0 }] }),
+                    _ => bail!("v2ray is benchmarked with Trojan, VLESS and VMess only"),
+                };
+                let stream = match tls {
+                    Some(t) => json!({
+                        "network": "tcp", "security": "tls",
+                        "tlsSettings": {
+                            "serverName": SERVER_NAME,
+                            "certificates": [{ "certificateFile": t.cert_file, "keyFile": t.key_file }]
+                        }
+                    }),
+                    None => json!({ "network": "tcp" }),
                 };
                 let c = json!({
                     "log": { "loglevel": "error" },
                     "inbounds": [{
                         "listen": "127.0.0.1", "port": port, "protocol": proto,
                         "settings": settings,
-                        "streamSettings": {
-                            "network": "tcp", "security": "tls",
-                            "tlsSettings": {
-                                "serverName": SERVER_NAME,
-                                "certificates": [{ "certificateFile": t.cert_file, "keyFile": t.key_file }]
-                            }
-                        }
+                        "streamSettings": stream
                     }],
                     "outbounds": [{ "protocol": "freedom" }]
                 });
@@ -335,11 +412,12 @@ impl Server {
                 envs.push(("GOMAXPROCS", workers.max(1).to_string()));
             }
             ServerKind::Shoes => {
-                let v = suite
-                    .vision()
-                    .context("shoes is benchmarked with the Vision suites only")?;
+                let yaml = match suite.vision() {
+                    Some(v) => v.shoes_server_yaml(port, v.target()?),
+                    None => shoes_server_yaml(suite, port)?,
+                };
                 let p = dir.path().join("shoes.yaml");
-                fs::write(&p, v.shoes_server_yaml(port, v.target()?))?;
+                fs::write(&p, yaml)?;
                 args.extend([
                     "--threads".into(),
                     workers.max(1).to_string(),
@@ -471,6 +549,60 @@ impl Server {
             if procstat::is_running(dp) {
                 let _ = Command::new("kill").arg("-KILL").arg(dp.to_string()).status();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::client::tls::TlsMaterial;
+
+    #[test]
+    fn shoes_yaml_plain_vmess_and_tls_trojan() {
+        let y = shoes_server_yaml(&Suite::Vmess(None), 1234).unwrap();
+        assert_eq!(
+            y,
+            format!(
+                "- address: \"127.0.0.1:1234\"\n  protocol:\n    type: vmess\n    cipher: aes-128-gcm\n    user_id: \"{USER_UUID}\"\n    udp_enabled: false\n"
+            )
+        );
+        let tls = Arc::new(TlsMaterial::generate().unwrap());
+        let y = shoes_server_yaml(&Suite::Trojan(tls.clone()), 1).unwrap();
+        assert!(y.contains("    tls_targets:\n      \"v2sp.bench\":\n"), "{y}");
+        assert!(
+            y.contains(&format!(
+                "        protocol:\n          type: trojan\n          password: \"{USER_UUID}\"\n"
+            )),
+            "{y}"
+        );
+        assert!(y.contains(&tls.cert_file.display().to_string()));
+    }
+
+    #[test]
+    fn who_serves_what() {
+        let tls = Arc::new(TlsMaterial::generate().unwrap());
+        let eih = Suite::parse("2022-blake3-aes-128-gcm", &tls).unwrap();
+        let chacha22 = Suite::parse("2022-blake3-chacha20-poly1305", &tls).unwrap();
+        let reality = Suite::parse("vless-reality-vision", &tls).unwrap();
+        let tls_vision = Suite::parse("vless-tls-vision", &tls).unwrap();
+        let vmess = Suite::parse("vmess", &tls).unwrap();
+        assert!(!ServerKind::Shoes.serves(&eih) && ServerKind::Shoes.serves(&chacha22));
+        assert!(!ServerKind::SingBox.serves(&reality) && ServerKind::SingBox.serves(&tls_vision));
+        assert!(!ServerKind::V2ray.serves(&tls_vision) && ServerKind::V2ray.serves(&vmess));
+        // Every suite: v2sp and at least one peer; every suite but REALITY: two or more.
+        for s in [&eih, &chacha22, &reality, &tls_vision, &vmess] {
+            let peers = ServerKind::ALL
+                .into_iter()
+                .filter(|k| !k.is_v2sp() && k.serves(s))
+                .count();
+            assert!(
+                peers >= if s.name() == "vless-reality-vision" { 1 } else { 2 },
+                "{s:?}"
+            );
         }
     }
 }

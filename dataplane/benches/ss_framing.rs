@@ -2,11 +2,18 @@
 //! opens — the download direction), and the cost of authenticating a new connection:
 //! AEAD-2017 trial decryption over 10 / 1k / 10k users (worst case: the last user matches)
 //! against SS-2022's identity-header lookup.
+//!
+//! `V2SP_BENCH_ITERS=N` runs each case exactly N times without criterion (for
+//! `scripts/instr-count.sh`; see `bench/benches/support/instr.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+#[path = "../../bench/benches/support/instr.rs"]
+mod instr;
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::Throughput;
+use instr::Runner;
 use v2sp_dataplane::proto::fixture::StaticAuth;
 use v2sp_dataplane::proto::ss::address;
 use v2sp_dataplane::proto::ss::aead::Aead2017Client;
@@ -90,10 +97,8 @@ const METHODS: [Method; 6] = [
     Method::Blake3ChaCha20Poly1305,
 ];
 
-fn framing(c: &mut Criterion) {
-    let mut g = c.benchmark_group("ss_seal_open_16k");
+fn framing(r: &mut Runner) {
     let plain = vec![0xa5u8; 16 * 1024];
-    g.throughput(Throughput::Bytes(plain.len() as u64));
     for m in METHODS {
         let ctx = ctx(m, 1);
         let (wire, mut client) = request(m, 0);
@@ -106,25 +111,26 @@ fn framing(c: &mut Criterion) {
             Client::Old(cl) => cl.open(&out, &mut got).unwrap(),
             Client::New(cl) => cl.open(&out, &mut got).unwrap(),
         }
-        g.bench_function(BenchmarkId::from_parameter(m.name()), |b| {
-            b.iter(|| {
-                out.clear();
-                got.clear();
-                server.seal(black_box(&plain), &mut out).unwrap();
-                match &mut client {
-                    Client::Old(cl) => cl.open(&out, &mut got).unwrap(),
-                    Client::New(cl) => cl.open(&out, &mut got).unwrap(),
-                }
-                assert_eq!(got.len(), plain.len());
-            })
+        let t = Some(Throughput::Bytes(plain.len() as u64));
+        r.case("ss_seal_open_16k", m.name(), t, || {
+            out.clear();
+            got.clear();
+            server.seal(black_box(&plain), &mut out).unwrap();
+            match &mut client {
+                Client::Old(cl) => cl.open(&out, &mut got).unwrap(),
+                Client::New(cl) => cl.open(&out, &mut got).unwrap(),
+            }
+            assert_eq!(got.len(), plain.len());
         });
     }
-    g.finish();
 }
 
-fn new_connection(c: &mut Criterion) {
-    let mut g = c.benchmark_group("ss_new_connection_auth");
-    g.sample_size(20);
+fn new_connection(r: &mut Runner) {
+    r.tune(
+        20,
+        std::time::Duration::from_secs(3),
+        std::time::Duration::from_secs(5),
+    );
     for m in [
         Method::Aes128Gcm,
         Method::ChaCha20Poly1305,
@@ -134,8 +140,11 @@ fn new_connection(c: &mut Criterion) {
             let ctx = ctx(m, n);
             // Worst case for trial decryption: the last user in the table.
             let (wire, _) = request(m, n - 1);
-            g.bench_with_input(BenchmarkId::new(m.name(), n), &n, |b, _| {
-                b.iter(|| {
+            r.case(
+                "ss_new_connection_auth",
+                &format!("{}/{n}", m.name()),
+                None,
+                || {
                     let mut hs = inbound(m).handshake();
                     match hs.feed(black_box(&wire), &ctx).unwrap() {
                         Step::Done(Next::Forward { user, .. }) => {
@@ -143,12 +152,12 @@ fn new_connection(c: &mut Criterion) {
                         }
                         _ => panic!("not accepted"),
                     }
-                })
-            });
+                },
+            );
         }
     }
-    g.finish();
 }
 
-criterion_group!(benches, framing, new_connection);
-criterion_main!(benches);
+fn main() {
+    instr::main(&[framing, new_connection]);
+}

@@ -4,13 +4,18 @@
 //! the last one tried (worst case, one AES block per user). The per-core key cache is built
 //! once outside the timing (it is rebuilt only when the user table changes; its cost is
 //! `rebuild`; `rebuild_same_users` is a new table generation whose users kept their uuids).
+//! `V2SP_BENCH_ITERS=N` runs each case exactly N times without criterion (for
+//! `scripts/instr-count.sh`; see `bench/benches/support/instr.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+#[path = "../../bench/benches/support/instr.rs"]
+mod instr;
 
 use std::cell::Cell;
 use std::hint::black_box;
 use std::net::IpAddr;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use instr::Runner;
 use v2sp_dataplane::proto::vmess::client::ClientRequest;
 use v2sp_dataplane::proto::vmess::crypto::cmd_key;
 use v2sp_dataplane::proto::vmess::users::UserKeys;
@@ -103,11 +108,13 @@ fn accept(inbound: &VmessInbound, ctx: &Ctx, wire: &[u8]) {
     }
 }
 
-fn bench(c: &mut Criterion) {
-    let mut g = c.benchmark_group("vmess_new_connection");
-    g.sample_size(20)
-        .warm_up_time(std::time::Duration::from_millis(500))
-        .measurement_time(std::time::Duration::from_secs(2));
+fn bench(r: &mut Runner) {
+    let g = "vmess_new_connection";
+    r.tune(
+        20,
+        std::time::Duration::from_millis(500),
+        std::time::Duration::from_secs(2),
+    );
     for n in [10usize, 1_000, 10_000] {
         let ctx = Ctx::new(n);
         let inbound = VmessInbound::new();
@@ -115,35 +122,31 @@ fn bench(c: &mut Criterion) {
         // Warm the key cache and the hint for 10.0.0.1.
         ctx.peer.set(Some("10.0.0.1".parse().unwrap()));
         accept(&inbound, &ctx, &wire);
-        g.bench_with_input(BenchmarkId::new("hinted", n), &n, |b, _| {
+        r.case(g, &format!("hinted/{n}"), None, || {
             ctx.peer.set(Some("10.0.0.1".parse().unwrap()));
-            b.iter(|| accept(&inbound, &ctx, &wire))
+            accept(&inbound, &ctx, &wire)
         });
         // Cold: a peer never seen, so every user is tried (the matching one last).
-        g.bench_with_input(BenchmarkId::new("cold", n), &n, |b, _| {
+        r.case(g, &format!("cold/{n}"), None, || {
             ctx.peer.set(None);
-            b.iter(|| accept(&inbound, &ctx, &wire))
+            accept(&inbound, &ctx, &wire)
         });
-        g.bench_with_input(BenchmarkId::new("rebuild", n), &n, |b, _| {
-            b.iter(|| {
-                let mut k = UserKeys::default();
-                k.refresh(&ctx);
-                black_box(k.len())
-            })
-        });
-        // A new table generation with the same users: keys are reused.
-        g.bench_with_input(BenchmarkId::new("rebuild_same_users", n), &n, |b, _| {
+        r.case(g, &format!("rebuild/{n}"), None, || {
             let mut k = UserKeys::default();
             k.refresh(&ctx);
-            b.iter(|| {
-                ctx.gen.set(ctx.gen.get() + 1);
-                k.refresh(&ctx);
-                black_box(k.len())
-            })
+            black_box(k.len());
+        });
+        // A new table generation with the same users: keys are reused.
+        let mut k = UserKeys::default();
+        k.refresh(&ctx);
+        r.case(g, &format!("rebuild_same_users/{n}"), None, || {
+            ctx.gen.set(ctx.gen.get() + 1);
+            k.refresh(&ctx);
+            black_box(k.len());
         });
     }
-    g.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+fn main() {
+    instr::main(&[bench]);
+}

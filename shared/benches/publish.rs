@@ -4,25 +4,20 @@
 //!     CARGO_TARGET_DIR=... cargo bench -p v2sp-shared --bench publish
 //!     cargo bench -p v2sp-shared --bench publish -- 'publish_users/1000000'
 //!
-//! Instruction-count mode for regression checks (deterministic, independent of machine load):
-//! build the bench binary, then run one fixed iteration per case under callgrind with
-//! criterion's `--profile-time` (which skips the analysis and just iterates):
-//!     cargo bench -p v2sp-shared --bench publish --no-run      # prints the binary path
-//!     valgrind --tool=callgrind --callgrind-out-file=/tmp/publish.cg \
-//!         target/release/deps/publish-<hash> --bench --profile-time 1 'publish_users/100000'
-//!     callgrind_annotate /tmp/publish.cg | head -30
-//! Compare the "PROGRAM TOTALS" Ir between commits, normalised per iteration (callgrind
-//! counts every iteration criterion ran within the profile time, so prefer
-//! `V2SP_BENCH_ITERS=N`, which runs exactly N publishes of each size without criterion:
-//!     V2SP_BENCH_ITERS=3 valgrind --tool=callgrind target/release/deps/publish-<hash> --bench
-//! and divide by N).
+//! Instruction-count mode (deterministic, independent of machine load): `scripts/instr-count.sh`
+//! runs each case with `V2SP_BENCH_ITERS=N` (exactly N iterations, no criterion; see
+//! `bench/benches/support/instr.rs`) under callgrind and prints instructions per iteration.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../bench/benches/support/instr.rs"]
+mod instr;
 
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
-use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use criterion::Throughput;
+use instr::Runner;
 use v2sp_shared::cred::{secret_for, CredKind};
 use v2sp_shared::shm::{ControlShm, DataplaneShm, UserEntry};
 
@@ -73,11 +68,8 @@ fn shm_dir() -> tempfile::TempDir {
     }
 }
 
-fn publish(c: &mut Criterion) {
-    let mut g = c.benchmark_group("publish_users");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5));
+fn publish(r: &mut Runner) {
+    r.tune(10, Duration::from_secs(1), Duration::from_secs(5));
     for n in SIZES {
         let users = vless_users(n, 1);
         let dir = shm_dir();
@@ -88,25 +80,23 @@ fn publish(c: &mut Criterion) {
             ctl.publish_users(0, CredKind::VlessUuid, &users, Duration::from_secs(1))
                 .unwrap();
         }
-        g.throughput(Throughput::Elements(n as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(n), &users, |b, users| {
-            b.iter(|| {
+        r.case(
+            "publish_users",
+            &n.to_string(),
+            Some(Throughput::Elements(n as u64)),
+            || {
                 let st = ctl
-                    .publish_users(0, CredKind::VlessUuid, users, Duration::from_secs(1))
+                    .publish_users(0, CredKind::VlessUuid, &users, Duration::from_secs(1))
                     .unwrap();
                 debug_assert!(!st.recreated_file);
-                black_box(st)
-            })
-        });
+                black_box(st);
+            },
+        );
     }
-    g.finish();
 }
 
-fn lookup(c: &mut Criterion) {
-    let mut g = c.benchmark_group("lookup");
-    g.sample_size(30)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+fn lookup(r: &mut Runner) {
+    r.tune(30, Duration::from_millis(500), Duration::from_secs(2));
     for n in SIZES {
         let users = vless_users(n, 2);
         let misses = vless_users(1024, 3);
@@ -122,48 +112,18 @@ fn lookup(c: &mut Criterion) {
             .map(|i| users[(mix(i) % n as u64) as usize].secret.as_slice())
             .collect();
         let mut i = 0usize;
-        g.bench_with_input(BenchmarkId::new("hit", n), &n, |b, _| {
-            b.iter(|| {
-                i = (i + 1) & 4095;
-                black_box(view.lookup(black_box(probes[i])))
-            })
+        r.case("lookup", &format!("hit/{n}"), None, || {
+            i = (i + 1) & 4095;
+            black_box(view.lookup(black_box(probes[i])));
         });
         let mut j = 0usize;
-        g.bench_with_input(BenchmarkId::new("miss", n), &n, |b, _| {
-            b.iter(|| {
-                j = (j + 1) & 1023;
-                black_box(view.lookup(black_box(misses[j].secret.as_slice())))
-            })
+        r.case("lookup", &format!("miss/{n}"), None, || {
+            j = (j + 1) & 1023;
+            black_box(view.lookup(black_box(misses[j].secret.as_slice())));
         });
     }
-    g.finish();
 }
-
-/// `V2SP_BENCH_ITERS=N`: exactly N publishes per size, no criterion (for callgrind).
-fn fixed_iterations(iters: usize) {
-    for n in SIZES {
-        let users = vless_users(n, 1);
-        let dir = shm_dir();
-        let ctl = ControlShm::create_or_attach(dir.path()).unwrap();
-        for _ in 0..2 + iters {
-            black_box(
-                ctl.publish_users(0, CredKind::VlessUuid, &users, Duration::from_secs(1))
-                    .unwrap(),
-            );
-        }
-    }
-}
-
-criterion_group!(benches, publish, lookup);
 
 fn main() {
-    if let Some(n) = std::env::var("V2SP_BENCH_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        fixed_iterations(n);
-        return;
-    }
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    instr::main(&[publish, lookup]);
 }

@@ -1,11 +1,13 @@
 //! Our own client side of each protocol v2sp serves: Shadowsocks (`ss`), Trojan over TLS
-//! (`trojan`), VLESS over TLS (`vless`); `tls` holds the run's certificate and rustls client.
-//! A [`Suite`] is one row of the report: a Shadowsocks method, or `trojan-tls` / `vless-tls`.
+//! (`trojan`), VLESS over TLS (`vless`), VMess AEAD on TCP or inside TLS (`vmess`); `tls` holds
+//! the run's certificate and rustls client. A [`Suite`] is one row of the report: a Shadowsocks
+//! method, or `trojan-tls` / `vless-tls` / `vmess` / `vmess-tls` / a Vision suite.
 pub mod ss;
 pub mod tls;
 pub mod trojan;
 pub mod vision;
 pub mod vless;
+pub mod vmess;
 
 use std::sync::Arc;
 
@@ -19,6 +21,8 @@ pub enum Suite {
     Ss(Arc<SsCredentials>),
     Trojan(Arc<TlsMaterial>),
     Vless(Arc<TlsMaterial>),
+    /// VMess AEAD (aes-128-gcm), on plain TCP (`None`) or inside TLS.
+    Vmess(Option<Arc<TlsMaterial>>),
     /// VLESS + Vision (REALITY or TLS) through the real shoes client; see `client::vision`.
     Vision(Arc<VisionSuite>),
 }
@@ -39,6 +43,8 @@ impl Suite {
             Suite::Ss(c) => c.method.name(),
             Suite::Trojan(_) => TROJAN_TLS,
             Suite::Vless(_) => VLESS_TLS,
+            Suite::Vmess(None) => vmess::VMESS,
+            Suite::Vmess(Some(_)) => vmess::VMESS_TLS,
             Suite::Vision(v) => v.name(),
         }
     }
@@ -59,7 +65,12 @@ impl Suite {
             Suite::Ss(_) => None,
             Suite::Vision(v) => v.server_tls(),
             Suite::Trojan(t) | Suite::Vless(t) => Some(t),
+            Suite::Vmess(t) => t.as_ref(),
         }
+    }
+
+    pub fn is_vmess(&self) -> bool {
+        matches!(self, Suite::Vmess(_))
     }
 
     pub fn vision(&self) -> Option<&Arc<VisionSuite>> {
@@ -74,6 +85,8 @@ impl Suite {
         Ok(match name.trim() {
             TROJAN_TLS => Suite::Trojan(tls.clone()),
             VLESS_TLS => Suite::Vless(tls.clone()),
+            vmess::VMESS => Suite::Vmess(None),
+            vmess::VMESS_TLS => Suite::Vmess(Some(tls.clone())),
             vision::REALITY_VISION | vision::TLS_VISION => {
                 Suite::Vision(Arc::new(VisionSuite::new(name.trim(), tls)?))
             }
