@@ -314,3 +314,54 @@ fn sing_box_vmess_udp_over_ws_with_exact_accounting() {
     }
     v.finish(&failures, &expected);
 }
+
+/// A prober sending a bad auth id sees what Xray's VMess server does: the server reads a
+/// bounded amount more (54 + a per-process base below 3266 + up to 63 bytes) and then closes,
+/// well before the handshake timeout, with nothing ever written back; nothing is accounted.
+#[test]
+fn bad_auth_id_is_read_a_bounded_amount_then_closed() {
+    use std::io::{Read, Write};
+    let v = V2sp::start(vec![node(1, 0)], json!({})).unwrap();
+    let port = v.nodes[0].port;
+    let mut failures = Vec::new();
+    for round in 0..3u8 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        s.write_all(&[round ^ 0x5a; 16]).unwrap();
+        let started = std::time::Instant::now();
+        let mut written = 0usize;
+        let mut closed_after = None;
+        for _ in 0..60 {
+            if s.write_all(&[0xa5; 100]).is_err() {
+                closed_after = Some(written);
+                break;
+            }
+            written += 100;
+            let mut b = [0u8; 64];
+            match s.read(&mut b) {
+                Ok(0) => {
+                    closed_after = Some(written);
+                    break;
+                }
+                Ok(n) => failures.push(format!("round {round}: the server answered {n} bytes")),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => {
+                    closed_after = Some(written);
+                    break;
+                }
+            }
+        }
+        match closed_after {
+            Some(n) if (54..=3266 + 54 + 64 + 200).contains(&n) => {}
+            other => failures.push(format!(
+                "round {round}: closed after {other:?} bytes, {:?} (want 54..3500 bytes, then close)",
+                started.elapsed()
+            )),
+        }
+    }
+    v.finish(&failures, &BTreeMap::new());
+}

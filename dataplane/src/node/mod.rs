@@ -706,7 +706,7 @@ async fn handshake(
                 carry = a.carry;
                 tls = Some(a.session);
             }
-            Err(crate::tls::AcceptError::Wire(_)) => return drain(s, &mut buf).await,
+            Err(crate::tls::AcceptError::Wire(_)) => return drain(s, &mut buf, usize::MAX).await,
             Err(crate::tls::AcceptError::Io) => return Handshake::Drop,
         }
     }
@@ -744,7 +744,7 @@ async fn handshake(
             match step {
                 Ok(Step::NeedMore(_)) => {}
                 Ok(Step::Done(next)) => return Handshake::Forward(next, tls.map(|t| Box::new((t, carry)))),
-                Err(_) => return drain(s, &mut buf).await,
+                Err(_) => return drain(s, &mut buf, usize::MAX).await,
             }
         }
         chunk.clear();
@@ -762,11 +762,11 @@ async fn handshake(
                 carry.extend_from_slice(raw);
                 let used = match t.open(&carry, &mut chunk) {
                     Ok(u) => u,
-                    Err(_) => return drain(s, &mut buf).await,
+                    Err(_) => return drain(s, &mut buf, usize::MAX).await,
                 };
                 carry.drain(..used.min(carry.len()));
                 if carry.len() > crate::tls::deframe::HEADER_LEN + crate::tls::deframe::MAX_FRAGMENT {
-                    return drain(s, &mut buf).await;
+                    return drain(s, &mut buf, usize::MAX).await;
                 }
                 // Post-handshake messages (tickets, key updates) go out as they come.
                 let mut out = Vec::new();
@@ -780,14 +780,20 @@ async fn handshake(
 }
 
 /// Reads and discards until the client gives up; the caller's handshake timeout ends it.
-async fn drain(s: &TcpStream, buf: &mut Vec<u8>) -> Handshake {
+/// Reads and discards until EOF, an error, or `limit` bytes (the caller bounds it in time).
+async fn drain(s: &TcpStream, buf: &mut Vec<u8>, limit: usize) -> Handshake {
     if buf.is_empty() {
         buf.resize(4096, 0);
     }
+    let mut left = limit;
     for _ in 0..1_000_000 {
-        match read_some(s, buf).await {
+        if left == 0 {
+            break;
+        }
+        let room = buf.len().min(left);
+        match read_some(s, buf.get_mut(..room).unwrap_or_default()).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => {}
+            Ok(n) => left = left.saturating_sub(n),
         }
     }
     Handshake::Drop
@@ -888,7 +894,16 @@ async fn open(
             ..
         } => {
             let mut buf = vec![0u8; 4096];
-            let _ = tokio::time::timeout_at(deadline, drain(&client, &mut buf)).await;
+            let _ = tokio::time::timeout_at(deadline, drain(&client, &mut buf, usize::MAX)).await;
+            return None;
+        }
+        Next::Reject {
+            policy: RejectPolicy::DrainThenClose(limit),
+            ..
+        } => {
+            let mut buf = vec![0u8; 4096];
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let _ = tokio::time::timeout_at(deadline, drain(&client, &mut buf, limit)).await;
             return None;
         }
         Next::Fallback { consumed, .. } => {

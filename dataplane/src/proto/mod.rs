@@ -64,6 +64,10 @@ pub enum RejectPolicy {
     DrainUntilTimeout,
     /// Close right away (only where the protocol's real servers do so).
     Close,
+    /// Read (and discard) up to this many more bytes, then close: Xray's VMess answer to a bad
+    /// auth id. A client that sends less is held until the handshake timeout, like any
+    /// server still waiting.
+    DrainThenClose(u32),
 }
 
 /// Result of feeding bytes to a handshake.

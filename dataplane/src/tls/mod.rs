@@ -41,6 +41,20 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Stateless session tickets (AES-256 + HMAC-SHA256, RFC 5077 §4, key rotated by rustls),
+/// one ticket key for the whole process: every core builds its own config per node, and a
+/// resuming client usually lands on another core (SO_REUSEPORT hashes the new 4-tuple).
+/// Resumption then costs no per-session server memory.
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
+    static TICKETER: std::sync::OnceLock<Arc<dyn rustls::server::ProducesTickets>> =
+        std::sync::OnceLock::new();
+    if let Some(t) = TICKETER.get() {
+        return Ok(t.clone());
+    }
+    let t = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
+    Ok(TICKETER.get_or_init(|| t).clone())
+}
+
 /// Builds a node's server config: TLS 1.3 and 1.2, ALPN from settings, certificates from the
 /// node's [`CertStore`].
 pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
@@ -61,6 +75,7 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
     cfg.alpn_protocols = s.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     // After the handshake the relay seals and opens records itself (`record`).
     cfg.enable_secret_extraction = true;
+    cfg.ticketer = ticketer()?;
     Ok(Arc::new(cfg))
 }
 

@@ -445,3 +445,30 @@ fn tampered_or_unprotected_records_are_errors() {
         assert!(s2.open(&[0x17, 3, 3, 0, 3, 1, 2, 3], &mut got).is_err());
     }
 }
+
+#[test]
+fn tickets_resume_on_another_cores_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = pair(dir.path());
+    // Two cores build their own config for the same node.
+    let (core_a, core_b) = (
+        server_config(&settings).unwrap(),
+        server_config(&settings).unwrap(),
+    );
+    let ccfg = Arc::new(
+        ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny))
+            .with_no_client_auth(),
+    );
+    let mut first = ClientConnection::new(ccfg.clone(), "example.com".try_into().unwrap()).unwrap();
+    let mut s = TlsSession::new(&core_a).unwrap();
+    establish(&mut s, &mut first);
+    // The tickets came with the handshake's last flight; the client stored them.
+    let mut second = ClientConnection::new(ccfg, "example.com".try_into().unwrap()).unwrap();
+    let mut s = TlsSession::new(&core_b).unwrap();
+    establish(&mut s, &mut second);
+    assert_eq!(second.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+}

@@ -232,12 +232,41 @@ pub struct VmessHandshake {
 }
 
 fn reject(error: WireError) -> Step {
-    // Xray reads a little more and closes late; draining until the handshake timeout is what
-    // a server still waiting for more bytes looks like, and is as undistinctive.
+    reject_after(error, 0)
+}
+
+/// `extra`: bytes past the 16-byte auth id the handshake has already read; Xray's drain
+/// counts them too (they sit in its buffered reader).
+fn reject_after(error: WireError, extra: usize) -> Step {
+    let extra = u32::try_from(extra).unwrap_or(u32::MAX);
     Step::Done(Next::Reject {
         error,
-        policy: RejectPolicy::DrainUntilTimeout,
+        policy: RejectPolicy::DrainThenClose(drain_len(rand_below(MAX_RAND_DRAIN)).saturating_sub(extra)),
     })
+}
+
+/// Xray's VMess server, on a header it cannot open, reads a further `54 + base + r` bytes
+/// and then closes, where `base < 3266` is fixed per server (from its behaviour seed) and
+/// `r < 64` is drawn per connection; so a prober sees the same cut-off window from every
+/// server of a kind rather than an immediate, distinctive close. Our `base` is drawn once per
+/// process.
+const DRAIN_FOUNDATION: u32 = 16 + 38;
+const MAX_BASE_DRAIN: u32 = 3266;
+const MAX_RAND_DRAIN: u32 = 64;
+
+fn drain_len(r: u32) -> u32 {
+    static BASE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    DRAIN_FOUNDATION + *BASE.get_or_init(|| rand_below(MAX_BASE_DRAIN)) + r.min(MAX_RAND_DRAIN - 1)
+}
+
+/// Uniform-enough random number below `n` (n > 0), from the system RNG.
+fn rand_below(n: u32) -> u32 {
+    let mut b = [0u8; 4];
+    // Without randomness the bound itself is as undistinctive as any other draw.
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        return n / 2;
+    }
+    u32::from_le_bytes(b) % n.max(1)
 }
 
 impl VmessHandshake {
@@ -399,8 +428,9 @@ impl StreamHandshake for VmessHandshake {
             }
             Err(e) => {
                 self.finished = true;
+                let extra = self.buf.len().saturating_sub(16);
                 self.buf = Vec::new();
-                Ok(reject(e))
+                Ok(reject_after(e, extra))
             }
         }
     }

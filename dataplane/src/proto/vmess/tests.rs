@@ -186,7 +186,10 @@ fn forward(step: Step) -> Forwarded {
 fn rejected(step: Step) -> WireError {
     match step {
         Step::Done(Next::Reject { error, policy }) => {
-            assert_eq!(policy, RejectPolicy::DrainUntilTimeout);
+            let RejectPolicy::DrainThenClose(n) = policy else {
+                panic!("VMess rejects drain a bounded amount, got {policy:?}");
+            };
+            assert!(n < 54 + 3266 + 64, "drain length {n}");
             error
         }
         _ => panic!("not rejected"),
@@ -791,4 +794,33 @@ proptest! {
             let _ = codec.open(&initial, &mut ev, &mut reply);
         }
     }
+}
+
+/// Xray's answer to a bad auth id: read 54 + base + r more bytes (base < 3266 fixed per
+/// server, r < 64 per connection), counting what was already read past the auth id, then close.
+#[test]
+fn bad_auth_id_drains_a_bounded_amount_like_xray() {
+    let stranger = Ctx::new(vec![user(&[3u8; 16], 1)], time());
+    let drain = |extra: usize| {
+        let wire: Vec<u8> = (0..16 + extra).map(|i| (i * 7 + 1) as u8).collect();
+        match VmessInbound::new().handshake().feed(&wire, &stranger).unwrap() {
+            Step::Done(Next::Reject {
+                policy: RejectPolicy::DrainThenClose(n),
+                ..
+            }) => n,
+            _ => panic!("not a bounded drain"),
+        }
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..64 {
+        let n = drain(0);
+        assert!((54..54 + 3266 + 64).contains(&n), "{n}");
+        seen.insert(n);
+    }
+    // One base per process, a small per-connection spread on top of it.
+    let (lo, hi) = (*seen.first().unwrap(), *seen.last().unwrap());
+    assert!(hi - lo < 64 && seen.len() > 1, "{seen:?}");
+    // Bytes already read count against it: 1000 extra → 1000 fewer; 5000 → close now.
+    assert!(drain(1000) <= hi - 1000 + 63 && drain(1000) + 1000 >= lo);
+    assert_eq!(drain(5000), 0);
 }
