@@ -127,6 +127,23 @@ impl Drop for Proc {
     }
 }
 
+/// Per node id, per user id: (upload, download) bytes the panel must end up with.
+pub type Totals = BTreeMap<u32, BTreeMap<u32, (u64, u64)>>;
+
+/// Adds what one transfer moved to `totals`.
+pub fn expect(totals: &mut Totals, node: u32, user: u32, up: u64, down: u64) {
+    let e = totals.entry(node).or_default().entry(user).or_default();
+    e.0 += up;
+    e.1 += down;
+}
+
+/// Local config that makes v2sp generate (and keep in `dir`) a self-signed certificate for
+/// `domain` on every TLS node.
+pub fn self_signed_certs(dir: &Path, domain: &str) -> Value {
+    json!({"CertConfig": {"CertMode": "self", "CertDomain": domain,
+        "CertFile": dir.join("{domain}.crt"), "KeyFile": dir.join("{domain}.key")}})
+}
+
 /// One node on the simulated panel.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
@@ -235,7 +252,7 @@ impl V2sp {
     /// then waits (20 s at most) until the panel holds exactly `expected` for each node
     /// (user id → (upload, download) bytes).
     #[allow(clippy::panic)] // failing the calling test is this helper's job
-    pub fn finish(&self, failures: &[String], expected: &BTreeMap<u32, BTreeMap<u32, (u64, u64)>>) {
+    pub fn finish(&self, failures: &[String], expected: &Totals) {
         if !failures.is_empty() {
             panic!(
                 "{} failures:\n{}\n--- v2sp log ---\n{}",

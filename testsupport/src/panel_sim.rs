@@ -441,6 +441,15 @@ pub fn user(id: u32, uuid: &str) -> Value {
     json!({"id": id, "uuid": uuid, "speed_limit": null, "device_limit": null})
 }
 
+/// [`user`] for each uuid, with ids 1, 2, …
+pub fn users(uuids: &[&str]) -> Vec<Value> {
+    uuids
+        .iter()
+        .zip(1u32..)
+        .map(|(uuid, id)| user(id, uuid))
+        .collect()
+}
+
 fn serve(listener: TcpListener, addr: SocketAddr, shared: &Shared) {
     let mut listener = Some(listener);
     while !shared.stop.load(Ordering::SeqCst) {

@@ -14,9 +14,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    free_port, payload, sing_box_outbound, tcp_echo_through, udp_echo_through, Echo, NodeSpec, V2sp,
+    expect, free_port, payload, self_signed_certs, sing_box_outbound, tcp_echo_through, udp_echo_through,
+    Echo, NodeSpec, Totals, V2sp,
 };
-use v2sp_testsupport::panel_sim::user;
+use v2sp_testsupport::panel_sim::users;
 
 const UUIDS: [&str; 2] = [
     "705d4ada-fc32-48de-951c-2ab9d5765ce0",
@@ -121,19 +122,14 @@ fn sing_box_over_grpc_with_exact_accounting() {
                              "network": "grpc", "networkSettings": settings,
                              "tls_settings": {"server_name": DOMAIN},
                              "base_config": {"push_interval": 1, "pull_interval": 1}}),
-                users: UUIDS
-                    .iter()
-                    .enumerate()
-                    .map(|(u, id)| user(u as u32 + 1, id))
-                    .collect(),
+                users: users(&UUIDS),
             }
         })
         .collect();
-    let cert_cfg = json!({"CertConfig": {"CertMode": "self", "CertDomain": DOMAIN,
-        "CertFile": certs.path().join("{domain}.crt"), "KeyFile": certs.path().join("{domain}.key")}});
+    let cert_cfg = self_signed_certs(certs.path(), DOMAIN);
     let v = V2sp::start(nodes, cert_cfg).unwrap();
     let mut failures = Vec::new();
-    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let mut expected: Totals = BTreeMap::new();
     for (i, c) in cases.iter().enumerate() {
         let node = &v.nodes[i];
         let what = format!("{} over grpc {:?} (tls {})", c.protocol, c.service, c.tls);
@@ -142,13 +138,7 @@ fn sing_box_over_grpc_with_exact_accounting() {
             let data = payload(SIZE, (i * 10 + uidx) as u64);
             match tcp_echo_through(socks, echo.port, &data) {
                 Ok(n) => {
-                    let e = expected
-                        .entry(node.node_id)
-                        .or_default()
-                        .entry(uidx as u32 + 1)
-                        .or_default();
-                    e.0 += n;
-                    e.1 += n;
+                    expect(&mut expected, node.node_id, uidx as u32 + 1, n, n);
                 }
                 Err(err) => failures.push(format!(
                     "sing-box {what} user {}: {err:#}\n{}",
@@ -207,19 +197,14 @@ fn sing_box_udp_over_grpc_with_exact_accounting() {
                              "network": "grpc", "networkSettings": {"serviceName": c.service},
                              "tls_settings": {"server_name": DOMAIN},
                              "base_config": {"push_interval": 1, "pull_interval": 1}}),
-                users: UUIDS
-                    .iter()
-                    .enumerate()
-                    .map(|(u, id)| user(u as u32 + 1, id))
-                    .collect(),
+                users: users(&UUIDS),
             }
         })
         .collect();
-    let cert_cfg = json!({"CertConfig": {"CertMode": "self", "CertDomain": DOMAIN,
-        "CertFile": certs.path().join("{domain}.crt"), "KeyFile": certs.path().join("{domain}.key")}});
+    let cert_cfg = self_signed_certs(certs.path(), DOMAIN);
     let v = V2sp::start(nodes, cert_cfg).unwrap();
     let mut failures = Vec::new();
-    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let mut expected: Totals = BTreeMap::new();
     for (i, c) in cases.iter().enumerate() {
         let node = &v.nodes[i];
         for (uidx, id) in UUIDS.iter().enumerate() {
@@ -227,13 +212,7 @@ fn sing_box_udp_over_grpc_with_exact_accounting() {
             let (count, size) = if uidx == 0 { (20, 1200) } else { (7, 333) };
             match udp_echo_through(socks, echo.port, count, size) {
                 Ok(n) => {
-                    let e = expected
-                        .entry(node.node_id)
-                        .or_default()
-                        .entry(uidx as u32 + 1)
-                        .or_default();
-                    e.0 += n;
-                    e.1 += n;
+                    expect(&mut expected, node.node_id, uidx as u32 + 1, n, n);
                 }
                 Err(err) => failures.push(format!(
                     "sing-box {} udp over grpc user {}: {err:#}\n{}",

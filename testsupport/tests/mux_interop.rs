@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    free_port, payload, peer, tcp_echo_through, udp_echo_through, wait_tcp, Echo, NodeSpec, Proc, Recorder,
-    V2sp,
+    expect, free_port, payload, peer, self_signed_certs, tcp_echo_through, udp_echo_through, wait_tcp, Echo,
+    NodeSpec, Proc, Recorder, Totals, V2sp,
 };
-use v2sp_testsupport::panel_sim::user;
+use v2sp_testsupport::panel_sim::{user, users};
 
 const UUIDS: [&str; 3] = [
     "705d4ada-fc32-48de-951c-2ab9d5765ce0",
@@ -86,19 +86,14 @@ fn v2ray_mux_tcp_substreams_with_exact_accounting() {
                 info: json!({"node_type": p, "server_port": port, "tls": u8::from(*tls), "network": "tcp",
                              "tls_settings": {"server_name": DOMAIN},
                              "base_config": {"push_interval": 1, "pull_interval": 1}}),
-                users: UUIDS
-                    .iter()
-                    .enumerate()
-                    .map(|(u, id)| user(u as u32 + 1, id))
-                    .collect(),
+                users: users(&UUIDS),
             }
         })
         .collect();
-    let cert_cfg = json!({"CertConfig": {"CertMode": "self", "CertDomain": DOMAIN,
-        "CertFile": certs.path().join("{domain}.crt"), "KeyFile": certs.path().join("{domain}.key")}});
+    let cert_cfg = self_signed_certs(certs.path(), DOMAIN);
     let v = V2sp::start(nodes, cert_cfg).unwrap();
     let mut failures = Vec::new();
-    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let mut expected: Totals = BTreeMap::new();
     for (i, (p, tls)) in kinds.iter().enumerate() {
         let n = &v.nodes[i];
         let what = format!("{p} tls={tls} (node {})", n.node_id);
@@ -138,13 +133,7 @@ fn v2ray_mux_tcp_substreams_with_exact_accounting() {
             Ok(b) => moved += b,
             Err(e) => failures.push(format!("{what} udp: {e:#}\n{}", proc_.log())),
         }
-        let e = expected
-            .entry(n.node_id)
-            .or_default()
-            .entry(uidx as u32 + 1)
-            .or_default();
-        e.0 += moved;
-        e.1 += moved;
+        expect(&mut expected, n.node_id, uidx as u32 + 1, moved, moved);
         let conns = rec.captured.lock().unwrap().len();
         eprintln!("{what}: {STREAMS} TCP streams + UDP over {conns} client connection(s)");
         if conns == 0 || conns >= STREAMS {
@@ -254,11 +243,10 @@ fn sing_box_vmess_xudp_with_exact_accounting() {
             }
         })
         .collect();
-    let cert_cfg = json!({"CertConfig": {"CertMode": "self", "CertDomain": DOMAIN,
-        "CertFile": certs.path().join("{domain}.crt"), "KeyFile": certs.path().join("{domain}.key")}});
+    let cert_cfg = self_signed_certs(certs.path(), DOMAIN);
     let v = V2sp::start(nodes, cert_cfg).unwrap();
     let mut failures = Vec::new();
-    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let mut expected: Totals = BTreeMap::new();
     for (ni, n) in v.nodes.iter().enumerate() {
         let uidx = ni % 2;
         let mut out = json!({"type": "vmess", "server": "127.0.0.1", "server_port": n.port,
@@ -270,13 +258,7 @@ fn sing_box_vmess_xudp_with_exact_accounting() {
         let (proc_, socks) = sing_box_outbound(out, v.dir.path()).unwrap();
         match udp_echo_through(socks, echo.port, 15, 900 + ni) {
             Ok(b) => {
-                let e = expected
-                    .entry(n.node_id)
-                    .or_default()
-                    .entry(uidx as u32 + 1)
-                    .or_default();
-                e.0 += b;
-                e.1 += b;
+                expect(&mut expected, n.node_id, uidx as u32 + 1, b, b);
             }
             Err(e) => failures.push(format!(
                 "sing-box vmess xudp node {}: {e:#}\n{}",

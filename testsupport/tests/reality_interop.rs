@@ -24,7 +24,7 @@ use serde_json::json;
 use v2sp_testsupport::harness::{
     free_port, payload, peer, sha256, socks5_connect, tcp_echo_through, wait_tcp, Echo, NodeSpec, Proc, V2sp,
 };
-use v2sp_testsupport::panel_sim::user;
+use v2sp_testsupport::panel_sim::{user, users};
 use v2sp_testsupport::peers::shoes;
 
 const UUIDS: [&str; 2] = [
@@ -151,11 +151,7 @@ fn setup(flow: &str) -> Setup {
                      "tls_settings": {"server_name": SNI, "dest": "127.0.0.1", "server_port": nginx.port.to_string(),
                                       "private_key": private_key, "short_id": SHORT_ID, "xver": "0"},
                      "base_config": {"push_interval": 1, "pull_interval": 1}}),
-        users: UUIDS
-            .iter()
-            .enumerate()
-            .map(|(u, id)| user(u as u32 + 1, id))
-            .collect(),
+        users: users(&UUIDS),
     };
     let v = V2sp::start(vec![node], json!({})).unwrap();
     Setup {

@@ -18,9 +18,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    free_port, payload, tcp_echo_through, udp_echo_through, Echo, NodeSpec, V2sp,
+    expect, free_port, payload, self_signed_certs, tcp_echo_through, udp_echo_through, Echo, NodeSpec,
+    Totals, V2sp,
 };
-use v2sp_testsupport::panel_sim::user;
+use v2sp_testsupport::panel_sim::users;
 use v2sp_testsupport::peers::shoes;
 
 const UUIDS: [&str; 3] = [
@@ -159,27 +160,16 @@ fn shoes_trojan_vless_vmess_with_exact_accounting() {
                 node_id: i as u32 + 1,
                 port,
                 info,
-                users: UUIDS
-                    .iter()
-                    .enumerate()
-                    .map(|(u, id)| user(u as u32 + 1, id))
-                    .collect(),
+                users: users(&UUIDS),
             }
         })
         .collect();
-    let cert_cfg = json!({"CertConfig": {"CertMode": "self", "CertDomain": DOMAIN,
-        "CertFile": certs.path().join("{domain}.crt"), "KeyFile": certs.path().join("{domain}.key")}});
+    let cert_cfg = self_signed_certs(certs.path(), DOMAIN);
     let v = V2sp::start(nodes, cert_cfg).unwrap();
     let mut failures = Vec::new();
-    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let mut expected: Totals = BTreeMap::new();
     let mut add = |node: u32, uidx: usize, n: u64| {
-        let e = expected
-            .entry(node)
-            .or_default()
-            .entry(uidx as u32 + 1)
-            .or_default();
-        e.0 += n;
-        e.1 += n;
+        expect(&mut expected, node, uidx as u32 + 1, n, n);
     };
     for (i, c) in cases.iter().enumerate() {
         let n = &v.nodes[i];

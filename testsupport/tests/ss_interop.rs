@@ -10,9 +10,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::json;
 use v2sp_testsupport::harness::{
-    free_port, payload, sing_box_ss, sslocal, tcp_echo_through, udp_echo_through, Echo, NodeSpec, V2sp,
+    free_port, payload, sing_box_ss, sslocal, tcp_echo_through, udp_echo_through, Echo, NodeSpec, Totals,
+    V2sp,
 };
-use v2sp_testsupport::panel_sim::user;
+use v2sp_testsupport::panel_sim::users;
 
 const UUIDS: [&str; 3] = [
     "705d4ada-fc32-48de-951c-2ab9d5765ce0",
@@ -91,13 +92,13 @@ fn sslocal_and_sing_box_through_every_cipher_with_exact_accounting() {
                 port,
                 info: json!({"node_type": "shadowsocks", "server_port": port, "cipher": c.method,
                              "server_key": server_key(c), "base_config": {"push_interval": 1, "pull_interval": 1}}),
-                users: UUIDS.iter().enumerate().map(|(u, id)| user(u as u32 + 1, id)).collect(),
+                users: users(&UUIDS),
             }
         })
         .collect();
     let v = V2sp::start(nodes, json!({})).unwrap();
     let mut failures = Vec::new();
-    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let mut expected: Totals = BTreeMap::new();
     for (i, c) in CIPHERS.iter().enumerate() {
         let node = &v.nodes[i];
         // sslocal as user 1, sing-box as user 2; user 3 never connects and must see nothing.

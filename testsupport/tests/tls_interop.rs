@@ -8,8 +8,10 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
-use v2sp_testsupport::harness::{free_port, payload, sing_box_tls, tcp_echo_through, Echo, NodeSpec, V2sp};
-use v2sp_testsupport::panel_sim::user;
+use v2sp_testsupport::harness::{
+    free_port, payload, self_signed_certs, sing_box_tls, tcp_echo_through, Echo, NodeSpec, Totals, V2sp,
+};
+use v2sp_testsupport::panel_sim::users;
 
 const UUIDS: [&str; 3] = [
     "705d4ada-fc32-48de-951c-2ab9d5765ce0",
@@ -41,23 +43,18 @@ fn sing_box_trojan_and_vless_with_exact_accounting() {
                 info: json!({"node_type": p, "server_port": port, "tls": tls, "network": "tcp",
                              "tls_settings": {"server_name": DOMAIN},
                              "base_config": {"push_interval": 1, "pull_interval": 1}}),
-                users: UUIDS
-                    .iter()
-                    .enumerate()
-                    .map(|(u, id)| user(u as u32 + 1, id))
-                    .collect(),
+                users: users(&UUIDS),
             }
         })
         .collect();
-    let cert_cfg = json!({"CertConfig": {"CertMode": "self", "CertDomain": DOMAIN,
-        "CertFile": certs.path().join("{domain}.crt"), "KeyFile": certs.path().join("{domain}.key")}});
+    let cert_cfg = self_signed_certs(certs.path(), DOMAIN);
     let v = V2sp::start(nodes, cert_cfg).unwrap();
     assert!(
         certs.path().join("v2sp.test.crt").exists(),
         "self-signed certificate not written"
     );
     let mut failures = Vec::new();
-    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let mut expected: Totals = BTreeMap::new();
     for (i, (p, tls)) in kinds.iter().enumerate() {
         let node = &v.nodes[i];
         let tls_for = |uidx: usize| (*tls == 1).then(|| client_tls(uidx));

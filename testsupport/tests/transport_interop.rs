@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    free_port, payload, sing_box_transport, tcp_echo_through, v2ray_client, Echo, NodeSpec, Recorder, V2sp,
+    expect, free_port, payload, self_signed_certs, sing_box_transport, tcp_echo_through, v2ray_client, Echo,
+    NodeSpec, Recorder, Totals, V2sp,
 };
-use v2sp_testsupport::panel_sim::user;
+use v2sp_testsupport::panel_sim::{user, users};
 
 const UUIDS: [&str; 3] = [
     "705d4ada-fc32-48de-951c-2ab9d5765ce0",
@@ -112,19 +113,14 @@ fn sing_box_and_v2ray_over_ws_and_httpupgrade_with_exact_accounting() {
                              "network": c.network, "networkSettings": c.settings,
                              "tls_settings": {"server_name": DOMAIN},
                              "base_config": {"push_interval": 1, "pull_interval": 1}}),
-                users: UUIDS
-                    .iter()
-                    .enumerate()
-                    .map(|(u, id)| user(u as u32 + 1, id))
-                    .collect(),
+                users: users(&UUIDS),
             }
         })
         .collect();
-    let cert_cfg = json!({"CertConfig": {"CertMode": "self", "CertDomain": DOMAIN,
-        "CertFile": certs.path().join("{domain}.crt"), "KeyFile": certs.path().join("{domain}.key")}});
+    let cert_cfg = self_signed_certs(certs.path(), DOMAIN);
     let v = V2sp::start(nodes, cert_cfg).unwrap();
     let mut failures = Vec::new();
-    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let mut expected: Totals = BTreeMap::new();
     for (i, c) in cases.iter().enumerate() {
         let node = &v.nodes[i];
         let what = format!("{} over {} (tls {})", c.protocol, c.network, c.tls);
@@ -132,13 +128,7 @@ fn sing_box_and_v2ray_over_ws_and_httpupgrade_with_exact_accounting() {
         let recorder = c.check_early.then(|| Recorder::start(node.port).unwrap());
         let target = recorder.as_ref().map_or(node.port, |r| r.port);
         let mut add = |uidx: usize, n: u64| {
-            let e = expected
-                .entry(node.node_id)
-                .or_default()
-                .entry(uidx as u32 + 1)
-                .or_default();
-            e.0 += n;
-            e.1 += n;
+            expect(&mut expected, node.node_id, uidx as u32 + 1, n, n);
         };
         for uidx in [0usize, 1] {
             let (proc_, socks) = sing_box_transport(

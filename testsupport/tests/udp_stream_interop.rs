@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    free_port, peer, sing_box_outbound, udp_echo_through, wait_tcp, Echo, NodeSpec, Proc, V2sp,
+    expect, free_port, peer, self_signed_certs, sing_box_outbound, udp_echo_through, wait_tcp, Echo,
+    NodeSpec, Proc, Totals, V2sp,
 };
-use v2sp_testsupport::panel_sim::user;
+use v2sp_testsupport::panel_sim::users;
 
 const UUIDS: [&str; 2] = [
     "705d4ada-fc32-48de-951c-2ab9d5765ce0",
@@ -35,17 +36,12 @@ fn node(node_id: u32, protocol: &str) -> NodeSpec {
         info: json!({"node_type": protocol, "server_port": port, "tls": 1, "network": "tcp",
                      "tls_settings": {"server_name": DOMAIN},
                      "base_config": {"push_interval": 1, "pull_interval": 1}}),
-        users: UUIDS
-            .iter()
-            .enumerate()
-            .map(|(u, id)| user(u as u32 + 1, id))
-            .collect(),
+        users: users(&UUIDS),
     }
 }
 
 fn cert_cfg(dir: &std::path::Path) -> Value {
-    json!({"CertConfig": {"CertMode": "self", "CertDomain": DOMAIN,
-        "CertFile": dir.join("{domain}.crt"), "KeyFile": dir.join("{domain}.key")}})
+    self_signed_certs(dir, DOMAIN)
 }
 
 #[test]
@@ -67,7 +63,7 @@ fn sing_box_udp_over_trojan_and_vless_with_exact_accounting() {
         .collect();
     let v = V2sp::start(nodes, cert_cfg(certs.path())).unwrap();
     let mut failures = Vec::new();
-    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let mut expected: Totals = BTreeMap::new();
     for (i, (p, enc)) in kinds.iter().enumerate() {
         let n = &v.nodes[i];
         for uidx in [0usize, 1] {
@@ -88,13 +84,7 @@ fn sing_box_udp_over_trojan_and_vless_with_exact_accounting() {
             let (count, size) = if uidx == 0 { (20, 1200) } else { (7, 333) };
             match udp_echo_through(socks, echo.port, count, size) {
                 Ok(bytes) => {
-                    let e = expected
-                        .entry(n.node_id)
-                        .or_default()
-                        .entry(uidx as u32 + 1)
-                        .or_default();
-                    e.0 += bytes;
-                    e.1 += bytes;
+                    expect(&mut expected, n.node_id, uidx as u32 + 1, bytes, bytes);
                 }
                 Err(err) => failures.push(format!(
                     "sing-box {p} ({enc:?}) user {}: {err:#}\n{}",
@@ -122,7 +112,7 @@ fn v2ray_udp_over_trojan_and_vless_with_exact_accounting() {
         .collect();
     let v = V2sp::start(nodes, cert_cfg(certs.path())).unwrap();
     let bin = peer("v2ray").unwrap();
-    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let mut expected: Totals = BTreeMap::new();
     for (i, p) in kinds.iter().enumerate() {
         let n = &v.nodes[i];
         let settings = if *p == "trojan" {

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use v2sp_testsupport::harness::{
-    free_port, payload, peer, sing_box_outbound, tcp_echo_through, udp_echo_through, v2ray_outbound,
-    wait_tcp, Echo, NodeSpec, Proc, V2sp,
+    expect, free_port, payload, peer, self_signed_certs, sing_box_outbound, tcp_echo_through,
+    udp_echo_through, v2ray_outbound, wait_tcp, Echo, NodeSpec, Proc, Totals, V2sp,
 };
-use v2sp_testsupport::panel_sim::user;
+use v2sp_testsupport::panel_sim::users;
 
 const UUIDS: [&str; 3] = [
     "b831381d-6324-4d53-ad4f-8cda48b30811",
@@ -77,11 +77,7 @@ fn node(node_id: u32, tls: u8) -> NodeSpec {
         info: json!({"node_type": "vmess", "server_port": port, "tls": tls, "network": "tcp",
                      "tls_settings": {"server_name": DOMAIN},
                      "base_config": {"push_interval": 1, "pull_interval": 1}}),
-        users: UUIDS
-            .iter()
-            .enumerate()
-            .map(|(u, id)| user(u as u32 + 1, id))
-            .collect(),
+        users: users(&UUIDS),
     }
 }
 
@@ -90,11 +86,10 @@ fn sing_box_and_v2ray_vmess_with_exact_accounting() {
     let echo = Echo::start().unwrap();
     let certs = tempfile::tempdir().unwrap();
     let nodes = vec![node(1, 0), node(2, 1)];
-    let cert_cfg = json!({"CertConfig": {"CertMode": "self", "CertDomain": DOMAIN,
-        "CertFile": certs.path().join("{domain}.crt"), "KeyFile": certs.path().join("{domain}.key")}});
+    let cert_cfg = self_signed_certs(certs.path(), DOMAIN);
     let v = V2sp::start(nodes, cert_cfg).unwrap();
     let mut failures = Vec::new();
-    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let mut expected: Totals = BTreeMap::new();
     let cases: Vec<(Client, &str)> = vec![
         (Client::SingBox, "aes-128-gcm"),
         (Client::SingBox, "chacha20-poly1305"),
@@ -114,13 +109,7 @@ fn sing_box_and_v2ray_vmess_with_exact_accounting() {
             let data = payload(512 * 1024 + ci * 777, (ni * 100 + ci) as u64);
             match tcp_echo_through(socks, echo.port, &data) {
                 Ok(b) => {
-                    let e = expected
-                        .entry(n.node_id)
-                        .or_default()
-                        .entry(uidx as u32 + 1)
-                        .or_default();
-                    e.0 += b;
-                    e.1 += b;
+                    expect(&mut expected, n.node_id, uidx as u32 + 1, b, b);
                 }
                 Err(err) => failures.push(format!(
                     "{client:?} {security} tls={tls} user {}: {err:#}\n{}",
@@ -158,11 +147,10 @@ fn sing_box_vmess_udp_with_exact_accounting() {
     let echo = Echo::start().unwrap();
     let certs = tempfile::tempdir().unwrap();
     let nodes = vec![node(1, 0), node(2, 1)];
-    let cert_cfg = json!({"CertConfig": {"CertMode": "self", "CertDomain": DOMAIN,
-        "CertFile": certs.path().join("{domain}.crt"), "KeyFile": certs.path().join("{domain}.key")}});
+    let cert_cfg = self_signed_certs(certs.path(), DOMAIN);
     let v = V2sp::start(nodes, cert_cfg).unwrap();
     let mut failures = Vec::new();
-    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let mut expected: Totals = BTreeMap::new();
     // (security, padded, packet_encoding)
     let cases: [(&str, bool, Option<&str>); 4] = [
         ("aes-128-gcm", false, None),
@@ -192,13 +180,7 @@ fn sing_box_vmess_udp_with_exact_accounting() {
             let (count, size) = if uidx == 0 { (20, 1200) } else { (7, 333) };
             match udp_echo_through(socks, echo.port, count, size) {
                 Ok(b) => {
-                    let e = expected
-                        .entry(n.node_id)
-                        .or_default()
-                        .entry(uidx as u32 + 1)
-                        .or_default();
-                    e.0 += b;
-                    e.1 += b;
+                    expect(&mut expected, n.node_id, uidx as u32 + 1, b, b);
                 }
                 Err(err) => failures.push(format!(
                     "sing-box vmess udp {security} padded={padded} enc={enc:?} tls={tls} user {}: {err:#}\n{}",
@@ -212,9 +194,7 @@ fn sing_box_vmess_udp_with_exact_accounting() {
         let (proc_, socks) = v2ray_udp_client(n.port, UUIDS[0], tls, v.dir.path());
         match udp_echo_through(socks, echo.port, 10, 900) {
             Ok(b) => {
-                let e = expected.entry(n.node_id).or_default().entry(1).or_default();
-                e.0 += b;
-                e.1 += b;
+                expect(&mut expected, n.node_id, 1, b, b);
             }
             Err(err) => failures.push(format!("v2ray vmess udp tls={tls}: {err:#}\n{}", proc_.log())),
         }
@@ -266,11 +246,10 @@ fn sing_box_vmess_udp_over_ws_with_exact_accounting() {
         n
     };
     let nodes = vec![ws_node(1, 0), ws_node(2, 1)];
-    let cert_cfg = json!({"CertConfig": {"CertMode": "self", "CertDomain": DOMAIN,
-        "CertFile": certs.path().join("{domain}.crt"), "KeyFile": certs.path().join("{domain}.key")}});
+    let cert_cfg = self_signed_certs(certs.path(), DOMAIN);
     let v = V2sp::start(nodes, cert_cfg).unwrap();
     let mut failures = Vec::new();
-    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let mut expected: Totals = BTreeMap::new();
     // (security, packet_encoding)
     let cases: [(&str, Option<&str>); 3] = [
         ("aes-128-gcm", None),
@@ -295,13 +274,7 @@ fn sing_box_vmess_udp_over_ws_with_exact_accounting() {
             let (count, size) = if uidx == 0 { (20, 1200) } else { (9, 517) };
             match udp_echo_through(socks, echo.port, count, size) {
                 Ok(b) => {
-                    let e = expected
-                        .entry(n.node_id)
-                        .or_default()
-                        .entry(uidx as u32 + 1)
-                        .or_default();
-                    e.0 += b;
-                    e.1 += b;
+                    expect(&mut expected, n.node_id, uidx as u32 + 1, b, b);
                 }
                 Err(err) => failures.push(format!(
                     "sing-box vmess+ws udp {security} enc={enc:?} tls={tls} user {}: {err:#}\n{}",
