@@ -192,6 +192,17 @@ pub trait StreamCodec: Send {
     fn passthrough(&self, _upload: bool) -> bool {
         false
     }
+    /// Whether the client ended its side inside the protocol (gRPC END_STREAM, TLS
+    /// close_notify) while the connection stays open for control frames: the relay then
+    /// half-closes the destination, as it does on a TCP FIN.
+    fn input_ended(&self) -> bool {
+        false
+    }
+    /// Appends the bytes that end our side when the destination finished (gRPC trailers, TLS
+    /// close_notify); the relay writes them before its FIN.
+    fn close_output(&mut self, _out: &mut Vec<u8>) -> Result<(), WireError> {
+        Ok(())
+    }
     /// Where the relay may read server→client plaintext so that [`StreamCodec::seal_in_place`]
     /// frames it without a copy; `None` (the default, or for now) means use `seal`.
     fn seal_layout(&self) -> Option<SealLayout> {

@@ -273,6 +273,22 @@ struct CodecCtl<'a> {
     control: &'a tokio::sync::Notify,
 }
 
+/// Sends the codec's end-of-stream bytes to the client (download side, at the destination's
+/// EOF, before the FIN).
+async fn send_close(
+    env: &RelayEnv<'_>,
+    act: &Activity,
+    c: CodecCtl<'_>,
+    client: &TcpStream,
+) -> io::Result<()> {
+    let mut out = Vec::new();
+    c.codec
+        .borrow_mut()
+        .close_output(&mut out)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    write_all(env, act, Dir::Down, client, &out).await
+}
+
 /// Sends the codec's control frames to the client (download side only).
 async fn send_control(
     env: &RelayEnv<'_>,
@@ -299,6 +315,8 @@ async fn copy_dir(
 ) -> io::Result<()> {
     // Partial frame carried between reads (client wire bytes, Up with a codec only).
     let mut carry: Vec<u8> = Vec::new();
+    // The codec reported the client's end of stream (Up): the destination got its FIN.
+    let mut input_ended = false;
     if !pending.is_empty() {
         Box::pin(forward(env, act, dir, dst, codec, &mut carry, &pending)).await?;
     }
@@ -330,6 +348,7 @@ async fn copy_dir(
                 match Box::pin(seal_read_in_place(env, act, src, dst, c, l)).await? {
                     Some(_) => continue,
                     None => {
+                        Box::pin(send_close(env, act, c, dst)).await?;
                         finish_dir(env, act, dir, dst);
                         return Ok(());
                     }
@@ -341,6 +360,9 @@ async fn copy_dir(
         let n = match src.try_read(buf.get_mut(..grant).unwrap_or_default()) {
             Ok(0) => {
                 env.bufs.put(buf);
+                if let Some(c) = codec.filter(|_| dir == Dir::Down) {
+                    Box::pin(send_close(env, act, c, dst)).await?;
+                }
                 finish_dir(env, act, dir, dst);
                 return Ok(());
             }
@@ -366,6 +388,12 @@ async fn copy_dir(
         .await;
         env.bufs.put(buf);
         r?;
+        // The client ended its side inside the protocol (gRPC END_STREAM, TLS close_notify):
+        // half-close the destination once, and keep reading for the codec's control frames.
+        if dir == Dir::Up && !input_ended && codec.is_some_and(|c| c.codec.borrow().input_ended()) {
+            input_ended = true;
+            finish_dir(env, act, dir, dst);
+        }
         // A codec that went transparent (Vision's direct mode) hands this direction to splice.
         if env.splice
             && carry.is_empty()

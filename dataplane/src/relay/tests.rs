@@ -150,3 +150,113 @@ fn download_waits_while_the_codec_holds_bytes() {
     assert_eq!(got, data);
     assert_eq!(meter.down.get(), 30_000);
 }
+
+/// A toy framing whose client says `E` to end its side (like gRPC END_STREAM) and which ends
+/// ours with `BYE` (like trailers or close_notify).
+#[derive(Default)]
+struct Ending {
+    ended: bool,
+}
+
+impl StreamCodec for Ending {
+    fn open(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<usize, WireError> {
+        for &b in wire {
+            if b == b'E' {
+                self.ended = true;
+            } else if !self.ended {
+                out.push(b);
+            }
+        }
+        Ok(wire.len())
+    }
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        out.extend_from_slice(plain);
+        Ok(())
+    }
+    fn input_ended(&self) -> bool {
+        self.ended
+    }
+    fn close_output(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        out.extend_from_slice(b"BYE");
+        Ok(())
+    }
+}
+
+#[test]
+fn end_of_stream_inside_the_protocol_half_closes_and_ends_with_the_codec_bytes() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut client_app, client_relay) = pair();
+    let (mut dest_app, dest_relay) = pair();
+    let meter = Count::default();
+    let bufs = BufPool::new(64 * 1024);
+    let pipes = PipePool::new(64 * 1024);
+    let bucket = Bucket::new(0);
+    let ctl = ConnCtl::default();
+    let env = RelayEnv {
+        bufs: &bufs,
+        pipes: &pipes,
+        meter: &meter,
+        bucket: &bucket,
+        timeouts: RelayTimeouts {
+            idle: Duration::from_secs(10),
+            uplink_only: Duration::from_secs(10),
+            downlink_only: Duration::from_secs(10),
+        },
+        ctl: &ctl,
+        splice: false,
+        uring: None,
+    };
+    let (at_dest, at_client) = rt.block_on(async {
+        let client = TcpStream::from_std(client_relay).unwrap();
+        let dest = TcpStream::from_std(dest_relay).unwrap();
+        let relay = relay(
+            &env,
+            &client,
+            &dest,
+            Vec::new(),
+            Some(Box::new(Ending::default())),
+        );
+        let script = async {
+            // The client ends its side in-band but keeps its TCP connection open.
+            client_app.write_all(b"requestE").unwrap();
+            dest_app.set_nonblocking(true).unwrap();
+            let mut at_dest = Vec::new();
+            let mut buf = [0u8; 1024];
+            let mut eof = false;
+            for _ in 0..200 {
+                match dest_app.read(&mut buf) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => at_dest.extend_from_slice(&buf[..n]),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+            assert!(eof, "the destination never saw the client's end of stream");
+            // The destination answers and closes: the client gets the answer, then BYE, then FIN.
+            dest_app.write_all(b"response").unwrap();
+            dest_app.shutdown(std::net::Shutdown::Write).unwrap();
+            client_app.set_nonblocking(true).unwrap();
+            let mut at_client = Vec::new();
+            for _ in 0..200 {
+                match client_app.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => at_client.extend_from_slice(&buf[..n]),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+            client_app.shutdown(std::net::Shutdown::Write).unwrap();
+            (at_dest, at_client)
+        };
+        let (end, got) = tokio::join!(relay, script);
+        assert!(matches!(end, RelayEnd::Done), "{end:?}");
+        got
+    });
+    assert_eq!(at_dest, b"request");
+    assert_eq!(at_client, b"responseBYE");
+    assert_eq!((meter.up.get(), meter.down.get()), (7, 8));
+}

@@ -285,6 +285,16 @@ impl TlsSession {
         Ok(used)
     }
 
+    /// Ends our side with close_notify (our record layer only: before it takes over, the
+    /// connection simply closes, as it always did).
+    pub fn close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        self.pending_output(out);
+        match self.records.as_deref_mut() {
+            Some(r) => r.close_notify(out),
+            None => Ok(()),
+        }
+    }
+
     /// In-place sealing geometry, once our record layer serves and nothing is queued.
     pub fn seal_layout(&self) -> Option<SealLayout> {
         if !self.pending.is_empty() {
@@ -434,6 +444,21 @@ impl StreamCodec for TlsCodec {
             None => self.tls.seal_in_place(buf, n, l),
             Some(_) => Err(WireError::Unsupported("in-place sealing under an inner codec")),
         }
+    }
+
+    fn input_ended(&self) -> bool {
+        self.tls.peer_closed() || self.inner.as_ref().is_some_and(|i| i.input_ended())
+    }
+
+    fn close_output(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        if let Some(inner) = self.inner.as_mut() {
+            let mut plain = Vec::new();
+            inner.close_output(&mut plain)?;
+            if !plain.is_empty() {
+                self.tls.seal(&plain, out)?;
+            }
+        }
+        self.tls.close_notify(out)
     }
 
     fn has_control(&self) -> bool {

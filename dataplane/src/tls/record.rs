@@ -279,6 +279,13 @@ impl RecordLayer {
         Ok(())
     }
 
+    /// Appends a close_notify alert (after anything queued): our side of the stream is done.
+    pub fn close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        self.take_pending(out);
+        // Level warning (1), description close_notify (0); TLS 1.3 ignores the level.
+        self.seal_record(ALERT, &[1, 0], out)
+    }
+
     /// Sends our KeyUpdate (update_not_requested) under the current key, then switches to
     /// the next one.
     fn rotate_tx(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {

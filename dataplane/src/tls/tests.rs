@@ -472,3 +472,29 @@ fn tickets_resume_on_another_cores_config() {
     establish(&mut s, &mut second);
     assert_eq!(second.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
 }
+
+/// When the destination is done, our side ends with close_notify: a rustls client reads a
+/// clean end of stream (not "peer closed without close_notify").
+#[test]
+fn our_end_is_close_notify() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = server_config(&pair(dir.path())).unwrap();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mut s = TlsSession::new(&cfg).unwrap();
+        let mut c = client(version);
+        establish(&mut s, &mut c);
+        let mut codec = TlsCodec::new(s, None);
+        let mut wire = Vec::new();
+        codec.seal(b"last words", &mut wire).unwrap();
+        codec.close_output(&mut wire).unwrap();
+        let mut r = &wire[..];
+        while !r.is_empty() {
+            c.read_tls(&mut r).unwrap();
+        }
+        let st = c.process_new_packets().unwrap();
+        assert!(st.peer_has_closed(), "{version:?}");
+        let mut got = Vec::new();
+        c.reader().read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"last words");
+    }
+}

@@ -250,6 +250,21 @@ impl StreamCodec for Layered {
         self.framing.send_blocked()
     }
 
+    fn input_ended(&self) -> bool {
+        self.framing.input_ended() || self.inner.as_ref().is_some_and(|i| i.input_ended())
+    }
+
+    fn close_output(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        if let Some(inner) = self.inner.as_mut() {
+            let mut plain = Vec::new();
+            inner.close_output(&mut plain)?;
+            if !plain.is_empty() {
+                self.framing.seal(&plain, out)?;
+            }
+        }
+        self.framing.close_output(out)
+    }
+
     fn take_control(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
         self.framing.take_control(out)?;
         if let Some(inner) = self.inner.as_mut() {

@@ -319,6 +319,7 @@ impl TransportHandshake for GrpcHandshake {
                 conn,
                 gun: GunReader::default(),
                 acc: Acc::default(),
+                trailers_sent: false,
             })),
         }))
     }
@@ -338,6 +339,7 @@ pub struct GrpcCodec {
     conn: H2Conn,
     gun: GunReader,
     acc: Acc,
+    trailers_sent: bool,
 }
 
 impl GrpcCodec {
@@ -380,6 +382,29 @@ impl StreamCodec for GrpcCodec {
 
     fn send_blocked(&self) -> bool {
         self.conn.held() > 0
+    }
+
+    fn input_ended(&self) -> bool {
+        self.conn.remote_closed
+    }
+
+    /// The call's trailers, `grpc-status: 0` with END_STREAM: what a gun server sends when
+    /// the tunnel ends cleanly (the relay calls this only with nothing held).
+    fn close_output(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        if self.trailers_sent || self.conn.stream() == 0 {
+            return Ok(());
+        }
+        self.trailers_sent = true;
+        let mut block = Vec::new();
+        h2::hpack_literal(&mut block, b"grpc-status", b"0");
+        h2::frame(
+            out,
+            h2::T_HEADERS,
+            h2::F_END_HEADERS | h2::F_END_STREAM,
+            self.conn.stream(),
+            &block,
+        );
+        Ok(())
     }
 }
 

@@ -424,3 +424,23 @@ fn held_and_control_bytes_are_bounded() {
     }
     assert!(r.is_err());
 }
+
+/// The client's END_STREAM is its half-close; our end is the trailers `grpc-status: 0`
+/// (HEADERS, END_HEADERS | END_STREAM, stream 1; `00 0b grpc-status 01 30`: literal without
+/// indexing, new name), sent once.
+#[test]
+fn end_stream_and_trailers() {
+    let (mut f, _) = gun_codec(&[]);
+    assert!(!f.input_ended());
+    let mut out = Vec::new();
+    f.open(&fr(0, 0x1, 1, &hx("00 00000003 0a01 21")), &mut out)
+        .unwrap();
+    assert_eq!(out, b"!");
+    assert!(f.input_ended());
+    let mut tr = Vec::new();
+    f.close_output(&mut tr).unwrap();
+    assert_eq!(tr, hx("00000f 01 05 00000001 00 0b 677270632d737461747573 01 30"));
+    let mut again = Vec::new();
+    f.close_output(&mut again).unwrap();
+    assert!(again.is_empty());
+}
