@@ -239,7 +239,7 @@ fn end_of_stream_inside_the_protocol_half_closes_and_ends_with_the_codec_bytes()
             assert!(eof, "the destination never saw the client's end of stream");
             // The destination answers and closes: the client gets the answer, then BYE, then FIN.
             dest_app.write_all(b"response").unwrap();
-            dest_app.shutdown(std::net::Shutdown::Write).unwrap();
+            dest_app.shutdown(Shutdown::Write).unwrap();
             client_app.set_nonblocking(true).unwrap();
             let mut at_client = Vec::new();
             for _ in 0..200 {
@@ -249,7 +249,7 @@ fn end_of_stream_inside_the_protocol_half_closes_and_ends_with_the_codec_bytes()
                     Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                 }
             }
-            client_app.shutdown(std::net::Shutdown::Write).unwrap();
+            client_app.shutdown(Shutdown::Write).unwrap();
             (at_dest, at_client)
         };
         let (end, got) = tokio::join!(relay, script);
