@@ -3,7 +3,8 @@
 #   1. installs the real third-party peers (idempotent; seconds on a warm machine),
 #   2. runs every test of the workspace with the epoll backend,
 #   3. runs the data-plane and end-to-end tests again with the io_uring backend,
-#   4. runs the benchmark harness in --quick mode (smoke only: every server and scenario runs,
+#   4. builds each protocol feature alone and runs the data plane's unit tests for it,
+#   5. runs the benchmark harness in --quick mode (smoke only: every server and scenario runs,
 #      nothing about speed is asserted; reports go to a temporary directory).
 # Usage: scripts/test.sh [extra cargo test args]
 set -Eeuo pipefail
@@ -33,6 +34,15 @@ if [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" = "0" ]; 
 else
     echo "== io_uring is disabled on this kernel: the io_uring run is skipped"
 fi
+
+# Cargo features trim protocols out of the build: each protocol alone must build (every target)
+# and pass its unit tests. The list is read from the data plane's [features] table.
+echo "== each protocol feature alone"
+for f in $(awk '/^\[features\]/{on=1; next} /^\[/{on=0} on && /^[a-z0-9_-]+ *=/ && $1 != "default" {print $1}' dataplane/Cargo.toml); do
+    echo "-- --features $f"
+    cargo check -q -p v2sp-dataplane --all-targets --no-default-features --features "$f" "$@"
+    cargo test -q -p v2sp-dataplane --lib --no-default-features --features "$f" "$@" 2>&1 | tee -a "$log"
+done
 
 echo "== benchmark harness, quick mode (v2sp epoll/uring vs ssserver, sing-box, v2ray, shoes where installed)"
 out=$(mktemp -d)

@@ -520,6 +520,28 @@ struct Admitted {
 /// Device admission (exact across cores; touched on open/close only), the registry entry and
 /// the user's speed-limit bucket, for every kind of user connection (TCP relay, UDP over a
 /// stream). `None` when the device limit refuses the source IP.
+/// The relay codec of a TLS connection: TLS around the protocol's codec, or, on a VLESS node
+/// with the Vision flow, Vision (padding, then raw once the inner TLS 1.3 allows; tls/vision.rs),
+/// which strips the padding from `initial_upload` too. `None`: the client's first bytes were
+/// not valid Vision.
+#[cfg_attr(not(feature = "vless"), allow(unused_variables, clippy::ptr_arg))]
+fn tls_codec(
+    flow: &str,
+    user: &v2sp_shared::shm::UserRef,
+    session: crate::tls::TlsSession,
+    inner: Option<Box<dyn crate::proto::StreamCodec>>,
+    initial_upload: &mut Vec<u8>,
+) -> Option<Box<dyn crate::proto::StreamCodec>> {
+    #[cfg(feature = "vless")]
+    if flow == crate::proto::vless::vision::FLOW {
+        let uuid: [u8; 16] = user.secret.get(..16)?.try_into().ok()?;
+        let mut v = crate::tls::vision::VisionCodec::new(session, uuid);
+        *initial_upload = v.unpad_initial(initial_upload).ok()?;
+        return Some(Box::new(v));
+    }
+    Some(Box::new(crate::tls::TlsCodec::new(session, inner)))
+}
+
 fn admit(core: &Rc<Core>, node: &NodeRt, user: &v2sp_shared::shm::UserRef, ip: IpAddr) -> Option<Admitted> {
     let slot = node.cfg.slot;
     let alive = core.port.borrow().alive_elsewhere(user);
@@ -948,15 +970,13 @@ async fn open(
         }
         reply = wire;
         pending_up = carry;
-        if node.cfg.flow == crate::proto::vless::vision::FLOW {
-            // Vision: padding, then raw once the inner TLS 1.3 allows (tls/vision.rs).
-            let uuid: [u8; 16] = user.secret.get(..16)?.try_into().ok()?;
-            let mut v = crate::tls::vision::VisionCodec::new(session, uuid);
-            initial_upload = v.unpad_initial(&initial_upload).ok()?;
-            codec = Some(Box::new(v));
-        } else {
-            codec = Some(Box::new(crate::tls::TlsCodec::new(session, codec.take())));
-        }
+        codec = Some(tls_codec(
+            &node.cfg.flow,
+            &user,
+            session,
+            codec.take(),
+            &mut initial_upload,
+        )?);
     }
     if !reply.is_empty() && client.write_all(&reply).await.is_err() {
         return None;

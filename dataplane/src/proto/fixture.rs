@@ -76,3 +76,44 @@ impl AuthContext for StaticAuth {
         self.now
     }
 }
+
+/// One user found by one raw lookup key (the secret is the key itself): protocol unit tests
+/// that need a user without building credentials from a uuid.
+pub struct OneKey(HashMap<Vec<u8>, UserRef>);
+
+impl OneKey {
+    pub fn with(key: &[u8], user_id: u32) -> Self {
+        let mut secret = [0u8; 32];
+        secret[..key.len()].copy_from_slice(key);
+        let u = UserRef {
+            node: 0,
+            slot: 0,
+            user_id,
+            gen: 1,
+            secret,
+            secret_len: key.len() as u8,
+            speed_limit_mbps: 0,
+            device_limit: 0,
+        };
+        OneKey(HashMap::from([(key.to_vec(), u)]))
+    }
+}
+
+impl AuthContext for OneKey {
+    fn lookup(&self, key: &[u8]) -> Option<UserRef> {
+        self.0.get(key).copied()
+    }
+    fn for_each_user(&self, f: &mut dyn FnMut(&UserRef) -> bool) {
+        for u in self.0.values() {
+            if !f(u) {
+                break;
+            }
+        }
+    }
+    fn check_replay(&self, _: &[u8]) -> bool {
+        true
+    }
+    fn now_unix(&self) -> u64 {
+        0
+    }
+}

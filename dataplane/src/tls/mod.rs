@@ -20,6 +20,10 @@ pub mod deframe;
 pub mod reality;
 pub mod record;
 pub mod sni;
+// Vision is VLESS's flow: without VLESS there is nothing to run it.
+#[cfg(feature = "vless")]
+// Vision is VLESS's flow: without VLESS there is nothing to run it.
+#[cfg(feature = "vless")]
 pub mod vision;
 
 use std::sync::Arc;

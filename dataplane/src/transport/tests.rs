@@ -10,7 +10,7 @@ use base64::Engine as _;
 use v2sp_shared::dpconfig::{HttpPathSettings, Transport};
 
 use super::*;
-use crate::proto::trojan::tests::Ctx;
+use crate::proto::fixture::OneKey as Ctx;
 use crate::proto::vless::VlessHandshake;
 use crate::proto::Destination;
 

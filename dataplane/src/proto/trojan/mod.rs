@@ -202,4 +202,4 @@ impl StreamHandshake for TrojanHandshake {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -1,49 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
-use std::collections::HashMap;
 
 use sha2::{Digest, Sha224};
-use v2sp_shared::shm::UserRef;
 
 use super::*;
-
-pub(crate) struct Ctx(HashMap<Vec<u8>, UserRef>);
-
-impl Ctx {
-    pub(crate) fn with(key: &[u8], user_id: u32) -> Self {
-        let mut secret = [0u8; 32];
-        secret[..key.len()].copy_from_slice(key);
-        let u = UserRef {
-            node: 0,
-            slot: 0,
-            user_id,
-            gen: 1,
-            secret,
-            secret_len: key.len() as u8,
-            speed_limit_mbps: 0,
-            device_limit: 0,
-        };
-        Ctx(HashMap::from([(key.to_vec(), u)]))
-    }
-}
-
-impl AuthContext for Ctx {
-    fn lookup(&self, key: &[u8]) -> Option<UserRef> {
-        self.0.get(key).copied()
-    }
-    fn for_each_user(&self, f: &mut dyn FnMut(&UserRef) -> bool) {
-        for u in self.0.values() {
-            if !f(u) {
-                break;
-            }
-        }
-    }
-    fn check_replay(&self, _: &[u8]) -> bool {
-        true
-    }
-    fn now_unix(&self) -> u64 {
-        0
-    }
-}
+use crate::proto::fixture::OneKey as Ctx;
 
 const PASSWORD: &str = "a7b4b8ab-42d7-4c48-a0c5-91fd4bd53c37";
 

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
-use crate::proto::trojan::tests::Ctx;
+use crate::proto::fixture::OneKey as Ctx;
 
 use super::*;
 
