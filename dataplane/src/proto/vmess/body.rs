@@ -16,10 +16,9 @@
 //! Keys/IVs: request = the header's key and iv; response = SHA-256(…)[..16] of each.
 
 use rand::RngCore;
-use sha3::digest::{ExtendableOutput, Update, XofReader};
-use sha3::{Shake128, Shake128Reader};
 
 use super::crypto::{chunk_nonce, kdf16, Aead, AeadKind, AUTH_LEN, TAG_LEN};
+use super::mask::ShakeStream;
 use crate::proto::{StreamCodec, WireError};
 
 pub const OPT_CHUNK_STREAM: u8 = 0x01;
@@ -66,7 +65,7 @@ struct Framing {
     count: u16,
     iv: [u8; 16],
     size: SizeCodec,
-    shake: Option<Shake128Reader>,
+    shake: Option<ShakeStream>,
     padding: bool,
 }
 
@@ -79,11 +78,7 @@ impl Framing {
         };
         let masking = p.options & OPT_CHUNK_MASKING != 0;
         let padding = p.options & OPT_GLOBAL_PADDING != 0;
-        let shake = (masking || padding).then(|| {
-            let mut s = Shake128::default();
-            s.update(iv);
-            s.finalize_xof()
-        });
+        let shake = (masking || padding).then(|| ShakeStream::new(iv));
         let size = if p.options & OPT_AUTHENTICATED_LENGTH != 0 {
             let k = kdf16(&p.request_key, &[AUTH_LEN]);
             let kind = match p.security {
@@ -126,11 +121,7 @@ impl Framing {
     }
 
     fn next2(&mut self) -> u16 {
-        let mut b = [0u8; 2];
-        if let Some(s) = self.shake.as_mut() {
-            s.read(&mut b);
-        }
-        u16::from_be_bytes(b)
+        self.shake.as_mut().map_or(0, ShakeStream::next_u16)
     }
 
     fn next_padding(&mut self) -> usize {

@@ -35,6 +35,7 @@
 pub mod body;
 pub mod client;
 pub mod crypto;
+mod mask;
 #[cfg(feature = "vless")]
 pub mod mux;
 pub mod udp;

@@ -827,3 +827,10 @@ fn bad_auth_id_drains_a_bounded_amount_like_xray() {
     assert!(after >= lo.saturating_sub(1000 + 63), "{after} vs {lo}..={hi}");
     assert_eq!(drain(5000), 0);
 }
+
+/// An idle VMess connection keeps one `ServerBody` (boxed as the relay's codec): two keys, two
+/// mask streams. It was 1,032 bytes with sha3's reader; keep it in mimalloc's 768-byte class.
+#[test]
+fn server_body_stays_small() {
+    assert!(size_of::<ServerBody>() <= 768, "{}", size_of::<ServerBody>());
+}
