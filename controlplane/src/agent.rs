@@ -13,6 +13,7 @@ use v2sp_shared::config::{self, Config, NodeEntry};
 use v2sp_shared::dpconfig::{DataplaneConfig, NodeConfig};
 use v2sp_shared::shm::{Command, ControlShm};
 
+use crate::metrics::NodeMetrics;
 use crate::node::NodeWorker;
 use crate::panel::{self, Dialect, NodeApi};
 use crate::report::online::Online;
@@ -42,6 +43,8 @@ pub struct Shared {
     /// Smallest push interval any node uses, in ms (drives the harvest interval).
     min_push_ms: AtomicU64,
     slots: Mutex<SlotMap>,
+    /// What `/metrics` shows of the node workers and the harvester.
+    pub metrics: NodeMetrics,
 }
 
 impl Shared {
@@ -113,7 +116,7 @@ impl Shared {
         }
     }
 
-    fn tag_of(&self, slot: u16) -> String {
+    pub(crate) fn tag_of(&self, slot: u16) -> String {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots
             .tag_of(slot)
@@ -132,7 +135,12 @@ impl Shared {
         banks.sort_by_key(|b| (b.instance_id, b.core, b.epoch));
         for b in &banks {
             match self.acct.ingest(b, &|slot| self.tag_of(slot)) {
-                Ok(_) => {
+                Ok(fresh) => {
+                    if fresh {
+                        for e in &b.entries {
+                            self.metrics.counted(e.node, e.up, e.down);
+                        }
+                    }
                     if let Err(e) = self.shm.clear_bank(b.instance_id, b.core, b.epoch) {
                         tracing::warn!(error = %e, core = b.core, "cannot clear a harvested bank");
                     }
@@ -224,6 +232,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         sleep_lock: Mutex::new(()),
         min_push_ms: AtomicU64::new(u64::MAX),
         slots: Mutex::new(SlotMap::load(&cfg.state_dir)),
+        metrics: NodeMetrics::default(),
     });
     // Bytes a previous run journalled-but-did-not-clear, or left in banks, are taken first.
     shared.harvest_once(Duration::from_millis(200));
@@ -239,6 +248,12 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         )?)
     };
 
+    if let Some(addr) = cfg.metrics.listen {
+        match crate::metrics::start(addr, shared.clone()) {
+            Ok(bound) => tracing::info!(%bound, "metrics: GET /metrics"),
+            Err(e) => tracing::error!(%addr, error = %e, "metrics endpoint not started"),
+        }
+    }
     let mut workers = start_workers(&shared, &cfg);
     let harvester = {
         let s = shared.clone();
@@ -409,14 +424,18 @@ fn reload(shared: &Arc<Shared>, path: &Path, current: &mut Config, workers: &mut
             if !live.contains(&tag) {
                 tracing::info!(node = %tag, "node removed from the config: no longer served");
                 shared.set_served(w.slot, None);
+                shared.metrics.forget(w.slot);
                 if let Err(e) = shared.shm.remove_node(w.slot) {
                     tracing::warn!(node = %tag, error = %e, "cannot unpublish the node's users");
                 }
             }
         }
     }
-    if new.dataplane.shm_dir != current.dataplane.shm_dir || new.state_dir != current.state_dir {
-        tracing::warn!("ShmDir/StateDir changes take effect after a restart");
+    if new.dataplane.shm_dir != current.dataplane.shm_dir
+        || new.state_dir != current.state_dir
+        || new.metrics != current.metrics
+    {
+        tracing::warn!("ShmDir/StateDir/Metrics changes take effect after a restart");
     }
     for e in &new.nodes {
         if let std::collections::btree_map::Entry::Vacant(slot) = workers.entry(e.tag()) {

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod build;
 pub mod cli;
 pub mod keys;
+pub mod metrics;
 pub mod node;
 pub mod panel;
 pub mod report;

@@ -85,6 +85,7 @@ impl NodeWorker {
             let now = Instant::now();
             if now >= next_pull {
                 let ok = self.pull();
+                self.shared.metrics.pull(self.slot, ok);
                 next_pull = Instant::now()
                     + if ok {
                         jitter(self.pull_every)
@@ -218,16 +219,22 @@ impl NodeWorker {
         if let Some(err) = &report.error {
             tracing::warn!(node = %self.tag, error = %err, "traffic push incomplete; bytes stay journalled");
         }
+        let accepted = report.accepted.values().fold([0u64; 2], |t, d| {
+            [t[0].saturating_add(d[0]), t[1].saturating_add(d[1])]
+        });
         let alive = self.shared.online().take_alive(
             self.slot,
             &report.accepted,
             self.entry.device_online_min_traffic_bytes(),
         );
+        let mut ok = report.error.is_none();
         if !alive.is_empty() {
             if let Err(e) = self.panel.alive(&alive) {
                 tracing::warn!(node = %self.tag, error = %e, "alive report failed");
+                ok = false;
             }
         }
+        self.shared.metrics.push(self.slot, ok, accepted);
     }
 }
 

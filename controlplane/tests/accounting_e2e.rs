@@ -422,3 +422,94 @@ fn status_reports_nodes_users_and_the_data_plane() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is v2sp running?"));
 }
+
+/// `GET /metrics` text, or `None` while the endpoint is not up yet.
+fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).ok()?;
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut s = String::new();
+    c.read_to_string(&mut s).ok()?;
+    assert!(s.starts_with("HTTP/1.1 200 OK"), "{s}");
+    Some(s)
+}
+
+/// The value of the sample whose line starts with `series` (name and labels).
+fn sample(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_show_counted_and_reported_bytes() {
+    let sim = sim_with_node(1, 18398);
+    let env = env_with(&[(sim.single_url(), 1)]);
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&env.cfg).unwrap()).unwrap();
+    cfg["Metrics"] = json!({"Listen": addr.to_string()});
+    std::fs::write(&env.cfg, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    let slot = dp.wait_served(18398, 3);
+    let mut expected = BTreeMap::new();
+    pump(&mut dp, slot, Duration::from_millis(600), &mut expected, |_| {});
+    wait_totals(&sim, &mut dp, 1, &expected, &env);
+    let (up, down) = expected.values().fold((0, 0), |t, &(u, d)| (t.0 + u, t.1 + d));
+    let node = format!("node=\"{}\"", log_tag(&sim));
+    // The panel has everything; the metrics catch up within a harvest/push round.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let t = scrape(addr).unwrap_or_default();
+        let reported = sample(
+            &t,
+            &format!("v2sp_traffic_reported_bytes_total{{{node},direction=\"down\"}}"),
+        );
+        if reported == Some(down) || Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let get = |series: String| sample(&text, &series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    assert_eq!(
+        get(format!(
+            "v2sp_traffic_counted_bytes_total{{{node},direction=\"up\"}}"
+        )),
+        up
+    );
+    assert_eq!(
+        get(format!(
+            "v2sp_traffic_counted_bytes_total{{{node},direction=\"down\"}}"
+        )),
+        down
+    );
+    assert_eq!(
+        get(format!(
+            "v2sp_traffic_reported_bytes_total{{{node},direction=\"up\"}}"
+        )),
+        up
+    );
+    assert_eq!(
+        get(format!(
+            "v2sp_traffic_reported_bytes_total{{{node},direction=\"down\"}}"
+        )),
+        down
+    );
+    assert_eq!(
+        get(format!(
+            "v2sp_traffic_unreported_bytes{{{node},direction=\"up\"}}"
+        )),
+        0
+    );
+    assert_eq!(get(format!("v2sp_node_users{{{node}}}")), 3);
+    assert!(get(format!("v2sp_panel_pulls_total{{{node},result=\"ok\"}}")) >= 1);
+    assert_eq!(get("v2sp_dataplane_up".into()), 1);
+    sigterm(&mut agent);
+}
+
+/// The node tag the agent gives a node of this test's config (`[<ApiHost>]-shadowsocks:1`).
+fn log_tag(sim: &PanelSim) -> String {
+    format!("[{}]-shadowsocks:1", sim.single_url())
+}

@@ -379,6 +379,7 @@ fn config_v2sp_extensions() {
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
     let c = &l.config;
     assert_eq!(c.state_dir, PathBuf::from("/srv/v2sp/state"));
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9555".parse().unwrap()));
     let dp = &c.dataplane;
     assert_eq!((dp.workers, dp.io), (4, IoMode::Epoll));
     assert_eq!(dp.shm_dir, PathBuf::from("/dev/shm/v2sp-test"));

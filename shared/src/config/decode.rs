@@ -466,6 +466,37 @@ fn decode_top(d: Dec<'_>, root: &JVal) -> Result<Config, ConfigError> {
         config.state_dir = absolute_path(d.src, "StateDir", v)?;
     }
 
+    if let Some(mut m) = top.child("Metrics")? {
+        if let Some(v) = m.take("Listen") {
+            let path = m.sub("Listen");
+            let s = as_string(d.src, &path, v)?;
+            if !s.is_empty() {
+                let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+                    d.src.err(
+                        v.pos,
+                        &path,
+                        format!("expected host:port (an IP address and a port), found {s:?}"),
+                    )
+                })?;
+                let ip = addr.ip();
+                let private = ip.is_loopback()
+                    || match ip {
+                        IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
+                        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+                    };
+                if !private {
+                    d.warn(
+                        v.pos,
+                        &path,
+                        format!("the metrics endpoint has no authentication and {addr} is not a loopback or private address"),
+                    );
+                }
+                config.metrics.listen = Some(addr);
+            }
+        }
+        m.finish();
+    }
+
     let mut explicit_timeouts = false;
     if let Some(mut dp) = top.child("Dataplane")? {
         explicit_timeouts = decode_dataplane(&mut dp, &mut config.dataplane)?;

@@ -41,9 +41,9 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigWarning};
 pub use model::{
     ApiDialect, BrutalConfig, CertConfig, CertMode, Config, CoreConfig, CoreLog, DataplaneSettings,
-    DynamicSpeedLimitConfig, Fallback, IoMode, LimitConfig, LogConfig, LogLevel, MultiplexConfig, NodeEntry,
-    NodeOrigin, NtpConfig, Timeouts, TimeoutsSource, XrayConnectionConfig, DEFAULT_API_HOST, DEFAULT_SHM_DIR,
-    DEFAULT_STATE_DIR, DEFAULT_TIMEOUT_SECS, NONPOSITIVE_TIMEOUT_SECS,
+    DynamicSpeedLimitConfig, Fallback, IoMode, LimitConfig, LogConfig, LogLevel, MetricsSettings,
+    MultiplexConfig, NodeEntry, NodeOrigin, NtpConfig, Timeouts, TimeoutsSource, XrayConnectionConfig,
+    DEFAULT_API_HOST, DEFAULT_SHM_DIR, DEFAULT_STATE_DIR, DEFAULT_TIMEOUT_SECS, NONPOSITIVE_TIMEOUT_SECS,
 };
 
 /// Default config path (`-c`).
@@ -216,6 +216,24 @@ fn mask_nested_secrets(v: &mut serde_json::Value) {
 #[allow(clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn metrics_listen_is_checked() {
+        let p = Path::new("/etc/v2sp/config.json");
+        let ok = parse_str(r#"{"Nodes": [], "Metrics": {"Listen": "127.0.0.1:9555"}}"#, p).unwrap();
+        assert_eq!(ok.config.metrics.listen, Some("127.0.0.1:9555".parse().unwrap()));
+        assert!(ok.warnings.is_empty(), "{:?}", ok.warnings);
+        let off = parse_str(r#"{"Nodes": [], "Metrics": {"Listen": ""}}"#, p).unwrap();
+        assert_eq!(off.config.metrics.listen, None);
+        let public = parse_str(r#"{"Nodes": [], "Metrics": {"Listen": "0.0.0.0:9555"}}"#, p).unwrap();
+        assert!(public
+            .warnings
+            .iter()
+            .any(|w| w.to_string().contains("no authentication")));
+        let bad = parse_str(r#"{"Nodes": [], "Metrics": {"Listen": "localhost"}}"#, p).unwrap_err();
+        assert!(bad.to_string().contains("Metrics.Listen"), "{bad}");
+    }
 
     #[test]
     fn mask_secret_keeps_two_chars() {

@@ -40,6 +40,19 @@ pub struct Config {
     /// v2sp extension, top-level `"Dataplane"` object.
     #[serde(rename = "Dataplane")]
     pub dataplane: DataplaneSettings,
+    /// v2sp extension, top-level `"Metrics"` object.
+    #[serde(rename = "Metrics")]
+    pub metrics: MetricsSettings,
+}
+
+/// Top-level `Metrics`: a Prometheus scrape endpoint served by the control plane.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MetricsSettings {
+    /// `Listen`: `host:port` for `GET /metrics` (text format 0.0.4); absent or `""` = off.
+    /// It has no authentication: keep it on loopback or a private network (a public address
+    /// is accepted with a warning).
+    #[serde(rename = "Listen")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Top-level `Log`.
@@ -662,6 +675,7 @@ impl Default for Config {
             nodes: Vec::new(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             dataplane: DataplaneSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
