@@ -4,13 +4,14 @@
 
 use std::path::Path;
 
+use v2sp_shared::audit::Pattern;
 use v2sp_shared::config::{CertConfig, CertMode, NodeEntry};
 use v2sp_shared::cred::{secret_for, CredKind};
 use v2sp_shared::dpconfig::{
-    FallbackTarget, GrpcSettings, HttpPathSettings, NodeConfig, Protocol, RealitySettings,
+    BlockRule, FallbackTarget, GrpcSettings, HttpPathSettings, NodeConfig, Protocol, RealitySettings,
     ShadowsocksSettings, TcpHttpSettings, TlsSettings, Transport,
 };
-use v2sp_shared::panel::{NodeInfo, PanelUser, TlsMode};
+use v2sp_shared::panel::{NodeInfo, PanelUser, Route, TlsMode};
 use v2sp_shared::shm::UserEntry;
 
 /// Why a node cannot be served with what the panel sent (the panel's or the operator's fault).
@@ -177,7 +178,41 @@ pub fn node_config(
         },
         tls,
         fallbacks,
+        block_rules: block_rules(tag, &info.routes),
     })
+}
+
+/// The panel's `block` routes as the data plane takes them: each `match` entry validated and
+/// normalized; entries that cannot be used are logged and left out (one bad pattern never
+/// blocks everything or stops the node). `dns` routes are not served yet; other actions are
+/// ignored, as the Go agents do.
+fn block_rules(tag: &str, routes: &[Route]) -> Vec<BlockRule> {
+    let mut out = Vec::new();
+    for r in routes {
+        match r.action.as_str() {
+            "block" => {
+                for m in &r.matches {
+                    match Pattern::parse(m) {
+                        Ok(p) => out.push(BlockRule {
+                            id: r.id,
+                            pattern: p.to_entry(),
+                        }),
+                        Err(why) => {
+                            tracing::warn!(node = %tag, route = r.id, entry = %m, "audit rule entry skipped: {why}")
+                        }
+                    }
+                }
+            }
+            "dns" => {
+                tracing::warn!(node = %tag, route = r.id, "dns routes are not served yet: the node's resolver is used")
+            }
+            _ => {}
+        }
+    }
+    if out.iter().any(|b| b.pattern.starts_with("protocol:")) {
+        tracing::warn!(node = %tag, "protocol audit rules need sniffing, which v2sp does not do yet: they are not enforced");
+    }
+    out
 }
 
 /// ALPN the TLS server offers so that fallbacks by ALPN can match (xray needs the same in its
@@ -536,6 +571,31 @@ mod tests {
 
     fn info(json: &str) -> NodeInfo {
         NodeInfo::decode(json.as_bytes()).unwrap()
+    }
+
+    /// Xboard's `routes` (the spec's example, a wildcard, a comma string as seed panels send,
+    /// a broken regex, a dns and a direct route): block entries normalized, the rest dropped.
+    #[test]
+    fn block_routes_become_normalized_rules() {
+        let i = info(
+            r#"{"protocol":"shadowsocks","server_port":8388,"cipher":"aes-128-gcm","routes":[
+                {"id":1,"match":["regexp:(.+\\.|^)example\\.(com|net)","protocol:bittorrent"],"action":"block","action_value":""},
+                {"id":2,"match":"*.google.com,10.0.0.0/8","action":"block"},
+                {"id":3,"match":["regexp:(unclosed"],"action":"block"},
+                {"id":4,"match":["geosite:cn"],"action":"dns","action_value":"223.5.5.5"},
+                {"id":5,"match":["x.com"],"action":"direct"}]}"#,
+        );
+        let c = node_config(3, "t", &entry(""), &i).unwrap();
+        let got: Vec<(i64, &str)> = c.block_rules.iter().map(|b| (b.id, b.pattern.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (1, "regexp:(.+\\.|^)example\\.(com|net)"),
+                (1, "protocol:bittorrent"),
+                (2, "domain:google.com"),
+                (2, "cidr:10.0.0.0/8"),
+            ]
+        );
     }
 
     #[test]

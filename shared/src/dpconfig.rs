@@ -82,6 +82,19 @@ pub struct NodeConfig {
     /// VLESS flow every user of the node must use (`xtls-rprx-vision`), empty = none.
     #[serde(default)]
     pub flow: String,
+    /// Audit (block) rules from the panel's `routes`, normalized and validated by the control
+    /// plane (`crate::audit`); every destination a user asks for is checked against them.
+    #[serde(default)]
+    pub block_rules: Vec<BlockRule>,
+}
+
+/// One usable entry of a panel `block` route.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlockRule {
+    /// The route's `id` (logged when it blocks).
+    pub id: i64,
+    /// The entry in normal form (`crate::audit::Pattern::to_entry`).
+    pub pattern: String,
 }
 
 /// One fallback (xray semantics): the first entry whose `sni`, `alpn` and `path` match — each

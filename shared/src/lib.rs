@@ -2,6 +2,7 @@
 //! panel API types, per-protocol credentials, the data-plane node config, and the
 //! shared-memory contract (see `docs/design.md`). No async runtime lives here.
 
+pub mod audit;
 pub mod config;
 pub mod cred;
 pub mod dpconfig;

@@ -472,6 +472,42 @@ pub fn socks5_connect(socks: u16, port: u16) -> anyhow::Result<TcpStream> {
     Ok(s)
 }
 
+/// A SOCKS5 CONNECT to `host:port` by name (address type 3): the proxy client passes the name
+/// on, and the server resolves it (or refuses it by name).
+pub fn socks5_connect_domain(socks: u16, host: &str, port: u16) -> anyhow::Result<TcpStream> {
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, socks))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(&[5, 1, 0])?;
+    let mut r = [0u8; 2];
+    s.read_exact(&mut r)?;
+    if r != [5, 0] {
+        bail!("socks greeting refused: {r:?}");
+    }
+    let len = u8::try_from(host.len())?;
+    let mut req = vec![5, 1, 0, 3, len];
+    req.extend_from_slice(host.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req)?;
+    let mut rep = [0u8; 4];
+    s.read_exact(&mut rep)?;
+    if rep[1] != 0 {
+        bail!("socks CONNECT failed with code {}", rep[1]);
+    }
+    // The bound address: IPv4 (4), name (1 + len) or IPv6 (16), then the port.
+    let rest = match rep[3] {
+        1 => 4 + 2,
+        4 => 16 + 2,
+        _ => {
+            let mut l = [0u8; 1];
+            s.read_exact(&mut l)?;
+            usize::from(l[0]) + 2
+        }
+    };
+    let mut skip = vec![0u8; rest];
+    s.read_exact(&mut skip)?;
+    Ok(s)
+}
+
 /// Send `data` through a SOCKS5 connection to the echo server and check it comes back intact.
 /// Returns the bytes moved each way.
 pub fn tcp_echo_through(socks: u16, echo: u16, data: &[u8]) -> anyhow::Result<u64> {

@@ -162,6 +162,8 @@ pub(super) async fn serve(
         send_ip: None,
         timeout: node.connect.timeout,
         allow_private: true,
+        // The node's own fallback site, not a user's destination.
+        audit: None,
     };
     let mut upstream = match core.outbound.connect(&dest, &opts).await {
         Ok(s) => s,

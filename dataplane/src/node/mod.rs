@@ -26,12 +26,13 @@ pub use engine::{Engine, EngineOpts, PortFactory};
 use crate::limits::devices::{Admit, DeviceTracker};
 use crate::limits::gcra::{effective_bytes_per_sec, RateLimiters};
 use crate::net::proxy_protocol;
-use crate::outbound::{ConnectOpts, DnsStrategy, Outbound};
+use crate::outbound::{ConnectOpts, DnsStrategy, Outbound, OutboundError};
 use crate::proto::{Next, RejectPolicy, Step, StreamHandshake};
 use crate::relay::{self, BufPool, ConnCtl, Meter, PipePool, RelayEnv, RelayTimeouts};
 use crate::runtime::IoBackend;
 use crate::stats::{CorePort, PortCommand};
 use auth::{CoreAuth, ReplayFilter};
+use v2sp_shared::audit::AuditRules;
 
 /// A node's protocol on one core: makes one handshake state machine per connection.
 pub trait InboundProtocol {
@@ -396,6 +397,7 @@ impl Core {
                 send_ip,
                 timeout: Duration::from_secs(u64::from(cfg.timeouts.connect.max(1))),
                 allow_private: cfg.allow_private_destinations,
+                audit: audit_rules(n),
             },
             handshake: Duration::from_secs(u64::from(cfg.timeouts.handshake.max(1))),
             relay: RelayTimeouts::from(&cfg.timeouts),
@@ -520,6 +522,19 @@ struct Admitted {
 /// Device admission (exact across cores; touched on open/close only), the registry entry and
 /// the user's speed-limit bucket, for every kind of user connection (TCP relay, UDP over a
 /// stream). `None` when the device limit refuses the source IP.
+/// The node's compiled audit rules (`None` when it has none). The control plane validated
+/// every pattern; one that still does not compile is left out, never fatal.
+fn audit_rules(n: &NodeConfig) -> Option<Arc<AuditRules>> {
+    if n.block_rules.is_empty() {
+        return None;
+    }
+    let (rules, skipped) = AuditRules::compile(n.block_rules.iter().map(|b| (b.id, b.pattern.as_str())));
+    for s in skipped {
+        tracing::warn!(node = n.slot, rule = s.rule_id, entry = %s.entry, "audit rule skipped: {}", s.why);
+    }
+    (!rules.is_empty()).then(|| Arc::new(rules))
+}
+
 /// The relay codec of a TLS connection: TLS around the protocol's codec, or, on a VLESS node
 /// with the Vision flow, Vision (padding, then raw once the inner TLS 1.3 allows; tls/vision.rs),
 /// which strips the padding from `initial_upload` too. `None`: the client's first bytes were
@@ -986,6 +1001,10 @@ async fn open(
     let mut upstream = tokio::select! {
         r = connect => match r {
             Ok(s) => s,
+            Err(OutboundError::Blocked(d, rule)) => {
+                tracing::info!(node = slot, user = user.user_id, dest = %d, rule, "destination blocked by audit rule");
+                return None;
+            }
             Err(e) => {
                 tracing::debug!(node = slot, %dest, "outbound failed: {e}");
                 return None;

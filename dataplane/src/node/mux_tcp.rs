@@ -189,6 +189,10 @@ impl Task {
     ) -> Option<bool> {
         let s = match self.core.outbound.connect(dest, &self.node.connect).await {
             Ok(s) => s,
+            Err(crate::outbound::OutboundError::Blocked(d, rule)) => {
+                tracing::info!(node = self.node.cfg.slot, dest = %d, rule, "mux sub-stream: destination blocked by audit rule");
+                return Some(true);
+            }
             Err(e) => {
                 tracing::debug!(node = self.node.cfg.slot, %dest, "mux sub-stream: outbound failed: {e}");
                 return Some(true);

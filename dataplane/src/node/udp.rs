@@ -153,6 +153,10 @@ fn send_up(u: &UdpNode, s: &Session, to: SocketAddr, payload: &[u8]) {
         tracing::debug!(%to, "datagram to a private destination refused");
         return;
     }
+    if let Some(rule) = u.node.connect.blocked_ip(to.ip()) {
+        tracing::debug!(%to, rule, "datagram blocked by audit rule");
+        return;
+    }
     if !s.bucket.try_take(payload.len()) {
         return;
     }

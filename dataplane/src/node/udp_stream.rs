@@ -382,6 +382,10 @@ impl Conn<'_> {
             tracing::debug!(%to, "datagram to a private destination refused");
             return;
         }
+        if let Some(rule) = self.node.connect.blocked_ip(to.ip()) {
+            tracing::debug!(%to, rule, "datagram blocked by audit rule");
+            return;
+        }
         let Some(sock) = self.flow_socket(flow, tx) else {
             return;
         };

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::config::{LookupIpStrategy, ResolverConfig};
@@ -11,6 +12,7 @@ use hickory_resolver::TokioResolver;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::proto::Destination;
+use v2sp_shared::audit::{AuditRules, Target};
 
 /// Xray's `domainStrategy` values for the freedom outbound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -112,6 +114,9 @@ pub enum OutboundError {
     Connect(SocketAddr, io::Error),
     #[error("connect timed out")]
     Timeout,
+    /// The client's fault: the node's audit rules refuse this destination.
+    #[error("{0} is blocked by audit rule {1}")]
+    Blocked(String, i64),
 }
 
 /// Per-node outbound settings.
@@ -121,6 +126,28 @@ pub struct ConnectOpts {
     pub send_ip: Option<IpAddr>,
     pub timeout: Duration,
     pub allow_private: bool,
+    /// The node's audit (block) rules; `None` when it has none.
+    pub audit: Option<Arc<AuditRules>>,
+}
+
+impl ConnectOpts {
+    /// The audit rule that refuses `dest` as the client named it, if any.
+    pub fn blocked_dest(&self, dest: &Destination) -> Option<i64> {
+        let a = self.audit.as_ref()?;
+        match dest {
+            Destination::Ip(sa) => a.blocks(Target::Ip(sa.ip())),
+            Destination::Domain(d, _) => match d.parse::<IpAddr>() {
+                Ok(ip) => a.blocks(Target::Ip(ip)),
+                Err(_) => a.blocks(Target::Domain(d)),
+            },
+        }
+    }
+
+    /// The audit rule that refuses an address (a resolved one too: an IP network rule holds
+    /// however the client reached the address), if any.
+    pub fn blocked_ip(&self, ip: IpAddr) -> Option<i64> {
+        self.audit.as_ref()?.blocks(Target::Ip(ip))
+    }
 }
 
 /// One per core: the resolver (built on first use; it caches answers).
@@ -156,6 +183,9 @@ impl Outbound {
         dest: &Destination,
         opts: &ConnectOpts,
     ) -> Result<Vec<SocketAddr>, OutboundError> {
+        if let Some(rule) = opts.blocked_dest(dest) {
+            return Err(OutboundError::Blocked(dest.to_string(), rule));
+        }
         let (ips, port, name) = match dest {
             Destination::Ip(a) => (vec![a.ip()], a.port(), a.to_string()),
             Destination::Domain(d, p) => match d.parse::<IpAddr>() {
@@ -175,16 +205,22 @@ impl Outbound {
         }
         let mut out = Vec::with_capacity(ips.len());
         let mut refused = None;
+        let mut blocked = None;
         for ip in ips {
             if !opts.allow_private && is_forbidden(ip) {
                 refused = Some(ip);
                 continue;
             }
+            if let Some(rule) = opts.blocked_ip(ip) {
+                blocked = Some(rule);
+                continue;
+            }
             out.push(SocketAddr::new(ip, port));
         }
-        match (out.is_empty(), refused) {
-            (true, Some(ip)) => Err(OutboundError::Forbidden(ip)),
-            (true, None) => Err(OutboundError::NoAddress(name)),
+        match (out.is_empty(), blocked, refused) {
+            (true, Some(rule), _) => Err(OutboundError::Blocked(name, rule)),
+            (true, None, Some(ip)) => Err(OutboundError::Forbidden(ip)),
+            (true, None, None) => Err(OutboundError::NoAddress(name)),
             _ => Ok(out),
         }
     }
@@ -299,6 +335,48 @@ mod tests {
     }
 
     #[test]
+    fn audit_rules_refuse_before_and_after_resolution() {
+        crate::runtime::run_local(async {
+            let o = Outbound::default();
+            let (rules, skipped) = AuditRules::compile([
+                (7, "domain:blocked.test"),
+                (8, "127.0.0.2/32"),
+                (9, "regexp:^127\\.0\\.0\\.3"),
+            ]);
+            assert!(skipped.is_empty());
+            let opts = ConnectOpts {
+                strategy: DnsStrategy::AsIs,
+                send_ip: None,
+                timeout: Duration::from_secs(3),
+                allow_private: true,
+                audit: Some(Arc::new(rules)),
+            };
+            let blocked = |r: Result<Vec<SocketAddr>, OutboundError>| match r {
+                Err(OutboundError::Blocked(_, rule)) => Some(rule),
+                _ => None,
+            };
+            // Refused by name, before any DNS query (the name does not exist).
+            let d = Destination::Domain("www.blocked.test".into(), 80);
+            assert_eq!(blocked(o.resolve(&d, &opts).await), Some(7));
+            let d = Destination::Ip("127.0.0.2:80".parse().unwrap());
+            assert_eq!(blocked(o.resolve(&d, &opts).await), Some(8));
+            let d = Destination::Domain("127.0.0.3".into(), 80);
+            assert_eq!(blocked(o.resolve(&d, &opts).await), Some(9));
+            let d = Destination::Ip("127.0.0.1:80".parse().unwrap());
+            assert!(o.resolve(&d, &opts).await.is_ok());
+            // A network rule also holds for the addresses a name resolves to.
+            let (rules, _) = AuditRules::compile([(5, "127.0.0.0/8"), (6, "::1/128")]);
+            let opts = ConnectOpts {
+                audit: Some(Arc::new(rules)),
+                ..opts
+            };
+            let d = Destination::Domain("localhost".into(), 80);
+            let r = o.resolve(&d, &opts).await;
+            assert!(matches!(r, Err(OutboundError::Blocked(_, 5 | 6))), "{r:?}");
+        });
+    }
+
+    #[test]
     fn resolve_refuses_private_after_resolution() {
         crate::runtime::run_local(async {
             let o = Outbound::default();
@@ -307,6 +385,7 @@ mod tests {
                 send_ip: None,
                 timeout: Duration::from_secs(3),
                 allow_private: false,
+                audit: None,
             };
             let d = Destination::Ip("127.0.0.1:80".parse().unwrap());
             assert!(matches!(

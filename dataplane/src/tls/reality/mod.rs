@@ -377,6 +377,8 @@ pub async fn accept(
     // Contact dest before looking at the hello: a probe sees the same delay either way.
     let mut opts = opts.clone();
     opts.allow_private = true;
+    // The node's own camouflage site, not a user's destination.
+    opts.audit = None;
     let dest = match outbound.connect(&srv.dest, &opts).await {
         Ok(d) => d,
         Err(e) => {
