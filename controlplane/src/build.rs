@@ -209,9 +209,6 @@ fn block_rules(tag: &str, routes: &[Route]) -> Vec<BlockRule> {
             _ => {}
         }
     }
-    if out.iter().any(|b| b.pattern.starts_with("protocol:")) {
-        tracing::warn!(node = %tag, "protocol audit rules need sniffing, which v2sp does not do yet: they are not enforced");
-    }
     out
 }
 

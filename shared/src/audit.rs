@@ -12,7 +12,11 @@
 //! | `full:example.com` | exactly that domain (case-insensitive) |
 //! | `keyword:goog` | domains containing it (case-insensitive) |
 //! | `10.0.0.0/8`, `2001:db8::/32`, `1.2.3.4`, also with `cidr:`/`ip:` | IP destinations in that network. Go agents had no IP networks in panel rules; a bare address was a regex that matched its own text |
-//! | `protocol:<name>` | a sniffed protocol (`http`, `tls`, `bittorrent`, …). Kept, not enforced yet: v2sp does not sniff. |
+//! | `protocol:<name>` | the protocol sniffed from the client's first bytes (`http`, `tls`, `bittorrent`) |
+//!
+//! The data plane sniffs a TCP connection's first bytes (waiting briefly for them) when a
+//! node has `protocol:` rules, or domain rules and the client named an IP: the TLS SNI or HTTP
+//! Host is then checked against the domain rules too, as Xray's sniffing does.
 //!
 //! An entry that cannot be compiled (bad regex, bad network) is reported and skipped; it never
 //! blocks everything or stops the node. Regexes run on the `regex` crate (linear time, size
@@ -220,9 +224,36 @@ impl AuditRules {
         self.regexes.is_none() && self.other.is_empty()
     }
 
-    /// Protocol rules are kept for when sniffing exists; true if the node has any.
+    /// True if the node has `protocol:` rules (checked against the sniffed first bytes).
     pub fn has_protocol_rules(&self) -> bool {
         self.other.iter().any(|(_, p)| matches!(p, Pattern::Protocol(_)))
+    }
+
+    /// True if some rule tests domain names (a sniffed SNI or Host can be checked against it).
+    pub fn has_domain_rules(&self) -> bool {
+        self.regexes.is_some()
+            || self.other.iter().any(|(_, p)| {
+                matches!(
+                    p,
+                    Pattern::DomainSuffix(_) | Pattern::DomainFull(_) | Pattern::Keyword(_)
+                )
+            })
+    }
+
+    /// Whether the first bytes of a connection to this destination must be sniffed: for a
+    /// `protocol:` rule always, for domain rules when the client named an IP (a client that
+    /// resolved the name itself still sends it in its TLS SNI or HTTP Host).
+    pub fn wants_sniff(&self, dest_is_ip: bool) -> bool {
+        self.has_protocol_rules() || (dest_is_ip && self.has_domain_rules())
+    }
+
+    /// The id of the first `protocol:` rule naming `protocol` (exact, case-sensitive, as in
+    /// the Go agents).
+    pub fn blocks_protocol(&self, protocol: &str) -> Option<i64> {
+        self.other.iter().find_map(|(id, p)| match p {
+            Pattern::Protocol(name) if name == protocol => Some(*id),
+            _ => None,
+        })
     }
 
     /// The id of the first rule that blocks `t`, if any.

@@ -46,6 +46,30 @@ fn echo(mut s: std::net::TcpStream, data: &[u8]) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// A minimal TLS 1.3 ClientHello naming `name` in its server_name extension.
+fn client_hello(name: &str) -> Vec<u8> {
+    let n = name.as_bytes();
+    let be16 = |v: usize| (v as u16).to_be_bytes();
+    let mut ext = vec![0, 0];
+    ext.extend_from_slice(&be16(n.len() + 5));
+    ext.extend_from_slice(&be16(n.len() + 3));
+    ext.push(0);
+    ext.extend_from_slice(&be16(n.len()));
+    ext.extend_from_slice(n);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7; 32]);
+    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&be16(ext.len()));
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1, 0];
+    hs.extend_from_slice(&be16(body.len()));
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend_from_slice(&be16(hs.len()));
+    rec.extend_from_slice(&hs);
+    rec
+}
+
 fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut it = s.chars();
@@ -72,6 +96,8 @@ fn blocked_destinations_are_refused_and_nothing_else() {
         {"id": 2, "match": ["127.0.0.2/32"], "action": "block"},
         // Skipped with a warning; the node still serves.
         {"id": 3, "match": ["regexp:(unclosed"], "action": "block"},
+        // Checked against the client's first bytes.
+        {"id": 5, "match": ["protocol:bittorrent"], "action": "block"},
         // Not a block route: ignored.
         {"id": 4, "match": ["localhost"], "action": "direct"},
     ]);
@@ -117,6 +143,35 @@ fn blocked_destinations_are_refused_and_nothing_else() {
                 Ok(true) => failures.push(format!("{who}: {host} was not blocked")),
             }
         }
+        // Blocked by what the first bytes say, though the client asked for an allowed IP:
+        // an HTTP Host and a TLS SNI under a blocked domain, a BitTorrent handshake.
+        let mut bt = vec![19u8];
+        bt.extend_from_slice(b"BitTorrent protocol");
+        bt.extend_from_slice(&[0u8; 48]);
+        for (what, first) in [
+            (
+                "HTTP Host",
+                b"GET / HTTP/1.1\r\nHost: www.blocked.test\r\n\r\n".to_vec(),
+            ),
+            ("TLS SNI", client_hello("cdn.blocked.test")),
+            ("BitTorrent", bt),
+        ] {
+            match socks5_connect(socks, echo_srv.port).and_then(|s| echo(s, &first)) {
+                Ok(false) | Err(_) => {}
+                Ok(true) => failures.push(format!("{who}: {what} to 127.0.0.1 was not blocked")),
+            }
+        }
+        // The same HTTP request naming an allowed host passes (and is counted).
+        let ok = b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n".to_vec();
+        match socks5_connect(socks, echo_srv.port).and_then(|s| echo(s, &ok)) {
+            Ok(true) => {
+                let e = expected.entry(1).or_default().entry(uidx as u32 + 1).or_default();
+                e.0 += ok.len() as u64;
+                e.1 += ok.len() as u64;
+            }
+            Ok(false) => failures.push(format!("{who}: HTTP to allowed.test was refused")),
+            Err(e) => failures.push(format!("{who}: HTTP to allowed.test: {e:#}")),
+        }
         drop(proc_);
     }
     // The log is colored: drop the escape sequences before looking for `rule=N`.
@@ -125,6 +180,9 @@ fn blocked_destinations_are_refused_and_nothing_else() {
         "destination blocked by audit rule",
         "rule=1",
         "rule=2",
+        "rule=5",
+        "sniffed=http www.blocked.test",
+        "sniffed=tls cdn.blocked.test",
         "audit rule entry skipped",
     ] {
         if !log.contains(want) {

@@ -522,6 +522,103 @@ struct Admitted {
 /// Device admission (exact across cores; touched on open/close only), the registry entry and
 /// the user's speed-limit bucket, for every kind of user connection (TCP relay, UDP over a
 /// stream). `None` when the device limit refuses the source IP.
+/// How long a connection whose first bytes must be sniffed waits for them (Xray's sniffer
+/// waits a few hundred ms too). A client that sends nothing first (a server-first protocol)
+/// is passed unsniffed after this.
+const SNIFF_WAIT: Duration = Duration::from_millis(300);
+
+enum Sniff {
+    Pass,
+    /// Rule id, and what was sniffed (for the log).
+    Block(i64, String),
+    /// The client's bytes did not decode, or the socket failed: end the connection.
+    Drop,
+}
+
+/// Audit rules that need the client's first bytes (`protocol:` rules; domain rules when the
+/// client named an IP): decodes what the client has sent, or waits up to [`SNIFF_WAIT`] for
+/// it, into `initial_upload` (plaintext for the destination; wire bytes of an incomplete
+/// frame stay in `pending_up` for the relay), then checks the sniffed protocol and domain.
+async fn sniff_first(
+    node: &NodeRt,
+    dest: &crate::proto::Destination,
+    client: &mut TcpStream,
+    codec: &mut Option<Box<dyn crate::proto::StreamCodec>>,
+    pending_up: &mut Vec<u8>,
+    initial_upload: &mut Vec<u8>,
+) -> Sniff {
+    use crate::proto::Destination;
+    use v2sp_shared::audit::Target;
+    let Some(a) = node.connect.audit.as_deref() else {
+        return Sniff::Pass;
+    };
+    let dest_is_ip = match dest {
+        Destination::Ip(_) => true,
+        Destination::Domain(d, _) => d.parse::<IpAddr>().is_ok(),
+    };
+    if !a.wants_sniff(dest_is_ip) {
+        return Sniff::Pass;
+    }
+    let deadline = tokio::time::Instant::now() + SNIFF_WAIT;
+    let mut buf = Vec::new();
+    let mut fresh = 0;
+    while initial_upload.is_empty() {
+        let mut wire = std::mem::take(pending_up);
+        wire.extend_from_slice(buf.get(..fresh).unwrap_or_default());
+        if !wire.is_empty() {
+            match codec.as_mut() {
+                None => initial_upload.append(&mut wire),
+                Some(c) => {
+                    let used = match c.open(&wire, initial_upload) {
+                        Ok(n) => n.min(wire.len()),
+                        Err(_) => return Sniff::Drop,
+                    };
+                    *pending_up = wire.split_off(used);
+                    if c.has_control() {
+                        // Transport control frames (a pong, a window update) go out now, as the
+                        // relay would send them.
+                        let mut out = Vec::new();
+                        if c.take_control(&mut out).is_err() || client.write_all(&out).await.is_err() {
+                            return Sniff::Drop;
+                        }
+                    }
+                }
+            }
+            if !initial_upload.is_empty() {
+                break;
+            }
+        }
+        if buf.is_empty() {
+            buf = vec![0u8; 16 * 1024];
+        }
+        fresh = 0;
+        match tokio::time::timeout_at(deadline, client.readable()).await {
+            Err(_) => return Sniff::Pass,
+            Ok(Err(_)) => return Sniff::Drop,
+            Ok(Ok(())) => {}
+        }
+        match client.try_read(&mut buf) {
+            // The client's end of stream: nothing to sniff; the relay sees it too.
+            Ok(0) => return Sniff::Pass,
+            Ok(n) => fresh = n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Sniff::Drop,
+        }
+    }
+    let Some(s) = crate::proto::sniff::sniff(initial_upload) else {
+        return Sniff::Pass;
+    };
+    if let Some(rule) = a.blocks_protocol(s.protocol) {
+        return Sniff::Block(rule, s.protocol.to_string());
+    }
+    if let Some(d) = s.domain {
+        if let Some(rule) = a.blocks(Target::Domain(&d)) {
+            return Sniff::Block(rule, format!("{} {d}", s.protocol));
+        }
+    }
+    Sniff::Pass
+}
+
 /// The node's compiled audit rules (`None` when it has none). The control plane validated
 /// every pattern; one that still does not compile is left out, never fatal.
 fn audit_rules(n: &NodeConfig) -> Option<Arc<AuditRules>> {
@@ -997,6 +1094,23 @@ async fn open(
         return None;
     }
     drop(reply);
+    match sniff_first(
+        &node,
+        &dest,
+        &mut client,
+        &mut codec,
+        &mut pending_up,
+        &mut initial_upload,
+    )
+    .await
+    {
+        Sniff::Pass => {}
+        Sniff::Block(rule, what) => {
+            tracing::info!(node = slot, user = user.user_id, %dest, sniffed = %what, rule, "destination blocked by audit rule");
+            return None;
+        }
+        Sniff::Drop => return None,
+    }
     let connect = core.outbound.connect(&dest, &node.connect);
     let mut upstream = tokio::select! {
         r = connect => match r {

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use v2sp_shared::shm::UserRef;
 
 pub mod fixture;
+pub mod sniff;
 #[cfg(feature = "shadowsocks")]
 pub mod ss;
 #[cfg(feature = "trojan")]
