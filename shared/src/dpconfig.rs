@@ -82,6 +82,10 @@ pub struct NodeConfig {
     /// VLESS flow every user of the node must use (`xtls-rprx-vision`), empty = none.
     #[serde(default)]
     pub flow: String,
+    /// AnyTLS padding scheme, one `key=value` line each (panel `padding_scheme`); empty = the
+    /// reference implementation's default scheme.
+    #[serde(default)]
+    pub padding_scheme: Vec<String>,
 }
 
 /// One fallback (xray semantics): the first entry whose `sni`, `alpn` and `path` match — each

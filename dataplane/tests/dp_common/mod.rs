@@ -139,6 +139,7 @@ pub fn node(slot: u16, port: u16) -> NodeConfig {
         tls: None,
         fallbacks: Vec::new(),
         flow: String::new(),
+        padding_scheme: Vec::new(),
     }
 }
 
