@@ -714,11 +714,23 @@ mod tests {
         assert_eq!(c.transport, Transport::Tcp);
         assert_eq!(c.padding_scheme, vec!["stop=2", "0=30-30", "1=100-200"]);
         // No padding_scheme: empty (the data plane's default); server_name alone is the SNI.
-        let c = node_config(1, "t", &e, &info(r#"{"server_port":443,"server_name":"a.example"}"#)).unwrap();
+        let c = node_config(
+            1,
+            "t",
+            &e,
+            &info(r#"{"server_port":443,"server_name":"a.example"}"#),
+        )
+        .unwrap();
         assert!(c.padding_scheme.is_empty());
         assert_eq!(c.tls.unwrap().server_name, "a.example");
         // The panel's protocol name selects it too.
-        let c = node_config(1, "t", &entry(""), &info(r#"{"protocol":"anytls","server_port":443}"#)).unwrap();
+        let c = node_config(
+            1,
+            "t",
+            &entry(""),
+            &info(r#"{"protocol":"anytls","server_port":443}"#),
+        )
+        .unwrap();
         assert_eq!(c.protocol, Protocol::Anytls);
     }
 

@@ -56,7 +56,11 @@ fn anytls_node(node_id: u32, info_extra: Value) -> NodeSpec {
     }
 }
 
-fn sing_box_anytls(port: u16, password: &str, dir: &std::path::Path) -> (v2sp_testsupport::harness::Proc, u16) {
+fn sing_box_anytls(
+    port: u16,
+    password: &str,
+    dir: &std::path::Path,
+) -> (v2sp_testsupport::harness::Proc, u16) {
     let out = json!({"type": "anytls", "server": "127.0.0.1", "server_port": port, "password": password,
                      "tls": {"enabled": true, "server_name": DOMAIN, "insecure": true}});
     sing_box_outbound(out, dir).unwrap_or_else(|e| panic!("sing-box: {e:#}"))
@@ -66,7 +70,11 @@ fn sing_box_anytls(port: u16, password: &str, dir: &std::path::Path) -> (v2sp_te
 fn sing_box_anytls_tcp_and_udp_with_exact_accounting() {
     let echo = Echo::start().unwrap();
     let certs = tempfile::tempdir().unwrap();
-    let v = V2sp::start(vec![anytls_node(1, json!({}))], self_signed_certs(certs.path(), DOMAIN)).unwrap();
+    let v = V2sp::start(
+        vec![anytls_node(1, json!({}))],
+        self_signed_certs(certs.path(), DOMAIN),
+    )
+    .unwrap();
     let n = &v.nodes[0];
     let mut failures = Vec::new();
     let mut expected: Totals = BTreeMap::new();
@@ -90,7 +98,9 @@ fn sing_box_anytls_tcp_and_udp_with_exact_accounting() {
         let sessions = rec.captured.lock().unwrap().len();
         eprintln!("{what}: {SEQUENTIAL} sequential streams over {sessions} session(s)");
         if sessions == 0 || sessions >= SEQUENTIAL {
-            failures.push(format!("{what}: {sessions} sessions for {SEQUENTIAL} sequential streams: not reused"));
+            failures.push(format!(
+                "{what}: {sessions} sessions for {SEQUENTIAL} sequential streams: not reused"
+            ));
         }
         // Concurrently.
         let threads: Vec<_> = (0..4)
@@ -184,7 +194,10 @@ fn raw_session(port: u16, uuid: &str) -> TcpStream {
     s.write_all(&hello).unwrap();
     let (c, _, d) = read_frame(&mut s).unwrap();
     assert_eq!(c, UPDATE_PADDING, "scheme update expected first");
-    assert!(String::from_utf8_lossy(&d).starts_with("stop=8\n0=30-30\n"), "{d:?}");
+    assert!(
+        String::from_utf8_lossy(&d).starts_with("stop=8\n0=30-30\n"),
+        "{d:?}"
+    );
     let (c, _, d) = read_frame(&mut s).unwrap();
     assert_eq!((c, d.as_slice()), (SERVER_SETTINGS, &b"v=2"[..]));
     s
@@ -296,7 +309,11 @@ fn raw_client_concurrent_streams_fallback_and_user_removal() {
         match c {
             SYNACK if sid == 99 => refused = Some(String::from_utf8_lossy(&d).to_string()),
             SYNACK => {
-                assert!(d.is_empty(), "stream {sid} failed: {}", String::from_utf8_lossy(&d));
+                assert!(
+                    d.is_empty(),
+                    "stream {sid} failed: {}",
+                    String::from_utf8_lossy(&d)
+                );
                 assert!(!back.contains_key(&sid), "synack after data on {sid}");
                 acked.push(sid);
             }
@@ -339,7 +356,11 @@ fn raw_client_concurrent_streams_fallback_and_user_removal() {
     v.sim.set_users(1, vec![user(1, UUIDS[0]), user(3, UUIDS[2])]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while hclosed.load(Ordering::SeqCst) < 1 {
-        assert!(Instant::now() < deadline, "destination still open after the user's removal\n{}", v.agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "destination still open after the user's removal\n{}",
+            v.agent.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     s2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -354,7 +375,11 @@ fn raw_client_concurrent_streams_fallback_and_user_removal() {
     p.write_all(&probe).unwrap();
     let mut answer = Vec::new();
     let _ = p.read_to_end(&mut answer);
-    assert!(answer.ends_with(b"site"), "fallback answer: {:?}", String::from_utf8_lossy(&answer));
+    assert!(
+        answer.ends_with(b"site"),
+        "fallback answer: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
     assert_eq!(*site_got.lock().unwrap(), probe);
     // Totals unchanged by the fallback (user 1's session is still open, idle).
     std::thread::sleep(Duration::from_secs(3));

@@ -55,7 +55,9 @@ pub(super) enum DownKind {
     /// The outbound connection is up (AnyTLS v2 answers with a synack).
     Connected,
     Data(Vec<u8>),
-    End { error: bool },
+    End {
+        error: bool,
+    },
 }
 
 struct Stream {

@@ -161,7 +161,8 @@ pub(crate) fn address(buf: &[u8], t: AddrTypes) -> Result<Option<(Destination, u
         let (Some(name), Some(port)) = (buf.get(2..2 + n), port_at(buf, 2 + n)) else {
             return Ok(None);
         };
-        let name = std::str::from_utf8(name).map_err(|_| WireError::Malformed("anytls: domain is not UTF-8"))?;
+        let name =
+            std::str::from_utf8(name).map_err(|_| WireError::Malformed("anytls: domain is not UTF-8"))?;
         return Ok(Some((Destination::Domain(name.to_string(), port), 2 + n + 2)));
     }
     let ip_len = if atyp == t.v4 {
@@ -207,7 +208,9 @@ pub(crate) fn put_address(out: &mut Vec<u8>, addr: SocketAddr, t: AddrTypes) {
 fn is_http_probe(buf: &[u8]) -> bool {
     buf.first().is_some_and(u8::is_ascii_uppercase)
         && buf.windows(4).any(|w| w == b"\r\n\r\n")
-        && buf.iter().all(|b| b.is_ascii_graphic() || matches!(b, b' ' | b'\r' | b'\n'))
+        && buf
+            .iter()
+            .all(|b| b.is_ascii_graphic() || matches!(b, b' ' | b'\r' | b'\n'))
 }
 
 /// One connection's authentication header.

@@ -259,7 +259,13 @@ impl Session {
                 pending.extend_from_slice(data);
                 match uot_packets(&mut pending, connect.as_ref(), flow, out) {
                     Ok(()) => (Kind::Uot { connect, pending }, None),
-                    Err(_) => (Kind::Uot { connect, pending: Vec::new() }, Some("bad UDP packet")),
+                    Err(_) => (
+                        Kind::Uot {
+                            connect,
+                            pending: Vec::new(),
+                        },
+                        Some("bad UDP packet"),
+                    ),
                 }
             }
         };
@@ -280,7 +286,9 @@ impl Session {
             }
         }
         if self.buffered > MAX_BUFFERED {
-            return Err(WireError::Malformed("anytls: too many bytes held for incomplete packets"));
+            return Err(WireError::Malformed(
+                "anytls: too many bytes held for incomplete packets",
+            ));
         }
         Ok(())
     }
@@ -299,8 +307,20 @@ fn uot_head(mut buf: Vec<u8>, flow: u16, out: &mut Vec<StreamDatagram>) -> (Kind
             buf.drain(..(1 + n).min(buf.len()));
             let connect = (is_connect != 0).then_some(dest);
             match uot_packets(&mut buf, connect.as_ref(), flow, out) {
-                Ok(()) => (Kind::Uot { connect, pending: buf }, None),
-                Err(_) => (Kind::Uot { connect, pending: Vec::new() }, Some("bad UDP packet")),
+                Ok(()) => (
+                    Kind::Uot {
+                        connect,
+                        pending: buf,
+                    },
+                    None,
+                ),
+                Err(_) => (
+                    Kind::Uot {
+                        connect,
+                        pending: Vec::new(),
+                    },
+                    Some("bad UDP packet"),
+                ),
             }
         }
     }
@@ -398,7 +418,13 @@ impl DatagramStreamCodec for Session {
     }
 
     /// A UDP-over-TCP reply on `flow` from `from`.
-    fn seal(&mut self, flow: u16, from: SocketAddr, payload: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+    fn seal(
+        &mut self,
+        flow: u16,
+        from: SocketAddr,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), WireError> {
         let sid = *self
             .flows
             .get(&flow)
@@ -410,7 +436,8 @@ impl DatagramStreamCodec for Session {
         else {
             return Err(WireError::Malformed("anytls: datagram reply on a TCP stream"));
         };
-        let len = u16::try_from(payload.len()).map_err(|_| WireError::Malformed("anytls: datagram too long"))?;
+        let len =
+            u16::try_from(payload.len()).map_err(|_| WireError::Malformed("anytls: datagram too long"))?;
         let mut packet = Vec::with_capacity(payload.len() + 21);
         if connect.is_none() {
             put_address(&mut packet, from, UOT);

@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -54,7 +54,11 @@ fn parse_frames(mut b: &[u8]) -> Vec<(u8, u32, Vec<u8>)> {
     let mut v = Vec::new();
     while b.len() >= HEADER {
         let len = usize::from(u16::from_be_bytes([b[5], b[6]]));
-        v.push((b[0], u32::from_be_bytes([b[1], b[2], b[3], b[4]]), b[7..7 + len].to_vec()));
+        v.push((
+            b[0],
+            u32::from_be_bytes([b[1], b[2], b[3], b[4]]),
+            b[7..7 + len].to_vec(),
+        ));
         b = &b[7 + len..];
     }
     assert!(b.is_empty(), "trailing bytes");
@@ -72,7 +76,9 @@ fn run(wire: &[u8], step: usize) -> (u32, Vec<StreamDatagram>, Vec<u8>, Session)
         let part = chunks.next().expect("handshake never finished");
         match hs.feed(part, &c).unwrap() {
             Step::NeedMore(_) => {}
-            Step::Done(Next::UdpOverStream { user, initial, reply, .. }) => {
+            Step::Done(Next::UdpOverStream {
+                user, initial, reply, ..
+            }) => {
                 assert!(reply.is_empty());
                 break (user.user_id, initial);
             }
@@ -96,12 +102,14 @@ fn merged(events: Vec<StreamDatagram>) -> Vec<StreamDatagram> {
     let mut out: Vec<StreamDatagram> = Vec::new();
     for e in events {
         match (out.last_mut(), e) {
-            (Some(StreamDatagram::StreamOpen { flow: a, data, .. }), StreamDatagram::StreamData { flow: b, data: d })
-            | (Some(StreamDatagram::StreamData { flow: a, data }), StreamDatagram::StreamData { flow: b, data: d })
-                if *a == b =>
-            {
-                data.extend_from_slice(&d)
-            }
+            (
+                Some(StreamDatagram::StreamOpen { flow: a, data, .. }),
+                StreamDatagram::StreamData { flow: b, data: d },
+            )
+            | (
+                Some(StreamDatagram::StreamData { flow: a, data }),
+                StreamDatagram::StreamData { flow: b, data: d },
+            ) if *a == b => data.extend_from_slice(&d),
             (_, e) => out.push(e),
         }
     }
@@ -194,7 +202,10 @@ fn syn_before_settings_is_alerted() {
     let mut ev = Vec::new();
     let mut r = Vec::new();
     assert!(s.open(&frame(CMD_SYN, 1, &[]), &mut ev, &mut r).is_err());
-    assert_eq!(parse_frames(&r), vec![(CMD_ALERT, 0, b"client did not send its settings".to_vec())]);
+    assert_eq!(
+        parse_frames(&r),
+        vec![(CMD_ALERT, 0, b"client did not send its settings".to_vec())]
+    );
 }
 
 fn v2_session() -> Session {
@@ -210,7 +221,11 @@ fn synack_follows_connect_and_replies_are_framed() {
     let mut s = v2_session();
     let (mut ev, mut r) = (Vec::new(), Vec::new());
     let mut w = frame(CMD_SYN, 7, &[]);
-    w.extend(frame(CMD_PSH, 7, &[4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 22]));
+    w.extend(frame(
+        CMD_PSH,
+        7,
+        &[4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 22],
+    ));
     w.extend(frame(CMD_SYN, 8, &[]));
     w.extend(frame(CMD_PSH, 8, &[1, 10, 0, 0, 1, 0, 22]));
     s.open(&w, &mut ev, &mut r).unwrap();
@@ -250,12 +265,10 @@ fn bad_destination_refuses_only_that_stream() {
     s.open(&w, &mut ev, &mut r).unwrap();
     assert!(ev.is_empty());
     let f = parse_frames(&r);
-    assert_eq!(f.iter().map(|x| (x.0, x.1)).collect::<Vec<_>>(), vec![
-        (CMD_SYNACK, 1),
-        (CMD_FIN, 1),
-        (CMD_SYNACK, 2),
-        (CMD_FIN, 2)
-    ]);
+    assert_eq!(
+        f.iter().map(|x| (x.0, x.1)).collect::<Vec<_>>(),
+        vec![(CMD_SYNACK, 1), (CMD_FIN, 1), (CMD_SYNACK, 2), (CMD_FIN, 2)]
+    );
     assert_eq!(s.open_streams(), 0);
 }
 
@@ -271,7 +284,10 @@ fn streams_are_capped() {
     assert_eq!(s.open_streams(), MAX_STREAMS);
     let f = parse_frames(&r);
     let last = MAX_STREAMS as u32 + 1;
-    assert_eq!(f.iter().map(|x| (x.0, x.1)).collect::<Vec<_>>(), vec![(CMD_SYNACK, last), (CMD_FIN, last)]);
+    assert_eq!(
+        f.iter().map(|x| (x.0, x.1)).collect::<Vec<_>>(),
+        vec![(CMD_SYNACK, last), (CMD_FIN, last)]
+    );
 }
 
 #[test]
@@ -282,7 +298,7 @@ fn udp_over_tcp_split_at_every_byte() {
     let mut s = socks_domain(UOT_MAGIC, 0);
     s.push(0); // not connect
     s.extend([1, 127, 0, 0, 1, 0, 53]); // request destination (SOCKS)
-    // Packet 1 to 10.0.0.1:53 (uot IPv4 = 0), packet 2 to a domain (2).
+                                        // Packet 1 to 10.0.0.1:53 (uot IPv4 = 0), packet 2 to a domain (2).
     s.extend([0, 10, 0, 0, 1, 0, 53, 0, 3, b'a', b'b', b'c']);
     wire.extend(frame(CMD_PSH, 3, &s));
     let mut p2 = vec![2, 3, b'x', b'.', b'y', 1, 0, 0, 2];
@@ -372,7 +388,10 @@ fn wrong_password_falls_back_with_every_byte() {
     }
     // A partial one waits.
     let mut hs = AnytlsHandshake::new(Arc::new(PaddingScheme::default()));
-    assert!(matches!(hs.feed(b"GET / HTTP/1.1\r\n", &c).unwrap(), Step::NeedMore(_)));
+    assert!(matches!(
+        hs.feed(b"GET / HTTP/1.1\r\n", &c).unwrap(),
+        Step::NeedMore(_)
+    ));
 }
 
 #[test]
@@ -381,7 +400,10 @@ fn large_padding_is_skipped_without_buffering() {
     wire.extend(settings(2, &default_md5()));
     let (_, events, reply, _) = run(&wire, 4096);
     assert!(events.is_empty());
-    assert_eq!(parse_frames(&reply), vec![(CMD_SERVER_SETTINGS, 0, b"v=2".to_vec())]);
+    assert_eq!(
+        parse_frames(&reply),
+        vec![(CMD_SERVER_SETTINGS, 0, b"v=2".to_vec())]
+    );
 }
 
 proptest::proptest! {
