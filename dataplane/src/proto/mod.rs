@@ -94,7 +94,7 @@ pub enum Next {
     },
     /// Not one of ours (or malformed): handled without any distinctive behaviour.
     Reject { error: WireError, policy: RejectPolicy },
-    /// Not one of ours, and the protocol has fallbacks (Trojan, VLESS): `consumed` is every
+    /// Not one of ours, and the protocol has fallbacks (Trojan, VLESS, AnyTLS): `consumed` is every
     /// plaintext byte the handshake was fed. The core hands the connection (those bytes first)
     /// to the node's matching fallback; without one it behaves like `Reject` with
     /// `DrainUntilTimeout`. Never counted as user traffic.
