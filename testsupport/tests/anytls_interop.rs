@@ -13,6 +13,8 @@
 //!   scheme update, serverSettings v=2), each stream gets its synack and its own echo back,
 //!   exact totals; a wrong password goes to the node's fallback with the bytes it sent; a
 //!   removed user's session and its streams' destination connections are closed.
+//! * The panel's `padding_scheme` is sent to sing-box, whose next session pads by it.
+//! * The user's speed limit holds across one session's streams, with exact upload totals.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -385,4 +387,138 @@ fn raw_client_concurrent_streams_fallback_and_user_removal() {
     std::thread::sleep(Duration::from_secs(3));
     v.finish(&[], &expected);
     drop(s);
+}
+
+/// The panel's `padding_scheme` reaches the client: sing-box's first session (the reference
+/// default: padding0 of 30 bytes) is sent the node's scheme, and the session it opens next
+/// pads its authentication by that scheme (77 bytes).
+#[test]
+fn sing_box_takes_the_panels_padding_scheme() {
+    let echo = Echo::start().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let scheme = json!({"padding_scheme": ["stop=3", "0=77-77", "1=100-200", "2=300-400"]});
+    let v = V2sp::start(
+        vec![anytls_node(1, scheme)],
+        self_signed_certs(certs.path(), DOMAIN),
+    )
+    .unwrap();
+    let n = &v.nodes[0];
+    let rec = Recorder::start(n.port).unwrap();
+    let (proc_, socks) = sing_box_anytls(rec.port, UUIDS[0], v.dir.path());
+    let mut moved = tcp_echo_through(socks, echo.port, &payload(5000, 1)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Two at once: the idle session serves one, a new session the other.
+    let threads: Vec<_> = (0..2)
+        .map(|k| {
+            let port = echo.port;
+            std::thread::spawn(move || tcp_echo_through(socks, port, &payload(300_000, 10 + k)))
+        })
+        .collect();
+    for t in threads {
+        moved += t
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", proc_.log()));
+    }
+    // The Recorder sees TLS records, not the padding: the padding length shows in the size of
+    // the client's second application-data record (the first is its encrypted Finished):
+    // sing-box writes the authentication in one record before any frame, 32 + 2 + 30 bytes
+    // in the first session, 32 + 2 + 77 in the second.
+    let firsts: Vec<usize> = rec
+        .captured
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| auth_record_len(c).unwrap_or(0))
+        .collect();
+    eprintln!("authentication record sizes per session: {firsts:?}");
+    assert_eq!(firsts.len(), 2, "sessions: {firsts:?}\n{}", proc_.log());
+    // TLS 1.3 record = plaintext + 1 content-type byte + 16-byte tag.
+    assert_eq!(firsts[0], 32 + 2 + 30 + 17, "{firsts:?}");
+    assert_eq!(firsts[1], 32 + 2 + 77 + 17, "{firsts:?}");
+    let mut expected: Totals = BTreeMap::new();
+    expect(&mut expected, 1, 1, moved, moved);
+    v.finish(&[], &expected);
+    drop(proc_);
+}
+
+/// Length of the second TLS application-data record (type 23) a client sent.
+fn auth_record_len(mut b: &[u8]) -> Option<usize> {
+    let mut seen = 0;
+    while b.len() >= 5 {
+        let len = usize::from(u16::from_be_bytes([b[3], b[4]]));
+        if b[0] == 23 {
+            seen += 1;
+            if seen == 2 {
+                return Some(len);
+            }
+        }
+        b = b.get(5 + len..)?;
+    }
+    None
+}
+
+/// One budget for the user across a session's streams, and backpressure: three streams of
+/// one raw session upload as fast as they can to a sink through a 16 Mbps user; the node's
+/// per-stream queues fill and it stops reading the session. The measured rate is the limit
+/// (±15 %), and once the client is gone the panel's upload total is exactly what reached the
+/// sink.
+#[test]
+fn raw_client_speed_limit_across_streams() {
+    use v2sp_testsupport::harness::Sink;
+    let sink = Sink::start().unwrap();
+    let mut node = anytls_node(1, json!({}));
+    node.users = vec![json!({"id": 1, "uuid": UUIDS[0], "speed_limit": 16, "device_limit": null})];
+    let v = V2sp::start(vec![node], json!({})).unwrap();
+    let mut s = raw_session(v.nodes[0].port, UUIDS[0]);
+    let mut open = Vec::new();
+    for sid in 1..=3 {
+        open.extend(frame(SYN, sid, &[]));
+        open.extend(frame(PSH, sid, &dest_v4(sink.port)));
+    }
+    s.write_all(&open).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let stop = Instant::now() + Duration::from_secs(7);
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = payload(16 * 1024, 3);
+        let mut sid = 0;
+        while Instant::now() < stop {
+            sid = sid % 3 + 1;
+            if w.write_all(&frame(PSH, sid, &chunk)).is_err() {
+                break;
+            }
+        }
+    });
+    // Skip the burst the bucket starts with, then measure 4 s.
+    std::thread::sleep(Duration::from_millis(1500));
+    let b0 = sink.bytes.load(Ordering::SeqCst);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let rate = (sink.bytes.load(Ordering::SeqCst) - b0) as f64 / t0.elapsed().as_secs_f64();
+    eprintln!("anytls upload through a 16 Mbps user, 3 streams in one session: {rate:.0} B/s");
+    writer.join().unwrap();
+    drop(s);
+    let limit = 16e6 / 8.0;
+    assert!(
+        (rate - limit).abs() <= 0.15 * limit,
+        "measured {rate:.0} B/s, limit {limit} B/s"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = sink.bytes.load(Ordering::SeqCst);
+        let totals = v.sim.totals(1);
+        if totals.get(&1) == Some(&(got, 0)) {
+            std::thread::sleep(Duration::from_secs(2));
+            if sink.bytes.load(Ordering::SeqCst) == got && v.sim.totals(1).get(&1) == Some(&(got, 0)) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "panel {totals:?}, sink {got}\n{}",
+            v.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
