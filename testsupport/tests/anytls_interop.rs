@@ -14,7 +14,8 @@
 //!   exact totals; a wrong password goes to the node's fallback with the bytes it sent; a
 //!   removed user's session and its streams' destination connections are closed.
 //! * The panel's `padding_scheme` is sent to sing-box, whose next session pads by it.
-//! * The user's speed limit holds across one session's streams, with exact upload totals.
+//! * The user's speed limit holds across one session's streams, with exact upload totals; the
+//!   device limit admits sessions from exactly N source IPs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -521,4 +522,54 @@ fn raw_client_speed_limit_across_streams() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A raw session from `src`, with one stream to the echo server that must answer "ping":
+/// `None` when the node refuses (connection closed).
+fn session_from(src: &str, port: u16, uuid: &str, echo: u16) -> Option<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+    let from: std::net::SocketAddr = format!("{src}:0").parse().ok()?;
+    sock.bind(&from.into()).ok()?;
+    let to = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    sock.connect(&to.into()).ok()?;
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let mut hello = auth(uuid, 0);
+    hello.extend(frame(SETTINGS, 0, b"v=2\nclient=v2sp-test/0\npadding-md5=0123"));
+    hello.extend(frame(SYN, 1, &[]));
+    let mut first = dest_v4(echo);
+    first.extend_from_slice(b"ping");
+    hello.extend(frame(PSH, 1, &first));
+    s.write_all(&hello).ok()?;
+    let mut echoed = Vec::new();
+    while echoed.len() < 4 {
+        let (c, sid, d) = read_frame(&mut s).ok()?;
+        if (c, sid) == (PSH, 1) {
+            echoed.extend_from_slice(&d);
+        }
+    }
+    (echoed == b"ping").then_some(s)
+}
+
+/// The user's device limit (2 IPs): sessions from two source IPs are admitted while they are
+/// open, a third IP is refused, an admitted IP may open another session.
+#[test]
+fn raw_client_device_limit() {
+    let echo = Echo::start().unwrap();
+    let mut node = anytls_node(1, json!({}));
+    node.users = vec![json!({"id": 1, "uuid": UUIDS[0], "speed_limit": null, "device_limit": 2})];
+    let v = V2sp::start(vec![node], json!({})).unwrap();
+    let port = v.nodes[0].port;
+    let mut held = Vec::new();
+    let mut ok = Vec::new();
+    for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.2"] {
+        let s = session_from(ip, port, UUIDS[0], echo.port);
+        ok.push(s.is_some());
+        held.push(s);
+    }
+    assert_eq!(ok, vec![true, true, false, true], "{}", v.agent.log());
+    let mut expected: Totals = BTreeMap::new();
+    expect(&mut expected, 1, 1, 12, 12);
+    v.finish(&[], &expected);
 }
