@@ -99,7 +99,7 @@ pub fn node_config(
         Protocol::Vmess => (CredKind::VmessUuid, None),
         Protocol::Trojan => (CredKind::TrojanSha224, None),
         Protocol::Hysteria2 => return Err(BuildError::NotServedYet("hysteria2")),
-        Protocol::Anytls => return Err(BuildError::NotServedYet("anytls")),
+        Protocol::Anytls => (CredKind::Sha256Password, None),
     };
     let tls = match protocol {
         Protocol::Shadowsocks => None,
@@ -130,13 +130,17 @@ pub fn node_config(
                 None
             }
         }
+        // AnyTLS is always TLS (spec §F.1); `CertMode: none` serves it in plaintext behind an
+        // external terminator, as for the other TLS protocols.
+        Protocol::Anytls => node_tls(&entry.cert, info)?,
         // The other protocols land with their own issues; refuse clearly rather than opening
         // a port that speaks nothing.
         _ => return Err(BuildError::NotServedYet(protocol.as_str())),
     };
     let fallbacks = node_fallbacks(entry, protocol);
     let transport = match protocol {
-        Protocol::Shadowsocks => Transport::Tcp,
+        // AnyTLS has no transports (sing-box's inbound has none either).
+        Protocol::Shadowsocks | Protocol::Anytls => Transport::Tcp,
         _ => node_transport(info)?,
     };
     // ALPN: the fallbacks' values first (server preference picks them for clients that offer
@@ -176,6 +180,10 @@ pub fn node_config(
             }
             _ => String::new(),
         },
+        padding_scheme: match protocol {
+            Protocol::Anytls => anytls_padding(info),
+            _ => Vec::new(),
+        },
         tls,
         fallbacks,
         block_rules: block_rules(tag, &info.routes),
@@ -212,6 +220,17 @@ fn block_rules(tag: &str, routes: &[Route]) -> Vec<BlockRule> {
     out
 }
 
+/// The panel's AnyTLS `padding_scheme` lines, trimmed, blank lines dropped (empty: the data
+/// plane uses the reference default scheme).
+fn anytls_padding(info: &NodeInfo) -> Vec<String> {
+    info.padding_scheme
+        .iter()
+        .flatten()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
 /// ALPN the TLS server offers so that fallbacks by ALPN can match (xray needs the same in its
 /// TLS settings): the fallbacks' ALPN values in order, then `http/1.1` (so a client offering
 /// both still negotiates); nothing when no fallback names an ALPN.
@@ -230,7 +249,7 @@ fn fallback_alpn(fallbacks: &[FallbackTarget]) -> Vec<String> {
 
 /// xray fallbacks (`EnableFallback` + `FallBackConfigs`) for Trojan and VLESS nodes.
 fn node_fallbacks(entry: &NodeEntry, protocol: Protocol) -> Vec<FallbackTarget> {
-    if !entry.enable_fallback || !matches!(protocol, Protocol::Trojan | Protocol::Vless) {
+    if !entry.enable_fallback || !matches!(protocol, Protocol::Trojan | Protocol::Vless | Protocol::Anytls) {
         return Vec::new();
     }
     entry
@@ -734,6 +753,42 @@ mod tests {
         // CertMode none: TLS is terminated in front of v2sp.
         let none = node_config(1, "t", &entry("trojan"), &info(r#"{"server_port":443}"#)).unwrap();
         assert!(none.tls.is_none());
+    }
+
+    #[test]
+    fn anytls_maps_from_the_panel() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = tls_entry("anytls", "self", dir.path());
+        // Xboard/wyx2685 shape: server_name, tls_settings, padding_scheme; unknown keys tolerated.
+        let i = info(
+            r#"{"server_port":443,"server_name":"a.example","tls_settings":{"server_name":"b.example"},
+                "padding_scheme":["stop=2"," 0=30-30 ","","1=100-200"],"network":"ws","custom_x":1}"#,
+        );
+        let c = node_config(1, "t", &e, &i).unwrap();
+        assert_eq!(c.protocol, Protocol::Anytls);
+        assert_eq!(c.cred_kind, CredKind::Sha256Password);
+        assert_eq!(c.tls.as_ref().unwrap().server_name, "b.example");
+        assert_eq!(c.transport, Transport::Tcp);
+        assert_eq!(c.padding_scheme, vec!["stop=2", "0=30-30", "1=100-200"]);
+        // No padding_scheme: empty (the data plane's default); server_name alone is the SNI.
+        let c = node_config(
+            1,
+            "t",
+            &e,
+            &info(r#"{"server_port":443,"server_name":"a.example"}"#),
+        )
+        .unwrap();
+        assert!(c.padding_scheme.is_empty());
+        assert_eq!(c.tls.unwrap().server_name, "a.example");
+        // The panel's protocol name selects it too.
+        let c = node_config(
+            1,
+            "t",
+            &entry(""),
+            &info(r#"{"protocol":"anytls","server_port":443}"#),
+        )
+        .unwrap();
+        assert_eq!(c.protocol, Protocol::Anytls);
     }
 
     #[test]

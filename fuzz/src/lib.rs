@@ -80,4 +80,8 @@ fn drive_datagrams<'a>(
     let from = std::net::SocketAddr::from(([127, 0, 0, 1], 53));
     let mut out = Vec::new();
     let _ = codec.seal(0, from, &pending, &mut out);
+    // Sub-stream replies (codecs with TCP sub-streams; the others refuse).
+    let _ = codec.seal_connected(0, &mut out);
+    let _ = codec.seal_stream(0, &pending, &mut out);
+    let _ = codec.seal_end(0, true, &mut out);
 }

@@ -86,6 +86,10 @@ pub struct NodeConfig {
     /// plane (`crate::audit`); every destination a user asks for is checked against them.
     #[serde(default)]
     pub block_rules: Vec<BlockRule>,
+    /// AnyTLS padding scheme, one `key=value` line each (panel `padding_scheme`); empty = the
+    /// reference implementation's default scheme.
+    #[serde(default)]
+    pub padding_scheme: Vec<String>,
 }
 
 /// One usable entry of a panel `block` route.

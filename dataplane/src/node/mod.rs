@@ -59,6 +59,11 @@ pub fn default_protocols() -> ProtocolFactory {
         v2sp_shared::dpconfig::Protocol::Vmess => {
             Ok(Rc::new(VmessProto(crate::proto::vmess::VmessInbound::new())))
         }
+        #[cfg(feature = "anytls")]
+        v2sp_shared::dpconfig::Protocol::Anytls => {
+            let scheme = crate::proto::anytls::PaddingScheme::from_lines(&n.padding_scheme)?;
+            Ok(Rc::new(AnytlsProto(Arc::new(scheme))))
+        }
         other => Err(format!(
             "protocol {} is not served by this build yet",
             other.as_str()
@@ -73,6 +78,17 @@ struct TrojanProto;
 impl InboundProtocol for TrojanProto {
     fn new_handshake(&self) -> Box<dyn StreamHandshake> {
         Box::new(crate::proto::trojan::TrojanHandshake::default())
+    }
+}
+
+/// AnyTLS with the node's padding scheme.
+#[cfg(feature = "anytls")]
+struct AnytlsProto(Arc<crate::proto::anytls::PaddingScheme>);
+
+#[cfg(feature = "anytls")]
+impl InboundProtocol for AnytlsProto {
+    fn new_handshake(&self) -> Box<dyn StreamHandshake> {
+        Box::new(crate::proto::anytls::AnytlsHandshake::new(self.0.clone()))
     }
 }
 

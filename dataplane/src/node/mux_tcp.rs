@@ -52,8 +52,12 @@ pub(super) struct Down {
 }
 
 pub(super) enum DownKind {
+    /// The outbound connection is up (AnyTLS v2 answers with a synack).
+    Connected,
     Data(Vec<u8>),
-    End { error: bool },
+    End {
+        error: bool,
+    },
 }
 
 struct Stream {
@@ -198,6 +202,14 @@ impl Task {
                 return Some(true);
             }
         };
+        let up_now = Down {
+            flow: self.flow,
+            gen: self.gen,
+            what: DownKind::Connected,
+        };
+        if self.down.send(up_now).await.is_err() {
+            return None;
+        }
         let uplink = self.uplink(&s, first, up);
         let downlink = self.downlink(&s);
         let client_ended = tokio::select! {

@@ -205,11 +205,17 @@ impl Conn<'_> {
                     let Some((flow, what)) = streams.accept(d) else { continue };
                     let mut framed = Vec::new();
                     let (sealed, n) = match what {
+                        DownKind::Connected => (self.codec.seal_connected(flow, &mut framed), 0),
                         DownKind::Data(data) => (self.codec.seal_stream(flow, &data, &mut framed), data.len()),
                         DownKind::End { error } => (self.codec.seal_end(flow, error, &mut framed), 0),
                     };
                     if sealed.is_err() {
                         return End::Error("seal");
+                    }
+                    // Nothing to send (a codec without a connect reply; a stream the client
+                    // closed meanwhile): nothing written, nothing counted.
+                    if framed.is_empty() {
+                        continue;
                     }
                     let mut wire = Vec::with_capacity(framed.len() + 64);
                     if self.outer.seal(&framed, &mut wire).is_err() {
@@ -299,7 +305,15 @@ impl Conn<'_> {
         self.send_control().await?;
         let mut events = Vec::new();
         let mut reply = Vec::new();
-        let used = self.codec.open(plain, &mut events, &mut reply).map_err(|e| {
+        let opened = self.codec.open(plain, &mut events, &mut reply);
+        if opened.is_err() && !reply.is_empty() {
+            // The protocol's last word before it ends the stream (an AnyTLS alert).
+            let mut wire = Vec::new();
+            if self.outer.seal(&reply, &mut wire).is_ok() {
+                let _ = crate::tls::write_all(self.client, &wire).await;
+            }
+        }
+        let used = opened.map_err(|e| {
             tracing::debug!(node = self.node.cfg.slot, error = %e, "datagram stream malformed");
             End::Error("malformed")
         })?;

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 
 use v2sp_shared::shm::UserRef;
 
+#[cfg(feature = "anytls")]
+pub mod anytls;
 pub mod fixture;
 pub mod sniff;
 #[cfg(feature = "shadowsocks")]
@@ -93,7 +95,7 @@ pub enum Next {
     },
     /// Not one of ours (or malformed): handled without any distinctive behaviour.
     Reject { error: WireError, policy: RejectPolicy },
-    /// Not one of ours, and the protocol has fallbacks (Trojan, VLESS): `consumed` is every
+    /// Not one of ours, and the protocol has fallbacks (Trojan, VLESS, AnyTLS): `consumed` is every
     /// plaintext byte the handshake was fed. The core hands the connection (those bytes first)
     /// to the node's matching fallback; without one it behaves like `Reject` with
     /// `DrainUntilTimeout`. Never counted as user traffic.
@@ -157,6 +159,11 @@ pub trait DatagramStreamCodec: Send {
     /// Frames bytes from the destination of TCP sub-stream `flow` (codecs with sub-streams).
     fn seal_stream(&mut self, _flow: u16, _data: &[u8], _out: &mut Vec<u8>) -> Result<(), WireError> {
         Err(WireError::Unsupported("no TCP sub-streams"))
+    }
+    /// Frames the news that TCP sub-stream `flow`'s outbound connection is up (AnyTLS v2
+    /// synack); nothing for protocols without such a reply.
+    fn seal_connected(&mut self, _flow: u16, _out: &mut Vec<u8>) -> Result<(), WireError> {
+        Ok(())
     }
     /// Frames the end of TCP sub-stream `flow` (`error`: it failed) and forgets the flow.
     fn seal_end(&mut self, _flow: u16, _error: bool, _out: &mut Vec<u8>) -> Result<(), WireError> {
