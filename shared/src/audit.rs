@@ -82,6 +82,25 @@ impl Pattern {
         }
     }
 
+    /// One `domains` entry of a panel `dns` route, with Xray's DNS meaning: a plain string is
+    /// a substring of the name (`keyword:`), not a regex; `geosite:`/`geoip:` lists are not
+    /// available here and are refused.
+    pub fn parse_dns_domain(entry: &str) -> Result<Pattern, String> {
+        let e = entry.trim();
+        match e.split_once(':') {
+            Some(("geosite" | "geoip" | "ext", _)) => Err(format!("{e:?}: geo lists are not supported")),
+            Some(("regexp" | "domain" | "full" | "keyword", _)) => match Pattern::parse(e)? {
+                p @ (Pattern::Regex(_)
+                | Pattern::DomainSuffix(_)
+                | Pattern::DomainFull(_)
+                | Pattern::Keyword(_)) => Ok(p),
+                _ => Err(format!("{e:?} is not a domain pattern")),
+            },
+            _ if e.is_empty() => Err("empty pattern".into()),
+            _ => Ok(Pattern::Keyword(e.to_ascii_lowercase())),
+        }
+    }
+
     /// The entry that parses back to this pattern (what the control plane publishes).
     pub fn to_entry(&self) -> String {
         match self {
@@ -418,6 +437,17 @@ mod tests {
                 proptest::prop_assert_eq!(Pattern::parse(&p.to_entry()), Ok(p));
             }
         }
+    }
+
+    #[test]
+    fn dns_route_domains_use_xray_dns_meaning() {
+        let p = |e: &str| Pattern::parse_dns_domain(e).map(|p| p.to_entry());
+        assert_eq!(p("google"), Ok("keyword:google".into()));
+        assert_eq!(p("domain:Example.com"), Ok("domain:example.com".into()));
+        assert_eq!(p("full:a.io"), Ok("full:a.io".into()));
+        assert_eq!(p("regexp:^x\\."), Ok("regexp:^x\\.".into()));
+        assert!(p("geosite:cn").is_err());
+        assert!(p("").is_err());
     }
 
     #[test]

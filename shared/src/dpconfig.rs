@@ -86,10 +86,25 @@ pub struct NodeConfig {
     /// plane (`crate::audit`); every destination a user asks for is checked against them.
     #[serde(default)]
     pub block_rules: Vec<BlockRule>,
+    /// DNS routes from the panel's `routes` (`action: "dns"`): names matching a route are
+    /// resolved by its server instead of the system resolver; first match wins.
+    #[serde(default)]
+    pub dns_routes: Vec<DnsRoute>,
     /// AnyTLS padding scheme, one `key=value` line each (panel `padding_scheme`); empty = the
     /// reference implementation's default scheme.
     #[serde(default)]
     pub padding_scheme: Vec<String>,
+}
+
+/// One panel `dns` route: the names it covers and the server that resolves them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsRoute {
+    /// The route's `id`.
+    pub id: i64,
+    /// Domain patterns in normal form (`crate::audit::Pattern::to_entry`).
+    pub domains: Vec<String>,
+    /// Plain DNS over UDP/TCP at this address (`ip:port`).
+    pub server: std::net::SocketAddr,
 }
 
 /// One usable entry of a panel `block` route.

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use v2sp_testsupport::harness::{
-    free_port, payload, sha256, sing_box_ss, socks5_connect, socks5_connect_domain, sslocal, Echo, NodeSpec,
-    Totals, V2sp,
+    free_port, payload, peer, sha256, sing_box_ss, socks5_connect, socks5_connect_domain, sslocal, Echo,
+    NodeSpec, Proc, Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::users;
 
@@ -190,5 +190,67 @@ fn blocked_destinations_are_refused_and_nothing_else() {
         }
     }
     // Only the allowed transfers are counted, exactly.
+    v.finish(&failures, &expected);
+}
+
+/// The panel's `dns` routes: names under a route are resolved by its server (Debian's dnsmasq
+/// here, answering `routed.test` and everything under it with 127.0.0.1), other names by the
+/// system resolver (which knows no `*.test` name).
+#[test]
+fn dns_routes_resolve_through_the_routes_server() {
+    let echo_srv = Echo::start().unwrap();
+    let dns_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(peer("dnsmasq").unwrap());
+    cmd.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--conf-file=/dev/null",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        "--log-queries",
+        "--log-facility=-",
+        "--pid-file=",
+        "--address=/routed.test/127.0.0.1",
+    ])
+    .arg(format!("--port={dns_port}"));
+    let dns = Proc::spawn("dnsmasq", cmd, dir.path().join("dnsmasq.log")).unwrap();
+    let port = free_port();
+    let routes = json!([
+        {"id": 7, "match": ["domain:routed.test"], "action": "dns", "action_value": format!("127.0.0.1:{dns_port}")},
+    ]);
+    let node = NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "shadowsocks", "server_port": port, "cipher": "aes-128-gcm",
+                     "routes": routes, "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: users(&UUIDS),
+    };
+    let v = V2sp::start(vec![node], json!({})).unwrap();
+    let (client, socks) = sslocal(port, "aes-128-gcm", UUIDS[0], v.dir.path()).unwrap();
+    let data = payload(32 << 10, 9);
+    let mut failures = Vec::new();
+    let mut expected: Totals = BTreeMap::new();
+    match socks5_connect_domain(socks, "www.routed.test", echo_srv.port).and_then(|s| echo(s, &data)) {
+        Ok(true) => {
+            expected.insert(1, BTreeMap::from([(1, (data.len() as u64, data.len() as u64))]));
+        }
+        Ok(false) => failures.push(format!("www.routed.test was not reached\n{}", client.log())),
+        Err(e) => failures.push(format!("www.routed.test: {e:#}\n{}", client.log())),
+    }
+    if let Ok(true) =
+        socks5_connect_domain(socks, "www.unrouted.test", echo_srv.port).and_then(|s| echo(s, &data))
+    {
+        failures.push("www.unrouted.test resolved: it should have gone to the system resolver".into());
+    }
+    let log = dns.log();
+    if !log.contains("www.routed.test") {
+        failures.push(format!("dnsmasq never saw www.routed.test:\n{log}"));
+    }
+    if log.contains("unrouted") {
+        failures.push(format!("dnsmasq was asked for a name outside its route:\n{log}"));
+    }
+    drop(client);
     v.finish(&failures, &expected);
 }

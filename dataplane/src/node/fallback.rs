@@ -164,6 +164,7 @@ pub(super) async fn serve(
         allow_private: true,
         // The node's own fallback site, not a user's destination.
         audit: None,
+        dns_routes: std::sync::Arc::from([]),
     };
     let mut upstream = match core.outbound.connect(&dest, &opts).await {
         Ok(s) => s,

@@ -414,6 +414,7 @@ impl Core {
                 timeout: Duration::from_secs(u64::from(cfg.timeouts.connect.max(1))),
                 allow_private: cfg.allow_private_destinations,
                 audit: audit_rules(n),
+                dns_routes: crate::outbound::dns_routes(&n.dns_routes),
             },
             handshake: Duration::from_secs(u64::from(cfg.timeouts.handshake.max(1))),
             relay: RelayTimeouts::from(&cfg.timeouts),

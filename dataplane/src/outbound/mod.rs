@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::config::{LookupIpStrategy, ResolverConfig};
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfigGroup, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::TokioResolver;
 use tokio::net::{TcpSocket, TcpStream};
@@ -128,6 +128,20 @@ pub struct ConnectOpts {
     pub allow_private: bool,
     /// The node's audit (block) rules; `None` when it has none.
     pub audit: Option<Arc<AuditRules>>,
+    /// The node's DNS routes (names → server), first match wins; empty = system resolver.
+    pub dns_routes: Arc<[(AuditRules, SocketAddr)]>,
+}
+
+/// Compiles a node's DNS routes (patterns were validated by the control plane; any that still
+/// do not compile are left out).
+pub fn dns_routes(routes: &[v2sp_shared::dpconfig::DnsRoute]) -> Arc<[(AuditRules, SocketAddr)]> {
+    routes
+        .iter()
+        .filter_map(|r| {
+            let (m, _) = AuditRules::compile(r.domains.iter().map(|d| (r.id, d.as_str())));
+            (!m.is_empty()).then_some((m, r.server))
+        })
+        .collect()
 }
 
 impl ConnectOpts {
@@ -154,6 +168,8 @@ impl ConnectOpts {
 #[derive(Default)]
 pub struct Outbound {
     resolver: std::cell::RefCell<Option<TokioResolver>>,
+    /// One resolver per DNS-route server (each caches its own answers).
+    routed: std::cell::RefCell<std::collections::HashMap<SocketAddr, TokioResolver>>,
 }
 
 impl Outbound {
@@ -177,6 +193,30 @@ impl Outbound {
         r
     }
 
+    /// The resolver for `name`: its DNS route's server, or the system's.
+    fn resolver_for(&self, name: &str, opts: &ConnectOpts) -> TokioResolver {
+        let Some(server) = opts
+            .dns_routes
+            .iter()
+            .find(|(m, _)| m.blocks(Target::Domain(name)).is_some())
+            .map(|(_, s)| *s)
+        else {
+            return self.resolver();
+        };
+        if let Some(r) = self.routed.borrow().get(&server) {
+            return r.clone();
+        }
+        let group = NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true);
+        let mut b = TokioResolver::builder_with_config(
+            ResolverConfig::from_parts(None, vec![], group),
+            TokioConnectionProvider::default(),
+        );
+        b.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        let r = b.build();
+        self.routed.borrow_mut().insert(server, r.clone());
+        r
+    }
+
     /// Candidate addresses for `dest`, already filtered by the private-range rule.
     pub async fn resolve(
         &self,
@@ -191,7 +231,7 @@ impl Outbound {
             Destination::Domain(d, p) => match d.parse::<IpAddr>() {
                 Ok(ip) => (vec![ip], *p, d.clone()),
                 Err(_) => {
-                    let r = self.resolver();
+                    let r = self.resolver_for(d, opts);
                     let lk = r
                         .lookup_ip(d.as_str())
                         .await
@@ -350,6 +390,7 @@ mod tests {
                 timeout: Duration::from_secs(3),
                 allow_private: true,
                 audit: Some(Arc::new(rules)),
+                dns_routes: Arc::from([]),
             };
             let blocked = |r: Result<Vec<SocketAddr>, OutboundError>| match r {
                 Err(OutboundError::Blocked(_, rule)) => Some(rule),
@@ -386,6 +427,7 @@ mod tests {
                 timeout: Duration::from_secs(3),
                 allow_private: false,
                 audit: None,
+                dns_routes: Arc::from([]),
             };
             let d = Destination::Ip("127.0.0.1:80".parse().unwrap());
             assert!(matches!(

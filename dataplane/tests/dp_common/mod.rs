@@ -140,6 +140,7 @@ pub fn node(slot: u16, port: u16) -> NodeConfig {
         fallbacks: Vec::new(),
         flow: String::new(),
         block_rules: Vec::new(),
+        dns_routes: Vec::new(),
         padding_scheme: Vec::new(),
     }
 }
