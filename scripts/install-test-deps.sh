@@ -191,8 +191,9 @@ else
     summary+=", shoes skipped"
 fi
 if [ "$WITH_DEBIAN" = 1 ]; then
-    summary+=", v2ray $(ver "$BIN/v2ray" -version), nginx $(ver "$BIN/nginx" -v)"
+    dnsmasq_v=$(timeout 10 "$BIN/dnsmasq" --version 2>&1 </dev/null | grep -oE '[0-9]+\.[0-9]+' | head -n1 || true)
+    summary+=", v2ray $(ver "$BIN/v2ray" -version), nginx $(ver "$BIN/nginx" -v), dnsmasq $dnsmasq_v"
 else
-    summary+=", v2ray/nginx skipped"
+    summary+=", v2ray/nginx/dnsmasq skipped"
 fi
 echo "v2sp test peers in $BIN: $summary"
