@@ -372,3 +372,44 @@ fn dp_speed_limit_engages_on_both_paths() {
             == (400_000, 400_000)));
     }
 }
+
+/// A node whose settings change (here its speed limit, then its port) keeps its open
+/// connections; new ones get the new settings (the Go agents re-create the inbound and drop
+/// every user). Only removing the node closes them.
+#[test]
+fn dp_changed_node_keeps_open_connections() {
+    let (p1, p2) = (free_port(), free_port());
+    let h = Harness::start(config(vec![node(1, p1)]), true);
+    h.backend.set_users(1, vec![user(1, 1, 0, 0)]);
+    std::thread::sleep(Duration::from_millis(150));
+    let echo = echo_peer(8);
+    let lo = "127.0.0.1".parse().unwrap();
+    let mut a = connect_from(lo, p1);
+    a.write_all(&header(1, echo, 0)).unwrap();
+    assert!(echo_once(&mut a, b"before"));
+    let engine = h.engine.as_ref().unwrap();
+    let mut changed = node(1, p1);
+    changed.speed_limit_mbps = 100;
+    engine.update_config(Arc::new(config(vec![changed.clone()])));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(echo_once(&mut a, b"same port, new settings"));
+    let mut b = connect_from(lo, p1);
+    b.write_all(&header(1, echo, 0)).unwrap();
+    assert!(echo_once(&mut b, b"new connection, same listener"));
+    changed.port = p2;
+    engine.update_config(Arc::new(config(vec![changed])));
+    assert!(wait_until(Duration::from_secs(3), || {
+        std::net::TcpStream::connect(("127.0.0.1", p2)).is_ok()
+    }));
+    assert!(echo_once(&mut a, b"port moved"));
+    assert!(echo_once(&mut b, b"port moved too"));
+    let mut c = connect_from(lo, p2);
+    c.write_all(&header(1, echo, 0)).unwrap();
+    assert!(echo_once(&mut c, b"on the new port"));
+    assert!(wait_until(Duration::from_secs(3), || {
+        std::net::TcpStream::connect(("127.0.0.1", p1)).is_err()
+    }));
+    engine.update_config(Arc::new(config(vec![])));
+    let (_, _) = read_to_end(&mut a); // removed: its connections close
+    let (_, _) = read_to_end(&mut c);
+}

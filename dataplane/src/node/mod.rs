@@ -193,10 +193,27 @@ pub struct NodeRt {
 
 struct NodeHandle {
     rt: Rc<NodeRt>,
+    /// The settings the accept loop gives each new connection: replaced in place when the
+    /// node changes but keeps its address, so the listening socket (and its accept queue)
+    /// stays.
+    live: Rc<RefCell<Rc<NodeRt>>>,
+    /// The address the TCP listener is bound to.
+    addr: SocketAddr,
     /// Stops the accept loop.
     stop: Rc<ConnCtl>,
+    /// Stops the node's UDP loop, if it has one.
+    stop_udp: Option<Rc<ConnCtl>>,
     /// What the node was built from (node config, timeouts, private flag).
     key: (NodeConfig, Timeouts, bool),
+}
+
+impl NodeHandle {
+    fn stop_all(&self) {
+        self.stop.cancel();
+        if let Some(u) = &self.stop_udp {
+            u.cancel();
+        }
+    }
 }
 
 struct ConnEntry {
@@ -349,26 +366,34 @@ impl Core {
         }
     }
 
-    /// Brings the served nodes in line with `cfg`: unchanged nodes are not touched; removed or
-    /// changed nodes stop accepting and their connections are closed; new ones start.
+    /// Brings the served nodes in line with `cfg`. Unchanged nodes are not touched. A removed
+    /// node stops accepting and its connections are closed. A changed node serves new
+    /// connections with the new settings, on the same listening socket when its address did
+    /// not change; its open connections go on with the settings they were accepted under (the
+    /// Go agents re-create the inbound and drop every user, spec §D). New nodes start.
     pub fn apply_config(self: &Rc<Self>, cfg: &DataplaneConfig) {
         let wanted: HashMap<u16, &NodeConfig> = cfg.nodes.iter().map(|n| (n.slot, n)).collect();
+        let key = |n: &NodeConfig| (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations);
         let stale: Vec<u16> = self
             .nodes
             .borrow()
             .iter()
-            .filter(|(slot, h)| {
-                wanted.get(slot).is_none_or(|n| {
-                    h.key != ((*n).clone(), cfg.timeouts.clone(), cfg.allow_private_destinations)
-                })
-            })
+            .filter(|(slot, h)| wanted.get(slot).is_none_or(|n| h.key != key(n)))
             .map(|(s, _)| *s)
             .collect();
         for slot in stale {
-            if let Some(h) = self.nodes.borrow_mut().remove(&slot) {
-                h.stop.cancel();
+            let Some(old) = self.nodes.borrow_mut().remove(&slot) else {
+                continue;
+            };
+            let Some(n) = wanted.get(&slot) else {
+                old.stop_all();
+                self.cancel_where(|e| e.node == slot);
+                continue;
+            };
+            if let Err(e) = self.restart_node(old, n, cfg) {
+                tracing::error!(core = self.index, node = %n.tag, "cannot serve the changed node: {e}");
+                self.cancel_where(|e| e.node == slot);
             }
-            self.cancel_where(|e| e.node == slot);
         }
         for n in &cfg.nodes {
             if self.nodes.borrow().contains_key(&n.slot) {
@@ -380,7 +405,95 @@ impl Core {
         }
     }
 
+    /// A changed node: new settings for new connections. `old` is stopped unless its listener
+    /// can be kept.
+    fn restart_node(
+        self: &Rc<Self>,
+        old: NodeHandle,
+        n: &NodeConfig,
+        cfg: &DataplaneConfig,
+    ) -> Result<(), String> {
+        let rt = match self.node_rt(n, cfg) {
+            Ok(rt) => rt,
+            Err(e) => {
+                old.stop_all();
+                return Err(e);
+            }
+        };
+        let addr = crate::net::listen_addr(&n.listen_ip, n.port)?;
+        if addr != old.addr {
+            old.stop_all();
+            return self.serve(rt, addr, cfg);
+        }
+        // Same address: the accept loop keeps its socket and hands out the new settings.
+        *old.live.borrow_mut() = rt.clone();
+        if let Some(u) = &old.stop_udp {
+            u.cancel();
+        }
+        let stop_udp = self.serve_udp(&rt, addr);
+        self.nodes.borrow_mut().insert(
+            n.slot,
+            NodeHandle {
+                rt,
+                live: old.live,
+                addr,
+                stop: old.stop,
+                stop_udp,
+                key: (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations),
+            },
+        );
+        Ok(())
+    }
+
     fn start_node(self: &Rc<Self>, n: &NodeConfig, cfg: &DataplaneConfig) -> Result<(), String> {
+        let rt = self.node_rt(n, cfg)?;
+        let addr = crate::net::listen_addr(&n.listen_ip, n.port)?;
+        self.serve(rt, addr, cfg)
+    }
+
+    /// The TCP listener (and UDP socket, if the protocol has datagrams) for a node.
+    fn serve(self: &Rc<Self>, rt: Rc<NodeRt>, addr: SocketAddr, cfg: &DataplaneConfig) -> Result<(), String> {
+        let listener = match &self.uring {
+            Some(_) => crate::net::tcp_listener_std(addr, false).map(Listener::Uring),
+            None => crate::net::tcp_listener(addr).map(Listener::Tokio),
+        }
+        .map_err(|e| format!("listen on {addr}: {e}"))?;
+        let n = &rt.cfg;
+        let stop = Rc::new(ConnCtl::default());
+        let live = Rc::new(RefCell::new(rt.clone()));
+        let stop_udp = self.serve_udp(&rt, addr);
+        self.nodes.borrow_mut().insert(
+            n.slot,
+            NodeHandle {
+                rt: rt.clone(),
+                live: live.clone(),
+                addr,
+                stop: stop.clone(),
+                stop_udp,
+                key: (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations),
+            },
+        );
+        tokio::task::spawn_local(accept_loop(self.clone(), live, listener, stop));
+        Ok(())
+    }
+
+    fn serve_udp(self: &Rc<Self>, rt: &Rc<NodeRt>, addr: SocketAddr) -> Option<Rc<ConnCtl>> {
+        let codec = rt.proto.packet_codec()?;
+        match crate::net::udp_socket(addr) {
+            Ok(sock) => {
+                let stop = Rc::new(ConnCtl::default());
+                tokio::task::spawn_local(udp::udp_loop(self.clone(), rt.clone(), sock, codec, stop.clone()));
+                Some(stop)
+            }
+            Err(e) => {
+                tracing::error!(core = self.index, node = %rt.cfg.tag, "UDP listen on {addr}: {e}");
+                None
+            }
+        }
+    }
+
+    /// A node's settings as the data plane runs them (TLS config, protocol, outbound).
+    fn node_rt(self: &Rc<Self>, n: &NodeConfig, cfg: &DataplaneConfig) -> Result<Rc<NodeRt>, String> {
         let proto = (self.shared.protocols)(n)?;
         let reality = match n.tls.as_ref().and_then(|t| t.reality.as_ref()) {
             Some(r) => Some(Arc::new(crate::tls::reality::RealityServer::new(r)?)),
@@ -390,7 +503,6 @@ impl Core {
             Some(_) => None,
             None => n.tls.as_ref().map(crate::tls::server_config).transpose()?,
         };
-        let addr = crate::net::listen_addr(&n.listen_ip, n.port)?;
         let send_ip = match n.send_ip.trim() {
             "" => None,
             s => Some(
@@ -398,12 +510,7 @@ impl Core {
                     .map_err(|_| format!("send_ip {s:?} is not an IP"))?,
             ),
         };
-        let listener = match &self.uring {
-            Some(_) => crate::net::tcp_listener_std(addr, false).map(Listener::Uring),
-            None => crate::net::tcp_listener(addr).map(Listener::Tokio),
-        }
-        .map_err(|e| format!("listen on {addr}: {e}"))?;
-        let rt = Rc::new(NodeRt {
+        Ok(Rc::new(NodeRt {
             cfg: n.clone(),
             proto,
             tls,
@@ -418,38 +525,13 @@ impl Core {
             },
             handshake: Duration::from_secs(u64::from(cfg.timeouts.handshake.max(1))),
             relay: RelayTimeouts::from(&cfg.timeouts),
-        });
-        let stop = Rc::new(ConnCtl::default());
-        self.nodes.borrow_mut().insert(
-            n.slot,
-            NodeHandle {
-                rt: rt.clone(),
-                stop: stop.clone(),
-                key: (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations),
-            },
-        );
-        if let Some(codec) = rt.proto.packet_codec() {
-            match crate::net::udp_socket(addr) {
-                Ok(sock) => {
-                    tokio::task::spawn_local(udp::udp_loop(
-                        self.clone(),
-                        rt.clone(),
-                        sock,
-                        codec,
-                        stop.clone(),
-                    ));
-                }
-                Err(e) => tracing::error!(core = self.index, node = %n.tag, "UDP listen on {addr}: {e}"),
-            }
-        }
-        tokio::task::spawn_local(accept_loop(self.clone(), rt, listener, stop));
-        Ok(())
+        }))
     }
 
     /// Stops accepting on every node (shutdown).
     pub fn stop_listening(&self) {
         for (_, h) in self.nodes.borrow_mut().drain() {
-            h.stop.cancel();
+            h.stop_all();
         }
     }
 
@@ -482,12 +564,12 @@ async fn accept_one(core: &Core, l: &Listener) -> std::io::Result<(TcpStream, So
     }
 }
 
-async fn accept_loop(core: Rc<Core>, node: Rc<NodeRt>, listener: Listener, stop: Rc<ConnCtl>) {
+async fn accept_loop(core: Rc<Core>, node: Rc<RefCell<Rc<NodeRt>>>, listener: Listener, stop: Rc<ConnCtl>) {
     loop {
         tokio::select! {
             r = accept_one(&core, &listener) => match r {
                 Ok((s, peer)) => {
-                    let (c, n) = (core.clone(), node.clone());
+                    let (c, n) = (core.clone(), node.borrow().clone());
                     crate::runtime::spawn_conn(handle_conn(c, n, s, peer));
                 }
                 Err(e) => {
