@@ -409,6 +409,17 @@ fn dp_changed_node_keeps_open_connections() {
     assert!(wait_until(Duration::from_secs(3), || {
         std::net::TcpStream::connect(("127.0.0.1", p1)).is_err()
     }));
+    // New settings that cannot be served (the port is taken by another program) change
+    // nothing: the node goes on where it was.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut bad = node(1, taken.local_addr().unwrap().port());
+    bad.speed_limit_mbps = 100;
+    engine.update_config(Arc::new(config(vec![bad])));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(echo_once(&mut c, b"still served"));
+    let mut d = connect_from(lo, p2);
+    d.write_all(&header(1, echo, 0)).unwrap();
+    assert!(echo_once(&mut d, b"old port still accepts"));
     engine.update_config(Arc::new(config(vec![])));
     let (_, _) = read_to_end(&mut a); // removed: its connections close
     let (_, _) = read_to_end(&mut c);

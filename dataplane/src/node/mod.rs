@@ -392,7 +392,6 @@ impl Core {
             };
             if let Err(e) = self.restart_node(old, n, cfg) {
                 tracing::error!(core = self.index, node = %n.tag, "cannot serve the changed node: {e}");
-                self.cancel_where(|e| e.node == slot);
             }
         }
         for n in &cfg.nodes {
@@ -413,17 +412,25 @@ impl Core {
         n: &NodeConfig,
         cfg: &DataplaneConfig,
     ) -> Result<(), String> {
-        let rt = match self.node_rt(n, cfg) {
-            Ok(rt) => rt,
+        let built = self
+            .node_rt(n, cfg)
+            .and_then(|rt| Ok((rt, crate::net::listen_addr(&n.listen_ip, n.port)?)));
+        let (rt, addr) = match built {
+            Ok(x) => x,
             Err(e) => {
-                old.stop_all();
-                return Err(e);
+                // Bad new settings (an unreadable certificate, say) change nothing: the node
+                // goes on with the last good ones, and the next config is tried again.
+                self.nodes.borrow_mut().insert(n.slot, old);
+                return Err(format!("{e}; keeping the previous settings"));
             }
         };
-        let addr = crate::net::listen_addr(&n.listen_ip, n.port)?;
         if addr != old.addr {
+            if let Err(e) = self.serve(rt, addr, cfg) {
+                self.nodes.borrow_mut().insert(n.slot, old);
+                return Err(format!("{e}; keeping the previous settings"));
+            }
             old.stop_all();
-            return self.serve(rt, addr, cfg);
+            return Ok(());
         }
         // Same address: the accept loop keeps its socket and hands out the new settings.
         *old.live.borrow_mut() = rt.clone();
