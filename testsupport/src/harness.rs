@@ -454,14 +454,7 @@ pub fn sha256(b: &[u8]) -> String {
 
 /// SOCKS5 CONNECT through `socks` to 127.0.0.1:`port`.
 pub fn socks5_connect(socks: u16, port: u16) -> anyhow::Result<TcpStream> {
-    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, socks))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(&[5, 1, 0])?;
-    let mut r = [0u8; 2];
-    s.read_exact(&mut r)?;
-    if r != [5, 0] {
-        bail!("socks greeting refused: {r:?}");
-    }
+    let mut s = socks5_greet(socks)?;
     let p = port.to_be_bytes();
     s.write_all(&[5, 1, 0, 1, 127, 0, 0, 1, p[0], p[1]])?;
     let mut rep = [0u8; 10];
@@ -472,9 +465,36 @@ pub fn socks5_connect(socks: u16, port: u16) -> anyhow::Result<TcpStream> {
     Ok(s)
 }
 
-/// A SOCKS5 CONNECT to `host:port` by name (address type 3): the proxy client passes the name
-/// on, and the server resolves it (or refuses it by name).
-pub fn socks5_connect_domain(socks: u16, host: &str, port: u16) -> anyhow::Result<TcpStream> {
+/// A destination that answers "ok" to each connection's first bytes, then holds it open and
+/// counts the EOFs it sees (connections the proxy closed), waiting `hold` at most each.
+pub fn eof_counter(hold: Duration) -> anyhow::Result<(u16, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    let closed = std::sync::Arc::new(AtomicUsize::new(0));
+    let c2 = closed.clone();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let c3 = c2.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(hold));
+                let mut b = [0u8; 64];
+                if matches!(s.read(&mut b), Ok(n) if n > 0) && s.write_all(b"ok").is_ok() {
+                    while let Ok(n) = s.read(&mut b) {
+                        if n == 0 {
+                            c3.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok((port, closed))
+}
+
+/// Connects to a SOCKS5 server on loopback and does the no-auth greeting.
+fn socks5_greet(socks: u16) -> anyhow::Result<TcpStream> {
     let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, socks))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(&[5, 1, 0])?;
@@ -483,6 +503,13 @@ pub fn socks5_connect_domain(socks: u16, host: &str, port: u16) -> anyhow::Resul
     if r != [5, 0] {
         bail!("socks greeting refused: {r:?}");
     }
+    Ok(s)
+}
+
+/// A SOCKS5 CONNECT to `host:port` by name (address type 3): the proxy client passes the name
+/// on, and the server resolves it (or refuses it by name).
+pub fn socks5_connect_domain(socks: u16, host: &str, port: u16) -> anyhow::Result<TcpStream> {
+    let mut s = socks5_greet(socks)?;
     let len = u8::try_from(host.len())?;
     let mut req = vec![5, 1, 0, 3, len];
     req.extend_from_slice(host.as_bytes());

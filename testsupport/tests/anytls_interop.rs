@@ -21,14 +21,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use v2sp_testsupport::harness::{
-    expect, free_port, payload, self_signed_certs, sha256, sing_box_outbound, tcp_echo_through,
+    eof_counter, expect, free_port, payload, self_signed_certs, sha256, sing_box_outbound, tcp_echo_through,
     udp_echo_through, Echo, NodeSpec, Recorder, Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::{user, users};
@@ -206,33 +206,6 @@ fn raw_session(port: u16, uuid: &str) -> TcpStream {
     s
 }
 
-/// Answers "ok" to each connection's first bytes, then counts the EOFs it sees.
-fn holder() -> (u16, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let closed = Arc::new(AtomicUsize::new(0));
-    let c2 = closed.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let c3 = c2.clone();
-            std::thread::spawn(move || {
-                let mut s = s;
-                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                let mut b = [0u8; 64];
-                if matches!(s.read(&mut b), Ok(n) if n > 0) && s.write_all(b"ok").is_ok() {
-                    while let Ok(n) = s.read(&mut b) {
-                        if n == 0 {
-                            c3.fetch_add(1, Ordering::SeqCst);
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (port, closed)
-}
-
 /// A web server standing in for the fallback site: answers anything with a fixed page.
 fn fallback_site() -> (u16, Arc<std::sync::Mutex<Vec<u8>>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -344,7 +317,7 @@ fn raw_client_concurrent_streams_fallback_and_user_removal() {
 
     // A second session of user 2 holds a stream open; removing the user closes the session
     // and the stream's destination connection.
-    let (hport, hclosed) = holder();
+    let (hport, hclosed) = eof_counter(Duration::from_secs(30)).unwrap();
     let mut s2 = raw_session(port, UUIDS[1]);
     let mut o = frame(SYN, 1, &[]);
     let mut first = dest_v4(hport);

@@ -277,35 +277,11 @@ fn sing_box_vmess_xudp_with_exact_accounting() {
 #[test]
 fn v2ray_mux_substreams_close_when_the_user_is_removed() {
     use std::io::{Read, Write};
-    use std::net::TcpListener;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
     use std::time::Instant;
     use v2sp_testsupport::harness::socks5_connect;
 
-    // Answers "ok" to each connection's first bytes, then waits for EOF (20 s at most).
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let dport = l.local_addr().unwrap().port();
-    let closed = Arc::new(AtomicUsize::new(0));
-    let c2 = closed.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let c3 = c2.clone();
-            std::thread::spawn(move || {
-                let mut s = s;
-                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                let mut b = [0u8; 64];
-                if matches!(s.read(&mut b), Ok(n) if n > 0) && s.write_all(b"ok").is_ok() {
-                    while let Ok(n) = s.read(&mut b) {
-                        if n == 0 {
-                            c3.fetch_add(1, Ordering::SeqCst);
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-    });
+    let (dport, closed) = v2sp_testsupport::harness::eof_counter(Duration::from_secs(20)).unwrap();
     let port = free_port();
     let node = NodeSpec {
         node_id: 1,
