@@ -205,6 +205,7 @@ fn base_dataplane_config(cfg: &Config) -> DataplaneConfig {
         io: cfg.dataplane.io.as_str().to_string(),
         allow_private_destinations: cfg.dataplane.allow_private_destinations,
         timeouts: cfg.dataplane.timeouts.clone(),
+        handshake_limits: cfg.dataplane.handshake_limits.clone(),
         nodes: Vec::new(),
     }
 }

@@ -424,3 +424,45 @@ fn dp_changed_node_keeps_open_connections() {
     let (_, _) = read_to_end(&mut a); // removed: its connections close
     let (_, _) = read_to_end(&mut c);
 }
+
+/// Connections that never finish their handshake (a flood, slowloris) are capped per source
+/// address and per worker: beyond the cap a new connection is closed at once, and the budget
+/// comes back when those connections end.
+#[test]
+fn dp_handshake_cap_per_source_address() {
+    let port = free_port();
+    let mut cfg = config(vec![node(1, port)]);
+    cfg.handshake_limits = v2sp_shared::dpconfig::HandshakeLimits {
+        per_worker: 0,
+        per_ip: 3,
+    };
+    let h = Harness::start(cfg, true);
+    h.backend.set_users(1, vec![user(1, 1, 0, 0)]);
+    std::thread::sleep(Duration::from_millis(150));
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    // 20 silent connections; the harness runs 2 workers, so at most 2 × 3 may wait.
+    let silent: Vec<std::net::TcpStream> = (0..20).map(|_| connect_from(lo, port)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut closed = 0;
+    for mut s in silent.iter() {
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => closed += 1,
+            Err(e)
+                if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut =>
+            {
+                closed += 1
+            }
+            _ => {}
+        }
+    }
+    assert!((14..=20).contains(&closed), "{closed} of 20 closed at once");
+    drop(silent);
+    // The places come back: a real client gets through.
+    let echo = echo_peer(1);
+    assert!(wait_until(Duration::from_secs(3), || {
+        let mut c = connect_from(lo, port);
+        c.write_all(&header(1, echo, 0)).is_ok() && echo_once(&mut c, b"after the flood")
+    }));
+}

@@ -17,7 +17,29 @@ pub struct DataplaneConfig {
     /// Allow proxying to private, loopback, link-local and unique-local destinations.
     pub allow_private_destinations: bool,
     pub timeouts: Timeouts,
+    /// Caps on connections still in their handshake (flood and slow-client protection).
+    pub handshake_limits: HandshakeLimits,
     pub nodes: Vec<NodeConfig>,
+}
+
+/// How many accepted connections may be in their handshake at once, per data-plane worker
+/// (0 = no cap). Beyond a cap a new connection is closed at once: a flood of connections that
+/// never finish (scanners, slowloris) cannot exhaust memory, and one source address cannot
+/// take the whole budget.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct HandshakeLimits {
+    pub per_worker: u32,
+    pub per_ip: u32,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        HandshakeLimits {
+            per_worker: 4096,
+            per_ip: 256,
+        }
+    }
 }
 
 /// Connection policy timeouts in seconds (Xray's policy defaults).

@@ -239,6 +239,12 @@ pub struct Core {
     conns: RefCell<HashMap<u64, ConnEntry>>,
     /// Connections still in the handshake (not yet in `conns`), for draining.
     handshaking: Cell<usize>,
+    /// The same, per source address (the TCP peer, before any PROXY header).
+    handshaking_by_ip: RefCell<HashMap<IpAddr, u32>>,
+    /// The caps on those two (from the config; 0 = none).
+    handshake_limits: Cell<(u32, u32)>,
+    /// Connections closed at accept because a cap was reached (logged now and then).
+    handshakes_refused: Cell<u64>,
     next_id: Cell<u64>,
     /// Ticks seen, for the idle sweep's period.
     sweeps: Cell<u32>,
@@ -269,6 +275,12 @@ impl Core {
             nodes: RefCell::new(HashMap::new()),
             conns: RefCell::new(HashMap::new()),
             handshaking: Cell::new(0),
+            handshaking_by_ip: RefCell::new(HashMap::new()),
+            handshake_limits: Cell::new({
+                let d = v2sp_shared::dpconfig::HandshakeLimits::default();
+                (d.per_worker, d.per_ip)
+            }),
+            handshakes_refused: Cell::new(0),
             next_id: Cell::new(1),
             sweeps: Cell::new(0),
         })
@@ -277,6 +289,32 @@ impl Core {
     /// Open relayed connections on this core.
     pub fn open_connections(&self) -> usize {
         self.conns.borrow().len()
+    }
+
+    /// Admits a just-accepted connection from `ip` to its handshake, or `None` when this
+    /// worker's cap or the address's cap is reached (the caller closes it). The guard gives the
+    /// place back when the handshake ends, however it ends.
+    fn begin_handshake(self: &Rc<Self>, ip: IpAddr) -> Option<HandshakeGuard> {
+        let ip = crate::net::normalise_ip(ip);
+        let (per_worker, per_ip) = self.handshake_limits.get();
+        let mut by_ip = self.handshaking_by_ip.borrow_mut();
+        let here = by_ip.get(&ip).copied().unwrap_or(0);
+        let full = (per_worker != 0 && self.handshaking.get() >= per_worker as usize)
+            || (per_ip != 0 && here >= per_ip);
+        if full {
+            let n = self.handshakes_refused.get() + 1;
+            self.handshakes_refused.set(n);
+            if n.is_power_of_two() {
+                tracing::warn!(core = self.index, %ip, refused = n, "handshake limit reached: new connections are closed at once (MaxHandshakes / MaxHandshakesPerIP)");
+            }
+            return None;
+        }
+        by_ip.insert(ip, here + 1);
+        self.handshaking.set(self.handshaking.get() + 1);
+        Some(HandshakeGuard {
+            core: self.clone(),
+            ip,
+        })
     }
 
     pub fn serving_nodes(&self) -> Vec<u16> {
@@ -372,6 +410,8 @@ impl Core {
     /// not change; its open connections go on with the settings they were accepted under (the
     /// Go agents re-create the inbound and drop every user, spec §D). New nodes start.
     pub fn apply_config(self: &Rc<Self>, cfg: &DataplaneConfig) {
+        self.handshake_limits
+            .set((cfg.handshake_limits.per_worker, cfg.handshake_limits.per_ip));
         let wanted: HashMap<u16, &NodeConfig> = cfg.nodes.iter().map(|n| (n.slot, n)).collect();
         let key = |n: &NodeConfig| (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations);
         let stale: Vec<u16> = self
@@ -576,8 +616,12 @@ async fn accept_loop(core: Rc<Core>, node: Rc<RefCell<Rc<NodeRt>>>, listener: Li
         tokio::select! {
             r = accept_one(&core, &listener) => match r {
                 Ok((s, peer)) => {
+                    let Some(guard) = core.begin_handshake(peer.ip()) else {
+                        drop(s);
+                        continue;
+                    };
                     let (c, n) = (core.clone(), node.borrow().clone());
-                    crate::runtime::spawn_conn(handle_conn(c, n, s, peer));
+                    crate::runtime::spawn_conn(handle_conn(c, n, s, peer, guard));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off a little instead of spinning.
@@ -590,10 +634,23 @@ async fn accept_loop(core: Rc<Core>, node: Rc<RefCell<Rc<NodeRt>>>, listener: Li
     }
 }
 
-struct HandshakeGuard<'a>(&'a Core);
-impl Drop for HandshakeGuard<'_> {
+/// A place in the handshake budget ([`Core::begin_handshake`]).
+struct HandshakeGuard {
+    core: Rc<Core>,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakeGuard {
     fn drop(&mut self) {
-        self.0.handshaking.set(self.0.handshaking.get().saturating_sub(1));
+        let c = &self.core;
+        c.handshaking.set(c.handshaking.get().saturating_sub(1));
+        let mut by_ip = c.handshaking_by_ip.borrow_mut();
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -1067,8 +1124,9 @@ fn handle_conn(
     node: Rc<NodeRt>,
     client: TcpStream,
     peer: SocketAddr,
+    hs_guard: HandshakeGuard,
 ) -> impl std::future::Future<Output = ()> {
-    let setup = Box::pin(open(core, node, client, peer));
+    let setup = Box::pin(open(core, node, client, peer, hs_guard));
     async move {
         let Some(mut c) = setup.await else {
             return;
@@ -1101,10 +1159,9 @@ async fn open(
     node: Rc<NodeRt>,
     mut client: TcpStream,
     mut peer: SocketAddr,
+    hs_guard: HandshakeGuard,
 ) -> Option<Opened> {
     crate::net::tune_stream(&client);
-    core.handshaking.set(core.handshaking.get() + 1);
-    let hs_guard = HandshakeGuard(&core);
     // One deadline for the whole handshake, including draining a rejected client.
     let deadline = tokio::time::Instant::now() + node.handshake;
     let hs = tokio::time::timeout_at(deadline, handshake(&core, &node, &client, &mut peer, deadline));

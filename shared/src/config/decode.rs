@@ -589,6 +589,12 @@ fn decode_dataplane(dp: &mut Obj<'_>, out: &mut DataplaneSettings) -> Result<boo
         out.shm_dir = absolute_path(src, &dp.sub("ShmDir"), v)?;
     }
     out.allow_private_destinations = dp.boolean("AllowPrivateDestinations", false)?;
+    if let Some(n) = dp.u32("MaxHandshakes")? {
+        out.handshake_limits.per_worker = n;
+    }
+    if let Some(n) = dp.u32("MaxHandshakesPerIP")? {
+        out.handshake_limits.per_ip = n;
+    }
     let Some(mut t) = dp.child("Timeouts")? else {
         return Ok(false);
     };

@@ -255,6 +255,10 @@ pub struct DataplaneSettings {
     /// Where [`Self::timeouts`] came from.
     #[serde(rename = "TimeoutsFrom")]
     pub timeouts_from: TimeoutsSource,
+    /// `MaxHandshakes` (default 4096) and `MaxHandshakesPerIP` (default 256): connections in
+    /// their handshake at once, per data-plane worker; 0 = no cap.
+    #[serde(rename = "HandshakeLimits")]
+    pub handshake_limits: crate::dpconfig::HandshakeLimits,
 }
 
 impl Default for DataplaneSettings {
@@ -266,6 +270,7 @@ impl Default for DataplaneSettings {
             allow_private_destinations: false,
             timeouts: Timeouts::default(),
             timeouts_from: TimeoutsSource::Default,
+            handshake_limits: crate::dpconfig::HandshakeLimits::default(),
         }
     }
 }
