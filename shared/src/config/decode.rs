@@ -1115,6 +1115,22 @@ fn decode_cert(c: &mut Obj<'_>, cert_pos: usize) -> Result<CertConfig, ConfigErr
     out.provider = c.string("Provider")?.unwrap_or_default();
     out.email = c.string("Email")?.unwrap_or_default();
     out.reject_unknown_sni = c.boolean("RejectUnknownSni", false)?;
+    out.acme_directory = c.string("ACMEDirectory")?.unwrap_or_default().trim().to_string();
+    out.acme_root_ca = c.string("ACMERootCA")?.unwrap_or_default().trim().to_string();
+    if let Some(v) = c.take("ACMEHTTPListen") {
+        let path = c.sub("ACMEHTTPListen");
+        let s = as_string(src, &path, v)?;
+        if !s.trim().is_empty() {
+            let addr: std::net::SocketAddr = s.trim().parse().map_err(|_| {
+                src.err(
+                    v.pos,
+                    &path,
+                    format!("expected host:port (an IP address and a port), found {s:?}"),
+                )
+            })?;
+            out.acme_http_listen = Some(addr);
+        }
+    }
     if let Some(v) = c.take("DNSEnv") {
         let path = c.sub("DNSEnv");
         let JKind::Obj(members) = &v.kind else {
@@ -1282,6 +1298,37 @@ mod tests {
         ] {
             assert!(check_api_host(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn acme_keys_decode_case_insensitively_with_defaults() {
+        let node = |cert: &str| {
+            format!(
+                r#"{{"Nodes":[{{"ApiHost":"http://127.0.0.1","ApiKey":"k","NodeID":1,"NodeType":"trojan","CertConfig":{cert}}}]}}"#
+            )
+        };
+        let base = r#""CertMode":"http","CertDomain":"a.example","CertFile":"/x/a.crt","KeyFile":"/x/a.key""#;
+        let l = crate::config::parse_str(&node(&format!("{{{base}}}")), Path::new("t.json")).unwrap();
+        let c = &l.config.nodes[0].cert;
+        assert_eq!(c.cert_mode, CertMode::Http);
+        assert_eq!(c.acme_directory(), DEFAULT_ACME_DIRECTORY);
+        assert_eq!(c.acme_http_listen().to_string(), DEFAULT_ACME_HTTP_LISTEN);
+        assert!(c.acme_root_ca.is_empty());
+
+        let text = node(&format!(
+            r#"{{{base},"acmedirectory":" https://127.0.0.1:14000/dir ","AcmeRootCA":"/x/root.pem","ACMEHTTPLISTEN":"127.0.0.1:5002"}}"#
+        ));
+        let l = crate::config::parse_str(&text, Path::new("t.json")).unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let c = &l.config.nodes[0].cert;
+        assert_eq!(c.acme_directory(), "https://127.0.0.1:14000/dir");
+        assert_eq!(c.acme_root_ca, "/x/root.pem");
+        assert_eq!(c.acme_http_listen().to_string(), "127.0.0.1:5002");
+
+        let bad = node(&format!(r#"{{{base},"ACMEHTTPListen":":80"}}"#));
+        let e = crate::config::parse_str(&bad, Path::new("t.json")).unwrap_err();
+        assert!(e.to_string().contains("ACMEHTTPListen"), "{e}");
     }
 
     #[test]

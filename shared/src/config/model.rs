@@ -640,6 +640,40 @@ pub struct CertConfig {
     pub dns_env: BTreeMap<String, String>,
     #[serde(rename = "RejectUnknownSni")]
     pub reject_unknown_sni: bool,
+    /// v2sp extension, `ACMEDirectory`: the ACME server's directory URL for `CertMode: http`
+    /// (empty = [`DEFAULT_ACME_DIRECTORY`], Let's Encrypt production).
+    #[serde(rename = "ACMEDirectory", skip_serializing_if = "String::is_empty")]
+    pub acme_directory: String,
+    /// v2sp extension, `ACMERootCA`: a PEM file with the root(s) that the ACME server's TLS
+    /// certificate chains to, for private CAs (pebble, step-ca); when set it is trusted instead
+    /// of Mozilla's roots for ACME requests. Empty = Mozilla's roots.
+    #[serde(rename = "ACMERootCA", skip_serializing_if = "String::is_empty")]
+    pub acme_root_ca: String,
+    /// v2sp extension, `ACMEHTTPListen`: where the HTTP-01 responder listens while an order
+    /// is validated (`None` = [`DEFAULT_ACME_HTTP_LISTEN`]).
+    #[serde(rename = "ACMEHTTPListen", skip_serializing_if = "Option::is_none")]
+    pub acme_http_listen: Option<std::net::SocketAddr>,
+}
+
+/// Let's Encrypt's production ACME directory (the default `ACMEDirectory`).
+pub const DEFAULT_ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// The default `ACMEHTTPListen`: HTTP-01 validation always comes to port 80.
+pub const DEFAULT_ACME_HTTP_LISTEN: &str = "0.0.0.0:80";
+
+impl CertConfig {
+    /// `ACMEDirectory`, defaulted.
+    pub fn acme_directory(&self) -> &str {
+        match self.acme_directory.trim() {
+            "" => DEFAULT_ACME_DIRECTORY,
+            d => d,
+        }
+    }
+
+    /// `ACMEHTTPListen`, defaulted.
+    pub fn acme_http_listen(&self) -> std::net::SocketAddr {
+        self.acme_http_listen
+            .unwrap_or(std::net::SocketAddr::from(([0, 0, 0, 0], 80)))
+    }
 }
 
 /// `CertConfig.CertMode`.
