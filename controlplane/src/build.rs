@@ -1,6 +1,7 @@
 //! Pure functions from "what the panel said" + "what the local config says" to what the data
-//! plane serves, tested directly. The one I/O: `CertMode: self` writes a self-signed pair
-//! when its files are missing ([`ensure_self_signed`]).
+//! plane serves, tested directly. The I/O: `CertMode: self` writes a self-signed pair when its
+//! files are missing ([`ensure_self_signed`]); `CertMode: http` obtains (or renews) an ACME
+//! certificate when needed ([`crate::acme::ensure`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -40,6 +41,12 @@ pub enum BuildError {
     Reality(&'static str),
     #[error("CertMode self: cannot write the self-signed certificate: {0}")]
     SelfSigned(String),
+    #[error("CertMode http: no certificate to serve: {0} (retried on the next pull)")]
+    Acme(crate::acme::AcmeError),
+    #[error(
+        "CertMode dns (ACME DNS-01) is not implemented in v2sp; use CertMode http (HTTP-01), file or self"
+    )]
+    DnsNotImplemented,
 }
 
 /// Canonical cipher name and credential kind.
@@ -500,23 +507,28 @@ fn cert_path(template: &str, cert: &CertConfig) -> String {
 
 /// The data plane's TLS for a node that needs TLS: `None` when TLS is terminated in front of
 /// v2sp (`CertMode: none`); files for `file`; a self-signed pair (written if missing) for
-/// `self`. ACME modes (`http`, `dns`) are not served yet.
+/// `self`; an ACME certificate (ordered when missing or within 30 days of expiry, at most
+/// [`crate::acme::ORDER_TIME`]) for `http`. `dns` (DNS-01) is refused.
 pub fn node_tls(cert: &CertConfig, info: &NodeInfo) -> Result<Option<TlsSettings>, BuildError> {
     let mode = match cert.cert_mode {
         CertMode::None => return Ok(None),
-        CertMode::File | CertMode::SelfSigned => cert.cert_mode.as_str(),
-        CertMode::Http | CertMode::Dns => {
-            return Err(BuildError::NotServedYet("ACME certificates (CertMode http/dns)"))
-        }
+        CertMode::Dns => return Err(BuildError::DnsNotImplemented),
+        CertMode::File | CertMode::SelfSigned | CertMode::Http => cert.cert_mode.as_str(),
     };
     let cert_file = cert_path(&cert.cert_file, cert);
     let key_file = cert_path(&cert.key_file, cert);
-    if cert.cert_mode == CertMode::SelfSigned {
-        ensure_self_signed(
+    match cert.cert_mode {
+        CertMode::SelfSigned => ensure_self_signed(
             Path::new(&cert_file),
             Path::new(&key_file),
             cert.cert_domain.trim(),
-        )?;
+        )?,
+        CertMode::Http => log_acme(
+            &cert_file,
+            crate::acme::ensure(cert, Path::new(&cert_file), Path::new(&key_file))
+                .map_err(BuildError::Acme)?,
+        ),
+        _ => {}
     }
     let server_name = info
         .tls_settings
@@ -535,6 +547,26 @@ pub fn node_tls(cert: &CertConfig, info: &NodeInfo) -> Result<Option<TlsSettings
         alpn: Vec::new(),
         reality: None,
     }))
+}
+
+/// Logs what [`crate::acme::ensure`] did (an order that failed while an older certificate
+/// is still there is a warning: that one keeps being served).
+pub fn log_acme(cert_file: &str, outcome: crate::acme::Outcome) {
+    use crate::acme::Outcome;
+    match outcome {
+        Outcome::Current { days_left } => {
+            tracing::debug!(cert = cert_file, days_left, "ACME certificate is current")
+        }
+        Outcome::Issued { days_left } => {
+            tracing::info!(cert = cert_file, days_left, "ACME certificate obtained")
+        }
+        Outcome::Kept { days_left, error } => tracing::warn!(
+            cert = cert_file,
+            days_left,
+            %error,
+            "ACME renewal failed; serving the existing certificate until a renewal succeeds"
+        ),
+    }
 }
 
 /// Writes a self-signed certificate for `domain` (and its key, mode 0600) unless both files

@@ -2,6 +2,7 @@
 //! the data plane through shared memory, harvests traffic and online IPs from it, and reports
 //! them back without losing or doubling a counted byte (see `docs/design.md`).
 
+pub mod acme;
 pub mod agent;
 pub mod build;
 pub mod cli;

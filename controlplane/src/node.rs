@@ -5,7 +5,10 @@
 //! Pull (every `pull_interval`): config → users → alivelist. Push (every `push_interval`):
 //! traffic batch (journalled, exactly-once) → alive IPs. Both first run right after start (so
 //! a freshly started node serves at once), then on their interval with ±10 % jitter; a failed
-//! pull is retried with backoff (2 s doubling up to the interval).
+//! pull is retried with backoff (2 s doubling up to the interval). A node that could not be
+//! built (e.g. no ACME certificate yet) is rebuilt on each retry even when the panel's config
+//! is unchanged. ACME certificates (`CertMode: http`) are checked every 12 h and renewed when
+//! 30 days or less are left (the data plane reloads the files by mtime).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,7 +38,14 @@ pub struct NodeWorker {
     pull_failures: u32,
     /// Set when the node is removed or changed in the config file.
     retire: Arc<std::sync::atomic::AtomicBool>,
+    /// The ACME certificate and key files this node serves (`CertMode: http`).
+    acme_files: Option<(String, String)>,
+    next_cert_check: Instant,
 }
+
+/// How often an ACME certificate's expiry is checked, and after a failed renewal.
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
+const CERT_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 impl NodeWorker {
     pub fn new(
@@ -59,6 +69,8 @@ impl NodeWorker {
             push_every: Duration::from_secs(DEFAULT_INTERVAL_SECS),
             pull_failures: 0,
             retire,
+            acme_files: None,
+            next_cert_check: Instant::now() + CERT_CHECK_EVERY,
         }
     }
 
@@ -97,7 +109,14 @@ impl NodeWorker {
                 self.push();
                 next_push = Instant::now() + jitter(self.push_every);
             }
-            let until = next_pull.min(next_push).saturating_duration_since(Instant::now());
+            if self.acme_files.is_some() && Instant::now() >= self.next_cert_check {
+                self.check_certificate();
+            }
+            let mut next = next_pull.min(next_push);
+            if self.acme_files.is_some() {
+                next = next.min(self.next_cert_check);
+            }
+            let until = next.saturating_duration_since(Instant::now());
             self.shared.sleep(until);
         }
     }
@@ -114,7 +133,14 @@ impl NodeWorker {
     pub fn pull(&mut self) -> bool {
         match self.panel.config() {
             Ok(Fetch::Changed { value, .. }) => self.apply_config(value),
-            Ok(Fetch::Unchanged) => {}
+            Ok(Fetch::Unchanged) => {
+                // The last build failed (an ACME order, a certificate file): try it again.
+                if self.kind.is_none() {
+                    if let Some(info) = self.info.clone() {
+                        self.apply_config(info);
+                    }
+                }
+            }
             Err(e) => {
                 tracing::warn!(node = %self.tag, error = %e, fault = ?e.fault(), "config pull failed; serving the last known config");
                 return false;
@@ -160,6 +186,13 @@ impl NodeWorker {
         self.shared.note_push_interval(self.push_every);
         match build::node_config(self.slot, &self.tag, &self.entry, &info) {
             Ok(nc) => {
+                self.acme_files = nc
+                    .tls
+                    .as_ref()
+                    .filter(|t| t.cert_mode == v2sp_shared::config::CertMode::Http.as_str())
+                    .map(|t| (t.cert_file.clone(), t.key_file.clone()));
+                // The build has just checked the certificate.
+                self.next_cert_check = Instant::now() + CERT_CHECK_EVERY;
                 let kind_changed = self.kind != Some(nc.cred_kind);
                 self.kind = Some(nc.cred_kind);
                 tracing::info!(node = %self.tag, port = nc.port, protocol = nc.protocol.as_str(), "node config applied");
@@ -174,10 +207,35 @@ impl NodeWorker {
             Err(e) => {
                 tracing::error!(node = %self.tag, error = %e, "node cannot be served with this panel config");
                 self.kind = None;
+                self.acme_files = None;
                 self.shared.set_served(self.slot, None);
             }
         }
         self.info = Some(info);
+    }
+
+    /// The periodic ACME check: renews when 30 days or less are left. A failure leaves the
+    /// served certificate as it is and is tried again in an hour.
+    fn check_certificate(&mut self) {
+        let Some((cert, key)) = self.acme_files.clone() else {
+            return;
+        };
+        let ok = match crate::acme::ensure(
+            &self.entry.cert,
+            std::path::Path::new(&cert),
+            std::path::Path::new(&key),
+        ) {
+            Ok(outcome) => {
+                let ok = !matches!(outcome, crate::acme::Outcome::Kept { .. });
+                build::log_acme(&cert, outcome);
+                ok
+            }
+            Err(e) => {
+                tracing::error!(node = %self.tag, error = %e, "ACME renewal failed and no usable certificate is left on disk; the data plane keeps the one it loaded");
+                false
+            }
+        };
+        self.next_cert_check = Instant::now() + if ok { CERT_CHECK_EVERY } else { CERT_RETRY_AFTER };
     }
 
     fn publish_users(&mut self) {

@@ -1,0 +1,491 @@
+//! A small RFC 8555 client: directory, nonces, account, one order for one domain answered by
+//! HTTP-01, finalize with a CSR, download the chain. Blocking (ureq), every request bounded,
+//! the whole order bounded by a deadline. Errors name the ACME step and carry the server's
+//! problem document.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use ureq::Agent;
+
+use super::jws::{b64, jws, key_authorization, AccountKey};
+use super::responder::Responder;
+
+/// Each HTTP request's own limit (the order's deadline bounds the whole).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// The largest response body read (a certificate chain is a few KiB).
+const MAX_BODY: u64 = 1 << 20;
+const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
+
+/// What failed: the ACME step and why (for a server error, its problem `type` and `detail`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ACME {step}: {detail}")]
+pub struct AcmeError {
+    pub step: &'static str,
+    pub detail: String,
+}
+
+pub(crate) fn fail(step: &'static str, detail: impl std::fmt::Display) -> AcmeError {
+    AcmeError {
+        step,
+        detail: detail.to_string(),
+    }
+}
+
+/// An RFC 7807 problem document (`type`, `detail`, a few subproblems) as text.
+fn problem_doc(p: &Value) -> Option<String> {
+    let t = p.get("type")?.as_str()?;
+    let mut s = format!(
+        "{t} ({})",
+        p.get("detail").and_then(Value::as_str).unwrap_or("no detail")
+    );
+    if let Some(sub) = p.get("subproblems").and_then(Value::as_array) {
+        for sp in sub.iter().take(4) {
+            s.push_str(&format!(
+                "; {}: {}",
+                sp.get("type").and_then(Value::as_str).unwrap_or("?"),
+                sp.get("detail").and_then(Value::as_str).unwrap_or("")
+            ));
+        }
+    }
+    Some(s)
+}
+
+/// An error reply as text: the server's problem document, else the start of the body.
+fn problem(status: u16, body: &[u8]) -> String {
+    match serde_json::from_slice::<Value>(body)
+        .ok()
+        .as_ref()
+        .and_then(problem_doc)
+    {
+        Some(p) => format!("server said {p} (HTTP {status})"),
+        None => format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(body.get(..200.min(body.len())).unwrap_or_default())
+        ),
+    }
+}
+
+struct Reply {
+    status: u16,
+    location: Option<String>,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self, step: &'static str) -> Result<Value, AcmeError> {
+        serde_json::from_slice(&self.body).map_err(|e| fail(step, format!("bad JSON from the server: {e}")))
+    }
+}
+
+/// What one order needs.
+pub(crate) struct OrderRequest<'a> {
+    pub directory: &'a str,
+    pub root_ca: Option<&'a Path>,
+    pub listen: SocketAddr,
+    pub domain: &'a str,
+    pub email: &'a str,
+    pub deadline: Instant,
+}
+
+/// A new certificate: the PEM chain and the PEM (PKCS#8) private key.
+pub(crate) struct Issued {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+struct Client<'a> {
+    agent: Agent,
+    key: &'a AccountKey,
+    new_nonce: String,
+    new_account: String,
+    new_order: String,
+    nonce: Option<String>,
+    kid: Option<String>,
+    deadline: Instant,
+}
+
+fn agent(root_ca: Option<&Path>) -> Result<Agent, AcmeError> {
+    let roots = match root_ca {
+        None => ureq::tls::RootCerts::WebPki,
+        Some(p) => {
+            let pem =
+                std::fs::read(p).map_err(|e| fail("reading ACMERootCA", format!("{}: {e}", p.display())))?;
+            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+                .filter_map(|i| match i {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(fail(
+                    "reading ACMERootCA",
+                    format!("{}: no PEM certificate in it", p.display()),
+                ));
+            }
+            ureq::tls::RootCerts::new_with_certs(&certs)
+        }
+    };
+    let config = Agent::config_builder()
+        .http_status_as_error(false)
+        .user_agent(concat!("v2sp/", env!("CARGO_PKG_VERSION"), " acme"))
+        .timeout_global(Some(REQUEST_TIMEOUT))
+        .max_redirects(0)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .root_certs(roots)
+                .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .build(),
+        )
+        .build();
+    Ok(Agent::new_with_config(config))
+}
+
+fn read(
+    step: &'static str,
+    r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<Reply, AcmeError> {
+    let mut r = r.map_err(|e| fail(step, e))?;
+    let header = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let location = header("location");
+    let retry_after = header("retry-after")
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let status = r.status().as_u16();
+    let body = r
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY)
+        .read_to_vec()
+        .map_err(|e| fail(step, format!("reading the reply: {e}")))?;
+    Ok(Reply {
+        status,
+        location,
+        retry_after,
+        body,
+    })
+}
+
+fn url_of(v: &Value, field: &str, step: &'static str) -> Result<String, AcmeError> {
+    v.get(field)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| fail(step, format!("the server's reply has no {field:?}")))
+}
+
+impl<'a> Client<'a> {
+    fn new(
+        directory: &str,
+        root_ca: Option<&Path>,
+        key: &'a AccountKey,
+        deadline: Instant,
+    ) -> Result<Self, AcmeError> {
+        const STEP: &str = "directory";
+        let agent = agent(root_ca)?;
+        let r = read(STEP, agent.get(directory).call())?;
+        if r.status != 200 {
+            return Err(fail(STEP, format!("{directory}: {}", problem(r.status, &r.body))));
+        }
+        let d = r.json(STEP)?;
+        Ok(Client {
+            new_nonce: url_of(&d, "newNonce", STEP)?,
+            new_account: url_of(&d, "newAccount", STEP)?,
+            new_order: url_of(&d, "newOrder", STEP)?,
+            agent,
+            key,
+            nonce: None,
+            kid: None,
+            deadline,
+        })
+    }
+
+    fn check_deadline(&self, step: &'static str) -> Result<(), AcmeError> {
+        if Instant::now() >= self.deadline {
+            return Err(fail(step, "gave up: the order took too long"));
+        }
+        Ok(())
+    }
+
+    fn fresh_nonce(&mut self, step: &'static str) -> Result<String, AcmeError> {
+        if let Some(n) = self.nonce.take() {
+            return Ok(n);
+        }
+        let r = self
+            .agent
+            .head(&self.new_nonce)
+            .call()
+            .map_err(|e| fail(step, format!("newNonce: {e}")))?;
+        r.headers()
+            .get("replay-nonce")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| fail(step, "newNonce gave no Replay-Nonce"))
+    }
+
+    /// A signed POST (`payload: None` = POST-as-GET); retried once on `badNonce`. Any status
+    /// ≥ 400 is an error carrying the problem document.
+    fn post(
+        &mut self,
+        step: &'static str,
+        url: &str,
+        payload: Option<&Value>,
+        accept: Option<&str>,
+    ) -> Result<Reply, AcmeError> {
+        self.check_deadline(step)?;
+        let mut attempt = 0;
+        loop {
+            let nonce = self.fresh_nonce(step)?;
+            let body = jws(self.key, self.kid.as_deref(), &nonce, url, payload).map_err(|e| fail(step, e))?;
+            let mut req = self
+                .agent
+                .post(url)
+                .header("content-type", "application/jose+json");
+            if let Some(a) = accept {
+                req = req.header("accept", a);
+            }
+            let resp = req.send(body.as_bytes());
+            let resp = resp.inspect(|r| {
+                if let Some(n) = r.headers().get("replay-nonce").and_then(|v| v.to_str().ok()) {
+                    self.nonce = Some(n.to_string());
+                }
+            });
+            let r = read(step, resp)?;
+            if r.status < 400 {
+                return Ok(r);
+            }
+            let is_bad_nonce = serde_json::from_slice::<Value>(&r.body)
+                .ok()
+                .and_then(|p| p.get("type").and_then(Value::as_str).map(|t| t == BAD_NONCE))
+                .unwrap_or(false);
+            if is_bad_nonce && attempt == 0 {
+                attempt += 1;
+                continue;
+            }
+            return Err(fail(step, problem(r.status, &r.body)));
+        }
+    }
+
+    fn account(&mut self, email: &str) -> Result<(), AcmeError> {
+        const STEP: &str = "newAccount";
+        let mut p = json!({"termsOfServiceAgreed": true});
+        if !email.is_empty() {
+            p["contact"] = json!([format!("mailto:{email}")]);
+        }
+        let url = self.new_account.clone();
+        let r = self.post(STEP, &url, Some(&p), None)?;
+        let kid = r
+            .location
+            .ok_or_else(|| fail(STEP, "no account URL (Location) in the reply"))?;
+        self.kid = Some(kid);
+        Ok(())
+    }
+
+    /// Polls `url` (POST-as-GET) until `status` leaves `pending`/`processing`, with bounded
+    /// backoff (0.5 s doubling to 4 s, or the server's Retry-After up to 10 s).
+    fn poll(&mut self, step: &'static str, url: &str) -> Result<Value, AcmeError> {
+        let mut wait = Duration::from_millis(500);
+        loop {
+            let r = self.post(step, url, None, None)?;
+            let v = r.json(step)?;
+            match v.get("status").and_then(Value::as_str) {
+                Some("pending" | "processing") => {}
+                _ => return Ok(v),
+            }
+            let sleep = r.retry_after.unwrap_or(wait).min(Duration::from_secs(10));
+            if Instant::now() + sleep >= self.deadline {
+                return Err(fail(
+                    step,
+                    "gave up waiting: still pending when the order's time ran out",
+                ));
+            }
+            std::thread::sleep(sleep);
+            wait = (wait * 2).min(Duration::from_secs(4));
+        }
+    }
+}
+
+/// The problem document of a failed authorization's challenge, as text.
+fn challenge_error(authz: &Value) -> String {
+    let errs: Vec<String> = authz
+        .get("challenges")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("error").and_then(problem_doc))
+        .collect();
+    if errs.is_empty() {
+        "no error given".into()
+    } else {
+        errs.join("; ")
+    }
+}
+
+/// One complete order for `req.domain` with the account `key`.
+pub(crate) fn order(req: &OrderRequest<'_>, key: &AccountKey) -> Result<Issued, AcmeError> {
+    let mut c = Client::new(req.directory, req.root_ca, key, req.deadline)?;
+    c.account(req.email)?;
+
+    const ORDER: &str = "newOrder";
+    let new_order = c.new_order.clone();
+    let r = c.post(
+        ORDER,
+        &new_order,
+        Some(&json!({"identifiers": [{"type": "dns", "value": req.domain}]})),
+        None,
+    )?;
+    let order_url = r
+        .location
+        .clone()
+        .ok_or_else(|| fail(ORDER, "no order URL (Location) in the reply"))?;
+    let order = r.json(ORDER)?;
+    let finalize = url_of(&order, "finalize", ORDER)?;
+    let authzs: Vec<String> = order
+        .get("authorizations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+
+    // The responder lives for the order's validations only.
+    let mut responder: Option<Responder> = None;
+    for authz_url in &authzs {
+        const AUTHZ: &str = "authorization";
+        let authz = c.post(AUTHZ, authz_url, None, None)?.json(AUTHZ)?;
+        match authz.get("status").and_then(Value::as_str) {
+            Some("valid") => continue,
+            Some("pending") => {}
+            other => {
+                return Err(fail(
+                    AUTHZ,
+                    format!("{authz_url} is {}", other.unwrap_or("without a status")),
+                ))
+            }
+        }
+        let ch = authz
+            .get("challenges")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some("http-01"))
+            .ok_or_else(|| fail(AUTHZ, "the server offers no http-01 challenge"))?;
+        let token = ch
+            .get("token")
+            .and_then(Value::as_str)
+            .filter(|t| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+            .ok_or_else(|| fail(AUTHZ, "http-01 challenge without a usable token"))?;
+        let ch_url = url_of(ch, "url", AUTHZ)?;
+        if responder.is_none() {
+            responder = Some(Responder::start(req.listen).map_err(|e| {
+                fail(
+                    "http-01 responder",
+                    format!("cannot listen on {} (ACMEHTTPListen): {e}", req.listen),
+                )
+            })?);
+        }
+        if let Some(r) = &responder {
+            r.add(token, &key_authorization(token, &key.thumbprint()));
+        }
+        const CHALLENGE: &str = "http-01 challenge";
+        c.post(CHALLENGE, &ch_url, Some(&json!({})), None)?;
+        let done = c.poll(CHALLENGE, authz_url)?;
+        match done.get("status").and_then(Value::as_str) {
+            Some("valid") => {}
+            s => {
+                return Err(fail(
+                    CHALLENGE,
+                    format!(
+                        "{} for {}: {}",
+                        s.unwrap_or("no status"),
+                        req.domain,
+                        challenge_error(&done)
+                    ),
+                ))
+            }
+        }
+    }
+    drop(responder);
+
+    const FINALIZE: &str = "finalize";
+    let cert_key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| fail(FINALIZE, e))?;
+    let csr = rcgen::CertificateParams::new(vec![req.domain.to_string()])
+        .and_then(|p| p.serialize_request(&cert_key))
+        .map_err(|e| fail(FINALIZE, format!("cannot make the CSR: {e}")))?;
+    let r = c.post(FINALIZE, &finalize, Some(&json!({"csr": b64(csr.der())})), None)?;
+    let mut order = r.json(FINALIZE)?;
+    if order.get("status").and_then(Value::as_str) != Some("valid") {
+        order = c.poll(FINALIZE, &order_url)?;
+    }
+    if order.get("status").and_then(Value::as_str) != Some("valid") {
+        let why = order
+            .get("error")
+            .and_then(problem_doc)
+            .unwrap_or_else(|| "no error given".to_string());
+        return Err(fail(
+            FINALIZE,
+            format!(
+                "order is {}: {why}",
+                order
+                    .get("status")
+                    .and_then(Value::as_str)
+                    .unwrap_or("without a status")
+            ),
+        ));
+    }
+    const DOWNLOAD: &str = "certificate download";
+    let cert_url = url_of(&order, "certificate", DOWNLOAD)?;
+    let r = c.post(
+        DOWNLOAD,
+        &cert_url,
+        None,
+        Some("application/pem-certificate-chain"),
+    )?;
+    let chain_pem = String::from_utf8(r.body).map_err(|_| fail(DOWNLOAD, "the chain is not text"))?;
+    if !chain_pem.trim_start().starts_with("-----BEGIN CERTIFICATE-----") {
+        return Err(fail(DOWNLOAD, "the reply is not a PEM certificate chain"));
+    }
+    Ok(Issued {
+        chain_pem,
+        key_pem: cert_key.serialize_pem(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn problems_are_readable() {
+        let p = br#"{"type":"urn:ietf:params:acme:error:rejectedIdentifier","detail":"no such TLD","status":400}"#;
+        assert_eq!(
+            problem(400, p),
+            "server said urn:ietf:params:acme:error:rejectedIdentifier (no such TLD) (HTTP 400)"
+        );
+        assert_eq!(
+            problem(502, b"<html>bad gateway</html>"),
+            "HTTP 502: <html>bad gateway</html>"
+        );
+        let authz = json!({"status": "invalid", "challenges": [{"type": "http-01",
+            "error": {"type": "urn:ietf:params:acme:error:connection", "detail": "refused"}}]});
+        assert_eq!(
+            challenge_error(&authz),
+            "urn:ietf:params:acme:error:connection (refused)"
+        );
+    }
+}
