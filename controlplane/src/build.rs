@@ -818,6 +818,18 @@ mod tests {
     }
 
     #[test]
+    fn cert_mode_dns_is_refused_clearly() {
+        let cert = CertConfig {
+            cert_mode: CertMode::Dns,
+            cert_domain: "node.example".into(),
+            ..CertConfig::default()
+        };
+        let e = node_tls(&cert, &info(r#"{"server_port":443}"#)).unwrap_err();
+        assert_eq!(e, BuildError::DnsNotImplemented);
+        assert!(e.to_string().contains("not implemented"), "{e}");
+    }
+
+    #[test]
     fn trojan_self_signed_is_generated_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let e = tls_entry("trojan", "self", dir.path());
