@@ -470,6 +470,105 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
+    use base64::Engine as _;
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::sync::Mutex;
+
+    /// A scripted ACME server on loopback: the directory, newNonce (`Replay-Nonce: n0`) and
+    /// newAccount, which answers `badNonce` `rejects` times before creating the account. Every
+    /// reply carries a fresh nonce; the protected headers of the POSTs are recorded.
+    fn fake_ca(rejects: usize) -> (String, Arc<Mutex<Vec<Value>>>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let (b, s) = (base.clone(), seen.clone());
+        std::thread::spawn(move || {
+            let mut nonce = 0;
+            let mut left = rejects;
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { return };
+                let mut r = BufReader::new(conn);
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                nonce += 1;
+                let (status, extra, reply) = if line.starts_with("GET /dir") {
+                    let d = json!({"newNonce": format!("{b}/nonce"), "newAccount": format!("{b}/acct"), "newOrder": format!("{b}/order")});
+                    ("200 OK", String::new(), d.to_string())
+                } else if line.starts_with("HEAD /nonce") {
+                    nonce = 0;
+                    ("200 OK", String::new(), String::new())
+                } else {
+                    let jws: Value = serde_json::from_slice(&body).unwrap();
+                    let p = jws["protected"].as_str().unwrap();
+                    let p = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(p)
+                        .unwrap();
+                    s.lock().unwrap().push(serde_json::from_slice(&p).unwrap());
+                    if left > 0 {
+                        left -= 1;
+                        let p = json!({"type": BAD_NONCE, "detail": "stale"});
+                        ("400 Bad Request", String::new(), p.to_string())
+                    } else {
+                        (
+                            "201 Created",
+                            format!("Location: {b}/acct/7\r\n"),
+                            "{}".to_string(),
+                        )
+                    }
+                };
+                let mut c = r.into_inner();
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status}\r\nReplay-Nonce: n{nonce}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{}",
+                    if line.starts_with("HEAD") { 0 } else { reply.len() },
+                    if line.starts_with("HEAD") { "" } else { reply.as_str() },
+                );
+            }
+        });
+        (format!("{base}/dir"), seen)
+    }
+
+    fn nonces(seen: &Mutex<Vec<Value>>) -> Vec<String> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|p| p["nonce"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn bad_nonce_is_retried_once_with_the_nonce_from_the_error() {
+        let key = AccountKey::generate().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+
+        let (dir, seen) = fake_ca(1);
+        let mut c = Client::new(&dir, None, &key, deadline).unwrap();
+        c.account("a@b.test").unwrap();
+        assert_eq!(c.kid.as_deref(), Some(&*dir.replace("/dir", "/acct/7")));
+        // n0 from newNonce was refused; the retry used the error reply's nonce.
+        assert_eq!(nonces(&seen), ["n0", "n1"]);
+
+        let (dir, seen) = fake_ca(2);
+        let mut c = Client::new(&dir, None, &key, deadline).unwrap();
+        let e = c.account("").unwrap_err();
+        assert_eq!(e.step, "newAccount");
+        assert!(e.detail.contains("badNonce") && e.detail.contains("stale"), "{e}");
+        assert_eq!(nonces(&seen).len(), 2, "retried once only");
+    }
+
     #[test]
     fn problems_are_readable() {
         let p = br#"{"type":"urn:ietf:params:acme:error:rejectedIdentifier","detail":"no such TLD","status":400}"#;
