@@ -185,6 +185,16 @@ fn http01_certificate_from_pebble_is_served_and_reused() {
         0o600,
         "the key is private"
     );
+    // The backend asked for is the one serving (uring falls back to epoll when unavailable).
+    let want = std::env::var("V2SP_IO").unwrap_or_default();
+    let said = match want.as_str() {
+        "uring" => "io_uring probe passed",
+        "epoll" => "forced epoll",
+        _ => "",
+    };
+    if !v.agent.log().contains(said) {
+        failures.push(format!("V2SP_IO={want} but the data plane did not say {said:?}"));
+    }
     let iss = issuer(&cert_file);
     if !iss.contains("Pebble") {
         failures.push(format!("certificate not issued by pebble: {iss}"));
