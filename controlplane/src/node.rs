@@ -191,8 +191,13 @@ impl NodeWorker {
                     .as_ref()
                     .filter(|t| t.cert_mode == v2sp_shared::config::CertMode::Http.as_str())
                     .map(|t| (t.cert_file.clone(), t.key_file.clone()));
-                // The build has just checked the certificate.
-                self.next_cert_check = Instant::now() + CERT_CHECK_EVERY;
+                // The build has just checked the certificate; if it is still due (the order
+                // failed and an older one is served), try again sooner.
+                let due = self
+                    .acme_files
+                    .as_ref()
+                    .is_some_and(|(c, k)| crate::acme::renewal_due(c.as_ref(), k.as_ref()));
+                self.next_cert_check = Instant::now() + if due { CERT_RETRY_AFTER } else { CERT_CHECK_EVERY };
                 let kind_changed = self.kind != Some(nc.cred_kind);
                 self.kind = Some(nc.cred_kind);
                 tracing::info!(node = %self.tag, port = nc.port, protocol = nc.protocol.as_str(), "node config applied");

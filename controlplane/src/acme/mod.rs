@@ -120,6 +120,11 @@ pub fn ensure(cfg: &CertConfig, cert_file: &Path, key_file: &Path) -> Result<Out
     }
 }
 
+/// Whether the pair at these paths is missing, unusable or has 30 days or less left.
+pub fn renewal_due(cert_file: &Path, key_file: &Path) -> bool {
+    cert::needs_new(&cert::on_disk(cert_file, key_file), cert::now_unix())
+}
+
 /// One order; writes the pair and returns the new certificate's `notAfter`.
 fn obtain(cfg: &CertConfig, cert_file: &Path, key_file: &Path) -> Result<i64, AcmeError> {
     let directory = cfg.acme_directory();
