@@ -181,9 +181,19 @@ impl Conn {
     async fn send_wire(&mut self, wire: &[u8]) -> anyhow::Result<()> {
         match self.tls.as_mut() {
             None => self.s.write_all(wire).await?,
-            Some(t) => {
-                t.writer().write_all(wire).context("rustls writer")?;
-                self.flush_tls().await?;
+            Some(_) => {
+                // rustls buffers at most 64 KiB of plaintext (its default limit): write what
+                // fits, send it, repeat (AnyTLS frames a 64 KiB write as 64 KiB + 14 B).
+                let mut rest = wire;
+                while !rest.is_empty() {
+                    let t = self.tls.as_mut().context("TLS session")?;
+                    let n = t.writer().write(rest).context("rustls writer")?;
+                    rest = rest.get(n..).context("rustls wrote more than given")?;
+                    self.flush_tls().await?;
+                    if n == 0 && self.tls.as_ref().is_some_and(|t| !t.wants_write()) {
+                        bail!("rustls takes no more plaintext");
+                    }
+                }
             }
         }
         Ok(())
