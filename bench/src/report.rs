@@ -5,9 +5,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::client::anytls::ANYTLS;
 use crate::client::vision::{REALITY_VISION, TLS_VISION};
 use crate::client::vmess::{VMESS, VMESS_TLS};
-use crate::client::anytls::ANYTLS;
 use crate::client::{TROJAN_TLS, VLESS_TLS};
 use crate::run::{Measure, Outcome, Plan, Record, Scenario};
 use crate::svg::{self, Series};
@@ -337,7 +337,9 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
     // Rate and idle run on the headline and on every Trojan/VLESS/VMess/AnyTLS suite.
     let mut per_proto: Vec<String> = vec![headline.clone()];
     for c in &plan.cipher_names {
-        if (c == TROJAN_TLS || c == VLESS_TLS || c == VMESS || c == VMESS_TLS || c == ANYTLS) && !per_proto.contains(c) {
+        if (c == TROJAN_TLS || c == VLESS_TLS || c == VMESS || c == VMESS_TLS || c == ANYTLS)
+            && !per_proto.contains(c)
+        {
             per_proto.push(c.clone());
         }
     }
@@ -350,7 +352,10 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
             plan.cipher_names.iter().any(|c| c == VMESS || c == VMESS_TLS),
             "VMess (aes-128-gcm; TCP, TLS)",
         ),
-        (plan.cipher_names.iter().any(|c| c == ANYTLS), "AnyTLS (one stream per session)"),
+        (
+            plan.cipher_names.iter().any(|c| c == ANYTLS),
+            "AnyTLS (one stream per session)",
+        ),
         (
             plan.cipher_names
                 .iter()

@@ -188,7 +188,11 @@ impl AnytlsStream {
     fn header(&mut self) -> anyhow::Result<()> {
         let h = std::mem::take(&mut self.head);
         let (cmd, sid, len) = match h.as_slice() {
-            [c, a, b, d, e, l0, l1] => (*c, u32::from_be_bytes([*a, *b, *d, *e]), usize::from(u16::from_be_bytes([*l0, *l1]))),
+            [c, a, b, d, e, l0, l1] => (
+                *c,
+                u32::from_be_bytes([*a, *b, *d, *e]),
+                usize::from(u16::from_be_bytes([*l0, *l1])),
+            ),
             _ => bail!("anytls: short frame header"),
         };
         self.head = h;
@@ -198,9 +202,17 @@ impl AnytlsStream {
         self.state = match cmd {
             CMD_PSH if sid == STREAM_ID && len > 0 => State::Payload { left: len },
             CMD_PSH | CMD_WASTE | CMD_SETTINGS | CMD_UPDATE_PADDING | CMD_SERVER_SETTINGS if len > 0 => {
-                State::Data { cmd, left: len, keep: false }
+                State::Data {
+                    cmd,
+                    left: len,
+                    keep: false,
+                }
             }
-            CMD_SYNACK | CMD_ALERT if len > 0 => State::Data { cmd, left: len, keep: true },
+            CMD_SYNACK | CMD_ALERT if len > 0 => State::Data {
+                cmd,
+                left: len,
+                keep: true,
+            },
             CMD_FIN if sid == STREAM_ID => {
                 self.fin = true;
                 State::Header
@@ -227,7 +239,10 @@ impl AnytlsStream {
                 "anytls: stream refused: {}",
                 String::from_utf8_lossy(&self.data)
             )),
-            CMD_ALERT => Err(anyhow!("anytls: server alert: {}", String::from_utf8_lossy(&self.data))),
+            CMD_ALERT => Err(anyhow!(
+                "anytls: server alert: {}",
+                String::from_utf8_lossy(&self.data)
+            )),
             _ => Ok(()),
         }
     }
@@ -274,7 +289,10 @@ mod tests {
         s.seal(&vec![7u8; 70_000], &mut out);
         assert_eq!(out.len(), 70_000 + 2 * HEADER);
         assert_eq!(&out[..7], &[CMD_PSH, 0, 0, 0, 1, 0xff, 0xff]);
-        assert_eq!(&out[7 + 65_535..7 + 65_535 + 7], &[CMD_PSH, 0, 0, 0, 1, 0x11, 0x71]);
+        assert_eq!(
+            &out[7 + 65_535..7 + 65_535 + 7],
+            &[CMD_PSH, 0, 0, 0, 1, 0x11, 0x71]
+        );
     }
 
     #[test]
@@ -297,7 +315,10 @@ mod tests {
             }
             assert_eq!(plain, b"hello world");
             assert!(s.finished() && s.synack_seen());
-            assert_eq!(s.take_reply().unwrap(), vec![CMD_HEART_RESPONSE, 0, 0, 0, 0, 0, 0]);
+            assert_eq!(
+                s.take_reply().unwrap(),
+                vec![CMD_HEART_RESPONSE, 0, 0, 0, 0, 0, 0]
+            );
             assert!(s.take_reply().is_none());
         }
     }
