@@ -587,6 +587,13 @@ mod tests {
             "{y}"
         );
         assert!(y.contains(&tls.cert_file.display().to_string()));
+        let y = shoes_server_yaml(&Suite::Anytls(tls.clone()), 1).unwrap();
+        assert!(
+            y.contains(&format!(
+                "        protocol:\n          type: anytls\n          users: [{{ name: bench, password: \"{USER_UUID}\" }}]\n          udp_enabled: false\n"
+            )),
+            "{y}"
+        );
     }
 
     #[test]
@@ -597,11 +604,14 @@ mod tests {
         let reality = Suite::parse("vless-reality-vision", &tls).unwrap();
         let tls_vision = Suite::parse("vless-tls-vision", &tls).unwrap();
         let vmess = Suite::parse("vmess", &tls).unwrap();
+        let anytls = Suite::parse("anytls", &tls).unwrap();
+        assert!(!ServerKind::V2ray.serves(&anytls) && !ServerKind::SsServer.serves(&anytls));
+        assert!(ServerKind::SingBox.serves(&anytls) && ServerKind::Shoes.serves(&anytls));
         assert!(!ServerKind::Shoes.serves(&eih) && ServerKind::Shoes.serves(&chacha22));
         assert!(!ServerKind::SingBox.serves(&reality) && ServerKind::SingBox.serves(&tls_vision));
         assert!(!ServerKind::V2ray.serves(&tls_vision) && ServerKind::V2ray.serves(&vmess));
         // Every suite: v2sp and at least one peer; every suite but REALITY: two or more.
-        for s in [&eih, &chacha22, &reality, &tls_vision, &vmess] {
+        for s in [&eih, &chacha22, &reality, &tls_vision, &vmess, &anytls] {
             let peers = ServerKind::ALL
                 .into_iter()
                 .filter(|k| !k.is_v2sp() && k.serves(s))
