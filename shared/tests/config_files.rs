@@ -384,7 +384,10 @@ fn config_v2sp_extensions() {
     assert_eq!((dp.workers, dp.io), (4, IoMode::Epoll));
     assert_eq!(dp.shm_dir, PathBuf::from("/dev/shm/v2sp-test"));
     assert!(dp.allow_private_destinations);
-    assert_eq!((dp.handshake_limits.per_worker, dp.handshake_limits.per_ip), (1000, 50));
+    assert_eq!(
+        (dp.handshake_limits.per_worker, dp.handshake_limits.per_ip),
+        (1000, 50)
+    );
     let t = &dp.timeouts;
     assert_eq!(
         (
