@@ -1,5 +1,6 @@
 //! One client connection of the load generator: directly to the target (baseline) or through a
-//! server under test, with our own client codecs: Shadowsocks, or Trojan / VLESS inside TLS
+//! server under test, with our own client codecs: Shadowsocks, or Trojan / VLESS / VMess /
+//! AnyTLS inside TLS
 //! (rustls driven sans-IO over the tokio socket). Reads go through one 256 KiB buffer; decoded
 //! plaintext is counted and dropped (bulk) or kept until consumed (echo).
 
@@ -12,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use v2sp_dataplane::proto::Destination;
 
+use crate::client::anytls::AnytlsStream;
 use crate::client::ss::{SsStream, USER_UUID};
 use crate::client::tls::TlsMaterial;
 use crate::client::vless::ResponseHeader;
@@ -45,6 +47,8 @@ enum Codec {
     Vless(ResponseHeader),
     /// VMess: its own chunk framing, on TCP or inside TLS.
     Vmess(Box<VmessStream>),
+    /// AnyTLS: one session, one stream; psh frames both ways.
+    Anytls(Box<AnytlsStream>),
 }
 
 pub struct Conn {
@@ -103,6 +107,10 @@ impl Conn {
                         None => None,
                     };
                     (*addr, Codec::Vmess(Box::new(v)), tls)
+                }
+                Suite::Anytls(t) => {
+                    let a = AnytlsStream::open_request(USER_UUID, &dest, first, &mut wire)?;
+                    (*addr, Codec::Anytls(Box::new(a)), Some(Box::new(t.connect()?)))
                 }
                 Suite::Vision(_) => bail!("the Vision suites go through their SOCKS client (Via::Socks)"),
                 Suite::Vless(t) => {
@@ -173,9 +181,19 @@ impl Conn {
     async fn send_wire(&mut self, wire: &[u8]) -> anyhow::Result<()> {
         match self.tls.as_mut() {
             None => self.s.write_all(wire).await?,
-            Some(t) => {
-                t.writer().write_all(wire).context("rustls writer")?;
-                self.flush_tls().await?;
+            Some(_) => {
+                // rustls buffers at most 64 KiB of plaintext (its default limit): write what
+                // fits, send it, repeat (AnyTLS frames a 64 KiB write as 64 KiB + 14 B).
+                let mut rest = wire;
+                while !rest.is_empty() {
+                    let t = self.tls.as_mut().context("TLS session")?;
+                    let n = t.writer().write(rest).context("rustls writer")?;
+                    rest = rest.get(n..).context("rustls wrote more than given")?;
+                    self.flush_tls().await?;
+                    if n == 0 && self.tls.as_ref().is_some_and(|t| !t.wants_write()) {
+                        bail!("rustls takes no more plaintext");
+                    }
+                }
             }
         }
         Ok(())
@@ -198,6 +216,14 @@ impl Conn {
                 self.sbuf = w;
                 r?;
             }
+            Codec::Anytls(c) => {
+                let mut w = std::mem::take(&mut self.sbuf);
+                w.clear();
+                c.seal(plain, &mut w);
+                let r = self.send_wire(&w).await;
+                self.sbuf = w;
+                r?;
+            }
             Codec::Plain | Codec::Trojan | Codec::Vless(_) => self.send_wire(plain).await?,
         }
         Ok(())
@@ -205,6 +231,10 @@ impl Conn {
 
     /// One read from the socket, decoded into `self.plain`; false at EOF.
     async fn read_some(&mut self) -> anyhow::Result<bool> {
+        if matches!(&self.codec, Codec::Anytls(c) if c.finished()) {
+            // The server's fin on our stream: its end, whether or not the session stays open.
+            return Ok(false);
+        }
         if self.rbuf.len() != READ_BUF {
             self.rbuf.resize(READ_BUF, 0);
         }
@@ -236,6 +266,18 @@ impl Conn {
             Codec::Plain | Codec::Trojan => self.plain.extend_from_slice(data),
             Codec::Ss(c) => c.open(data, &mut self.plain)?,
             Codec::Vmess(c) => c.open(data, &mut self.plain)?,
+            Codec::Anytls(c) => {
+                c.open(data, &mut self.plain)?;
+                if let Some(reply) = c.take_reply() {
+                    // heartResponse
+                    self.tls
+                        .as_mut()
+                        .context("anytls without TLS")?
+                        .writer()
+                        .write_all(&reply)
+                        .context("rustls writer")?;
+                }
+            }
             Codec::Vless(h) => {
                 let p = h.strip(data)?;
                 self.plain.extend_from_slice(p);

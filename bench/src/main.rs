@@ -20,22 +20,24 @@ use v2sp_bench::report::{self, Env};
 use v2sp_bench::run::{self, Plan, Scenario};
 use v2sp_bench::servers::{Binaries, Server, ServerKind};
 
-const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vmess,vmess-tls,vless-reality-vision,vless-tls-vision";
+const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vmess,vmess-tls,anytls,vless-reality-vision,vless-tls-vision";
 /// The servers compared when `--servers` is not given; a peer missing from this default list
 /// is left out with a warning (named explicitly, it is an error).
 const DEFAULT_SERVERS: &str = "v2sp-epoll,v2sp-uring,ssserver,sing-box,v2ray,shoes";
-const QUICK_CIPHERS: [&str; 5] = [
+const QUICK_CIPHERS: [&str; 6] = [
     "aes-128-gcm",
     "2022-blake3-aes-128-gcm",
     "trojan-tls",
     "vless-tls",
     "vmess",
+    // About 7 s on the 2-CPU box (4 servers: bulk, idle, rate).
+    "anytls",
 ];
 
 #[derive(Parser)]
 #[command(
     name = "v2sp-bench",
-    about = "v2sp side-by-side benchmarks (Shadowsocks, Trojan, VLESS, VMess, VLESS + Vision)"
+    about = "v2sp side-by-side benchmarks (Shadowsocks, Trojan, VLESS, VMess, AnyTLS, VLESS + Vision)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -52,7 +54,7 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Shadowsocks methods and `trojan-tls`, `vless-tls`, `vmess` (TCP), `vmess-tls`,
+    /// Shadowsocks methods and `trojan-tls`, `vless-tls`, `vmess` (TCP), `vmess-tls`, `anytls`,
     /// `vless-reality-vision`, `vless-tls-vision` (the last two through the shoes client, bulk
     /// download only); the first non-Vision one is the headline (all scenarios run on it).
     #[arg(long, value_delimiter = ',', default_value = ALL_CIPHERS)]

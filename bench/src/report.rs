@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::client::anytls::ANYTLS;
 use crate::client::vision::{REALITY_VISION, TLS_VISION};
 use crate::client::vmess::{VMESS, VMESS_TLS};
 use crate::client::{TROJAN_TLS, VLESS_TLS};
@@ -333,10 +334,12 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         .unwrap_or_default();
     // Only Vision suites: no headline scenarios ran.
     let headline_is_vision = headline == REALITY_VISION || headline == TLS_VISION;
-    // Rate and idle run on the headline and on every Trojan/VLESS suite.
+    // Rate and idle run on the headline and on every Trojan/VLESS/VMess/AnyTLS suite.
     let mut per_proto: Vec<String> = vec![headline.clone()];
     for c in &plan.cipher_names {
-        if (c == TROJAN_TLS || c == VLESS_TLS || c == VMESS || c == VMESS_TLS) && !per_proto.contains(c) {
+        if (c == TROJAN_TLS || c == VLESS_TLS || c == VMESS || c == VMESS_TLS || c == ANYTLS)
+            && !per_proto.contains(c)
+        {
             per_proto.push(c.clone());
         }
     }
@@ -348,6 +351,10 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         (
             plan.cipher_names.iter().any(|c| c == VMESS || c == VMESS_TLS),
             "VMess (aes-128-gcm; TCP, TLS)",
+        ),
+        (
+            plan.cipher_names.iter().any(|c| c == ANYTLS),
+            "AnyTLS (one stream per session)",
         ),
         (
             plan.cipher_names
@@ -407,7 +414,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let _ = writeln!(s, "- v2sp = `v2sp run -c config.json` (control plane + the data plane it spawns; both processes counted) with a generated `file://` nodes file, `V2SP_IO=epoll|uring`; ssserver = shadowsocks-rust `--worker-threads N`, `no_delay`; sing-box with `GOMAXPROCS=N`; v2ray (Trojan/VLESS only) with `GOMAXPROCS=N`, `streamSettings.security: tls`; one user, same method everywhere; Trojan/VLESS: TLS on every server with one self-signed certificate (rcgen) and our rustls client (aws-lc-rs), trusting only that certificate; TLS session resumption on (rustls default); Vision suites (`vless-reality-vision`, `vless-tls-vision`): VLESS `flow: xtls-rprx-vision` on v2sp and shoes (`--threads N`), the shoes client as the load generator's front end, TLS 1.3 end to end to the target (REALITY's `dest` is that target)");
+    let _ = writeln!(s, "- v2sp = `v2sp run -c config.json` (control plane + the data plane it spawns; both processes counted) with a generated `file://` nodes file, `V2SP_IO=epoll|uring`; ssserver = shadowsocks-rust `--worker-threads N`, `no_delay`; sing-box with `GOMAXPROCS=N`; v2ray (Trojan/VLESS only) with `GOMAXPROCS=N`, `streamSettings.security: tls`; one user, same method everywhere; Trojan/VLESS: TLS on every server with one self-signed certificate (rcgen) and our rustls client (aws-lc-rs), trusting only that certificate; TLS session resumption on (rustls default); AnyTLS (`anytls`): one session (TLS connection) with one stream per connection, as sing-box's client uses it (auth with padding length 0, settings `v=2` with the default scheme's MD5, syn, psh destination + data; no waste-frame padding), `anytls` inbound on sing-box and inside shoes' `tls` inbound, an `anytls` node (`tls: 1`) on v2sp; Vision suites (`vless-reality-vision`, `vless-tls-vision`): VLESS `flow: xtls-rprx-vision` on v2sp and shoes (`--threads N`), the shoes client as the load generator's front end, TLS 1.3 end to end to the target (REALITY's `dest` is that target)");
     let _ = writeln!(s, "- bulk: {} MiB per run for {} (split over N connections, download = target → client), {} MiB at {} connections for the other methods{}; latency: {} round trips of {} B; rate: {} s × {} concurrent loops; idle: {} connections",
         plan.bulk_bytes >> 20, if headline_is_vision { "the headline (none ran: Vision suites only)" } else { &headline }, plan.other_bulk_bytes >> 20, plan.other_conns,
         if plan.upload { " and for the upload run" } else { "" },

@@ -106,7 +106,8 @@ async fn probe_once(via: &Via, target: SocketAddr) -> anyhow::Result<()> {
         drop(c);
         let n = 256 << 10;
         let mut c = Conn::open(via, target, &target::request(CMD_UPLOAD, n)).await?;
-        c.send_filler(n, 16 << 10).await?;
+        // The bulk upload's piece size (64 KiB; more than rustls buffers once framed).
+        c.send_filler(n, 64 << 10).await?;
         let got = c.recv_exact(8).await?;
         if got != n.to_be_bytes() {
             bail!("upload: target counted {got:?}, sent {n}");

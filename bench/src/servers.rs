@@ -6,21 +6,21 @@
 //!   `V2SP_IO=epoll|uring`. Both processes are counted (CPU and RSS).
 //! * `ssserver` (shadowsocks-rust): `ssserver -c <dir>/ss.json --worker-threads N`, TCP only,
 //!   `no_delay` on (v2sp and sing-box set TCP_NODELAY too).
-//! * `sing-box`: a `shadowsocks` / `trojan` / `vless` inbound and a `direct` outbound,
+//! * `sing-box`: a `shadowsocks` / `trojan` / `vless` / `vmess` / `anytls` inbound and a `direct` outbound,
 //!   `GOMAXPROCS=N`.
 //! * `v2ray` (Debian's 4.34; Trojan, VLESS and VMess): a `trojan` / `vless` / `vmess` (alterId 0)
 //!   inbound with `streamSettings.security: "tls"` (none for plain `vmess`) and a `freedom`
-//!   outbound, `GOMAXPROCS=N`. It has neither Vision nor REALITY.
+//!   outbound, `GOMAXPROCS=N`. It has neither Vision nor REALITY nor AnyTLS.
 //! * `sing-box` also serves `vless-tls-vision` (a `vless` inbound, user `flow:
 //!   xtls-rprx-vision`, TLS); not `vless-reality-vision`: the registry build lacks uTLS, which
 //!   its REALITY server needs.
 //! * `shoes` 0.3.x: `--threads N`, a `vmess` / `shadowsocks` inbound, or a `tls` inbound with
-//!   `tls_targets` (the run's certificate) around `trojan` / `vless` / `vmess`, or REALITY/TLS +
+//!   `tls_targets` (the run's certificate) around `trojan` / `vless` / `vmess` / `anytls`, or REALITY/TLS +
 //!   Vision around `vless` (`client::vision`). Shadowsocks: not the 2022 AES methods, which the
 //!   bench runs with an identity header (multi-user), which shoes does not take.
 //!
 //! All get the same method (or protocol), the same single user (see `client::ss`) and, for
-//! Trojan/VLESS, the run's certificate (see `client::tls`).
+//! the TLS suites, the run's certificate (see `client::tls`).
 
 use std::fs;
 use std::net::TcpListener;
@@ -43,7 +43,7 @@ pub enum ServerKind {
     SsServer,
     SingBox,
     V2ray,
-    /// shoes 0.3.x: Trojan, VLESS, VMess, Vision, single-user Shadowsocks.
+    /// shoes 0.3.x: Trojan, VLESS, VMess, AnyTLS, Vision, single-user Shadowsocks.
     Shoes,
 }
 
@@ -78,14 +78,15 @@ impl ServerKind {
     }
 
     /// Whether this server speaks `suite` (ssserver: Shadowsocks only; v2ray: here, Trojan,
-    /// VLESS and VMess — its Shadowsocks lacks the 2022 methods, and it has no Vision; sing-box:
+    /// VLESS and VMess — its Shadowsocks lacks the 2022 methods, and it has no Vision and no
+    /// AnyTLS; sing-box:
     /// everything but REALITY; shoes: everything but the multi-user (identity header)
     /// Shadowsocks 2022 AES methods; v2sp: everything).
     pub fn serves(self, suite: &Suite) -> bool {
         let vision = suite.vision();
         match self {
             ServerKind::SsServer => suite.is_ss(),
-            ServerKind::V2ray => !suite.is_ss() && vision.is_none(),
+            ServerKind::V2ray => !suite.is_ss() && vision.is_none() && !matches!(suite, Suite::Anytls(_)),
             ServerKind::SingBox => !vision.is_some_and(|v| v.reality),
             ServerKind::Shoes => !suite.ss().is_some_and(|c| c.uses_eih()),
             ServerKind::V2spEpoll | ServerKind::V2spUring => true,
@@ -151,6 +152,11 @@ pub fn shoes_server_yaml(suite: &Suite, port: u16) -> anyhow::Result<String> {
             "type: vmess".into(),
             format!("cipher: {}", crate::client::vmess::SECURITY),
             format!("user_id: \"{USER_UUID}\""),
+            "udp_enabled: false".into(),
+        ],
+        Suite::Anytls(_) => vec![
+            "type: anytls".into(),
+            format!("users: [{{ name: bench, password: \"{USER_UUID}\" }}]"),
             "udp_enabled: false".into(),
         ],
         Suite::Vision(_) => bail!("the Vision suites have their own shoes config"),
@@ -227,6 +233,7 @@ impl Server {
             Suite::Trojan(_) => "trojan",
             Suite::Vless(_) | Suite::Vision(_) => "vless",
             Suite::Vmess(_) => "vmess",
+            Suite::Anytls(_) => "anytls",
         };
         let mut args: Vec<String> = Vec::new();
         let mut envs: Vec<(&str, String)> = Vec::new();
@@ -250,7 +257,7 @@ impl Server {
                         node["tls"] = json!(0);
                         node["network"] = json!("tcp");
                     }
-                    Suite::Trojan(_) | Suite::Vless(_) | Suite::Vmess(Some(_)) => {
+                    Suite::Trojan(_) | Suite::Vless(_) | Suite::Vmess(Some(_)) | Suite::Anytls(_) => {
                         node["tls"] = json!(1);
                         node["network"] = json!("tcp");
                         node["tls_settings"] = json!({ "server_name": SERVER_NAME });
@@ -347,7 +354,7 @@ impl Server {
                             inb["password"] = json!(creds.password_2017());
                         }
                     }
-                    Suite::Trojan(_) => {
+                    Suite::Trojan(_) | Suite::Anytls(_) => {
                         inb["users"] = json!([{ "name": "bench", "password": USER_UUID }]);
                     }
                     Suite::Vless(_) => {
@@ -580,6 +587,13 @@ mod tests {
             "{y}"
         );
         assert!(y.contains(&tls.cert_file.display().to_string()));
+        let y = shoes_server_yaml(&Suite::Anytls(tls.clone()), 1).unwrap();
+        assert!(
+            y.contains(&format!(
+                "        protocol:\n          type: anytls\n          users: [{{ name: bench, password: \"{USER_UUID}\" }}]\n          udp_enabled: false\n"
+            )),
+            "{y}"
+        );
     }
 
     #[test]
@@ -590,11 +604,14 @@ mod tests {
         let reality = Suite::parse("vless-reality-vision", &tls).unwrap();
         let tls_vision = Suite::parse("vless-tls-vision", &tls).unwrap();
         let vmess = Suite::parse("vmess", &tls).unwrap();
+        let anytls = Suite::parse("anytls", &tls).unwrap();
+        assert!(!ServerKind::V2ray.serves(&anytls) && !ServerKind::SsServer.serves(&anytls));
+        assert!(ServerKind::SingBox.serves(&anytls) && ServerKind::Shoes.serves(&anytls));
         assert!(!ServerKind::Shoes.serves(&eih) && ServerKind::Shoes.serves(&chacha22));
         assert!(!ServerKind::SingBox.serves(&reality) && ServerKind::SingBox.serves(&tls_vision));
         assert!(!ServerKind::V2ray.serves(&tls_vision) && ServerKind::V2ray.serves(&vmess));
         // Every suite: v2sp and at least one peer; every suite but REALITY: two or more.
-        for s in [&eih, &chacha22, &reality, &tls_vision, &vmess] {
+        for s in [&eih, &chacha22, &reality, &tls_vision, &vmess, &anytls] {
             let peers = ServerKind::ALL
                 .into_iter()
                 .filter(|k| !k.is_v2sp() && k.serves(s))

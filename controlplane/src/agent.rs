@@ -106,8 +106,23 @@ impl Shared {
         if !changed {
             return;
         }
+        let mut nodes: Vec<NodeConfig> = served.values().cloned().collect();
+        // Two nodes on one port would each get a random share of the connections (every
+        // listener has SO_REUSEPORT): the node configured later is not served until the
+        // operator gives it its own port.
+        let refused = v2sp_shared::dpconfig::listen_conflicts(&nodes);
+        for &(slot, kept) in &refused {
+            let tag = |s: u16| served.get(&s).map_or_else(String::new, |n| n.tag.clone());
+            tracing::error!(
+                node = %tag(slot),
+                port = served.get(&slot).map_or(0, |n| n.port),
+                listened_by = %tag(kept),
+                "node not served: its port is already used by another node; give it its own port"
+            );
+        }
+        nodes.retain(|n| !refused.iter().any(|&(s, _)| s == n.slot));
         let cfg = DataplaneConfig {
-            nodes: served.values().cloned().collect(),
+            nodes,
             ..self.base.clone()
         };
         match self.shm.publish_config(&cfg) {

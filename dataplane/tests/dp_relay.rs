@@ -376,6 +376,24 @@ fn dp_speed_limit_engages_on_both_paths() {
 /// A node whose settings change (here its speed limit, then its port) keeps its open
 /// connections; new ones get the new settings (the Go agents re-create the inbound and drop
 /// every user). Only removing the node closes them.
+/// Two nodes on one port: without a guard both listeners would bind (SO_REUSEPORT) and the
+/// kernel would split the connections between them. The node of the lower slot keeps the port.
+#[test]
+fn dp_second_node_on_a_taken_port_is_not_served() {
+    let p = free_port();
+    let h = Harness::start(config(vec![node(1, p), node(2, p)]), true);
+    h.backend.set_users(1, vec![user(1, 1, 0, 0)]);
+    h.backend.set_users(2, vec![user(2, 2, 0, 0)]);
+    std::thread::sleep(Duration::from_millis(150));
+    let echo = echo_peer(24);
+    let lo = "127.0.0.1".parse().unwrap();
+    for i in 0..24 {
+        let mut c = connect_from(lo, p);
+        c.write_all(&header(1, echo, 0)).unwrap();
+        assert!(echo_once(&mut c, b"node 1 only"), "connection {i} did not reach node 1");
+    }
+}
+
 #[test]
 fn dp_changed_node_keeps_open_connections() {
     let (p1, p2) = (free_port(), free_port());

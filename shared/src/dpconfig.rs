@@ -320,3 +320,114 @@ pub struct ShadowsocksSettings {
 fn yes() -> bool {
     true
 }
+
+/// Nodes that would listen where a node of a lower slot already listens: `(refused, kept)`
+/// pairs. Every listener is bound with `SO_REUSEPORT`, so the kernel would accept a second
+/// node on the same port without complaint and then hand each new connection to either of
+/// them at random: half the clients would fail their handshake with no error anywhere. Two
+/// nodes conflict when their ports are equal and their addresses overlap (equal, or either is
+/// a wildcard; `::` is dual-stack and overlaps IPv4 too). The lower slot (the node configured
+/// first) keeps the port, so a node that serves is never displaced by one added later.
+pub fn listen_conflicts(nodes: &[NodeConfig]) -> Vec<(u16, u16)> {
+    let mut by_slot: Vec<&NodeConfig> = nodes.iter().collect();
+    by_slot.sort_by_key(|n| n.slot);
+    let mut kept: Vec<&NodeConfig> = Vec::with_capacity(by_slot.len());
+    let mut refused = Vec::new();
+    for n in by_slot {
+        match kept
+            .iter()
+            .find(|k| k.port == n.port && addresses_overlap(&k.listen_ip, &n.listen_ip))
+        {
+            Some(k) => refused.push((n.slot, k.slot)),
+            None => kept.push(n),
+        }
+    }
+    refused
+}
+
+fn addresses_overlap(a: &str, b: &str) -> bool {
+    use std::net::IpAddr;
+    let parse = |s: &str| -> Option<IpAddr> {
+        let s = s.trim().trim_start_matches('[').trim_end_matches(']');
+        if s.is_empty() {
+            // An empty listen_ip is the dual-stack wildcard.
+            return Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        }
+        s.parse().ok()
+    };
+    match (parse(a), parse(b)) {
+        (Some(x), Some(y)) => {
+            let wild = |ip: IpAddr| match ip {
+                // `::` overlaps everything; `0.0.0.0` every IPv4 address (and `::`).
+                IpAddr::V6(v6) if v6.is_unspecified() => Some(true),
+                IpAddr::V4(v4) if v4.is_unspecified() => Some(false),
+                _ => None,
+            };
+            match (wild(x), wild(y)) {
+                (Some(true), _) | (_, Some(true)) => true,
+                (Some(false), _) => y.is_ipv4() || y.to_canonical().is_ipv4(),
+                (_, Some(false)) => x.is_ipv4() || x.to_canonical().is_ipv4(),
+                _ => x.to_canonical() == y.to_canonical(),
+            }
+        }
+        // Unparseable addresses are refused later with their own error; compare as written.
+        _ => a.trim() == b.trim(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod listen_conflict_tests {
+    use super::*;
+
+    fn node(slot: u16, ip: &str, port: u16) -> NodeConfig {
+        let mut n: NodeConfig = serde_json::from_value(serde_json::json!({
+            "slot": slot, "tag": format!("n{slot}"), "listen_ip": ip, "port": port,
+            "protocol": "trojan", "cred_kind": "TrojanSha224"
+        }))
+        .expect("minimal node");
+        n.slot = slot;
+        n
+    }
+
+    #[test]
+    fn same_port_same_address_keeps_the_lower_slot() {
+        let nodes = [
+            node(3, "0.0.0.0", 443),
+            node(1, "0.0.0.0", 443),
+            node(2, "0.0.0.0", 8443),
+        ];
+        assert_eq!(listen_conflicts(&nodes), vec![(3, 1)]);
+    }
+
+    #[test]
+    fn wildcards_overlap_specific_addresses() {
+        assert_eq!(
+            listen_conflicts(&[node(1, "", 443), node(2, "127.0.0.1", 443)]),
+            vec![(2, 1)]
+        );
+        assert_eq!(
+            listen_conflicts(&[node(1, "::", 443), node(2, "::1", 443)]),
+            vec![(2, 1)]
+        );
+        assert_eq!(
+            listen_conflicts(&[node(1, "0.0.0.0", 443), node(2, "10.0.0.1", 443)]),
+            vec![(2, 1)]
+        );
+        assert_eq!(
+            listen_conflicts(&[node(1, "10.0.0.1", 443), node(2, "0.0.0.0", 443)]),
+            vec![(2, 1)]
+        );
+        assert_eq!(
+            listen_conflicts(&[node(1, "::ffff:10.0.0.1", 443), node(2, "10.0.0.1", 443)]),
+            vec![(2, 1)]
+        );
+    }
+
+    #[test]
+    fn distinct_addresses_or_ports_do_not_conflict() {
+        assert!(listen_conflicts(&[node(1, "10.0.0.1", 443), node(2, "10.0.0.2", 443)]).is_empty());
+        assert!(listen_conflicts(&[node(1, "0.0.0.0", 443), node(2, "::1", 443)]).is_empty());
+        assert!(listen_conflicts(&[node(1, "0.0.0.0", 443), node(2, "0.0.0.0", 444)]).is_empty());
+    }
+}

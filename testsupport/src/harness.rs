@@ -45,14 +45,22 @@ pub fn peer(name: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// A free loopback TCP+UDP port.
+/// A free loopback TCP+UDP port, never one this process was handed before: the kernel may
+/// give the same port to two `bind(0)` calls in a row once the first socket is closed, and
+/// two nodes on one port would silently share its connections (SO_REUSEPORT).
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1000 {
         let Ok(t) = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) else {
             continue;
         };
         let Ok(a) = t.local_addr() else { continue };
+        if handed.contains(&a.port()) {
+            continue;
+        }
         if UdpSocket::bind(a).is_ok() {
+            handed.push(a.port());
             return a.port();
         }
     }

@@ -8,6 +8,9 @@
 //!   alone (synack with an error) and the session goes on; UDP through sing-box's
 //!   UDP-over-TCP v2 comes back intact. The panel receives exactly the payload bytes per user;
 //!   a wrong password gets nothing through and is never accounted.
+//! * The shoes client (0.3.2, its `anytls` client inside `tls`): TCP echo transfers one after
+//!   another and concurrently, sha256-checked, and UDP through its UDP-over-TCP v2 (connect
+//!   mode); exact per-user totals; an unknown password gets nothing through.
 //! * A raw client (plaintext node, `CertMode: none`, as behind a TLS terminator) opens several
 //!   streams at once in one session with interleaved frames: settings are answered (padding
 //!   scheme update, serverSettings v=2), each stream gets its synack and its own echo back,
@@ -32,6 +35,7 @@ use v2sp_testsupport::harness::{
     udp_echo_through, Echo, NodeSpec, Recorder, Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::{user, users};
+use v2sp_testsupport::peers::shoes;
 
 const UUIDS: [&str; 3] = [
     "705d4ada-fc32-48de-951c-2ab9d5765ce0",
@@ -143,6 +147,62 @@ fn sing_box_anytls_tcp_and_udp_with_exact_accounting() {
     let (proc_, socks) = sing_box_anytls(n.port, STRANGER, v.dir.path());
     if tcp_echo_through(socks, echo.port, &payload(4096, 99)).is_ok() {
         failures.push("anytls: data went through for an unknown password".to_string());
+    }
+    drop(proc_);
+    v.finish(&failures, &expected);
+}
+
+#[test]
+fn shoes_anytls_tcp_and_udp_with_exact_accounting() {
+    let echo = Echo::start().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let v = V2sp::start(
+        vec![anytls_node(1, json!({}))],
+        self_signed_certs(certs.path(), DOMAIN),
+    )
+    .unwrap();
+    let n = &v.nodes[0];
+    let client = |uuid: &str| {
+        shoes::client(n.port, shoes::tls(DOMAIN, shoes::anytls(uuid)), v.dir.path())
+            .unwrap_or_else(|e| panic!("shoes client: {e:#}"))
+    };
+    let mut failures = Vec::new();
+    let mut expected: Totals = BTreeMap::new();
+    for uidx in [0usize, 1] {
+        let what = format!("shoes anytls user {}", uidx + 1);
+        let (proc_, socks) = client(UUIDS[uidx]);
+        let mut moved = 0u64;
+        for k in 0..3 {
+            let data = payload((200 << 10) + k * 5003 + uidx, (uidx * 100 + k) as u64);
+            match tcp_echo_through(socks, echo.port, &data) {
+                Ok(b) => moved += b,
+                Err(e) => failures.push(format!("{what} sequential {k}: {e:#}\n{}", proc_.log())),
+            }
+        }
+        let threads: Vec<_> = (0..3)
+            .map(|k| {
+                let data = payload((1 << 20) + k * 65_537, (uidx * 1000 + k) as u64);
+                let port = echo.port;
+                std::thread::spawn(move || tcp_echo_through(socks, port, &data))
+            })
+            .collect();
+        for (k, t) in threads.into_iter().enumerate() {
+            match t.join().unwrap() {
+                Ok(b) => moved += b,
+                Err(e) => failures.push(format!("{what} concurrent {k}: {e:#}\n{}", proc_.log())),
+            }
+        }
+        let (count, size) = if uidx == 0 { (16, 1200) } else { (5, 321) };
+        match udp_echo_through(socks, echo.port, count, size) {
+            Ok(b) => moved += b,
+            Err(e) => failures.push(format!("{what} udp: {e:#}\n{}", proc_.log())),
+        }
+        expect(&mut expected, n.node_id, uidx as u32 + 1, moved, moved);
+        drop(proc_);
+    }
+    let (proc_, socks) = client(STRANGER);
+    if tcp_echo_through(socks, echo.port, &payload(4096, 98)).is_ok() {
+        failures.push("shoes anytls: data went through for an unknown password".to_string());
     }
     drop(proc_);
     v.finish(&failures, &expected);

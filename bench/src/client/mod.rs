@@ -1,7 +1,9 @@
 //! Our own client side of each protocol v2sp serves: Shadowsocks (`ss`), Trojan over TLS
-//! (`trojan`), VLESS over TLS (`vless`), VMess AEAD on TCP or inside TLS (`vmess`); `tls` holds
+//! (`trojan`), VLESS over TLS (`vless`), VMess AEAD on TCP or inside TLS (`vmess`), AnyTLS
+//! (`anytls`, one session with one stream per connection); `tls` holds
 //! the run's certificate and rustls client. A [`Suite`] is one row of the report: a Shadowsocks
 //! method, or `trojan-tls` / `vless-tls` / `vmess` / `vmess-tls` / a Vision suite.
+pub mod anytls;
 pub mod ss;
 pub mod tls;
 pub mod trojan;
@@ -23,6 +25,8 @@ pub enum Suite {
     Vless(Arc<TlsMaterial>),
     /// VMess AEAD (aes-128-gcm), on plain TCP (`None`) or inside TLS.
     Vmess(Option<Arc<TlsMaterial>>),
+    /// AnyTLS: one session (TLS connection) with one stream per bench connection.
+    Anytls(Arc<TlsMaterial>),
     /// VLESS + Vision (REALITY or TLS) through the real shoes client; see `client::vision`.
     Vision(Arc<VisionSuite>),
 }
@@ -45,6 +49,7 @@ impl Suite {
             Suite::Vless(_) => VLESS_TLS,
             Suite::Vmess(None) => vmess::VMESS,
             Suite::Vmess(Some(_)) => vmess::VMESS_TLS,
+            Suite::Anytls(_) => anytls::ANYTLS,
             Suite::Vision(v) => v.name(),
         }
     }
@@ -64,7 +69,7 @@ impl Suite {
         match self {
             Suite::Ss(_) => None,
             Suite::Vision(v) => v.server_tls(),
-            Suite::Trojan(t) | Suite::Vless(t) => Some(t),
+            Suite::Trojan(t) | Suite::Vless(t) | Suite::Anytls(t) => Some(t),
             Suite::Vmess(t) => t.as_ref(),
         }
     }
@@ -87,6 +92,7 @@ impl Suite {
             VLESS_TLS => Suite::Vless(tls.clone()),
             vmess::VMESS => Suite::Vmess(None),
             vmess::VMESS_TLS => Suite::Vmess(Some(tls.clone())),
+            anytls::ANYTLS => Suite::Anytls(tls.clone()),
             vision::REALITY_VISION | vision::TLS_VISION => {
                 Suite::Vision(Arc::new(VisionSuite::new(name.trim(), tls)?))
             }

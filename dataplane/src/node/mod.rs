@@ -412,7 +412,20 @@ impl Core {
     pub fn apply_config(self: &Rc<Self>, cfg: &DataplaneConfig) {
         self.handshake_limits
             .set((cfg.handshake_limits.per_worker, cfg.handshake_limits.per_ip));
-        let wanted: HashMap<u16, &NodeConfig> = cfg.nodes.iter().map(|n| (n.slot, n)).collect();
+        // The control plane never publishes two nodes on one port; a config that does anyway
+        // (hand-written, or an older control plane) serves the lower slot only.
+        let refused = v2sp_shared::dpconfig::listen_conflicts(&cfg.nodes);
+        if self.index == 0 {
+            for (slot, kept) in &refused {
+                tracing::error!(slot, kept, "node not served: its port is used by another node");
+            }
+        }
+        let wanted: HashMap<u16, &NodeConfig> = cfg
+            .nodes
+            .iter()
+            .filter(|n| !refused.iter().any(|&(s, _)| s == n.slot))
+            .map(|n| (n.slot, n))
+            .collect();
         let key = |n: &NodeConfig| (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations);
         let stale: Vec<u16> = self
             .nodes
@@ -434,7 +447,7 @@ impl Core {
                 tracing::error!(core = self.index, node = %n.tag, "cannot serve the changed node: {e}");
             }
         }
-        for n in &cfg.nodes {
+        for n in wanted.values() {
             if self.nodes.borrow().contains_key(&n.slot) {
                 continue;
             }

@@ -321,6 +321,12 @@ impl Conn<'_> {
         if plain.len() > MAX_PENDING || wire_in.len() > MAX_PENDING {
             return Err(End::Error("packet too long"));
         }
+        // An idle session holds no buffers: what a burst grew goes back once it is consumed.
+        for v in [&mut *wire_in, &mut *plain] {
+            if v.is_empty() && v.capacity() > 4096 {
+                *v = Vec::new();
+            }
+        }
         if !reply.is_empty() {
             let mut wire = Vec::new();
             self.outer

@@ -4,8 +4,8 @@
 //!
 //! shoes takes YAML; YAML is a superset of JSON, so the config is built with `serde_json` and
 //! written as JSON. The chain is nested `protocol` objects, outermost first, as shoes' client
-//! config has them (`ClientProxyConfig`: `tls` / `reality` / `ws` wrapping `vless`, `trojan` or
-//! `vmess`), e.g. `tls(SNI, ws("/ray", Some(SNI), vmess("aes-128-gcm", uuid)))`.
+//! config has them (`ClientProxyConfig`: `tls` / `reality` / `ws` wrapping `vless`, `trojan`,
+//! `vmess` or `anytls`), e.g. `tls(SNI, ws("/ray", Some(SNI), vmess("aes-128-gcm", uuid)))`.
 
 use std::path::Path;
 use std::process::Command;
@@ -78,4 +78,10 @@ pub fn trojan(password: &str) -> Value {
 /// then asks for chacha20-poly1305). UDP goes as the VMess UDP command.
 pub fn vmess(cipher: &str, uuid: &str) -> Value {
     json!({"type": "vmess", "cipher": cipher, "user_id": uuid})
+}
+
+/// AnyTLS (inside `tls`): shoes' client opens sessions and streams, and carries UDP as sing's
+/// UDP-over-TCP v2 (connect mode, `sp.v2.udp-over-tcp.arpa`), default padding scheme.
+pub fn anytls(password: &str) -> Value {
+    json!({"type": "anytls", "password": password, "udp_enabled": true})
 }
