@@ -390,7 +390,10 @@ fn dp_second_node_on_a_taken_port_is_not_served() {
     for i in 0..24 {
         let mut c = connect_from(lo, p);
         c.write_all(&header(1, echo, 0)).unwrap();
-        assert!(echo_once(&mut c, b"node 1 only"), "connection {i} did not reach node 1");
+        assert!(
+            echo_once(&mut c, b"node 1 only"),
+            "connection {i} did not reach node 1"
+        );
     }
 }
 
