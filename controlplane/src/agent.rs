@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,10 @@ pub struct Shared {
     slots: Mutex<SlotMap>,
     /// What `/metrics` shows of the node workers and the harvester.
     pub metrics: NodeMetrics,
+    /// The event ring's drop counter as last seen.
+    events_dropped: AtomicU64,
+    /// The data plane whose online IPs this process holds in full (0: none yet).
+    synced_pid: AtomicU32,
 }
 
 impl Shared {
@@ -172,13 +176,28 @@ impl Shared {
             online.apply(ev);
         }
         drop(online);
-        static LAST_DROPPED: AtomicU64 = AtomicU64::new(0);
-        if dropped > LAST_DROPPED.swap(dropped, Ordering::Relaxed) {
+        if dropped > self.events_dropped.swap(dropped, Ordering::Relaxed) {
             tracing::warn!(
                 dropped,
                 "online-IP events were dropped; asking the data plane to resync"
             );
-            self.shm.broadcast(Command::ResyncIps);
+            self.synced_pid.store(0, Ordering::Relaxed);
+        }
+        // A data plane this process has not heard every event of (it was adopted after a
+        // restart of ours, it was just started, or events were dropped) reports every online
+        // IP once; one that died took its connections, and their IPs, with it.
+        let pid = self.shm.dataplane_pid();
+        let synced = self.synced_pid.load(Ordering::Relaxed);
+        if pid != synced {
+            if synced != 0 {
+                let now_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+                self.online().dataplane_gone(now_us);
+            }
+            if pid == 0 || self.shm.broadcast(Command::ResyncIps) > 0 {
+                self.synced_pid.store(pid, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -249,6 +268,8 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         min_push_ms: AtomicU64::new(u64::MAX),
         slots: Mutex::new(SlotMap::load(&cfg.state_dir)),
         metrics: NodeMetrics::default(),
+        events_dropped: AtomicU64::new(0),
+        synced_pid: AtomicU32::new(0),
     });
     // Bytes a previous run journalled-but-did-not-clear, or left in banks, are taken first.
     shared.harvest_once(Duration::from_millis(200));

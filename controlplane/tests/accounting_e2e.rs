@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use v2sp_shared::panel::Action;
-use v2sp_shared::shm::{CoreShm, DataplaneShm};
+use v2sp_shared::shm::{Command as ShmCommand, CoreShm, DataplaneShm, IpEvent, IpEventKind};
 use v2sp_testsupport::panel_sim::{user, Fault, PanelSim, SimOptions};
 
 const UUIDS: [&str; 3] = [
@@ -512,4 +512,94 @@ fn metrics_show_counted_and_reported_bytes() {
 /// The node tag the agent gives a node of this test's config (`[<ApiHost>]-shadowsocks:1`).
 fn log_tag(sim: &PanelSim) -> String {
     format!("[{}]-shadowsocks:1", sim.single_url())
+}
+
+impl FakeDataplane {
+    /// Answers the control plane's next `ResyncIps` with a snapshot of `online` (slot, uid,
+    /// ip, seq), as the data plane's core 0 does. Panics if none comes within 20 s.
+    fn answer_resync(&mut self, online: &[(u16, u32, &str, u64)], begin: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            self.core.tick();
+            if let Some(ShmCommand::ResyncIps) = self.core.pop_command() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no resync request");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(self
+            .core
+            .push_event(IpEvent::marker(IpEventKind::ResyncBegin, begin)));
+        for &(node, user_id, ip, seq) in online {
+            assert!(self.core.push_event(IpEvent {
+                kind: IpEventKind::Snapshot,
+                online: true,
+                node,
+                user_id,
+                ip: ip.parse().unwrap(),
+                seq,
+            }));
+        }
+        assert!(self
+            .core
+            .push_event(IpEvent::marker(IpEventKind::ResyncEnd, begin)));
+    }
+}
+
+/// Waits for an alive report of node 1 that lists exactly `ips` for user 1 (reports keep coming
+/// every push interval while traffic is pumped).
+fn wait_alive(sim: &PanelSim, dp: &mut FakeDataplane, slot: u16, ips: &[&str], env: &Env) {
+    let want: Vec<String> = ips.iter().map(|s| s.to_string()).collect();
+    let seen_before = sim.alive_reports(1).len();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        dp.core.add_traffic(slot, 1, 10_000, 10_000);
+        dp.core.tick();
+        let reports = sim.alive_reports(1);
+        if reports
+            .iter()
+            .skip(seen_before)
+            .any(|r| r.get(&1).map_or(ips.is_empty(), |v| *v == want))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alive report with {want:?} for user 1: {:?}\n{}",
+            reports.iter().skip(seen_before).collect::<Vec<_>>(),
+            log_of(env)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A restarted control plane has not seen the online events of connections that stay open
+/// (the data plane outlives it). It asks for a resync and reports those IPs again; an IP
+/// whose offline event it missed is dropped.
+#[test]
+fn restarted_control_plane_resyncs_online_ips() {
+    let sim = sim_with_node(1, 18399);
+    let env = env_with(&[(sim.single_url(), 1)]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    let slot = dp.wait_served(18399, 3);
+    dp.answer_resync(&[], 50); // first sight of this data plane: nothing online yet
+    for (ip, seq) in [("10.0.0.1", 100), ("10.0.0.2", 101)] {
+        assert!(dp.core.push_event(IpEvent {
+            kind: IpEventKind::Transition,
+            online: true,
+            node: slot,
+            user_id: 1,
+            ip: ip.parse().unwrap(),
+            seq,
+        }));
+    }
+    wait_alive(&sim, &mut dp, slot, &["10.0.0.1", "10.0.0.2"], &env);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    agent = spawn_agent(&env);
+    // Meanwhile 10.0.0.2 went offline (an event no one read) and 10.0.0.1 stays connected.
+    dp.answer_resync(&[(slot, 1, "10.0.0.1", 100)], 200);
+    wait_alive(&sim, &mut dp, slot, &["10.0.0.1"], &env);
+    sigterm(&mut agent);
 }

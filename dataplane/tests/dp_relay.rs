@@ -131,6 +131,52 @@ fn dp_device_admission_exact_across_cores() {
     assert!(echo_once(&mut c, b"ping"), ".4 admitted once the others left");
 }
 
+/// The control plane's resync request (it lost events, or restarted): core 0 answers for the
+/// whole process with every online IP between two markers; the other cores stay quiet.
+#[test]
+fn dp_resync_lists_every_online_ip_once() {
+    use v2sp_dataplane::limits::devices::IpEventKind;
+    let port = free_port();
+    let h = Harness::start(config(vec![node(2, port)]), true);
+    h.backend.set_users(2, vec![user(2, 9, 0, 0)]);
+    std::thread::sleep(Duration::from_millis(150));
+    let echo = echo_peer(8);
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let mut keep = Vec::new();
+    for src in ["127.0.0.2", "127.0.0.3", "127.0.0.2"] {
+        let mut c = connect_from(ip(src), port);
+        c.write_all(&header(9, echo, 0)).unwrap();
+        assert!(echo_once(&mut c, b"ping"));
+        keep.push(c);
+    }
+    let onlines: Vec<_> = h.backend.events().into_iter().map(|(_, e)| e).collect();
+    for core in 0..2 {
+        h.backend.send_command(core, PortCommand::ResyncIps);
+    }
+    assert!(wait_until(Duration::from_secs(3), || h
+        .backend
+        .events()
+        .iter()
+        .any(|(_, e)| e.kind == IpEventKind::ResyncEnd)));
+    std::thread::sleep(Duration::from_millis(300)); // a second answer would have come by now
+    let resync: Vec<_> = h
+        .backend
+        .events()
+        .into_iter()
+        .filter(|(_, e)| e.kind != IpEventKind::Transition)
+        .collect();
+    assert_eq!(resync.len(), 4, "{resync:?}");
+    assert!(resync.iter().all(|(core, _)| *core == 0));
+    assert_eq!(resync[0].1.kind, IpEventKind::ResyncBegin);
+    assert_eq!(resync[3].1.kind, IpEventKind::ResyncEnd);
+    let mut listed: Vec<_> = resync[1..3].iter().map(|(_, e)| (e.ip, e.seq)).collect();
+    let mut want: Vec<_> = onlines.iter().map(|e| (e.ip, e.seq)).collect();
+    listed.sort();
+    want.sort();
+    assert_eq!(listed, want, "the snapshot carries each IP's last transition");
+    assert!(resync[0].1.seq > want.iter().map(|w| w.1).max().unwrap());
+}
+
 #[test]
 fn dp_user_removal_and_kick_close_connections() {
     let port = free_port();

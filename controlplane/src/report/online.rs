@@ -9,23 +9,68 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use v2sp_shared::panel::AliveBody;
-use v2sp_shared::shm::IpEvent;
+use v2sp_shared::shm::{IpEvent, IpEventKind};
 
 use super::journal::Deltas;
 
 #[derive(Default)]
 struct NodeOnline {
-    /// uid → ip → open transitions (normally 0 or 1).
-    current: HashMap<u32, HashMap<IpAddr, u32>>,
+    /// uid → ip → seq of the transition that put it online (0: from a data plane without
+    /// sequence numbers).
+    current: HashMap<u32, HashMap<IpAddr, u64>>,
+    /// (uid, ip) → seq of the transition that took it offline, this report period and the
+    /// one before: an online event of that IP read late (it came through another core's ring)
+    /// must not bring it back.
+    gone: HashMap<(u32, IpAddr), u64>,
+    gone_before: HashMap<(u32, IpAddr), u64>,
     /// IPs seen online at any time since the last report.
     seen: HashMap<u32, HashSet<IpAddr>>,
     /// IP count per user in the last alive report this node sent.
     last_reported: HashMap<u32, u32>,
 }
 
+impl NodeOnline {
+    /// The seq of the newest transition known for (uid, ip).
+    fn known(&self, uid: u32, ip: IpAddr) -> u64 {
+        let on = self.current.get(&uid).and_then(|m| m.get(&ip)).copied();
+        let off = [&self.gone, &self.gone_before]
+            .iter()
+            .filter_map(|g| g.get(&(uid, ip)).copied())
+            .max();
+        on.max(off).unwrap_or(0)
+    }
+
+    fn set(&mut self, uid: u32, ip: IpAddr, online: bool, seq: u64) {
+        if online {
+            self.current.entry(uid).or_default().insert(ip, seq);
+            self.seen.entry(uid).or_default().insert(ip);
+            self.gone.remove(&(uid, ip));
+            self.gone_before.remove(&(uid, ip));
+        } else {
+            if let Some(ips) = self.current.get_mut(&uid) {
+                ips.remove(&ip);
+                if ips.is_empty() {
+                    self.current.remove(&uid);
+                }
+            }
+            self.gone.insert((uid, ip), seq);
+        }
+    }
+}
+
+/// A resync in progress: its begin marker and the (node, uid, ip) its snapshot listed.
+struct Resync {
+    begin: u64,
+    listed: HashSet<(u16, u32, IpAddr)>,
+}
+
 #[derive(Default)]
 pub struct Online {
     nodes: HashMap<u16, NodeOnline>,
+    resync: Option<Resync>,
+    /// Events numbered below this are older than a completed resync (or than a data plane
+    /// that is gone) and say nothing new.
+    floor: u64,
 }
 
 fn plain(ip: IpAddr) -> IpAddr {
@@ -36,26 +81,86 @@ fn plain(ip: IpAddr) -> IpAddr {
 }
 
 impl Online {
+    /// Applies one event of the data plane's stream. Events of one IP may arrive out of order
+    /// (each core has its own ring); the one with the larger seq wins.
     pub fn apply(&mut self, ev: &IpEvent) {
-        let n = self.nodes.entry(ev.node).or_default();
-        let ip = plain(ev.ip);
-        if ev.online {
-            *n.current.entry(ev.user_id).or_default().entry(ip).or_insert(0) += 1;
-            n.seen.entry(ev.user_id).or_default().insert(ip);
-        } else if let Some(ips) = n.current.get_mut(&ev.user_id) {
-            if let Some(c) = ips.get_mut(&ip) {
-                *c = c.saturating_sub(1);
-                if *c == 0 {
-                    ips.remove(&ip);
+        match ev.kind {
+            IpEventKind::ResyncBegin => {
+                self.resync = Some(Resync {
+                    begin: ev.seq,
+                    listed: HashSet::new(),
+                });
+            }
+            IpEventKind::ResyncEnd => {
+                if let Some(r) = self.resync.take_if(|r| r.begin == ev.seq) {
+                    self.finish_resync(&r);
                 }
             }
-            if ips.is_empty() {
-                n.current.remove(&ev.user_id);
+            IpEventKind::Snapshot | IpEventKind::Transition => {
+                let ip = plain(ev.ip);
+                if ev.kind == IpEventKind::Snapshot {
+                    if let Some(r) = &mut self.resync {
+                        r.listed.insert((ev.node, ev.user_id, ip));
+                    }
+                }
+                // seq 0: a data plane without sequence numbers; its events are taken in the
+                // order they are read, as before.
+                if ev.seq != 0 && ev.seq < self.floor {
+                    return;
+                }
+                let n = self.nodes.entry(ev.node).or_default();
+                if ev.seq != 0 && ev.seq <= n.known(ev.user_id, ip) {
+                    return;
+                }
+                n.set(ev.user_id, ip, ev.online, ev.seq);
             }
         }
     }
 
-    /// Forget a node's state (its slot was reassigned or the data plane restarted).
+    /// What this side holds as online from before the snapshot began and the snapshot did not
+    /// list went offline unseen (its event was dropped, or this process restarted).
+    fn finish_resync(&mut self, r: &Resync) {
+        let mut dropped = 0usize;
+        for (&slot, n) in &mut self.nodes {
+            let stale: Vec<(u32, IpAddr)> = n
+                .current
+                .iter()
+                .flat_map(|(&uid, ips)| ips.iter().map(move |(&ip, &seq)| (uid, ip, seq)))
+                .filter(|&(uid, ip, seq)| seq < r.begin && !r.listed.contains(&(slot, uid, ip)))
+                .map(|(uid, ip, _)| (uid, ip))
+                .collect();
+            dropped += stale.len();
+            for (uid, ip) in stale {
+                n.set(uid, ip, false, r.begin);
+            }
+        }
+        self.floor = self.floor.max(r.begin);
+        tracing::info!(
+            listed = r.listed.len(),
+            dropped,
+            "online IPs resynced with the data plane"
+        );
+    }
+
+    /// The data plane is gone: every IP it had online is offline. `floor` (a clock reading in
+    /// microseconds, where a new data plane starts numbering) keeps late events of the old one
+    /// from counting.
+    pub fn dataplane_gone(&mut self, floor: u64) {
+        for n in self.nodes.values_mut() {
+            let all: Vec<(u32, IpAddr)> = n
+                .current
+                .iter()
+                .flat_map(|(&uid, ips)| ips.keys().map(move |&ip| (uid, ip)))
+                .collect();
+            for (uid, ip) in all {
+                n.set(uid, ip, false, floor);
+            }
+        }
+        self.resync = None;
+        self.floor = self.floor.max(floor);
+    }
+
+    /// Forget a node's state (its slot was reassigned).
     pub fn reset_node(&mut self, slot: u16) {
         self.nodes.remove(&slot);
     }
@@ -88,6 +193,7 @@ impl Online {
             out.insert(uid, ips.iter().map(|i| i.to_string()).collect());
         }
         n.seen.clear();
+        n.gone_before = std::mem::take(&mut n.gone);
         n.last_reported = out.iter().map(|(&u, v)| (u, v.len() as u32)).collect();
         out
     }
@@ -117,15 +223,32 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// An old-style event (no seq): applied in reading order.
     fn ev(online: bool, uid: u32, ip: &str) -> IpEvent {
+        sev(online, uid, ip, 0)
+    }
+
+    fn sev(online: bool, uid: u32, ip: &str, seq: u64) -> IpEvent {
         IpEvent {
+            kind: IpEventKind::Transition,
             online,
             node: 0,
             user_id: uid,
             ip: ip.parse().unwrap(),
-            ts_s: 0,
-            core: 0,
+            seq,
         }
+    }
+
+    fn snap(uid: u32, ip: &str, seq: u64) -> IpEvent {
+        IpEvent {
+            kind: IpEventKind::Snapshot,
+            ..sev(true, uid, ip, seq)
+        }
+    }
+
+    fn ips(o: &mut Online) -> BTreeMap<u32, Vec<String>> {
+        o.take_alive(0, &Deltas::new(), 0);
+        o.take_alive(0, &Deltas::new(), 0)
     }
 
     #[test]
@@ -159,5 +282,68 @@ mod tests {
         );
         assert!(!o.take_alive(0, &t, 0).contains_key(&1));
         assert_eq!(o.alive_elsewhere(0, 2, 3), 2);
+    }
+
+    /// Online on core 0, offline on core 1, online on core 0 again: read core 1's ring first
+    /// and a counting scheme ends at "online twice", then never offline (the IP stayed in the
+    /// alive report forever and ate the user's device limit on every other node).
+    #[test]
+    fn transitions_read_out_of_order_end_in_the_newest_state() {
+        let mut o = Online::default();
+        o.apply(&sev(false, 1, "1.1.1.1", 11)); // core 1's ring first
+        o.apply(&sev(true, 1, "1.1.1.1", 10));
+        o.apply(&sev(true, 1, "1.1.1.1", 12));
+        assert_eq!(o.local_count(0, 1), 1);
+        o.apply(&sev(false, 1, "1.1.1.1", 13));
+        assert_eq!(o.local_count(0, 1), 0, "offline after the newest transition");
+        assert!(ips(&mut o).is_empty());
+        // An online event read after a newer offline one does not bring the IP back.
+        o.apply(&sev(false, 2, "2.2.2.2", 21));
+        o.apply(&sev(true, 2, "2.2.2.2", 20));
+        assert_eq!(o.local_count(0, 2), 0);
+    }
+
+    #[test]
+    fn resync_restores_lost_onlines_and_drops_lost_offlines() {
+        let mut o = Online::default();
+        o.apply(&sev(true, 1, "1.1.1.1", 10)); // its offline (seq 15) was dropped
+        o.apply(&sev(true, 1, "3.3.3.3", 12)); // still online
+                                               // 2.2.2.2 went online at seq 14 but the event was dropped.
+        o.apply(&IpEvent::marker(IpEventKind::ResyncBegin, 20));
+        o.apply(&sev(true, 4, "4.4.4.4", 21)); // a live event in the middle of the resync
+        o.apply(&snap(1, "3.3.3.3", 12));
+        o.apply(&snap(1, "2.2.2.2", 14));
+        o.apply(&IpEvent::marker(IpEventKind::ResyncEnd, 20));
+        let a = ips(&mut o);
+        assert_eq!(a[&1], vec!["2.2.2.2".to_string(), "3.3.3.3".to_string()]);
+        assert_eq!(a[&4], vec!["4.4.4.4".to_string()]);
+        // A late event from before the resync changes nothing.
+        o.apply(&sev(true, 1, "1.1.1.1", 11));
+        assert_eq!(o.local_count(0, 1), 2);
+    }
+
+    #[test]
+    fn a_resync_without_its_end_changes_nothing() {
+        let mut o = Online::default();
+        o.apply(&sev(true, 1, "1.1.1.1", 10));
+        o.apply(&IpEvent::marker(IpEventKind::ResyncBegin, 20));
+        o.apply(&IpEvent::marker(IpEventKind::ResyncBegin, 30)); // a newer request restarted it
+        o.apply(&IpEvent::marker(IpEventKind::ResyncEnd, 20));
+        assert_eq!(o.local_count(0, 1), 1);
+        o.apply(&snap(1, "1.1.1.1", 10));
+        o.apply(&IpEvent::marker(IpEventKind::ResyncEnd, 30));
+        assert_eq!(o.local_count(0, 1), 1);
+    }
+
+    #[test]
+    fn a_gone_data_plane_takes_its_ips_offline_and_a_new_one_counts() {
+        let mut o = Online::default();
+        o.apply(&sev(true, 1, "1.1.1.1", 1_000));
+        o.dataplane_gone(2_000);
+        assert_eq!(o.local_count(0, 1), 0);
+        o.apply(&sev(true, 1, "1.1.1.2", 1_500)); // late event of the dead one
+        assert_eq!(o.local_count(0, 1), 0);
+        o.apply(&sev(true, 1, "1.1.1.1", 2_500)); // the new data plane
+        assert_eq!(o.local_count(0, 1), 1);
     }
 }

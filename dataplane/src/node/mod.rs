@@ -248,7 +248,12 @@ pub struct Core {
     next_id: Cell<u64>,
     /// Ticks seen, for the idle sweep's period.
     sweeps: Cell<u32>,
+    /// A resync snapshot still to be pushed into this core's event ring (core 0 only).
+    resync: RefCell<std::collections::VecDeque<crate::stats::DeviceEvent>>,
 }
+
+/// Event-ring slots a resync snapshot leaves free for live transitions.
+const RESYNC_HEADROOM: usize = 1024;
 
 impl Core {
     /// Must be called on the core thread inside its `LocalSet` (the uring reaper is spawned).
@@ -283,6 +288,7 @@ impl Core {
             handshakes_refused: Cell::new(0),
             next_id: Cell::new(1),
             sweeps: Cell::new(0),
+            resync: RefCell::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -339,9 +345,34 @@ impl Core {
                 Some(PortCommand::Kick { node, user_id }) => {
                     self.cancel_where(|e| e.node == node && e.user == Some(user_id))
                 }
-                Some(PortCommand::Other) => {}
+                // The device tracker is process-wide, so one core answers for all; a newer
+                // request replaces a snapshot not yet fully sent.
+                Some(PortCommand::ResyncIps) if self.index == 0 => {
+                    let snap = self.shared.devices.snapshot();
+                    tracing::info!(
+                        online = snap.events.len().saturating_sub(2),
+                        "resyncing online IPs with the control plane"
+                    );
+                    *self.resync.borrow_mut() = snap.events;
+                }
+                Some(PortCommand::ResyncIps | PortCommand::Other) => {}
                 None => break,
             }
+        }
+        self.push_resync();
+    }
+
+    /// Moves what fits of a pending resync into the event ring, keeping room for live events.
+    fn push_resync(&self) {
+        let mut pending = self.resync.borrow_mut();
+        if pending.is_empty() {
+            return;
+        }
+        let mut port = self.port.borrow_mut();
+        let room = port.event_space().saturating_sub(RESYNC_HEADROOM);
+        for _ in 0..room {
+            let Some(ev) = pending.pop_front() else { break };
+            port.push_event(ev);
         }
     }
 

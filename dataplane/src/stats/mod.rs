@@ -21,7 +21,12 @@ pub struct TickInfo {
 /// Commands from the control plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PortCommand {
-    Kick { node: u16, user_id: u32 },
+    Kick {
+        node: u16,
+        user_id: u32,
+    },
+    /// Report every online IP again (the control plane lost events or restarted).
+    ResyncIps,
     Other,
 }
 
@@ -34,6 +39,10 @@ pub trait CorePort {
     fn add_traffic(&mut self, node: u16, user_id: u32, up: u64, down: u64);
     /// Queues an online/offline event; false if the ring was full (counted as dropped).
     fn push_event(&mut self, ev: DeviceEvent) -> bool;
+    /// Events that fit in the ring now (a resync snapshot only fills free space).
+    fn event_space(&self) -> usize {
+        usize::MAX
+    }
     fn pop_command(&mut self) -> Option<PortCommand>;
     /// O(1) lookup in the node's current user table.
     fn lookup(&self, node: u16, key: &[u8]) -> Option<UserRef>;

@@ -26,19 +26,22 @@ impl CorePort for ShmPort {
         self.shm.add_traffic(node, user_id, up, down);
     }
     fn push_event(&mut self, ev: DeviceEvent) -> bool {
-        let ts_s = u32::try_from(crate::node::auth::unix_now()).unwrap_or(u32::MAX);
         self.shm.push_event(IpEvent {
+            kind: ev.kind,
             online: ev.online,
             node: ev.node,
             user_id: ev.user_id,
             ip: ev.ip,
-            ts_s,
-            core: self.shm.core(),
+            seq: ev.seq,
         })
+    }
+    fn event_space(&self) -> usize {
+        self.shm.event_space()
     }
     fn pop_command(&mut self) -> Option<PortCommand> {
         Some(match self.shm.pop_command()? {
             Command::Kick { node, user_id } => PortCommand::Kick { node, user_id },
+            Command::ResyncIps => PortCommand::ResyncIps,
             _ => PortCommand::Other,
         })
     }

@@ -175,6 +175,16 @@ impl ControlShm {
         pid_alive(self.words().dataplane_pid.load(Acquire))
     }
 
+    /// The pid of the data plane registered in `ctl`, or 0 when none is alive.
+    pub fn dataplane_pid(&self) -> u32 {
+        let pid = self.words().dataplane_pid.load(Acquire);
+        if pid_alive(pid) {
+            pid
+        } else {
+            0
+        }
+    }
+
     /// Cores whose acknowledgements publishes and harvests must wait for.
     fn running_cores(&self) -> Vec<u16> {
         if !self.dataplane_alive() {

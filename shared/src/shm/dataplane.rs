@@ -270,6 +270,12 @@ impl CoreShm {
         self.events.push(ev.encode())
     }
 
+    /// How many events fit in the ring now. A resync snapshot is pushed only into free space,
+    /// over several ticks if need be: it must not crowd out (and so drop) live transitions.
+    pub fn event_space(&self) -> usize {
+        self.events.free()
+    }
+
     pub fn pop_command(&mut self) -> Option<Command> {
         loop {
             let w = self.cmds.pop()?;

@@ -79,18 +79,57 @@ impl ShmError {
     }
 }
 
-/// Online/offline transition of one IP of one user on one node.
+/// What an [`IpEvent`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpEventKind {
+    /// The (node, user, ip) went online (0 → 1 open references) or offline (1 → 0).
+    Transition,
+    /// Part of a resync: the (node, user, ip) is online; `seq` is that of its last transition.
+    Snapshot,
+    /// A resync starts; `seq` is the data plane's sequence number before it looked.
+    ResyncBegin,
+    /// The resync that began with the same `seq` is complete.
+    ResyncEnd,
+}
+
+/// One event of the data plane's online-IP stream.
+///
+/// Each core pushes into its own ring, and the control plane drains the rings one after the
+/// other, so events of one IP that moved between cores can arrive out of order (online on
+/// core 0, offline on core 1, online on core 0 again may be read as offline, online, online).
+/// `seq` orders them: it is taken from one process-wide counter while the IP's state is
+/// locked, so for one (node, user, ip) a later transition always has a larger `seq`, and the
+/// counter starts at the data plane's start time in microseconds, so a restarted data plane
+/// continues above the previous one. `seq == 0` marks an event of an older data plane, which
+/// had no sequence numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IpEvent {
+    pub kind: IpEventKind,
     pub online: bool,
     pub node: u16,
     pub user_id: u32,
     pub ip: IpAddr,
-    pub ts_s: u32,
-    pub core: u16,
+    pub seq: u64,
 }
 
+/// Set in word 0 by data planes that send `seq` (older ones put a timestamp and core there).
+const EVENT_SEQUENCED: u64 = 1 << 7;
+
 impl IpEvent {
+    /// A resync marker (no node, user or IP).
+    pub fn marker(kind: IpEventKind, seq: u64) -> IpEvent {
+        IpEvent {
+            kind,
+            online: false,
+            node: 0,
+            user_id: 0,
+            ip: IpAddr::from([0, 0, 0, 0]),
+            seq,
+        }
+    }
+
+    /// Word 0: bit 0 online, bits 1–2 kind, bit 7 sequenced, bits 8–15 family, 16–31 node,
+    /// 32–63 user. Words 1–2: the address (IPv4 in the first 4 bytes). Word 3: `seq`.
     pub(crate) fn encode(&self) -> [u64; 4] {
         let (family, bytes) = match self.ip {
             IpAddr::V4(a) => {
@@ -100,7 +139,15 @@ impl IpEvent {
             }
             IpAddr::V6(a) => (6u64, a.octets()),
         };
+        let kind: u64 = match self.kind {
+            IpEventKind::Transition => 0,
+            IpEventKind::Snapshot => 1,
+            IpEventKind::ResyncBegin => 2,
+            IpEventKind::ResyncEnd => 3,
+        };
         let w0 = u64::from(self.online)
+            | (kind << 1)
+            | EVENT_SEQUENCED
             | (family << 8)
             | (u64::from(self.node) << 16)
             | (u64::from(self.user_id) << 32);
@@ -108,12 +155,7 @@ impl IpEvent {
         let mut hi = [0u8; 8];
         lo.copy_from_slice(&bytes[..8]);
         hi.copy_from_slice(&bytes[8..]);
-        [
-            w0,
-            u64::from_le_bytes(lo),
-            u64::from_le_bytes(hi),
-            u64::from(self.ts_s) | (u64::from(self.core) << 32),
-        ]
+        [w0, u64::from_le_bytes(lo), u64::from_le_bytes(hi), self.seq]
     }
 
     pub(crate) fn decode(w: [u64; 4]) -> Option<IpEvent> {
@@ -125,13 +167,21 @@ impl IpEvent {
             6 => IpAddr::from(bytes),
             _ => return None,
         };
+        let sequenced = w[0] & EVENT_SEQUENCED != 0;
+        let kind = match (w[0] >> 1) & 3 {
+            _ if !sequenced => IpEventKind::Transition,
+            0 => IpEventKind::Transition,
+            1 => IpEventKind::Snapshot,
+            2 => IpEventKind::ResyncBegin,
+            _ => IpEventKind::ResyncEnd,
+        };
         Some(IpEvent {
+            kind,
             online: w[0] & 1 == 1,
             node: (w[0] >> 16) as u16,
             user_id: (w[0] >> 32) as u32,
             ip,
-            ts_s: w[3] as u32,
-            core: (w[3] >> 32) as u16,
+            seq: if sequenced { w[3] } else { 0 },
         })
     }
 }

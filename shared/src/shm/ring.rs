@@ -53,6 +53,16 @@ impl Ring {
         pop(m, slots)
     }
 
+    /// Free slots, as the producer sees them (the consumer may free more meanwhile).
+    pub(crate) fn free(&self) -> usize {
+        self.parts().map_or(0, |(m, slots)| {
+            let used = m.head.load(Relaxed).wrapping_sub(m.tail.load(Acquire));
+            slots
+                .len()
+                .saturating_sub(usize::try_from(used).unwrap_or(usize::MAX))
+        })
+    }
+
     pub(crate) fn dropped(&self) -> u64 {
         self.parts().map_or(0, |(m, _)| m.dropped.load(Relaxed))
     }

@@ -256,22 +256,32 @@ fn events_and_commands_round_trip() {
     let (_d, c, d) = setup();
     let mut core = d.core(0).unwrap();
     let ev = IpEvent {
+        kind: IpEventKind::Transition,
         online: true,
         node: 4,
         user_id: 77,
         ip: "2001:db8::1".parse::<IpAddr>().unwrap(),
-        ts_s: 12345,
-        core: 0,
+        seq: 1_790_000_000_000_001,
     };
     let ev4 = IpEvent {
         online: false,
         ip: "10.1.2.3".parse().unwrap(),
+        seq: u64::MAX,
         ..ev
     };
-    assert!(core.push_event(ev));
-    assert!(core.push_event(ev4));
+    let snap = IpEvent {
+        kind: IpEventKind::Snapshot,
+        ..ev
+    };
+    let begin = IpEvent::marker(IpEventKind::ResyncBegin, 7);
+    let end = IpEvent::marker(IpEventKind::ResyncEnd, 7);
+    assert_eq!(core.event_space(), control::EVENT_RING_CAP);
+    for e in [ev, ev4, begin, snap, end] {
+        assert!(core.push_event(e));
+    }
+    assert_eq!(core.event_space(), control::EVENT_RING_CAP - 5);
     let (got, dropped) = c.drain_events(10);
-    assert_eq!(got, vec![ev, ev4]);
+    assert_eq!(got, vec![ev, ev4, begin, snap, end]);
     assert_eq!(dropped, 0);
     assert_eq!(c.broadcast(Command::Kick { node: 4, user_id: 77 }), 1);
     assert_eq!(core.pop_command(), Some(Command::Kick { node: 4, user_id: 77 }));
@@ -283,12 +293,12 @@ fn full_event_ring_drops_and_counts() {
     let (_d, c, d) = setup();
     let mut core = d.core(0).unwrap();
     let ev = IpEvent {
+        kind: IpEventKind::Transition,
         online: true,
         node: 0,
         user_id: 1,
         ip: "1.1.1.1".parse().unwrap(),
-        ts_s: 0,
-        core: 0,
+        seq: 1,
     };
     let mut accepted = 0;
     for _ in 0..(control::EVENT_RING_CAP + 5) {
