@@ -589,29 +589,13 @@ pub fn ensure_self_signed(cert_file: &Path, key_file: &Path, domain: &str) -> Re
         domain.to_string()
     }];
     let pair = rcgen::generate_simple_self_signed(names).map_err(|e| err(&e))?;
-    for p in [cert_file, key_file] {
-        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| err(&format!("{}: {e}", dir.display())))?;
-        }
-    }
-    let write = |path: &Path, body: &[u8], mode: u32| -> Result<(), BuildError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = path.with_extension("v2sp-tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| err(&format!("{}: {e}", tmp.display())))?;
-        f.write_all(body)
-            .map_err(|e| err(&format!("{}: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, path).map_err(|e| err(&format!("{}: {e}", path.display())))
-    };
-    write(key_file, pair.signing_key.serialize_pem().as_bytes(), 0o600)?;
-    write(cert_file, pair.cert.pem().as_bytes(), 0o644)?;
-    Ok(())
+    crate::certfiles::write_pair(
+        cert_file,
+        &pair.cert.pem(),
+        key_file,
+        &pair.signing_key.serialize_pem(),
+    )
+    .map_err(|e| err(&e))
 }
 
 /// Panel users → table entries. Users whose uuid cannot make a credential are skipped and

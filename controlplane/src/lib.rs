@@ -5,6 +5,7 @@
 pub mod acme;
 pub mod agent;
 pub mod build;
+mod certfiles;
 pub mod cli;
 pub mod keys;
 pub mod metrics;

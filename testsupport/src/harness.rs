@@ -67,6 +67,28 @@ pub fn free_port() -> u16 {
     0
 }
 
+/// Debian's dnsmasq as a DNS server on a free loopback port that answers every name under
+/// `domain` with 127.0.0.1 and nothing else (no upstream, no hosts file); returns it and the
+/// port.
+pub fn dnsmasq(domain: &str, dir: &Path) -> anyhow::Result<(Proc, u16)> {
+    let port = free_port();
+    let mut cmd = Command::new(peer("dnsmasq")?);
+    cmd.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--conf-file=/dev/null",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        "--log-queries",
+        "--log-facility=-",
+        "--pid-file=",
+    ])
+    .arg(format!("--address=/{domain}/127.0.0.1"))
+    .arg(format!("--port={port}"));
+    Ok((Proc::spawn("dnsmasq", cmd, dir.join("dnsmasq.log"))?, port))
+}
+
 pub fn wait_tcp(port: u16, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {

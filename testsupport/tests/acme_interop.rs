@@ -15,34 +15,13 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    free_port, payload, peer, sing_box_tls, tcp_echo_through, wait_tcp, Echo, NodeSpec, Proc, Totals, V2sp,
+    dnsmasq, free_port, payload, peer, sing_box_tls, tcp_echo_through, wait_tcp, Echo, NodeSpec, Proc,
+    Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::users;
 
 const UUID: &str = "705d4ada-fc32-48de-951c-2ab9d5765ce0";
 const DOMAIN: &str = "acme.v2sp.test";
-
-fn dnsmasq(dir: &Path) -> (Proc, u16) {
-    let port = free_port();
-    let mut cmd = Command::new(peer("dnsmasq").unwrap());
-    cmd.args([
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--conf-file=/dev/null",
-        "--bind-interfaces",
-        "--listen-address=127.0.0.1",
-        "--log-queries",
-        "--log-facility=-",
-        "--pid-file=",
-    ])
-    .arg(format!("--address=/{DOMAIN}/127.0.0.1"))
-    .arg(format!("--port={port}"));
-    (
-        Proc::spawn("dnsmasq", cmd, dir.join("dnsmasq.log")).unwrap(),
-        port,
-    )
-}
 
 /// pebble with a listener certificate for 127.0.0.1/localhost made here (the Debian package
 /// ships none); returns it, its directory URL and the certificate (the root to trust).
@@ -146,7 +125,7 @@ fn move_data(v: &V2sp, port: u16, echo: &Echo, seed: u64, failures: &mut Vec<Str
 fn http01_certificate_from_pebble_is_served_and_reused() {
     let work = tempfile::tempdir().unwrap();
     let certs = work.path().join("certs");
-    let (dns, dns_port) = dnsmasq(work.path());
+    let (dns, dns_port) = dnsmasq(DOMAIN, work.path()).unwrap();
     let http_port = free_port();
     let (mut ca, directory, root) = pebble(work.path(), dns_port, http_port);
     let echo = Echo::start().unwrap();

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use v2sp_testsupport::harness::{
-    free_port, payload, peer, sha256, sing_box_ss, socks5_connect, socks5_connect_domain, sslocal, Echo,
-    NodeSpec, Proc, Totals, V2sp,
+    dnsmasq, free_port, payload, sha256, sing_box_ss, socks5_connect, socks5_connect_domain, sslocal, Echo,
+    NodeSpec, Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::users;
 
@@ -199,23 +199,8 @@ fn blocked_destinations_are_refused_and_nothing_else() {
 #[test]
 fn dns_routes_resolve_through_the_routes_server() {
     let echo_srv = Echo::start().unwrap();
-    let dns_port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new(peer("dnsmasq").unwrap());
-    cmd.args([
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--conf-file=/dev/null",
-        "--bind-interfaces",
-        "--listen-address=127.0.0.1",
-        "--log-queries",
-        "--log-facility=-",
-        "--pid-file=",
-        "--address=/routed.test/127.0.0.1",
-    ])
-    .arg(format!("--port={dns_port}"));
-    let dns = Proc::spawn("dnsmasq", cmd, dir.path().join("dnsmasq.log")).unwrap();
+    let (dns, dns_port) = dnsmasq("routed.test", dir.path()).unwrap();
     let port = free_port();
     let routes = json!([
         {"id": 7, "match": ["domain:routed.test"], "action": "dns", "action_value": format!("127.0.0.1:{dns_port}")},

@@ -17,8 +17,7 @@ pub(crate) mod jws;
 pub(crate) mod responder;
 
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -157,7 +156,8 @@ fn obtain(cfg: &CertConfig, cert_file: &Path, key_file: &Path) -> Result<i64, Ac
     };
     let not_after =
         cert::not_after(&leaf).ok_or_else(|| fail(SAVE, "the certificate has no readable expiry"))?;
-    write_pair(cert_file, &issued.chain_pem, key_file, &issued.key_pem).map_err(|e| fail(SAVE, e))?;
+    crate::certfiles::write_pair(cert_file, &issued.chain_pem, key_file, &issued.key_pem)
+        .map_err(|e| fail(SAVE, e))?;
     tracing::info!(%domain, cert = %cert_file.display(), secs = started.elapsed().as_secs(), "ACME: certificate issued and saved");
     Ok(not_after)
 }
@@ -200,42 +200,10 @@ fn account_key(cert_file: &Path, directory: &str, email: &str) -> Result<jws::Ac
             .create(dir)
             .map_err(|e| fail(STEP, format!("{}: {e}", dir.display())))?;
     }
-    let tmp = write_tmp(&path, text.as_bytes(), 0o600).map_err(|e| fail(STEP, e))?;
+    let tmp = crate::certfiles::write_tmp(&path, text.as_bytes(), 0o600).map_err(|e| fail(STEP, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| fail(STEP, format!("{}: {e}", path.display())))?;
     tracing::info!(account = %path.display(), "ACME: new account key saved");
     Ok(key)
-}
-
-/// Writes `body` to `<path>.v2sp-acme-tmp` (mode `mode`, synced) and returns that path.
-fn write_tmp(path: &Path, body: &[u8], mode: u32) -> Result<PathBuf, String> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".v2sp-acme-tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(body)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    Ok(tmp)
-}
-
-/// Both files written in full under temporary names, then renamed into place (key first: the
-/// data plane reloads when either mtime changes and keeps the old pair if they do not match).
-fn write_pair(cert_file: &Path, chain: &str, key_file: &Path, key: &str) -> Result<(), String> {
-    for p in [cert_file, key_file] {
-        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-    }
-    let key_tmp = write_tmp(key_file, key.as_bytes(), 0o600)?;
-    let cert_tmp = write_tmp(cert_file, chain.as_bytes(), 0o644)?;
-    std::fs::rename(&key_tmp, key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
-    std::fs::rename(&cert_tmp, cert_file).map_err(|e| format!("{}: {e}", cert_file.display()))
 }
 
 #[cfg(test)]
@@ -269,7 +237,7 @@ mod tests {
     fn pair_written_atomically_with_modes() {
         let dir = tempfile::tempdir().unwrap();
         let (c, k) = (dir.path().join("sub/a.crt"), dir.path().join("sub/a.key"));
-        write_pair(&c, "CHAIN", &k, "KEY").unwrap();
+        crate::certfiles::write_pair(&c, "CHAIN", &k, "KEY").unwrap();
         assert_eq!(std::fs::read_to_string(&c).unwrap(), "CHAIN");
         assert_eq!(std::fs::read_to_string(&k).unwrap(), "KEY");
         use std::os::unix::fs::PermissionsExt as _;
