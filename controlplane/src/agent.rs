@@ -461,6 +461,8 @@ fn reload(shared: &Arc<Shared>, path: &Path, current: &mut Config, workers: &mut
             if !live.contains(&tag) {
                 tracing::info!(node = %tag, "node removed from the config: no longer served");
                 shared.set_served(w.slot, None);
+                // Its connections are closed; a node that gets the slot later starts clean.
+                shared.online().reset_node(w.slot);
                 shared.metrics.forget(w.slot);
                 if let Err(e) = shared.shm.remove_node(w.slot) {
                     tracing::warn!(node = %tag, error = %e, "cannot unpublish the node's users");
