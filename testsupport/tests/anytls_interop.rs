@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use v2sp_testsupport::harness::{
-    eof_counter, expect, free_port, payload, self_signed_certs, sha256, sing_box_outbound, tcp_echo_through,
-    udp_echo_through, Echo, NodeSpec, Recorder, Totals, V2sp,
+    eof_counter, expect, free_port, payload, self_signed_certs, sha256, sing_box_outbound, socks5_connect,
+    tcp_echo_through, udp_echo_through, Echo, NodeSpec, Recorder, Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::{user, users};
 use v2sp_testsupport::peers::shoes;
@@ -441,19 +441,26 @@ fn sing_box_takes_the_panels_padding_scheme() {
     let (proc_, socks) = sing_box_anytls(rec.port, UUIDS[0], v.dir.path());
     let mut moved = tcp_echo_through(socks, echo.port, &payload(5000, 1)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    // Two at once: the idle session serves one, a new session the other.
-    let threads: Vec<_> = (0..2)
-        .map(|k| {
-            let port = echo.port;
-            std::thread::spawn(move || tcp_echo_through(socks, port, &payload(300_000, 10 + k)))
-        })
-        .collect();
-    for t in threads {
-        moved += t
-            .join()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", proc_.log()));
+    // The idle session serves one stream; while that stream is open the session is busy, so
+    // the next connection must open a second session. (Two transfers started "at once" were
+    // not enough: on a loaded machine the first could end before the second began.)
+    let mut held = socks5_connect(socks, echo.port).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let first = payload(300_000, 10);
+    let mut back = vec![0u8; first.len()];
+    for (out, inp) in first.chunks(16 * 1024).zip(back.chunks_mut(16 * 1024)).take(1) {
+        held.write_all(out).unwrap();
+        held.read_exact(inp).unwrap();
     }
+    moved += tcp_echo_through(socks, echo.port, &payload(300_000, 11))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", proc_.log()));
+    for (out, inp) in first.chunks(16 * 1024).zip(back.chunks_mut(16 * 1024)).skip(1) {
+        held.write_all(out).unwrap();
+        held.read_exact(inp).unwrap();
+    }
+    assert!(back == first, "the held stream's echo differs");
+    drop(held);
+    moved += first.len() as u64;
     // The Recorder sees TLS records, not the padding: the padding length shows in the size of
     // the client's second application-data record (the first is its encrypted Finished):
     // sing-box writes the authentication in one record before any frame, 32 + 2 + 30 bytes
