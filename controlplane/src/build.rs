@@ -10,8 +10,8 @@ use v2sp_shared::audit::Pattern;
 use v2sp_shared::config::{CertConfig, CertMode, NodeEntry};
 use v2sp_shared::cred::{secret_for, CredKind};
 use v2sp_shared::dpconfig::{
-    BlockRule, DnsRoute, FallbackTarget, GrpcSettings, HttpPathSettings, NodeConfig, Protocol,
-    RealitySettings, ShadowsocksSettings, TcpHttpSettings, TlsSettings, Transport,
+    BlockRule, DnsRoute, FallbackTarget, GrpcSettings, HttpPathSettings, Hysteria2Settings, NodeConfig,
+    Protocol, RealitySettings, ShadowsocksSettings, TcpHttpSettings, TlsSettings, Transport,
 };
 use v2sp_shared::panel::{NodeInfo, PanelUser, Route, TlsMode};
 use v2sp_shared::shm::UserEntry;
@@ -39,6 +39,8 @@ pub enum BuildError {
     FlowNotServedYet(String),
     #[error("REALITY node: {0}")]
     Reality(&'static str),
+    #[error("hysteria2 node: {0}")]
+    Hysteria2(String),
     #[error("CertMode self: cannot write the self-signed certificate: {0}")]
     SelfSigned(String),
     #[error("CertMode http: no certificate to serve: {0} (retried on the next pull)")]
@@ -106,8 +108,13 @@ pub fn node_config(
         Protocol::Vless => (CredKind::VlessUuid, None),
         Protocol::Vmess => (CredKind::VmessUuid, None),
         Protocol::Trojan => (CredKind::TrojanSha224, None),
-        Protocol::Hysteria2 => return Err(BuildError::NotServedYet("hysteria2")),
+        // The password is the user's uuid, found by its SHA-256 like AnyTLS.
+        Protocol::Hysteria2 => (CredKind::Sha256Password, None),
         Protocol::Anytls => (CredKind::Sha256Password, None),
+    };
+    let hysteria2 = match protocol {
+        Protocol::Hysteria2 => Some(hysteria2_settings(info)?),
+        _ => None,
     };
     let tls = match protocol {
         Protocol::Shadowsocks => None,
@@ -141,19 +148,32 @@ pub fn node_config(
         // AnyTLS is always TLS (spec §F.1); `CertMode: none` serves it in plaintext behind an
         // external terminator, as for the other TLS protocols.
         Protocol::Anytls => node_tls(&entry.cert, info)?,
-        // The other protocols land with their own issues; refuse clearly rather than opening
-        // a port that speaks nothing.
-        _ => return Err(BuildError::NotServedYet(protocol.as_str())),
+        // QUIC always carries TLS 1.3: there is no plaintext mode to put behind a terminator
+        // (the Go hy2 core refuses `CertMode: none` too, spec §F.1).
+        Protocol::Hysteria2 => match node_tls(&entry.cert, info)? {
+            Some(mut t) => {
+                t.alpn = vec!["h3".to_string()];
+                Some(t)
+            }
+            None => {
+                return Err(BuildError::Hysteria2(
+                    "QUIC needs a certificate: CertMode none cannot serve it".to_string(),
+                ))
+            }
+        },
     };
     let fallbacks = node_fallbacks(entry, protocol);
     let transport = match protocol {
-        // AnyTLS has no transports (sing-box's inbound has none either).
-        Protocol::Shadowsocks | Protocol::Anytls => Transport::Tcp,
+        // AnyTLS and Hysteria 2 have no transports (sing-box's inbounds have none either).
+        Protocol::Shadowsocks | Protocol::Anytls | Protocol::Hysteria2 => Transport::Tcp,
         _ => node_transport(info)?,
     };
     // ALPN: the fallbacks' values first (server preference picks them for clients that offer
     // them), then what the transport needs.
     let tls = tls.map(|mut t| {
+        if protocol == Protocol::Hysteria2 {
+            return t;
+        }
         let mut alpn = fallback_alpn(&fallbacks);
         for a in transport.alpn() {
             if !alpn.contains(&a) {
@@ -192,6 +212,7 @@ pub fn node_config(
             Protocol::Anytls => anytls_padding(info),
             _ => Vec::new(),
         },
+        hysteria2,
         tls,
         fallbacks,
         block_rules: block_rules(tag, &info.routes),
@@ -259,6 +280,61 @@ fn dns_routes(tag: &str, routes: &[Route]) -> Vec<DnsRoute> {
         }
     }
     out
+}
+
+/// A Hysteria 2 node's settings from the panel (spec §B.4, §F.6). Refused: Hysteria v1
+/// (`version` other than 2) and obfuscation, which is not implemented (Salamander scrambles
+/// every packet; serving the node without it would answer nothing its clients send).
+fn hysteria2_settings(info: &NodeInfo) -> Result<Hysteria2Settings, BuildError> {
+    if let Some(v) = info.extra.get("version") {
+        let two = v.as_u64() == Some(2) || v.as_str().map(str::trim) == Some("2");
+        if !two {
+            return Err(BuildError::Hysteria2(format!(
+                "panel version {v} is Hysteria v1, which v2sp does not serve (only version 2)"
+            )));
+        }
+    }
+    let mbps = |v: Option<u64>| u32::try_from(v.unwrap_or(0)).unwrap_or(u32::MAX);
+    let obfs = info
+        .obfs
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let obfs_password = info
+        .obfs_password
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or("")
+        .to_string();
+    match obfs.as_str() {
+        "" | "plain" => {}
+        "salamander" => {
+            return Err(BuildError::Hysteria2(
+                "Salamander obfuscation (obfs) is not implemented in v2sp yet: clear obfs on the panel"
+                    .to_string(),
+            ))
+        }
+        // sing-box reads a lone `obfs` as the Salamander password (spec §F.6).
+        _ if obfs_password.is_empty() => {
+            return Err(BuildError::Hysteria2(
+                "obfs without obfs-password is a Salamander password for sing-box; Salamander is not implemented in v2sp yet: clear obfs on the panel"
+                    .to_string(),
+            ))
+        }
+        other => {
+            return Err(BuildError::Hysteria2(format!(
+                "unsupported obfuscation type {other:?} (none or salamander)"
+            )))
+        }
+    }
+    Ok(Hysteria2Settings {
+        up_mbps: mbps(info.up_mbps),
+        down_mbps: mbps(info.down_mbps),
+        ignore_client_bandwidth: info.ignore_client_bandwidth,
+        obfs: String::new(),
+        obfs_password: String::new(),
+    })
 }
 
 /// The panel's AnyTLS `padding_scheme` lines, trimmed, blank lines dropped (empty: the data
@@ -881,6 +957,61 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.protocol, Protocol::Anytls);
+    }
+
+    #[test]
+    fn hysteria2_maps_from_the_panel() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = tls_entry("hysteria2", "self", dir.path());
+        // Xboard shape: type `hysteria`, version 2, bandwidths, obfs null.
+        let i = info(
+            r#"{"protocol":"hysteria","version":2,"server_port":443,"server_name":"h.example",
+                "up_mbps":100,"down_mbps":"200","obfs":null,"obfs-password":null}"#,
+        );
+        let c = node_config(1, "t", &e, &i).unwrap();
+        assert_eq!(c.protocol, Protocol::Hysteria2);
+        assert_eq!(c.cred_kind, CredKind::Sha256Password);
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls.server_name, "h.example");
+        assert_eq!(tls.alpn, vec!["h3"]);
+        assert_eq!(
+            c.hysteria2,
+            Some(Hysteria2Settings {
+                up_mbps: 100,
+                down_mbps: 200,
+                ..Hysteria2Settings::default()
+            })
+        );
+        // wyx2685: ignore_client_bandwidth; `plain` obfs is none; no version = 2.
+        let i = info(r#"{"server_port":443,"ignore_client_bandwidth":true,"obfs":"plain"}"#);
+        let c = node_config(1, "t", &e, &i).unwrap();
+        assert!(c.hysteria2.unwrap().ignore_client_bandwidth);
+        // Other protocols carry no Hysteria 2 settings.
+        let a = node_config(1, "t", &tls_entry("anytls", "self", dir.path()), &i).unwrap();
+        assert_eq!(a.hysteria2, None);
+    }
+
+    #[test]
+    fn hysteria2_refuses_what_it_cannot_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = tls_entry("hysteria2", "self", dir.path());
+        let refused = |json: &str, e: &NodeEntry| match node_config(1, "t", e, &info(json)) {
+            Err(BuildError::Hysteria2(why)) => why,
+            other => panic!("{json}: {other:?}"),
+        };
+        assert!(refused(r#"{"server_port":443,"version":1}"#, &e).contains("v1"));
+        assert!(refused(
+            r#"{"server_port":443,"obfs":"salamander","obfs-password":"x"}"#,
+            &e
+        )
+        .contains("Salamander"));
+        assert!(refused(r#"{"server_port":443,"obfs":"secret"}"#, &e).contains("Salamander"));
+        assert!(
+            refused(r#"{"server_port":443,"obfs":"xor","obfs-password":"x"}"#, &e)
+                .contains("unsupported obfuscation")
+        );
+        let none = tls_entry("hysteria2", "none", dir.path());
+        assert!(refused(r#"{"server_port":443}"#, &none).contains("CertMode none"));
     }
 
     #[test]

@@ -116,6 +116,28 @@ pub struct NodeConfig {
     /// reference implementation's default scheme.
     #[serde(default)]
     pub padding_scheme: Vec<String>,
+    /// Hysteria 2 settings from the panel (`None` for other protocols; configs written before
+    /// Hysteria 2 was served have none).
+    #[serde(default)]
+    pub hysteria2: Option<Hysteria2Settings>,
+}
+
+/// A Hysteria 2 node's panel settings (spec §B.4: `up_mbps`, `down_mbps`,
+/// `ignore_client_bandwidth`, `obfs`, `obfs-password`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Hysteria2Settings {
+    /// The server's upload bandwidth in Mbps (0 = not given).
+    pub up_mbps: u32,
+    /// The server's download bandwidth in Mbps (0 = not given); told to clients as the
+    /// server's receive rate unless `ignore_client_bandwidth`.
+    pub down_mbps: u32,
+    /// Tell clients to run their own congestion control (`Hysteria-CC-RX: auto`).
+    pub ignore_client_bandwidth: bool,
+    /// Obfuscation type: empty = none, `salamander`.
+    pub obfs: String,
+    /// The Salamander pre-shared key.
+    pub obfs_password: String,
 }
 
 /// One panel `dns` route: the names it covers and the server that resolves them.

@@ -100,6 +100,28 @@ pub fn wait_tcp(port: u16, within: Duration) -> anyhow::Result<()> {
     bail!("nothing listens on 127.0.0.1:{port} after {within:?}")
 }
 
+/// Waits until some process has a UDP socket bound to `port` (from `/proc/net/udp` and
+/// `udp6`): QUIC listeners answer nothing that a plain probe could send.
+pub fn wait_udp(port: u16, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    let needle = format!(":{port:04X} ");
+    while Instant::now() < deadline {
+        for table in ["/proc/net/udp", "/proc/net/udp6"] {
+            let text = std::fs::read_to_string(table).unwrap_or_default();
+            // Each line: `sl local_address rem_address …`; the local address ends in `:PORT`.
+            if text.lines().skip(1).any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| format!("{a} ").ends_with(&needle))
+            }) {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("no UDP socket is bound to port {port} after {within:?}")
+}
+
 /// A child process killed on drop.
 pub struct Proc {
     pub child: Child,
@@ -249,8 +271,17 @@ impl V2sp {
             nodes,
         };
         for n in &me.nodes {
-            wait_tcp(n.port, Duration::from_secs(30))
-                .with_context(|| format!("v2sp log:\n{}", me.agent.log()))?;
+            // Hysteria 2 nodes listen on UDP (QUIC) only.
+            let quic = matches!(
+                n.info.get("node_type").and_then(Value::as_str),
+                Some("hysteria2" | "hysteria")
+            );
+            let up = if quic {
+                wait_udp(n.port, Duration::from_secs(30))
+            } else {
+                wait_tcp(n.port, Duration::from_secs(30))
+            };
+            up.with_context(|| format!("v2sp log:\n{}", me.agent.log()))?;
         }
         // The data plane registers once every core is ready (after its listeners are up).
         let deadline = Instant::now() + Duration::from_secs(30);

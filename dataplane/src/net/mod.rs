@@ -58,6 +58,12 @@ pub fn udp_socket(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
     tokio::net::UdpSocket::from_std(s.into())
 }
 
+/// A std UDP socket with `SO_REUSEPORT` (non-blocking), for quinn, which registers it with
+/// the current runtime itself.
+pub fn udp_socket_std(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    Ok(reuse_socket(addr, Type::DGRAM, Protocol::UDP)?.into())
+}
+
 /// Per-connection socket options for both legs: no Nagle (protocol handshakes are small
 /// writes that must not wait) and keepalive so dead peers are found even when idle.
 pub fn tune_stream(s: &tokio::net::TcpStream) {

@@ -6,6 +6,8 @@
 pub mod auth;
 mod engine;
 mod fallback;
+#[cfg(feature = "hysteria2")]
+mod hysteria2;
 mod mux_tcp;
 mod udp;
 mod udp_stream;
@@ -41,6 +43,11 @@ pub trait InboundProtocol {
     fn packet_codec(&self) -> Option<Rc<dyn crate::proto::PacketCodec>> {
         None
     }
+    /// Whether the node is served over QUIC (Hysteria 2) instead of a TCP listener; its
+    /// `new_handshake` is then never used.
+    fn is_quic(&self) -> bool {
+        false
+    }
 }
 
 /// Builds a node's protocol (called on each core thread).
@@ -64,6 +71,10 @@ pub fn default_protocols() -> ProtocolFactory {
             let scheme = crate::proto::anytls::PaddingScheme::from_lines(&n.padding_scheme)?;
             Ok(Rc::new(AnytlsProto(Arc::new(scheme))))
         }
+        #[cfg(feature = "hysteria2")]
+        v2sp_shared::dpconfig::Protocol::Hysteria2 => Ok(Rc::new(hysteria2::Hysteria2Proto)),
+        // Reached only in builds without some protocol's feature.
+        #[allow(unreachable_patterns)]
         other => Err(format!(
             "protocol {} is not served by this build yet",
             other.as_str()
@@ -186,6 +197,9 @@ pub struct NodeRt {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// REALITY instead of a certificate (`TlsSettings.reality`).
     reality: Option<Arc<crate::tls::reality::RealityServer>>,
+    /// QUIC server config of a Hysteria 2 node (`tls` is then `None`).
+    #[cfg(feature = "hysteria2")]
+    quic: Option<quinn::ServerConfig>,
     connect: ConnectOpts,
     handshake: Duration,
     relay: RelayTimeouts,
@@ -203,6 +217,9 @@ struct NodeHandle {
     stop: Rc<ConnCtl>,
     /// Stops the node's UDP loop, if it has one.
     stop_udp: Option<Rc<ConnCtl>>,
+    /// The QUIC endpoint of a Hysteria 2 node (it serves instead of a TCP listener).
+    #[cfg(feature = "hysteria2")]
+    quic: Option<quinn::Endpoint>,
     /// What the node was built from (node config, timeouts, private flag).
     key: (NodeConfig, Timeouts, bool),
 }
@@ -508,7 +525,11 @@ impl Core {
                 return Err(format!("{e}; keeping the previous settings"));
             }
         };
-        if addr != old.addr {
+        #[cfg(feature = "hysteria2")]
+        let same_kind = old.quic.is_some() == rt.proto.is_quic();
+        #[cfg(not(feature = "hysteria2"))]
+        let same_kind = true;
+        if addr != old.addr || !same_kind {
             if let Err(e) = self.serve(rt, addr, cfg) {
                 self.nodes.borrow_mut().insert(n.slot, old);
                 return Err(format!("{e}; keeping the previous settings"));
@@ -518,6 +539,10 @@ impl Core {
         }
         // Same address: the accept loop keeps its socket and hands out the new settings.
         *old.live.borrow_mut() = rt.clone();
+        #[cfg(feature = "hysteria2")]
+        if let (Some(ep), Some(q)) = (&old.quic, &rt.quic) {
+            ep.set_server_config(Some(q.clone()));
+        }
         if let Some(u) = &old.stop_udp {
             u.cancel();
         }
@@ -530,6 +555,8 @@ impl Core {
                 addr,
                 stop: old.stop,
                 stop_udp,
+                #[cfg(feature = "hysteria2")]
+                quic: old.quic,
                 key: (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations),
             },
         );
@@ -544,6 +571,10 @@ impl Core {
 
     /// The TCP listener (and UDP socket, if the protocol has datagrams) for a node.
     fn serve(self: &Rc<Self>, rt: Rc<NodeRt>, addr: SocketAddr, cfg: &DataplaneConfig) -> Result<(), String> {
+        #[cfg(feature = "hysteria2")]
+        if let Some(q) = &rt.quic {
+            return self.serve_quic(rt.clone(), q.clone(), addr, cfg);
+        }
         let listener = match &self.uring {
             Some(_) => crate::net::tcp_listener_std(addr, false).map(Listener::Uring),
             None => crate::net::tcp_listener(addr).map(Listener::Tokio),
@@ -561,10 +592,41 @@ impl Core {
                 addr,
                 stop: stop.clone(),
                 stop_udp,
+                #[cfg(feature = "hysteria2")]
+                quic: None,
                 key: (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations),
             },
         );
         tokio::task::spawn_local(accept_loop(self.clone(), live, listener, stop));
+        Ok(())
+    }
+
+    /// A Hysteria 2 node: this core's QUIC endpoint instead of a TCP listener.
+    #[cfg(feature = "hysteria2")]
+    fn serve_quic(
+        self: &Rc<Self>,
+        rt: Rc<NodeRt>,
+        quic: quinn::ServerConfig,
+        addr: SocketAddr,
+        cfg: &DataplaneConfig,
+    ) -> Result<(), String> {
+        let ep = hysteria2::endpoint(addr, quic)?;
+        let n = &rt.cfg;
+        let stop = Rc::new(ConnCtl::default());
+        let live = Rc::new(RefCell::new(rt.clone()));
+        self.nodes.borrow_mut().insert(
+            n.slot,
+            NodeHandle {
+                rt: rt.clone(),
+                live: live.clone(),
+                addr,
+                stop: stop.clone(),
+                stop_udp: None,
+                quic: Some(ep.clone()),
+                key: (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations),
+            },
+        );
+        tokio::task::spawn_local(hysteria2::accept_loop(self.clone(), live, ep, stop));
         Ok(())
     }
 
@@ -590,8 +652,15 @@ impl Core {
             Some(r) => Some(Arc::new(crate::tls::reality::RealityServer::new(r)?)),
             None => None,
         };
+        #[cfg(feature = "hysteria2")]
+        let quic = match proto.is_quic() {
+            true => Some(hysteria2::server_config(n)?),
+            false => None,
+        };
         let tls = match reality {
             Some(_) => None,
+            // QUIC nodes run their TLS inside quinn.
+            None if proto.is_quic() => None,
             None => n.tls.as_ref().map(crate::tls::server_config).transpose()?,
         };
         let send_ip = match n.send_ip.trim() {
@@ -606,6 +675,8 @@ impl Core {
             proto,
             tls,
             reality,
+            #[cfg(feature = "hysteria2")]
+            quic,
             connect: ConnectOpts {
                 strategy: DnsStrategy::parse(&n.dns_strategy),
                 send_ip,

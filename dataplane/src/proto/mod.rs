@@ -15,6 +15,8 @@ use v2sp_shared::shm::UserRef;
 #[cfg(feature = "anytls")]
 pub mod anytls;
 pub mod fixture;
+#[cfg(feature = "hysteria2")]
+pub mod hysteria2;
 pub mod sniff;
 #[cfg(feature = "shadowsocks")]
 pub mod ss;

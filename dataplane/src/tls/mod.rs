@@ -62,6 +62,22 @@ fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
 /// Builds a node's server config: TLS 1.3 and 1.2, ALPN from settings, certificates from the
 /// node's [`CertStore`].
 pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
+    let mut cfg = base_config(s, &[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    // After the handshake the relay seals and opens records itself (`record`).
+    cfg.enable_secret_extraction = true;
+    Ok(Arc::new(cfg))
+}
+
+/// A QUIC node's server config (QUIC carries TLS 1.3 only): certificates from the node's
+/// [`CertStore`], ALPN from settings; quinn runs the handshake and the packet protection.
+pub fn quic_server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
+    Ok(Arc::new(base_config(s, &[&rustls::version::TLS13])?))
+}
+
+fn base_config(
+    s: &TlsSettings,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<ServerConfig, String> {
     let provider = provider();
     let store = CertStore::open(
         &s.cert_file,
@@ -72,15 +88,13 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
     )
     .map_err(|e| format!("TLS certificate: {e}"))?;
     let mut cfg = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .map_err(|e| format!("TLS versions: {e}"))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(store));
     cfg.alpn_protocols = s.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    // After the handshake the relay seals and opens records itself (`record`).
-    cfg.enable_secret_extraction = true;
     cfg.ticketer = ticketer()?;
-    Ok(Arc::new(cfg))
+    Ok(cfg)
 }
 
 /// One server-side TLS connection, sans-IO, on rustls' unbuffered API: rustls decrypts in

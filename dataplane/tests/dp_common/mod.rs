@@ -142,6 +142,7 @@ pub fn node(slot: u16, port: u16) -> NodeConfig {
         block_rules: Vec::new(),
         dns_routes: Vec::new(),
         padding_scheme: Vec::new(),
+        hysteria2: None,
     }
 }
 
