@@ -315,6 +315,15 @@ impl Protocol {
             _ => return None,
         })
     }
+    /// Which sockets a node of this protocol listens on: (TCP, UDP). UDP over Trojan, VLESS,
+    /// VMess and AnyTLS travels inside their TCP connections.
+    pub fn sockets(self) -> (bool, bool) {
+        match self {
+            Self::Shadowsocks => (true, true),
+            Self::Hysteria2 => (false, true),
+            Self::Vless | Self::Vmess | Self::Trojan | Self::Anytls => (true, false),
+        }
+    }
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Shadowsocks => "shadowsocks",
@@ -344,7 +353,8 @@ fn yes() -> bool {
 }
 
 /// Nodes that would listen where a node of a lower slot already listens: `(refused, kept)`
-/// pairs. Every listener is bound with `SO_REUSEPORT`, so the kernel would accept a second
+/// pairs. TCP and UDP are separate: a Hysteria 2 node (UDP only) may share 443 with a
+/// Trojan or VLESS node (TCP only), a common deployment; a Shadowsocks node uses both. Every listener is bound with `SO_REUSEPORT`, so the kernel would accept a second
 /// node on the same port without complaint and then hand each new connection to either of
 /// them at random: half the clients would fail their handshake with no error anywhere. Two
 /// nodes conflict when their ports are equal and their addresses overlap (equal, or either is
@@ -356,10 +366,10 @@ pub fn listen_conflicts(nodes: &[NodeConfig]) -> Vec<(u16, u16)> {
     let mut kept: Vec<&NodeConfig> = Vec::with_capacity(by_slot.len());
     let mut refused = Vec::new();
     for n in by_slot {
-        match kept
-            .iter()
-            .find(|k| k.port == n.port && addresses_overlap(&k.listen_ip, &n.listen_ip))
-        {
+        match kept.iter().find(|k| {
+            let ((kt, ku), (nt, nu)) = (k.protocol.sockets(), n.protocol.sockets());
+            k.port == n.port && ((kt && nt) || (ku && nu)) && addresses_overlap(&k.listen_ip, &n.listen_ip)
+        }) {
             Some(k) => refused.push((n.slot, k.slot)),
             None => kept.push(n),
         }
@@ -444,6 +454,19 @@ mod listen_conflict_tests {
             listen_conflicts(&[node(1, "::ffff:10.0.0.1", 443), node(2, "10.0.0.1", 443)]),
             vec![(2, 1)]
         );
+    }
+
+    #[test]
+    fn tcp_and_udp_nodes_share_a_port_unless_both_use_the_same_transport() {
+        let mut hy2 = node(2, "0.0.0.0", 443);
+        hy2.protocol = Protocol::Hysteria2;
+        assert!(listen_conflicts(&[node(1, "0.0.0.0", 443), hy2.clone()]).is_empty());
+        let mut ss = node(1, "0.0.0.0", 443);
+        ss.protocol = Protocol::Shadowsocks;
+        assert_eq!(listen_conflicts(&[ss, hy2.clone()]), vec![(2, 1)]);
+        let mut hy2b = hy2.clone();
+        hy2b.slot = 3;
+        assert_eq!(listen_conflicts(&[hy2, hy2b]), vec![(3, 2)]);
     }
 
     #[test]
