@@ -20,7 +20,7 @@ use v2sp_bench::report::{self, Env};
 use v2sp_bench::run::{self, Plan, Scenario};
 use v2sp_bench::servers::{Binaries, Server, ServerKind};
 
-const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vmess,vmess-tls,anytls,vless-reality-vision,vless-tls-vision";
+const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vmess,vmess-tls,anytls,hysteria2,vless-reality-vision,vless-tls-vision";
 /// The servers compared when `--servers` is not given; a peer missing from this default list
 /// is left out with a warning (named explicitly, it is an error).
 const DEFAULT_SERVERS: &str = "v2sp-epoll,v2sp-uring,ssserver,sing-box,v2ray,shoes";
@@ -37,7 +37,7 @@ const QUICK_CIPHERS: [&str; 6] = [
 #[derive(Parser)]
 #[command(
     name = "v2sp-bench",
-    about = "v2sp side-by-side benchmarks (Shadowsocks, Trojan, VLESS, VMess, AnyTLS, VLESS + Vision)"
+    about = "v2sp side-by-side benchmarks (Shadowsocks, Trojan, VLESS, VMess, AnyTLS, Hysteria 2, VLESS + Vision)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -55,8 +55,9 @@ enum Cmd {
 #[derive(Args, Clone)]
 struct Common {
     /// Shadowsocks methods and `trojan-tls`, `vless-tls`, `vmess` (TCP), `vmess-tls`, `anytls`,
-    /// `vless-reality-vision`, `vless-tls-vision` (the last two through the shoes client, bulk
-    /// download only); the first non-Vision one is the headline (all scenarios run on it).
+    /// `hysteria2` (QUIC, through the sing-box client, bulk download only),
+    /// `vless-reality-vision`, `vless-tls-vision` (through the shoes client, bulk download only);
+    /// the first other one is the headline (all scenarios run on it).
     #[arg(long, value_delimiter = ',', default_value = ALL_CIPHERS)]
     ciphers: Vec<String>,
     /// Servers to compare.
@@ -162,6 +163,13 @@ fn servers(c: &Common, bins: &Binaries, suites: &[Suite]) -> anyhow::Result<Vec<
             }
             there
         });
+    }
+    if suites.iter().any(|s| s.is_hysteria2()) && !bins.singbox.exists() {
+        bail!(
+            "the hysteria2 suite needs the sing-box client, not found at {} (scripts/install-test-deps.sh, \
+             or --sing-box PATH, or leave hysteria2 out of --ciphers)",
+            bins.singbox.display()
+        );
     }
     if suites.iter().any(|s| s.vision().is_some()) && !bins.shoes.exists() {
         bail!(
@@ -275,8 +283,9 @@ fn self_check(c: Common) -> anyhow::Result<()> {
         .iter()
         .map(|n| Suite::parse(n, &tls))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // The Vision suites need the shoes client and the TLS target: `run` probes them.
-    let suites: Vec<Suite> = suites.into_iter().filter(|s| s.vision().is_none()).collect();
+    // The Vision and Hysteria 2 suites go through a client process (and Vision through the TLS
+    // target): `run` probes them.
+    let suites: Vec<Suite> = suites.into_iter().filter(|s| !s.through_client()).collect();
     let kinds = servers(&c, &bins, &suites)?;
     let allowed = allowed_cpus();
     let (client, nserver) = cpu_split(&allowed, 1);
