@@ -90,8 +90,9 @@ struct Common {
 struct RunArgs {
     #[command(flatten)]
     common: Common,
-    /// CI smoke run: tiny byte counts, 1 round, a few methods (vless-reality-vision too when the
-    /// shoes client is installed); asserts nothing about speed.
+    /// CI smoke run: tiny byte counts, 1 round, a few methods (hysteria2 too when the sing-box
+    /// client is installed, vless-reality-vision when the shoes client is); asserts nothing
+    /// about speed.
     #[arg(long)]
     quick: bool,
     #[arg(long)]
@@ -334,6 +335,10 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
     let tls = Arc::new(TlsMaterial::generate()?);
     let names: Vec<String> = if a.quick && c.ciphers.join(",") == ALL_CIPHERS {
         let mut v: Vec<String> = QUICK_CIPHERS.iter().map(|s| s.to_string()).collect();
+        // Hysteria 2 costs about 1.5 s here (4 servers); it needs the sing-box client.
+        if bins.singbox.exists() {
+            v.push(v2sp_bench::client::hysteria2::HYSTERIA2.to_string());
+        }
         // VLESS + REALITY + Vision costs about 1 s here; it needs the shoes client.
         if bins.shoes.exists() {
             v.push(v2sp_bench::client::vision::REALITY_VISION.to_string());
