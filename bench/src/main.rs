@@ -286,6 +286,12 @@ fn self_check(c: Common) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     // The Vision and Hysteria 2 suites go through a client process (and Vision through the TLS
     // target): `run` probes them.
+    for s in suites.iter().filter(|s| s.through_client()) {
+        println!(
+            "skip  {:<32} (through a client process: probed at the start of `run`)",
+            s.name()
+        );
+    }
     let suites: Vec<Suite> = suites.into_iter().filter(|s| !s.through_client()).collect();
     let kinds = servers(&c, &bins, &suites)?;
     let allowed = allowed_cpus();
