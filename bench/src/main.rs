@@ -286,12 +286,11 @@ fn self_check(c: Common) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     // The Vision and Hysteria 2 suites go through a client process (and Vision through the TLS
     // target): `run` probes them.
-    for s in suites.iter().filter(|s| s.through_client()) {
-        println!(
-            "skip  {:<32} (through a client process: probed at the start of `run`)",
-            s.name()
-        );
-    }
+    let skipped: Vec<&'static str> = suites
+        .iter()
+        .filter(|s| s.through_client())
+        .map(|s| s.name())
+        .collect();
     let suites: Vec<Suite> = suites.into_iter().filter(|s| !s.through_client()).collect();
     let kinds = servers(&c, &bins, &suites)?;
     let allowed = allowed_cpus();
@@ -301,6 +300,10 @@ fn self_check(c: Common) -> anyhow::Result<()> {
     }
     let server_cpus =
         (!c.no_pin && nserver > 0).then(|| procstat::cpu_list(&allowed[allowed.len() - nserver..]));
+    // After the pinning (which re-runs this process), so it is printed once.
+    for n in skipped {
+        println!("skip  {n:<32} (through a client process: probed at the start of `run`)");
+    }
     let rt = runtime(1)?;
     rt.block_on(async {
         let target = v2sp_bench::target::start().await?;
