@@ -30,11 +30,12 @@ pub enum Via {
         addr: SocketAddr,
         suite: Suite,
     },
-    /// Through a SOCKS5 client (the shoes client of the Vision suites), with TLS 1.3 end to end
-    /// to the target (`target::start_tls`), which must be the `target` given to `Conn::open`.
+    /// Through a SOCKS5 client (the shoes client of the Vision suites, with TLS 1.3 end to end
+    /// to the target (`target::start_tls`), which must be the `target` given to `Conn::open`;
+    /// the sing-box client of Hysteria 2, plain, `tls: None`).
     Socks {
         socks: SocketAddr,
-        tls: Arc<TlsMaterial>,
+        tls: Option<Arc<TlsMaterial>>,
     },
 }
 
@@ -79,7 +80,10 @@ impl Conn {
                 let s = crate::client::vision::socks5_connect(*socks, target).await?;
                 let mut c = Conn {
                     s,
-                    tls: Some(Box::new(tls.connect()?)),
+                    tls: match tls {
+                        Some(t) => Some(Box::new(t.connect()?)),
+                        None => None,
+                    },
                     codec: Codec::Plain,
                     rbuf: Vec::new(),
                     tls_plain: Vec::new(),
@@ -87,7 +91,9 @@ impl Conn {
                     wbuf: Vec::new(),
                     sbuf: Vec::new(),
                 };
-                c.handshake().await?;
+                if c.tls.is_some() {
+                    c.handshake().await?;
+                }
                 c.send_wire(first).await?;
                 return Ok(c);
             }
@@ -112,7 +118,9 @@ impl Conn {
                     let a = AnytlsStream::open_request(USER_UUID, &dest, first, &mut wire)?;
                     (*addr, Codec::Anytls(Box::new(a)), Some(Box::new(t.connect()?)))
                 }
-                Suite::Vision(_) => bail!("the Vision suites go through their SOCKS client (Via::Socks)"),
+                Suite::Vision(_) | Suite::Hysteria2(_) => {
+                    bail!("the Vision and Hysteria 2 suites go through their SOCKS client (Via::Socks)")
+                }
                 Suite::Vless(t) => {
                     vless::request(&vless::uuid_bytes(USER_UUID)?, &dest, first, &mut wire)?;
                     (

@@ -20,7 +20,7 @@ use v2sp_bench::report::{self, Env};
 use v2sp_bench::run::{self, Plan, Scenario};
 use v2sp_bench::servers::{Binaries, Server, ServerKind};
 
-const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vmess,vmess-tls,anytls,vless-reality-vision,vless-tls-vision";
+const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vmess,vmess-tls,anytls,hysteria2,vless-reality-vision,vless-tls-vision";
 /// The servers compared when `--servers` is not given; a peer missing from this default list
 /// is left out with a warning (named explicitly, it is an error).
 const DEFAULT_SERVERS: &str = "v2sp-epoll,v2sp-uring,ssserver,sing-box,v2ray,shoes";
@@ -37,7 +37,7 @@ const QUICK_CIPHERS: [&str; 6] = [
 #[derive(Parser)]
 #[command(
     name = "v2sp-bench",
-    about = "v2sp side-by-side benchmarks (Shadowsocks, Trojan, VLESS, VMess, AnyTLS, VLESS + Vision)"
+    about = "v2sp side-by-side benchmarks (Shadowsocks, Trojan, VLESS, VMess, AnyTLS, Hysteria 2, VLESS + Vision)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -55,8 +55,9 @@ enum Cmd {
 #[derive(Args, Clone)]
 struct Common {
     /// Shadowsocks methods and `trojan-tls`, `vless-tls`, `vmess` (TCP), `vmess-tls`, `anytls`,
-    /// `vless-reality-vision`, `vless-tls-vision` (the last two through the shoes client, bulk
-    /// download only); the first non-Vision one is the headline (all scenarios run on it).
+    /// `hysteria2` (QUIC, through the sing-box client, bulk download only),
+    /// `vless-reality-vision`, `vless-tls-vision` (through the shoes client, bulk download only);
+    /// the first other one is the headline (all scenarios run on it).
     #[arg(long, value_delimiter = ',', default_value = ALL_CIPHERS)]
     ciphers: Vec<String>,
     /// Servers to compare.
@@ -89,8 +90,9 @@ struct Common {
 struct RunArgs {
     #[command(flatten)]
     common: Common,
-    /// CI smoke run: tiny byte counts, 1 round, a few methods (vless-reality-vision too when the
-    /// shoes client is installed); asserts nothing about speed.
+    /// CI smoke run: tiny byte counts, 1 round, a few methods (hysteria2 too when the sing-box
+    /// client is installed, vless-reality-vision when the shoes client is); asserts nothing
+    /// about speed.
     #[arg(long)]
     quick: bool,
     #[arg(long)]
@@ -162,6 +164,13 @@ fn servers(c: &Common, bins: &Binaries, suites: &[Suite]) -> anyhow::Result<Vec<
             }
             there
         });
+    }
+    if suites.iter().any(|s| s.is_hysteria2()) && !bins.singbox.exists() {
+        bail!(
+            "the hysteria2 suite needs the sing-box client, not found at {} (scripts/install-test-deps.sh, \
+             or --sing-box PATH, or leave hysteria2 out of --ciphers)",
+            bins.singbox.display()
+        );
     }
     if suites.iter().any(|s| s.vision().is_some()) && !bins.shoes.exists() {
         bail!(
@@ -275,8 +284,14 @@ fn self_check(c: Common) -> anyhow::Result<()> {
         .iter()
         .map(|n| Suite::parse(n, &tls))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // The Vision suites need the shoes client and the TLS target: `run` probes them.
-    let suites: Vec<Suite> = suites.into_iter().filter(|s| s.vision().is_none()).collect();
+    // The Vision and Hysteria 2 suites go through a client process (and Vision through the TLS
+    // target): `run` probes them.
+    let skipped: Vec<&'static str> = suites
+        .iter()
+        .filter(|s| s.through_client())
+        .map(|s| s.name())
+        .collect();
+    let suites: Vec<Suite> = suites.into_iter().filter(|s| !s.through_client()).collect();
     let kinds = servers(&c, &bins, &suites)?;
     let allowed = allowed_cpus();
     let (client, nserver) = cpu_split(&allowed, 1);
@@ -285,6 +300,10 @@ fn self_check(c: Common) -> anyhow::Result<()> {
     }
     let server_cpus =
         (!c.no_pin && nserver > 0).then(|| procstat::cpu_list(&allowed[allowed.len() - nserver..]));
+    // After the pinning (which re-runs this process), so it is printed once.
+    for n in skipped {
+        println!("skip  {n:<32} (through a client process: probed at the start of `run`)");
+    }
     let rt = runtime(1)?;
     rt.block_on(async {
         let target = v2sp_bench::target::start().await?;
@@ -325,6 +344,10 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
     let tls = Arc::new(TlsMaterial::generate()?);
     let names: Vec<String> = if a.quick && c.ciphers.join(",") == ALL_CIPHERS {
         let mut v: Vec<String> = QUICK_CIPHERS.iter().map(|s| s.to_string()).collect();
+        // Hysteria 2 costs about 1.5 s here (4 servers); it needs the sing-box client.
+        if bins.singbox.exists() {
+            v.push(v2sp_bench::client::hysteria2::HYSTERIA2.to_string());
+        }
         // VLESS + REALITY + Vision costs about 1 s here; it needs the shoes client.
         if bins.shoes.exists() {
             v.push(v2sp_bench::client::vision::REALITY_VISION.to_string());

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::client::anytls::ANYTLS;
+use crate::client::hysteria2::HYSTERIA2;
 use crate::client::vision::{REALITY_VISION, TLS_VISION};
 use crate::client::vmess::{VMESS, VMESS_TLS};
 use crate::client::{TROJAN_TLS, VLESS_TLS};
@@ -319,21 +320,52 @@ fn vision_section(s: &mut String, v: &View, plan: &Plan, servers: &[String]) {
     let _ = writeln!(s);
 }
 
+/// Hysteria 2 through the sing-box client: CPU-s/GB and MB/s per server (bulk download).
+fn hysteria2_section(s: &mut String, v: &View, plan: &Plan, servers: &[String]) {
+    let c = HYSTERIA2;
+    if !plan.cipher_names.iter().any(|x| x == c) {
+        return;
+    }
+    let served: Vec<&String> = servers
+        .iter()
+        .filter(|x| x.starts_with("v2sp") || *x == "sing-box" || *x == "shoes")
+        .collect();
+    let _ = writeln!(
+        s,
+        "### Hysteria 2 (QUIC) through the sing-box client ({} connections, download)\n",
+        plan.other_conns
+    );
+    let _ = writeln!(s, "The load generator speaks plain TCP to the target through the real sing-box client (SOCKS5 in, `hysteria2` out over QUIC, on the load generator's CPUs and counted with it); every connection is one stream of the client's single QUIC connection. Only the server's CPU is counted.\n");
+    header_row(s, "server", &["CPU-s/GB".to_string(), "MB/s".to_string()]);
+    for srv in served {
+        let cpu = v.bulk(c, srv, plan.other_conns, false, |b| b.cpu_s_per_gb());
+        let mbs = v.bulk(c, srv, plan.other_conns, false, |b| b.mb_per_s());
+        let _ = writeln!(s, "| {srv} | {} | {} |", fmt_mmm(cpu, 3), fmt_mmm(mbs, 0));
+    }
+    let _ = writeln!(s);
+}
+
+/// Measured through a client process (bulk download only; never the headline).
+fn through_client(c: &str) -> bool {
+    c == REALITY_VISION || c == TLS_VISION || c == HYSTERIA2
+}
+
 /// Write report.md, results.json and the SVGs into `dir`.
 pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let servers: Vec<String> = plan.servers.iter().map(|k| k.label().to_string()).collect();
     let pairs = ratio_pairs(&servers);
-    // The headline: the first non-Vision suite (the Vision ones get their bulk download only).
+    // The headline: the first suite not measured through a client process (Vision, Hysteria 2
+    // get their bulk download only).
     let headline = plan
         .cipher_names
         .iter()
-        .find(|c| c.as_str() != REALITY_VISION && c.as_str() != TLS_VISION)
+        .find(|c| !through_client(c))
         .or(plan.cipher_names.first())
         .cloned()
         .unwrap_or_default();
-    // Only Vision suites: no headline scenarios ran.
-    let headline_is_vision = headline == REALITY_VISION || headline == TLS_VISION;
+    // Only Vision / Hysteria 2 suites: no headline scenarios ran.
+    let headline_is_vision = through_client(&headline);
     // Rate and idle run on the headline and on every Trojan/VLESS/VMess/AnyTLS suite.
     let mut per_proto: Vec<String> = vec![headline.clone()];
     for c in &plan.cipher_names {
@@ -361,6 +393,10 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
                 .iter()
                 .any(|c| c == REALITY_VISION || c == TLS_VISION),
             "VLESS + Vision (REALITY/TLS, TLS 1.3 inside)",
+        ),
+        (
+            plan.cipher_names.iter().any(|c| c == HYSTERIA2),
+            "Hysteria 2 (QUIC, through sing-box)",
         ),
     ]
     .into_iter()
@@ -414,9 +450,9 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let _ = writeln!(s, "- v2sp = `v2sp run -c config.json` (control plane + the data plane it spawns; both processes counted) with a generated `file://` nodes file, `V2SP_IO=epoll|uring`; ssserver = shadowsocks-rust `--worker-threads N`, `no_delay`; sing-box with `GOMAXPROCS=N`; v2ray (Trojan/VLESS only) with `GOMAXPROCS=N`, `streamSettings.security: tls`; one user, same method everywhere; Trojan/VLESS: TLS on every server with one self-signed certificate (rcgen) and our rustls client (aws-lc-rs), trusting only that certificate; TLS session resumption on (rustls default); AnyTLS (`anytls`): one session (TLS connection) with one stream per connection, as sing-box's client uses it (auth with padding length 0, settings `v=2` with the default scheme's MD5, syn, psh destination + data; no waste-frame padding), `anytls` inbound on sing-box and inside shoes' `tls` inbound, an `anytls` node (`tls: 1`) on v2sp; Vision suites (`vless-reality-vision`, `vless-tls-vision`): VLESS `flow: xtls-rprx-vision` on v2sp and shoes (`--threads N`), the shoes client as the load generator's front end, TLS 1.3 end to end to the target (REALITY's `dest` is that target)");
+    let _ = writeln!(s, "- v2sp = `v2sp run -c config.json` (control plane + the data plane it spawns; both processes counted) with a generated `file://` nodes file, `V2SP_IO=epoll|uring`; ssserver = shadowsocks-rust `--worker-threads N`, `no_delay`; sing-box with `GOMAXPROCS=N`; v2ray (Trojan/VLESS only) with `GOMAXPROCS=N`, `streamSettings.security: tls`; one user, same method everywhere; Trojan/VLESS: TLS on every server with one self-signed certificate (rcgen) and our rustls client (aws-lc-rs), trusting only that certificate; TLS session resumption on (rustls default); AnyTLS (`anytls`): one session (TLS connection) with one stream per connection, as sing-box's client uses it (auth with padding length 0, settings `v=2` with the default scheme's MD5, syn, psh destination + data; no waste-frame padding), `anytls` inbound on sing-box and inside shoes' `tls` inbound, an `anytls` node (`tls: 1`) on v2sp; Vision suites (`vless-reality-vision`, `vless-tls-vision`): VLESS `flow: xtls-rprx-vision` on v2sp and shoes (`--threads N`), the shoes client as the load generator's front end, TLS 1.3 end to end to the target (REALITY's `dest` is that target); Hysteria 2 (`hysteria2`): a panel `hysteria` node (`version: 2`) on v2sp, `hysteria2` inbound on sing-box, `quic` + `hysteria2` on shoes, ALPN `h3`, the run's certificate, the sing-box client (`hysteria2` outbound, trusting that certificate) as the load generator's front end, plain TCP inside, bulk download only");
     let _ = writeln!(s, "- bulk: {} MiB per run for {} (split over N connections, download = target → client), {} MiB at {} connections for the other methods{}; latency: {} round trips of {} B; rate: {} s × {} concurrent loops; idle: {} connections",
-        plan.bulk_bytes >> 20, if headline_is_vision { "the headline (none ran: Vision suites only)" } else { &headline }, plan.other_bulk_bytes >> 20, plan.other_conns,
+        plan.bulk_bytes >> 20, if headline_is_vision { "the headline (none ran: Vision / Hysteria 2 suites only)" } else { &headline }, plan.other_bulk_bytes >> 20, plan.other_conns,
         if plan.upload { " and for the upload run" } else { "" },
         plan.latency_count, plan.latency_size, plan.rate_secs, plan.rate_concurrency, plan.idle_conns);
     let _ = writeln!(s, "\nFigures: median over rounds [min–max]. CPU = utime+stime from /proc/<pid>/stat (all threads) before/after each measured window. Ratios are v2sp ÷ peer of the medians (below 1 = v2sp uses less / is lower).\n");
@@ -513,6 +549,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         let _ = writeln!(s, "\n![CPU-s per GB]({})\n", name("cpu-per-gb"));
 
         vision_section(&mut s, &v, plan, &servers);
+        hysteria2_section(&mut s, &v, plan, &servers);
 
         if plan.scenarios.contains(&Scenario::Bulk) && !headline_is_vision {
             // Throughput vs connections, headline cipher.

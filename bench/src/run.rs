@@ -10,6 +10,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::client::hysteria2::SingBoxClient;
 use crate::client::vision::ShoesClient;
 use crate::client::Suite;
 use crate::conn::Via;
@@ -143,7 +144,7 @@ pub async fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Outcome> {
         for (ci, suite) in plan.ciphers.iter().enumerate() {
             // The headline is the first non-Vision suite; a Vision suite gets its bulk download
             // only (through the shoes client).
-            let headline = plan.ciphers.iter().position(|c| c.vision().is_none()) == Some(ci);
+            let headline = plan.ciphers.iter().position(|c| !c.through_client()) == Some(ci);
             let suite_target = match suite.vision() {
                 Some(v) => v.target()?,
                 None => target,
@@ -202,6 +203,14 @@ pub async fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Outcome> {
     Ok(out)
 }
 
+/// The client process in front of the load generator, if any (held only to be killed on drop).
+#[allow(dead_code)]
+enum Helper {
+    None,
+    Shoes(ShoesClient),
+    SingBox(SingBoxClient),
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn one_server(
     plan: &Plan,
@@ -216,31 +225,45 @@ async fn one_server(
     target: SocketAddr,
 ) -> anyhow::Result<()> {
     let mut srv = Server::start(kind, suite, bins, w, cpus)?;
-    // Vision: the real shoes client in front of the load generator (on its CPUs).
-    let (via, client) = match suite.vision() {
-        Some(v) => {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            match ShoesClient::start(&bins.shoes, v, srv.port, srv.dir(), threads) {
-                Ok(c) => (
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Vision: the real shoes client in front of the load generator (on its CPUs); Hysteria 2:
+    // the real sing-box client, once the server's QUIC socket is bound.
+    let started = match (suite.vision(), suite) {
+        (Some(v), _) => ShoesClient::start(&bins.shoes, v, srv.port, srv.dir(), threads).map(|c| {
+            (
+                Via::Socks {
+                    socks: c.socks,
+                    tls: Some(v.tls.clone()),
+                },
+                Helper::Shoes(c),
+            )
+        }),
+        (None, Suite::Hysteria2(t)) => crate::client::hysteria2::wait_udp(srv.port, Duration::from_secs(30))
+            .and_then(|()| SingBoxClient::start(&bins.singbox, t, srv.port, srv.dir(), threads))
+            .map(|c| {
+                (
                     Via::Socks {
                         socks: c.socks,
-                        tls: v.tls.clone(),
+                        tls: None,
                     },
-                    Some(c),
-                ),
-                Err(e) => {
-                    srv.stop();
-                    return Err(e);
-                }
-            }
-        }
-        None => (
+                    Helper::SingBox(c),
+                )
+            }),
+        (None, _) => Ok((
             Via::Proxy {
                 addr: srv.addr(),
                 suite: suite.clone(),
             },
-            None,
-        ),
+            Helper::None,
+        )),
+    };
+    let (via, client) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            let tail = srv.log_tail();
+            srv.stop();
+            return Err(e.context(format!("server log tail:\n{tail}")));
+        }
     };
     let res = measure(plan, out, suite, &mut srv, &via, w, round, headline, target).await;
     drop(client);
@@ -291,7 +314,7 @@ async fn measure(
         out.problems
             .push(format!("{cipher} {label} round {round}: {what}"))
     };
-    if !headline && !suite.is_ss() && suite.vision().is_none() {
+    if !headline && !suite.is_ss() && !suite.through_client() {
         // Trojan / VLESS: idle memory, connection rate (TLS handshake included) and the one
         // bulk download for the CPU-s/GB table.
         if plan.scenarios.contains(&Scenario::Idle) {

@@ -14,6 +14,10 @@
 //! * `sing-box` also serves `vless-tls-vision` (a `vless` inbound, user `flow:
 //!   xtls-rprx-vision`, TLS); not `vless-reality-vision`: the registry build lacks uTLS, which
 //!   its REALITY server needs.
+//! * Hysteria 2 (`hysteria2`, QUIC): a panel `hysteria` node (`version: 2`, no obfuscation) on
+//!   v2sp, a `hysteria2` inbound (`users: [{password}]`, ALPN `h3`) on sing-box, a `quic`
+//!   listener around `hysteria2` on shoes; the servers listen on UDP only, so `run` waits for
+//!   the socket in `/proc/net/udp` before it starts the sing-box client (`client::hysteria2`).
 //! * `shoes` 0.3.x: `--threads N`, a `vmess` / `shadowsocks` inbound, or a `tls` inbound with
 //!   `tls_targets` (the run's certificate) around `trojan` / `vless` / `vmess` / `anytls`, or REALITY/TLS +
 //!   Vision around `vless` (`client::vision`). Shadowsocks: not the 2022 AES methods, which the
@@ -81,12 +85,14 @@ impl ServerKind {
     /// VLESS and VMess — its Shadowsocks lacks the 2022 methods, and it has no Vision and no
     /// AnyTLS; sing-box:
     /// everything but REALITY; shoes: everything but the multi-user (identity header)
-    /// Shadowsocks 2022 AES methods; v2sp: everything).
+    /// Shadowsocks 2022 AES methods; v2sp: everything). Hysteria 2: v2sp, sing-box, shoes.
     pub fn serves(self, suite: &Suite) -> bool {
         let vision = suite.vision();
         match self {
             ServerKind::SsServer => suite.is_ss(),
-            ServerKind::V2ray => !suite.is_ss() && vision.is_none() && !matches!(suite, Suite::Anytls(_)),
+            ServerKind::V2ray => {
+                !suite.is_ss() && vision.is_none() && !matches!(suite, Suite::Anytls(_) | Suite::Hysteria2(_))
+            }
             ServerKind::SingBox => !vision.is_some_and(|v| v.reality),
             ServerKind::Shoes => !suite.ss().is_some_and(|c| c.uses_eih()),
             ServerKind::V2spEpoll | ServerKind::V2spUring => true,
@@ -160,6 +166,7 @@ pub fn shoes_server_yaml(suite: &Suite, port: u16) -> anyhow::Result<String> {
             "udp_enabled: false".into(),
         ],
         Suite::Vision(_) => bail!("the Vision suites have their own shoes config"),
+        Suite::Hysteria2(t) => return Ok(crate::client::hysteria2::shoes_server_yaml(t, port)),
     };
     Ok(match suite.tls() {
         None => format!(
@@ -234,6 +241,7 @@ impl Server {
             Suite::Vless(_) | Suite::Vision(_) => "vless",
             Suite::Vmess(_) => "vmess",
             Suite::Anytls(_) => "anytls",
+            Suite::Hysteria2(_) => "hysteria2",
         };
         let mut args: Vec<String> = Vec::new();
         let mut envs: Vec<(&str, String)> = Vec::new();
@@ -278,6 +286,15 @@ impl Server {
                         node["network"] = json!("tcp");
                         node["flow"] = json!("xtls-rprx-vision");
                         node["tls_settings"] = json!({ "server_name": SERVER_NAME });
+                    }
+                    // Xboard's shape: type `hysteria`, version 2, no bandwidths, no obfuscation.
+                    Suite::Hysteria2(_) => {
+                        node["protocol"] = json!("hysteria");
+                        node["version"] = json!(2);
+                        node["server_name"] = json!(SERVER_NAME);
+                        node["up_mbps"] = json!(0);
+                        node["down_mbps"] = json!(0);
+                        node["obfs"] = json!(null);
                     }
                 }
                 let nodes = json!({
@@ -354,7 +371,7 @@ impl Server {
                             inb["password"] = json!(creds.password_2017());
                         }
                     }
-                    Suite::Trojan(_) | Suite::Anytls(_) => {
+                    Suite::Trojan(_) | Suite::Anytls(_) | Suite::Hysteria2(_) => {
                         inb["users"] = json!([{ "name": "bench", "password": USER_UUID }]);
                     }
                     Suite::Vless(_) => {
@@ -376,6 +393,9 @@ impl Server {
                         "enabled": true, "server_name": SERVER_NAME,
                         "certificate_path": t.cert_file, "key_path": t.key_file
                     });
+                    if suite.is_hysteria2() {
+                        inb["tls"]["alpn"] = json!(["h3"]);
+                    }
                 }
                 let c = json!({
                     "log": { "level": "error" },
@@ -605,13 +625,16 @@ mod tests {
         let tls_vision = Suite::parse("vless-tls-vision", &tls).unwrap();
         let vmess = Suite::parse("vmess", &tls).unwrap();
         let anytls = Suite::parse("anytls", &tls).unwrap();
+        let hy2 = Suite::parse("hysteria2", &tls).unwrap();
+        assert!(!ServerKind::V2ray.serves(&hy2) && !ServerKind::SsServer.serves(&hy2));
+        assert!(ServerKind::SingBox.serves(&hy2) && ServerKind::Shoes.serves(&hy2));
         assert!(!ServerKind::V2ray.serves(&anytls) && !ServerKind::SsServer.serves(&anytls));
         assert!(ServerKind::SingBox.serves(&anytls) && ServerKind::Shoes.serves(&anytls));
         assert!(!ServerKind::Shoes.serves(&eih) && ServerKind::Shoes.serves(&chacha22));
         assert!(!ServerKind::SingBox.serves(&reality) && ServerKind::SingBox.serves(&tls_vision));
         assert!(!ServerKind::V2ray.serves(&tls_vision) && ServerKind::V2ray.serves(&vmess));
         // Every suite: v2sp and at least one peer; every suite but REALITY: two or more.
-        for s in [&eih, &chacha22, &reality, &tls_vision, &vmess, &anytls] {
+        for s in [&eih, &chacha22, &reality, &tls_vision, &vmess, &anytls, &hy2] {
             let peers = ServerKind::ALL
                 .into_iter()
                 .filter(|k| !k.is_v2sp() && k.serves(s))

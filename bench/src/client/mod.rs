@@ -1,9 +1,11 @@
 //! Our own client side of each protocol v2sp serves: Shadowsocks (`ss`), Trojan over TLS
 //! (`trojan`), VLESS over TLS (`vless`), VMess AEAD on TCP or inside TLS (`vmess`), AnyTLS
-//! (`anytls`, one session with one stream per connection); `tls` holds
+//! (`anytls`, one session with one stream per connection); Hysteria 2 (`hysteria2`) and the
+//! Vision suites go through a real client used as a SOCKS5 front end; `tls` holds
 //! the run's certificate and rustls client. A [`Suite`] is one row of the report: a Shadowsocks
 //! method, or `trojan-tls` / `vless-tls` / `vmess` / `vmess-tls` / a Vision suite.
 pub mod anytls;
+pub mod hysteria2;
 pub mod ss;
 pub mod tls;
 pub mod trojan;
@@ -29,6 +31,8 @@ pub enum Suite {
     Anytls(Arc<TlsMaterial>),
     /// VLESS + Vision (REALITY or TLS) through the real shoes client; see `client::vision`.
     Vision(Arc<VisionSuite>),
+    /// Hysteria 2 (QUIC) through the real sing-box client; see `client::hysteria2`.
+    Hysteria2(Arc<TlsMaterial>),
 }
 
 impl std::fmt::Debug for Suite {
@@ -51,6 +55,7 @@ impl Suite {
             Suite::Vmess(Some(_)) => vmess::VMESS_TLS,
             Suite::Anytls(_) => anytls::ANYTLS,
             Suite::Vision(v) => v.name(),
+            Suite::Hysteria2(_) => hysteria2::HYSTERIA2,
         }
     }
 
@@ -69,13 +74,23 @@ impl Suite {
         match self {
             Suite::Ss(_) => None,
             Suite::Vision(v) => v.server_tls(),
-            Suite::Trojan(t) | Suite::Vless(t) | Suite::Anytls(t) => Some(t),
+            Suite::Trojan(t) | Suite::Vless(t) | Suite::Anytls(t) | Suite::Hysteria2(t) => Some(t),
             Suite::Vmess(t) => t.as_ref(),
         }
     }
 
     pub fn is_vmess(&self) -> bool {
         matches!(self, Suite::Vmess(_))
+    }
+
+    pub fn is_hysteria2(&self) -> bool {
+        matches!(self, Suite::Hysteria2(_))
+    }
+
+    /// Measured through a real client process as a SOCKS5 front end (Vision, Hysteria 2): bulk
+    /// download only, never the headline.
+    pub fn through_client(&self) -> bool {
+        matches!(self, Suite::Vision(_) | Suite::Hysteria2(_))
     }
 
     pub fn vision(&self) -> Option<&Arc<VisionSuite>> {
@@ -93,6 +108,7 @@ impl Suite {
             vmess::VMESS => Suite::Vmess(None),
             vmess::VMESS_TLS => Suite::Vmess(Some(tls.clone())),
             anytls::ANYTLS => Suite::Anytls(tls.clone()),
+            hysteria2::HYSTERIA2 => Suite::Hysteria2(tls.clone()),
             vision::REALITY_VISION | vision::TLS_VISION => {
                 Suite::Vision(Arc::new(VisionSuite::new(name.trim(), tls)?))
             }
