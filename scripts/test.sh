@@ -6,8 +6,10 @@
 #   4. builds each protocol feature alone and runs the data plane's unit tests for it,
 #   5. runs the benchmark harness in --quick mode (smoke only: every server and scenario runs,
 #      nothing about speed is asserted; reports go to a temporary directory).
+# Every pass runs even when an earlier one failed, so one failing suite never hides the results
+# of the others; the script ends with a summary of the passes and exits non-zero if any failed.
 # Usage: scripts/test.sh [extra cargo test args]
-set -Eeuo pipefail
+set -Euo pipefail
 cd "$(dirname "$0")/.."
 
 export V2SP_PEERS=${V2SP_PEERS:-/opt/v2sp-peers}
@@ -16,39 +18,72 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 # A one-shot run gains nothing from incremental state and it costs gigabytes of disk.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
-echo "== installing test peers"
-bash scripts/install-test-deps.sh --with-debian-peers --with-shoes
-
-echo "== building"
-cargo build --workspace --bins --tests "$@"
-
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+failed_passes=()
+passes=0
 
-echo "== tests, epoll backend"
-V2SP_IO=epoll cargo test --workspace --no-fail-fast "$@" 2>&1 | tee -a "$log"
+# pass NAME CMD...: runs CMD with its output kept for the closing count; a failure is recorded,
+# not fatal.
+pass() {
+    local name=$1
+    shift
+    passes=$((passes + 1))
+    echo "== $name"
+    if ! "$@" 2>&1 | tee -a "$log"; then
+        echo "!! pass failed: $name"
+        failed_passes+=("$name")
+    fi
+}
+
+echo "== installing test peers"
+if ! bash scripts/install-test-deps.sh --with-debian-peers --with-shoes; then
+    # Without the peers most suites cannot run: stop here, loudly.
+    echo "!! installing the test peers failed; nothing was tested"
+    echo "all suites: 0 passed, 1 failed"
+    exit 1
+fi
+
+echo "== building"
+if ! cargo build --workspace --bins --tests "$@"; then
+    echo "!! the workspace does not build; nothing was tested"
+    echo "all suites: 0 passed, 1 failed"
+    exit 1
+fi
+
+pass "tests, epoll backend" env V2SP_IO=epoll cargo test --workspace --no-fail-fast "$@"
 
 if [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" = "0" ]; then
-    echo "== data-plane and end-to-end tests, io_uring backend"
-    V2SP_IO=uring cargo test -p v2sp-dataplane -p v2sp-control -p v2sp-testsupport --no-fail-fast "$@" 2>&1 | tee -a "$log"
+    pass "data-plane and end-to-end tests, io_uring backend" \
+        env V2SP_IO=uring cargo test -p v2sp-dataplane -p v2sp-control -p v2sp-testsupport --no-fail-fast "$@"
 else
     echo "== io_uring is disabled on this kernel: the io_uring run is skipped"
 fi
 
 # Cargo features trim protocols out of the build: each protocol alone must build (every target)
 # and pass its unit tests. The list is read from the data plane's [features] table.
-echo "== each protocol feature alone"
+feature_pass() {
+    local f=$1
+    shift
+    cargo check -q -p v2sp-dataplane --all-targets --no-default-features --features "$f" "$@" &&
+        cargo test -q -p v2sp-dataplane --lib --no-default-features --features "$f" "$@"
+}
 for f in $(awk '/^\[features\]/{on=1; next} /^\[/{on=0} on && /^[a-z0-9_-]+ *=/ && $1 != "default" {print $1}' dataplane/Cargo.toml); do
-    echo "-- --features $f"
-    cargo check -q -p v2sp-dataplane --all-targets --no-default-features --features "$f" "$@"
-    cargo test -q -p v2sp-dataplane --lib --no-default-features --features "$f" "$@" 2>&1 | tee -a "$log"
+    pass "protocol feature alone: $f" feature_pass "$f" "$@"
 done
 
-echo "== benchmark harness, quick mode (v2sp epoll/uring vs ssserver, sing-box, v2ray, shoes where installed)"
 out=$(mktemp -d)
-cargo run -q -p v2sp-bench "$@" -- run --quick --out "$out"
+pass "benchmark harness, quick mode (v2sp epoll/uring vs ssserver, sing-box, v2ray, shoes where installed)" \
+    cargo run -q -p v2sp-bench "$@" -- run --quick --out "$out"
 echo "quick benchmark report: $out/report.md"
 
-# One closing line for the whole run (both backends), summed from cargo's per-binary results.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
-     END { printf "all suites: %d passed, %d failed\n", p, f }' "$log"
+echo "== summary: $((passes - ${#failed_passes[@]})) of $passes passes succeeded"
+for p in "${failed_passes[@]}"; do
+    echo "   FAILED: $p"
+done
+# One closing line for the whole run (both backends), summed from cargo's per-binary results;
+# a failed pass with no failed test (a build error, a crash) still counts as a failure.
+awk -v extra="${#failed_passes[@]}" '
+    /^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+    END { if (f == 0 && extra > 0) f = extra; printf "all suites: %d passed, %d failed\n", p, f }' "$log"
+[ ${#failed_passes[@]} -eq 0 ]

@@ -211,7 +211,7 @@ fn strip_ansi(s: &str) -> String {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(v2sp_testsupport::ports::claim())
 }
 
 impl Server {

@@ -29,6 +29,8 @@ pub struct NodeCounters {
     pub pulls_failed: u64,
     pub pushes_ok: u64,
     pub pushes_failed: u64,
+    /// Reports the panel refused with a JSON 4xx (kept and resent; see the README's API).
+    pub reports_refused: u64,
     /// Unix seconds of the last complete pull / push (0 = none yet).
     pub last_pull_ok: u64,
     pub last_push_ok: u64,
@@ -78,6 +80,12 @@ impl NodeMetrics {
         }
         n.reported[0] = n.reported[0].saturating_add(accepted[0]);
         n.reported[1] = n.reported[1].saturating_add(accepted[1]);
+    }
+
+    /// The panel refused a report with a JSON 4xx (the batch is kept and resent).
+    pub fn refused(&self, slot: u16) {
+        let mut m = self.lock();
+        m.entry(slot).or_default().reports_refused += 1;
     }
 
     /// Bytes newly journalled from one harvested bank.
@@ -295,6 +303,13 @@ pub fn render(s: &Snapshot) -> String {
         "counter",
         "Push rounds (traffic, online IPs) by result.",
         &per_node_result(&|c| c.pushes_ok, &|c| c.pushes_failed),
+    );
+    family(
+        &mut out,
+        "v2sp_panel_reports_refused_total",
+        "counter",
+        "Traffic reports the panel refused with a JSON 4xx; each is kept and resent under the same report id until taken.",
+        &per_node(&|c| c.reports_refused),
     );
     family(
         &mut out,

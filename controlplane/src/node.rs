@@ -33,6 +33,11 @@ pub struct NodeWorker {
     info: Option<NodeInfo>,
     kind: Option<CredKind>,
     users: Option<Vec<UserEntry>>,
+    /// A built node config held back until every core has this node's users for its
+    /// credential kind: a node listens only when it can serve (at start, after a cipher change).
+    pending: Option<v2sp_shared::dpconfig::NodeConfig>,
+    /// The credential kind of the user table the data plane holds for this node.
+    published_kind: Option<CredKind>,
     pull_every: Duration,
     push_every: Duration,
     pull_failures: u32,
@@ -65,6 +70,8 @@ impl NodeWorker {
             info: None,
             kind: None,
             users: None,
+            pending: None,
+            published_kind: None,
             pull_every: Duration::from_secs(DEFAULT_INTERVAL_SECS),
             push_every: Duration::from_secs(DEFAULT_INTERVAL_SECS),
             pull_failures: 0,
@@ -96,6 +103,7 @@ impl NodeWorker {
             }
             let now = Instant::now();
             if now >= next_pull {
+                let push_every = self.push_every;
                 let ok = self.pull();
                 self.shared.metrics.pull(self.slot, ok);
                 next_pull = Instant::now()
@@ -104,6 +112,12 @@ impl NodeWorker {
                     } else {
                         self.backoff()
                     };
+                // The panel's intervals take effect at once: a node that started on the
+                // default 60 s (panel down or answering garbage) must not wait out that timer
+                // once the panel says `push_interval: 2`.
+                if self.push_every != push_every {
+                    next_push = next_push.min(Instant::now() + jitter(self.push_every));
+                }
             }
             if now >= next_push {
                 self.push();
@@ -201,18 +215,25 @@ impl NodeWorker {
                 let kind_changed = self.kind != Some(nc.cred_kind);
                 self.kind = Some(nc.cred_kind);
                 tracing::info!(node = %self.tag, port = nc.port, protocol = nc.protocol.as_str(), "node config applied");
-                self.shared.set_served(self.slot, Some(nc));
                 if kind_changed && self.users.is_some() {
                     // Secrets depend on the credential kind (the cipher changed): the cached
                     // user list must be fetched and rebuilt, even if the panel says 304.
                     self.users = None;
                     self.panel.forget_cache();
                 }
+                if self.published_kind == Some(nc.cred_kind) {
+                    self.pending = None;
+                    self.shared.set_served(self.slot, Some(nc));
+                } else {
+                    // Served once the users for this kind are on every core (publish_users).
+                    self.pending = Some(nc);
+                }
             }
             Err(e) => {
                 tracing::error!(node = %self.tag, error = %e, "node cannot be served with this panel config");
                 self.kind = None;
                 self.acme_files = None;
+                self.pending = None;
                 self.shared.set_served(self.slot, None);
             }
         }
@@ -253,7 +274,12 @@ impl NodeWorker {
             .publish_users(self.slot, kind, users, Duration::from_secs(5))
         {
             Ok(st) => {
-                tracing::info!(node = %self.tag, users = st.users, gen = st.tables_gen, "user table published")
+                tracing::info!(node = %self.tag, users = st.users, gen = st.tables_gen, "user table published");
+                self.published_kind = Some(kind);
+                // Every running core has acknowledged the table: the node may listen now.
+                if let Some(nc) = self.pending.take_if(|nc| nc.cred_kind == kind) {
+                    self.shared.set_served(self.slot, Some(nc));
+                }
             }
             Err(e) => {
                 tracing::error!(node = %self.tag, error = %e, "cannot publish users; will retry");
@@ -279,8 +305,15 @@ impl NodeWorker {
     pub fn push(&mut self) {
         let min = self.entry.report_min_traffic_bytes();
         let report = self.shared.acct.push_node(&self.tag, self.panel.as_mut(), min);
+        if report.refused {
+            self.shared.metrics.refused(self.slot);
+        }
         if let Some(err) = &report.error {
-            tracing::warn!(node = %self.tag, error = %err, "traffic push incomplete; bytes stay journalled");
+            if report.refused {
+                tracing::error!(node = %self.tag, error = %err, "traffic report refused by the panel; bytes stay journalled");
+            } else {
+                tracing::warn!(node = %self.tag, error = %err, "traffic push incomplete; bytes stay journalled");
+            }
         }
         let accepted = report.accepted.values().fold([0u64; 2], |t, d| {
             [t[0].saturating_add(d[0]), t[1].saturating_add(d[1])]

@@ -238,6 +238,86 @@ fn panel_outage_loses_and_doubles_nothing() {
     sigterm(&mut agent);
 }
 
+/// Every answer that is not the panel's own JSON 2xx, one after another with traffic flowing:
+/// 500 and 502 after the panel recorded the push, a reset after recording, a CDN's HTML 200
+/// (not recorded), empty 200s (recorded or not), garbage, an answer slower than `Timeout`
+/// (recorded after the agent gave up), a JSON 4xx refusal, then recovery. Zero bytes lost or
+/// doubled at the panel.
+#[test]
+fn every_unacknowledged_answer_loses_and_doubles_nothing() {
+    let sim = sim_with_node(1, 18397);
+    let env = env_with(&[(sim.single_url(), 1)]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    let slot = dp.wait_served(18397, 3);
+    let faults = [
+        Fault::None,
+        Fault::status_after_apply(500),
+        Fault::status_after_apply(502),
+        Fault::AcceptThenDropReply,
+        Fault::cdn_html_200(),
+        Fault::empty_200(false),
+        Fault::empty_200(true),
+        Fault::Garbage,
+        Fault::Slow(Duration::from_millis(2600)),
+        Fault::json_refusal(422, "node is being migrated"),
+        Fault::None,
+    ];
+    let phase_len = Duration::from_millis(1800);
+    let mut expected = BTreeMap::new();
+    let mut phase = 0usize;
+    pump(
+        &mut dp,
+        slot,
+        phase_len * faults.len() as u32,
+        &mut expected,
+        |t| {
+            let want = ((t.as_millis() / phase_len.as_millis()) as usize).min(faults.len() - 1);
+            if want != phase {
+                phase = want;
+                sim.clear_faults();
+                sim.set_fault(Action::Push, faults[phase].clone());
+            }
+        },
+    );
+    sim.clear_faults();
+    wait_totals(&sim, &mut dp, 1, &expected, &env);
+    let log = log_of(&env);
+    assert!(log.contains("REFUSED"), "a refusal is logged loudly\n{log}");
+    // No batch was ever re-batched under a new id after it may have reached the panel: every
+    // report id the panel applied was applied once.
+    let applied: Vec<_> = sim.pushes().into_iter().filter(|p| !p.duplicate).collect();
+    let mut ids: Vec<_> = applied.iter().map(|p| p.report_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), applied.len(), "a report id applied twice");
+    sigterm(&mut agent);
+}
+
+/// A node that started while the panel answered garbage runs on the default 60 s timers; once
+/// the panel answers `push_interval: 1`, pushes follow at once, not a minute later.
+#[test]
+fn intervals_from_a_recovered_panel_take_effect_at_once() {
+    let sim = sim_with_node(1, 18398);
+    sim.set_fault(Action::Config, Fault::Garbage);
+    let env = env_with(&[(sim.single_url(), 1)]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    // Let the first (garbage) pull and the first push round happen on the defaults.
+    std::thread::sleep(Duration::from_millis(1500));
+    sim.clear_faults();
+    let slot = dp.wait_served(18398, 3);
+    let mut expected = BTreeMap::new();
+    pump(&mut dp, slot, Duration::from_secs(4), &mut expected, |_| {});
+    // 60 s timers would deliver nothing within this wait.
+    wait_totals(&sim, &mut dp, 1, &expected, &env);
+    assert!(
+        sim.requests_for(Action::Push).len() >= 2,
+        "pushes every second once the panel's interval is known"
+    );
+    sigterm(&mut agent);
+}
+
 #[test]
 fn kill_9_of_the_control_plane_loses_and_doubles_nothing() {
     let sim = sim_with_node(1, 18389);

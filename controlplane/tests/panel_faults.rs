@@ -152,19 +152,37 @@ fn outage_is_a_transport_error_and_push_not_delivered() {
 }
 
 #[test]
-fn push_rejected_is_reported_with_code_and_message() {
+fn push_5xx_is_unknown_and_a_json_4xx_is_a_refusal() {
     let sim = sim();
     let mut c = client(&sim, Duration::from_secs(2));
+    // A 500 may come after the panel recorded the push: not an acknowledgement.
     sim.set_fault(Action::Push, Fault::Status(500));
+    assert!(matches!(c.push(&body(), "batch-1"), PushOutcome::Unknown { .. }));
+    assert_eq!(
+        sim.requests_for(Action::Push).len(),
+        1,
+        "not retried by the client"
+    );
+    assert!(sim.totals(26).is_empty());
+    sim.set_fault(Action::Push, Fault::json_refusal(422, "node disabled"));
     assert_eq!(
         c.push(&body(), "batch-1"),
-        PushOutcome::Rejected {
-            code: 500,
-            message: "injected fault".into()
+        PushOutcome::Refused {
+            code: 422,
+            message: "node disabled".into()
         }
     );
-    assert_eq!(sim.requests_for(Action::Push).len(), 1);
-    assert!(sim.totals(26).is_empty());
+    // A 4xx that is not the panel's JSON (a proxy's page) proves nothing either.
+    sim.set_fault(
+        Action::Push,
+        Fault::Answer {
+            status: 403,
+            content_type: "text/html",
+            body: b"<html>Forbidden by proxy</html>".to_vec(),
+            apply: false,
+        },
+    );
+    assert!(matches!(c.push(&body(), "batch-1"), PushOutcome::Unknown { .. }));
 }
 
 #[test]
@@ -238,21 +256,47 @@ fn post_faults_on_alive() {
     let alive = BTreeMap::from([(1, vec!["198.51.100.1".to_string()])]);
     sim.set_fault(Action::Alive, Fault::Status(403));
     assert_eq!(c.alive(&alive).unwrap_err().status(), Some(403));
-    sim.set_fault(Action::Alive, Fault::Html);
-    c.alive(&alive).unwrap();
+    // An HTML page is not the panel's acknowledgement, even with status 200.
+    sim.set_fault(Action::Alive, Fault::cdn_html_200());
+    assert!(c.alive(&alive).is_err());
+    sim.set_fault(Action::Alive, Fault::None);
     sim.set_fault_times(Action::Alive, Fault::Reset, 1);
     c.alive(&alive).unwrap();
-    assert_eq!(sim.alive_reports(26).len(), 2);
+    assert_eq!(sim.alive_reports(26).len(), 1);
 }
 
 #[test]
-fn push_html_answer_is_success_as_the_spec_says() {
-    // Status < 400 is success; a PHP warning page in front of the JSON does not undo the push.
+fn only_a_json_2xx_acknowledges_a_push() {
+    // The acknowledgement rule: every answer but the panel's own JSON 2xx leaves the outcome
+    // unknown, whatever the panel did with the request.
     let sim = sim();
     let mut c = client(&sim, Duration::from_secs(2));
-    sim.set_fault(Action::Push, Fault::Html);
+    for fault in [
+        Fault::cdn_html_200(),
+        Fault::Html,
+        Fault::Garbage,
+        Fault::empty_200(true),
+        Fault::empty_200(false),
+        Fault::status_after_apply(500),
+        Fault::status_after_apply(502),
+        Fault::Answer {
+            status: 302,
+            content_type: "text/html",
+            body: Vec::new(),
+            apply: false,
+        },
+    ] {
+        sim.set_fault(Action::Push, fault.clone());
+        assert!(
+            matches!(c.push(&body(), "b"), PushOutcome::Unknown { .. }),
+            "{fault:?} must not acknowledge a push"
+        );
+    }
+    sim.set_fault(Action::Push, Fault::None);
     assert_eq!(c.push(&body(), "b"), PushOutcome::Accepted);
-    sim.set_fault(Action::Push, Fault::Garbage);
-    assert_eq!(c.push(&body(), "c"), PushOutcome::Accepted);
-    assert_eq!(sim.totals(26)[&1], (2000, 4000));
+    // Every applied attempt carried report id "b": the panel counted it once.
+    assert_eq!(sim.totals(26)[&1], (1000, 2000));
+    for r in sim.requests_for(Action::Push) {
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
 }

@@ -254,11 +254,7 @@ fn spawn_sslocal(bin: &str, extra: &[&str], server: &str, method: &str, password
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    v2sp_testsupport::ports::claim()
 }
 
 /// SOCKS5 CONNECT through sslocal.

@@ -45,26 +45,11 @@ pub fn peer(name: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// A free loopback TCP+UDP port, never one this process was handed before: the kernel may
-/// give the same port to two `bind(0)` calls in a row once the first socket is closed, and
-/// two nodes on one port would silently share its connections (SO_REUSEPORT).
+/// A free loopback TCP+UDP port for a server the test starts on a port of its choosing (a
+/// node, a client's SOCKS inbound): see [`crate::ports`] for why it can never be one that
+/// anything else on the machine holds or will be given.
 pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut handed = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
-    for _ in 0..1000 {
-        let Ok(t) = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) else {
-            continue;
-        };
-        let Ok(a) = t.local_addr() else { continue };
-        if handed.contains(&a.port()) {
-            continue;
-        }
-        if UdpSocket::bind(a).is_ok() {
-            handed.push(a.port());
-            return a.port();
-        }
-    }
-    0
+    crate::ports::claim()
 }
 
 /// Debian's dnsmasq as a DNS server on a free loopback port that answers every name under
@@ -223,6 +208,17 @@ impl V2sp {
 
     /// As [`V2sp::start`]; `dataplane` is merged into the config's `Dataplane` object.
     pub fn start_with(nodes: Vec<NodeSpec>, extra: Value, dataplane: Value) -> anyhow::Result<V2sp> {
+        Self::start_with_sim(nodes, extra, dataplane, &|_| {})
+    }
+
+    /// As [`V2sp::start_with`]; `prepare` runs on the panel simulator after the nodes and users
+    /// are set and before v2sp starts (to inject faults the agent meets at start).
+    pub fn start_with_sim(
+        nodes: Vec<NodeSpec>,
+        extra: Value,
+        dataplane: Value,
+        prepare: &dyn Fn(&PanelSim),
+    ) -> anyhow::Result<V2sp> {
         let dir = tempfile::tempdir()?;
         let sim = PanelSim::start(SimOptions {
             token: "e2e-token".into(),
@@ -257,6 +253,7 @@ impl V2sp {
         });
         let cfg_path = dir.path().join("config.json");
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
+        prepare(&sim);
         let bins = bin_dir();
         let mut cmd = Command::new(bins.join("v2sp"));
         cmd.arg("run")
@@ -594,6 +591,61 @@ pub fn socks5_connect_domain(socks: u16, host: &str, port: u16) -> anyhow::Resul
     let mut skip = vec![0u8; rest];
     s.read_exact(&mut skip)?;
     Ok(s)
+}
+
+/// A burst as a browser or an app opening many connections at once makes: `total` SOCKS5
+/// connections through `socks` to the echo server, `in_flight` at a time, each sending `size`
+/// bytes and reading them back within `per_conn`. Returns one line per failed connection
+/// (empty: all served). Bounded: every connection has its own deadline and the whole burst
+/// ends after `total` attempts.
+pub fn echo_burst(
+    socks: u16,
+    echo: u16,
+    total: usize,
+    in_flight: usize,
+    size: usize,
+    per_conn: Duration,
+) -> Vec<String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let next = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let one = move |i: usize| -> anyhow::Result<()> {
+        let data = payload(size, i as u64 + 1);
+        let mut s = socks5_connect(socks, echo)?;
+        s.set_read_timeout(Some(per_conn))?;
+        s.set_write_timeout(Some(per_conn))?;
+        s.write_all(&data)?;
+        let mut back = vec![0u8; size];
+        s.read_exact(&mut back)
+            .with_context(|| format!("no echo within {per_conn:?}"))?;
+        if back != data {
+            bail!("echo altered");
+        }
+        Ok(())
+    };
+    let workers: Vec<_> = (0..in_flight.max(1))
+        .map(|_| {
+            let (next, failures) = (next.clone(), failures.clone());
+            std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= total {
+                    return;
+                }
+                if let Err(e) = one(i) {
+                    failures
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(format!("connection {i}: {e:#}"));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let v = failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    v
 }
 
 /// Send `data` through a SOCKS5 connection to the echo server and check it comes back intact.

@@ -5,5 +5,6 @@
 pub mod harness;
 pub mod panel_sim;
 pub mod peers;
+pub mod ports;
 
 pub use panel_sim::{AcceptedPush, Fault, PanelSim, RecordedRequest, SimDialect, SimOptions};

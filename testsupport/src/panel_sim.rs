@@ -67,6 +67,60 @@ pub enum Fault {
     Outage,
     /// Apply the push, then reset the connection without answering: the "answer lost" case.
     AcceptThenDropReply,
+    /// Answer exactly this (status, `Content-Type`, body). `apply`: whether the request is
+    /// handled first (a panel that recorded a push, then a 500/502 from it or from the gateway
+    /// in front) or not at all (a CDN or captive proxy answering HTML 200 on its own).
+    Answer {
+        status: u16,
+        content_type: &'static str,
+        body: Vec<u8>,
+        apply: bool,
+    },
+}
+
+impl Fault {
+    /// A CDN's own page: status 200, HTML, the panel never saw the request.
+    pub fn cdn_html_200() -> Fault {
+        Fault::Answer {
+            status: 200,
+            content_type: "text/html",
+            body: b"<!DOCTYPE html><html><body>Checking your browser...</body></html>".to_vec(),
+            apply: false,
+        }
+    }
+
+    /// The panel recorded the request, then `status` came back (a 500 from the panel, a 502
+    /// from a gateway that gave up waiting for it) with an HTML error page.
+    pub fn status_after_apply(status: u16) -> Fault {
+        Fault::Answer {
+            status,
+            content_type: "text/html",
+            body: format!("<html><body><h1>{status}</h1></body></html>").into_bytes(),
+            apply: true,
+        }
+    }
+
+    /// Status 200 with an empty body; `apply`: whether the panel recorded the request.
+    pub fn empty_200(apply: bool) -> Fault {
+        Fault::Answer {
+            status: 200,
+            content_type: "application/json",
+            body: Vec::new(),
+            apply,
+        }
+    }
+
+    /// The panel's own JSON refusal (not applied).
+    pub fn json_refusal(status: u16, message: &str) -> Fault {
+        Fault::Answer {
+            status,
+            content_type: "application/json",
+            body: json!({"status": "fail", "message": message})
+                .to_string()
+                .into_bytes(),
+            apply: false,
+        }
+    }
 }
 
 /// Simulator behaviour fixed at start.
@@ -697,6 +751,25 @@ fn handle_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
     }
     let reply = match (&fault, action) {
         (Fault::Reset | Fault::Outage, _) => None,
+        (
+            Fault::Answer {
+                status,
+                content_type,
+                body,
+                apply,
+            },
+            Some(a),
+        ) => {
+            if *apply {
+                let _ = handle_action(&req, a, shared);
+            }
+            Some(Reply {
+                status: *status,
+                content_type,
+                etag: None,
+                body: body.clone(),
+            })
+        }
         (Fault::Status(code), Some(_)) => Some(Reply::message(*code, "injected fault")),
         (_, None) => Some(Reply {
             status: 404,

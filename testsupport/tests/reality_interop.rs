@@ -261,6 +261,28 @@ fn reality_shoes_exact_accounting_and_wrong_short_id_goes_to_dest() {
     drop(p);
 }
 
+/// Issue 17 §3: 1000 connections through shoes' REALITY client, 50 in flight, each a 1-byte
+/// echo, right after the node starts: every one served, the panel's totals exact.
+#[test]
+fn reality_burst_through_shoes_loses_no_connection() {
+    let s = setup("");
+    let port = s.v.nodes[0].port;
+    let (p, socks) = shoes(s.v.dir.path(), port, UUIDS[0], &s.public_key, SHORT_ID, false);
+    let failures =
+        v2sp_testsupport::harness::echo_burst(socks, s.echo.port, 1000, 50, 1, Duration::from_secs(10));
+    if !failures.is_empty() {
+        panic!(
+            "{} of 1000 connections failed; first: {:?}\n--- shoes ---\n{}\n--- v2sp log ---\n{}",
+            failures.len(),
+            failures.iter().take(10).collect::<Vec<_>>(),
+            p.log(),
+            s.v.agent.log()
+        );
+    }
+    let exp = BTreeMap::from([(1u32, (1000u64, 1000u64))]);
+    s.v.wait_totals(1, &exp, Duration::from_secs(20)).unwrap();
+}
+
 /// A TCP proxy in front of 127.0.0.1:`upstream` counting the bytes each way (what v2sp must
 /// account: upload = client→upstream, download = upstream→client).
 struct Counter {

@@ -3,8 +3,9 @@
 //! * Headers: `User-Agent: v2sp/<version>`; `If-None-Match: <last ETag verbatim>` on config and
 //!   user (omitted while none is stored); `Content-Type: application/json` on POSTs;
 //!   `X-V2sp-Report-Id` on push.
-//! * Status < 400 is success; ≥ 400 is [`PanelError::Status`] with the panel's
-//!   `{"message": …}` or the first 200 characters of the body.
+//! * Pulls: status < 400 is success; ≥ 400 is [`PanelError::Status`] with the panel's
+//!   `{"message": …}` or the first 200 characters of the body. Reports (push, alive) are
+//!   acknowledged only by a 2xx JSON answer ([`PushOutcome::from_answer`]).
 //! * Retries: only when no answer arrived (transport errors), at most [`RetryPolicy::retries`]
 //!   more attempts with jittered exponential backoff (100 ms doubling, capped at 2 s). A push
 //!   is retried only while its request certainly never left this host; once it may have
@@ -211,8 +212,8 @@ impl PanelClient {
             .filter(|t| !t.is_empty());
         match resp.body_mut().with_config().limit(MAX_BODY).read_to_vec() {
             Ok(body) => Attempt::Answer { status, etag, body },
-            // The status line arrived, so the panel saw the request; a POST's body is not
-            // needed to know the outcome.
+            // A POST's answer that could not be read whole is no acknowledgement: the empty
+            // body makes it "unknown" (resent under the same report id).
             Err(_) if action.is_post() => Attempt::Answer {
                 status,
                 etag,
@@ -376,14 +377,7 @@ impl Panel for PanelClient {
     fn push(&mut self, body: &PushBody, report_id: &str) -> PushOutcome {
         let bytes = encode_push(body);
         match self.exchange(Action::Push, None, Some((&bytes, Some(report_id))), false) {
-            Ok((status, _, reply)) if status >= 400 => match status_error(Action::Push, status, &reply) {
-                PanelError::Status { code, message, .. } => PushOutcome::Rejected { code, message },
-                other => PushOutcome::Rejected {
-                    code: status,
-                    message: other.to_string(),
-                },
-            },
-            Ok(_) => PushOutcome::Accepted,
+            Ok((status, _, reply)) => PushOutcome::from_answer(status, &reply),
             Err((e, false)) => PushOutcome::NotDelivered {
                 detail: e.to_string(),
             },
@@ -398,10 +392,21 @@ impl Panel for PanelClient {
         let (status, _, reply) = self
             .exchange(Action::Alive, None, Some((&bytes, None)), true)
             .map_err(|(e, _)| e)?;
-        if status >= 400 {
-            return Err(status_error(Action::Alive, status, &reply));
+        // The same acknowledgement rule as a push: only the panel's own JSON 2xx.
+        match PushOutcome::from_answer(status, &reply) {
+            PushOutcome::Accepted => Ok(()),
+            PushOutcome::Refused { code, message } => Err(PanelError::Status {
+                action: Action::Alive,
+                code,
+                message,
+            }),
+            PushOutcome::Unknown { detail } | PushOutcome::NotDelivered { detail } => {
+                Err(PanelError::Unacknowledged {
+                    action: Action::Alive,
+                    detail,
+                })
+            }
         }
-        Ok(())
     }
 
     fn forget_cache(&mut self) {

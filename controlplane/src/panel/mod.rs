@@ -28,7 +28,8 @@ pub use file::{FilePanel, LEDGER_SUFFIX, REMEMBERED_REPORTS};
 pub use http::{PanelClient, RetryPolicy};
 pub use url::{resolve_dialect, Endpoint};
 pub use v2sp_shared::panel::{
-    Action, AliveBody, AliveList, DecodeError, NodeInfo, PanelUser, PushBody, UserList, REPORT_ID_HEADER,
+    snippet, Action, AliveBody, AliveList, DecodeError, NodeInfo, PanelUser, PushBody, UserList,
+    REPORT_ID_HEADER,
 };
 
 /// Which request layout the panel speaks (spec §B.1).
@@ -100,19 +101,57 @@ impl<T> Fetch<T> {
 }
 
 /// What happened to a traffic report. The caller keeps the batch (and its report id) until
-/// `Accepted`, and must not assume `Unknown` batches were lost.
+/// `Accepted`; only `NotDelivered` lets it merge the batch into newer traffic.
+///
+/// The acknowledgement rule (README, "API"): a report is acknowledged **only** by a 2xx answer
+/// whose body parses as JSON — the panel's own answer. A CDN's or captive proxy's HTML page
+/// with status 200 never reached the panel; a 500/502/reset may come after the panel recorded
+/// the report. Either way the outcome is unknown and the batch is resent verbatim under the
+/// same report id, which a panel that de-duplicates by `X-V2sp-Report-Id` counts once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushOutcome {
-    /// The panel answered < 400.
+    /// The panel answered 2xx with a JSON body.
     Accepted,
-    /// The panel answered ≥ 400: it saw the request and refused it.
-    Rejected { code: u16, message: String },
+    /// The panel itself refused it: a 4xx with a JSON body. Kept and resent verbatim (a panel
+    /// that refuses a batch today may take it after an operator fixes it); never dropped.
+    Refused { code: u16, message: String },
     /// The request certainly never reached the panel (bad URL, DNS failure, connection
-    /// refused/unreachable, connect timeout); safe to send again as a new attempt.
+    /// refused/unreachable, connect timeout): the batch may be merged into the next one.
     NotDelivered { detail: String },
-    /// Request bytes were (possibly) sent but no answer arrived (timeout, reset, lost reply):
-    /// the panel may have applied it. Retry with the *same* report id.
+    /// Request bytes were (possibly) sent and no acknowledgement came back: timeout, reset,
+    /// 5xx, 3xx, a 2xx that is not JSON (HTML, empty, garbage), a 4xx that is not the panel's
+    /// JSON. The panel may have applied it. Retry with the *same* report id.
     Unknown { detail: String },
+}
+
+impl PushOutcome {
+    /// Classifies a panel's answer to a report by the acknowledgement rule.
+    pub fn from_answer(status: u16, body: &[u8]) -> PushOutcome {
+        let json = serde_json::from_slice::<serde_json::Value>(body).ok();
+        let text = || snippet(String::from_utf8_lossy(body).trim(), 200);
+        match (status, json) {
+            (200..=299, Some(_)) => PushOutcome::Accepted,
+            (200..=299, None) if body.iter().all(u8::is_ascii_whitespace) => PushOutcome::Unknown {
+                detail: format!("HTTP {status} with an empty body is not the panel's acknowledgement"),
+            },
+            (200..=299, None) => PushOutcome::Unknown {
+                detail: format!(
+                    "HTTP {status} whose body is not JSON (a proxy or CDN page, not the panel's acknowledgement): {}",
+                    text()
+                ),
+            },
+            (400..=499, Some(v)) => PushOutcome::Refused {
+                code: status,
+                message: v
+                    .get("message")
+                    .and_then(|m| m.as_str().map(str::to_string))
+                    .unwrap_or_else(text),
+            },
+            (_, _) => PushOutcome::Unknown {
+                detail: format!("HTTP {status}: {}", text()),
+            },
+        }
+    }
 }
 
 /// Whose fault an error is, for logs and operator messages.
@@ -142,6 +181,9 @@ pub enum PanelError {
         #[source]
         source: DecodeError,
     },
+    /// A report (alive) got no acknowledgement: 5xx, a 2xx that is not JSON, a 3xx.
+    #[error("panel did not acknowledge {action}: {detail}")]
+    Unacknowledged { action: Action, detail: String },
     /// No answer: connect/DNS/timeout/reset, after all retries.
     #[error("no answer from panel for {action} after {attempts} attempt(s): {detail}")]
     Transport {
@@ -157,7 +199,9 @@ pub enum PanelError {
 impl PanelError {
     pub fn fault(&self) -> Fault {
         match self {
-            PanelError::Status { .. } | PanelError::Decode { .. } => Fault::Panel,
+            PanelError::Status { .. } | PanelError::Decode { .. } | PanelError::Unacknowledged { .. } => {
+                Fault::Panel
+            }
             PanelError::Transport { .. } => Fault::Transport,
             PanelError::Config(_) => Fault::Config,
         }

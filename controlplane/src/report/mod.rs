@@ -4,12 +4,14 @@
 //! * a harvested bank is journalled (fsync) before it is cleared in shared memory, keyed by
 //!   `(instance, core, epoch)` so it is never counted twice;
 //! * a batch is sealed under a fresh report id (journalled) before it is sent, and retired only
-//!   when the panel answers 2xx;
-//! * a batch the panel certainly did not take (connect failure, 4xx/5xx answer) is merged back
-//!   into the open deltas and goes out with the next push;
-//! * a batch whose fate is unknown (timeout or reset after sending) is re-sent verbatim with
-//!   the same report id before anything else, so a panel that de-duplicates by
-//!   `X-V2sp-Report-Id` counts it exactly once.
+//!   when the panel acknowledges it: a 2xx whose body is JSON ([`PushOutcome::from_answer`]);
+//! * only a batch that certainly never left this machine (connect failure, DNS failure) is
+//!   merged back into the open deltas and goes out with the next push;
+//! * every other batch — unknown fate (timeout, reset, 5xx, HTML or empty 200) or refused by
+//!   the panel (JSON 4xx) — is re-sent verbatim with the same report id before anything else,
+//!   so a panel that de-duplicates by `X-V2sp-Report-Id` counts it exactly once; newer traffic
+//!   waits in the open deltas behind it (the journal bounds them: one sealed batch and one
+//!   open map per node).
 
 pub mod journal;
 pub mod online;
@@ -37,6 +39,8 @@ pub struct PushReport {
     pub error: Option<String>,
     /// A batch is waiting for a retry with the same report id.
     pub unknown_pending: bool,
+    /// The panel refused the batch with a JSON 4xx (kept, resent; counted in /metrics).
+    pub refused: bool,
 }
 
 impl Accounting {
@@ -162,15 +166,14 @@ impl Accounting {
                         e[1] += v[1];
                     }
                 }
-                PushOutcome::Rejected { code, message } => {
-                    commit(
-                        &mut j,
-                        Record::Unseal {
-                            tag: tag.to_string(),
-                            id: batch.id,
-                        },
-                    );
-                    report.error = Some(format!("panel answered {code}: {message}"));
+                PushOutcome::Refused { code, message } => {
+                    // The panel's own refusal: the batch stays sealed and is resent verbatim
+                    // (never dropped, never merged: it reached the panel).
+                    report.refused = true;
+                    report.error = Some(format!(
+                        "panel REFUSED report {} with HTTP {code}: {message}; the batch is kept and resent until the panel takes it",
+                        batch.id
+                    ));
                     return report;
                 }
                 PushOutcome::NotDelivered { detail } => {

@@ -458,6 +458,10 @@ impl Core {
     /// not change; its open connections go on with the settings they were accepted under (the
     /// Go agents re-create the inbound and drop every user, spec §D). New nodes start.
     pub fn apply_config(self: &Rc<Self>, cfg: &DataplaneConfig) {
+        // Adopt the newest user tables before any listener opens: the control plane publishes
+        // a node's users (and waits for every core) before the config that makes it listen,
+        // and this tick makes sure this core reads them even between its periodic ticks.
+        self.tick();
         self.handshake_limits
             .set((cfg.handshake_limits.per_worker, cfg.handshake_limits.per_ip));
         // The control plane never publishes two nodes on one port; a config that does anyway

@@ -670,9 +670,19 @@ async fn drain_pipe(
 }
 
 /// Clears tokio's cached readiness after an operation done outside tokio (io_uring) reported
-/// EAGAIN or a short read, so the next `readable()`/`writable()` really waits.
+/// EAGAIN or a short read, so the next `readable()`/`writable()` really waits — but only while
+/// the socket is still not ready *now*: bytes that arrived after the ring's operation completed
+/// set readiness again through epoll before this task resumed, and clearing that blindly lost
+/// the only wake-up for them (edge-triggered), stalling the connection.
 fn clear_readiness(s: &TcpStream, interest: Interest) {
-    let _ = s.try_io(interest, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+    let fd = s.as_raw_fd();
+    let _ = s.try_io(interest, || {
+        if interest.is_writable() {
+            sys::poll_writable(fd)
+        } else {
+            sys::peek_readable(fd)
+        }
+    });
 }
 
 /// Plain copy over io_uring recv/send. A buffer is taken only once the source is readable

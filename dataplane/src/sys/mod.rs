@@ -89,6 +89,48 @@ pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// Whether a socket has bytes (or its EOF) to read, without taking any: `Ok(())` if so,
+/// `WouldBlock` if not. Used inside tokio's `try_io` to clear read readiness only while the
+/// socket really has nothing, after an operation done outside tokio (io_uring) came back short.
+pub fn peek_readable(fd: RawFd) -> io::Result<()> {
+    let mut b = 0u8;
+    // SAFETY: one writable byte on our stack, borrowed for the call; the fd is borrowed from a
+    // live owner for the duration of the call.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            std::ptr::addr_of_mut!(b).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether a socket can take bytes now: `Ok(())` if so, `WouldBlock` if not (the write-side
+/// counterpart of [`peek_readable`]).
+pub fn poll_writable(fd: RawFd) -> io::Result<()> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on our stack, borrowed for the call; timeout 0 never blocks.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if p.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0 {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
 /// Opts this process out of transparent huge pages (`PR_SET_THP_DISABLE`). The allocator
 /// madvises its arenas for huge pages; the kernel then backs the heap in 2 MiB steps, so a
 /// few hundred idle connections more or less move RSS by whole huge pages and the per-

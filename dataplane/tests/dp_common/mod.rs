@@ -114,12 +114,10 @@ pub fn user(node: u16, id: u32, speed: u32, devices: u32) -> MemUser {
     }
 }
 
+/// A port for a node: from the suite's one allocator (never one the kernel hands to a
+/// `bind(0)` socket or a connection).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    v2sp_testsupport::ports::claim()
 }
 
 pub fn node(slot: u16, port: u16) -> NodeConfig {

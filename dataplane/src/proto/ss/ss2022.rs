@@ -298,7 +298,7 @@ impl Ss2022Handshake {
         if payload_at > var.len() {
             return Err(WireError::Malformed("padding extends beyond the header chunk"));
         }
-        let initial_upload = var.split_off(payload_at);
+        let mut initial_upload = var.split_off(payload_at);
         if initial_upload.is_empty() && pad_len == 0 {
             return Err(WireError::Malformed(
                 "request without payload and without padding",
@@ -306,10 +306,17 @@ impl Ss2022Handshake {
         }
         let kind = self.cfg.kind;
         let salt = Secret::from_slice(self.buf.get(..kind.key_len()).unwrap_or_default());
-        let carry = self.buf.split_off(end);
+        let mut carry = self.buf.split_off(end);
         self.buf = Vec::new();
+        // Whole chunks that arrived with the header (a client that sends the header with
+        // padding only, then the payload, often lands both in one read) are decoded now: the
+        // relay opens the codec only when the client sends more, and a client waiting for the
+        // answer to that payload would wait forever (issue 17: connections stalled in bursts).
+        let mut reader = ChunkReader::new(cipher, None, MAX_PAYLOAD);
+        let used = reader.open(&carry, &mut initial_upload)?;
+        carry.drain(..used.min(carry.len()));
         let codec = Ss2022Codec {
-            reader: ChunkReader::new(cipher, None, MAX_PAYLOAD),
+            reader,
             carry,
             kind,
             user_psk: Secret::from_slice(user.secret()),

@@ -184,6 +184,29 @@ fn aead2017_known_answer_datagrams() {
     }
 }
 
+/// Chunks that arrive in the same read as the request header are decoded by the handshake
+/// itself: the relay opens the codec only when the client sends more, and a client waiting for
+/// the answer to those bytes would stall until the idle timeout (issue 17: SS-2022 bursts).
+#[test]
+fn whole_chunks_after_the_header_are_handed_over_at_once() {
+    for m in ALL {
+        for initial in [&b""[..], b"hi"] {
+            let ctx = test_ctx(m, &UUIDS);
+            let mut client = Client::new(m, 1, &domain(), initial, NOW);
+            let mut wire = Vec::new();
+            client.seal(b"", &mut wire);
+            client.seal(b"x", &mut wire);
+            let mut hs = inbound(m).handshake();
+            let Step::Done(Next::Forward { initial_upload, .. }) = hs.feed(&wire, &ctx).unwrap() else {
+                panic!("{m:?}: not forwarded");
+            };
+            let mut want = initial.to_vec();
+            want.push(b'x');
+            assert_eq!(initial_upload, want, "{m:?} initial {initial:?}");
+        }
+    }
+}
+
 #[test]
 fn every_method_round_trips_for_every_feed_granularity() {
     for m in ALL {
