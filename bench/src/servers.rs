@@ -27,7 +27,6 @@
 //! the TLS suites, the run's certificate (see `client::tls`).
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -297,13 +297,19 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("harvest".into())
             .spawn(move || {
+                let mut last = Instant::now();
                 while s.phase() == Phase::Running {
+                    // Re-read at least every 500 ms: a node's first config (or a panel that
+                    // recovered) shortens the period at once instead of after the 10 s
+                    // default already being slept.
                     let push_ms = s.min_push_ms.load(Ordering::Relaxed);
                     let every = Duration::from_millis((push_ms / 2).clamp(500, 10_000));
-                    s.sleep(every);
-                    if s.phase() != Phase::Running {
-                        break;
+                    let left = (last + every).saturating_duration_since(Instant::now());
+                    if !left.is_zero() {
+                        s.sleep(left.min(Duration::from_millis(500)));
+                        continue;
                     }
+                    last = Instant::now();
                     s.harvest_once(Duration::from_secs(2));
                     s.shm.heartbeat();
                 }

@@ -433,6 +433,7 @@ mod tests {
                 pulls_failed: 1,
                 pushes_ok: 4,
                 pushes_failed: 2,
+                reports_refused: 1,
                 last_pull_ok: 1_700_000_000,
                 last_push_ok: 1_700_000_001,
                 counted: [100, 2000],

@@ -313,7 +313,8 @@ fn intervals_from_a_recovered_panel_take_effect_at_once() {
     wait_totals(&sim, &mut dp, 1, &expected, &env);
     assert!(
         sim.requests_for(Action::Push).len() >= 2,
-        "pushes every second once the panel's interval is known"
+        "pushes every second once the panel's interval is known\n{}",
+        log_of(&env)
     );
     sigterm(&mut agent);
 }

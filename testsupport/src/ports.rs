@@ -6,7 +6,7 @@
 //! may give out the very port just released. That is how a node and the panel simulator once
 //! both got 127.0.0.1:46131 on a fresh machine.
 //!
-//! So ports handed out here come from **below** the ephemeral range (10000 up to its start),
+//! So ports handed out here come from **outside** the ephemeral range (the larger gap it leaves),
 //! where the kernel never places a `bind(0)` socket or a connection's local end; and each is
 //! claimed across processes (cargo runs test binaries, nextest runs tests, in parallel) by an
 //! advisory lock on `/tmp/v2sp-test-ports/<port>` held until this process exits. A port is
@@ -23,8 +23,9 @@ static CLAIMED: Mutex<Vec<(u16, File)>> = Mutex::new(Vec::new());
 
 const LOCK_DIR: &str = "/tmp/v2sp-test-ports";
 
-/// The range this allocator draws from: below the ephemeral range, or above it when the
-/// ephemeral range starts too low to leave room.
+/// The range this allocator draws from: the larger of the two gaps the ephemeral range leaves
+/// between 1024 and 65535 (v2sp's own sysctl file widens the ephemeral range to 10000–65535,
+/// leaving 1024–9999).
 fn pool() -> (u16, u16) {
     let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -33,11 +34,15 @@ fn pool() -> (u16, u16) {
             Some((it.next()??, it.next()??))
         })
         .unwrap_or((32768, 60999));
-    if lo >= 12000 {
-        (10000, u16::try_from(lo - 1).unwrap_or(u16::MAX))
-    } else {
-        (u16::try_from(hi + 1).unwrap_or(u16::MAX), u16::MAX)
-    }
+    // Well-known services cluster low; start the low gap at 2000.
+    let below = (2000u32, lo.saturating_sub(1));
+    let above = (hi.saturating_add(1), 65535u32);
+    let size = |(a, b): (u32, u32)| b.saturating_sub(a);
+    let (a, b) = if size(below) >= size(above) { below } else { above };
+    (
+        u16::try_from(a).unwrap_or(u16::MAX),
+        u16::try_from(b).unwrap_or(u16::MAX),
+    )
 }
 
 /// A loopback port free for TCP and UDP that no other test process holds and that this
