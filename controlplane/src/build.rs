@@ -131,13 +131,15 @@ pub fn node_config(
                     return Err(BuildError::NotServedYet("VLESS encryption"));
                 }
             }
-            // Trojan is always TLS (a `tls: 2` from the panel is ignored for trojan, §B.4);
-            // VLESS and VMess when the panel says `tls: 1`; REALITY (`tls: 2`) for VLESS.
+            // Trojan is always TLS, or REALITY when the panel says `tls: 2` (Xboard then sends
+            // the REALITY object as `tls_settings`, as for VLESS; the Go v2sp ignored it and
+            // served its own certificate, §B.4); VLESS and VMess when the panel says `tls: 1`;
+            // REALITY (`tls: 2`) for VLESS and Trojan.
             let wants_tls = matches!((protocol, info.tls), (Protocol::Trojan, _) | (_, TlsMode::Tls));
             if protocol == Protocol::Vmess && info.tls == TlsMode::Reality {
                 return Err(BuildError::NotServedYet("REALITY"));
             }
-            if protocol == Protocol::Vless && info.tls == TlsMode::Reality {
+            if matches!(protocol, Protocol::Vless | Protocol::Trojan) && info.tls == TlsMode::Reality {
                 Some(reality_tls(info)?)
             } else if wants_tls {
                 node_tls(&entry.cert, info)?
@@ -534,7 +536,7 @@ fn vless_flow(info: &NodeInfo) -> String {
     info.flow.as_deref().map(str::trim).unwrap_or("").to_string()
 }
 
-/// REALITY for a VLESS node with `tls: 2` (spec §F.3): dest = `dest` or `server_name`, with
+/// REALITY for a VLESS or Trojan node with `tls: 2` (spec §F.3): dest = `dest` or `server_name`, with
 /// `server_port`; one server name and one short id from the panel; no time check (xray leaves
 /// `maxTimeDiff` unset).
 pub fn reality_tls(info: &NodeInfo) -> Result<TlsSettings, BuildError> {
@@ -1030,6 +1032,9 @@ mod tests {
         assert_eq!(r.xver, 1);
         assert_eq!(r.max_time_diff_ms, 0);
         assert!(c.flow.is_empty());
+        // A Trojan node with `tls: 2` is served over REALITY with the same settings.
+        let t = node_config(1, "t", &entry("trojan"), &i).unwrap();
+        assert_eq!(t.tls.unwrap().reality.unwrap().dest, "www.example.com:8443");
         // dest wins over server_name; a numeric port works too.
         let i = info(
             r#"{"server_port":443,"tls":2,"tls_settings":{"server_name":"a.example","dest":"127.0.0.1",
@@ -1074,8 +1079,11 @@ mod tests {
             node_config(1, "t", &entry("vless"), &i),
             Err(BuildError::Reality("no tls_settings"))
         );
-        // Trojan ignores tls 2 (served with the local certificate).
-        assert!(node_config(1, "t", &entry("trojan"), &i).is_ok());
+        // Trojan with tls 2 is REALITY too, and needs its settings.
+        assert_eq!(
+            node_config(1, "t", &entry("trojan"), &i),
+            Err(BuildError::Reality("no tls_settings"))
+        );
         let i = info(r#"{"server_port":443,"encryption":"mlkem768x25519plus"}"#);
         assert_eq!(
             node_config(1, "t", &entry("vless"), &i),

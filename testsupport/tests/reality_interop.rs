@@ -139,6 +139,10 @@ struct Setup {
 }
 
 fn setup(flow: &str) -> Setup {
+    setup_protocol("vless", flow)
+}
+
+fn setup_protocol(protocol: &str, flow: &str) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let nginx = Nginx::start(tmp.path());
     let echo = Echo::start().unwrap();
@@ -147,7 +151,7 @@ fn setup(flow: &str) -> Setup {
     let node = NodeSpec {
         node_id: 1,
         port,
-        info: json!({"node_type": "vless", "server_port": port, "tls": 2, "network": "tcp", "flow": flow,
+        info: json!({"node_type": protocol, "server_port": port, "tls": 2, "network": "tcp", "flow": flow,
                      "tls_settings": {"server_name": SNI, "dest": "127.0.0.1", "server_port": nginx.port.to_string(),
                                       "private_key": private_key, "short_id": SHORT_ID, "xver": "0"},
                      "base_config": {"push_interval": 1, "pull_interval": 1}}),
@@ -259,6 +263,37 @@ fn reality_shoes_exact_accounting_and_wrong_short_id_goes_to_dest() {
     s.v.wait_totals(1, &exp, Duration::from_secs(20)).unwrap();
     drop(c);
     drop(p);
+}
+
+/// Issue 13: Trojan over REALITY (Xboard's `tls: 2` for a Trojan node) through shoes, exact
+/// to the byte; a client with a wrong short id is relayed to dest and gets nothing through.
+#[test]
+fn trojan_reality_shoes_exact_accounting_and_wrong_short_id_goes_to_dest() {
+    let s = setup_protocol("trojan", "");
+    let port = s.v.nodes[0].port;
+    let trojan = |password: &str, short_id: &str| {
+        let chain = shoes::reality(&s.public_key, short_id, SNI, false, shoes::trojan(password));
+        shoes::client(port, chain, s.v.dir.path()).unwrap_or_else(|e| panic!("shoes client: {e:#}"))
+    };
+    let mut failures = Vec::new();
+    let (p, socks) = trojan(UUIDS[0], SHORT_ID);
+    let data = payload(1 << 20, 15);
+    let mut moved = 0;
+    match tcp_echo_through(socks, s.echo.port, &data) {
+        Ok(n) => moved = n,
+        Err(e) => failures.push(format!("Trojan REALITY user 1: {e:#}\n{}", p.log())),
+    }
+    drop(p);
+    let (p, socks) = trojan(UUIDS[1], "ffffffff");
+    if tcp_echo_through(socks, s.echo.port, &payload(4096, 16)).is_ok() {
+        failures.push(format!("data went through with a wrong short id\n{}", p.log()));
+    }
+    drop(p);
+    if !failures.is_empty() {
+        panic!("{}\n--- v2sp log ---\n{}", failures.join("\n"), s.v.agent.log());
+    }
+    let exp = BTreeMap::from([(1u32, (moved, moved))]);
+    s.v.wait_totals(1, &exp, Duration::from_secs(20)).unwrap();
 }
 
 /// Issue 17 §3: 1000 connections through shoes' REALITY client, 50 in flight, each a 1-byte
