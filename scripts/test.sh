@@ -37,7 +37,7 @@ pass() {
 }
 
 echo "== installing test peers"
-if ! bash scripts/install-test-deps.sh --with-debian-peers --with-shoes; then
+if ! bash scripts/install-test-deps.sh --with-debian-peers --with-shoes --with-xray; then
     # Without the peers most suites cannot run: stop here, loudly.
     echo "!! installing the test peers failed; nothing was tested"
     echo "all suites: 0 passed, 1 failed"

@@ -895,3 +895,83 @@ pub fn v2ray_outbound(out: Value, dir: &Path) -> anyhow::Result<(Proc, u16)> {
         Ok(cmd)
     })
 }
+
+/// Whether this process sits in a network namespace whose only interface is loopback (read from
+/// `/proc/self/net/dev`, which shows the namespace of the reading process).
+pub fn in_loopback_only_netns() -> bool {
+    let Ok(dev) = std::fs::read_to_string("/proc/self/net/dev") else {
+        return false;
+    };
+    let names: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    names == ["lo"]
+}
+
+/// Runs the calling test inside a fresh network namespace with nothing but loopback (up): for
+/// peers the project runs only there (Xray, from a third-party repackaging). Returns `true` in
+/// that namespace — the caller goes on with its body — and `false` in the outer process once the
+/// inner run passed; panics with the inner run's output when it failed. `test` is the test's
+/// full name (`module::name` as libtest prints it). The inner run is the same test binary,
+/// `--exact test`, under `unshare --net`, bounded by `within`.
+#[allow(clippy::panic)]
+pub fn run_in_loopback_netns(test: &str, within: Duration) -> bool {
+    const INNER: &str = "V2SP_TEST_IN_NETNS";
+    if std::env::var_os(INNER).is_some() {
+        assert!(
+            in_loopback_only_netns(),
+            "{INNER} is set but this namespace has interfaces besides lo"
+        );
+        return true;
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let mut cmd = Command::new("timeout");
+    cmd.arg(format!("{}s", within.as_secs().max(1)))
+        .args(["unshare", "--net", "--", "sh", "-c"])
+        .arg(r#"ip link set lo up && exec "$0" --exact "$1" --nocapture --test-threads 1"#)
+        .arg(&exe)
+        .arg(test)
+        .env(INNER, "1")
+        .stdin(Stdio::null());
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {test} in a network namespace (unshare): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The inner libtest must have run exactly this one test and passed it.
+    if !out.status.success() || !text.contains("1 passed") {
+        panic!(
+            "{test} in its loopback-only namespace failed ({}):\n{text}",
+            out.status
+        );
+    }
+    false
+}
+
+/// Xray (24.11.21, `scripts/install-test-deps.sh --with-xray`) as a client: a SOCKS inbound and
+/// the given outbound object. Refuses to start outside a loopback-only network namespace.
+pub fn xray_outbound(out: Value, dir: &Path) -> anyhow::Result<(Proc, u16)> {
+    if !in_loopback_only_netns() {
+        bail!("Xray runs only inside a loopback-only network namespace (see run_in_loopback_netns)");
+    }
+    let bin = peer("xray")?;
+    spawn_listening("xray", dir, |socks| {
+        let cfg = json!({
+            "log": {"loglevel": "warning"},
+            "inbounds": [{"listen": "127.0.0.1", "port": socks, "protocol": "socks",
+                          "settings": {"auth": "noauth", "udp": false}}],
+            "outbounds": [out],
+        });
+        let path = dir.join(format!("xray-{socks}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("run").arg("-c").arg(&path).current_dir(dir);
+        Ok(cmd)
+    })
+}

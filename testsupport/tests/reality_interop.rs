@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use v2sp_testsupport::harness::{
-    free_port, payload, peer, sha256, socks5_connect, tcp_echo_through, wait_tcp, Echo, NodeSpec, Proc, V2sp,
+    free_port, payload, peer, run_in_loopback_netns, sha256, socks5_connect, tcp_echo_through, wait_tcp,
+    xray_outbound, Echo, NodeSpec, Proc, V2sp,
 };
 use v2sp_testsupport::panel_sim::{user, users};
 use v2sp_testsupport::peers::shoes;
@@ -461,4 +462,81 @@ fn reality_vision_shoes_inner_tls_exact_accounting() {
     if tcp_echo_through(socks, s.echo.port, &payload(4096, 8)).is_ok() {
         panic!("a client without the node's flow got data through\n{}", p.log());
     }
+}
+
+/// Xray (the reference REALITY implementation) as the client: VLESS or Trojan over REALITY,
+/// with `flow` for VLESS. Runs only inside the test's loopback-only namespace.
+fn xray_reality(s: &Setup, protocol: &str, secret: &str, flow: &str, short_id: &str) -> (Proc, u16) {
+    let port = s.v.nodes[0].port;
+    let settings = if protocol == "vless" {
+        json!({"vnext": [{"address": "127.0.0.1", "port": port,
+                          "users": [{"id": secret, "encryption": "none", "flow": flow}]}]})
+    } else {
+        json!({"servers": [{"address": "127.0.0.1", "port": port, "password": secret}]})
+    };
+    let out = json!({"protocol": protocol, "settings": settings,
+        "streamSettings": {"network": "tcp", "security": "reality",
+            "realitySettings": {"serverName": SNI, "publicKey": s.public_key, "shortId": short_id,
+                                "fingerprint": "chrome"}}});
+    xray_outbound(out, s.v.dir.path()).unwrap_or_else(|e| panic!("xray: {e:#}"))
+}
+
+/// Issue 13: Xray 24.11.21 as a REALITY + Vision client (CI used only shoes before): curl over
+/// an inner TLS 1.3 connection to nginx, 4 MiB sha256-checked, both directions switch to
+/// direct, and the panel's totals equal what a counting proxy in front of nginx saw.
+#[test]
+fn xray_reality_vision_inner_tls_exact_accounting() {
+    if !run_in_loopback_netns(
+        "xray_reality_vision_inner_tls_exact_accounting",
+        Duration::from_secs(120),
+    ) {
+        return;
+    }
+    std::env::set_var("RUST_LOG", "info,v2sp_dataplane::tls::vision=debug");
+    let s = setup("xtls-rprx-vision");
+    let counter = Counter::start(s.nginx.port);
+    let (p, socks) = xray_reality(&s, "vless", UUIDS[0], "xtls-rprx-vision", SHORT_ID);
+    fetch_big(socks, &counter, s.v.dir.path(), &|| {
+        format!("--- xray ---\n{}\n--- v2sp ---\n{}", p.log(), s.v.agent.log())
+    });
+    drop(p);
+    std::thread::sleep(Duration::from_millis(500));
+    let log = s.v.agent.log();
+    assert!(
+        log.contains("vision: uplink direct") && log.contains("vision: downlink direct"),
+        "Vision never switched both directions to direct:\n{log}"
+    );
+    let up = counter.up.load(std::sync::atomic::Ordering::SeqCst);
+    let down = counter.down.load(std::sync::atomic::Ordering::SeqCst);
+    let exp = BTreeMap::from([(1u32, (up, down))]);
+    s.v.wait_totals(1, &exp, Duration::from_secs(20)).unwrap();
+}
+
+/// Issue 13: Trojan over REALITY with Xray as the client: 1 MiB echoed sha256-checked both
+/// ways, exact totals; a wrong short id is relayed to dest and gets nothing through.
+#[test]
+fn xray_trojan_reality_exact_accounting() {
+    if !run_in_loopback_netns("xray_trojan_reality_exact_accounting", Duration::from_secs(120)) {
+        return;
+    }
+    let s = setup_protocol("trojan", "");
+    let (p, socks) = xray_reality(&s, "trojan", UUIDS[0], "", SHORT_ID);
+    let data = payload(1 << 20, 25);
+    let moved = tcp_echo_through(socks, s.echo.port, &data).unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\n--- xray ---\n{}\n--- v2sp ---\n{}",
+            p.log(),
+            s.v.agent.log()
+        )
+    });
+    drop(p);
+    let (p, socks) = xray_reality(&s, "trojan", UUIDS[1], "", "ffffffff");
+    assert!(
+        tcp_echo_through(socks, s.echo.port, &payload(4096, 26)).is_err(),
+        "data went through with a wrong short id\n{}",
+        p.log()
+    );
+    drop(p);
+    let exp = BTreeMap::from([(1u32, (moved, moved))]);
+    s.v.wait_totals(1, &exp, Duration::from_secs(20)).unwrap();
 }

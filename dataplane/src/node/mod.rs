@@ -1110,10 +1110,19 @@ async fn handshake(
                     carry = a.carry;
                     tls = Some(a.session);
                 }
-                Err(_) => return Handshake::Drop,
+                Err(e) => {
+                    tracing::debug!(node = node.cfg.slot, %peer, "REALITY client authenticated, TLS handshake failed: {e:?}");
+                    return Handshake::Drop;
+                }
             },
-            Outcome::Drop => return Handshake::Drop,
-            Outcome::Fallback(dest) => return Handshake::Fallback(dest),
+            Outcome::Drop => {
+                tracing::debug!(node = node.cfg.slot, %peer, "REALITY handshake dropped");
+                return Handshake::Drop;
+            }
+            Outcome::Fallback(dest) => {
+                tracing::debug!(node = node.cfg.slot, %peer, "not a REALITY client of this node: relayed to dest");
+                return Handshake::Fallback(dest);
+            }
         }
     } else if let Some(cfg) = &node.tls {
         match crate::tls::accept(s, cfg, first, &mut buf).await {
@@ -1159,8 +1168,16 @@ async fn handshake(
             }
             match step {
                 Ok(Step::NeedMore(_)) => {}
-                Ok(Step::Done(next)) => return Handshake::Forward(next, tls.map(|t| Box::new((t, carry)))),
-                Err(_) => return drain(s, &mut buf, usize::MAX).await,
+                Ok(Step::Done(next)) => {
+                    if let Next::Reject { error, .. } | Next::Fallback { error, .. } = &next {
+                        tracing::debug!(node = node.cfg.slot, %peer, "protocol handshake refused: {error}");
+                    }
+                    return Handshake::Forward(next, tls.map(|t| Box::new((t, carry))));
+                }
+                Err(e) => {
+                    tracing::debug!(node = node.cfg.slot, %peer, "transport handshake refused: {e}");
+                    return drain(s, &mut buf, usize::MAX).await;
+                }
             }
         }
         chunk.clear();
@@ -1291,7 +1308,11 @@ async fn open(
             fallback_relay(&core, &node, &client, &dest).await;
             return None;
         }
-        Ok(Handshake::Drop) | Err(_) => return None,
+        Ok(Handshake::Drop) => return None,
+        Err(_) => {
+            tracing::debug!(node = node.cfg.slot, %peer, "handshake deadline passed");
+            return None;
+        }
     };
     let (dest, user, mut initial_upload, mut reply, mut codec) = match next {
         Next::Forward {

@@ -423,12 +423,15 @@ pub async fn accept(
     };
     let auth = msg.as_deref().and_then(|m| srv.authenticate(m, now_ms()));
     let Some(auth) = auth else {
+        tracing::trace!(%peer, hello = msg.is_some(), "REALITY: not authenticated");
         return Outcome::Fallback(dest);
     };
+    tracing::trace!(%peer, "REALITY: authenticated; waiting for dest's answer");
     // Answer no sooner than dest would: wait for its first bytes (its ServerHello).
     if dest.readable().await.is_err() {
         return Outcome::Drop;
     }
+    tracing::trace!(%peer, "REALITY: dest answered; TLS handshake with the client");
     drop(dest);
     let cfg = match srv.server_config(&auth) {
         Ok(c) => c,
