@@ -890,6 +890,21 @@ fn read_api(o: &mut Obj<'_>, node: &mut NodeEntry, node_pos: usize) -> Result<()
             }
         };
     }
+    if let Some(v) = o.take("ApiVersion") {
+        let path = o.sub("ApiVersion");
+        node.api_version = match as_string(src, &path, v)?.to_ascii_lowercase().as_str() {
+            "" | "auto" => ApiVersion::Auto,
+            "v1" | "1" => ApiVersion::V1,
+            "v2" | "2" => ApiVersion::V2,
+            _ => {
+                return Err(src.err(
+                    v.pos,
+                    &path,
+                    format!("expected \"auto\", \"v1\" or \"v2\", found {}", v.describe()),
+                ))
+            }
+        };
+    }
     node.rule_list_path = o.string("RuleListPath")?.filter(|s| !s.is_empty());
     let remote = !node.api_host.to_ascii_lowercase().starts_with("file:");
     if remote && node.api_key.is_empty() {

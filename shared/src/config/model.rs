@@ -327,6 +327,29 @@ impl ApiDialect {
     }
 }
 
+/// Which Xboard node API version a node uses (per node `"ApiVersion"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiVersion {
+    /// v2 when `POST <ApiHost>/api/v2/server/handshake` answers with JSON, else v1.
+    #[default]
+    Auto,
+    /// `config`/`user`/`alivelist`/`push`/`alive` in the node's `ApiDialect`.
+    V1,
+    /// `/api/v2/server/*`: one `report` replaces push/alive/status; WebSocket when offered.
+    V2,
+}
+
+impl ApiVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiVersion::Auto => "auto",
+            ApiVersion::V1 => "v1",
+            ApiVersion::V2 => "v2",
+        }
+    }
+}
+
 /// Where a node entry was written (for messages from later stages).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NodeOrigin {
@@ -365,6 +388,9 @@ pub struct NodeEntry {
     /// `ApiDialect` (v2sp extension): `auto` (default), `single`, `uniproxy`.
     #[serde(rename = "ApiDialect")]
     pub api_dialect: ApiDialect,
+    /// `ApiVersion`: `auto` (default), `v1`, `v2`.
+    #[serde(rename = "ApiVersion")]
+    pub api_version: ApiVersion,
     /// `RuleListPath` (unused, kept for compatibility).
     #[serde(rename = "RuleListPath")]
     pub rule_list_path: Option<String>,
@@ -447,6 +473,7 @@ impl Default for NodeEntry {
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             api_send_ip: None,
             api_dialect: ApiDialect::Auto,
+            api_version: ApiVersion::Auto,
             rule_list_path: None,
             name: None,
             core: String::new(),
