@@ -230,6 +230,7 @@ fn node_api(e: &NodeEntry) -> NodeApi {
         config::ApiDialect::UniProxy => Dialect::UniProxy,
         _ => Dialect::Auto,
     };
+    api.version = e.api_version;
     api
 }
 

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod build;
 mod certfiles;
 pub mod cli;
+pub mod hoststat;
 pub mod keys;
 pub mod metrics;
 pub mod node;
