@@ -9,6 +9,7 @@ mod certfiles;
 pub mod cli;
 pub mod hoststat;
 pub mod keys;
+pub mod machine;
 pub mod metrics;
 pub mod node;
 pub mod panel;

@@ -443,3 +443,74 @@ fn websocket_user_sync_and_reconnect() {
     );
     sigterm(&mut agent);
 }
+
+/// Machine mode: one entry `{ApiHost, ApiKey: <machine token>, MachineID}` without `NodeID`
+/// serves both nodes the panel lists, each reported exactly (machine auth on every call), a
+/// WebSocket event reaches only the node it names, and a node unbound from the machine stops
+/// being served.
+#[test]
+fn machine_mode_serves_two_nodes_exactly() {
+    let sim = v2_sim();
+    add_node(&sim, 1, 18455, 3);
+    add_node(&sim, 2, 18456, 3);
+    sim.set_machine(7, "machine-token-0123", vec![1, 2]);
+    let env = env_with(vec![
+        json!({"ApiHost": sim.base_url(), "ApiKey": "machine-token-0123",
+                                   "MachineID": 7, "Timeout": 2}),
+    ]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    let (s1, _) = dp.wait_users(18455, &[1, 2, 3], Duration::from_secs(20));
+    let (s2, _) = dp.wait_users(18456, &[1, 2, 3], Duration::from_secs(20));
+    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < Duration::from_secs(4) {
+        for (node, slot) in [(1u32, s1), (2u32, s2)] {
+            for uid in 1..=3u32 {
+                let (up, down) = (100 * u64::from(node) + i, 3 * i + u64::from(uid));
+                dp.core.add_traffic(slot, uid, up, down);
+                let e = expected.entry(node).or_default().entry(uid).or_default();
+                e.0 += up;
+                e.1 += down;
+            }
+        }
+        dp.core.tick();
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_totals(&sim, &mut dp, 1, &expected[&1], &env);
+    wait_totals(&sim, &mut dp, 2, &expected[&2], &env);
+    // Every per-node call used machine auth.
+    for r in sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/api/v2/server/"))
+    {
+        assert_eq!(r.query_param("machine_id"), Some("7"), "{}", r.path);
+        assert_eq!(r.query_param("token"), Some("machine-token-0123"));
+    }
+    // One channel for the machine; an event names its node.
+    wait_for("the machine's channel", Duration::from_secs(10), || {
+        sim.ws_live() == 1
+    });
+    sim.ws_send(
+        2,
+        "sync.user.delta",
+        json!({"action": "remove", "users": [{"id": 1}]}),
+    );
+    dp.wait_users(18456, &[2, 3], Duration::from_secs(1));
+    assert_eq!(dp.served()[&18455].1, vec![1, 2, 3]);
+    wait_for("node.status with node_id", Duration::from_secs(5), || {
+        sim.ws_received()
+            .iter()
+            .any(|m| m["event"] == "node.status" && m["data"]["node_id"] == 2)
+    });
+    // Node 2 leaves the machine: `sync.nodes` (and the next list) stop it.
+    sim.set_machine(7, "machine-token-0123", vec![1]);
+    wait_for("node 2 unpublished", Duration::from_secs(5), || {
+        !dp.served().contains_key(&18456)
+    });
+    assert!(dp.served().contains_key(&18455));
+    sigterm(&mut agent);
+}

@@ -41,6 +41,8 @@ impl Endpoint {
             )));
         }
         let mut params = match api.machine_id {
+            // The machine itself (handshake, machine/nodes) names no node.
+            Some(m) if api.node_id == 0 => format!("machine_id={m}"),
             Some(m) => format!("machine_id={m}&node_id={}", api.node_id),
             None => format!("node_id={}", api.node_id),
         };

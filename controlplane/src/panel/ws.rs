@@ -98,6 +98,15 @@ pub struct WsOut {
 }
 
 impl WsOut {
+    /// A sender into `tx` (a machine forwards its nodes' messages to its current channel).
+    pub fn new(tx: Sender<String>) -> WsOut {
+        WsOut { tx, node_id: None }
+    }
+
+    /// Queue an already encoded message.
+    pub fn send_raw(&self, text: String) {
+        let _ = self.tx.send(text);
+    }
     /// This sender with `data.node_id` added to every message (machine mode).
     pub fn for_node(&self, node_id: u32) -> WsOut {
         WsOut {

@@ -388,6 +388,10 @@ pub struct NodeEntry {
     /// `ApiDialect` (v2sp extension): `auto` (default), `single`, `uniproxy`.
     #[serde(rename = "ApiDialect")]
     pub api_dialect: ApiDialect,
+    /// `MachineID` (Xboard machine mode): `ApiKey` is the machine's token and the entry, which
+    /// has no `NodeID`, serves every node the panel's `machine/nodes` lists.
+    #[serde(rename = "MachineID", skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<u32>,
     /// `ApiVersion`: `auto` (default), `v1`, `v2`.
     #[serde(rename = "ApiVersion")]
     pub api_version: ApiVersion,
@@ -474,6 +478,7 @@ impl Default for NodeEntry {
             api_send_ip: None,
             api_dialect: ApiDialect::Auto,
             api_version: ApiVersion::Auto,
+            machine_id: None,
             rule_list_path: None,
             name: None,
             core: String::new(),
@@ -514,10 +519,18 @@ impl NodeEntry {
     /// The node tag with the given protocol type (the panel-detected one when `NodeType` is
     /// empty). `Name` still wins.
     pub fn tag_with_type(&self, node_type: &str) -> String {
-        match &self.name {
-            Some(name) => name.clone(),
-            None => format!("[{}]-{}:{}", self.api_host, node_type, self.node_id),
+        match (&self.name, self.machine_id) {
+            (Some(name), Some(_)) if self.node_id != 0 => format!("{name}:{}", self.node_id),
+            (Some(name), _) => name.clone(),
+            (None, Some(m)) if self.node_id == 0 => format!("[{}]-machine:{m}", self.api_host),
+            (None, _) => format!("[{}]-{}:{}", self.api_host, node_type, self.node_id),
         }
+    }
+
+    /// A machine-mode entry (`MachineID` without `NodeID`): the agent expands it into one node
+    /// per entry of the panel's `machine/nodes`.
+    pub fn is_machine(&self) -> bool {
+        self.machine_id.is_some() && self.node_id == 0
     }
 
     /// Standalone mode: for `ApiHost = file:///abs/path.json` that path; for
