@@ -514,3 +514,34 @@ fn machine_mode_serves_two_nodes_exactly() {
     assert!(dp.served().contains_key(&18455));
     sigterm(&mut agent);
 }
+
+/// v1 `POST status` (UniProxy dialect): every field the panel validates (cpu 0–100; mem, swap,
+/// disk total/used as integers), JSON `Content-Type`; a 422 is an error, not a panic.
+#[test]
+fn v1_status_has_what_the_panel_validates() {
+    use v2sp_control::hoststat::{metrics, HostStat};
+    use v2sp_control::panel::{ApiVersion, Dialect, NodeApi, Panel, PanelClient};
+    let sim = PanelSim::start(SimOptions {
+        single_path: None,
+        ..SimOptions::default()
+    })
+    .unwrap();
+    add_node(&sim, 26, 18457, 1);
+    let mut api = NodeApi::new(sim.base_url(), sim.token(), 26);
+    api.version = ApiVersion::V1;
+    api.dialect = Dialect::UniProxy;
+    let mut c = PanelClient::new(api).unwrap();
+    let mut host = HostStat::default();
+    c.status(&host.sample(), &metrics()).unwrap();
+    let r = &sim.requests_for(Action::Status)[0];
+    assert_eq!(r.path, "/api/v1/server/UniProxy/status");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let s = sim.status_of(26).unwrap();
+    for k in ["mem", "swap", "disk"] {
+        assert!(s[k]["total"].is_u64() && s[k]["used"].is_u64(), "{s}");
+    }
+    assert!(s["mem"]["total"].as_u64().unwrap() >= s["mem"]["used"].as_u64().unwrap());
+    sim.set_fault(Action::Status, Fault::json_refusal(422, "The given data was invalid."));
+    let e = c.status(&host.sample(), &metrics()).unwrap_err();
+    assert_eq!(e.status(), Some(422), "{e}");
+}
