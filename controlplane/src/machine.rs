@@ -89,6 +89,9 @@ pub(crate) fn start(shared: &Arc<Shared>, e: &NodeEntry) -> Option<WorkerHandle>
 impl Machine {
     fn run(mut self) {
         let mut next_list = Instant::now();
+        let mut next_status = Instant::now() + Duration::from_secs(1);
+        let mut push_every = Duration::from_secs(v2sp_shared::panel::DEFAULT_INTERVAL_SECS);
+        let mut host = crate::hoststat::HostStat::default();
         let mut every = Duration::from_secs(v2sp_shared::panel::DEFAULT_INTERVAL_SECS);
         loop {
             if self.retire.load(Ordering::Acquire) {
@@ -122,6 +125,10 @@ impl Machine {
                         if let Some(s) = list.pull_interval {
                             every = Duration::from_secs(s.max(1));
                         }
+                        if let Some(s) = list.push_interval {
+                            push_every = Duration::from_secs(s.max(1));
+                            next_status = next_status.min(Instant::now() + push_every);
+                        }
                         self.apply(list.nodes);
                         next_list = Instant::now() + every;
                     }
@@ -130,6 +137,12 @@ impl Machine {
                         next_list = Instant::now() + every.min(Duration::from_secs(10));
                     }
                 }
+            }
+            if Instant::now() >= next_status {
+                if let Err(e) = self.client.machine_status(&host.sample()) {
+                    tracing::debug!(error = %e, "machine status report failed");
+                }
+                next_status = Instant::now() + push_every;
             }
             self.route_events();
             while let Ok(text) = self.out_rx.try_recv() {

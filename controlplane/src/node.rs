@@ -61,6 +61,9 @@ impl WsLink {
     }
 }
 
+/// How often a v2 node without a WebSocket channel asks the handshake again.
+const REHANDSHAKE_EVERY: Duration = Duration::from_secs(600);
+
 /// Longest wait between looks at the WebSocket events.
 const WS_POLL: Duration = Duration::from_millis(100);
 
@@ -78,6 +81,9 @@ pub struct NodeWorker {
     ws: Option<WsLink>,
     ws_connected: bool,
     host: HostStat,
+    /// When to ask the handshake again while no channel is open.
+    next_handshake: Instant,
+    handshake_asked: bool,
     /// A built node config held back until every core has this node's users for its
     /// credential kind: a node listens only when it can serve (at start, after a cipher change).
     pending: Option<v2sp_shared::dpconfig::NodeConfig>,
@@ -119,6 +125,8 @@ impl NodeWorker {
             ws: None,
             ws_connected: false,
             host: HostStat::default(),
+            next_handshake: Instant::now(),
+            handshake_asked: false,
             pending: None,
             published_kind: None,
             pull_every: Duration::from_secs(DEFAULT_INTERVAL_SECS),
@@ -176,7 +184,14 @@ impl NodeWorker {
                 if self.push_every != push_every {
                     next_push = next_push.min(Instant::now() + jitter(self.push_every));
                 }
-                if ok && self.ws.is_none() {
+                if ok && self.ws.is_none() && Instant::now() >= self.next_handshake {
+                    // The panel may turn its WebSocket on later (or its WS process comes
+                    // back): ask again every 10 minutes.
+                    if self.handshake_asked {
+                        self.panel.refresh_handshake();
+                    }
+                    self.handshake_asked = true;
+                    self.next_handshake = Instant::now() + REHANDSHAKE_EVERY;
                     if let Some(target) = self.panel.websocket() {
                         match WsChannel::start(target) {
                             Ok(c) => self.ws = Some(WsLink::Own(c)),

@@ -506,6 +506,10 @@ fn machine_mode_serves_two_nodes_exactly() {
             .iter()
             .any(|m| m["event"] == "node.status" && m["data"]["node_id"] == 2)
     });
+    let ms = sim
+        .machine_status(7)
+        .expect("machine/status sent every push interval");
+    assert!(ms["mem"]["total"].as_u64().unwrap() > 0, "{ms}");
     // Node 2 leaves the machine: `sync.nodes` (and the next list) stop it.
     sim.set_machine(7, "machine-token-0123", vec![1]);
     wait_for("node 2 unpublished", Duration::from_secs(5), || {
@@ -541,7 +545,10 @@ fn v1_status_has_what_the_panel_validates() {
         assert!(s[k]["total"].is_u64() && s[k]["used"].is_u64(), "{s}");
     }
     assert!(s["mem"]["total"].as_u64().unwrap() >= s["mem"]["used"].as_u64().unwrap());
-    sim.set_fault(Action::Status, Fault::json_refusal(422, "The given data was invalid."));
+    sim.set_fault(
+        Action::Status,
+        Fault::json_refusal(422, "The given data was invalid."),
+    );
     let e = c.status(&host.sample(), &metrics()).unwrap_err();
     assert_eq!(e.status(), Some(422), "{e}");
 }

@@ -246,6 +246,8 @@ struct State {
     status: BTreeMap<u32, Value>,
     /// Last `report.metrics` per node.
     metrics: BTreeMap<u32, Value>,
+    /// Last `machine/status` per machine.
+    machine_status: BTreeMap<u32, Value>,
 }
 
 /// One live WebSocket connection of the simulator.
@@ -455,6 +457,11 @@ impl PanelSim {
     /// Last status object (v1 `status` or v2 `report.status`) of a node.
     pub fn status_of(&self, node_id: u32) -> Option<Value> {
         self.shared.lock().status.get(&node_id).cloned()
+    }
+
+    /// Last `machine/status` of a machine.
+    pub fn machine_status(&self, machine_id: u32) -> Option<Value> {
+        self.shared.lock().machine_status.get(&machine_id).cloned()
     }
 
     /// Last `report.metrics` of a node.
@@ -1051,6 +1058,33 @@ fn handle_action(req: &Request, action: Action, shared: &Shared) -> Reply {
         if token.as_deref() != Some(mtoken.as_str()) {
             return Reply::message(401, "Machine not found or disabled");
         }
+        if action == Action::MachineStatus {
+            let v: Value = if json_body(req) {
+                serde_json::from_slice(&req.body).unwrap_or(Value::Null)
+            } else {
+                Value::Null
+            };
+            let ok = v
+                .get("cpu")
+                .and_then(Value::as_f64)
+                .is_some_and(|c| (0.0..=100.0).contains(&c))
+                && ["total", "used"].iter().all(|f| {
+                    v.get("mem")
+                        .and_then(|o| o.get(f))
+                        .and_then(Value::as_u64)
+                        .is_some()
+                });
+            if !ok {
+                return Reply::json(
+                    422,
+                    &json!({"message": "The given data was invalid.", "errors": {}}),
+                );
+            }
+            let id = m.trim().parse::<u32>().unwrap_or(0);
+            drop(st);
+            shared.lock().machine_status.insert(id, v);
+            return Reply::json(200, &json!({"data": true}));
+        }
         if action == Action::MachineNodes {
             let list: Vec<Value> = nodes
                 .iter()
@@ -1157,7 +1191,9 @@ fn handle_action(req: &Request, action: Action, shared: &Shared) -> Reply {
             st.status.insert(node_id, v);
             Reply::json(200, &json!({"data": true, "code": 0, "message": "success"}))
         }
-        Action::Handshake | Action::MachineNodes => Reply::message(400, "unreachable"),
+        Action::Handshake | Action::MachineNodes | Action::MachineStatus => {
+            Reply::message(403, "Machine not found or disabled")
+        }
         Action::Config => {
             let body = st
                 .nodes

@@ -263,6 +263,34 @@ impl PanelClient {
         MachineNodes::decode(&reply).map_err(|source| PanelError::Decode { action, source })
     }
 
+    /// `POST machine/status`: the machine's load (`cpu`, `mem`, `swap`, `disk`) with the
+    /// machine's auth in the body too.
+    pub fn machine_status(&mut self, status: &NodeStatus) -> Result<(), PanelError> {
+        let action = Action::MachineStatus;
+        let mut body = serde_json::to_value(status).unwrap_or_default();
+        if let (serde_json::Value::Object(m), Ok(serde_json::Value::Object(auth))) = (
+            &mut body,
+            serde_json::from_slice::<serde_json::Value>(&self.auth_body()),
+        ) {
+            m.extend(auth);
+        }
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let (code, _, reply) = self
+            .exchange(action, None, Some((&bytes, None)), true)
+            .map_err(|(e, _)| e)?;
+        match PushOutcome::from_answer(code, &reply) {
+            PushOutcome::Accepted => Ok(()),
+            PushOutcome::Refused { code, message } => Err(PanelError::Status {
+                action,
+                code,
+                message,
+            }),
+            PushOutcome::Unknown { detail } | PushOutcome::NotDelivered { detail } => {
+                Err(PanelError::Unacknowledged { action, detail })
+            }
+        }
+    }
+
     /// `{"machine_id":M,"token":T}` (or node id and token) for POSTs whose auth goes in the body.
     fn auth_body(&self) -> Vec<u8> {
         let mut o = serde_json::Map::new();
@@ -477,7 +505,10 @@ impl PanelClient {
 
 /// Actions that exist only under `/api/v2/server/`.
 fn action_is_v2_only(action: Action) -> bool {
-    matches!(action, Action::Report | Action::Handshake | Action::MachineNodes)
+    matches!(
+        action,
+        Action::Report | Action::Handshake | Action::MachineNodes | Action::MachineStatus
+    )
 }
 
 fn classify(e: ureq::Error, sent: bool) -> Attempt {

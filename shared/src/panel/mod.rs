@@ -61,6 +61,8 @@ pub enum Action {
     Status,
     /// Machine mode `POST /api/v2/server/machine/nodes`.
     MachineNodes,
+    /// Machine mode `POST /api/v2/server/machine/status` (the machine's load).
+    MachineStatus,
 }
 
 impl Action {
@@ -74,7 +76,7 @@ impl Action {
     ];
 
     /// Every action under `/api/v2/server/` (the v1 ones are served there too).
-    pub const V2: [Action; 9] = [
+    pub const V2: [Action; 10] = [
         Action::Config,
         Action::User,
         Action::AliveList,
@@ -84,6 +86,7 @@ impl Action {
         Action::Handshake,
         Action::Status,
         Action::MachineNodes,
+        Action::MachineStatus,
     ];
 
     /// The name used as `action=` value (single endpoint) and as path segment (UniProxy).
@@ -98,6 +101,7 @@ impl Action {
             Action::Handshake => "handshake",
             Action::Status => "status",
             Action::MachineNodes => "machine/nodes",
+            Action::MachineStatus => "machine/status",
         }
     }
 
