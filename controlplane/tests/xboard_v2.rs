@@ -552,3 +552,36 @@ fn v1_status_has_what_the_panel_validates() {
     let e = c.status(&host.sample(), &metrics()).unwrap_err();
     assert_eq!(e.status(), Some(422), "{e}");
 }
+
+/// WebSocket upgrades refused (503) and an `invalid token` error frame: the node is served over
+/// REST meanwhile, and the channel comes up once the panel accepts it.
+#[test]
+fn websocket_refused_then_accepted_rest_serves_meanwhile() {
+    let sim = v2_sim();
+    sim.set_ws_refuse(true);
+    add_node(&sim, 1, 18458, 2);
+    let env = env_with(vec![node_entry(&sim, 1, "auto")]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    dp.wait_users(18458, &[1, 2], Duration::from_secs(20));
+    // REST changes still arrive while there is no channel.
+    sim.set_users(1, vec![user(1, UUIDS[0])]);
+    dp.wait_users(18458, &[1], Duration::from_secs(5));
+    assert_eq!(sim.ws_accepted(), 0);
+    sim.set_ws_refuse(false);
+    wait_for("the channel after the refusals", Duration::from_secs(40), || {
+        sim.ws_live() == 1
+    });
+    sim.ws_send(
+        1,
+        "sync.user.delta",
+        json!({"action": "add", "users": [user(3, UUIDS[2])]}),
+    );
+    dp.wait_users(18458, &[1, 3], Duration::from_secs(1));
+    assert_eq!(
+        agent.try_wait().unwrap(),
+        None,
+        "the agent never exits because of the panel"
+    );
+    sigterm(&mut agent);
+}
