@@ -67,6 +67,11 @@ impl Shared {
     }
 
     /// Sleep up to `d`, waking early when the phase changes.
+    pub(crate) fn wake_all(&self) {
+        let _g = self.sleep_lock.lock();
+        self.wake.notify_all();
+    }
+
     pub fn sleep(&self, d: Duration) {
         let g = self.sleep_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.phase() == Phase::Running {
@@ -211,7 +216,7 @@ pub struct RunOptions {
     pub dataplane_bin: Option<PathBuf>,
 }
 
-fn node_api(e: &NodeEntry) -> NodeApi {
+pub(crate) fn node_api(e: &NodeEntry) -> NodeApi {
     let mut api = NodeApi::new(
         e.api_host.clone(),
         e.api_key.clone(),
@@ -230,6 +235,12 @@ fn node_api(e: &NodeEntry) -> NodeApi {
         config::ApiDialect::UniProxy => Dialect::UniProxy,
         _ => Dialect::Auto,
     };
+    api.version = e.api_version;
+    api.machine_id = e.machine_id;
+    if e.machine_id.is_some() && api.version == config::ApiVersion::Auto {
+        // Machine auth exists only in the v2 API.
+        api.version = config::ApiVersion::V2;
+    }
     api
 }
 
@@ -376,11 +387,35 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct WorkerHandle {
-    entry: NodeEntry,
-    slot: u16,
-    retire: Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
+pub(crate) struct WorkerHandle {
+    pub(crate) entry: NodeEntry,
+    pub(crate) slot: u16,
+    pub(crate) retire: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) thread: std::thread::JoinHandle<()>,
+    /// A machine-mode entry's supervisor (no slot of its own; it stops its nodes itself).
+    pub(crate) machine: bool,
+}
+
+impl WorkerHandle {
+    /// Stop the worker (it reports what it still owes first); `removed`: the node is no longer
+    /// served at all, so its listener, online state and users are unpublished.
+    pub(crate) fn stop(self, shared: &Shared, tag: &str, removed: bool) {
+        self.retire.store(true, Ordering::Release);
+        {
+            let _g = shared.sleep_lock.lock();
+            shared.wake.notify_all();
+        }
+        let _ = self.thread.join();
+        if removed && !self.machine {
+            shared.set_served(self.slot, None);
+            // Its connections are closed; a node that gets the slot later starts clean.
+            shared.online().reset_node(self.slot);
+            shared.metrics.forget(self.slot);
+            if let Err(e) = shared.shm.remove_node(self.slot) {
+                tracing::warn!(node = %tag, error = %e, "cannot unpublish the node's users");
+            }
+        }
+    }
 }
 
 type Workers = BTreeMap<String, WorkerHandle>;
@@ -397,6 +432,19 @@ fn start_workers(shared: &Arc<Shared>, cfg: &Config) -> Workers {
 }
 
 fn start_worker(shared: &Arc<Shared>, e: &NodeEntry, live: &[String]) -> Option<WorkerHandle> {
+    if e.is_machine() {
+        return crate::machine::start(shared, e);
+    }
+    start_node_worker(shared, e, live, None)
+}
+
+/// One node's worker; `ws`: a machine's WebSocket channel routed to this node.
+pub(crate) fn start_node_worker(
+    shared: &Arc<Shared>,
+    e: &NodeEntry,
+    live: &[String],
+    ws: Option<crate::node::WsLink>,
+) -> Option<WorkerHandle> {
     let tag = e.tag();
     let slot = shared
         .slots
@@ -415,7 +463,7 @@ fn start_worker(shared: &Arc<Shared>, e: &NodeEntry, live: &[String]) -> Option<
         }
     };
     let retire = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let worker = NodeWorker::new(
+    let mut worker = NodeWorker::new(
         slot,
         tag.clone(),
         e.clone(),
@@ -423,6 +471,9 @@ fn start_worker(shared: &Arc<Shared>, e: &NodeEntry, live: &[String]) -> Option<
         shared.clone(),
         retire.clone(),
     );
+    if let Some(link) = ws {
+        worker = worker.with_ws(link);
+    }
     let thread = std::thread::Builder::new()
         .name(format!("node-{slot}"))
         .spawn(move || worker.run())
@@ -432,6 +483,7 @@ fn start_worker(shared: &Arc<Shared>, e: &NodeEntry, live: &[String]) -> Option<
         slot,
         retire,
         thread,
+        machine: false,
     })
 }
 
@@ -458,22 +510,11 @@ fn reload(shared: &Arc<Shared>, path: &Path, current: &mut Config, workers: &mut
         .collect();
     for tag in stale {
         if let Some(w) = workers.remove(&tag) {
-            w.retire.store(true, Ordering::Release);
-            {
-                let _g = shared.sleep_lock.lock();
-                shared.wake.notify_all();
-            }
-            let _ = w.thread.join();
-            if !live.contains(&tag) {
+            let removed = !live.contains(&tag);
+            if removed {
                 tracing::info!(node = %tag, "node removed from the config: no longer served");
-                shared.set_served(w.slot, None);
-                // Its connections are closed; a node that gets the slot later starts clean.
-                shared.online().reset_node(w.slot);
-                shared.metrics.forget(w.slot);
-                if let Err(e) = shared.shm.remove_node(w.slot) {
-                    tracing::warn!(node = %tag, error = %e, "cannot unpublish the node's users");
-                }
             }
+            w.stop(shared, &tag, removed);
         }
     }
     if new.dataplane.shm_dir != current.dataplane.shm_dir

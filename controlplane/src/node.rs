@@ -9,6 +9,14 @@
 //! built (e.g. no ACME certificate yet) is rebuilt on each retry even when the panel's config
 //! is unchanged. ACME certificates (`CertMode: http`) are checked every 12 h and renewed when
 //! 30 days or less are left (the data plane reloads the files by mtime).
+//!
+//! Xboard v2 (spec `xboard-node-api.md` §4): when the handshake offers a WebSocket channel,
+//! its events are applied at once (the loop waits in 100 ms slices while a channel exists):
+//! `sync.users`/`sync.user.delta` republish the user table through the same path as a REST
+//! pull (the data plane closes the connections of users missing from a new table),
+//! `sync.config` rebuilds the node, `sync.devices` updates the device counts. After every
+//! (re)connect the device snapshot is sent at once and a REST pull follows; REST polling goes
+//! on while connected (time-based expiry is never pushed).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,12 +25,47 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use v2sp_shared::config::NodeEntry;
 use v2sp_shared::cred::CredKind;
-use v2sp_shared::panel::{NodeInfo, DEFAULT_INTERVAL_SECS};
+use v2sp_shared::panel::{NodeInfo, PanelUser, DEFAULT_INTERVAL_SECS};
 use v2sp_shared::shm::UserEntry;
 
 use crate::agent::{Phase, Shared};
 use crate::build;
+use crate::hoststat::HostStat;
+use crate::panel::ws::{WsChannel, WsEvent, WsOut};
 use crate::panel::{Fetch, Panel};
+
+/// Where a node's WebSocket events come from.
+pub enum WsLink {
+    /// The node's own channel (server-token mode).
+    Own(WsChannel),
+    /// A machine's channel, routed by node id (machine mode).
+    Routed {
+        events: std::sync::mpsc::Receiver<WsEvent>,
+        out: WsOut,
+    },
+}
+
+impl WsLink {
+    fn try_recv(&self) -> Option<WsEvent> {
+        match self {
+            WsLink::Own(c) => c.events.try_recv().ok(),
+            WsLink::Routed { events, .. } => events.try_recv().ok(),
+        }
+    }
+
+    fn out(&self) -> &WsOut {
+        match self {
+            WsLink::Own(c) => &c.out,
+            WsLink::Routed { out, .. } => out,
+        }
+    }
+}
+
+/// How often a v2 node without a WebSocket channel asks the handshake again.
+const REHANDSHAKE_EVERY: Duration = Duration::from_secs(600);
+
+/// Longest wait between looks at the WebSocket events.
+const WS_POLL: Duration = Duration::from_millis(100);
 
 pub struct NodeWorker {
     pub slot: u16,
@@ -33,6 +76,14 @@ pub struct NodeWorker {
     info: Option<NodeInfo>,
     kind: Option<CredKind>,
     users: Option<Vec<UserEntry>>,
+    /// The panel's user list the table was built from (WebSocket deltas apply to it).
+    panel_users: Option<Vec<PanelUser>>,
+    ws: Option<WsLink>,
+    ws_connected: bool,
+    host: HostStat,
+    /// When to ask the handshake again while no channel is open.
+    next_handshake: Instant,
+    handshake_asked: bool,
     /// A built node config held back until every core has this node's users for its
     /// credential kind: a node listens only when it can serve (at start, after a cipher change).
     pending: Option<v2sp_shared::dpconfig::NodeConfig>,
@@ -70,6 +121,12 @@ impl NodeWorker {
             info: None,
             kind: None,
             users: None,
+            panel_users: None,
+            ws: None,
+            ws_connected: false,
+            host: HostStat::default(),
+            next_handshake: Instant::now(),
+            handshake_asked: false,
             pending: None,
             published_kind: None,
             pull_every: Duration::from_secs(DEFAULT_INTERVAL_SECS),
@@ -79,6 +136,12 @@ impl NodeWorker {
             acme_files: None,
             next_cert_check: Instant::now() + CERT_CHECK_EVERY,
         }
+    }
+
+    /// Use a machine's WebSocket channel instead of opening one (machine mode).
+    pub fn with_ws(mut self, link: WsLink) -> Self {
+        self.ws = Some(link);
+        self
     }
 
     /// Run until the agent stops; performs the final push when asked to.
@@ -101,6 +164,9 @@ impl NodeWorker {
                 }
                 Phase::Stopped => return,
             }
+            if self.ws.is_some() && self.handle_ws_events() {
+                next_pull = Instant::now();
+            }
             let now = Instant::now();
             if now >= next_pull {
                 let push_every = self.push_every;
@@ -118,6 +184,23 @@ impl NodeWorker {
                 if self.push_every != push_every {
                     next_push = next_push.min(Instant::now() + jitter(self.push_every));
                 }
+                if ok && self.ws.is_none() && Instant::now() >= self.next_handshake {
+                    // The panel may turn its WebSocket on later (or its WS process comes
+                    // back): ask again every 10 minutes.
+                    if self.handshake_asked {
+                        self.panel.refresh_handshake();
+                    }
+                    self.handshake_asked = true;
+                    self.next_handshake = Instant::now() + REHANDSHAKE_EVERY;
+                    if let Some(target) = self.panel.websocket() {
+                        match WsChannel::start(target) {
+                            Ok(c) => self.ws = Some(WsLink::Own(c)),
+                            Err(e) => {
+                                tracing::warn!(node = %self.tag, error = %e, "cannot start the WebSocket thread")
+                            }
+                        }
+                    }
+                }
             }
             if now >= next_push {
                 self.push();
@@ -130,7 +213,10 @@ impl NodeWorker {
             if self.acme_files.is_some() {
                 next = next.min(self.next_cert_check);
             }
-            let until = next.saturating_duration_since(Instant::now());
+            let mut until = next.saturating_duration_since(Instant::now());
+            if self.ws.is_some() {
+                until = until.min(WS_POLL);
+            }
             self.shared.sleep(until);
         }
     }
@@ -166,16 +252,7 @@ impl NodeWorker {
                 if !value.skipped.is_empty() {
                     tracing::warn!(node = %self.tag, skipped = value.skipped.len(), first = ?value.skipped.first(), "panel user list had unusable entries");
                 }
-                let (entries, bad) = build::user_entries(kind, &value.users);
-                if !bad.is_empty() {
-                    tracing::warn!(node = %self.tag, count = bad.len(), first = ?bad.first(), "users skipped: no credential could be derived");
-                }
-                if entries.is_empty() {
-                    // v2sp ignored empty lists, so removed users kept access forever (spec §B.5).
-                    tracing::warn!(node = %self.tag, "panel returned NO users: every user of this node is removed and their connections closed");
-                }
-                self.users = Some(entries);
-                self.publish_users();
+                self.set_users(kind, value.users, "REST");
             }
             Ok(Fetch::Unchanged) => {
                 if self.users.is_none() {
@@ -191,6 +268,117 @@ impl NodeWorker {
         self.apply_alive(&counts);
         self.pull_failures = 0;
         true
+    }
+
+    /// Build and publish the user table from the panel's list (REST pull or WebSocket).
+    fn set_users(&mut self, kind: CredKind, users: Vec<PanelUser>, source: &str) {
+        let (entries, bad) = build::user_entries(kind, &users);
+        if !bad.is_empty() {
+            tracing::warn!(node = %self.tag, count = bad.len(), first = ?bad.first(), "users skipped: no credential could be derived");
+        }
+        if entries.is_empty() {
+            // v2sp ignored empty lists, so removed users kept access forever (spec §B.5).
+            tracing::warn!(node = %self.tag, source, "panel returned NO users: every user of this node is removed and their connections closed");
+        }
+        self.panel_users = Some(users);
+        self.users = Some(entries);
+        self.publish_users();
+    }
+
+    /// Apply every pending WebSocket event; true when a REST pull should follow at once.
+    fn handle_ws_events(&mut self) -> bool {
+        let mut pull_now = false;
+        for _ in 0..1024 {
+            let Some(ev) = self.ws.as_ref().and_then(WsLink::try_recv) else {
+                break;
+            };
+            pull_now |= self.apply_ws_event(ev);
+        }
+        pull_now
+    }
+
+    fn apply_ws_event(&mut self, ev: WsEvent) -> bool {
+        match ev {
+            WsEvent::Connected => {
+                self.ws_connected = true;
+                // The panel wiped this node's devices on connect: send them back at once.
+                self.send_devices();
+                return true;
+            }
+            WsEvent::Disconnected(_) => self.ws_connected = false,
+            WsEvent::Users { users, .. } => {
+                if let Some(kind) = self.kind {
+                    tracing::info!(node = %self.tag, users = users.len(), "WebSocket: user list replaced");
+                    self.set_users(kind, users, "WebSocket");
+                }
+            }
+            WsEvent::UserDelta { add, remove, .. } => {
+                let (Some(kind), Some(mut users)) = (self.kind, self.panel_users.clone()) else {
+                    // No table yet: the REST pull brings the whole list.
+                    return true;
+                };
+                users.retain(|u| !remove.contains(&u.id) && !add.iter().any(|a| a.id == u.id));
+                tracing::info!(node = %self.tag, added = add.len(), removed = remove.len(), "WebSocket: user delta");
+                users.extend(add);
+                users.sort_by_key(|u| u.id);
+                self.set_users(kind, users, "WebSocket");
+            }
+            WsEvent::Config { config, .. } => {
+                let bytes = config.to_string().into_bytes();
+                match NodeInfo::decode(&bytes) {
+                    Ok(mut info) => {
+                        // `sync.config` has no base_config: the intervals stay the REST ones.
+                        if let Some(old) = &self.info {
+                            info.base_config = old.base_config;
+                        }
+                        if self.info.as_ref() != Some(&info) {
+                            tracing::info!(node = %self.tag, "WebSocket: node config changed");
+                            self.apply_config(info);
+                            return self.users.is_none();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %self.tag, error = %e, "WebSocket sync.config unusable; ignored")
+                    }
+                }
+            }
+            WsEvent::Devices { users, .. } => {
+                let counts: BTreeMap<u32, u32> = users
+                    .into_iter()
+                    .map(|(uid, mut ips)| {
+                        ips.sort();
+                        ips.dedup();
+                        (uid, ips.len() as u32)
+                    })
+                    .collect();
+                self.apply_alive(&counts);
+            }
+            WsEvent::Nodes(_) => {}
+        }
+        false
+    }
+
+    /// WebSocket `report.devices`: this node's full device snapshot.
+    fn send_devices(&mut self) {
+        let Some(ws) = self.ws.as_ref() else { return };
+        let devices = self.shared.online().current_ips(self.slot);
+        let map: serde_json::Map<String, serde_json::Value> = devices
+            .into_iter()
+            .map(|(uid, ips)| (uid.to_string(), ips.into()))
+            .collect();
+        ws.out()
+            .send("report.devices", serde_json::json!({ "devices": map }));
+    }
+
+    fn metrics(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = crate::hoststat::metrics();
+        let users = self.panel_users.as_ref().map_or(0, Vec::len);
+        m.insert("total_users".into(), users.into());
+        m.insert(
+            "ws".into(),
+            serde_json::json!({"enabled": self.ws.is_some(), "connected": self.ws_connected}),
+        );
+        m
     }
 
     fn apply_config(&mut self, info: NodeInfo) {
@@ -328,6 +516,19 @@ impl NodeWorker {
             if let Err(e) = self.panel.alive(&alive) {
                 tracing::warn!(node = %self.tag, error = %e, "alive report failed");
                 ok = false;
+            }
+        }
+        if self.shared.phase() == Phase::Running {
+            let status = self.host.sample();
+            let metrics = self.metrics();
+            if let Err(e) = self.panel.status(&status, &metrics) {
+                tracing::debug!(node = %self.tag, error = %e, "status report failed");
+            }
+            if self.ws_connected {
+                self.send_devices();
+                if let Some(ws) = self.ws.as_ref() {
+                    ws.out().send("node.status", serde_json::Value::Object(metrics));
+                }
             }
         }
         self.shared.metrics.push(self.slot, ok, accepted);

@@ -45,3 +45,22 @@ pub fn signal_pid(pid: u32, sig: i32) {
         libc::kill(pid as libc::pid_t, sig);
     }
 }
+
+/// (total, used) bytes of the file system holding `path` (`df` semantics: used = blocks − free).
+pub fn disk_usage(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated path; statvfs only writes into `st`, which is
+    // plain data.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        st
+    };
+    let frsize = st.f_frsize as u64;
+    let total = (st.f_blocks as u64).saturating_mul(frsize);
+    let free = (st.f_bfree as u64).saturating_mul(frsize);
+    Some((total, total.saturating_sub(free)))
+}

@@ -426,6 +426,40 @@ fn config_v2sp_extensions() {
 }
 
 #[test]
+fn xboard_api_version_and_machine_entries() {
+    use v2sp_shared::config::ApiVersion;
+    let l = parse_str(
+        r#"{"Nodes": [
+            {"ApiHost": "https://p.example", "ApiKey": "kkkkkkkk", "NodeID": 1, "ApiVersion": "v2"},
+            {"ApiHost": "https://p.example", "ApiKey": "mmmmmmmm", "MachineID": 7}
+        ]}"#,
+        Path::new("/etc/v2sp/config.json"),
+    )
+    .unwrap();
+    let n = &l.config.nodes;
+    assert_eq!(n[0].api_version, ApiVersion::V2);
+    assert!(!n[0].is_machine());
+    assert_eq!(n[1].api_version, ApiVersion::Auto);
+    assert_eq!(n[1].machine_id, Some(7));
+    assert!(n[1].is_machine());
+    assert_eq!(n[1].tag(), "[https://p.example]-machine:7");
+    for (bad, msg) in [
+        (
+            r#""ApiVersion": "v3""#,
+            "Nodes[0].ApiVersion: expected \"auto\", \"v1\" or \"v2\"",
+        ),
+        (
+            r#""MachineID": 0"#,
+            "Nodes[0].MachineID: must be a positive integer",
+        ),
+    ] {
+        let doc = format!(r#"{{"Nodes": [{{"ApiKey": "kkkkkkkk", "NodeID": 1, {bad}}}]}}"#);
+        let e = parse_str(&doc, Path::new("/c.json")).unwrap_err().to_string();
+        assert!(e.contains(msg), "{e}");
+    }
+}
+
+#[test]
 fn config_unknown_keys_are_warnings_with_positions() {
     let l = load_ok("unknown_keys.json");
     let text = std::fs::read_to_string(fixture("unknown_keys.json")).unwrap();

@@ -13,6 +13,13 @@
 //!   already applied is answered `200` and **not added again** — this is what makes traffic
 //!   accounting exactly-once when the agent retries a batch whose answer it never saw.
 //! * Errors are `4xx/5xx` with `{"message": "…"}`.
+//! * **Xboard v2** (with [`SimOptions::v2`]; spec `xboard-node-api.md` §3–4): every action
+//!   under `/api/v2/server/<action>` (`report`, `handshake`, `status`, `machine/nodes` too),
+//!   server-token or machine auth (`machine_id` + the machine's token), the WebSocket channel
+//!   on `GET /ws` (auth in the query, `auth.success` + `sync.config` + `sync.users` on
+//!   connect, a newer connection replacing the older one), pushes by [`PanelSim::ws_send`],
+//!   and fault injection: [`PanelSim::set_ws_refuse`], [`PanelSim::ws_drop`], raw frames.
+//!   A v2 POST whose `Content-Type` is not JSON has its body ignored, as Laravel does.
 //!
 //! ```no_run
 //! use v2sp_testsupport::panel_sim::{Fault, PanelSim, SimOptions, user};
@@ -39,7 +46,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use v2sp_shared::panel::{
-    decode_alive, decode_push, Action, AliveBody, PushBody, REPORT_ID_HEADER, UNIPROXY_PATH,
+    decode_alive, decode_push, Action, AliveBody, PushBody, Report, REPORT_ID_HEADER, UNIPROXY_PATH,
 };
 
 /// Largest request head / body the simulator reads.
@@ -134,6 +141,8 @@ pub struct SimOptions {
     pub uniproxy: bool,
     /// Send ETags and honour If-None-Match (switchable later with [`PanelSim::set_etag`]).
     pub etag: bool,
+    /// Serve Xboard's `/api/v2/server/*` and the WebSocket channel on `/ws`.
+    pub v2: bool,
 }
 
 impl Default for SimOptions {
@@ -143,6 +152,7 @@ impl Default for SimOptions {
             single_path: Some("/api/v2sp".into()),
             uniproxy: true,
             etag: true,
+            v2: false,
         }
     }
 }
@@ -152,6 +162,8 @@ impl Default for SimOptions {
 pub enum SimDialect {
     Single,
     UniProxy,
+    /// `/api/v2/server/<action>`.
+    V2,
 }
 
 /// One request as received.
@@ -219,6 +231,33 @@ struct State {
     alive_reports: BTreeMap<u32, Vec<AliveBody>>,
     /// node → user → this node's IPs (replaced per reported user, as Xboard does).
     online: BTreeMap<u32, BTreeMap<u32, Vec<String>>>,
+    /// machine id → (token, node ids bound to it).
+    machines: BTreeMap<u32, (String, Vec<u32>)>,
+    /// Whether the handshake offers the WebSocket channel.
+    ws_enabled: bool,
+    /// Upgrades answered 503 while set.
+    ws_refuse: bool,
+    ws_conns: Vec<WsConn>,
+    /// Authenticated WebSocket connections so far.
+    ws_accepted: u32,
+    /// Agent → panel WebSocket messages, in order (`pong` included).
+    ws_received: Vec<Value>,
+    /// Last `status` (v1) or `report.status` per node.
+    status: BTreeMap<u32, Value>,
+    /// Last `report.metrics` per node.
+    metrics: BTreeMap<u32, Value>,
+    /// Last `machine/status` per machine.
+    machine_status: BTreeMap<u32, Value>,
+}
+
+/// One live WebSocket connection of the simulator.
+#[derive(Debug)]
+struct WsConn {
+    /// The nodes it serves (one, or a machine's).
+    nodes: Vec<u32>,
+    machine: Option<u32>,
+    tx: std::sync::mpsc::Sender<String>,
+    closed: Arc<AtomicBool>,
 }
 
 impl State {
@@ -289,6 +328,7 @@ impl PanelSim {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 etag: opts.etag,
+                ws_enabled: true,
                 ..State::default()
             }),
             opts,
@@ -323,6 +363,110 @@ impl PanelSim {
     /// ApiHost for the UniProxy dialect as stock-panel users write it (bare host).
     pub fn uniproxy_url(&self) -> String {
         self.base_url()
+    }
+
+    /// `ws://127.0.0.1:PORT/ws`, the URL the handshake gives.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Create (or rebind) a machine: its token and the nodes bound to it, in `sort` order.
+    pub fn set_machine(&self, machine_id: u32, token: &str, nodes: Vec<u32>) {
+        let mut st = self.shared.lock();
+        st.machines.insert(machine_id, (token.to_string(), nodes.clone()));
+        // `sync.nodes` is always published to the machine's socket.
+        let list: Vec<Value> = nodes
+            .iter()
+            .map(|id| {
+                let ty = st
+                    .nodes
+                    .get(id)
+                    .and_then(|n| n.get("node_type").or_else(|| n.get("protocol")))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                json!({"id": id, "type": ty, "name": format!("node-{id}")})
+            })
+            .collect();
+        let frame = json!({"event": "sync.nodes", "data": {"nodes": list}, "timestamp": 0}).to_string();
+        for c in st.ws_conns.iter().filter(|c| c.machine == Some(machine_id)) {
+            let _ = c.tx.send(frame.clone());
+        }
+    }
+
+    /// Whether the handshake offers the WebSocket channel (default: yes).
+    pub fn set_ws_enabled(&self, on: bool) {
+        self.shared.lock().ws_enabled = on;
+    }
+
+    /// Fault: answer WebSocket upgrades with 503 while set.
+    pub fn set_ws_refuse(&self, on: bool) {
+        self.shared.lock().ws_refuse = on;
+    }
+
+    /// Push `{"event":event,"data":data}` to the connection serving `node_id` (in machine
+    /// mode `data.node_id` is added, as the panel does). Returns how many got it.
+    pub fn ws_send(&self, node_id: u32, event: &str, data: Value) -> usize {
+        let st = self.shared.lock();
+        let mut n = 0;
+        for c in st.ws_conns.iter().filter(|c| c.nodes.contains(&node_id)) {
+            let mut data = data.clone();
+            if let (Some(_), Value::Object(m)) = (c.machine, &mut data) {
+                m.insert("node_id".into(), node_id.into());
+            }
+            let frame = json!({"event": event, "data": data, "timestamp": 0}).to_string();
+            if c.tx.send(frame).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Fault: send these bytes as a text frame to the connection serving `node_id`.
+    pub fn ws_send_raw(&self, node_id: u32, text: &str) {
+        let st = self.shared.lock();
+        for c in st.ws_conns.iter().filter(|c| c.nodes.contains(&node_id)) {
+            let _ = c.tx.send(text.to_string());
+        }
+    }
+
+    /// Fault: close every WebSocket connection (as a panel restart does).
+    pub fn ws_drop(&self) {
+        let mut st = self.shared.lock();
+        for c in st.ws_conns.drain(..) {
+            c.closed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Live WebSocket connections.
+    pub fn ws_live(&self) -> usize {
+        let mut st = self.shared.lock();
+        st.ws_conns.retain(|c| !c.closed.load(Ordering::SeqCst));
+        st.ws_conns.len()
+    }
+
+    /// Authenticated WebSocket connections so far.
+    pub fn ws_accepted(&self) -> u32 {
+        self.shared.lock().ws_accepted
+    }
+
+    /// Agent → panel WebSocket messages so far.
+    pub fn ws_received(&self) -> Vec<Value> {
+        self.shared.lock().ws_received.clone()
+    }
+
+    /// Last status object (v1 `status` or v2 `report.status`) of a node.
+    pub fn status_of(&self, node_id: u32) -> Option<Value> {
+        self.shared.lock().status.get(&node_id).cloned()
+    }
+
+    /// Last `machine/status` of a machine.
+    pub fn machine_status(&self, machine_id: u32) -> Option<Value> {
+        self.shared.lock().machine_status.get(&machine_id).cloned()
+    }
+
+    /// Last `report.metrics` of a node.
+    pub fn metrics_of(&self, node_id: u32) -> Option<Value> {
+        self.shared.lock().metrics.get(&node_id).cloned()
     }
 
     pub fn token(&self) -> &str {
@@ -481,6 +625,7 @@ impl PanelSim {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.ws_drop();
     }
 }
 
@@ -504,7 +649,7 @@ pub fn users(uuids: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-fn serve(listener: TcpListener, addr: SocketAddr, shared: &Shared) {
+fn serve(listener: TcpListener, addr: SocketAddr, shared: &Arc<Shared>) {
     let mut listener = Some(listener);
     while !shared.stop.load(Ordering::SeqCst) {
         let outage = shared.lock().outage();
@@ -725,11 +870,14 @@ fn sleep_unless_stopping(d: Duration, shared: &Shared) {
     }
 }
 
-fn handle_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
+fn handle_connection(mut stream: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let req = read_request(&mut stream)?;
+    if shared.opts.v2 && req.path == "/ws" {
+        return ws_upgrade(stream, &req, shared);
+    }
     let (action, dialect) = route(&req, &shared.opts);
     let fault = match action {
         Some(a) => shared.lock().take_fault(a),
@@ -807,9 +955,16 @@ fn handle_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
 }
 
 fn route(req: &Request, opts: &SimOptions) -> (Option<Action>, Option<SimDialect>) {
+    if opts.v2 {
+        if let Some(a) = req.path.strip_prefix(V2_PATH).and_then(Action::parse_v2) {
+            return (Some(a), Some(SimDialect::V2));
+        }
+    }
     if opts.uniproxy {
         if let Some(rest) = req.path.strip_prefix(UNIPROXY_PATH) {
-            if let Some(a) = rest.strip_prefix('/').and_then(Action::parse) {
+            let rest = rest.strip_prefix('/').unwrap_or_default();
+            let a = Action::parse(rest).or((rest == "status").then_some(Action::Status));
+            if let Some(a) = a {
                 return (Some(a), Some(SimDialect::UniProxy));
             }
         }
@@ -864,12 +1019,110 @@ fn conditional(req: &Request, body: Vec<u8>, etag_on: bool) -> Reply {
     r
 }
 
-fn handle_action(req: &Request, action: Action, shared: &Shared) -> Reply {
-    let q = |k: &str| req.query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    if q("token") != Some(shared.opts.token.as_str()) {
-        return Reply::message(403, "token is error");
+/// Prefix of the v2 routes.
+const V2_PATH: &str = "/api/v2/server/";
+
+/// Whether a POST body is read as JSON: Laravel parses it only with a JSON `Content-Type`.
+fn json_body(req: &Request) -> bool {
+    req.headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v.to_ascii_lowercase().contains("json"))
+}
+
+/// Auth fields from the query, else (JSON POSTs) from the body.
+fn auth_param(req: &Request, key: &str) -> Option<String> {
+    if let Some((_, v)) = req.query.iter().find(|(n, _)| n == key) {
+        return Some(v.clone());
     }
-    let node_id = match q("node_id").and_then(|v| v.parse::<u32>().ok()) {
+    if req.method.eq_ignore_ascii_case("POST") && json_body(req) {
+        let v: Value = serde_json::from_slice(&req.body).ok()?;
+        return match v.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+    }
+    None
+}
+
+fn handle_action(req: &Request, action: Action, shared: &Shared) -> Reply {
+    let v2 = req.path.starts_with(V2_PATH);
+    let token = auth_param(req, "token");
+    let machine = auth_param(req, "machine_id");
+    let node_param = auth_param(req, "node_id").and_then(|v| v.trim().parse::<u32>().ok());
+    if let Some(m) = machine.filter(|_| v2) {
+        let st = shared.lock();
+        let Some((mtoken, nodes)) = m.trim().parse::<u32>().ok().and_then(|m| st.machines.get(&m)) else {
+            return Reply::message(401, "Machine not found or disabled");
+        };
+        if token.as_deref() != Some(mtoken.as_str()) {
+            return Reply::message(401, "Machine not found or disabled");
+        }
+        if action == Action::MachineStatus {
+            let v: Value = if json_body(req) {
+                serde_json::from_slice(&req.body).unwrap_or(Value::Null)
+            } else {
+                Value::Null
+            };
+            let ok = v
+                .get("cpu")
+                .and_then(Value::as_f64)
+                .is_some_and(|c| (0.0..=100.0).contains(&c))
+                && ["total", "used"].iter().all(|f| {
+                    v.get("mem")
+                        .and_then(|o| o.get(f))
+                        .and_then(Value::as_u64)
+                        .is_some()
+                });
+            if !ok {
+                return Reply::json(
+                    422,
+                    &json!({"message": "The given data was invalid.", "errors": {}}),
+                );
+            }
+            let id = m.trim().parse::<u32>().unwrap_or(0);
+            drop(st);
+            shared.lock().machine_status.insert(id, v);
+            return Reply::json(200, &json!({"data": true}));
+        }
+        if action == Action::MachineNodes {
+            let list: Vec<Value> = nodes
+                .iter()
+                .map(|id| {
+                    let ty = st
+                        .nodes
+                        .get(id)
+                        .and_then(|n| n.get("node_type").or_else(|| n.get("protocol")))
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    json!({"id": id, "type": ty, "name": format!("node-{id}")})
+                })
+                .collect();
+            return Reply::json(
+                200,
+                &json!({"nodes": list, "base_config": {"push_interval": 1, "pull_interval": 1}}),
+            );
+        }
+        match node_param {
+            Some(n) if nodes.contains(&n) => {}
+            None if action == Action::Handshake => {}
+            _ => return Reply::message(400, "Node not found on this machine"),
+        }
+    } else if token.as_deref() != Some(shared.opts.token.as_str()) {
+        return Reply::message(403, "token is error");
+    } else if action == Action::MachineNodes {
+        return Reply::message(403, "Machine not found or disabled");
+    }
+    if action == Action::Handshake {
+        let st = shared.lock();
+        let ws = if st.ws_enabled {
+            json!({"enabled": true, "ws_url": format!("ws://{}/ws", host_of(req))})
+        } else {
+            json!({"enabled": false})
+        };
+        return Reply::json(200, &json!({ "websocket": ws }));
+    }
+    let node_id = match node_param {
         Some(n) => n,
         None => return Reply::message(400, "node_id is missing or invalid"),
     };
@@ -881,7 +1134,66 @@ fn handle_action(req: &Request, action: Action, shared: &Shared) -> Reply {
     if !st.nodes.contains_key(&node_id) {
         return Reply::message(404, "Server does not exist");
     }
+    let report_id = req
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(REPORT_ID_HEADER))
+        .map(|(_, v)| v.clone())
+        .filter(|v| !v.is_empty());
     match action {
+        Action::Report => {
+            // Laravel ignores a body without a JSON Content-Type: the report counts nothing.
+            let body: &[u8] = if json_body(req) { &req.body } else { b"{}" };
+            let r = match Report::decode(body) {
+                Ok(r) => r,
+                Err(e) => return Reply::message(422, &e.to_string()),
+            };
+            if !r.traffic.is_empty() {
+                apply_traffic(&mut st, node_id, report_id, r.traffic);
+            }
+            if !r.alive.is_empty() {
+                let online = st.online.entry(node_id).or_default();
+                for (uid, ips) in &r.alive {
+                    online.insert(*uid, ips.clone());
+                }
+                st.alive_reports.entry(node_id).or_default().push(r.alive);
+            }
+            if let Some(s) = r.status {
+                st.status
+                    .insert(node_id, serde_json::to_value(&s).unwrap_or(Value::Null));
+            }
+            if let Some(m) = r.metrics {
+                st.metrics.insert(node_id, Value::Object(m));
+            }
+            Reply::json(200, &json!({"data": true}))
+        }
+        Action::Status => {
+            let v: Value = if json_body(req) {
+                serde_json::from_slice(&req.body).unwrap_or(Value::Null)
+            } else {
+                Value::Null
+            };
+            let ok = v
+                .get("cpu")
+                .and_then(Value::as_f64)
+                .is_some_and(|c| (0.0..=100.0).contains(&c))
+                && ["mem", "swap", "disk"].iter().all(|k| {
+                    ["total", "used"]
+                        .iter()
+                        .all(|f| v.get(k).and_then(|o| o.get(f)).and_then(Value::as_u64).is_some())
+                });
+            if !ok {
+                return Reply::json(
+                    422,
+                    &json!({"message": "The given data was invalid.", "errors": {}}),
+                );
+            }
+            st.status.insert(node_id, v);
+            Reply::json(200, &json!({"data": true, "code": 0, "message": "success"}))
+        }
+        Action::Handshake | Action::MachineNodes | Action::MachineStatus => {
+            Reply::message(403, "Machine not found or disabled")
+        }
         Action::Config => {
             let body = st
                 .nodes
@@ -909,30 +1221,7 @@ fn handle_action(req: &Request, action: Action, shared: &Shared) -> Reply {
                 Ok(b) => b,
                 Err(e) => return Reply::message(400, &e.to_string()),
             };
-            let report_id = req
-                .headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(REPORT_ID_HEADER))
-                .map(|(_, v)| v.clone())
-                .filter(|v| !v.is_empty());
-            let duplicate = match &report_id {
-                Some(id) => !st.report_ids.insert((node_id, id.clone())),
-                None => false,
-            };
-            if !duplicate {
-                let totals = st.totals.entry(node_id).or_default();
-                for (uid, [up, down]) in &body {
-                    let e = totals.entry(*uid).or_insert((0, 0));
-                    e.0 = e.0.saturating_add(*up);
-                    e.1 = e.1.saturating_add(*down);
-                }
-            }
-            st.pushes.push(AcceptedPush {
-                node_id,
-                report_id,
-                body,
-                duplicate,
-            });
+            apply_traffic(&mut st, node_id, report_id, body);
             Reply::json(200, &json!({"status": "success", "message": "ok", "data": true}))
         }
         Action::Alive => {
@@ -948,6 +1237,184 @@ fn handle_action(req: &Request, action: Action, shared: &Shared) -> Reply {
             Reply::json(200, &json!({"status": "success", "message": "ok", "data": true}))
         }
     }
+}
+
+/// Count a traffic batch once per report id (push and v2 report share the ids).
+fn apply_traffic(st: &mut State, node_id: u32, report_id: Option<String>, body: PushBody) {
+    let duplicate = match &report_id {
+        Some(id) => !st.report_ids.insert((node_id, id.clone())),
+        None => false,
+    };
+    if !duplicate {
+        let totals = st.totals.entry(node_id).or_default();
+        for (uid, [up, down]) in &body {
+            let e = totals.entry(*uid).or_insert((0, 0));
+            e.0 = e.0.saturating_add(*up);
+            e.1 = e.1.saturating_add(*down);
+        }
+    }
+    st.pushes.push(AcceptedPush {
+        node_id,
+        report_id,
+        body,
+        duplicate,
+    });
+}
+
+/// The request's `Host` header (the panel builds `ws_url` from it).
+fn host_of(req: &Request) -> String {
+    req.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+/// The node config as `sync.config` carries it (no `base_config`).
+fn sync_config(st: &State, node_id: u32) -> Value {
+    let mut c = st.nodes.get(&node_id).cloned().unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut c {
+        m.remove("base_config");
+    }
+    c
+}
+
+fn frame(event: &str, data: Value) -> String {
+    json!({"event": event, "data": data, "timestamp": 0}).to_string()
+}
+
+/// `GET /ws`: authenticate from the query (spec §4.2), then serve the connection in its own
+/// thread.
+fn ws_upgrade(mut stream: TcpStream, req: &Request, shared: &Arc<Shared>) -> io::Result<()> {
+    let key = req
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key"))
+        .map(|(_, v)| v.clone());
+    let refuse = shared.lock().ws_refuse;
+    let Some(key) = key.filter(|_| !refuse) else {
+        let r = Reply::message(503, "websocket unavailable");
+        return write_reply(&mut stream, &r);
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    stream.write_all(
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .as_bytes(),
+    )?;
+    let mut ws = tungstenite::WebSocket::from_raw_socket(stream, tungstenite::protocol::Role::Server, None);
+    let q = |k: &str| req.query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let token = q("token").unwrap_or_default();
+    let mut st = shared.lock();
+    // Authenticate: node mode or machine mode.
+    let auth: Result<(Vec<u32>, Option<u32>), &str> = match q("machine_id") {
+        Some(m) => match m
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .and_then(|m| st.machines.get(&m).map(|x| (m, x)))
+        {
+            Some((m, (t, nodes))) if *t == token => Ok((nodes.clone(), Some(m))),
+            _ => Err("invalid machine credentials"),
+        },
+        None if token != shared.opts.token => Err("invalid token"),
+        None => match q("node_id").and_then(|n| n.trim().parse::<u32>().ok()) {
+            Some(n) if st.nodes.contains_key(&n) => Ok((vec![n], None)),
+            _ => Err("node not found"),
+        },
+    };
+    let (nodes, machine) = match auth {
+        Ok(a) => a,
+        Err(m) => {
+            drop(st);
+            let _ = ws.send(tungstenite::Message::text(
+                json!({"event":"error","data":{"message": m}}).to_string(),
+            ));
+            let _ = ws.close(None);
+            let _ = ws.flush();
+            return Ok(());
+        }
+    };
+    // A newer connection for the same node/machine closes the older one.
+    for c in &st.ws_conns {
+        if c.machine == machine && (machine.is_some() || c.nodes == nodes) {
+            c.closed.store(true, Ordering::SeqCst);
+        }
+    }
+    st.ws_conns.retain(|c| !c.closed.load(Ordering::SeqCst));
+    for n in &nodes {
+        st.online.remove(n);
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let closed = Arc::new(AtomicBool::new(false));
+    let mut hello = vec![match machine {
+        Some(m) => frame("auth.success", json!({"machine_id": m, "node_ids": nodes})),
+        None => frame("auth.success", json!({"node_id": nodes[0]})),
+    }];
+    for &n in &nodes {
+        let mut c = json!({"config": sync_config(&st, n)});
+        let users = st.users.get(&n).cloned().unwrap_or_default();
+        let mut u = json!({ "users": users });
+        if machine.is_some() {
+            c["node_id"] = n.into();
+            u["node_id"] = n.into();
+        }
+        hello.push(frame("sync.config", c));
+        hello.push(frame("sync.users", u));
+    }
+    st.ws_conns.push(WsConn {
+        nodes,
+        machine,
+        tx,
+        closed: closed.clone(),
+    });
+    st.ws_accepted += 1;
+    drop(st);
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name("panel-sim-ws".into())
+        .spawn(move || ws_serve(ws, hello, &rx, &closed, &shared))?;
+    Ok(())
+}
+
+fn ws_serve(
+    mut ws: tungstenite::WebSocket<TcpStream>,
+    hello: Vec<String>,
+    rx: &std::sync::mpsc::Receiver<String>,
+    closed: &AtomicBool,
+    shared: &Arc<Shared>,
+) {
+    let _ = ws.get_ref().set_read_timeout(Some(Duration::from_millis(20)));
+    for f in hello {
+        if ws.send(tungstenite::Message::text(f)).is_err() {
+            return;
+        }
+    }
+    // Bounded: the connection lives at most 10 minutes.
+    let end = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < end && !closed.load(Ordering::SeqCst) && !shared.stop.load(Ordering::SeqCst) {
+        while let Ok(f) = rx.try_recv() {
+            if ws.send(tungstenite::Message::text(f)).is_err() {
+                closed.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                let v = serde_json::from_str(t.as_str()).unwrap_or(Value::String(t.to_string()));
+                shared.lock().ws_received.push(v);
+            }
+            Ok(tungstenite::Message::Close(_)) => break,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    closed.store(true, Ordering::SeqCst);
+    // Dropping the socket without a close frame, like a panel restart.
+    drop(ws);
 }
 
 #[cfg(test)]

@@ -20,13 +20,13 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use ureq::Agent;
 use v2sp_shared::panel::{
-    encode_alive, encode_push, snippet, Action, AliveBody, AliveList, NodeInfo, PushBody, UserList,
-    REPORT_ID_HEADER,
+    encode_alive, encode_push, snippet, Action, AliveBody, AliveList, Handshake, MachineNodes, NodeInfo,
+    NodeStatus, PushBody, Report, UserList, REPORT_ID_HEADER,
 };
 
 use super::connector::{BindTcpConnector, CountingConnector};
 use super::url::{resolve_dialect, Endpoint};
-use super::{Dialect, Fetch, NodeApi, Panel, PanelError, PushOutcome};
+use super::{ApiVersion, Dialect, Fetch, NodeApi, Panel, PanelError, PushOutcome};
 use ureq::unversioned::transport::{Connector as _, RustlsConnector};
 
 /// Largest reply body read (a user list of ~500k users).
@@ -94,6 +94,12 @@ pub struct PanelClient {
     retry: RetryPolicy,
     config_cache: Validators,
     users_cache: Validators,
+    /// `Auto` until a handshake settled it; then `V1` or `V2` for good.
+    version: ApiVersion,
+    /// The WebSocket URL of the last v2 handshake that offered one.
+    ws_url: Option<String>,
+    /// A handshake got an answer (with `ApiVersion: v2` it is still asked once for the URL).
+    handshaken: bool,
 }
 
 impl std::fmt::Debug for PanelClient {
@@ -102,6 +108,7 @@ impl std::fmt::Debug for PanelClient {
             .field("api_host", &self.endpoint.api_host())
             .field("node_id", &self.api.node_id)
             .field("dialect", &self.dialect)
+            .field("version", &self.version)
             .finish_non_exhaustive()
     }
 }
@@ -145,7 +152,14 @@ impl PanelClient {
             connector,
             ureq::unversioned::resolver::DefaultResolver::default(),
         );
+        // v2sp's single endpoint (an ApiHost with its own path or query) has no v2 API under
+        // it: `auto` probes only Xboard-style hosts (bare, or ending in the UniProxy path).
+        let version = match (api.version, dialect) {
+            (ApiVersion::Auto, Dialect::Single) => ApiVersion::V1,
+            (v, _) => v,
+        };
         Ok(PanelClient {
+            version,
             api,
             endpoint,
             dialect,
@@ -154,7 +168,153 @@ impl PanelClient {
             retry: RetryPolicy::default(),
             config_cache: Validators::default(),
             users_cache: Validators::default(),
+            ws_url: None,
+            handshaken: false,
         })
+    }
+
+    /// The API version in use: `Auto` while no handshake has been answered yet.
+    pub fn version(&self) -> ApiVersion {
+        self.version
+    }
+
+    /// The WebSocket URL the last handshake offered (v2 only).
+    pub fn ws_url(&self) -> Option<&str> {
+        self.ws_url.as_deref()
+    }
+
+    /// `POST handshake` (v2): the panel's JSON object answer settles `ApiVersion: auto` on v2
+    /// and gives the WebSocket URL; any other answer (404, HTML) settles it on v1. No answer
+    /// leaves it open (the error is returned).
+    pub fn handshake(&mut self) -> Result<Option<String>, PanelError> {
+        let action = Action::Handshake;
+        let url = self.endpoint.v2_url(action);
+        let answer = self.attempt_url(&url, action, None, Some((b"{}", None)));
+        match answer {
+            Attempt::Answer { status, body, .. } => {
+                self.handshaken = true;
+                let hs = if (200..300).contains(&status) {
+                    Handshake::decode(&body).ok()
+                } else {
+                    None
+                };
+                match hs {
+                    Some(hs) => {
+                        if self.version != ApiVersion::V2 {
+                            tracing::info!(node_id = self.api.node_id, websocket = ?hs.ws_url, "panel speaks Xboard's v2 node API; using it");
+                        }
+                        self.version = ApiVersion::V2;
+                        self.ws_url = hs.ws_url.clone();
+                        Ok(hs.ws_url)
+                    }
+                    None if self.version == ApiVersion::V2 => Err(status_error(action, status, &body)),
+                    None => {
+                        if self.version == ApiVersion::Auto {
+                            tracing::info!(
+                                node_id = self.api.node_id,
+                                status,
+                                "no v2 handshake on this panel; using the v1 API"
+                            );
+                        }
+                        self.version = ApiVersion::V1;
+                        Ok(None)
+                    }
+                }
+            }
+            Attempt::Local(m) => Err(PanelError::Config(m)),
+            Attempt::NoAnswer { detail, .. } => Err(PanelError::Transport {
+                action,
+                attempts: 1,
+                detail,
+            }),
+        }
+    }
+
+    /// Settle `ApiVersion: auto` before the first request.
+    fn settle_version(&mut self, action: Action) -> Result<(), PanelError> {
+        if self.version == ApiVersion::Auto {
+            self.handshake().map_err(|e| match e {
+                PanelError::Transport { detail, attempts, .. } => PanelError::Transport {
+                    action,
+                    attempts,
+                    detail: format!("API version unknown (handshake got no answer): {detail}"),
+                },
+                other => other,
+            })?;
+        } else if self.version == ApiVersion::V2 && !self.handshaken {
+            // Forced v2: the handshake only gives the WebSocket URL; REST works without it.
+            if let Err(e) = self.handshake() {
+                tracing::warn!(error = %e, "v2 handshake failed; REST only until it answers");
+            }
+        }
+        Ok(())
+    }
+
+    /// `POST machine/nodes` (machine mode): the nodes this machine serves.
+    pub fn machine_nodes(&mut self) -> Result<MachineNodes, PanelError> {
+        let action = Action::MachineNodes;
+        let body = self.auth_body();
+        let (status, _, reply) = self
+            .exchange(action, None, Some((&body, None)), true)
+            .map_err(|(e, _)| e)?;
+        if !(200..300).contains(&status) {
+            return Err(status_error(action, status, &reply));
+        }
+        MachineNodes::decode(&reply).map_err(|source| PanelError::Decode { action, source })
+    }
+
+    /// `POST machine/status`: the machine's load (`cpu`, `mem`, `swap`, `disk`) with the
+    /// machine's auth in the body too.
+    pub fn machine_status(&mut self, status: &NodeStatus) -> Result<(), PanelError> {
+        let action = Action::MachineStatus;
+        let mut body = serde_json::to_value(status).unwrap_or_default();
+        if let (serde_json::Value::Object(m), Ok(serde_json::Value::Object(auth))) = (
+            &mut body,
+            serde_json::from_slice::<serde_json::Value>(&self.auth_body()),
+        ) {
+            m.extend(auth);
+        }
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let (code, _, reply) = self
+            .exchange(action, None, Some((&bytes, None)), true)
+            .map_err(|(e, _)| e)?;
+        match PushOutcome::from_answer(code, &reply) {
+            PushOutcome::Accepted => Ok(()),
+            PushOutcome::Refused { code, message } => Err(PanelError::Status {
+                action,
+                code,
+                message,
+            }),
+            PushOutcome::Unknown { detail } | PushOutcome::NotDelivered { detail } => {
+                Err(PanelError::Unacknowledged { action, detail })
+            }
+        }
+    }
+
+    /// `{"machine_id":M,"token":T}` (or node id and token) for POSTs whose auth goes in the body.
+    fn auth_body(&self) -> Vec<u8> {
+        let mut o = serde_json::Map::new();
+        if let Some(m) = self.api.machine_id {
+            o.insert("machine_id".into(), m.into());
+        } else {
+            o.insert("node_id".into(), self.api.node_id.into());
+        }
+        o.insert("token".into(), self.api.api_key.clone().into());
+        serde_json::to_vec(&o).unwrap_or_default()
+    }
+
+    /// One v2 `report`; `report_id` for traffic batches. Acknowledged as a push is.
+    pub fn report(&mut self, report: &Report, report_id: Option<&str>) -> PushOutcome {
+        let bytes = report.encode();
+        match self.exchange(Action::Report, None, Some((&bytes, report_id)), false) {
+            Ok((status, _, reply)) => PushOutcome::from_answer(status, &reply),
+            Err((e, false)) => PushOutcome::NotDelivered {
+                detail: e.to_string(),
+            },
+            Err((e, true)) => PushOutcome::Unknown {
+                detail: e.to_string(),
+            },
+        }
     }
 
     /// Replace the retry policy (tests use short delays).
@@ -180,7 +340,23 @@ impl PanelClient {
         etag: Option<&str>,
         body: Option<(&[u8], Option<&str>)>,
     ) -> Attempt {
-        let url = self.endpoint.url(dialect, action);
+        let url = if self.version == ApiVersion::V2 || action_is_v2_only(action) {
+            self.endpoint.v2_url(action)
+        } else {
+            self.endpoint.url(dialect, action)
+        };
+        self.attempt_url(&url, action, etag, body)
+    }
+
+    /// One HTTP exchange with `url`, no retries.
+    fn attempt_url(
+        &self,
+        url: &str,
+        action: Action,
+        etag: Option<&str>,
+        body: Option<(&[u8], Option<&str>)>,
+    ) -> Attempt {
+        let url = url.to_string();
         let before = self.sent.load(Ordering::Relaxed);
         let result = match body {
             None => {
@@ -240,7 +416,7 @@ impl PanelClient {
             attempts += 1;
             let dialect = self.dialect;
             let mut result = self.attempt(dialect, action, etag, body);
-            if dialect == Dialect::Auto {
+            if dialect == Dialect::Auto && self.version != ApiVersion::V2 && !action_is_v2_only(action) {
                 if let Attempt::Answer { status: 404, .. } = result {
                     // Bare host and no single endpoint there: is it a stock panel?
                     let uni = self.attempt(Dialect::UniProxy, action, etag, body);
@@ -289,6 +465,7 @@ impl PanelClient {
         action: Action,
         decode: impl FnOnce(&[u8]) -> Result<T, v2sp_shared::panel::DecodeError>,
     ) -> Result<Fetch<T>, PanelError> {
+        self.settle_version(action)?;
         let cached = match action {
             Action::Config => self.config_cache.clone(),
             _ => self.users_cache.clone(),
@@ -324,6 +501,14 @@ impl PanelClient {
         slot.etag = etag.clone();
         Ok(Fetch::Changed { value, etag })
     }
+}
+
+/// Actions that exist only under `/api/v2/server/`.
+fn action_is_v2_only(action: Action) -> bool {
+    matches!(
+        action,
+        Action::Report | Action::Handshake | Action::MachineNodes | Action::MachineStatus
+    )
 }
 
 fn classify(e: ureq::Error, sent: bool) -> Attempt {
@@ -367,6 +552,7 @@ impl Panel for PanelClient {
 
     fn alivelist(&mut self) -> Result<AliveList, PanelError> {
         let action = Action::AliveList;
+        self.settle_version(action)?;
         let (status, _, body) = self.exchange(action, None, None, true).map_err(|(e, _)| e)?;
         if status >= 400 {
             return Err(status_error(action, status, &body));
@@ -375,6 +561,20 @@ impl Panel for PanelClient {
     }
 
     fn push(&mut self, body: &PushBody, report_id: &str) -> PushOutcome {
+        if let Err(e) = self.settle_version(Action::Push) {
+            // Nothing was sent: the batch may be merged into the next one.
+            return PushOutcome::NotDelivered {
+                detail: e.to_string(),
+            };
+        }
+        if self.version == ApiVersion::V2 {
+            // The sealed batch alone, so a resend under the same id is the same body.
+            let report = Report {
+                traffic: body.clone(),
+                ..Report::default()
+            };
+            return self.report(&report, Some(report_id));
+        }
         let bytes = encode_push(body);
         match self.exchange(Action::Push, None, Some((&bytes, Some(report_id))), false) {
             Ok((status, _, reply)) => PushOutcome::from_answer(status, &reply),
@@ -388,10 +588,24 @@ impl Panel for PanelClient {
     }
 
     fn alive(&mut self, body: &AliveBody) -> Result<(), PanelError> {
-        let bytes = encode_alive(body);
-        let (status, _, reply) = self
-            .exchange(Action::Alive, None, Some((&bytes, None)), true)
-            .map_err(|(e, _)| e)?;
+        self.settle_version(Action::Alive)?;
+        let (status, reply) = if self.version == ApiVersion::V2 {
+            let report = Report {
+                alive: body.clone(),
+                ..Report::default()
+            };
+            let bytes = report.encode();
+            let (status, _, reply) = self
+                .exchange(Action::Report, None, Some((&bytes, None)), true)
+                .map_err(|(e, _)| e)?;
+            (status, reply)
+        } else {
+            let bytes = encode_alive(body);
+            let (status, _, reply) = self
+                .exchange(Action::Alive, None, Some((&bytes, None)), true)
+                .map_err(|(e, _)| e)?;
+            (status, reply)
+        };
         // The same acknowledgement rule as a push: only the panel's own JSON 2xx.
         match PushOutcome::from_answer(status, &reply) {
             PushOutcome::Accepted => Ok(()),
@@ -412,5 +626,63 @@ impl Panel for PanelClient {
     fn forget_cache(&mut self) {
         self.config_cache = Validators::default();
         self.users_cache = Validators::default();
+    }
+
+    fn status(
+        &mut self,
+        status: &NodeStatus,
+        metrics: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), PanelError> {
+        self.settle_version(Action::Status)?;
+        let (action, bytes) = if self.version == ApiVersion::V2 {
+            let report = Report {
+                status: Some(status.clone()),
+                metrics: Some(metrics.clone()),
+                ..Report::default()
+            };
+            (Action::Report, report.encode())
+        } else if self.dialect == Dialect::UniProxy {
+            (Action::Status, serde_json::to_vec(status).unwrap_or_default())
+        } else {
+            // v2sp's single endpoint has no status action.
+            return Ok(());
+        };
+        let (code, _, reply) = self
+            .exchange(action, None, Some((&bytes, None)), true)
+            .map_err(|(e, _)| e)?;
+        match PushOutcome::from_answer(code, &reply) {
+            PushOutcome::Accepted => Ok(()),
+            PushOutcome::Refused { code, message } => Err(PanelError::Status {
+                action,
+                code,
+                message,
+            }),
+            PushOutcome::Unknown { detail } | PushOutcome::NotDelivered { detail } => {
+                Err(PanelError::Unacknowledged { action, detail })
+            }
+        }
+    }
+
+    fn websocket(&self) -> Option<super::ws::WsTarget> {
+        if self.version != ApiVersion::V2 {
+            return None;
+        }
+        let url = self.ws_url.clone()?;
+        Some(super::ws::WsTarget {
+            url,
+            token: self.api.api_key.clone(),
+            node_id: self.api.node_id,
+            machine_id: self.api.machine_id,
+            send_ip: self.api.send_ip,
+            timeout: self.api.timeout,
+        })
+    }
+
+    fn refresh_handshake(&mut self) {
+        if self.version != ApiVersion::V1 {
+            if let Err(e) = self.handshake() {
+                tracing::debug!(error = %e, "handshake failed; keeping the last WebSocket URL");
+            }
+        }
     }
 }

@@ -19,6 +19,7 @@ mod connector;
 mod file;
 mod http;
 mod url;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -26,10 +27,11 @@ use std::time::Duration;
 
 pub use file::{FilePanel, LEDGER_SUFFIX, REMEMBERED_REPORTS};
 pub use http::{PanelClient, RetryPolicy};
-pub use url::{resolve_dialect, Endpoint};
+pub use url::{resolve_dialect, Endpoint, V2_PATH};
+pub use v2sp_shared::config::ApiVersion;
 pub use v2sp_shared::panel::{
-    snippet, Action, AliveBody, AliveList, DecodeError, NodeInfo, PanelUser, PushBody, UserList,
-    REPORT_ID_HEADER,
+    snippet, Action, AliveBody, AliveList, DecodeError, MachineNode, MachineNodes, NodeInfo, NodeStatus,
+    PanelUser, PushBody, Report, UserList, REPORT_ID_HEADER,
 };
 
 /// Which request layout the panel speaks (spec §B.1).
@@ -63,6 +65,10 @@ pub struct NodeApi {
     /// Local source address for panel connections (`ApiSendIP`).
     pub send_ip: Option<IpAddr>,
     pub dialect: Dialect,
+    /// Xboard node API version: `Auto` probes `POST /api/v2/server/handshake` once.
+    pub version: ApiVersion,
+    /// Machine mode: `machine_id` sent with the machine's token (spec §3.3).
+    pub machine_id: Option<u32>,
 }
 
 impl NodeApi {
@@ -76,6 +82,8 @@ impl NodeApi {
             timeout: Duration::from_secs(30),
             send_ip: None,
             dialect: Dialect::Auto,
+            version: ApiVersion::Auto,
+            machine_id: None,
         }
     }
 }
@@ -230,6 +238,24 @@ pub trait Panel: Send {
     fn alive(&mut self, body: &AliveBody) -> Result<(), PanelError>;
     /// Drop stored ETags and body hashes, so the next `config`/`users` is `Changed`.
     fn forget_cache(&mut self);
+
+    /// The machine's load: v1 `POST status` (UniProxy dialect only; v2sp's single endpoint
+    /// has none), or a v2 `report` with `status` and `metrics`. Panels without it: `Ok`.
+    fn status(
+        &mut self,
+        _status: &NodeStatus,
+        _metrics: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), PanelError> {
+        Ok(())
+    }
+
+    /// Where to open the WebSocket channel, when the panel (v2) offers one.
+    fn websocket(&self) -> Option<ws::WsTarget> {
+        None
+    }
+
+    /// Ask the panel again whether it offers the WebSocket channel (v2 `handshake`).
+    fn refresh_handshake(&mut self) {}
 
     /// `alivelist`, with every error logged and mapped to an empty map: device limiting fails
     /// open while the panel cannot tell us who is online (spec §B.6).

@@ -10,6 +10,9 @@ use v2sp_shared::panel::{Action, UNIPROXY_PATH};
 
 use super::{Dialect, NodeApi, PanelError};
 
+/// Xboard's v2 node API prefix.
+pub const V2_PATH: &str = "/api/v2/server";
+
 /// The URL builder of one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -37,7 +40,12 @@ impl Endpoint {
                 "ApiHost {api_host:?} must not contain a #fragment"
             )));
         }
-        let mut params = format!("node_id={}", api.node_id);
+        let mut params = match api.machine_id {
+            // The machine itself (handshake, machine/nodes) names no node.
+            Some(m) if api.node_id == 0 => format!("machine_id={m}"),
+            Some(m) => format!("machine_id={m}&node_id={}", api.node_id),
+            None => format!("node_id={}", api.node_id),
+        };
         if let Some(t) = api.node_type.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
             params.push_str("&node_type=");
             params.push_str(&encode(t));
@@ -57,6 +65,27 @@ impl Endpoint {
             Dialect::Auto | Dialect::Single => self.single(action),
             Dialect::UniProxy => self.uniproxy(action),
         }
+    }
+
+    /// URL of `action` under Xboard's v2 prefix: `ApiHost` (query split off, trailing `/` and
+    /// a `/api/v1/server/UniProxy` suffix dropped) + `/api/v2/server/<action>?` + `ApiHost`'s
+    /// own query + the auth parameters (`machine_id=M&` first in machine mode).
+    pub fn v2_url(&self, action: Action) -> String {
+        let (base, query) = match self.api_host.split_once('?') {
+            Some((b, q)) => (b, q.trim_matches('&')),
+            None => (self.api_host.as_str(), ""),
+        };
+        let mut base = base.trim_end_matches('/');
+        if ends_with_uniproxy(base) {
+            base = &base[..base.len() - UNIPROXY_PATH.len()];
+        }
+        let mut url = format!("{base}{V2_PATH}/{}?", action.as_str());
+        if !query.is_empty() {
+            url.push_str(query);
+            url.push('&');
+        }
+        url.push_str(&self.params);
+        url
     }
 
     fn single(&self, action: Action) -> String {
@@ -197,6 +226,26 @@ mod tests {
         assert_eq!(
             e.url(Dialect::UniProxy, Action::User),
             "http://127.0.0.1:8080/sub/api/v1/server/UniProxy/user?x=1&node_id=26&token=K"
+        );
+    }
+
+    #[test]
+    fn v2_paths() {
+        let e = ep("https://panel.example/", Some("vless"));
+        assert_eq!(
+            e.v2_url(Action::Report),
+            "https://panel.example/api/v2/server/report?node_id=26&node_type=vless&token=K"
+        );
+        let e = ep("https://panel.example/api/v1/server/UniProxy?x=1", None);
+        assert_eq!(
+            e.v2_url(Action::Handshake),
+            "https://panel.example/api/v2/server/handshake?x=1&node_id=26&token=K"
+        );
+        let mut api = NodeApi::new("http://h:8/", "T", 3);
+        api.machine_id = Some(7);
+        assert_eq!(
+            Endpoint::new(&api).unwrap().v2_url(Action::MachineNodes),
+            "http://h:8/api/v2/server/machine/nodes?machine_id=7&node_id=3&token=T"
         );
     }
 

@@ -198,6 +198,22 @@ impl Online {
         out
     }
 
+    /// Every user's IPs on this node right now (the WebSocket `report.devices` snapshot).
+    pub fn current_ips(&self, slot: u16) -> AliveBody {
+        let Some(n) = self.nodes.get(&slot) else {
+            return AliveBody::new();
+        };
+        n.current
+            .iter()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(&uid, m)| {
+                let mut ips: Vec<IpAddr> = m.keys().copied().collect();
+                ips.sort();
+                (uid, ips.iter().map(|i| i.to_string()).collect())
+            })
+            .collect()
+    }
+
     /// Distinct IPs this node sees for a user right now.
     pub fn local_count(&self, slot: u16, uid: u32) -> u32 {
         self.nodes

@@ -814,7 +814,18 @@ fn read_api(o: &mut Obj<'_>, node: &mut NodeEntry, node_pos: usize) -> Result<()
         check_api_host(&node.api_host).map_err(|m| src.err(v.pos, &path, m))?;
     }
     node.api_key = o.string("ApiKey")?.unwrap_or_default();
+    if let Some(v) = o.take("MachineID") {
+        let path = o.sub("MachineID");
+        let m = as_i64(src, &path, v)?;
+        node.machine_id = Some(
+            u32::try_from(m)
+                .ok()
+                .filter(|&m| m > 0)
+                .ok_or_else(|| src.err(v.pos, &path, format!("must be a positive integer, found {m}")))?,
+        );
+    }
     match o.take("NodeID") {
+        None if node.machine_id.is_some() => {}
         None => {
             return Err(src.err(
                 node_pos,
@@ -886,6 +897,21 @@ fn read_api(o: &mut Obj<'_>, node: &mut NodeEntry, node_pos: usize) -> Result<()
                         "expected \"auto\", \"single\" or \"uniproxy\", found {}",
                         v.describe()
                     ),
+                ))
+            }
+        };
+    }
+    if let Some(v) = o.take("ApiVersion") {
+        let path = o.sub("ApiVersion");
+        node.api_version = match as_string(src, &path, v)?.to_ascii_lowercase().as_str() {
+            "" | "auto" => ApiVersion::Auto,
+            "v1" | "1" => ApiVersion::V1,
+            "v2" | "2" => ApiVersion::V2,
+            _ => {
+                return Err(src.err(
+                    v.pos,
+                    &path,
+                    format!("expected \"auto\", \"v1\" or \"v2\", found {}", v.describe()),
                 ))
             }
         };

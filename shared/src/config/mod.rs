@@ -22,6 +22,8 @@
 //! * per node `"ApiDialect": "auto"|"single"|"uniproxy"`: the panel API dialect (single
 //!   endpoint with `action=`, or `/api/v1/server/UniProxy/<action>`); `auto` leaves the
 //!   choice to the control plane;
+//! * per node `"ApiVersion": "auto"|"v1"|"v2"`: Xboard's node API version (`auto`: v2 when
+//!   `POST /api/v2/server/handshake` answers, else v1);
 //! * per node `"ApiHost": "file:///path/nodes.json"` (or `file://nodes.json`, relative to
 //!   the directory of the file the node is written in): standalone mode, no panel; `NodeID`
 //!   names the node inside that file (see [`NodeEntry::standalone_file`]).
@@ -40,11 +42,11 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigWarning};
 pub use model::{
-    ApiDialect, BrutalConfig, CertConfig, CertMode, Config, CoreConfig, CoreLog, DataplaneSettings,
-    DynamicSpeedLimitConfig, Fallback, IoMode, LimitConfig, LogConfig, LogLevel, MetricsSettings,
-    MultiplexConfig, NodeEntry, NodeOrigin, NtpConfig, Timeouts, TimeoutsSource, XrayConnectionConfig,
-    DEFAULT_ACME_DIRECTORY, DEFAULT_ACME_HTTP_LISTEN, DEFAULT_API_HOST, DEFAULT_SHM_DIR, DEFAULT_STATE_DIR,
-    DEFAULT_TIMEOUT_SECS, NONPOSITIVE_TIMEOUT_SECS,
+    ApiDialect, ApiVersion, BrutalConfig, CertConfig, CertMode, Config, CoreConfig, CoreLog,
+    DataplaneSettings, DynamicSpeedLimitConfig, Fallback, IoMode, LimitConfig, LogConfig, LogLevel,
+    MetricsSettings, MultiplexConfig, NodeEntry, NodeOrigin, NtpConfig, Timeouts, TimeoutsSource,
+    XrayConnectionConfig, DEFAULT_ACME_DIRECTORY, DEFAULT_ACME_HTTP_LISTEN, DEFAULT_API_HOST,
+    DEFAULT_SHM_DIR, DEFAULT_STATE_DIR, DEFAULT_TIMEOUT_SECS, NONPOSITIVE_TIMEOUT_SECS,
 };
 
 /// Default config path (`-c`).

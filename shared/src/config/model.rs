@@ -327,6 +327,29 @@ impl ApiDialect {
     }
 }
 
+/// Which Xboard node API version a node uses (per node `"ApiVersion"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiVersion {
+    /// v2 when `POST <ApiHost>/api/v2/server/handshake` answers with JSON, else v1.
+    #[default]
+    Auto,
+    /// `config`/`user`/`alivelist`/`push`/`alive` in the node's `ApiDialect`.
+    V1,
+    /// `/api/v2/server/*`: one `report` replaces push/alive/status; WebSocket when offered.
+    V2,
+}
+
+impl ApiVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiVersion::Auto => "auto",
+            ApiVersion::V1 => "v1",
+            ApiVersion::V2 => "v2",
+        }
+    }
+}
+
 /// Where a node entry was written (for messages from later stages).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NodeOrigin {
@@ -365,6 +388,13 @@ pub struct NodeEntry {
     /// `ApiDialect` (v2sp extension): `auto` (default), `single`, `uniproxy`.
     #[serde(rename = "ApiDialect")]
     pub api_dialect: ApiDialect,
+    /// `MachineID` (Xboard machine mode): `ApiKey` is the machine's token and the entry, which
+    /// has no `NodeID`, serves every node the panel's `machine/nodes` lists.
+    #[serde(rename = "MachineID", skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<u32>,
+    /// `ApiVersion`: `auto` (default), `v1`, `v2`.
+    #[serde(rename = "ApiVersion")]
+    pub api_version: ApiVersion,
     /// `RuleListPath` (unused, kept for compatibility).
     #[serde(rename = "RuleListPath")]
     pub rule_list_path: Option<String>,
@@ -447,6 +477,8 @@ impl Default for NodeEntry {
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             api_send_ip: None,
             api_dialect: ApiDialect::Auto,
+            api_version: ApiVersion::Auto,
+            machine_id: None,
             rule_list_path: None,
             name: None,
             core: String::new(),
@@ -487,10 +519,18 @@ impl NodeEntry {
     /// The node tag with the given protocol type (the panel-detected one when `NodeType` is
     /// empty). `Name` still wins.
     pub fn tag_with_type(&self, node_type: &str) -> String {
-        match &self.name {
-            Some(name) => name.clone(),
-            None => format!("[{}]-{}:{}", self.api_host, node_type, self.node_id),
+        match (&self.name, self.machine_id) {
+            (Some(name), Some(_)) if self.node_id != 0 => format!("{name}:{}", self.node_id),
+            (Some(name), _) => name.clone(),
+            (None, Some(m)) if self.node_id == 0 => format!("[{}]-machine:{m}", self.api_host),
+            (None, _) => format!("[{}]-{}:{}", self.api_host, node_type, self.node_id),
         }
+    }
+
+    /// A machine-mode entry (`MachineID` without `NodeID`): the agent expands it into one node
+    /// per entry of the panel's `machine/nodes`.
+    pub fn is_machine(&self) -> bool {
+        self.machine_id.is_some() && self.node_id == 0
     }
 
     /// Standalone mode: for `ApiHost = file:///abs/path.json` that path; for

@@ -17,12 +17,14 @@
 mod fields;
 mod node_info;
 mod users;
+mod v2;
 
 use std::collections::BTreeMap;
 
 pub use fields::snippet;
 pub use node_info::{BaseConfig, NodeInfo, Route, TlsMode, TlsSettings, DEFAULT_INTERVAL_SECS, KNOWN_KEYS};
 pub use users::{AliveList, PanelUser, SkippedUser, UserList};
+pub use v2::{decode_node_list, truthy, Handshake, MachineNode, MachineNodes, NodeStatus, Report, UsedTotal};
 
 /// Body of `push`: user id → `[upload_bytes, download_bytes]`. Serialises as
 /// `{"26":[1024,2048]}` (serde_json writes integer map keys as strings).
@@ -51,15 +53,40 @@ pub enum Action {
     AliveList,
     Push,
     Alive,
+    /// v2 `POST /api/v2/server/report` (traffic, alive, online, status, metrics in one body).
+    Report,
+    /// v2 `POST /api/v2/server/handshake` (WebSocket discovery).
+    Handshake,
+    /// v1 `POST status` (CPU, memory, swap, disk).
+    Status,
+    /// Machine mode `POST /api/v2/server/machine/nodes`.
+    MachineNodes,
+    /// Machine mode `POST /api/v2/server/machine/status` (the machine's load).
+    MachineStatus,
 }
 
 impl Action {
+    /// The v1 actions (both dialects).
     pub const ALL: [Action; 5] = [
         Action::Config,
         Action::User,
         Action::AliveList,
         Action::Push,
         Action::Alive,
+    ];
+
+    /// Every action under `/api/v2/server/` (the v1 ones are served there too).
+    pub const V2: [Action; 10] = [
+        Action::Config,
+        Action::User,
+        Action::AliveList,
+        Action::Push,
+        Action::Alive,
+        Action::Report,
+        Action::Handshake,
+        Action::Status,
+        Action::MachineNodes,
+        Action::MachineStatus,
     ];
 
     /// The name used as `action=` value (single endpoint) and as path segment (UniProxy).
@@ -70,6 +97,11 @@ impl Action {
             Action::AliveList => "alivelist",
             Action::Push => "push",
             Action::Alive => "alive",
+            Action::Report => "report",
+            Action::Handshake => "handshake",
+            Action::Status => "status",
+            Action::MachineNodes => "machine/nodes",
+            Action::MachineStatus => "machine/status",
         }
     }
 
@@ -77,9 +109,14 @@ impl Action {
         Action::ALL.into_iter().find(|a| a.as_str() == s)
     }
 
+    /// An action name under `/api/v2/server/` (`report`, `handshake`, `machine/nodes`, …).
+    pub fn parse_v2(s: &str) -> Option<Action> {
+        Action::V2.into_iter().find(|a| a.as_str() == s)
+    }
+
     /// `push` and `alive` are POSTs with a JSON body; the others are GETs.
     pub fn is_post(self) -> bool {
-        matches!(self, Action::Push | Action::Alive)
+        !matches!(self, Action::Config | Action::User | Action::AliveList)
     }
 }
 

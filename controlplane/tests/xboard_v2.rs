@@ -1,0 +1,587 @@
+//! Xboard's v2 node API, end to end: the real `v2sp` binary against the panel simulator
+//! (`SimOptions::v2`), this test acting as the data plane through shared memory. Tested
+//! against the simulator only: Xboard itself cannot be installed on the test machines.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use v2sp_shared::panel::Action;
+use v2sp_shared::shm::{CoreShm, DataplaneShm};
+use v2sp_testsupport::panel_sim::{user, Fault, PanelSim, SimOptions};
+
+const UUIDS: [&str; 4] = [
+    "a7b4b8ab-42d7-4c48-a0c5-91fd4bd53c37",
+    "0e9f6d1c-5a4b-4c3d-8e2f-1a2b3c4d5e6f",
+    "f47ac10b-58cc-4372-a567-0e02b2c3d479",
+    "3d6f0a8e-2b1c-4e5f-9a7b-8c9d0e1f2a3b",
+];
+
+struct Env {
+    dir: tempfile::TempDir,
+    cfg: PathBuf,
+}
+
+fn ss_node(port: u16) -> Value {
+    json!({"node_type":"shadowsocks","server_port":port,"cipher":"aes-128-gcm",
+           "base_config":{"push_interval":1,"pull_interval":1}})
+}
+
+fn env_with(nodes: Vec<Value>) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = json!({
+        "Log": {"Level": "info"},
+        "StateDir": dir.path().join("state"),
+        "Dataplane": {"ShmDir": dir.path().join("shm"), "AllowPrivateDestinations": true},
+        "Nodes": nodes,
+    });
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    Env { dir, cfg: path }
+}
+
+fn node_entry(sim: &PanelSim, id: u32, version: &str) -> Value {
+    json!({"ApiHost": sim.base_url(), "ApiKey": "test-token", "NodeID": id,
+           "NodeType": "shadowsocks", "Timeout": 2, "ApiVersion": version})
+}
+
+fn spawn_agent(env: &Env) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.dir.path().join("agent.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_v2sp"))
+        .args(["run", "--no-dataplane", "-c"])
+        .arg(&env.cfg)
+        .env("V2SP_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn log_of(env: &Env) -> String {
+    std::fs::read_to_string(env.dir.path().join("agent.log")).unwrap_or_default()
+}
+
+fn sigterm(child: &mut Child) {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("agent did not stop on SIGTERM");
+}
+
+/// This test's stand-in for the data plane.
+struct FakeDataplane {
+    shm: DataplaneShm,
+    core: CoreShm,
+}
+
+impl FakeDataplane {
+    fn attach(shm_dir: &Path) -> FakeDataplane {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(shm) = DataplaneShm::attach(shm_dir) {
+                shm.register(1, 2).unwrap();
+                let core = shm.core(0).unwrap();
+                return FakeDataplane { shm, core };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "control plane never created shared memory"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Slot and user ids of each served node, by port.
+    fn served(&mut self) -> BTreeMap<u16, (u16, Vec<u32>)> {
+        self.core.tick();
+        let Some((_, cfg)) = self.shm.read_config().unwrap() else {
+            return BTreeMap::new();
+        };
+        cfg.nodes
+            .iter()
+            .map(|n| {
+                let ids = self
+                    .core
+                    .users(n.slot)
+                    .map(|v| {
+                        let mut ids: Vec<u32> = v.iter().map(|u| u.user_id).collect();
+                        ids.sort_unstable();
+                        ids
+                    })
+                    .unwrap_or_default();
+                (n.port, (n.slot, ids))
+            })
+            .collect()
+    }
+
+    /// Waits until the node on `port` serves exactly `ids`; returns its slot and how long it
+    /// took.
+    fn wait_users(&mut self, port: u16, ids: &[u32], within: Duration) -> (u16, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some((slot, got)) = self.served().get(&port) {
+                if got == ids {
+                    return (*slot, start.elapsed());
+                }
+            }
+            assert!(
+                start.elapsed() < within,
+                "node on port {port} never served users {ids:?} within {within:?}: {:?}",
+                self.served()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn v2_sim() -> PanelSim {
+    PanelSim::start(SimOptions {
+        token: "test-token".into(),
+        v2: true,
+        ..SimOptions::default()
+    })
+    .unwrap()
+}
+
+fn add_node(sim: &PanelSim, id: u32, port: u16, users: usize) {
+    sim.set_node(id, ss_node(port));
+    sim.set_users(
+        id,
+        UUIDS
+            .iter()
+            .take(users)
+            .enumerate()
+            .map(|(i, u)| user(i as u32 + 1, u))
+            .collect(),
+    );
+}
+
+fn pump(
+    dp: &mut FakeDataplane,
+    slot: u16,
+    dur: Duration,
+    expected: &mut BTreeMap<u32, (u64, u64)>,
+    mut during: impl FnMut(Duration),
+) {
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < dur {
+        for uid in 1..=3u32 {
+            let (up, down) = (1000 + i * uid as u64, 7 * i + uid as u64);
+            dp.core.add_traffic(slot, uid, up, down);
+            let e = expected.entry(uid).or_default();
+            e.0 += up;
+            e.1 += down;
+        }
+        dp.core.tick();
+        during(start.elapsed());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_totals(
+    sim: &PanelSim,
+    dp: &mut FakeDataplane,
+    node: u32,
+    expected: &BTreeMap<u32, (u64, u64)>,
+    env: &Env,
+) {
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        dp.core.tick();
+        let got = sim.totals(node);
+        if &got == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "panel totals {got:?} != counted {expected:?}\n--- agent log ---\n{}",
+            log_of(env)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `ApiVersion: auto` settles on v2; traffic goes out as v2 `report` only (no v1 push/alive),
+/// with `Content-Type: application/json` and the report id, and arrives exact to the byte
+/// through 500-after-apply, reset-after-apply, HTML answers and a three-interval outage.
+#[test]
+fn v2_report_exact_through_outage_and_bad_answers() {
+    let sim = v2_sim();
+    sim.set_ws_enabled(false);
+    add_node(&sim, 1, 18451, 3);
+    let env = env_with(vec![node_entry(&sim, 1, "auto")]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    let (slot, _) = dp.wait_users(18451, &[1, 2, 3], Duration::from_secs(20));
+    let phases = [
+        Fault::None,
+        Fault::status_after_apply(500),
+        Fault::AcceptThenDropReply,
+        Fault::Html,
+        Fault::cdn_html_200(),
+        Fault::Outage,
+        Fault::Outage,
+        Fault::Outage,
+        Fault::None,
+    ];
+    let phase_len = Duration::from_millis(1500);
+    let mut expected = BTreeMap::new();
+    let mut phase = 0usize;
+    pump(
+        &mut dp,
+        slot,
+        phase_len * phases.len() as u32,
+        &mut expected,
+        |t| {
+            let want = ((t.as_millis() / phase_len.as_millis()) as usize).min(phases.len() - 1);
+            if want != phase {
+                phase = want;
+                sim.clear_faults();
+                sim.set_fault(Action::Report, phases[phase].clone());
+            }
+        },
+    );
+    sim.clear_faults();
+    wait_totals(&sim, &mut dp, 1, &expected, &env);
+    assert!(
+        sim.requests_for(Action::Push).is_empty(),
+        "v1 push used with a v2 panel"
+    );
+    assert!(
+        sim.requests_for(Action::Alive).is_empty(),
+        "v1 alive used with a v2 panel"
+    );
+    let reports = sim.requests_for(Action::Report);
+    assert!(!reports.is_empty());
+    for r in sim.requests().iter().filter(|r| r.method == "POST") {
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json"),
+            "{} {}",
+            r.method,
+            r.path
+        );
+    }
+    let traffic: Vec<_> = reports
+        .iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).contains("\"traffic\""))
+        .collect();
+    assert!(traffic.iter().all(|r| r.header("x-v2sp-report-id").is_some()));
+    // Resends were verbatim: one body per report id.
+    let mut bodies: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for r in &traffic {
+        let id = r.header("x-v2sp-report-id").unwrap().to_string();
+        let prev = bodies.entry(id.clone()).or_insert_with(|| r.body.clone());
+        assert_eq!(prev, &r.body, "report {id} resent with a different body");
+    }
+    let applied: Vec<_> = sim.pushes().into_iter().filter(|p| !p.duplicate).collect();
+    let mut ids: Vec<_> = applied.iter().map(|p| p.report_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), applied.len(), "a report id applied twice");
+    // Status inside the report: CPU, memory, disk as the panel expects.
+    let status = sim.status_of(1).expect("no status in any report");
+    assert!(status["mem"]["total"].as_u64().unwrap() > 0, "{status}");
+    assert!(status["disk"]["total"].as_u64().unwrap() > 0, "{status}");
+    let cpu = status["cpu"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&cpu));
+    let metrics = sim.metrics_of(1).expect("no metrics in any report");
+    assert!(metrics["uptime"].as_u64().unwrap() > 0, "{metrics}");
+    sigterm(&mut agent);
+}
+
+/// `ApiVersion: auto` against a panel without the v2 API (stock v1 simulator): one handshake
+/// probe answered 404, then plain v1 for good; with `v2` forced, no probe decides anything.
+#[test]
+fn auto_falls_back_to_v1_and_v2_is_used_when_forced() {
+    use v2sp_control::panel::{ApiVersion, NodeApi, Panel, PanelClient, PushOutcome};
+    let v1 = PanelSim::start(SimOptions {
+        single_path: None,
+        ..SimOptions::default()
+    })
+    .unwrap();
+    add_node(&v1, 26, 18452, 1);
+    let mut c = PanelClient::new(NodeApi::new(v1.base_url(), v1.token(), 26)).unwrap();
+    assert_eq!(c.version(), ApiVersion::Auto);
+    c.config().unwrap();
+    assert_eq!(c.version(), ApiVersion::V1);
+    let body = BTreeMap::from([(1u32, [5u64, 6u64])]);
+    assert_eq!(c.push(&body, "r-1"), PushOutcome::Accepted);
+    let reqs = v1.requests();
+    assert_eq!(reqs[0].path, "/api/v2/server/handshake");
+    assert_eq!(reqs[0].status, Some(404));
+    assert_eq!(reqs.iter().filter(|r| r.path.starts_with("/api/v2/")).count(), 1);
+    assert_eq!(v1.requests_for(Action::Push).len(), 1);
+
+    let v2 = v2_sim();
+    add_node(&v2, 26, 18453, 1);
+    let mut api = NodeApi::new(v2.base_url(), v2.token(), 26);
+    api.version = ApiVersion::V2;
+    let mut c = PanelClient::new(api).unwrap();
+    assert_eq!(c.push(&body, "r-2"), PushOutcome::Accepted);
+    let r = &v2.requests_for(Action::Report)[0];
+    assert_eq!(r.body, br#"{"traffic":{"1":[5,6]}}"#.to_vec());
+    assert_eq!(r.header("x-v2sp-report-id"), Some("r-2"));
+    assert_eq!(v2.totals(26), BTreeMap::from([(1, (5, 6))]));
+    // The same id again (an unknown outcome resent) is counted once.
+    assert_eq!(c.push(&body, "r-2"), PushOutcome::Accepted);
+    assert_eq!(v2.totals(26), BTreeMap::from([(1, (5, 6))]));
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn devices_reports(sim: &PanelSim) -> usize {
+    sim.ws_received()
+        .iter()
+        .filter(|m| m["event"] == "report.devices")
+        .count()
+}
+
+/// The WebSocket channel: a user removal reaches the data plane's table within 1 s while REST
+/// still lists the user (and later REST polls, answered 304, do not bring it back); an added
+/// user is served within 1 s; after the panel drops the channel the agent reconnects, sends
+/// its device snapshot at once and applies pushes again.
+#[test]
+fn websocket_user_sync_and_reconnect() {
+    let sim = v2_sim();
+    add_node(&sim, 1, 18454, 3);
+    let env = env_with(vec![node_entry(&sim, 1, "v2")]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    dp.wait_users(18454, &[1, 2, 3], Duration::from_secs(20));
+    wait_for("the WebSocket channel", Duration::from_secs(10), || {
+        sim.ws_live() == 1
+    });
+    wait_for("report.devices after connect", Duration::from_secs(5), || {
+        devices_reports(&sim) >= 1
+    });
+
+    // Removal: the panel pushes it; REST still lists user 2.
+    assert_eq!(
+        sim.ws_send(
+            1,
+            "sync.user.delta",
+            json!({"action": "remove", "users": [{"id": 2}]})
+        ),
+        1
+    );
+    let (_, took) = dp.wait_users(18454, &[1, 3], Duration::from_secs(1));
+    eprintln!("WebSocket removal reached the data plane in {took:?}");
+    // Two more REST pull intervals: the REST list (unchanged, 304) does not undo the push.
+    let pulls = sim.requests_for(Action::User).len();
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        assert_eq!(dp.served()[&18454].1, vec![1, 3], "{}", log_of(&env));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        sim.requests_for(Action::User).len() > pulls,
+        "REST polling goes on while connected"
+    );
+
+    // Addition (PHP shape: users as an object with numeric keys).
+    sim.ws_send(
+        1,
+        "sync.user.delta",
+        json!({"action": "add", "users": {"0": user(4, UUIDS[3])}}),
+    );
+    let (_, took) = dp.wait_users(18454, &[1, 3, 4], Duration::from_secs(1));
+    eprintln!("WebSocket addition reached the data plane in {took:?}");
+
+    // Garbage frames are skipped, the channel stays up.
+    sim.ws_send_raw(1, "<html>not json</html>");
+    sim.ws_send_raw(1, r#"{"event":"sync.users","data":{"users":"nope"}}"#);
+    sim.ws_send(1, "ping", json!({}));
+    wait_for("pong", Duration::from_secs(2), || {
+        sim.ws_received().iter().any(|m| m["event"] == "pong")
+    });
+    assert_eq!(dp.served()[&18454].1, vec![1, 3, 4]);
+
+    // The panel drops the channel: reconnect, devices at once, pushes applied again.
+    let devices_before = devices_reports(&sim);
+    sim.ws_drop();
+    wait_for("a reconnect", Duration::from_secs(10), || {
+        sim.ws_accepted() >= 2 && sim.ws_live() == 1
+    });
+    wait_for(
+        "report.devices after the reconnect",
+        Duration::from_secs(2),
+        || devices_reports(&sim) > devices_before,
+    );
+    // On connect the panel sent its full list again (REST's 1,2,3): applied as is.
+    dp.wait_users(18454, &[1, 2, 3], Duration::from_secs(2));
+    sim.ws_send(1, "sync.users", json!({"users": [user(3, UUIDS[2])]}));
+    dp.wait_users(18454, &[3], Duration::from_secs(1));
+    assert!(
+        sim.ws_received().iter().any(|m| m["event"] == "node.status"),
+        "node.status is sent while connected"
+    );
+    sigterm(&mut agent);
+}
+
+/// Machine mode: one entry `{ApiHost, ApiKey: <machine token>, MachineID}` without `NodeID`
+/// serves both nodes the panel lists, each reported exactly (machine auth on every call), a
+/// WebSocket event reaches only the node it names, and a node unbound from the machine stops
+/// being served.
+#[test]
+fn machine_mode_serves_two_nodes_exactly() {
+    let sim = v2_sim();
+    add_node(&sim, 1, 18455, 3);
+    add_node(&sim, 2, 18456, 3);
+    sim.set_machine(7, "machine-token-0123", vec![1, 2]);
+    let env = env_with(vec![
+        json!({"ApiHost": sim.base_url(), "ApiKey": "machine-token-0123",
+                                   "MachineID": 7, "Timeout": 2}),
+    ]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    let (s1, _) = dp.wait_users(18455, &[1, 2, 3], Duration::from_secs(20));
+    let (s2, _) = dp.wait_users(18456, &[1, 2, 3], Duration::from_secs(20));
+    let mut expected: BTreeMap<u32, BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < Duration::from_secs(4) {
+        for (node, slot) in [(1u32, s1), (2u32, s2)] {
+            for uid in 1..=3u32 {
+                let (up, down) = (100 * u64::from(node) + i, 3 * i + u64::from(uid));
+                dp.core.add_traffic(slot, uid, up, down);
+                let e = expected.entry(node).or_default().entry(uid).or_default();
+                e.0 += up;
+                e.1 += down;
+            }
+        }
+        dp.core.tick();
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_totals(&sim, &mut dp, 1, &expected[&1], &env);
+    wait_totals(&sim, &mut dp, 2, &expected[&2], &env);
+    // Every per-node call used machine auth.
+    for r in sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/api/v2/server/"))
+    {
+        assert_eq!(r.query_param("machine_id"), Some("7"), "{}", r.path);
+        assert_eq!(r.query_param("token"), Some("machine-token-0123"));
+    }
+    // One channel for the machine; an event names its node.
+    wait_for("the machine's channel", Duration::from_secs(10), || {
+        sim.ws_live() == 1
+    });
+    sim.ws_send(
+        2,
+        "sync.user.delta",
+        json!({"action": "remove", "users": [{"id": 1}]}),
+    );
+    dp.wait_users(18456, &[2, 3], Duration::from_secs(1));
+    assert_eq!(dp.served()[&18455].1, vec![1, 2, 3]);
+    wait_for("node.status with node_id", Duration::from_secs(5), || {
+        sim.ws_received()
+            .iter()
+            .any(|m| m["event"] == "node.status" && m["data"]["node_id"] == 2)
+    });
+    let ms = sim
+        .machine_status(7)
+        .expect("machine/status sent every push interval");
+    assert!(ms["mem"]["total"].as_u64().unwrap() > 0, "{ms}");
+    // Node 2 leaves the machine: `sync.nodes` (and the next list) stop it.
+    sim.set_machine(7, "machine-token-0123", vec![1]);
+    wait_for("node 2 unpublished", Duration::from_secs(5), || {
+        !dp.served().contains_key(&18456)
+    });
+    assert!(dp.served().contains_key(&18455));
+    sigterm(&mut agent);
+}
+
+/// v1 `POST status` (UniProxy dialect): every field the panel validates (cpu 0–100; mem, swap,
+/// disk total/used as integers), JSON `Content-Type`; a 422 is an error, not a panic.
+#[test]
+fn v1_status_has_what_the_panel_validates() {
+    use v2sp_control::hoststat::{metrics, HostStat};
+    use v2sp_control::panel::{ApiVersion, Dialect, NodeApi, Panel, PanelClient};
+    let sim = PanelSim::start(SimOptions {
+        single_path: None,
+        ..SimOptions::default()
+    })
+    .unwrap();
+    add_node(&sim, 26, 18457, 1);
+    let mut api = NodeApi::new(sim.base_url(), sim.token(), 26);
+    api.version = ApiVersion::V1;
+    api.dialect = Dialect::UniProxy;
+    let mut c = PanelClient::new(api).unwrap();
+    let mut host = HostStat::default();
+    c.status(&host.sample(), &metrics()).unwrap();
+    let r = &sim.requests_for(Action::Status)[0];
+    assert_eq!(r.path, "/api/v1/server/UniProxy/status");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let s = sim.status_of(26).unwrap();
+    for k in ["mem", "swap", "disk"] {
+        assert!(s[k]["total"].is_u64() && s[k]["used"].is_u64(), "{s}");
+    }
+    assert!(s["mem"]["total"].as_u64().unwrap() >= s["mem"]["used"].as_u64().unwrap());
+    sim.set_fault(
+        Action::Status,
+        Fault::json_refusal(422, "The given data was invalid."),
+    );
+    let e = c.status(&host.sample(), &metrics()).unwrap_err();
+    assert_eq!(e.status(), Some(422), "{e}");
+}
+
+/// WebSocket upgrades refused (503) and an `invalid token` error frame: the node is served over
+/// REST meanwhile, and the channel comes up once the panel accepts it.
+#[test]
+fn websocket_refused_then_accepted_rest_serves_meanwhile() {
+    let sim = v2_sim();
+    sim.set_ws_refuse(true);
+    add_node(&sim, 1, 18458, 2);
+    let env = env_with(vec![node_entry(&sim, 1, "auto")]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    dp.wait_users(18458, &[1, 2], Duration::from_secs(20));
+    // REST changes still arrive while there is no channel.
+    sim.set_users(1, vec![user(1, UUIDS[0])]);
+    dp.wait_users(18458, &[1], Duration::from_secs(5));
+    assert_eq!(sim.ws_accepted(), 0);
+    sim.set_ws_refuse(false);
+    wait_for("the channel after the refusals", Duration::from_secs(40), || {
+        sim.ws_live() == 1
+    });
+    sim.ws_send(
+        1,
+        "sync.user.delta",
+        json!({"action": "add", "users": [user(3, UUIDS[2])]}),
+    );
+    dp.wait_users(18458, &[1, 3], Duration::from_secs(1));
+    assert_eq!(
+        agent.try_wait().unwrap(),
+        None,
+        "the agent never exits because of the panel"
+    );
+    sigterm(&mut agent);
+}
