@@ -509,6 +509,7 @@ fn decode_top(d: Dec<'_>, root: &JVal) -> Result<Config, ConfigError> {
                 config.metrics.listen = Some(addr);
             }
         }
+        config.metrics.top_users = m.u32("TopUsers")?.unwrap_or(0);
         m.finish();
     }
 

@@ -53,6 +53,12 @@ pub struct MetricsSettings {
     /// is accepted with a warning).
     #[serde(rename = "Listen")]
     pub listen: Option<std::net::SocketAddr>,
+    /// `TopUsers`: also export `v2sp_user_traffic_bytes_total{node,user,direction}` for the
+    /// this many users with the most bytes since the control plane started; 0 (default) = off.
+    /// Bounded so that a node with many users does not flood Prometheus with series; the
+    /// control plane keeps one small counter per active user while it is on.
+    #[serde(rename = "TopUsers")]
+    pub top_users: u32,
 }
 
 /// Top-level `Log`.
