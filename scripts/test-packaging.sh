@@ -12,7 +12,8 @@
 #    kept), `dpkg --purge` (config, state and user gone).
 # 3. The released install.sh, staged with DESTDIR (touches nothing of the system): from the
 #    release served by a loopback `python3 -m http.server`, piped into bash with no arguments
-#    (its baked-in URL), from file://, a tampered tarball refused, --uninstall; and
+#    (its baked-in URL), through `v2sp update`, from file://, a tampered tarball refused,
+#    --uninstall; and
 #    deploy/install.sh from the source checkout.
 # Takes a few minutes on 2 cores (the clone's crates are compiled once in the dev profile).
 set -Eeuo pipefail
@@ -145,6 +146,9 @@ stage=$tmp/stage-pipe
 check "curl URL/install.sh | bash (no arguments: its baked-in release URL)" bash -c \
     "cd '$tmp/nowhere' && curl -fsSL '$url/install.sh' | DESTDIR='$stage' bash"
 check "  installed" test -x "$stage/usr/local/bin/v2sp-dataplane"
+stage=$tmp/stage-update
+check "v2sp update --from URL (DESTDIR)" env DESTDIR="$stage" "$tmp/x/v2sp-$tag-$host/v2sp" update --from "$url"
+check "  installed" test -x "$stage/usr/local/bin/v2sp"
 stage=$tmp/stage-file
 check "install.sh --from file://" env DESTDIR="$stage" bash "$dist/install.sh" --from "file://$dist"
 check "  installed" test -x "$stage/usr/local/bin/v2sp"
