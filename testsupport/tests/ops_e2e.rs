@@ -217,6 +217,39 @@ fn dataplane_logs_plain_text_with_priorities_or_to_log_output() {
     let l = first_dataplane_line(dir.path(), &[("V2SP_LOG_PRIORITY", "on")], &[]);
     assert!(l.starts_with("<6>INFO v2sp_dataplane: waiting"), "{l:?}");
 
+    // Under systemd: stderr is the stream JOURNAL_STREAM names (device:inode), so the prefixes
+    // come on their own. A file stands in for journald's socket.
+    let journal = dir.path().join("journal");
+    let f = std::fs::File::create(&journal).unwrap();
+    let (dev, ino) = {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = f.metadata().unwrap();
+        (m.dev(), m.ino())
+    };
+    let mut child = Command::new(bin_dir().join("v2sp-dataplane"))
+        .arg("--shm-dir")
+        .arg(dir.path().join("no-shm-here"))
+        .env_remove("V2SP_LOG_PRIORITY")
+        .env_remove("V2SP_LOG_OUTPUT")
+        .env_remove("V2SP_LOG_FORMAT")
+        .env_remove("V2SP_CONFIG")
+        .env_remove("V2SP_LOG")
+        .env_remove("RUST_LOG")
+        .env("JOURNAL_STREAM", format!("{dev}:{ino}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&journal).unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert!(text.starts_with("<6>INFO v2sp_dataplane: waiting"), "{text:?}");
+
     // The config's Log section: Output to a file, JSON; nothing on stderr.
     let out = dir.path().join("dp.log");
     let cfg = dir.path().join("config.json");
