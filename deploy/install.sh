@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Installs v2sp from a release build as two systemd services. Run as root from a checkout:
+# Installs v2sp as two systemd services. Run as root, either from a release (one line):
+#
+#   curl -fsSL https://github.com/OWNER/REPO/releases/latest/download/install.sh | sudo bash
+#   sudo ./install.sh --from https://github.com/OWNER/REPO/releases/download/v1.2.3
+#       downloads SHA256SUMS and this machine's tarball from that release (http(s):// or
+#       file://), checks the tarball against SHA256SUMS, unpacks it and installs from it
+#
+# or from a source checkout or an unpacked release tarball:
 #
 #   cargo build --release -p v2sp-control -p v2sp-dataplane
-#   sudo deploy/install.sh                 # binaries from ./target/release
+#   sudo deploy/install.sh                 # binaries from ./target/release (or, in an unpacked
+#                                          # release tarball, the ones next to deploy/)
 #   sudo deploy/install.sh /path/to/dir    # binaries v2sp and v2sp-dataplane from that dir
 #   sudo deploy/install.sh --uninstall     # remove units and binaries, keep /etc/v2sp
 #   DESTDIR=/tmp/pkg deploy/install.sh     # stage the files under /tmp/pkg (packaging): no
@@ -12,7 +20,7 @@
 #   /usr/local/bin/{v2sp,v2sp-dataplane}      binaries (replaced atomically)
 #   system user and group `v2sp`              both services run as it
 #   /etc/v2sp/config.json                     from deploy/config.example.json if missing (0600)
-#   /etc/v2sp/v2sp.env                        commented environment file if missing (0600)
+#   /etc/v2sp/v2sp.env                        from deploy/v2sp.env if missing (0600)
 #   /etc/systemd/system/v2sp{,-dataplane}.service
 #   /etc/sysctl.d/99-v2sp.conf                from tuning/ (skip with --no-sysctl)
 #   /etc/modules-load.d/v2sp-bbr.conf         loads tcp_bbr at boot (BBR in the sysctl file)
@@ -30,18 +38,28 @@ UNIT_DIR=$DESTDIR/etc/systemd/system
 SYSCTL_FILE=$DESTDIR/etc/sysctl.d/99-v2sp.conf
 MODULES_FILE=$DESTDIR/etc/modules-load.d/v2sp-bbr.conf
 DOC_DIR=$DESTDIR/usr/local/share/doc/v2sp
+# A copy of this script, run by `v2sp uninstall`.
+SHARE_DIR=$DESTDIR/usr/local/share/v2sp
 SVC_USER=v2sp
 SHM_DIR=/dev/shm/v2sp
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# Filled in by scripts/release.sh in the copy of this script published with a release: where
+# `--from` downloads from when the script runs outside a checkout (piped into bash).
+DEFAULT_RELEASE_URL=
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]:-.}")" && pwd)
 repo=$(dirname "$here")
 
 usage() {
     cat <<EOF
 usage: $0 [BIN_DIR] [--no-sysctl] [--no-start] [--restart-dataplane]
+       $0 --from URL [--no-sysctl] [--no-start] [--restart-dataplane]
        $0 --uninstall
 
-  BIN_DIR              directory holding v2sp and v2sp-dataplane (default: $repo/target/release)
+  BIN_DIR              directory holding v2sp and v2sp-dataplane (default: next to deploy/ in
+                       a release tarball, else $repo/target/release)
+  --from URL           install the release at URL (the directory holding SHA256SUMS and the
+                       tarballs; http(s):// or file://)${DEFAULT_RELEASE_URL:+; default $DEFAULT_RELEASE_URL}
   --no-sysctl          do not install or apply tuning/99-v2sp.conf
   --no-start           install and enable, but do not start or restart anything
   --restart-dataplane  on upgrade, also restart v2sp-dataplane (drops open connections)
@@ -54,23 +72,78 @@ log() { printf 'install: %s\n' "$*"; }
 die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 trap 'printf "install: error: command failed at line %s (exit %s)\n" "$LINENO" "$?" >&2' ERR
 
-bin_dir=$repo/target/release
+if [ -x "$repo/v2sp" ] && [ -x "$repo/v2sp-dataplane" ]; then
+    bin_dir=$repo # an unpacked release tarball
+else
+    bin_dir=$repo/target/release
+fi
 mode=install
 sysctl=1
 start=1
 restart_dp=0
+from=
+passthrough=()
 while [ $# -gt 0 ]; do
     case $1 in
         --uninstall) mode=uninstall ;;
-        --no-sysctl) sysctl=0 ;;
-        --no-start) start=0 ;;
-        --restart-dataplane) restart_dp=1 ;;
+        --no-sysctl) sysctl=0; passthrough+=("$1") ;;
+        --no-start) start=0; passthrough+=("$1") ;;
+        --restart-dataplane) restart_dp=1; passthrough+=("$1") ;;
+        --from)
+            [ $# -ge 2 ] || die "--from needs a URL"
+            from=$2
+            shift
+            ;;
+        --from=*) from=${1#--from=} ;;
         -h | --help) usage; exit 0 ;;
         -*) usage >&2; die "unknown option $1" ;;
         *) bin_dir=$1 ;;
     esac
     shift
 done
+
+# Outside a checkout (piped into bash from a release) install from the release by default.
+if [ "$mode" = install ] && [ -z "$from" ] && [ ! -f "$here/v2sp.service" ]; then
+    [ -n "$DEFAULT_RELEASE_URL" ] || die "no checkout around $here: give --from URL of a release"
+    from=$DEFAULT_RELEASE_URL
+fi
+
+# --- release mode: download, verify, unpack, run the install.sh of that release --------------
+if [ "$mode" = install ] && [ -n "$from" ]; then
+    from=${from%/}
+    fetch() { # URL DEST
+        if command -v curl >/dev/null 2>&1; then
+            curl -fsSL --retry 3 -o "$2" "$1"
+        elif command -v wget >/dev/null 2>&1 && [ "${1#file://}" = "$1" ]; then
+            wget -q -O "$2" "$1"
+        elif [ "${1#file://}" != "$1" ]; then
+            cp "${1#file://}" "$2"
+        else
+            die "neither curl nor wget is installed"
+        fi
+    }
+    case $(uname -m) in
+        x86_64 | amd64) cpu=x86_64 ;;
+        aarch64 | arm64) cpu=aarch64 ;;
+        *) cpu=$(uname -m) ;;
+    esac
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    fetch "$from/SHA256SUMS" "$tmp/SHA256SUMS" || die "cannot download $from/SHA256SUMS"
+    tarball=$(awk '{print $2}' "$tmp/SHA256SUMS" | sed 's/^\*//' |
+        grep -E "^v2sp-v[^/]*-${cpu}-[^/]*linux[^/]*\.tar\.gz$" | head -1 || true)
+    [ -n "$tarball" ] || die "$from has no tarball for $cpu Linux (see $from/SHA256SUMS)"
+    log "downloading $from/$tarball"
+    fetch "$from/$tarball" "$tmp/$tarball" || die "cannot download $from/$tarball"
+    (cd "$tmp" && awk -v f="$tarball" '$2 == f || $2 == "*" f' SHA256SUMS | sha256sum -c --status -) ||
+        die "$tarball does not match its SHA256SUMS line: not installing"
+    log "checksum of $tarball verified"
+    tar -xzf "$tmp/$tarball" -C "$tmp"
+    name=${tarball%.tar.gz}
+    [ -x "$tmp/$name/deploy/install.sh" ] || die "$tarball has no deploy/install.sh"
+    bash "$tmp/$name/deploy/install.sh" "$tmp/$name" "${passthrough[@]}"
+    exit $?
+fi
 
 # Staging (DESTDIR) touches nothing of the running system and needs no root.
 live=1
@@ -97,7 +170,7 @@ if [ "$mode" = uninstall ]; then
     done
     sctl daemon-reload
     rm -f "$PREFIX_BIN/v2sp" "$PREFIX_BIN/v2sp-dataplane" "$SYSCTL_FILE" "$MODULES_FILE"
-    rm -rf "$DOC_DIR"
+    rm -rf "$DOC_DIR" "$SHARE_DIR"
     # Both services are stopped, so their segments are garbage now.
     [ "$have_systemd" = 0 ] || rm -rf "$SHM_DIR"
     log "removed units, binaries, $SYSCTL_FILE (values stay in effect until reboot)"
@@ -113,7 +186,7 @@ for b in v2sp v2sp-dataplane; do
 or give the directory holding both binaries as an argument"
 done
 for f in "$here/v2sp.service" "$here/v2sp-dataplane.service" "$here/config.example.json" \
-    "$repo/tuning/99-v2sp.conf"; do
+    "$here/v2sp.env" "$repo/tuning/99-v2sp.conf"; do
     [ -f "$f" ] || die "$f missing (run from a complete checkout)"
 done
 
@@ -149,14 +222,7 @@ if [ ! -e "$ETC/config.json" ]; then
     log "created $ETC/config.json from the example: set ApiHost, ApiKey and NodeID"
 fi
 if [ ! -e "$ETC/v2sp.env" ]; then
-    cat >"$ETC/v2sp.env" <<'EOF'
-# Environment for v2sp.service and v2sp-dataplane.service (KEY=value lines).
-# Log filter, overrides Log.Level: RUST_LOG=info
-# Force the epoll backend (e.g. io_uring blocked): V2SP_IO=epoll
-# Data plane's shm directory; must match Dataplane.ShmDir in config.json:
-# V2SP_SHM_DIR=/dev/shm/v2sp
-EOF
-    chmod 0600 "$ETC/v2sp.env"
+    install -m 0600 "$here/v2sp.env" "$ETC/v2sp.env"
 fi
 if [ "$live" = 1 ]; then
     # The services run as $SVC_USER and must read the config (0600) and write certificates
@@ -178,6 +244,9 @@ for f in "$here/README.md" "$here/config.example.json" "$repo/tuning/README.md";
     case $f in */tuning/README.md) dst=$DOC_DIR/tuning.md ;; *) dst=$DOC_DIR/$(basename "$f") ;; esac
     install -m 0644 "$f" "$dst"
 done
+install -d -m 0755 "$SHARE_DIR"
+install -m 0755 "$here/install.sh" "$SHARE_DIR/.install.sh.new"
+mv -f "$SHARE_DIR/.install.sh.new" "$SHARE_DIR/install.sh"
 log "installed units in $UNIT_DIR"
 
 # --- sysctl ---------------------------------------------------------------------------------

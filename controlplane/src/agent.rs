@@ -163,6 +163,7 @@ impl Shared {
                     if fresh {
                         for e in &b.entries {
                             self.metrics.counted(e.node, e.up, e.down);
+                            self.metrics.counted_user(e.node, e.user_id, e.up, e.down);
                         }
                     }
                     if let Err(e) = self.shm.clear_bank(b.instance_id, b.core, b.epoch) {
@@ -278,7 +279,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         sleep_lock: Mutex::new(()),
         min_push_ms: AtomicU64::new(u64::MAX),
         slots: Mutex::new(SlotMap::load(&cfg.state_dir)),
-        metrics: NodeMetrics::default(),
+        metrics: NodeMetrics::with_top_users(cfg.metrics.top_users),
         events_dropped: AtomicU64::new(0),
         synced_pid: AtomicU32::new(0),
     });

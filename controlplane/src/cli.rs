@@ -4,10 +4,21 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The version `v2sp version` prints: the release tag `scripts/release.sh` builds with
+/// (`V2SP_BUILD_VERSION=1.2.3`), else the crate version.
+pub const VERSION: &str = match option_env!("V2SP_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+/// Where `v2sp update` downloads a release from when neither `--from` nor `V2SP_RELEASE_URL`
+/// says: baked in by `scripts/release.sh` (`V2SP_BUILD_RELEASE_URL`), else none.
+pub const DEFAULT_RELEASE_URL: Option<&str> = option_env!("V2SP_BUILD_RELEASE_URL");
+
 #[derive(Parser, Debug)]
 #[command(
     name = "v2sp",
-    version,
+    version = VERSION,
     about = "v2sp node agent: panel sync, limits and lossless traffic accounting for proxy nodes"
 )]
 pub struct Cli {
@@ -70,8 +81,55 @@ pub enum Cmd {
     },
     /// Print the version.
     Version,
+    /// Start both services: runs `systemctl start v2sp v2sp-dataplane`, then shows
+    /// `systemctl is-active` of both.
+    Start,
+    /// Stop both services: runs `systemctl stop v2sp-dataplane v2sp` (open connections drop;
+    /// traffic counted so far is pushed or kept in the journal).
+    Stop,
+    /// Restart the control plane: runs `systemctl restart v2sp` (picks up a new binary or
+    /// config; no proxied connection is dropped). With --dataplane also
+    /// `systemctl restart v2sp-dataplane` (drops open connections).
+    Restart {
+        /// Also restart the data plane (drops every open connection).
+        #[arg(long)]
+        dataplane: bool,
+    },
+    /// Show the logs of both services: runs
+    /// `journalctl -u v2sp -u v2sp-dataplane -n LINES -f --no-pager`.
+    Log {
+        /// Lines of history to show first.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: u32,
+        /// Print and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Install the newest release: downloads URL/install.sh and runs
+    /// `bash install.sh --from URL` (checks SHA256SUMS, replaces the binaries and units,
+    /// restarts the control plane; the data plane keeps its connections and the old binary
+    /// until restarted, or restarts now with --restart-dataplane).
+    Update {
+        /// Release URL (the directory with SHA256SUMS and the tarballs); default
+        /// $V2SP_RELEASE_URL, else the URL this binary was released with.
+        #[arg(long, env = "V2SP_RELEASE_URL")]
+        from: Option<String>,
+        /// Restart the data plane too (drops open connections).
+        #[arg(long)]
+        restart_dataplane: bool,
+    },
+    /// Remove v2sp: runs `bash /usr/local/share/v2sp/install.sh --uninstall` (stops and
+    /// disables both units, removes units, binaries and the sysctl file; keeps /etc/v2sp, the
+    /// journal in /var/lib/v2sp and the user). For the Debian package: `apt remove v2sp`.
+    Uninstall {
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+    },
 }
 
+// `Init` carries every flag of `config init`; parsed once per process, so its size is moot.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum ConfigCmd {
     /// Check the config file and print the effective configuration with secrets masked.
@@ -80,6 +138,8 @@ pub enum ConfigCmd {
         #[command(flatten)]
         cfg: ConfigArg,
     },
+    /// Write a commented config for one panel and its nodes (checked before it is written).
+    Init(crate::config_init::InitArgs),
 }
 
 /// Execute a parsed command line; returns the process exit code.
@@ -157,8 +217,19 @@ pub fn execute(cli: Cli) -> i32 {
                 }
             }
         }
+        Cmd::Config {
+            cmd: ConfigCmd::Init(args),
+        } => crate::config_init::run(&args),
+        cmd @ (Cmd::Start | Cmd::Stop | Cmd::Restart { .. } | Cmd::Log { .. }) => {
+            crate::ops::run_plan(&crate::ops::plan(&cmd))
+        }
+        Cmd::Update {
+            from,
+            restart_dataplane,
+        } => crate::ops::update(from.as_deref().or(DEFAULT_RELEASE_URL), restart_dataplane),
+        Cmd::Uninstall { yes } => crate::ops::uninstall(yes),
         Cmd::Version => {
-            println!("v2sp {}", env!("CARGO_PKG_VERSION"));
+            println!("v2sp {VERSION}");
             println!("Rust node agent for Xboard/V2board-family panels (data plane + control plane over shared memory)");
             0
         }

@@ -44,6 +44,10 @@ pub struct NodeCounters {
 #[derive(Default)]
 pub struct NodeMetrics {
     nodes: Mutex<BTreeMap<u16, NodeCounters>>,
+    /// `Metrics.TopUsers` (0 = per-user counting off).
+    top_users: u32,
+    /// Counted bytes per (slot, user id) since start: [up, down]. Only with `top_users` > 0.
+    users: Mutex<std::collections::HashMap<(u16, u32), [u64; 2]>>,
 }
 
 fn unix_now() -> u64 {
@@ -53,6 +57,42 @@ fn unix_now() -> u64 {
 }
 
 impl NodeMetrics {
+    /// Counters that also keep per-user bytes for the `top` biggest users (0 = not).
+    pub fn with_top_users(top: u32) -> NodeMetrics {
+        NodeMetrics {
+            top_users: top,
+            ..NodeMetrics::default()
+        }
+    }
+
+    fn users(&self) -> MutexGuard<'_, std::collections::HashMap<(u16, u32), [u64; 2]>> {
+        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes newly journalled for one user (no-op unless `TopUsers` is on).
+    pub fn counted_user(&self, slot: u16, user_id: u32, up: u64, down: u64) {
+        if self.top_users == 0 {
+            return;
+        }
+        let mut u = self.users();
+        let e = u.entry((slot, user_id)).or_default();
+        e[0] = e[0].saturating_add(up);
+        e[1] = e[1].saturating_add(down);
+    }
+
+    /// The `TopUsers` users with the most bytes (up + down), biggest first:
+    /// (slot, user id, [up, down]).
+    pub fn top_users(&self) -> Vec<(u16, u32, [u64; 2])> {
+        if self.top_users == 0 {
+            return Vec::new();
+        }
+        let mut v: Vec<_> = self.users().iter().map(|(&(s, u), &b)| (s, u, b)).collect();
+        let total = |b: &[u64; 2]| b[0].saturating_add(b[1]);
+        v.sort_unstable_by(|a, b| total(&b.2).cmp(&total(&a.2)).then((a.0, a.1).cmp(&(b.0, b.1))));
+        v.truncate(self.top_users as usize);
+        v
+    }
+
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u16, NodeCounters>> {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -99,6 +139,7 @@ impl NodeMetrics {
     /// A node left the config: its series go away.
     pub fn forget(&self, slot: u16) {
         self.lock().remove(&slot);
+        self.users().retain(|&(s, _), _| s != slot);
     }
 
     pub fn snapshot(&self) -> BTreeMap<u16, NodeCounters> {
@@ -115,6 +156,8 @@ pub struct Snapshot {
     pub counters: BTreeMap<u16, NodeCounters>,
     /// Journalled bytes the panel has not accepted yet, by slot: [up, down].
     pub unreported: BTreeMap<u16, [u64; 2]>,
+    /// `Metrics.TopUsers` biggest users: (slot, user id, [up, down]); empty when off.
+    pub top_users: Vec<(u16, u32, [u64; 2])>,
 }
 
 /// Escapes a label value (text format: backslash, double quote and newline).
@@ -325,6 +368,21 @@ pub fn render(s: &Snapshot) -> String {
         "Unix time of the last complete push (0 = none yet).",
         &per_node(&|c| c.last_push_ok),
     );
+    if !s.top_users.is_empty() {
+        let mut v = Vec::new();
+        for &(slot, user, [up, down]) in &s.top_users {
+            let t = tag(slot);
+            v.push((format!("node=\"{t}\",user=\"{user}\",direction=\"up\""), up));
+            v.push((format!("node=\"{t}\",user=\"{user}\",direction=\"down\""), down));
+        }
+        family(
+            &mut out,
+            "v2sp_user_traffic_bytes_total",
+            "counter",
+            "Bytes counted for a user since the control plane started, for the Metrics.TopUsers biggest users only.",
+            &v,
+        );
+    }
     out
 }
 
@@ -395,6 +453,7 @@ fn gather(shared: &Shared) -> Snapshot {
         tags,
         counters,
         unreported,
+        top_users: shared.metrics.top_users(),
     }
 }
 
@@ -470,7 +529,33 @@ mod tests {
             tags: BTreeMap::from([(3, "[https://p.example]-vless:\"1\"".to_string())]),
             counters,
             unreported: BTreeMap::from([(3, [10, 100])]),
+            top_users: Vec::new(),
         }
+    }
+
+    #[test]
+    fn top_users_only_when_on_and_only_the_biggest() {
+        let off = NodeMetrics::default();
+        off.counted_user(3, 1, 10, 10);
+        assert!(off.top_users().is_empty());
+        assert!(!render(&sample()).contains("v2sp_user_traffic_bytes_total"));
+
+        let m = NodeMetrics::with_top_users(2);
+        m.counted_user(3, 1, 10, 0);
+        m.counted_user(3, 2, 500, 500);
+        m.counted_user(3, 3, 0, 100);
+        m.counted_user(3, 1, 5, 0);
+        assert_eq!(m.top_users(), vec![(3, 2, [500, 500]), (3, 3, [0, 100])]);
+        let t = render(&Snapshot {
+            top_users: m.top_users(),
+            ..sample()
+        });
+        assert!(t.contains(
+            "v2sp_user_traffic_bytes_total{node=\"[https://p.example]-vless:\\\"1\\\"\",user=\"2\",direction=\"down\"} 500"
+        ), "{t}");
+        assert!(!t.contains("user=\"1\""), "{t}");
+        m.forget(3);
+        assert!(m.top_users().is_empty());
     }
 
     #[test]

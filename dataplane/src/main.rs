@@ -28,16 +28,31 @@ struct Args {
     /// Seconds open connections may finish after SIGTERM.
     #[arg(long, default_value_t = 10)]
     grace_secs: u64,
+    /// The control plane's config file, read for its `Log` section only (level, format,
+    /// output). The V2SP_LOG* variables, which `v2sp run` sets for the data plane it starts,
+    /// take precedence.
+    #[arg(long, env = "V2SP_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
+    let mut notes = Vec::new();
+    let config_log = args
+        .config
+        .as_ref()
+        .and_then(|p| match v2sp_shared::config::load(p) {
+            Ok(l) => Some(l.config.log),
+            Err(e) => {
+                notes.push(format!("log settings of {} not used: {e}", p.display()));
+                None
+            }
+        });
+    let (settings, warnings) = v2sp_shared::logging::Settings::resolve(config_log.as_ref());
+    let (_, problem) = v2sp_shared::logging::init(&settings);
+    for w in notes.iter().chain(&warnings).chain(problem.iter()) {
+        tracing::warn!("{w}");
+    }
     if std::env::var("V2SP_THP").as_deref() != Ok("1") {
         if let Err(e) = v2sp_dataplane::sys::disable_transparent_huge_pages() {
             tracing::warn!("cannot opt out of transparent huge pages: {e}");

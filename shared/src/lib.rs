@@ -6,5 +6,6 @@ pub mod audit;
 pub mod config;
 pub mod cred;
 pub mod dpconfig;
+pub mod logging;
 pub mod panel;
 pub mod shm;

@@ -318,6 +318,7 @@ impl Core {
     /// worker's cap or the address's cap is reached (the caller closes it). The guard gives the
     /// place back when the handshake ends, however it ends.
     fn begin_handshake(self: &Rc<Self>, ip: IpAddr) -> Option<HandshakeGuard> {
+        self.port.borrow().add_accepted(1);
         let ip = crate::net::normalise_ip(ip);
         let (per_worker, per_ip) = self.handshake_limits.get();
         let mut by_ip = self.handshaking_by_ip.borrow_mut();

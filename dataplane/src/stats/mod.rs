@@ -56,4 +56,6 @@ pub trait CorePort {
     fn alive_elsewhere(&self, user: &UserRef) -> u32;
     /// Gauge of open connections on this core (status only).
     fn set_open_conns(&self, _n: u64) {}
+    /// Counts `n` client connections accepted by this core (`v2sp_connections_accepted_total`).
+    fn add_accepted(&self, _n: u64) {}
 }

@@ -72,4 +72,7 @@ impl CorePort for ShmPort {
     fn set_open_conns(&self, n: u64) {
         self.shm.set_open_conns(n);
     }
+    fn add_accepted(&self, n: u64) {
+        self.shm.add_accepted(n);
+    }
 }

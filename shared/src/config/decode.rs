@@ -446,6 +446,21 @@ fn decode_top(d: Dec<'_>, root: &JVal) -> Result<Config, ConfigError> {
             };
         }
         config.log.output = log.string("Output")?.unwrap_or_default();
+        if let Some(v) = log.take("Format") {
+            let path = log.sub("Format");
+            let format = as_string(d.src, &path, v)?;
+            config.log.format = match LogFormat::parse(&format) {
+                Some(f) => f,
+                None => {
+                    d.warn(
+                        v.pos,
+                        &path,
+                        format!("unknown log format {format:?}; using text (expected text or json)"),
+                    );
+                    LogFormat::Text
+                }
+            };
+        }
         log.finish();
     }
 
@@ -494,6 +509,7 @@ fn decode_top(d: Dec<'_>, root: &JVal) -> Result<Config, ConfigError> {
                 config.metrics.listen = Some(addr);
             }
         }
+        config.metrics.top_users = m.u32("TopUsers")?.unwrap_or(0);
         m.finish();
     }
 

@@ -53,6 +53,12 @@ pub struct MetricsSettings {
     /// is accepted with a warning).
     #[serde(rename = "Listen")]
     pub listen: Option<std::net::SocketAddr>,
+    /// `TopUsers`: also export `v2sp_user_traffic_bytes_total{node,user,direction}` for the
+    /// this many users with the most bytes since the control plane started; 0 (default) = off.
+    /// Bounded so that a node with many users does not flood Prometheus with series; the
+    /// control plane keeps one small counter per active user while it is on.
+    #[serde(rename = "TopUsers")]
+    pub top_users: u32,
 }
 
 /// Top-level `Log`.
@@ -62,9 +68,40 @@ pub struct LogConfig {
     /// anything else is a warning and means `info`.
     #[serde(rename = "Level")]
     pub level: LogLevel,
-    /// `Output`: append log lines to this file; `""` = stderr (journald).
+    /// `Output`: append log lines to this file; `""` or `stderr` = stderr (journald),
+    /// `stdout` = stdout.
     #[serde(rename = "Output")]
     pub output: String,
+    /// v2sp extension `Format`: `text` (default) or `json` (one JSON object per line).
+    #[serde(rename = "Format")]
+    pub format: LogFormat,
+}
+
+/// `Log.Format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+
+    /// `text`/`json`, case-insensitive; `None` for anything else.
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" | "plain" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
 }
 
 impl Default for LogConfig {
@@ -72,6 +109,7 @@ impl Default for LogConfig {
         LogConfig {
             level: LogLevel::Info,
             output: String::new(),
+            format: LogFormat::Text,
         }
     }
 }
