@@ -253,6 +253,9 @@ fn every_unacknowledged_answer_loses_and_doubles_nothing() {
     let faults = [
         Fault::None,
         Fault::status_after_apply(500),
+        // A batch the panel recorded, then an outage: its retries never connect, and it must
+        // still not be merged into newer traffic under a new id.
+        Fault::Outage,
         Fault::status_after_apply(502),
         Fault::AcceptThenDropReply,
         Fault::cdn_html_200(),

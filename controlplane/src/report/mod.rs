@@ -107,11 +107,14 @@ impl Accounting {
     pub fn push_node(&self, tag: &str, panel: &mut dyn Panel, min_bytes: u64) -> PushReport {
         let mut report = PushReport::default();
         for _ in 0..2 {
-            let batch = {
+            // `fresh`: sealed in this call, so never sent before. A batch found sealed was
+            // sent at least once (in this run or before a restart) and may have reached the
+            // panel, whatever its latest attempt says.
+            let (batch, fresh) = {
                 let mut j = self.lock();
                 let books = j.state().nodes.get(tag).cloned().unwrap_or_default();
                 match books.sealed {
-                    Some(b) => b,
+                    Some(b) => (b, false),
                     None => {
                         let users: Vec<u32> = books
                             .open
@@ -132,7 +135,7 @@ impl Accounting {
                             return report;
                         }
                         match j.state().nodes.get(tag).and_then(|b| b.sealed.clone()) {
-                            Some(b) => b,
+                            Some(b) => (b, true),
                             None => return report,
                         }
                     }
@@ -176,7 +179,8 @@ impl Accounting {
                     ));
                     return report;
                 }
-                PushOutcome::NotDelivered { detail } => {
+                PushOutcome::NotDelivered { detail } if fresh => {
+                    // Its first attempt never left the machine: newer traffic may join it.
                     commit(
                         &mut j,
                         Record::Unseal {
@@ -185,6 +189,16 @@ impl Accounting {
                         },
                     );
                     report.error = Some(format!("not delivered: {detail}"));
+                    return report;
+                }
+                PushOutcome::NotDelivered { detail } => {
+                    // An earlier attempt may have reached the panel (a 500 after it recorded
+                    // the batch, then an outage): merging it now would count it twice.
+                    report.unknown_pending = true;
+                    report.error = Some(format!(
+                        "not delivered, will retry report {} unchanged: {detail}",
+                        batch.id
+                    ));
                     return report;
                 }
                 PushOutcome::Unknown { detail } => {
