@@ -1164,9 +1164,18 @@ async fn handshake(
             Outcome::Fallback(dest) => return Handshake::Fallback(dest),
         }
     } else if let Some(cfg) = &node.tls {
-        // Neither the TLS session nor a read buffer exists before the client's first bytes.
-        if first.is_empty() && s.readable().await.is_err() {
-            return Handshake::Drop;
+        // Neither the TLS session nor a read buffer exists before the client's whole first
+        // record (its ClientHello) is here: a client trickling it holds only what it sent.
+        loop {
+            match crate::tls::deframe::record_len(&first) {
+                Ok(None) => {}
+                // Complete, or not TLS at all (`accept` says which).
+                Ok(Some(_)) | Err(_) => break,
+            }
+            match read_pooled(&core.bufs, s, &mut first).await {
+                Ok(0) | Err(_) => return Handshake::Drop,
+                Ok(_) => {}
+            }
         }
         let mut buf = vec![0u8; HANDSHAKE_READ];
         match crate::tls::accept(s, cfg, first, &mut buf).await {
