@@ -8,9 +8,9 @@
 //! Bounded against floods (issue 11): at most [`MAX_SESSIONS_PER_USER`] sessions per user (the
 //! least recently used one is closed for a new one) and [`MAX_SESSIONS`] per node and core
 //! (new ones refused beyond), [`MAX_RESOLVING`] name resolutions in flight, and datagrams from
-//! addresses no user was seen at get a budget of trial decryptions ([`UnauthLimiter`]): a
-//! flood of forged datagrams costs a bounded number of AEAD attempts per second, not
-//! users × datagrams.
+//! addresses no user was seen at get a budget of key trials ([`UnauthLimiter`]): a flood of
+//! forged datagrams costs a bounded number of AEAD attempts per second, not users ×
+//! datagrams.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -51,8 +51,11 @@ pub(super) struct UnauthLimiter {
 }
 
 impl UnauthLimiter {
-    /// Unauthenticated datagrams tried per second (and burst).
-    const RATE: f64 = 1024.0;
+    /// Key trials for unauthenticated datagrams per second (and burst): a datagram costs one
+    /// per user of the node (a 2017-AEAD datagram is tried with every user's key), at most
+    /// [`Self::MAX_COST`].
+    const RATE: f64 = 8192.0;
+    const MAX_COST: usize = 1024;
     /// Failures after which an address's unauthenticated datagrams are not tried until the
     /// window ends.
     const MAX_FAILURES: u32 = 16;
@@ -69,8 +72,11 @@ impl UnauthLimiter {
         }
     }
 
-    /// Whether a datagram from `ip` (no user known there) may be tried.
-    pub(super) fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+    /// Whether a datagram from `ip` (no user known at its address and port) may be tried.
+    /// `known`: some user was seen at this IP (another port, a new socket of the same
+    /// client): such datagrams skip the budget, so a flood of forged addresses does not lock
+    /// out clients already in use; the failure cache still bounds them.
+    pub(super) fn allow(&self, ip: IpAddr, known: bool, users: usize, now: Instant) -> bool {
         if now.saturating_duration_since(self.window.get()) >= Self::WINDOW {
             self.window.set(now);
             self.failures.borrow_mut().clear();
@@ -83,14 +89,18 @@ impl UnauthLimiter {
         {
             return false;
         }
+        if known {
+            return true;
+        }
         let dt = now.saturating_duration_since(self.refilled.get()).as_secs_f64();
         self.refilled.set(now);
         let t = (self.tokens.get() + dt * Self::RATE).min(Self::RATE);
-        if t < 1.0 {
+        let cost = users.clamp(1, Self::MAX_COST) as f64;
+        if t < cost {
             self.tokens.set(t);
             return false;
         }
-        self.tokens.set(t - 1.0);
+        self.tokens.set(t - cost);
         true
     }
 
@@ -124,8 +134,31 @@ struct UdpNode {
     /// Sessions per user (for [`MAX_SESSIONS_PER_USER`]).
     per_user: RefCell<HashMap<u32, usize>>,
     hints: RefCell<HashMap<SocketAddr, UserRef>>,
+    /// Addresses some user was seen at (cleared with `hints`).
+    known_ips: RefCell<std::collections::HashSet<IpAddr>>,
     unauth: UnauthLimiter,
     resolving: Cell<usize>,
+    /// The node's user count on this core, and when it was counted (once a second at most).
+    users: Cell<(usize, Option<Instant>)>,
+}
+
+impl UdpNode {
+    fn user_count(&self, now: Instant) -> usize {
+        let (n, at) = self.users.get();
+        if at.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
+            return n;
+        }
+        let mut count = 0usize;
+        self.core
+            .port
+            .borrow()
+            .for_each_user(self.node.cfg.slot, &mut |_| {
+                count += 1;
+                true
+            });
+        self.users.set((count, Some(now)));
+        count
+    }
 }
 
 /// Serves the node's UDP socket until `stop`; then ends every session of this node on this core.
@@ -144,8 +177,10 @@ pub(super) async fn udp_loop(
         sessions: RefCell::new(HashMap::new()),
         per_user: RefCell::new(HashMap::new()),
         hints: RefCell::new(HashMap::new()),
+        known_ips: RefCell::new(std::collections::HashSet::new()),
         unauth: UnauthLimiter::new(Instant::now()),
         resolving: Cell::new(0),
+        users: Cell::new((0, None)),
     });
     let mut buf = vec![0u8; 65536];
     loop {
@@ -167,7 +202,14 @@ pub(super) async fn udp_loop(
 fn on_packet(u: &Rc<UdpNode>, pkt: &mut [u8], from: SocketAddr) {
     let hint = u.hints.borrow().get(&from).copied();
     let ip = crate::net::normalise_ip(from.ip());
-    if hint.is_none() && !u.unauth.allow(ip, Instant::now()) {
+    if hint.is_none()
+        && !u.unauth.allow(
+            ip,
+            u.known_ips.borrow().contains(&ip),
+            u.user_count(Instant::now()),
+            Instant::now(),
+        )
+    {
         return;
     }
     let opened = {
@@ -217,10 +259,13 @@ fn on_packet(u: &Rc<UdpNode>, pkt: &mut [u8], from: SocketAddr) {
     sess.last.set(Instant::now());
     if hint != Some(p.user) {
         let mut h = u.hints.borrow_mut();
+        let mut known = u.known_ips.borrow_mut();
         if h.len() > 65536 {
             h.clear();
+            known.clear();
         }
         h.insert(from, p.user);
+        known.insert(crate::net::normalise_ip(from.ip()));
     }
     let Some(payload) = pkt.get(p.payload.clone()) else {
         return;
@@ -453,20 +498,26 @@ mod tests {
         let a: IpAddr = "198.51.100.1".parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         // A flood from many (forged) addresses: one second's budget, then nothing.
         let tried = (0..100_000u32)
-            .filter(|i| l.allow(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), t0))
+            .filter(|i| l.allow(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), false, 64, t0))
             .count();
-        assert_eq!(tried, UnauthLimiter::RATE as usize);
+        assert_eq!(
+            tried,
+            UnauthLimiter::RATE as usize / 64,
+            "one second's budget of key trials"
+        );
+        // An address some user was seen at is still tried.
+        assert!(l.allow(a, true, 64, t0));
         // The budget comes back with time.
         let t1 = t0 + Duration::from_millis(500);
-        assert!(l.allow(a, t1));
+        assert!(l.allow(a, false, 64, t1));
         // One address that keeps failing is not tried again within the window...
         for _ in 0..UnauthLimiter::MAX_FAILURES {
             l.failed(a);
         }
         let t2 = t1 + Duration::from_secs(1);
-        assert!(!l.allow(a, t2));
-        assert!(l.allow("198.51.100.2".parse().unwrap_or(a), t2));
+        assert!(!l.allow(a, true, 64, t2));
+        assert!(l.allow("198.51.100.2".parse().unwrap_or(a), false, 64, t2));
         // ...and is again after it.
-        assert!(l.allow(a, t2 + UnauthLimiter::WINDOW));
+        assert!(l.allow(a, false, 64, t2 + UnauthLimiter::WINDOW));
     }
 }
