@@ -156,7 +156,7 @@ fn alive(pid: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     /// Issue 11: a pid from shared memory that is not a data plane is never adopted (and so

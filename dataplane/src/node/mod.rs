@@ -1166,12 +1166,8 @@ async fn handshake(
     } else if let Some(cfg) = &node.tls {
         // Neither the TLS session nor a read buffer exists before the client's whole first
         // record (its ClientHello) is here: a client trickling it holds only what it sent.
-        loop {
-            match crate::tls::deframe::record_len(&first) {
-                Ok(None) => {}
-                // Complete, or not TLS at all (`accept` says which).
-                Ok(Some(_)) | Err(_) => break,
-            }
+        // (Until it is complete, or is not TLS at all: `accept` says which.)
+        while let Ok(None) = crate::tls::deframe::record_len(&first) {
             match read_pooled(&core.bufs, s, &mut first).await {
                 Ok(0) | Err(_) => return Handshake::Drop,
                 Ok(_) => {}

@@ -397,6 +397,7 @@ impl RegisteredRing {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use std::io::Write;
 

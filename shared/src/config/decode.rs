@@ -1367,6 +1367,42 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unwrap_used)]
+    fn proxy_protocol_from_is_cidrs_and_its_absence_is_warned() {
+        let node = |extra: &str| {
+            format!(
+                r#"{{"Nodes":[{{"ApiHost":"http://127.0.0.1","ApiKey":"k","NodeID":1,"NodeType":"trojan"{extra}}}]}}"#
+            )
+        };
+        let l = crate::config::parse_str(
+            &node(r#","EnableProxyProtocol":true,"ProxyProtocolFrom":["10.0.0.0/8","192.0.2.7","2001:db8::/32"]"#),
+            Path::new("t.json"),
+        )
+        .unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        assert_eq!(
+            l.config.nodes[0].proxy_protocol_from,
+            ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]
+        );
+        // On without balancers: loopback only, said in a warning.
+        let l =
+            crate::config::parse_str(&node(r#","EnableProxyProtocol":true"#), Path::new("t.json")).unwrap();
+        assert!(
+            l.warnings
+                .iter()
+                .any(|w| w.to_string().contains("ProxyProtocolFrom")),
+            "{:?}",
+            l.warnings
+        );
+        let e = crate::config::parse_str(
+            &node(r#","EnableProxyProtocol":true,"ProxyProtocolFrom":["10.0.0.0/33"]"#),
+            Path::new("t.json"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ProxyProtocolFrom[0]"), "{e}");
+    }
+
+    #[test]
     fn edit_distance_works() {
         assert_eq!(edit_distance("nodeid", "nodeid"), 0);
         assert_eq!(edit_distance("nodid", "nodeid"), 1);
