@@ -165,6 +165,24 @@ fn shadowsocks(n: &NodeConfig) -> Result<Rc<dyn InboundProtocol>, String> {
     Ok(Rc::new(SsProto(inbound)))
 }
 
+/// How long a handshake's salt / auth id is remembered at least. A timestamp accepted with a
+/// skew of ±S is accepted during 2·S seconds of server time, so the window must be 2·S: with
+/// only S (Xray keeps VMess auth ids 120 s) a hello first seen at the early edge could be
+/// replayed at the late edge (issue 11). VMess (±120 s) is the widest; it covers SS-2022
+/// (±30 s) and SS-2017 salt reuse in practice.
+const REPLAY_WINDOW_S: u64 = 2 * max_skew_s();
+
+const fn max_skew_s() -> u64 {
+    let s = 30; // SS-2022 (`proto::ss::ss2022::MAX_TIME_DIFF_S`)
+    #[cfg(feature = "vmess")]
+    let s = if crate::proto::vmess::crypto::MAX_SKEW_S > s {
+        crate::proto::vmess::crypto::MAX_SKEW_S
+    } else {
+        s
+    };
+    s
+}
+
 /// Process-wide state shared by all cores.
 pub struct Shared {
     pub devices: DeviceTracker,
@@ -180,9 +198,7 @@ impl Shared {
         Arc::new(Shared {
             devices: DeviceTracker::default(),
             rates: RateLimiters::default(),
-            // 120 s: VMess AEAD auth ids (±120 s timestamps, kept 120 s like Xray); also covers
-            // SS-2022's ±30 s timestamp window and SS-2017 salt reuse in practice.
-            replay: Box::new(crate::limits::replay::ReplayFilter::new(120, 1 << 20)),
+            replay: Box::new(crate::limits::replay::ReplayFilter::new(REPLAY_WINDOW_S, 1 << 20)),
             protocols,
             splice: std::env::var("V2SP_SPLICE").map(|v| v != "0").unwrap_or(true),
         })
@@ -1502,4 +1518,17 @@ async fn open(
         user_id: user.user_id,
         reg,
     })
+}
+
+#[cfg(test)]
+mod replay_window_tests {
+    /// A hello accepted at the early edge of its timestamp window must still be remembered at
+    /// the late edge.
+    #[test]
+    fn replay_window_covers_the_whole_accepted_skew() {
+        #[cfg(feature = "shadowsocks")]
+        assert!(super::REPLAY_WINDOW_S >= 2 * crate::proto::ss::ss2022::MAX_TIME_DIFF_S);
+        #[cfg(feature = "vmess")]
+        assert!(super::REPLAY_WINDOW_S >= 2 * crate::proto::vmess::crypto::MAX_SKEW_S);
+    }
 }
