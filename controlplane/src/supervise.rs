@@ -14,8 +14,8 @@ pub struct DataplaneChild {
     bin: PathBuf,
     shm_dir: PathBuf,
     child: Option<Child>,
-    /// A data plane started by an earlier control plane (not our child).
-    adopted: Option<u32>,
+    /// A data plane started by an earlier control plane (not our child), held by a pidfd.
+    adopted: Option<crate::sys::PidFd>,
     restarts: u32,
     next_start: Instant,
 }
@@ -45,12 +45,12 @@ impl DataplaneChild {
             bin: locate(bin),
             shm_dir: shm_dir.to_path_buf(),
             child: None,
-            adopted: running.filter(|&p| alive(p)),
+            adopted: running.and_then(adoptable),
             restarts: 0,
             next_start: Instant::now(),
         };
-        match d.adopted {
-            Some(pid) => tracing::info!(pid, "adopting the running data plane"),
+        match &d.adopted {
+            Some(p) => tracing::info!(pid = p.pid(), "adopting the running data plane"),
             None => d.spawn()?,
         }
         Ok(d)
@@ -69,11 +69,11 @@ impl DataplaneChild {
 
     /// Restart the child if it died (backoff 1 s doubling to 30 s).
     pub fn check(&mut self) {
-        if let Some(pid) = self.adopted {
-            if alive(pid) {
+        if let Some(p) = &self.adopted {
+            if !p.exited() {
                 return;
             }
-            tracing::error!(pid, "adopted data plane exited; starting a new one");
+            tracing::error!(pid = p.pid(), "adopted data plane exited; starting a new one");
             self.adopted = None;
         }
         if let Some(c) = self.child.as_mut() {
@@ -100,15 +100,15 @@ impl DataplaneChild {
 
     /// SIGTERM, wait up to `grace` for the drain, then SIGKILL.
     pub fn stop(mut self, grace: Duration) {
-        if let Some(pid) = self.adopted.take() {
-            crate::sys::signal_pid(pid, libc::SIGTERM);
+        if let Some(p) = self.adopted.take() {
+            let _ = p.signal(libc::SIGTERM);
             let deadline = Instant::now() + grace;
-            while alive(pid) && Instant::now() < deadline {
+            while !p.exited() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            if alive(pid) {
-                tracing::warn!(pid, "data plane did not stop in time; killing it");
-                crate::sys::signal_pid(pid, libc::SIGKILL);
+            if !p.exited() {
+                tracing::warn!(pid = p.pid(), "data plane did not stop in time; killing it");
+                let _ = p.signal(libc::SIGKILL);
             }
             return;
         }
@@ -127,6 +127,22 @@ impl DataplaneChild {
     }
 }
 
+/// The process registered in shared memory as the data plane, if it is alive and is one: a
+/// pidfd taken first, then its executable checked, so the handle cannot name another process
+/// that got the same pid later (and a stale or forged pid is never signalled).
+fn adoptable(pid: u32) -> Option<crate::sys::PidFd> {
+    let fd = crate::sys::PidFd::open(pid).ok()?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let name = exe.file_name()?.to_string_lossy().into_owned();
+    // "v2sp-dataplane", or "v2sp-dataplane (deleted)" after an upgrade replaced the file.
+    if !name.starts_with("v2sp-dataplane") {
+        tracing::warn!(pid, exe = %exe.display(), "the pid registered as the data plane is another program; not adopting it");
+        return None;
+    }
+    // Checked after the exe: the pid was still this process when /proc was read.
+    (!fd.exited() && alive(pid)).then_some(fd)
+}
+
 /// Whether a process exists and is not a zombie.
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -135,5 +151,38 @@ fn alive(pid: u32) -> bool {
             .rsplit_once(')')
             .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// Issue 11: a pid from shared memory that is not a data plane is never adopted (and so
+    /// never signalled); a data plane is, and is stopped through its pidfd.
+    #[test]
+    fn adopts_only_a_data_plane_and_signals_it_by_pidfd() {
+        let mut other = Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(adoptable(other.id()).is_none(), "not a data plane");
+        let _ = other.kill();
+        let _ = other.wait();
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("v2sp-dataplane");
+        std::fs::copy("/bin/sleep", &fake).unwrap();
+        let mut dp = Command::new(&fake).arg("30").spawn().unwrap();
+        let p = adoptable(dp.id()).expect("a data plane is adopted");
+        assert!(!p.exited());
+        let child = DataplaneChild {
+            bin: fake.clone(),
+            shm_dir: dir.path().to_path_buf(),
+            child: None,
+            adopted: Some(p),
+            restarts: 0,
+            next_start: Instant::now(),
+        };
+        child.stop(Duration::from_secs(5));
+        let status = dp.wait().unwrap();
+        assert!(!status.success(), "stopped by a signal: {status:?}");
     }
 }

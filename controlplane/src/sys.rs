@@ -64,3 +64,73 @@ pub fn disk_usage(path: &std::path::Path) -> Option<(u64, u64)> {
     let free = (st.f_bfree as u64).saturating_mul(frsize);
     Some((total, total.saturating_sub(free)))
 }
+
+/// A process handle that cannot be confused with a later process given the same pid: the
+/// supervisor signals and watches the data plane through it (a pid read from shared memory
+/// may name anything by the time it is used).
+pub struct PidFd {
+    fd: std::os::fd::OwnedFd,
+    pid: u32,
+}
+
+impl PidFd {
+    /// `pidfd_open(pid)`.
+    pub fn open(pid: u32) -> std::io::Result<PidFd> {
+        use std::os::fd::FromRawFd;
+        let Ok(p) = libc::pid_t::try_from(pid) else {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        };
+        if p <= 0 {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        }
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let Ok(fd) = i32::try_from(fd) else {
+            return Err(std::io::Error::other(
+                "pidfd_open returned an out-of-range descriptor",
+            ));
+        };
+        // SAFETY: the kernel just created this descriptor for us; nobody else owns it.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        Ok(PidFd { fd, pid })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// `pidfd_send_signal`: reaches the process this handle was opened for, or nobody.
+    pub fn signal(&self, sig: i32) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid pidfd, a signal number, no siginfo (NULL), no flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Whether the process has exited (a pidfd polls readable then).
+    pub fn exited(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let r = unsafe { libc::poll(&mut p, 1, 0) };
+        r != 0
+    }
+}

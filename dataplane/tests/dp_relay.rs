@@ -533,3 +533,102 @@ fn dp_handshake_cap_per_source_address() {
         c.write_all(&header(1, echo, 0)).is_ok() && echo_once(&mut c, b"after the flood")
     }));
 }
+
+/// How many of `conns` the data plane has closed (a non-blocking read sees EOF or a reset).
+fn closed_at_once(conns: &[std::net::TcpStream]) -> usize {
+    let mut closed = 0;
+    for mut s in conns.iter() {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => closed += 1,
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => closed += 1,
+            _ => {}
+        }
+        s.set_nonblocking(false).unwrap();
+    }
+    closed
+}
+
+/// Issue 11: behind a balancer the per-IP handshake cap counts the client the PROXY header
+/// names, not the balancer (which would otherwise be refused after 3 pending handshakes).
+#[test]
+fn dp_handshake_cap_counts_the_client_behind_the_balancer() {
+    let port = free_port();
+    let mut n = node(1, port);
+    n.proxy_protocol = true;
+    n.proxy_protocol_from = vec!["127.0.0.1/32".into()];
+    let mut cfg = config(vec![n]);
+    cfg.handshake_limits = v2sp_shared::dpconfig::HandshakeLimits {
+        per_worker: 0,
+        per_ip: 3,
+    };
+    // Long enough that no pending handshake ends by its deadline during the test.
+    cfg.timeouts.handshake = 30;
+    let _h = Harness::start(cfg, true);
+    std::thread::sleep(Duration::from_millis(150));
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    let pending = |client: &dyn Fn(usize) -> String| -> Vec<std::net::TcpStream> {
+        (0..20)
+            .map(|i| {
+                let mut s = connect_from(lo, port);
+                let head = format!("PROXY TCP4 {} 127.0.0.1 4444 80\r\n", client(i));
+                s.write_all(head.as_bytes()).unwrap();
+                s
+            })
+            .collect()
+    };
+    // 20 clients behind the balancer, one pending handshake each: all wait.
+    let distinct = pending(&|i| format!("203.0.113.{}", i + 1));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        closed_at_once(&distinct),
+        0,
+        "distinct clients behind one balancer"
+    );
+    drop(distinct);
+    // 20 pending handshakes of one client behind the balancer: that client is capped.
+    let same = pending(&|_| "198.51.100.7".into());
+    std::thread::sleep(Duration::from_millis(300));
+    let closed = closed_at_once(&same);
+    assert!((14..=20).contains(&closed), "{closed} of 20 closed at once");
+}
+
+/// Issue 11: a PROXY header is honoured only from the configured balancers; anyone else is a
+/// direct client whose PROXY header is just bad protocol bytes.
+#[test]
+fn dp_proxy_header_only_from_configured_balancers() {
+    let port = free_port();
+    let mut n = node(8, port);
+    n.proxy_protocol = true;
+    n.proxy_protocol_from = vec!["127.0.0.2/32".into()];
+    let h = Harness::start(config(vec![n]), true);
+    h.backend.set_users(8, vec![user(8, 5, 0, 0)]);
+    std::thread::sleep(Duration::from_millis(150));
+    let echo = echo_peer(3);
+    let spoof = |from: &str, claimed: &str| {
+        let mut c = connect_from(from.parse().unwrap(), port);
+        let mut first = format!("PROXY TCP4 {claimed} 127.0.0.1 4444 80\r\n").into_bytes();
+        first.extend(header(5, echo, 0));
+        c.write_all(&first).unwrap();
+        c
+    };
+    // The balancer: its header is used.
+    let mut c = spoof("127.0.0.2", "203.0.113.9");
+    assert!(echo_once(&mut c, b"pp"));
+    // Not a balancer: the header is not taken as one (and the connection is not served).
+    let mut c = spoof("127.0.0.3", "203.0.113.66");
+    assert!(!echo_once(&mut c, b"spoofed"));
+    // Not a balancer, no header: a direct client.
+    let mut c = connect_from("127.0.0.4".parse().unwrap(), port);
+    c.write_all(&header(5, echo, 0)).unwrap();
+    assert!(echo_once(&mut c, b"direct"));
+    let ev = h.backend.events();
+    let online = |ip: &str| {
+        ev.iter()
+            .any(|(_, e)| e.online && e.ip == ip.parse::<IpAddr>().unwrap())
+    };
+    assert!(online("203.0.113.9"), "{ev:?}");
+    assert!(online("127.0.0.4"), "{ev:?}");
+    assert!(!online("203.0.113.66"), "{ev:?}");
+}

@@ -195,3 +195,56 @@ fn dp_trojan_udp_idle_timeout_and_speed_limit_drops() {
         "down {down}, {replies} replies read"
     );
 }
+
+/// Issue 11: a client that never reads its replies blocks the association's writes; a kick
+/// must still close it (and release its upstream sockets) within a tick or two, instead of
+/// the write waiting forever where the cancellation is not seen.
+#[test]
+fn dp_udp_stream_non_reading_client_is_still_kicked() {
+    let port = free_port();
+    let h = Harness::start_protocols(
+        config(vec![trojan_node(9, port)]),
+        true,
+        Duration::from_secs(10),
+        v2sp_dataplane::node::default_protocols(),
+    );
+    h.backend.set_users(9, vec![trojan_user(9, 1, 0)]);
+    std::thread::sleep(Duration::from_millis(150));
+    let echo = udp_echo();
+    let ip: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.bind(&std::net::SocketAddr::new(ip, 0).into()).unwrap();
+    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    let mut a: TcpStream = sock.into();
+    a.write_all(&associate(1)).unwrap();
+    assert!(roundtrip(&mut a, echo, b"x"));
+    // Echoes of these fill every buffer between the data plane and this client, which does
+    // not read: the data plane's write to it blocks (and then its reads of us stop too).
+    a.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
+    let p = packet(echo, &data(16_000, 5));
+    let t = Instant::now();
+    for _ in 0..2000 {
+        if a.write_all(&p).is_err() || t.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let offline = |h: &Harness| {
+        h.backend
+            .events()
+            .iter()
+            .any(|(_, e)| !e.online && e.ip == ip && e.user_id == 1)
+    };
+    assert!(!offline(&h), "still open before the kick");
+    for core in 0..2 {
+        h.backend
+            .send_command(core, PortCommand::Kick { node: 9, user_id: 1 });
+    }
+    assert!(
+        wait_until(Duration::from_secs(3), || offline(&h)),
+        "a kicked association whose client does not read was not closed"
+    );
+    drop(a);
+}

@@ -155,7 +155,16 @@ fn network(s: &str) -> Result<Pattern, String> {
     Ok(Pattern::Network(ip, len))
 }
 
-fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
+/// Parses `ip` or `ip/len` (`ProxyProtocolFrom` entries, `cidr:` rules).
+pub fn parse_network(s: &str) -> Result<(IpAddr, u8), String> {
+    match network(s.trim())? {
+        Pattern::Network(ip, len) => Ok((ip, len)),
+        _ => Err(format!("not an IP network: {s:?}")),
+    }
+}
+
+/// Whether `ip` is in `net/len` (an IPv4-mapped IPv6 address counts as its IPv4 address).
+pub fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     // An IPv4-mapped IPv6 destination is compared as the IPv4 address it is.
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),

@@ -81,6 +81,11 @@ pub struct NodeConfig {
     pub speed_limit_mbps: u32,
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Balancers allowed to send a PROXY header (`ProxyProtocolFrom`): `ip` or `ip/len`
+    /// entries. Empty with `proxy_protocol` on = loopback only. Connections from other
+    /// addresses are served as direct clients.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
     /// Source address for outbound connections (`SendIP`), empty = any.
     #[serde(default)]
     pub send_ip: String,

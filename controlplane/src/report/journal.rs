@@ -11,6 +11,10 @@
 //! Replaying the records in order rebuilds [`State`] exactly. A torn last line (crash while
 //! appending) fails its CRC and is dropped: it was never acknowledged to anyone, since every
 //! record is fsync'd before the action it allows (clearing a bank, sending a batch).
+//!
+//! A failed append (ENOSPC, EIO) is cut off again (the file is truncated to its last good
+//! length); if even that fails, the next record starts on a fresh line, and replay finds a
+//! complete record glued behind a fragment by its `crc32 ' ' '{'` start.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -161,6 +165,11 @@ pub struct Journal {
     file: File,
     state: State,
     bytes: u64,
+    /// The file may end in a fragment of a failed append: the next record starts with '\n'.
+    torn: bool,
+    /// Tests: the next append writes this many bytes of its line, then fails with ENOSPC.
+    #[cfg(test)]
+    fail_next: Option<usize>,
 }
 
 /// Compact when the log grows beyond this.
@@ -181,7 +190,14 @@ impl Journal {
                         state.apply(&r);
                     }
                     None if line.is_empty() => {}
-                    None => dropped += 1,
+                    None => {
+                        dropped += 1;
+                        // A record glued behind a fragment (a failed append that could not
+                        // be cut off, by a version without the fresh-line rule) is kept.
+                        if let Some(r) = resync(&line) {
+                            state.apply(&r);
+                        }
+                    }
                 }
             }
         }
@@ -193,6 +209,9 @@ impl Journal {
             path,
             state,
             bytes: 0,
+            torn: false,
+            #[cfg(test)]
+            fail_next: None,
         };
         // Start every run from a compacted file: replay cost stays bounded.
         j.compact()?;
@@ -210,15 +229,33 @@ impl Journal {
         if !probe.apply(&r) {
             return Ok(false);
         }
-        let line = encode_line(&r)?;
-        self.file.write_all(&line)?;
-        self.file.sync_data()?;
+        let mut line = encode_line(&r)?;
+        if self.torn {
+            line.insert(0, b'\n');
+        }
+        if let Err(e) = self.append(&line) {
+            // Not applied, not acknowledged: cut the partial line off again, so the next
+            // record does not continue it.
+            self.torn = self.file.set_len(self.bytes).is_err() || self.file.sync_data().is_err();
+            return Err(e);
+        }
+        self.torn = false;
         self.bytes += line.len() as u64;
         self.state.apply(&r);
         if self.bytes > COMPACT_BYTES {
             self.compact()?;
         }
         Ok(true)
+    }
+
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(n) = self.fail_next.take() {
+            self.file.write_all(line.get(..n).unwrap_or(line))?;
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.file.write_all(line)?;
+        self.file.sync_data()
     }
 
     /// Rewrite the file as one snapshot record (tmp + fsync + rename + fsync dir).
@@ -242,6 +279,7 @@ impl Journal {
         }
         self.file = OpenOptions::new().append(true).open(&self.path)?;
         self.bytes = line.len() as u64;
+        self.torn = false;
         Ok(())
     }
 }
@@ -265,6 +303,15 @@ fn encode_line(r: &Record) -> std::io::Result<Vec<u8>> {
     line.extend_from_slice(&json);
     line.push(b'\n');
     Ok(line)
+}
+
+/// The last complete record inside a corrupt line: a fragment followed by a record that was
+/// appended without a line break between them.
+fn resync(line: &[u8]) -> Option<Record> {
+    (1..line.len())
+        .rev()
+        .filter(|&i| line.get(i + 8..i + 10) == Some(&b" {"[..]))
+        .find_map(|i| decode_line(line.get(i..)?))
 }
 
 fn decode_line(line: &[u8]) -> Option<Record> {
@@ -363,5 +410,50 @@ mod tests {
             .unwrap();
         let j = Journal::open(dir.path()).unwrap();
         assert_eq!(j.state().nodes["n"].open, Deltas::from([(5, [100, 0])]));
+    }
+
+    /// ENOSPC halfway through a line: the fragment is cut off, the next record is whole and
+    /// survives a restart; the failed one was never applied.
+    #[test]
+    fn failed_append_leaves_no_fragment_before_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut j = Journal::open(dir.path()).unwrap();
+            j.commit(harvest(1, "n", 5, 100)).unwrap();
+            j.fail_next = Some(20);
+            assert!(j.commit(harvest(2, "n", 5, 1000)).is_err());
+            assert!(j.commit(harvest(3, "n", 5, 7)).unwrap());
+        }
+        let text = std::fs::read(dir.path().join("accounting.journal")).unwrap();
+        assert!(text
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .all(|l| decode_line(l).is_some()));
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.state().nodes["n"].open, Deltas::from([(5, [107, 0])]));
+    }
+
+    /// A journal where a fragment and the next record share a line (written by a version that
+    /// did not cut fragments off): the record is kept.
+    #[test]
+    fn record_glued_to_a_fragment_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut j = Journal::open(dir.path()).unwrap();
+            j.commit(harvest(1, "n", 5, 100)).unwrap();
+        }
+        let p = dir.path().join("accounting.journal");
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"deadbeef {\"h\":{\"i\":1,\"c\":0,\"e\":9,\"n\":{\"n\":{\"5\":[99")
+            .unwrap();
+        f.write_all(&encode_line(&harvest(2, "n", 5, 7)).unwrap())
+            .unwrap();
+        f.write_all(&encode_line(&harvest(3, "n", 6, 1)).unwrap())
+            .unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            j.state().nodes["n"].open,
+            Deltas::from([(5, [107, 0]), (6, [1, 0])])
+        );
     }
 }

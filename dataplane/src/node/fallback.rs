@@ -152,8 +152,7 @@ pub(super) async fn serve(
     };
     let target = select(&node.cfg.fallbacks, sni, alpn, &consumed).and_then(|f| Some((f, dest_of(&f.dest)?)));
     let Some((fb, dest)) = target else {
-        let mut buf = vec![0u8; 4096];
-        let _ = tokio::time::timeout_at(deadline, super::drain(&client, &mut buf, usize::MAX)).await;
+        let _ = tokio::time::timeout_at(deadline, super::drain(&core.bufs, &client, usize::MAX)).await;
         return;
     };
     // The operator's own (usually loopback) server: no private-range refusal, no SendIP.

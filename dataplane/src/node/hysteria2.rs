@@ -133,7 +133,7 @@ pub(super) async fn accept_loop(
             _ = stop.cancelled() => None,
         };
         let Some(incoming) = incoming else { break };
-        let Some(guard) = core.begin_handshake(incoming.remote_address().ip()) else {
+        let Some(guard) = core.begin_handshake(incoming.remote_address().ip(), true) else {
             incoming.refuse();
             continue;
         };

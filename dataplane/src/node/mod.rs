@@ -165,6 +165,24 @@ fn shadowsocks(n: &NodeConfig) -> Result<Rc<dyn InboundProtocol>, String> {
     Ok(Rc::new(SsProto(inbound)))
 }
 
+/// How long a handshake's salt / auth id is remembered at least. A timestamp accepted with a
+/// skew of ±S is accepted during 2·S seconds of server time, so the window must be 2·S: with
+/// only S (Xray keeps VMess auth ids 120 s) a hello first seen at the early edge could be
+/// replayed at the late edge (issue 11). VMess (±120 s) is the widest; it covers SS-2022
+/// (±30 s) and SS-2017 salt reuse in practice.
+const REPLAY_WINDOW_S: u64 = 2 * max_skew_s();
+
+const fn max_skew_s() -> u64 {
+    let s = 30; // SS-2022 (`proto::ss::ss2022::MAX_TIME_DIFF_S`)
+    #[cfg(feature = "vmess")]
+    let s = if crate::proto::vmess::crypto::MAX_SKEW_S > s {
+        crate::proto::vmess::crypto::MAX_SKEW_S
+    } else {
+        s
+    };
+    s
+}
+
 /// Process-wide state shared by all cores.
 pub struct Shared {
     pub devices: DeviceTracker,
@@ -180,9 +198,7 @@ impl Shared {
         Arc::new(Shared {
             devices: DeviceTracker::default(),
             rates: RateLimiters::default(),
-            // 120 s: VMess AEAD auth ids (±120 s timestamps, kept 120 s like Xray); also covers
-            // SS-2022's ±30 s timestamp window and SS-2017 salt reuse in practice.
-            replay: Box::new(crate::limits::replay::ReplayFilter::new(120, 1 << 20)),
+            replay: Box::new(crate::limits::replay::ReplayFilter::new(REPLAY_WINDOW_S, 1 << 20)),
             protocols,
             splice: std::env::var("V2SP_SPLICE").map(|v| v != "0").unwrap_or(true),
         })
@@ -203,6 +219,27 @@ pub struct NodeRt {
     connect: ConnectOpts,
     handshake: Duration,
     relay: RelayTimeouts,
+    /// Balancers whose connections start with a PROXY header (`proxy_protocol_from`, parsed).
+    proxy_from: Vec<(IpAddr, u8)>,
+}
+
+impl NodeRt {
+    /// Whether a connection from `peer` must start with a PROXY header: only on a node with
+    /// the PROXY protocol on, and only from its balancers (loopback when none are named).
+    /// Anyone else is served as a direct client, so a PROXY header from them is just bad
+    /// protocol bytes and the per-IP caps count their own address.
+    fn expects_proxy_header(&self, peer: IpAddr) -> bool {
+        if !self.cfg.proxy_protocol {
+            return false;
+        }
+        let peer = crate::net::normalise_ip(peer);
+        if self.proxy_from.is_empty() {
+            return peer.is_loopback();
+        }
+        self.proxy_from
+            .iter()
+            .any(|&(net, len)| v2sp_shared::audit::in_network(peer, net, len))
+    }
 }
 
 struct NodeHandle {
@@ -316,29 +353,34 @@ impl Core {
 
     /// Admits a just-accepted connection from `ip` to its handshake, or `None` when this
     /// worker's cap or the address's cap is reached (the caller closes it). The guard gives the
-    /// place back when the handshake ends, however it ends.
-    fn begin_handshake(self: &Rc<Self>, ip: IpAddr) -> Option<HandshakeGuard> {
+    /// place back when the handshake ends, however it ends. A connection from a PROXY-protocol
+    /// balancer (`per_ip` false) is counted against the address it names, once its header is
+    /// read ([`HandshakeGuard::rekey`]).
+    fn begin_handshake(self: &Rc<Self>, ip: IpAddr, per_ip: bool) -> Option<HandshakeGuard> {
         self.port.borrow().add_accepted(1);
         let ip = crate::net::normalise_ip(ip);
-        let (per_worker, per_ip) = self.handshake_limits.get();
-        let mut by_ip = self.handshaking_by_ip.borrow_mut();
-        let here = by_ip.get(&ip).copied().unwrap_or(0);
-        let full = (per_worker != 0 && self.handshaking.get() >= per_worker as usize)
-            || (per_ip != 0 && here >= per_ip);
-        if full {
-            let n = self.handshakes_refused.get() + 1;
-            self.handshakes_refused.set(n);
-            if n.is_power_of_two() {
-                tracing::warn!(core = self.index, %ip, refused = n, "handshake limit reached: new connections are closed at once (MaxHandshakes / MaxHandshakesPerIP)");
-            }
+        let (per_worker, _) = self.handshake_limits.get();
+        if per_worker != 0 && self.handshaking.get() >= per_worker as usize {
+            self.refuse_handshake(ip);
             return None;
         }
-        by_ip.insert(ip, here + 1);
-        self.handshaking.set(self.handshaking.get() + 1);
-        Some(HandshakeGuard {
+        let mut guard = HandshakeGuard {
             core: self.clone(),
-            ip,
-        })
+            ip: None,
+        };
+        self.handshaking.set(self.handshaking.get() + 1);
+        if per_ip && !guard.rekey(ip) {
+            return None;
+        }
+        Some(guard)
+    }
+
+    fn refuse_handshake(&self, ip: IpAddr) {
+        let n = self.handshakes_refused.get() + 1;
+        self.handshakes_refused.set(n);
+        if n.is_power_of_two() {
+            tracing::warn!(core = self.index, %ip, refused = n, "handshake limit reached: new connections are closed at once (MaxHandshakes / MaxHandshakesPerIP)");
+        }
     }
 
     pub fn serving_nodes(&self) -> Vec<u16> {
@@ -692,6 +734,11 @@ impl Core {
             },
             handshake: Duration::from_secs(u64::from(cfg.timeouts.handshake.max(1))),
             relay: RelayTimeouts::from(&cfg.timeouts),
+            proxy_from: n
+                .proxy_protocol_from
+                .iter()
+                .map(|c| v2sp_shared::audit::parse_network(c))
+                .collect::<Result<_, _>>()?,
         }))
     }
 
@@ -736,11 +783,12 @@ async fn accept_loop(core: Rc<Core>, node: Rc<RefCell<Rc<NodeRt>>>, listener: Li
         tokio::select! {
             r = accept_one(&core, &listener) => match r {
                 Ok((s, peer)) => {
-                    let Some(guard) = core.begin_handshake(peer.ip()) else {
+                    let n = node.borrow().clone();
+                    let Some(guard) = core.begin_handshake(peer.ip(), !n.expects_proxy_header(peer.ip())) else {
                         drop(s);
                         continue;
                     };
-                    let (c, n) = (core.clone(), node.borrow().clone());
+                    let c = core.clone();
                     crate::runtime::spawn_conn(handle_conn(c, n, s, peer, guard));
                 }
                 Err(e) => {
@@ -757,20 +805,46 @@ async fn accept_loop(core: Rc<Core>, node: Rc<RefCell<Rc<NodeRt>>>, listener: Li
 /// A place in the handshake budget ([`Core::begin_handshake`]).
 struct HandshakeGuard {
     core: Rc<Core>,
-    ip: IpAddr,
+    /// The address whose per-IP count holds this place (`None`: not counted yet).
+    ip: Option<IpAddr>,
+}
+
+impl HandshakeGuard {
+    /// Counts this handshake against `ip` (instead of the address it was counted against, if
+    /// any); false, with the place given back, when `ip` is at its cap.
+    fn rekey(&mut self, ip: IpAddr) -> bool {
+        let ip = crate::net::normalise_ip(ip);
+        self.release_ip();
+        let (_, per_ip) = self.core.handshake_limits.get();
+        let mut by_ip = self.core.handshaking_by_ip.borrow_mut();
+        let here = by_ip.get(&ip).copied().unwrap_or(0);
+        if per_ip != 0 && here >= per_ip {
+            drop(by_ip);
+            self.core.refuse_handshake(ip);
+            return false;
+        }
+        by_ip.insert(ip, here + 1);
+        self.ip = Some(ip);
+        true
+    }
+
+    fn release_ip(&mut self) {
+        let Some(ip) = self.ip.take() else { return };
+        let mut by_ip = self.core.handshaking_by_ip.borrow_mut();
+        if let Some(n) = by_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_ip.remove(&ip);
+            }
+        }
+    }
 }
 
 impl Drop for HandshakeGuard {
     fn drop(&mut self) {
         let c = &self.core;
         c.handshaking.set(c.handshaking.get().saturating_sub(1));
-        let mut by_ip = c.handshaking_by_ip.borrow_mut();
-        if let Some(n) = by_ip.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                by_ip.remove(&self.ip);
-            }
-        }
+        self.release_ip();
     }
 }
 
@@ -1021,16 +1095,6 @@ enum Handshake {
     Drop,
 }
 
-async fn read_some(s: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        s.readable().await?;
-        match s.try_read(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            r => return r,
-        }
-    }
-}
-
 /// Waits until `s` is readable, then reads into a pooled buffer (taken only now, so a
 /// connection waiting for its handshake bytes holds none) and appends what came to `out`.
 async fn read_pooled(bufs: &BufPool, s: &TcpStream, out: &mut Vec<u8>) -> std::io::Result<usize> {
@@ -1049,29 +1113,28 @@ async fn read_pooled(bufs: &BufPool, s: &TcpStream, out: &mut Vec<u8>) -> std::i
     }
 }
 
+/// What one read of a TLS handshake takes at most: a pending handshake holds this (not a
+/// 16 KiB record buffer) while it waits for the client's next bytes.
+const HANDSHAKE_READ: usize = 2048;
+
 async fn handshake(
     core: &Core,
     node: &NodeRt,
     s: &TcpStream,
     peer: &mut SocketAddr,
+    guard: &mut HandshakeGuard,
     deadline: tokio::time::Instant,
 ) -> Handshake {
-    // A private read buffer only for the PROXY header and the TLS stage; plain protocol
-    // handshakes read through the core's pool (16 KiB zeroed per connection otherwise).
-    let mut buf = if node.cfg.proxy_protocol || node.tls.is_some() || node.reality.is_some() {
-        vec![0u8; 16 * 1024]
-    } else {
-        Vec::new()
-    };
+    // No buffer is held while the client is silent: reads go through the core's pool, and the
+    // TLS stage gets a small one only once the first bytes are there (slowloris, issue 11).
     let mut first: Vec<u8> = Vec::new();
-    if node.cfg.proxy_protocol {
+    if node.expects_proxy_header(peer.ip()) {
         let mut head: Vec<u8> = Vec::new();
         loop {
-            let n = match read_some(s, &mut buf).await {
+            match read_pooled(&core.bufs, s, &mut head).await {
                 Ok(0) | Err(_) => return Handshake::Drop,
-                Ok(n) => n,
-            };
-            head.extend_from_slice(buf.get(..n).unwrap_or_default());
+                Ok(_) => {}
+            }
             match proxy_protocol::parse(&head) {
                 Ok(proxy_protocol::Parsed::Incomplete) if head.len() < 4096 => continue,
                 Ok(proxy_protocol::Parsed::Done { consumed, source }) => {
@@ -1084,12 +1147,17 @@ async fn handshake(
                 _ => return Handshake::Drop,
             }
         }
+        // The per-address cap counts the real client, not the balancer.
+        if !guard.rekey(peer.ip()) {
+            return Handshake::Drop;
+        }
     }
     // TLS nodes: the protocol sees the decrypted stream; `carry` is the partial record.
     let mut tls = None;
     let mut carry = Vec::new();
     if let Some(r) = &node.reality {
         use crate::tls::reality::{accept, Outcome};
+        let mut buf = vec![0u8; HANDSHAKE_READ];
         // A client still silent just before the deadline is handed to dest too (dest's own
         // timeouts apply, as for any of its visitors).
         let give_up = deadline - Duration::from_millis(100).min(node.handshake / 4);
@@ -1126,13 +1194,23 @@ async fn handshake(
             }
         }
     } else if let Some(cfg) = &node.tls {
+        // Neither the TLS session nor a read buffer exists before the client's whole first
+        // record (its ClientHello) is here: a client trickling it holds only what it sent.
+        // (Until it is complete, or is not TLS at all: `accept` says which.)
+        while let Ok(None) = crate::tls::deframe::record_len(&first) {
+            match read_pooled(&core.bufs, s, &mut first).await {
+                Ok(0) | Err(_) => return Handshake::Drop,
+                Ok(_) => {}
+            }
+        }
+        let mut buf = vec![0u8; HANDSHAKE_READ];
         match crate::tls::accept(s, cfg, first, &mut buf).await {
             Ok(a) => {
                 first = a.plaintext;
                 carry = a.carry;
                 tls = Some(a.session);
             }
-            Err(crate::tls::AcceptError::Wire(_)) => return drain(s, &mut buf, usize::MAX).await,
+            Err(crate::tls::AcceptError::Wire(_)) => return drain(&core.bufs, s, usize::MAX).await,
             Err(crate::tls::AcceptError::Io) => return Handshake::Drop,
         }
     }
@@ -1153,6 +1231,11 @@ async fn handshake(
                 };
                 hs.feed(&chunk, &ctx, &mut send)
             };
+            // The deadline holds whatever the transport did with the bytes (a decode that
+            // took long, a stage that keeps asking for more).
+            if tokio::time::Instant::now() >= deadline {
+                return Handshake::Drop;
+            }
             // The transport's answer (101) goes out before the protocol's handshake ends.
             if !send.is_empty() {
                 let mut wire = Vec::new();
@@ -1177,7 +1260,7 @@ async fn handshake(
                 }
                 Err(e) => {
                     tracing::debug!(node = node.cfg.slot, %peer, "transport handshake refused: {e}");
-                    return drain(s, &mut buf, usize::MAX).await;
+                    return drain(&core.bufs, s, usize::MAX).await;
                 }
             }
         }
@@ -1188,19 +1271,17 @@ async fn handshake(
                 Ok(_) => {}
             },
             Some(t) => {
-                let n = match read_some(s, &mut buf).await {
+                match read_pooled(&core.bufs, s, &mut carry).await {
                     Ok(0) | Err(_) => return Handshake::Drop,
-                    Ok(n) => n,
-                };
-                let raw = buf.get(..n).unwrap_or_default();
-                carry.extend_from_slice(raw);
+                    Ok(_) => {}
+                }
                 let used = match t.open(&carry, &mut chunk) {
                     Ok(u) => u,
-                    Err(_) => return drain(s, &mut buf, usize::MAX).await,
+                    Err(_) => return drain(&core.bufs, s, usize::MAX).await,
                 };
                 carry.drain(..used.min(carry.len()));
                 if carry.len() > crate::tls::deframe::HEADER_LEN + crate::tls::deframe::MAX_FRAGMENT {
-                    return drain(s, &mut buf, usize::MAX).await;
+                    return drain(&core.bufs, s, usize::MAX).await;
                 }
                 // Post-handshake messages (tickets, key updates) go out as they come.
                 let mut out = Vec::new();
@@ -1213,21 +1294,26 @@ async fn handshake(
     }
 }
 
-/// Reads and discards until the client gives up; the caller's handshake timeout ends it.
-/// Reads and discards until EOF, an error, or `limit` bytes (the caller bounds it in time).
-async fn drain(s: &TcpStream, buf: &mut Vec<u8>, limit: usize) -> Handshake {
-    if buf.is_empty() {
-        buf.resize(4096, 0);
-    }
+/// Reads and discards until EOF, an error, or `limit` bytes (the caller bounds it in time);
+/// a pooled buffer is taken per read, so a rejected client that goes silent holds none.
+async fn drain(bufs: &BufPool, s: &TcpStream, limit: usize) -> Handshake {
     let mut left = limit;
     for _ in 0..1_000_000 {
         if left == 0 {
             break;
         }
-        let room = buf.len().min(left);
-        match read_some(s, buf.get_mut(..room).unwrap_or_default()).await {
-            Ok(0) | Err(_) => break,
+        if s.readable().await.is_err() {
+            break;
+        }
+        let mut b = bufs.take();
+        let room = b.len().min(left);
+        let r = s.try_read(b.get_mut(..room).unwrap_or_default());
+        bufs.put(b);
+        match r {
+            Ok(0) => break,
             Ok(n) => left = left.saturating_sub(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
         }
     }
     Handshake::Drop
@@ -1296,12 +1382,15 @@ async fn open(
     node: Rc<NodeRt>,
     mut client: TcpStream,
     mut peer: SocketAddr,
-    hs_guard: HandshakeGuard,
+    mut hs_guard: HandshakeGuard,
 ) -> Option<Opened> {
     crate::net::tune_stream(&client);
     // One deadline for the whole handshake, including draining a rejected client.
     let deadline = tokio::time::Instant::now() + node.handshake;
-    let hs = tokio::time::timeout_at(deadline, handshake(&core, &node, &client, &mut peer, deadline));
+    let hs = tokio::time::timeout_at(
+        deadline,
+        handshake(&core, &node, &client, &mut peer, &mut hs_guard, deadline),
+    );
     let (next, tls) = match hs.await {
         Ok(Handshake::Forward(n, tls)) => (n, tls),
         Ok(Handshake::Fallback(dest)) => {
@@ -1331,17 +1420,15 @@ async fn open(
             policy: RejectPolicy::DrainUntilTimeout,
             ..
         } => {
-            let mut buf = vec![0u8; 4096];
-            let _ = tokio::time::timeout_at(deadline, drain(&client, &mut buf, usize::MAX)).await;
+            let _ = tokio::time::timeout_at(deadline, drain(&core.bufs, &client, usize::MAX)).await;
             return None;
         }
         Next::Reject {
             policy: RejectPolicy::DrainThenClose(limit),
             ..
         } => {
-            let mut buf = vec![0u8; 4096];
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-            let _ = tokio::time::timeout_at(deadline, drain(&client, &mut buf, limit)).await;
+            let _ = tokio::time::timeout_at(deadline, drain(&core.bufs, &client, limit)).await;
             return None;
         }
         Next::Fallback { consumed, .. } => {
@@ -1457,4 +1544,21 @@ async fn open(
         user_id: user.user_id,
         reg,
     })
+}
+
+#[cfg(test)]
+mod replay_window_tests {
+    /// A hello accepted at the early edge of its timestamp window must still be remembered at
+    /// the late edge.
+    #[test]
+    fn replay_window_covers_the_whole_accepted_skew() {
+        #[cfg(feature = "shadowsocks")]
+        const {
+            assert!(super::REPLAY_WINDOW_S >= 2 * crate::proto::ss::ss2022::MAX_TIME_DIFF_S)
+        };
+        #[cfg(feature = "vmess")]
+        const {
+            assert!(super::REPLAY_WINDOW_S >= 2 * crate::proto::vmess::crypto::MAX_SKEW_S)
+        };
+    }
 }

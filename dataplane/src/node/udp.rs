@@ -4,6 +4,13 @@
 //! count as online-IP references (no device-limit check for UDP, as the reference panel
 //! behaves), are registered like connections (removed users and kicks end them), and close
 //! after `conn_idle` without traffic. Speed limits police datagrams (drop, never queue).
+//!
+//! Bounded against floods (issue 11): at most [`MAX_SESSIONS_PER_USER`] sessions per user (the
+//! least recently used one is closed for a new one) and [`MAX_SESSIONS`] per node and core
+//! (new ones refused beyond), [`MAX_RESOLVING`] name resolutions in flight, and datagrams from
+//! addresses no user was seen at get a budget of key trials ([`UnauthLimiter`]): a flood of
+//! forged datagrams costs a bounded number of AEAD attempts per second, not users ×
+//! datagrams.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -26,6 +33,88 @@ use crate::relay::ConnCtl;
 
 type NatKey = (u32, u64, Option<SocketAddr>);
 
+/// Sessions one user may hold on one node and core; a new one closes the least recently used.
+const MAX_SESSIONS_PER_USER: usize = 256;
+/// Sessions of one node on one core (each has an outbound socket): new ones refused beyond.
+const MAX_SESSIONS: usize = 8192;
+/// Name resolutions in flight for one node on one core (their datagrams are dropped beyond).
+const MAX_RESOLVING: usize = 128;
+
+/// Trial decryptions for datagrams from addresses without a known user: a token bucket per
+/// node and core, and a negative cache of addresses whose datagrams keep failing.
+pub(super) struct UnauthLimiter {
+    tokens: Cell<f64>,
+    refilled: Cell<Instant>,
+    /// Failures per source address in the current window.
+    failures: RefCell<HashMap<IpAddr, u32>>,
+    window: Cell<Instant>,
+}
+
+impl UnauthLimiter {
+    /// Key trials for unauthenticated datagrams per second (and burst): a datagram costs one
+    /// per user of the node (a 2017-AEAD datagram is tried with every user's key), at most
+    /// [`Self::MAX_COST`].
+    const RATE: f64 = 8192.0;
+    const MAX_COST: usize = 1024;
+    /// Failures after which an address's unauthenticated datagrams are not tried until the
+    /// window ends.
+    const MAX_FAILURES: u32 = 16;
+    const WINDOW: Duration = Duration::from_secs(10);
+    /// Addresses remembered at most (the map is cleared beyond).
+    const MAX_ADDRS: usize = 16384;
+
+    pub(super) fn new(now: Instant) -> Self {
+        UnauthLimiter {
+            tokens: Cell::new(Self::RATE),
+            refilled: Cell::new(now),
+            failures: RefCell::new(HashMap::new()),
+            window: Cell::new(now),
+        }
+    }
+
+    /// Whether a datagram from `ip` (no user known at its address and port) may be tried.
+    /// `known`: some user was seen at this IP (another port, a new socket of the same
+    /// client): such datagrams skip the budget, so a flood of forged addresses does not lock
+    /// out clients already in use; the failure cache still bounds them.
+    pub(super) fn allow(&self, ip: IpAddr, known: bool, users: usize, now: Instant) -> bool {
+        if now.saturating_duration_since(self.window.get()) >= Self::WINDOW {
+            self.window.set(now);
+            self.failures.borrow_mut().clear();
+        }
+        if self
+            .failures
+            .borrow()
+            .get(&ip)
+            .is_some_and(|&n| n >= Self::MAX_FAILURES)
+        {
+            return false;
+        }
+        if known {
+            return true;
+        }
+        let dt = now.saturating_duration_since(self.refilled.get()).as_secs_f64();
+        self.refilled.set(now);
+        let t = (self.tokens.get() + dt * Self::RATE).min(Self::RATE);
+        let cost = users.clamp(1, Self::MAX_COST) as f64;
+        if t < cost {
+            self.tokens.set(t);
+            return false;
+        }
+        self.tokens.set(t - cost);
+        true
+    }
+
+    /// A tried datagram from `ip` opened for no user.
+    pub(super) fn failed(&self, ip: IpAddr) {
+        let mut f = self.failures.borrow_mut();
+        if f.len() >= Self::MAX_ADDRS && !f.contains_key(&ip) {
+            f.clear();
+        }
+        let n = f.entry(ip).or_insert(0);
+        *n = n.saturating_add(1);
+    }
+}
+
 struct Session {
     client: Cell<SocketAddr>,
     user: UserRef,
@@ -42,7 +131,34 @@ struct UdpNode {
     sock: UdpSocket,
     codec: Rc<dyn PacketCodec>,
     sessions: RefCell<HashMap<NatKey, Rc<Session>>>,
+    /// Sessions per user (for [`MAX_SESSIONS_PER_USER`]).
+    per_user: RefCell<HashMap<u32, usize>>,
     hints: RefCell<HashMap<SocketAddr, UserRef>>,
+    /// Addresses some user was seen at (cleared with `hints`).
+    known_ips: RefCell<std::collections::HashSet<IpAddr>>,
+    unauth: UnauthLimiter,
+    resolving: Cell<usize>,
+    /// The node's user count on this core, and when it was counted (once a second at most).
+    users: Cell<(usize, Option<Instant>)>,
+}
+
+impl UdpNode {
+    fn user_count(&self, now: Instant) -> usize {
+        let (n, at) = self.users.get();
+        if at.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
+            return n;
+        }
+        let mut count = 0usize;
+        self.core
+            .port
+            .borrow()
+            .for_each_user(self.node.cfg.slot, &mut |_| {
+                count += 1;
+                true
+            });
+        self.users.set((count, Some(now)));
+        count
+    }
 }
 
 /// Serves the node's UDP socket until `stop`; then ends every session of this node on this core.
@@ -59,7 +175,12 @@ pub(super) async fn udp_loop(
         sock,
         codec,
         sessions: RefCell::new(HashMap::new()),
+        per_user: RefCell::new(HashMap::new()),
         hints: RefCell::new(HashMap::new()),
+        known_ips: RefCell::new(std::collections::HashSet::new()),
+        unauth: UnauthLimiter::new(Instant::now()),
+        resolving: Cell::new(0),
+        users: Cell::new((0, None)),
     });
     let mut buf = vec![0u8; 65536];
     loop {
@@ -80,6 +201,17 @@ pub(super) async fn udp_loop(
 
 fn on_packet(u: &Rc<UdpNode>, pkt: &mut [u8], from: SocketAddr) {
     let hint = u.hints.borrow().get(&from).copied();
+    let ip = crate::net::normalise_ip(from.ip());
+    if hint.is_none()
+        && !u.unauth.allow(
+            ip,
+            u.known_ips.borrow().contains(&ip),
+            u.user_count(Instant::now()),
+            Instant::now(),
+        )
+    {
+        return;
+    }
     let opened = {
         let port = u.core.port.borrow();
         let ctx = CoreAuth {
@@ -95,6 +227,9 @@ fn on_packet(u: &Rc<UdpNode>, pkt: &mut [u8], from: SocketAddr) {
     let p = match opened {
         Ok(p) => p,
         Err(e) => {
+            if hint.is_none() {
+                u.unauth.failed(ip);
+            }
             tracing::debug!(node = u.node.cfg.slot, %from, error = %e, "datagram dropped");
             return;
         }
@@ -124,10 +259,13 @@ fn on_packet(u: &Rc<UdpNode>, pkt: &mut [u8], from: SocketAddr) {
     sess.last.set(Instant::now());
     if hint != Some(p.user) {
         let mut h = u.hints.borrow_mut();
+        let mut known = u.known_ips.borrow_mut();
         if h.len() > 65536 {
             h.clear();
+            known.clear();
         }
         h.insert(from, p.user);
+        known.insert(crate::net::normalise_ip(from.ip()));
     }
     let Some(payload) = pkt.get(p.payload.clone()) else {
         return;
@@ -135,13 +273,21 @@ fn on_packet(u: &Rc<UdpNode>, pkt: &mut [u8], from: SocketAddr) {
     match &p.dest {
         Destination::Ip(a) => send_up(u, &sess, *a, payload),
         Destination::Domain(..) => {
-            // Resolution may wait; do it off the receive loop with a copy of the payload.
+            // Resolution may wait; do it off the receive loop with a copy of the payload,
+            // a bounded number at a time (the datagram is dropped beyond, as UDP may).
+            if u.resolving.get() >= MAX_RESOLVING {
+                return;
+            }
+            u.resolving.set(u.resolving.get() + 1);
             let (u2, s2, dest, data) = (u.clone(), sess.clone(), p.dest.clone(), payload.to_vec());
             tokio::task::spawn_local(async move {
-                if let Ok(addrs) = u2.core.outbound.resolve(&dest, &u2.node.connect).await {
-                    if let Some(a) = addrs.first() {
-                        send_up(&u2, &s2, *a, &data);
-                    }
+                let resolved = tokio::select! {
+                    r = u2.core.outbound.resolve(&dest, &u2.node.connect) => r.ok(),
+                    _ = s2.ctl.cancelled() => None,
+                };
+                u2.resolving.set(u2.resolving.get().saturating_sub(1));
+                if let Some(a) = resolved.as_ref().and_then(|a| a.first()) {
+                    send_up(&u2, &s2, *a, &data);
                 }
             });
         }
@@ -207,8 +353,52 @@ pub(super) fn outbound_socket(send_ip: Option<IpAddr>) -> io::Result<UdpSocket> 
     }
 }
 
+/// Makes room for a new session of `user`: the user's least recently used session is closed
+/// when the user is at [`MAX_SESSIONS_PER_USER`]; false when the node is at [`MAX_SESSIONS`].
+fn make_room(u: &UdpNode, user: u32) -> bool {
+    let held = u.per_user.borrow().get(&user).copied().unwrap_or(0);
+    if held >= MAX_SESSIONS_PER_USER {
+        let sessions = u.sessions.borrow();
+        let lru = sessions
+            .iter()
+            .filter(|(k, s)| k.0 == user && !s.ctl.is_cancelled())
+            .min_by_key(|(_, s)| s.last.get())
+            .map(|(k, s)| (*k, s.clone()));
+        drop(sessions);
+        if let Some((k, s)) = lru {
+            s.ctl.cancel();
+            forget(u, &k, &s);
+        }
+    }
+    u.sessions.borrow().len() < MAX_SESSIONS
+}
+
+/// Removes `s` from the table (if it is still the entry for `key`).
+fn forget(u: &UdpNode, key: &NatKey, s: &Rc<Session>) {
+    let mut sessions = u.sessions.borrow_mut();
+    if sessions.get(key).is_some_and(|x| Rc::ptr_eq(x, s)) {
+        sessions.remove(key);
+        let mut per_user = u.per_user.borrow_mut();
+        if let Some(n) = per_user.get_mut(&key.0) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_user.remove(&key.0);
+            }
+        }
+    }
+}
+
 fn new_session(u: &Rc<UdpNode>, p: &InboundPacket, from: SocketAddr, key: NatKey) -> Option<Rc<Session>> {
     let core = &u.core;
+    // A cancelled session still under this key (kicked, say) goes first.
+    let stale = u.sessions.borrow().get(&key).cloned();
+    if let Some(old) = stale {
+        forget(u, &key, &old);
+    }
+    if !make_room(u, p.user.user_id) {
+        tracing::debug!(node = u.node.cfg.slot, "UDP session table full: datagram dropped");
+        return None;
+    }
     let state = u
         .codec
         .new_session(p)
@@ -240,6 +430,7 @@ fn new_session(u: &Rc<UdpNode>, p: &InboundPacket, from: SocketAddr, key: NatKey
         bucket,
     });
     u.sessions.borrow_mut().insert(key, s.clone());
+    *u.per_user.borrow_mut().entry(p.user.user_id).or_insert(0) += 1;
     tokio::task::spawn_local(downlink(u.clone(), s.clone(), key, id, ip));
     Some(s)
 }
@@ -293,8 +484,40 @@ async fn downlink(u: Rc<UdpNode>, s: Rc<Session>, key: NatKey, id: u64, ip: IpAd
         }
         core.bufs.put(b);
     }
-    let mut sessions = u.sessions.borrow_mut();
-    if sessions.get(&key).is_some_and(|x| Rc::ptr_eq(x, &s)) {
-        sessions.remove(&key);
+    forget(&u, &key, &s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthenticated_trials_are_rate_limited_and_failing_addresses_cached() {
+        let t0 = Instant::now();
+        let l = UnauthLimiter::new(t0);
+        let a: IpAddr = "198.51.100.1".parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        // A flood from many (forged) addresses: one second's budget, then nothing.
+        let tried = (0..100_000u32)
+            .filter(|i| l.allow(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), false, 64, t0))
+            .count();
+        assert_eq!(
+            tried,
+            UnauthLimiter::RATE as usize / 64,
+            "one second's budget of key trials"
+        );
+        // An address some user was seen at is still tried.
+        assert!(l.allow(a, true, 64, t0));
+        // The budget comes back with time.
+        let t1 = t0 + Duration::from_millis(500);
+        assert!(l.allow(a, false, 64, t1));
+        // One address that keeps failing is not tried again within the window...
+        for _ in 0..UnauthLimiter::MAX_FAILURES {
+            l.failed(a);
+        }
+        let t2 = t1 + Duration::from_secs(1);
+        assert!(!l.allow(a, true, 64, t2));
+        assert!(l.allow("198.51.100.2".parse().unwrap_or(a), false, 64, t2));
+        // ...and is again after it.
+        assert!(l.allow(a, false, 64, t2 + UnauthLimiter::WINDOW));
     }
 }

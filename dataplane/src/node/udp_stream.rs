@@ -37,6 +37,9 @@ use crate::tls::TlsSession;
 const MAX_FLOWS: usize = 256;
 /// Replies queued between the flows' sockets and the client (more are dropped, as UDP may).
 const QUEUE: usize = 256;
+/// Bytes those replies may hold at once: a client that does not read gets its replies
+/// dropped past this, instead of 256 × 64 KiB held for it.
+const QUEUE_BYTES: usize = 512 * 1024;
 /// A client packet may not be longer than this (length fields are 16-bit; headers added).
 const MAX_PENDING: usize = 2 * 65536 + 1024;
 
@@ -109,6 +112,9 @@ pub(super) async fn serve(
         (None, Some(framing)) => (Outer::Codec(framing), Vec::new()),
         (None, None) => (Outer::Plain, Vec::new()),
     };
+    // The core's idle sweep and kick/removal cancel `ctl`; every await of the connection,
+    // writes to a client that does not read included, ends with it (the select below).
+    ctl.arm(node.relay.idle);
     let mut conn = Conn {
         core: &core,
         node: &node,
@@ -121,8 +127,12 @@ pub(super) async fn serve(
         flows: RefCell::new(HashMap::new()),
         last: std::cell::Cell::new(Instant::now()),
         stalled: VecDeque::new(),
+        queued: Rc::new(std::cell::Cell::new(0)),
     };
-    let end = conn.run(reply, initial, carry).await;
+    let end = tokio::select! {
+        end = conn.run(reply, initial, carry) => end,
+        _ = ctl.cancelled() => if ctl.timed_out() { End::Idle } else { End::Cancelled },
+    };
     for f in conn.flows.borrow().values() {
         f.ctl.cancel();
     }
@@ -146,6 +156,8 @@ struct Conn<'a> {
     /// Decoded events not acted on yet: the first is client data for a TCP sub-stream whose
     /// queue is full (the client is not read until it has room).
     stalled: VecDeque<StreamDatagram>,
+    /// Payload bytes in the reply queue (bounded by [`QUEUE_BYTES`]).
+    queued: Rc<std::cell::Cell<usize>>,
 }
 
 #[derive(Debug)]
@@ -157,6 +169,12 @@ enum End {
 }
 
 impl Conn<'_> {
+    /// Something moved: the idle clocks (this loop's and the core's sweep) restart.
+    fn active(&self) {
+        self.last.set(Instant::now());
+        self.ctl.touch();
+    }
+
     async fn run(&mut self, reply: Vec<u8>, initial: Vec<u8>, carry: Vec<u8>) -> End {
         let (tx, mut rx) = mpsc::channel::<Reply>(QUEUE);
         // Dropped when this returns: every sub-stream task ends with the connection.
@@ -195,13 +213,13 @@ impl Conn<'_> {
                         // The sub-stream is gone: its data is dropped.
                         self.stalled.pop_front();
                     }
-                    self.last.set(Instant::now());
+                    self.active();
                     if let Err(e) = self.act(&tx, streams).await {
                         return e;
                     }
                 }
                 Some(d) = down_rx.recv() => {
-                    self.last.set(Instant::now());
+                    self.active();
                     let Some((flow, what)) = streams.accept(d) else { continue };
                     let mut framed = Vec::new();
                     let (sealed, n) = match what {
@@ -244,13 +262,14 @@ impl Conn<'_> {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Err(_) => return End::Error("client read"),
                     }
-                    self.last.set(Instant::now());
+                    self.active();
                     if let Err(e) = self.decode(&mut wire_in, &mut plain, &tx, streams).await {
                         return e;
                     }
                 }
                 Some((flow, from, data)) = rx.recv() => {
-                    self.last.set(Instant::now());
+                    self.queued.set(self.queued.get().saturating_sub(data.len()));
+                    self.active();
                     if !self.bucket.try_take(data.len()) {
                         continue;
                     }
@@ -444,6 +463,7 @@ impl Conn<'_> {
             sock.clone(),
             ctl.clone(),
             tx.clone(),
+            self.queued.clone(),
         ));
         self.flows.borrow_mut().insert(
             flow,
@@ -464,6 +484,7 @@ async fn read_flow(
     sock: Rc<UdpSocket>,
     ctl: Rc<ConnCtl>,
     tx: mpsc::Sender<Reply>,
+    queued: Rc<std::cell::Cell<usize>>,
 ) {
     loop {
         tokio::select! {
@@ -474,6 +495,8 @@ async fn read_flow(
         let mut b = core.bufs.take();
         let r = sock.try_recv_from(&mut b);
         let item = match r {
+            // No room in the queue's byte budget: dropped, as UDP may.
+            Ok((n, _)) if queued.get() + n > QUEUE_BYTES => None,
             Ok((n, from)) => Some((
                 flow,
                 SocketAddr::new(crate::net::normalise_ip(from.ip()), from.port()),
@@ -484,11 +507,15 @@ async fn read_flow(
         core.bufs.put(b);
         match (item, r) {
             (Some(item), _) => {
+                let n = item.2.len();
                 // Full queue: the datagram is dropped, as UDP may.
-                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(item) {
-                    return;
+                match tx.try_send(item) {
+                    Ok(()) => queued.set(queued.get() + n),
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    Err(mpsc::error::TrySendError::Full(_)) => {}
                 }
             }
+            (None, Ok(_)) => {}
             (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
             _ => return,
         }

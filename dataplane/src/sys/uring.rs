@@ -89,6 +89,9 @@ pub struct Ring {
     ring: RefCell<IoUring>,
     slots: RefCell<Vec<Option<Slot>>>,
     free: RefCell<Vec<usize>>,
+    /// Tests: how many of the next `io_uring_enter` calls fail with EBUSY.
+    #[cfg(test)]
+    fail_submits: std::cell::Cell<u32>,
 }
 
 impl Ring {
@@ -103,6 +106,8 @@ impl Ring {
             ring: RefCell::new(ring),
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
+            #[cfg(test)]
+            fail_submits: std::cell::Cell::new(0),
         })
     }
 
@@ -134,19 +139,37 @@ impl Ring {
         s
     }
 
+    fn submit(&self, ring: &mut IoUring) -> io::Result<usize> {
+        #[cfg(test)]
+        if self.fail_submits.get() > 0 {
+            self.fail_submits.set(self.fail_submits.get() - 1);
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        ring.submit()
+    }
+
+    /// Queues `e` and submits. `Err` only when `e` never reached the submission queue (its
+    /// memory is still the caller's). Once queued, the kernel takes the entry at the next
+    /// `io_uring_enter` even when this one fails (EINTR, EAGAIN, EBUSY leave queued entries
+    /// in place), so the operation is in flight from then on and its slot and buffer stay the
+    /// ring's until its CQE; a failed submit is retried by the next push or reap.
     fn push(&self, e: io_uring::squeue::Entry) -> io::Result<()> {
         let mut ring = self.ring.borrow_mut();
         // SAFETY: every pointer in `e` refers to memory owned by a slab slot (a boxed buffer
         // whose heap allocation does not move) or to a descriptor the caller keeps open until
-        // the CQE; slots are only released in `reap` after the CQE arrived, so the kernel never
-        // sees freed memory even when the awaiting future is dropped.
+        // the CQE; slots are only released after the CQE arrived (never on a submit error once
+        // the entry is queued), so the kernel never sees freed memory even when the awaiting
+        // future is dropped.
         let pushed = unsafe { ring.submission().push(&e) };
         if pushed.is_err() {
-            ring.submit()?;
+            // The queue is full of entries a failed submit left: nothing of `e` is queued yet.
+            self.submit(&mut ring)?;
             // SAFETY: as above.
             unsafe { ring.submission().push(&e) }.map_err(|_| io::Error::other("submission queue full"))?;
         }
-        ring.submit()?;
+        if let Err(err) = self.submit(&mut ring) {
+            tracing::debug!("io_uring submit failed ({err}); the queued entry goes with the next submit");
+        }
         Ok(())
     }
 
@@ -280,6 +303,10 @@ impl Ring {
         let mut done: Vec<(u64, i32)> = Vec::new();
         {
             let mut ring = self.ring.borrow_mut();
+            // Entries a failed submit left queued.
+            if !ring.submission().is_empty() {
+                let _ = self.submit(&mut ring);
+            }
             for cqe in ring.completion() {
                 done.push((cqe.user_data(), cqe.result()));
             }
@@ -365,5 +392,42 @@ impl RegisteredRing {
         let mut g = self.afd.readable().await?;
         g.clear_ready();
         Ok(self.ring.reap())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use std::io::Write;
+
+    /// A submit that fails after the entry was queued must not free the buffer the kernel
+    /// will still write into: the op stays in flight and completes into its own buffer.
+    #[test]
+    fn failed_submit_keeps_the_queued_recv_in_flight() {
+        let Ok(ring) = Ring::new(8) else {
+            eprintln!("io_uring unavailable here: skipped");
+            return;
+        };
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        ring.fail_submits.set(1);
+        let idx = ring
+            .start_recv(b.as_raw_fd(), vec![0u8; 64].into_boxed_slice(), 64)
+            .expect("a queued entry is in flight even when the submit failed");
+        assert_eq!(ring.in_flight(), 1, "the slot and its buffer stay the ring's");
+        a.write_all(b"still mine").unwrap();
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for _ in 0..500 {
+            ring.reap();
+            if let Poll::Ready((res, buf)) = ring.poll_op(idx, &mut cx) {
+                assert_eq!(res, 10);
+                assert_eq!(buf.as_deref().and_then(|b| b.get(..10)), Some(&b"still mine"[..]));
+                assert_eq!(ring.in_flight(), 0);
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the recv never completed");
     }
 }

@@ -130,6 +130,7 @@ pub fn node(slot: u16, port: u16) -> NodeConfig {
         cred_kind: CredKind::VlessUuid,
         speed_limit_mbps: 0,
         proxy_protocol: false,
+        proxy_protocol_from: Vec::new(),
         send_ip: String::new(),
         dns_strategy: String::new(),
         shadowsocks: None,

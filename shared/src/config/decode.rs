@@ -394,6 +394,25 @@ fn absolute_path(src: &Src, path: &str, v: &JVal) -> Result<PathBuf, ConfigError
     }
 }
 
+/// `["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]`, each in normal form `ip/len`.
+fn as_networks(src: &Src, path: &str, v: &JVal) -> Result<Vec<String>, ConfigError> {
+    let JKind::Arr(items) = &v.kind else {
+        return Err(src.err(
+            v.pos,
+            path,
+            format!("expected an array of CIDRs, found {}", v.describe()),
+        ));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let s = as_string(src, &p, item)?;
+        let (ip, len) = crate::audit::parse_network(&s).map_err(|e| src.err(item.pos, &p, e))?;
+        out.push(format!("{ip}/{len}"));
+    }
+    Ok(out)
+}
+
 fn ip_or_unspecified(src: &Src, path: &str, v: &JVal) -> Result<IpAddr, ConfigError> {
     let s = as_string(src, path, v)?;
     if s.is_empty() {
@@ -1028,6 +1047,22 @@ fn read_options(o: &mut Obj<'_>, node: &mut NodeEntry) -> Result<(), ConfigError
     node.device_online_min_traffic_kb = o.count("DeviceOnlineMinTraffic")?;
     node.report_min_traffic_kb = o.count("ReportMinTraffic")?;
     node.enable_proxy_protocol = o.boolean("EnableProxyProtocol", false)?;
+    let epp_pos = o.take("EnableProxyProtocol").map_or(0, |v| v.pos);
+    let from_pos = o.take("ProxyProtocolFrom").map(|v| v.pos);
+    node.proxy_protocol_from = o.get("ProxyProtocolFrom", as_networks)?.unwrap_or_default();
+    match from_pos {
+        Some(pos) if !node.enable_proxy_protocol && !node.proxy_protocol_from.is_empty() => o.d.warn(
+            pos,
+            &o.sub("ProxyProtocolFrom"),
+            "ignored: EnableProxyProtocol is not true",
+        ),
+        None if node.enable_proxy_protocol => o.d.warn(
+            epp_pos,
+            &o.sub("ProxyProtocolFrom"),
+            "missing: PROXY headers are accepted from loopback addresses only; list your balancers' addresses (CIDRs) here",
+        ),
+        _ => {}
+    }
     node.enable_dns = o.boolean("EnableDNS", false)?;
     if let Some(v) = o.take("DNSType") {
         let path = o.sub("DNSType");
@@ -1371,6 +1406,42 @@ mod tests {
         let bad = node(&format!(r#"{{{base},"ACMEHTTPListen":":80"}}"#));
         let e = crate::config::parse_str(&bad, Path::new("t.json")).unwrap_err();
         assert!(e.to_string().contains("ACMEHTTPListen"), "{e}");
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn proxy_protocol_from_is_cidrs_and_its_absence_is_warned() {
+        let node = |extra: &str| {
+            format!(
+                r#"{{"Nodes":[{{"ApiHost":"http://127.0.0.1","ApiKey":"k","NodeID":1,"NodeType":"trojan"{extra}}}]}}"#
+            )
+        };
+        let l = crate::config::parse_str(
+            &node(r#","EnableProxyProtocol":true,"ProxyProtocolFrom":["10.0.0.0/8","192.0.2.7","2001:db8::/32"]"#),
+            Path::new("t.json"),
+        )
+        .unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        assert_eq!(
+            l.config.nodes[0].proxy_protocol_from,
+            ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]
+        );
+        // On without balancers: loopback only, said in a warning.
+        let l =
+            crate::config::parse_str(&node(r#","EnableProxyProtocol":true"#), Path::new("t.json")).unwrap();
+        assert!(
+            l.warnings
+                .iter()
+                .any(|w| w.to_string().contains("ProxyProtocolFrom")),
+            "{:?}",
+            l.warnings
+        );
+        let e = crate::config::parse_str(
+            &node(r#","EnableProxyProtocol":true,"ProxyProtocolFrom":["10.0.0.0/33"]"#),
+            Path::new("t.json"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ProxyProtocolFrom[0]"), "{e}");
     }
 
     #[test]

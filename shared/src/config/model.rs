@@ -461,6 +461,11 @@ pub struct NodeEntry {
     pub report_min_traffic_kb: u64,
     #[serde(rename = "EnableProxyProtocol")]
     pub enable_proxy_protocol: bool,
+    /// `ProxyProtocolFrom` (v2sp extension): the balancers (`ip` or `ip/len`) whose
+    /// connections start with a PROXY header; everyone else is a direct client. Absent with
+    /// `EnableProxyProtocol: true`: loopback only (a warning says so).
+    #[serde(rename = "ProxyProtocolFrom")]
+    pub proxy_protocol_from: Vec<String>,
     #[serde(rename = "EnableDNS")]
     pub enable_dns: bool,
     /// `DNSType` (default `AsIs`): `AsIs`/`UseIP`/`UseIPv4`/`UseIPv6`; see
@@ -526,6 +531,7 @@ impl Default for NodeEntry {
             device_online_min_traffic_kb: 0,
             report_min_traffic_kb: 0,
             enable_proxy_protocol: false,
+            proxy_protocol_from: Vec::new(),
             enable_dns: false,
             dns_type: "AsIs".to_owned(),
             enable_tfo: false,

@@ -83,7 +83,7 @@ impl ControlShm {
     /// Attach to a valid existing `ctl` in `dir` (so a restarted control plane keeps the data
     /// plane serving), or create a fresh set of files.
     pub fn create_or_attach(dir: &Path) -> Result<ControlShm, ShmError> {
-        std::fs::create_dir_all(dir).map_err(|e| ShmError::io(dir, e))?;
+        super::segment::create_dir(dir)?;
         let ctl_path = dir.join(names::CTL);
         let cfg_path = dir.join(names::CONFIG);
         let attached = match (
@@ -121,6 +121,7 @@ impl ControlShm {
     /// Attach read-mostly to existing files without registering as the control plane (for
     /// `v2sp status` and tools). Fails if the files do not exist.
     pub fn open_existing(dir: &Path) -> Result<ControlShm, ShmError> {
+        super::segment::check_dir(dir)?;
         let ctl = Segment::open(&dir.join(names::CTL), KIND_CTL)?;
         let config = Segment::open(&dir.join(names::CONFIG), KIND_CONFIG)?;
         Self::from_parts(dir, ctl, config)

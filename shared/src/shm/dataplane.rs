@@ -27,6 +27,7 @@ impl DataplaneShm {
     /// Attach to the files the control plane created. Fails (the caller retries with backoff)
     /// while they do not exist; refuses a different layout version.
     pub fn attach(dir: &Path) -> Result<DataplaneShm, ShmError> {
+        super::segment::check_dir(dir)?;
         let ctl = Segment::open(&dir.join(names::CTL), KIND_CTL)?;
         let config = Segment::open(&dir.join(names::CONFIG), KIND_CONFIG)?;
         let instance_id = ctl.header().instance_id;

@@ -27,6 +27,46 @@ unsafe impl Send for Segment {}
 // SAFETY: as above; `&Segment` only hands out shared references to atomics or immutable data.
 unsafe impl Sync for Segment {}
 
+/// Refuses a shared-memory directory another user could write into or that is not ours:
+/// whoever can replace a segment file there can feed both processes anything (users, config,
+/// the pid the supervisor signals).
+pub(crate) fn check_dir(dir: &Path) -> Result<(), ShmError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir).map_err(|e| ShmError::io(dir, e))?;
+    let refuse = |what: String| {
+        Err(ShmError::Invalid(format!(
+            "{}: {what}; the shm directory must be owned by this user and writable by it only (mode 0700)",
+            dir.display()
+        )))
+    };
+    if !m.is_dir() {
+        return refuse("not a directory (a symlink?)".into());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me {
+        return refuse(format!("owned by uid {}, this process runs as {me}", m.uid()));
+    }
+    if m.mode() & 0o022 != 0 {
+        return refuse(format!("mode {:o} lets others write into it", m.mode() & 0o7777));
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and missing parents) with mode 0700 for the last component, then checks it
+/// ([`check_dir`]).
+pub(crate) fn create_dir(dir: &Path) -> Result<(), ShmError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ShmError::io(parent, e))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(ShmError::io(dir, e)),
+        _ => {}
+    }
+    check_dir(dir)
+}
+
 impl Segment {
     /// Create (or replace) a segment of `size` bytes, zero-filled, with `header` at offset 0.
     /// The file is written under a temporary name and renamed into place, so a reader never
@@ -63,12 +103,19 @@ impl Segment {
     }
 
     fn create_at(path: &Path, size: usize, header: SegHeader) -> Result<Segment, ShmError> {
+        // A leftover temporary (a crash between create and rename) is removed, never opened:
+        // O_EXCL and O_NOFOLLOW make sure the file is a new one of ours, not something (a
+        // symlink to another file) placed at that name.
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(ShmError::io(path, e)),
+            _ => {}
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(|e| ShmError::io(path, e))?;
         // set_len leaves a sparse file: on tmpfs, pages are only allocated when touched.
@@ -86,6 +133,7 @@ impl Segment {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(|e| ShmError::io(path, e))?;
         let len = file.metadata().map_err(|e| ShmError::io(path, e))?.len() as usize;

@@ -394,3 +394,48 @@ proptest::proptest! {
         }
     }
 }
+
+/// Issue 11: the shm directory is created 0700, and one that others may write into is refused
+/// by both sides (whoever can swap a segment there controls both processes).
+#[test]
+fn shm_dir_is_private_and_a_shared_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("shm");
+    let c = ControlShm::create_or_attach(&dir).unwrap();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    drop(c);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert!(matches!(
+        ControlShm::create_or_attach(&dir),
+        Err(ShmError::Invalid(_))
+    ));
+    assert!(matches!(DataplaneShm::attach(&dir), Err(ShmError::Invalid(_))));
+    assert!(matches!(
+        ControlShm::open_existing(&dir),
+        Err(ShmError::Invalid(_))
+    ));
+    // A symlink to a private directory is not taken either.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = base.path().join("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    assert!(matches!(DataplaneShm::attach(&link), Err(ShmError::Invalid(_))));
+}
+
+/// Issue 11: a segment's temporary name holding a symlink (planted to make the creator write
+/// through it) is replaced, never followed.
+#[test]
+fn segment_temporary_is_never_opened_through_a_symlink() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("shm");
+    std::fs::create_dir(&dir).unwrap();
+    let victim = base.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let tmp = dir
+        .join(names::CONFIG)
+        .with_extension(format!("tmp{}", std::process::id()));
+    std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+    let _c = ControlShm::create_or_attach(&dir).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+}
