@@ -5,7 +5,9 @@
 #   3. runs the data-plane and end-to-end tests again with the io_uring backend,
 #   4. builds each protocol feature alone and runs the data plane's unit tests for it,
 #   5. runs the benchmark harness in --quick mode (smoke only: every server and scenario runs,
-#      nothing about speed is asserted; reports go to a temporary directory).
+#      nothing about speed is asserted; reports go to a temporary directory),
+#   6. tests packaging: release.sh --dry-run on a clone, the .deb installed, removed and purged,
+#      install.sh from that release (scripts/test-packaging.sh).
 # Every pass runs even when an earlier one failed, so one failing suite never hides the results
 # of the others; the script ends with a summary of the passes and exits non-zero if any failed.
 # Usage: scripts/test.sh [extra cargo test args]
@@ -76,6 +78,10 @@ out=$(mktemp -d)
 pass "benchmark harness, quick mode (v2sp epoll/uring vs ssserver, sing-box, v2ray, shoes where installed)" \
     cargo run -q -p v2sp-bench "$@" -- run --quick --out "$out"
 echo "quick benchmark report: $out/report.md"
+
+# Last: it builds release tarballs of a clone of HEAD into the same target directory.
+pass "packaging: release.sh --dry-run, .deb install/remove/purge, install.sh from a release" \
+    bash scripts/test-packaging.sh
 
 echo "== summary: $((passes - ${#failed_passes[@]})) of $passes passes succeeded"
 for p in "${failed_passes[@]}"; do
