@@ -179,12 +179,16 @@ pub async fn relay(
     // Set by the upload side when the codec has control frames for the client; the download
     // side (the only writer to the client) sends them.
     let control = tokio::sync::Notify::new();
+    // Set by the download side each time it has written the codec's control frames: the
+    // upload side waits for it while the codec's output is over budget.
+    let drained = tokio::sync::Notify::new();
     let both = async {
         match &codec {
             Some(c) => {
                 let ctl_up = CodecCtl {
                     codec: c,
                     control: &control,
+                    drained: &drained,
                 };
                 tokio::try_join!(
                     copy_dir(env, act, Dir::Up, client, dest, Some(ctl_up), pending_up),
@@ -271,6 +275,8 @@ async fn limit(env: &RelayEnv<'_>, n: usize) {
 struct CodecCtl<'a> {
     codec: &'a RefCell<Box<dyn StreamCodec>>,
     control: &'a tokio::sync::Notify,
+    /// The download side wrote the control frames (see [`StreamCodec::output_over_budget`]).
+    drained: &'a tokio::sync::Notify,
 }
 
 /// Sends the codec's end-of-stream bytes to the client (download side, at the destination's
@@ -301,7 +307,9 @@ async fn send_control(
         .borrow_mut()
         .take_control(&mut out)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    write_all(env, act, Dir::Down, client, &out).await
+    write_all(env, act, Dir::Down, client, &out).await?;
+    c.drained.notify_one();
+    Ok(())
 }
 
 async fn copy_dir(
@@ -338,7 +346,16 @@ async fn copy_dir(
                     }
                 }
             }
-            _ => read_ready(src).await?,
+            Some(c) => {
+                // The client asks for replies faster than it reads them: read nothing more
+                // until the download side has sent what is queued.
+                while c.codec.borrow().output_over_budget() {
+                    c.control.notify_one();
+                    c.drained.notified().await;
+                }
+                read_ready(src).await?
+            }
+            None => read_ready(src).await?,
         }
         // Server→client through a codec that seals in place (TLS record layer): read
         // straight into the records' payload slots, no plaintext copy.
@@ -429,7 +446,7 @@ async fn process_chunk(
     carry: &mut Vec<u8>,
     data: &[u8],
 ) -> io::Result<()> {
-    let Some(CodecCtl { codec, control }) = codec else {
+    let Some(CodecCtl { codec, control, .. }) = codec else {
         if dir == Dir::Down {
             env.meter.down(data.len() as u64);
         }

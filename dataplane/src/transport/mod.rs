@@ -250,6 +250,10 @@ impl StreamCodec for Layered {
         self.framing.send_blocked()
     }
 
+    fn output_over_budget(&self) -> bool {
+        self.framing.output_over_budget() || self.inner.as_ref().is_some_and(|i| i.output_over_budget())
+    }
+
     fn input_ended(&self) -> bool {
         self.framing.input_ended() || self.inner.as_ref().is_some_and(|i| i.input_ended())
     }

@@ -30,13 +30,17 @@
 //! between reads it keeps only the partial header (≤ 14 bytes, inline) and the position in
 //! the current frame — no buffer while idle. Control frames (≤ 125 bytes) are collected, then
 //! answered: ping → pong, close → close (status echoed), pong ignored.
+//!
+//! Pongs are coalesced (RFC 6455 §5.5.3: an endpoint MAY answer only the most recent ping):
+//! what waits for a client that pings and never reads is one pong and one close, inline —
+//! a ping flood costs the reads, never memory.
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 use v2sp_shared::dpconfig::HttpPathSettings;
 
-use super::http::{error_response, parse_request};
+use super::http::{error_response, HeadReader};
 use super::{TransportHandshake, Upgrade, Upgraded};
 use crate::proto::{StreamCodec, WireError};
 
@@ -84,22 +88,21 @@ pub fn early_data(header: &str) -> Option<Vec<u8>> {
 /// The Upgrade request stage.
 pub struct WsHandshake {
     cfg: HttpPathSettings,
-    buf: Vec<u8>,
+    head: HeadReader,
 }
 
 impl WsHandshake {
     pub fn new(cfg: &HttpPathSettings) -> Self {
         WsHandshake {
             cfg: cfg.clone(),
-            buf: Vec::new(),
+            head: HeadReader::default(),
         }
     }
 }
 
 impl TransportHandshake for WsHandshake {
     fn feed(&mut self, data: &[u8]) -> Result<Upgrade, WireError> {
-        self.buf.extend_from_slice(data);
-        let Some(req) = parse_request(&self.buf)? else {
+        let Some(req) = self.head.feed(data)? else {
             return Ok(Upgrade::NeedMore);
         };
         // xray checks Host, then path (404), then gorilla/websocket the upgrade itself.
@@ -139,8 +142,7 @@ impl TransportHandshake for WsHandshake {
             }
         }
         reply.push_str("\r\n");
-        let rest = self.buf.get(req.len..).unwrap_or_default().to_vec();
-        self.buf = Vec::new();
+        let rest = self.head.take_rest(req.len);
         Ok(Upgrade::Done(Upgraded {
             reply: reply.into_bytes(),
             early,
@@ -166,11 +168,41 @@ pub struct WsCodec {
     in_message: bool,
     /// Payload of the control frame being read.
     ctrl: Vec<u8>,
-    /// Control frames to send (pong, close).
-    control_out: Vec<u8>,
+    /// The pong for the latest unanswered ping (payload ≤ 125 bytes).
+    pong: Option<Control>,
+    /// The close to echo (status code, when the client sent one).
+    close: Option<Control>,
     /// The client sent close: later bytes are ignored.
     closed: bool,
 }
+
+/// A control frame's payload waiting to be sent (≤ 125 bytes, inline).
+#[derive(Clone, Copy)]
+struct Control {
+    payload: [u8; 125],
+    len: u8,
+}
+
+impl Control {
+    fn new(p: &[u8]) -> Self {
+        let mut payload = [0u8; 125];
+        let len = p.len().min(125);
+        if let (Some(dst), Some(src)) = (payload.get_mut(..len), p.get(..len)) {
+            dst.copy_from_slice(src);
+        }
+        Control {
+            payload,
+            len: len as u8,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.payload.get(..usize::from(self.len)).unwrap_or_default()
+    }
+}
+
+/// Most control bytes a [`WsCodec`] ever queues: one pong and one close.
+pub const MAX_CONTROL_OUT: usize = 2 * (2 + 125);
 
 /// Appends a server frame (FIN set, unmasked).
 pub fn write_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
@@ -283,17 +315,27 @@ impl WsCodec {
         if !self.is_control() {
             return;
         }
-        let payload = std::mem::take(&mut self.ctrl);
         match self.opcode {
-            OP_PING => write_frame(OP_PONG, &payload, &mut self.control_out),
+            // Only the latest ping is answered: an earlier pong not yet sent is replaced.
+            OP_PING => self.pong = Some(Control::new(&self.ctrl)),
             OP_CLOSE => {
                 // Echo the status code (none when the client sent none), then ignore the rest.
-                let code = payload.get(..2).unwrap_or_default();
-                write_frame(OP_CLOSE, code, &mut self.control_out);
+                self.close = Some(Control::new(self.ctrl.get(..2).unwrap_or_default()));
                 self.closed = true;
             }
             _ => {}
         }
+        // Nothing held between frames.
+        self.ctrl = Vec::new();
+    }
+
+    /// Bytes of control frames waiting to be sent.
+    pub fn control_len(&self) -> usize {
+        [self.pong, self.close]
+            .iter()
+            .flatten()
+            .map(|c| 2 + usize::from(c.len))
+            .sum()
     }
 }
 
@@ -353,13 +395,23 @@ impl StreamCodec for WsCodec {
     }
 
     fn has_control(&self) -> bool {
-        !self.control_out.is_empty()
+        self.pong.is_some() || self.close.is_some()
     }
 
     fn take_control(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
-        out.append(&mut self.control_out);
-        self.control_out = Vec::new();
+        // A ping answered before the close it preceded.
+        if let Some(p) = self.pong.take() {
+            write_frame(OP_PONG, p.bytes(), out);
+        }
+        if let Some(c) = self.close.take() {
+            write_frame(OP_CLOSE, c.bytes(), out);
+        }
         Ok(())
+    }
+
+    fn output_over_budget(&self) -> bool {
+        // Never true with coalesced pongs; kept honest should that change.
+        self.control_len() > MAX_CONTROL_OUT
     }
 }
 
