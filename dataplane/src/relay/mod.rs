@@ -325,6 +325,7 @@ async fn copy_dir(
     let mut carry: Vec<u8> = Vec::new();
     // The codec reported the client's end of stream (Up): the destination got its FIN.
     let mut input_ended = false;
+    let mut since_yield = 0usize;
     if !pending.is_empty() {
         Box::pin(forward(env, act, dir, dst, codec, &mut carry, &pending)).await?;
     }
@@ -405,6 +406,14 @@ async fn copy_dir(
         .await;
         env.bufs.put(buf);
         r?;
+        // Fairness: tokio's budget counts reads, not bytes, and a codec's work per read can
+        // be large (a buffer of ws pings or h2 control frames): after [`YIELD_EVERY`] bytes,
+        // let the core's other connections (and its accept loop) run.
+        since_yield += n;
+        if since_yield >= YIELD_EVERY {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         // The client ended its side inside the protocol (gRPC END_STREAM, TLS close_notify):
         // half-close the destination once, and keep reading for the codec's control frames.
         if dir == Dir::Up && !input_ended && codec.is_some_and(|c| c.codec.borrow().input_ended()) {
@@ -549,6 +558,9 @@ async fn seal_read_in_place(
     env.bufs.put(buf);
     r.map(|()| Some(n))
 }
+
+/// Bytes a codec-driven direction moves before it yields to the core's other tasks.
+pub const YIELD_EVERY: usize = 1 << 20;
 
 /// Bytes a direction copies before it switches to splice: short flows never pay for pipes
 /// (whose per-uid budget is `fs.pipe-user-pages-soft`).

@@ -167,42 +167,39 @@ pub struct WsCodec {
     /// A fragmented data message is open (continuation frames expected).
     in_message: bool,
     /// Payload of the control frame being read.
-    ctrl: Vec<u8>,
+    ctrl: Control,
     /// The pong for the latest unanswered ping (payload ≤ 125 bytes).
     pong: Option<Control>,
-    /// The close to echo (status code, when the client sent one).
-    close: Option<Control>,
+    /// The close to echo: its status code (`None` inside when the client sent none).
+    close: Option<Option<[u8; 2]>>,
     /// The client sent close: later bytes are ignored.
     closed: bool,
 }
 
-/// A control frame's payload waiting to be sent (≤ 125 bytes, inline).
+/// A control frame's payload (≤ 125 bytes, inline).
 #[derive(Clone, Copy)]
 struct Control {
     payload: [u8; 125],
     len: u8,
 }
 
-impl Control {
-    fn new(p: &[u8]) -> Self {
-        let mut payload = [0u8; 125];
-        let len = p.len().min(125);
-        if let (Some(dst), Some(src)) = (payload.get_mut(..len), p.get(..len)) {
-            dst.copy_from_slice(src);
-        }
+impl Default for Control {
+    fn default() -> Self {
         Control {
-            payload,
-            len: len as u8,
+            payload: [0; 125],
+            len: 0,
         }
     }
+}
 
+impl Control {
     fn bytes(&self) -> &[u8] {
         self.payload.get(..usize::from(self.len)).unwrap_or_default()
     }
 }
 
 /// Most control bytes a [`WsCodec`] ever queues: one pong and one close.
-pub const MAX_CONTROL_OUT: usize = 2 * (2 + 125);
+pub const MAX_CONTROL_OUT: usize = (2 + 125) + (2 + 2);
 
 /// Appends a server frame (FIN set, unmasked).
 pub fn write_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
@@ -315,27 +312,24 @@ impl WsCodec {
         if !self.is_control() {
             return;
         }
+        let payload = std::mem::take(&mut self.ctrl);
         match self.opcode {
             // Only the latest ping is answered: an earlier pong not yet sent is replaced.
-            OP_PING => self.pong = Some(Control::new(&self.ctrl)),
+            OP_PING => self.pong = Some(payload),
             OP_CLOSE => {
                 // Echo the status code (none when the client sent none), then ignore the rest.
-                self.close = Some(Control::new(self.ctrl.get(..2).unwrap_or_default()));
+                self.close = Some(payload.bytes().get(..2).and_then(|c| c.try_into().ok()));
                 self.closed = true;
             }
             _ => {}
         }
-        // Nothing held between frames.
-        self.ctrl = Vec::new();
     }
 
     /// Bytes of control frames waiting to be sent.
     pub fn control_len(&self) -> usize {
-        [self.pong, self.close]
-            .iter()
-            .flatten()
-            .map(|c| 2 + usize::from(c.len))
-            .sum()
+        let pong = self.pong.map_or(0, |p| 2 + usize::from(p.len));
+        let close = self.close.map_or(0, |c| 2 + c.map_or(0, |c| c.len()));
+        pong + close
     }
 }
 
@@ -370,13 +364,22 @@ impl StreamCodec for WsCodec {
                 .min(rest.len());
             let (chunk, tail) = rest.split_at(n);
             let dst = if self.is_control() {
-                &mut self.ctrl
+                // Inline (≤ 125 bytes, checked when the frame started): no allocation per ping.
+                let at = usize::from(self.ctrl.len);
+                let dst = self
+                    .ctrl
+                    .payload
+                    .get_mut(at..at + n)
+                    .ok_or(WireError::Malformed("ws: bad control frame"))?;
+                dst.copy_from_slice(chunk);
+                self.ctrl.len += n as u8;
+                dst
             } else {
-                &mut *out
+                let start = out.len();
+                out.extend_from_slice(chunk);
+                out.get_mut(start..).unwrap_or_default()
             };
-            let start = dst.len();
-            dst.extend_from_slice(chunk);
-            unmask(dst.get_mut(start..).unwrap_or_default(), self.mask, self.mask_pos);
+            unmask(dst, self.mask, self.mask_pos);
             self.mask_pos = (self.mask_pos + n) & 3;
             self.remaining -= n as u64;
             rest = tail;
@@ -404,7 +407,7 @@ impl StreamCodec for WsCodec {
             write_frame(OP_PONG, p.bytes(), out);
         }
         if let Some(c) = self.close.take() {
-            write_frame(OP_CLOSE, c.bytes(), out);
+            write_frame(OP_CLOSE, c.as_ref().map_or(&[][..], |c| &c[..]), out);
         }
         Ok(())
     }

@@ -212,7 +212,7 @@ fn idle_codec_holds_no_buffers() {
     let mut out = Vec::new();
     c.open(&[0x89, 0x80, 1, 2, 3, 4], &mut out).unwrap();
     c.take_control(&mut Vec::new()).unwrap();
-    assert_eq!(c.ctrl.capacity(), 0);
+    assert_eq!(c.ctrl.len, 0);
     assert_eq!(c.control_len(), 0);
 }
 
