@@ -191,6 +191,13 @@ pub trait StreamCodec: Send {
     fn take_control(&mut self, _out: &mut Vec<u8>) -> Result<(), WireError> {
         Ok(())
     }
+    /// Whether the codec's own output for the client (control frames: pongs, acknowledgements,
+    /// key updates) is over its budget: the relay stops reading from the client until the
+    /// client-bound direction has sent it ([`StreamCodec::take_control`]), so a peer that sends
+    /// requests for replies and never reads them gets TCP backpressure, not our memory.
+    fn output_over_budget(&self) -> bool {
+        false
+    }
     /// Whether the codec holds sealed bytes it may not send yet (the client's flow-control
     /// window is closed, HTTP/2): the relay stops reading the download source until
     /// [`StreamCodec::has_control`] signals that they can go.

@@ -179,12 +179,16 @@ pub async fn relay(
     // Set by the upload side when the codec has control frames for the client; the download
     // side (the only writer to the client) sends them.
     let control = tokio::sync::Notify::new();
+    // Set by the download side each time it has written the codec's control frames: the
+    // upload side waits for it while the codec's output is over budget.
+    let drained = tokio::sync::Notify::new();
     let both = async {
         match &codec {
             Some(c) => {
                 let ctl_up = CodecCtl {
                     codec: c,
                     control: &control,
+                    drained: &drained,
                 };
                 tokio::try_join!(
                     copy_dir(env, act, Dir::Up, client, dest, Some(ctl_up), pending_up),
@@ -271,6 +275,8 @@ async fn limit(env: &RelayEnv<'_>, n: usize) {
 struct CodecCtl<'a> {
     codec: &'a RefCell<Box<dyn StreamCodec>>,
     control: &'a tokio::sync::Notify,
+    /// The download side wrote the control frames (see [`StreamCodec::output_over_budget`]).
+    drained: &'a tokio::sync::Notify,
 }
 
 /// Sends the codec's end-of-stream bytes to the client (download side, at the destination's
@@ -301,7 +307,9 @@ async fn send_control(
         .borrow_mut()
         .take_control(&mut out)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    write_all(env, act, Dir::Down, client, &out).await
+    write_all(env, act, Dir::Down, client, &out).await?;
+    c.drained.notify_one();
+    Ok(())
 }
 
 async fn copy_dir(
@@ -317,6 +325,7 @@ async fn copy_dir(
     let mut carry: Vec<u8> = Vec::new();
     // The codec reported the client's end of stream (Up): the destination got its FIN.
     let mut input_ended = false;
+    let mut since_yield = 0usize;
     if !pending.is_empty() {
         Box::pin(forward(env, act, dir, dst, codec, &mut carry, &pending)).await?;
     }
@@ -338,7 +347,16 @@ async fn copy_dir(
                     }
                 }
             }
-            _ => read_ready(src).await?,
+            Some(c) => {
+                // The client asks for replies faster than it reads them: read nothing more
+                // until the download side has sent what is queued.
+                while c.codec.borrow().output_over_budget() {
+                    c.control.notify_one();
+                    c.drained.notified().await;
+                }
+                read_ready(src).await?
+            }
+            None => read_ready(src).await?,
         }
         // Server→client through a codec that seals in place (TLS record layer): read
         // straight into the records' payload slots, no plaintext copy.
@@ -388,6 +406,14 @@ async fn copy_dir(
         .await;
         env.bufs.put(buf);
         r?;
+        // Fairness: tokio's budget counts reads, not bytes, and a codec's work per read can
+        // be large (a buffer of ws pings or h2 control frames): after [`YIELD_EVERY`] bytes,
+        // let the core's other connections (and its accept loop) run.
+        since_yield += n;
+        if since_yield >= YIELD_EVERY {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         // The client ended its side inside the protocol (gRPC END_STREAM, TLS close_notify):
         // half-close the destination once, and keep reading for the codec's control frames.
         if dir == Dir::Up && !input_ended && codec.is_some_and(|c| c.codec.borrow().input_ended()) {
@@ -429,7 +455,7 @@ async fn process_chunk(
     carry: &mut Vec<u8>,
     data: &[u8],
 ) -> io::Result<()> {
-    let Some(CodecCtl { codec, control }) = codec else {
+    let Some(CodecCtl { codec, control, .. }) = codec else {
         if dir == Dir::Down {
             env.meter.down(data.len() as u64);
         }
@@ -532,6 +558,9 @@ async fn seal_read_in_place(
     env.bufs.put(buf);
     r.map(|()| Some(n))
 }
+
+/// Bytes a codec-driven direction moves before it yields to the core's other tasks.
+pub const YIELD_EVERY: usize = 1 << 20;
 
 /// Bytes a direction copies before it switches to splice: short flows never pay for pipes
 /// (whose per-uid budget is `fs.pipe-user-pages-soft`).

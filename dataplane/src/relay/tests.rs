@@ -260,3 +260,118 @@ fn end_of_stream_inside_the_protocol_half_closes_and_ends_with_the_codec_bytes()
     assert_eq!(at_client, b"responseBYE");
     assert_eq!((meter.up.get(), meter.down.get()), (7, 8));
 }
+
+/// A toy control protocol: every byte the client sends asks for a one-byte answer (like a
+/// WebSocket ping or an HTTP/2 PING), queued until the download side sends it.
+struct Answering {
+    queued: Vec<u8>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+const ANSWER_BUDGET: usize = 4096;
+
+impl StreamCodec for Answering {
+    fn open(&mut self, wire: &[u8], _out: &mut Vec<u8>) -> Result<usize, WireError> {
+        self.queued.extend_from_slice(wire);
+        self.most
+            .fetch_max(self.queued.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok(wire.len())
+    }
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        out.extend_from_slice(plain);
+        Ok(())
+    }
+    fn has_control(&self) -> bool {
+        !self.queued.is_empty()
+    }
+    fn take_control(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        out.append(&mut self.queued);
+        Ok(())
+    }
+    fn output_over_budget(&self) -> bool {
+        self.queued.len() > ANSWER_BUDGET
+    }
+}
+
+/// A client that asks for answers and never reads them: once the codec's output is over
+/// budget the relay stops reading from it (TCP backpressure reaches the client) instead of
+/// queueing answers without bound, as today's main did.
+#[test]
+fn upload_stops_while_the_codec_output_is_over_budget() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (client_app, client_relay) = pair();
+    let (_dest_app, dest_relay) = pair();
+    // Small socket buffers: the client's unread answers fill them quickly.
+    SockRef::from(&client_app)
+        .set_recv_buffer_size(16 * 1024)
+        .unwrap();
+    SockRef::from(&client_relay)
+        .set_send_buffer_size(16 * 1024)
+        .unwrap();
+    let meter = Count::default();
+    let read_size = 64 * 1024;
+    let bufs = BufPool::new(read_size);
+    let pipes = PipePool::new(64 * 1024);
+    let bucket = Bucket::new(0);
+    let ctl = ConnCtl::default();
+    let env = RelayEnv {
+        bufs: &bufs,
+        pipes: &pipes,
+        meter: &meter,
+        bucket: &bucket,
+        timeouts: RelayTimeouts {
+            idle: Duration::from_secs(10),
+            uplink_only: Duration::from_secs(10),
+            downlink_only: Duration::from_secs(10),
+        },
+        ctl: &ctl,
+        splice: false,
+        uring: None,
+    };
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // The flooding client, on its own thread: writes for a second, never reads.
+    let writer = {
+        let sent = sent.clone();
+        let mut c = client_app.try_clone().unwrap();
+        std::thread::spawn(move || {
+            c.set_write_timeout(Some(Duration::from_millis(50))).unwrap();
+            let chunk = [b'?'; 16 * 1024];
+            let until = std::time::Instant::now() + Duration::from_secs(1);
+            while std::time::Instant::now() < until {
+                match c.write(&chunk) {
+                    Ok(n) => {
+                        sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+    };
+    rt.block_on(async {
+        let client = TcpStream::from_std(client_relay).unwrap();
+        let dest = TcpStream::from_std(dest_relay).unwrap();
+        let codec: Box<dyn StreamCodec> = Box::new(Answering {
+            queued: Vec::new(),
+            most: most.clone(),
+        });
+        let relay = relay(&env, &client, &dest, Vec::new(), Some(codec));
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            ctl.cancel();
+        };
+        tokio::join!(relay, stop);
+    });
+    writer.join().unwrap();
+    let most = most.load(std::sync::atomic::Ordering::Relaxed);
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        most <= ANSWER_BUDGET + read_size,
+        "queued {most} answers (client sent {sent})"
+    );
+    // The client was held back: it could not send much more than the buffers hold.
+    assert!(sent < 16 << 20, "client sent {sent} bytes");
+}

@@ -122,6 +122,9 @@ pub struct TlsSession {
 
 /// Room for one encrypted record's overhead (header, tag, content type, padding).
 const RECORD_OVERHEAD: usize = 64;
+/// Records of our own (post-handshake messages) that may wait for a client that does not
+/// read before the relay stops reading from it (see `StreamCodec::output_over_budget`).
+pub const MAX_PENDING: usize = 16 * 1024;
 
 impl TlsSession {
     pub fn new(cfg: &Arc<ServerConfig>) -> Result<Self, WireError> {
@@ -201,12 +204,26 @@ impl TlsSession {
     /// front of `buf`; bytes after that which rustls retained must be passed again unchanged.
     pub fn open_in_place(&mut self, buf: &mut [u8], out: &mut Vec<u8>) -> Result<usize, WireError> {
         let mut end = self.retained.min(buf.len());
-        while let Some(len) = deframe::record_len(buf.get(end..).unwrap_or_default())? {
-            end += len;
+        loop {
+            match deframe::record_len(buf.get(end..).unwrap_or_default()) {
+                Ok(Some(len)) => end += len,
+                Ok(None) => break,
+                Err(e) => {
+                    // Not a record: rustls still sees the records before it and then the bad
+                    // header, so that it queues the alert it would send for it (decode_error,
+                    // record_overflow; see `failure_alert`). The connection is over either way.
+                    let _ = self.process_records(buf, out);
+                    return Err(e);
+                }
+            }
         }
-        let Some(mut rest) = buf.get_mut(..end) else {
-            return Ok(0);
-        };
+        self.process_records(buf.get_mut(..end).unwrap_or_default(), out)
+    }
+
+    /// The records in `buf` (complete ones, or a bad one last) through rustls; see
+    /// [`TlsSession::open_in_place`].
+    fn process_records(&mut self, buf: &mut [u8], out: &mut Vec<u8>) -> Result<usize, WireError> {
+        let mut rest = buf;
         let mut dropped = 0usize;
         // Bounded: each pass either consumes input, emits output or stops.
         let conn = self
@@ -274,6 +291,28 @@ impl TlsSession {
         Err(WireError::Malformed("TLS: too many records in one read"))
     }
 
+    /// After a failed handshake: the fatal alert rustls queued for the failure (handshake_failure,
+    /// decode_error, bad_record_mac, …, encrypted when the handshake already was), appended to
+    /// `out`. Nothing when rustls had no alert to send (e.g. a few bytes of garbage).
+    pub fn failure_alert(&mut self, out: &mut Vec<u8>) {
+        let Some(conn) = self.conn.as_deref_mut() else {
+            return;
+        };
+        // Bounded: rustls queues one alert (a few records at most) after an error.
+        for _ in 0..8 {
+            match conn.process_tls_records(&mut []).state {
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    let start = out.len();
+                    out.resize(start + 4096, 0);
+                    let n = e.encode(out.get_mut(start..).unwrap_or_default()).unwrap_or(0);
+                    out.truncate(start + n);
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => break,
+            }
+        }
+    }
+
     /// Feeds the complete records at the front of `wire` (a copy is decrypted), appending
     /// plaintext to `out`; returns how many bytes were consumed (a partial record stays with
     /// the caller). For the relay, after the handshake.
@@ -327,6 +366,11 @@ impl TlsSession {
             .as_deref_mut()
             .ok_or(WireError::Unsupported("in-place sealing before the record layer"))?
             .seal_in_place(buf, n, l)
+    }
+
+    /// Bytes of records waiting to be sent without new data.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len() + self.records.as_ref().map_or(0, |r| r.pending_len())
     }
 
     /// Whether records wait to be sent without new data (our KeyUpdate answer).
@@ -487,6 +531,10 @@ impl StreamCodec for TlsCodec {
         self.inner.as_ref().is_some_and(|i| i.send_blocked())
     }
 
+    fn output_over_budget(&self) -> bool {
+        self.tls.pending_len() > MAX_PENDING || self.inner.as_ref().is_some_and(|i| i.output_over_budget())
+    }
+
     fn take_control(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
         self.tls.pending_output(out);
         let Some(inner) = self.inner.as_mut() else {
@@ -563,9 +611,21 @@ pub async fn accept(
         }
         if !carry.is_empty() {
             // In place: rustls may keep a handshake message split across records in `carry`.
-            let used = session
-                .open_in_place(&mut carry, &mut plaintext)
-                .map_err(AcceptError::Wire)?;
+            let used = match session.open_in_place(&mut carry, &mut plaintext) {
+                Ok(u) => u,
+                Err(e) => {
+                    // A TLS server ends a failed handshake with its fatal alert, then closes
+                    // (the caller drains what the client still sends until the deadline).
+                    let mut alert = std::mem::take(&mut out);
+                    alert.clear();
+                    session.pending_output(&mut alert);
+                    session.failure_alert(&mut alert);
+                    if !alert.is_empty() && write_all(s, &alert).await.is_ok() {
+                        let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
+                    }
+                    return Err(AcceptError::Wire(e));
+                }
+            };
             carry.drain(..used.min(carry.len()));
             // A handshake never needs more than a few records buffered.
             if carry.len() > deframe::HEADER_LEN + deframe::MAX_FRAGMENT {

@@ -21,7 +21,10 @@
 //! ```
 //!
 //! After the handshake a client may only send application data, alerts, and (1.3) KeyUpdate;
-//! anything else ends the connection with a [`WireError`].
+//! anything else ends the connection with a [`WireError`]. A KeyUpdate changes the key, so it
+//! must end its record (RFC 8446 §5.1): one per record at most. Its update_requested is
+//! answered once however many arrive before our answer leaves: what waits for a client that
+//! does not read is one KeyUpdate record.
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::kernel::KernelConnection;
@@ -106,6 +109,8 @@ pub struct RecordLayer {
     schedule: KernelConnection<ServerConnectionData>,
     /// Handshake records (our KeyUpdate) to send before the next sealed data.
     pending: Vec<u8>,
+    /// `pending` holds our answer to an update_requested (a later request shares it).
+    answer_pending: bool,
     /// Records per key before we send a KeyUpdate of our own (TLS 1.3).
     rotate_after: u64,
 }
@@ -127,6 +132,7 @@ impl RecordLayer {
             rx: Keys::new(secrets.rx.0, secrets.rx.1)?,
             schedule,
             pending: Vec::new(),
+            answer_pending: false,
             rotate_after: KEY_UPDATE_AFTER,
         })
     }
@@ -141,10 +147,16 @@ impl RecordLayer {
         !self.pending.is_empty()
     }
 
+    /// Bytes of records waiting to be sent on their own.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Appends records queued by the record layer itself.
     pub fn take_pending(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.pending);
         self.pending = Vec::new();
+        self.answer_pending = false;
     }
 
     /// The geometry of our application data records, while the next ones can be sealed in
@@ -415,23 +427,33 @@ impl RecordLayer {
             let Some(body) = msgs.get(4..4 + len) else {
                 return Err(WireError::Unsupported("TLS: fragmented post-handshake message"));
             };
+            msgs = msgs.get(4 + len..).unwrap_or_default();
             match (typ, body) {
                 (KEY_UPDATE, [req @ (0 | 1)]) => {
+                    // The rest of this record was sealed under the old key: a KeyUpdate that
+                    // does not end its record is the peer's error (RFC 8446 §5.1).
+                    if !msgs.is_empty() {
+                        return Err(WireError::Malformed(
+                            "TLS: KeyUpdate not at the end of its record",
+                        ));
+                    }
                     let (seq, s) = self
                         .schedule
                         .update_rx_secret()
                         .map_err(|_| WireError::Unsupported("TLS key update"))?;
                     self.rx = Keys::new(seq, s)?;
-                    if *req == 1 {
-                        // update_requested: answer with our own KeyUpdate, then switch.
+                    if *req == 1 && !self.answer_pending {
+                        // update_requested: answer with our own KeyUpdate, then switch. Until
+                        // that answer has left, it answers later requests too (RFC 8446 §4.6.3
+                        // asks for one KeyUpdate before our next application data).
                         let mut out = std::mem::take(&mut self.pending);
                         self.rotate_tx(&mut out)?;
                         self.pending = out;
+                        self.answer_pending = true;
                     }
                 }
                 _ => return Err(WireError::Malformed("TLS: unexpected post-handshake message")),
             }
-            msgs = msgs.get(4 + len..).unwrap_or_default();
         }
         Ok(())
     }

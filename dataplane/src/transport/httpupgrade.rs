@@ -16,7 +16,7 @@
 
 use v2sp_shared::dpconfig::HttpPathSettings;
 
-use super::http::parse_request;
+use super::http::HeadReader;
 use super::{TransportHandshake, Upgrade, Upgraded};
 use crate::proto::WireError;
 
@@ -26,22 +26,21 @@ pub const REPLY: &[u8] =
 
 pub struct HttpUpgradeHandshake {
     cfg: HttpPathSettings,
-    buf: Vec<u8>,
+    head: HeadReader,
 }
 
 impl HttpUpgradeHandshake {
     pub fn new(cfg: &HttpPathSettings) -> Self {
         HttpUpgradeHandshake {
             cfg: cfg.clone(),
-            buf: Vec::new(),
+            head: HeadReader::default(),
         }
     }
 }
 
 impl TransportHandshake for HttpUpgradeHandshake {
     fn feed(&mut self, data: &[u8]) -> Result<Upgrade, WireError> {
-        self.buf.extend_from_slice(data);
-        let Some(req) = parse_request(&self.buf)? else {
+        let Some(req) = self.head.feed(data)? else {
             return Ok(Upgrade::NeedMore);
         };
         let host_ok = self.cfg.host.is_empty() || req.host_is(&self.cfg.host);
@@ -51,8 +50,7 @@ impl TransportHandshake for HttpUpgradeHandshake {
         if !host_ok || req.path() != self.cfg.path || conn != "upgrade" || upgrade != "websocket" {
             return Ok(Upgrade::Reject(Vec::new()));
         }
-        let rest = self.buf.get(req.len..).unwrap_or_default().to_vec();
-        self.buf = Vec::new();
+        let rest = self.head.take_rest(req.len);
         Ok(Upgrade::Done(Upgraded {
             reply: REPLY.to_vec(),
             early: Vec::new(),

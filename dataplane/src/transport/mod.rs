@@ -72,8 +72,17 @@ pub struct Chain {
     framing: Option<Box<dyn StreamCodec>>,
     /// The transport's upgrade happened (ws, httpupgrade, tcp+http).
     upgraded: bool,
+    /// Framed bytes fed before the protocol's handshake ended that carried no stream byte
+    /// (control frames: pings, acks, window updates).
+    idle_framing: usize,
     proto: Box<dyn StreamHandshake>,
 }
+
+/// Framed bytes without a stream byte accepted before the protocol's handshake ends: a real
+/// client sends its request right after the upgrade (a ping or an ack at most before it), so
+/// an unauthenticated flood of control frames stops costing parse work here (it is then
+/// drained unread until the handshake deadline).
+pub const MAX_IDLE_FRAMING: usize = 16 * 1024;
 
 impl Chain {
     pub fn new(t: &Transport, proto: Box<dyn StreamHandshake>) -> Self {
@@ -81,6 +90,7 @@ impl Chain {
             transport: handshake_for(t),
             framing: None,
             upgraded: false,
+            idle_framing: 0,
             proto,
         }
     }
@@ -115,6 +125,7 @@ impl Chain {
                         None => decoded.extend_from_slice(&up.rest),
                     }
                     if decoded.is_empty() {
+                        self.idle(up.rest.len())?;
                         return Ok(Step::NeedMore(0));
                     }
                     &decoded
@@ -123,6 +134,7 @@ impl Chain {
         } else if let Some(f) = self.framing.as_mut() {
             open_all(f.as_mut(), data, &mut decoded)?;
             if decoded.is_empty() {
+                self.idle(data.len())?;
                 return Ok(Step::NeedMore(0));
             }
             &decoded
@@ -183,6 +195,19 @@ impl Chain {
                 Ok(other)
             }
         }
+    }
+}
+
+impl Chain {
+    /// Counts framed bytes that carried nothing for the protocol (see [`MAX_IDLE_FRAMING`]).
+    fn idle(&mut self, n: usize) -> Result<(), WireError> {
+        self.idle_framing = self.idle_framing.saturating_add(n);
+        if self.idle_framing > MAX_IDLE_FRAMING {
+            return Err(WireError::Malformed(
+                "transport: only control frames before the protocol's handshake",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -248,6 +273,10 @@ impl StreamCodec for Layered {
 
     fn send_blocked(&self) -> bool {
         self.framing.send_blocked()
+    }
+
+    fn output_over_budget(&self) -> bool {
+        self.framing.output_over_budget() || self.inner.as_ref().is_some_and(|i| i.output_over_budget())
     }
 
     fn input_ended(&self) -> bool {

@@ -13,20 +13,20 @@
 
 use v2sp_shared::dpconfig::TcpHttpSettings;
 
-use super::http::parse_request;
+use super::http::HeadReader;
 use super::{TransportHandshake, Upgrade, Upgraded};
 use crate::proto::WireError;
 
 pub struct TcpHttpHandshake {
     cfg: TcpHttpSettings,
-    buf: Vec<u8>,
+    head: HeadReader,
 }
 
 impl TcpHttpHandshake {
     pub fn new(cfg: &TcpHttpSettings) -> Self {
         TcpHttpHandshake {
             cfg: cfg.clone(),
-            buf: Vec::new(),
+            head: HeadReader::default(),
         }
     }
 }
@@ -83,16 +83,14 @@ fn head(status_line: &str, headers: &[String]) -> Vec<u8> {
 
 impl TransportHandshake for TcpHttpHandshake {
     fn feed(&mut self, data: &[u8]) -> Result<Upgrade, WireError> {
-        self.buf.extend_from_slice(data);
-        let Some(req) = parse_request(&self.buf)? else {
+        let Some(req) = self.head.feed(data)? else {
             return Ok(Upgrade::NeedMore);
         };
         if !self.cfg.paths.iter().any(|p| p == req.path()) {
             let h = ["Connection: close".to_string(), "Content-Length: 0".to_string()];
             return Ok(Upgrade::Reject(head("HTTP/1.1 404 Not Found", &h)));
         }
-        let rest = self.buf.get(req.len..).unwrap_or_default().to_vec();
-        self.buf = Vec::new();
+        let rest = self.head.take_rest(req.len);
         Ok(Upgrade::Done(Upgraded {
             reply: head(&self.cfg.status_line, &self.cfg.headers),
             early: Vec::new(),

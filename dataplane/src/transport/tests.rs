@@ -178,3 +178,38 @@ fn layered_forwards_pongs() {
     l.take_control(&mut ctl).unwrap();
     assert_eq!(ctl, [0x8a, 0x05, b'H', b'e', b'l', b'l', b'o']);
 }
+
+/// Before authenticating, a client that only sends control frames (pings here) is cut off
+/// after [`MAX_IDLE_FRAMING`] bytes instead of having each parsed until the handshake
+/// deadline; a few pings before a real request are fine.
+#[test]
+fn control_frames_before_the_handshake_are_bounded() {
+    let ctx = Ctx::with(&UUID, 9);
+    let ping = {
+        let mut f = client_frame(&[b'p'; 125]);
+        f[0] = 0x89;
+        f
+    };
+    let mut chain = Chain::new(&ws(), Box::new(VlessHandshake::default()));
+    let mut send = Vec::new();
+    chain.feed(&upgrade_request(""), &ctx, &mut send).unwrap();
+    let mut r = Ok(Step::NeedMore(0));
+    let mut fed = 0;
+    while r.is_ok() && fed <= 2 * MAX_IDLE_FRAMING {
+        r = chain.feed(&ping.repeat(10), &ctx, &mut send);
+        fed += 10 * ping.len();
+    }
+    assert!(r.is_err(), "{fed} bytes of pings accepted");
+    assert!(fed <= MAX_IDLE_FRAMING + 10 * ping.len());
+    // Three pings, then the request: served.
+    let mut chain = Chain::new(&ws(), Box::new(VlessHandshake::default()));
+    let mut wire = upgrade_request("");
+    wire.extend(ping.repeat(3));
+    assert!(matches!(
+        chain.feed(&wire, &ctx, &mut send).unwrap(),
+        Step::NeedMore(_)
+    ));
+    let req = hex::decode(VLESS_REQ).unwrap();
+    let (dest, ..) = forward(chain.feed(&client_frame(&req), &ctx, &mut send).unwrap());
+    assert_eq!(dest, Destination::Domain("example.com".into(), 443));
+}

@@ -30,13 +30,17 @@
 //! between reads it keeps only the partial header (≤ 14 bytes, inline) and the position in
 //! the current frame — no buffer while idle. Control frames (≤ 125 bytes) are collected, then
 //! answered: ping → pong, close → close (status echoed), pong ignored.
+//!
+//! Pongs are coalesced (RFC 6455 §5.5.3: an endpoint MAY answer only the most recent ping):
+//! what waits for a client that pings and never reads is one pong and one close, inline —
+//! a ping flood costs the reads, never memory.
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 use v2sp_shared::dpconfig::HttpPathSettings;
 
-use super::http::{error_response, parse_request};
+use super::http::{error_response, HeadReader};
 use super::{TransportHandshake, Upgrade, Upgraded};
 use crate::proto::{StreamCodec, WireError};
 
@@ -84,22 +88,21 @@ pub fn early_data(header: &str) -> Option<Vec<u8>> {
 /// The Upgrade request stage.
 pub struct WsHandshake {
     cfg: HttpPathSettings,
-    buf: Vec<u8>,
+    head: HeadReader,
 }
 
 impl WsHandshake {
     pub fn new(cfg: &HttpPathSettings) -> Self {
         WsHandshake {
             cfg: cfg.clone(),
-            buf: Vec::new(),
+            head: HeadReader::default(),
         }
     }
 }
 
 impl TransportHandshake for WsHandshake {
     fn feed(&mut self, data: &[u8]) -> Result<Upgrade, WireError> {
-        self.buf.extend_from_slice(data);
-        let Some(req) = parse_request(&self.buf)? else {
+        let Some(req) = self.head.feed(data)? else {
             return Ok(Upgrade::NeedMore);
         };
         // xray checks Host, then path (404), then gorilla/websocket the upgrade itself.
@@ -139,8 +142,7 @@ impl TransportHandshake for WsHandshake {
             }
         }
         reply.push_str("\r\n");
-        let rest = self.buf.get(req.len..).unwrap_or_default().to_vec();
-        self.buf = Vec::new();
+        let rest = self.head.take_rest(req.len);
         Ok(Upgrade::Done(Upgraded {
             reply: reply.into_bytes(),
             early,
@@ -165,12 +167,39 @@ pub struct WsCodec {
     /// A fragmented data message is open (continuation frames expected).
     in_message: bool,
     /// Payload of the control frame being read.
-    ctrl: Vec<u8>,
-    /// Control frames to send (pong, close).
-    control_out: Vec<u8>,
+    ctrl: Control,
+    /// The pong for the latest unanswered ping (payload ≤ 125 bytes).
+    pong: Option<Control>,
+    /// The close to echo: its status code (`None` inside when the client sent none).
+    close: Option<Option<[u8; 2]>>,
     /// The client sent close: later bytes are ignored.
     closed: bool,
 }
+
+/// A control frame's payload (≤ 125 bytes, inline).
+#[derive(Clone, Copy)]
+struct Control {
+    payload: [u8; 125],
+    len: u8,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            payload: [0; 125],
+            len: 0,
+        }
+    }
+}
+
+impl Control {
+    fn bytes(&self) -> &[u8] {
+        self.payload.get(..usize::from(self.len)).unwrap_or_default()
+    }
+}
+
+/// Most control bytes a [`WsCodec`] ever queues: one pong and one close.
+pub const MAX_CONTROL_OUT: usize = (2 + 125) + (2 + 2);
 
 /// Appends a server frame (FIN set, unmasked).
 pub fn write_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
@@ -285,15 +314,22 @@ impl WsCodec {
         }
         let payload = std::mem::take(&mut self.ctrl);
         match self.opcode {
-            OP_PING => write_frame(OP_PONG, &payload, &mut self.control_out),
+            // Only the latest ping is answered: an earlier pong not yet sent is replaced.
+            OP_PING => self.pong = Some(payload),
             OP_CLOSE => {
                 // Echo the status code (none when the client sent none), then ignore the rest.
-                let code = payload.get(..2).unwrap_or_default();
-                write_frame(OP_CLOSE, code, &mut self.control_out);
+                self.close = Some(payload.bytes().get(..2).and_then(|c| c.try_into().ok()));
                 self.closed = true;
             }
             _ => {}
         }
+    }
+
+    /// Bytes of control frames waiting to be sent.
+    pub fn control_len(&self) -> usize {
+        let pong = self.pong.map_or(0, |p| 2 + usize::from(p.len));
+        let close = self.close.map_or(0, |c| 2 + c.map_or(0, |c| c.len()));
+        pong + close
     }
 }
 
@@ -328,13 +364,22 @@ impl StreamCodec for WsCodec {
                 .min(rest.len());
             let (chunk, tail) = rest.split_at(n);
             let dst = if self.is_control() {
-                &mut self.ctrl
+                // Inline (≤ 125 bytes, checked when the frame started): no allocation per ping.
+                let at = usize::from(self.ctrl.len);
+                let dst = self
+                    .ctrl
+                    .payload
+                    .get_mut(at..at + n)
+                    .ok_or(WireError::Malformed("ws: bad control frame"))?;
+                dst.copy_from_slice(chunk);
+                self.ctrl.len += n as u8;
+                dst
             } else {
-                &mut *out
+                let start = out.len();
+                out.extend_from_slice(chunk);
+                out.get_mut(start..).unwrap_or_default()
             };
-            let start = dst.len();
-            dst.extend_from_slice(chunk);
-            unmask(dst.get_mut(start..).unwrap_or_default(), self.mask, self.mask_pos);
+            unmask(dst, self.mask, self.mask_pos);
             self.mask_pos = (self.mask_pos + n) & 3;
             self.remaining -= n as u64;
             rest = tail;
@@ -353,13 +398,23 @@ impl StreamCodec for WsCodec {
     }
 
     fn has_control(&self) -> bool {
-        !self.control_out.is_empty()
+        self.pong.is_some() || self.close.is_some()
     }
 
     fn take_control(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
-        out.append(&mut self.control_out);
-        self.control_out = Vec::new();
+        // A ping answered before the close it preceded.
+        if let Some(p) = self.pong.take() {
+            write_frame(OP_PONG, p.bytes(), out);
+        }
+        if let Some(c) = self.close.take() {
+            write_frame(OP_CLOSE, c.as_ref().map_or(&[][..], |c| &c[..]), out);
+        }
         Ok(())
+    }
+
+    fn output_over_budget(&self) -> bool {
+        // Never true with coalesced pongs; kept honest should that change.
+        self.control_len() > MAX_CONTROL_OUT
     }
 }
 

@@ -18,6 +18,19 @@
 //! reads more), so every byte received is given back with WINDOW_UPDATE (connection and
 //! stream) once half a window is used; DATA we send never exceeds the client's windows or
 //! frame size: what does not fit is held until the client's WINDOW_UPDATE opens the window.
+//!
+//! What a client can make us hold or do is bounded:
+//! * header lists: SETTINGS_MAX_HEADER_LIST_SIZE ([`MAX_HEADER_LIST`]) is advertised and
+//!   enforced *while* HPACK decodes, one field at a time, so a block that references a large
+//!   table entry over and over (an HPACK bomb: 64 KiB → 235 MiB) stops after 16 KiB; a header
+//!   block is at most [`MAX_HEADER_BLOCK`] bytes in at most [`MAX_BLOCK_FRAMES`] frames; the
+//!   HPACK table we advertise is [`HPACK_TABLE_ADVERTISED`] bytes (applied once acknowledged).
+//! * floods: frames that carry nothing for the tunnel (SETTINGS, PINGs and WINDOW_UPDATEs not
+//!   matched by DATA, RST_STREAM, PRIORITY, unknown types, refused HEADERS, empty DATA) count
+//!   against [`FLOOD_FRAMES`] per [`FLOOD_WINDOW`]; past it the client gets GOAWAY
+//!   ENHANCE_YOUR_CALM and the connection ends.
+//! * replies: control frames queued for a client that does not read put the codec over its
+//!   output budget ([`CONTROL_BUDGET`]), and the relay stops reading from it.
 
 use loona_hpack::Decoder;
 
@@ -47,9 +60,12 @@ const S_HEADER_TABLE_SIZE: u16 = 0x1;
 const S_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const S_INITIAL_WINDOW_SIZE: u16 = 0x4;
 const S_MAX_FRAME_SIZE: u16 = 0x5;
+const S_MAX_HEADER_LIST_SIZE: u16 = 0x6;
 
 /// RST_STREAM error code for a stream we will not serve.
 pub const REFUSED_STREAM: u32 = 0x7;
+/// GOAWAY error code for a client that floods us.
+pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// RFC 9113 defaults.
 pub const DEFAULT_WINDOW: u32 = 65_535;
@@ -62,15 +78,29 @@ pub const RECV_MAX_FRAME: u32 = DEFAULT_MAX_FRAME;
 /// connection's to.
 pub const RECV_WINDOW: u32 = 1 << 20;
 /// Largest header block (HEADERS + CONTINUATION) accepted.
-pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
+pub const MAX_HEADER_BLOCK: usize = 16 * 1024;
+/// Most frames (HEADERS + CONTINUATIONs) in one header block.
+pub const MAX_BLOCK_FRAMES: usize = 16;
+/// Largest decoded header list (RFC 9113 §6.5.2: names, values and 32 bytes per field),
+/// advertised as SETTINGS_MAX_HEADER_LIST_SIZE; a gun request's is ~300 bytes.
+pub const MAX_HEADER_LIST: usize = 16 * 1024;
+/// Frames that carry nothing for the tunnel accepted per [`FLOOD_WINDOW`].
+pub const FLOOD_FRAMES: u32 = 1024;
+pub const FLOOD_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+/// Control bytes (acks, refusals, window updates) queued for the client past which the relay
+/// stops reading from it until they are sent.
+pub const CONTROL_BUDGET: usize = 16 * 1024;
 /// Most bytes held for a client whose windows stay closed (the relay stops reading at one
 /// read's worth; datagram streams may queue more) before the connection is dropped.
 pub const MAX_HELD: usize = 4 << 20;
 /// Most control bytes (acks, updates, refusals, released DATA) waiting for a client that does
 /// not read them.
 pub const MAX_CONTROL: usize = MAX_HELD + (1 << 20);
-/// HPACK dynamic table size (the default; we do not advertise another).
+/// HPACK dynamic table size until the client acknowledged our settings (the default).
 const HPACK_TABLE: usize = 4096;
+/// HPACK dynamic table size we advertise (SETTINGS_HEADER_TABLE_SIZE), applied to the
+/// decoder once the client acknowledged it.
+pub const HPACK_TABLE_ADVERTISED: usize = 1024;
 
 /// Appends a frame header.
 pub fn frame_header(out: &mut Vec<u8>, len: usize, ty: u8, flags: u8, stream: u32) {
@@ -87,14 +117,19 @@ pub fn frame(out: &mut Vec<u8>, ty: u8, flags: u8, stream: u32, payload: &[u8]) 
     out.extend_from_slice(payload);
 }
 
-/// The server's connection preface: SETTINGS (one stream, our stream window) and a
-/// WINDOW_UPDATE raising the connection window to the same size.
+/// The server's connection preface: SETTINGS (HPACK table, one stream, our stream window,
+/// header list limit) and a WINDOW_UPDATE raising the connection window to the same size.
 pub fn server_preface(out: &mut Vec<u8>) {
-    let mut s = Vec::with_capacity(12);
-    s.extend_from_slice(&S_MAX_CONCURRENT_STREAMS.to_be_bytes());
-    s.extend_from_slice(&1u32.to_be_bytes());
-    s.extend_from_slice(&S_INITIAL_WINDOW_SIZE.to_be_bytes());
-    s.extend_from_slice(&RECV_WINDOW.to_be_bytes());
+    let mut s = Vec::with_capacity(24);
+    for (id, v) in [
+        (S_HEADER_TABLE_SIZE, HPACK_TABLE_ADVERTISED as u32),
+        (S_MAX_CONCURRENT_STREAMS, 1),
+        (S_INITIAL_WINDOW_SIZE, RECV_WINDOW),
+        (S_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST as u32),
+    ] {
+        s.extend_from_slice(&id.to_be_bytes());
+        s.extend_from_slice(&v.to_be_bytes());
+    }
     frame(out, T_SETTINGS, 0, 0, &s);
     frame(
         out,
@@ -207,7 +242,45 @@ pub struct H2Conn {
     held: Vec<u8>,
     held_off: usize,
     /// Frames for the client (acks, window updates, refusals, released DATA).
-    pub control: Vec<u8>,
+    control: Vec<u8>,
+    /// Bytes of non-DATA frames in `control` (what [`CONTROL_BUDGET`] bounds).
+    control_frames: usize,
+    /// Frames in the header block being collected.
+    block_frames: usize,
+    /// SETTINGS ACKs received (the first acknowledges ours).
+    settings_acks: u32,
+    /// Frames that carried nothing for the tunnel in the current flood window.
+    flood: Flood,
+    /// The client flooded us: GOAWAY is queued, further input is an error.
+    flooded: bool,
+    /// DATA payload sent on the connection / stream not yet matched by the client's
+    /// WINDOW_UPDATEs (a WINDOW_UPDATE beyond it counts towards the flood limit).
+    credit_conn: u64,
+    credit_stream: u64,
+    /// DATA moved (either way) since the client's last PING.
+    data_since_ping: bool,
+}
+
+/// Counts frames per [`FLOOD_WINDOW`].
+#[derive(Default)]
+struct Flood {
+    start: Option<std::time::Instant>,
+    frames: u32,
+}
+
+impl Flood {
+    /// Counts one frame at `now`; true once the window holds more than [`FLOOD_FRAMES`].
+    fn count(&mut self, now: std::time::Instant) -> bool {
+        match self.start {
+            Some(t) if now.saturating_duration_since(t) < FLOOD_WINDOW => {}
+            _ => {
+                self.start = Some(now);
+                self.frames = 0;
+            }
+        }
+        self.frames += 1;
+        self.frames > FLOOD_FRAMES
+    }
 }
 
 impl Default for H2Conn {
@@ -241,6 +314,14 @@ impl Default for H2Conn {
             held: Vec::new(),
             held_off: 0,
             control: Vec::new(),
+            control_frames: 0,
+            block_frames: 0,
+            settings_acks: 0,
+            flood: Flood::default(),
+            flooded: false,
+            credit_conn: 0,
+            credit_stream: 0,
+            data_since_ping: false,
         }
     }
 }
@@ -275,14 +356,73 @@ impl H2Conn {
         (self.send_conn, self.send_stream)
     }
 
+    /// Whether frames wait for the client (acks, window updates, refusals, released DATA).
+    pub fn has_control(&self) -> bool {
+        !self.control.is_empty()
+    }
+
+    /// Appends the frames waiting for the client to `out`.
+    pub fn take_control(&mut self, out: &mut Vec<u8>) {
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.control);
+        } else {
+            out.append(&mut self.control);
+        }
+        self.control_frames = 0;
+    }
+
+    /// Whether the relay should stop reading from the client until the queued control frames
+    /// are sent: over [`CONTROL_BUDGET`], or a GOAWAY that must leave before the end.
+    pub fn output_over_budget(&self) -> bool {
+        self.control_frames > CONTROL_BUDGET || (self.flooded && self.has_control())
+    }
+
+    /// Whether the client flooded us (GOAWAY ENHANCE_YOUR_CALM queued).
+    pub fn flooded(&self) -> bool {
+        self.flooded
+    }
+
+    /// Queues a frame that is not DATA for the client.
+    fn queue(&mut self, ty: u8, flags: u8, stream: u32, payload: &[u8]) {
+        frame(&mut self.control, ty, flags, stream, payload);
+        self.control_frames += 9 + payload.len();
+    }
+
+    /// Counts a frame that carried nothing for the tunnel; past the limit, the connection
+    /// ends with GOAWAY ENHANCE_YOUR_CALM.
+    fn idle_frame(&mut self) {
+        if self.flooded || !self.flood.count(std::time::Instant::now()) {
+            return;
+        }
+        self.flooded = true;
+        let mut p = [0u8; 8];
+        p[..4].copy_from_slice(&self.stream.to_be_bytes());
+        p[4..].copy_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+        self.queue(T_GOAWAY, 0, 0, &p);
+    }
+
+    /// Moves the flood window's start back (tests: time passing without a clock).
+    #[cfg(test)]
+    pub fn age_flood_window(&mut self) {
+        self.flood.start = self.flood.start.and_then(|t| t.checked_sub(FLOOD_WINDOW));
+    }
+
     /// Feeds client bytes; DATA of the served stream goes to `sink`. Stops right after the
     /// request's header block until [`H2Conn::take_request`] is called.
     pub fn feed(&mut self, wire: &[u8], sink: &mut dyn DataSink) -> Result<Fed, WireError> {
+        if self.flooded && !self.has_control() && !wire.is_empty() {
+            // GOAWAY has left: nothing more is read.
+            return Err(WireError::Malformed("grpc: control frame flood"));
+        }
         let mut pos = 0usize;
         // Bounded: every pass consumes at least one byte or returns.
         while pos < wire.len() {
             if self.request.is_some() {
                 return Ok(Fed::Request(pos));
+            }
+            if self.flooded {
+                // The rest is ignored; GOAWAY goes out first, then the connection ends.
+                return Ok(Fed::All);
             }
             let rest = wire.get(pos..).unwrap_or_default();
             if self.preface < PREFACE.len() {
@@ -411,6 +551,12 @@ impl H2Conn {
             if padded && len == 0 {
                 return Err(WireError::Malformed("grpc: padded DATA without a pad length"));
             }
+            if !ours || (len == 0 && flags & F_END_STREAM == 0) {
+                // DATA for no stream of ours, or empty and not ending the stream.
+                self.idle_frame();
+            } else {
+                self.data_since_ping = true;
+            }
             let d = DataFrame {
                 need_pad_len: padded,
                 data_left: if padded { len - 1 } else { len },
@@ -480,6 +626,7 @@ impl H2Conn {
                 }
                 self.block.clear();
                 self.block.extend_from_slice(body);
+                self.block_frames = 1;
                 self.block_stream = h.stream;
                 self.block_end_stream = h.flags & F_END_STREAM != 0;
                 self.in_block = true;
@@ -494,6 +641,10 @@ impl H2Conn {
                 if self.block.len() + p.len() > MAX_HEADER_BLOCK {
                     return Err(WireError::Malformed("grpc: header block too large"));
                 }
+                self.block_frames += 1;
+                if self.block_frames > MAX_BLOCK_FRAMES {
+                    return Err(WireError::Malformed("grpc: header block in too many frames"));
+                }
                 self.block.extend_from_slice(p);
                 if h.flags & F_END_HEADERS != 0 {
                     self.end_block()?;
@@ -507,6 +658,19 @@ impl H2Conn {
                     if !p.is_empty() {
                         return Err(WireError::Malformed("grpc: SETTINGS ACK with a payload"));
                     }
+                    self.settings_acks += 1;
+                    if self.settings_acks == 1 {
+                        // Our SETTINGS_HEADER_TABLE_SIZE is in force: the client's encoder
+                        // keeps its table within it from its next header block on.
+                        self.hpack.set_max_allowed_table_size(HPACK_TABLE_ADVERTISED);
+                        self.hpack.set_max_table_size(HPACK_TABLE_ADVERTISED);
+                    } else {
+                        self.idle_frame();
+                    }
+                    return Ok(());
+                }
+                self.idle_frame();
+                if self.flooded {
                     return Ok(());
                 }
                 if p.len() % 6 != 0 {
@@ -546,15 +710,20 @@ impl H2Conn {
                         _ => {}
                     }
                 }
-                frame(&mut self.control, T_SETTINGS, F_ACK, 0, &[]);
+                self.queue(T_SETTINGS, F_ACK, 0, &[]);
                 self.release();
             }
             T_PING => {
                 if h.stream != 0 || p.len() != 8 {
                     return Err(WireError::Malformed("grpc: bad PING"));
                 }
-                if h.flags & F_ACK == 0 {
-                    frame(&mut self.control, T_PING, F_ACK, 0, p);
+                // Keepalive and BDP pings come with traffic or seconds apart; an ACK answers
+                // nothing of ours (we never ping).
+                if h.flags & F_ACK != 0 || !std::mem::take(&mut self.data_since_ping) {
+                    self.idle_frame();
+                }
+                if h.flags & F_ACK == 0 && !self.flooded {
+                    self.queue(T_PING, F_ACK, 0, p);
                 }
             }
             T_WINDOW_UPDATE => {
@@ -564,6 +733,23 @@ impl H2Conn {
                 let inc = i64::from(u32::from_be_bytes(b) & 0x7FFF_FFFF);
                 if inc == 0 {
                     return Err(WireError::Malformed("grpc: WINDOW_UPDATE of 0"));
+                }
+                // An update that gives back DATA we sent is traffic; one beyond it (or for a
+                // stream not ours) carries nothing.
+                let credit = match h.stream {
+                    0 => Some(&mut self.credit_conn),
+                    s if s == self.stream => Some(&mut self.credit_stream),
+                    _ => None,
+                };
+                let matched = match credit {
+                    Some(c) if *c > 0 => {
+                        *c = c.saturating_sub(inc as u64);
+                        true
+                    }
+                    _ => false,
+                };
+                if !matched {
+                    self.idle_frame();
                 }
                 if h.stream == 0 {
                     self.send_conn += inc;
@@ -585,6 +771,7 @@ impl H2Conn {
                 if h.stream == self.stream {
                     return Err(WireError::Malformed("grpc: the client reset the stream"));
                 }
+                self.idle_frame();
             }
             T_GOAWAY => {
                 let code = p
@@ -599,7 +786,7 @@ impl H2Conn {
             }
             T_PUSH_PROMISE => return Err(WireError::Malformed("grpc: PUSH_PROMISE from a client")),
             // PRIORITY and unknown types are ignored (RFC 9113 §4.1, §5.5).
-            _ => {}
+            _ => self.idle_frame(),
         }
         Ok(())
     }
@@ -609,19 +796,21 @@ impl H2Conn {
     fn end_block(&mut self) -> Result<(), WireError> {
         self.in_block = false;
         let block = std::mem::take(&mut self.block);
+        let id = self.block_stream;
+        // Only the request's fields are kept; others are decoded to keep the table in step.
+        let keep = self.stream == 0 && id % 2 == 1;
         let mut headers = Vec::new();
-        let r = self.hpack.decode_with_cb(&block, |n, v| {
-            headers.push((n.into_owned(), v.into_owned()));
+        let r = decode_bounded(&mut self.hpack, &block, MAX_HEADER_LIST, |n, v| {
+            if keep {
+                headers.push((n.to_vec(), v.to_vec()));
+            }
         });
         self.block = block;
         self.block.clear();
         if self.block.capacity() > 4096 {
             self.block = Vec::new();
         }
-        if r.is_err() {
-            return Err(WireError::Malformed("grpc: bad HPACK header block"));
-        }
-        let id = self.block_stream;
+        r?;
         if self.stream == 0 && id % 2 == 1 {
             self.stream = id;
             self.send_stream = i64::from(self.peer_initial);
@@ -633,13 +822,10 @@ impl H2Conn {
                 self.remote_closed = true;
             }
         } else {
-            frame(
-                &mut self.control,
-                T_RST_STREAM,
-                0,
-                id,
-                &REFUSED_STREAM.to_be_bytes(),
-            );
+            self.idle_frame();
+            if !self.flooded {
+                self.queue(T_RST_STREAM, 0, id, &REFUSED_STREAM.to_be_bytes());
+            }
         }
         Ok(())
     }
@@ -648,24 +834,14 @@ impl H2Conn {
     fn give_back(&mut self) {
         let half = RECV_WINDOW / 2;
         if self.unacked_conn >= half {
-            frame(
-                &mut self.control,
-                T_WINDOW_UPDATE,
-                0,
-                0,
-                &self.unacked_conn.to_be_bytes(),
-            );
+            let inc = self.unacked_conn.to_be_bytes();
+            self.queue(T_WINDOW_UPDATE, 0, 0, &inc);
             self.recv_conn += i64::from(self.unacked_conn);
             self.unacked_conn = 0;
         }
         if self.unacked_stream >= half && !self.remote_closed && self.stream != 0 {
-            frame(
-                &mut self.control,
-                T_WINDOW_UPDATE,
-                0,
-                self.stream,
-                &self.unacked_stream.to_be_bytes(),
-            );
+            let inc = self.unacked_stream.to_be_bytes();
+            self.queue(T_WINDOW_UPDATE, 0, self.stream, &inc);
             self.recv_stream += i64::from(self.unacked_stream);
             self.unacked_stream = 0;
         }
@@ -712,6 +888,9 @@ impl H2Conn {
             self.held_off += n;
             self.send_conn -= n as i64;
             self.send_stream -= n as i64;
+            self.credit_conn += n as u64;
+            self.credit_stream += n as u64;
+            self.data_since_ping = true;
         }
         if self.held_off == self.held.len() {
             self.held.clear();
@@ -721,4 +900,99 @@ impl H2Conn {
             }
         }
     }
+}
+
+/// Decodes a header block one field representation at a time, adding up the header list size
+/// (RFC 9113 §6.5.2: name + value + 32 per field) as it goes: past `max` the block is refused
+/// before another field is decoded, whatever the rest of the block would expand to. `field`
+/// sees each field (name, value).
+pub fn decode_bounded(
+    hpack: &mut Decoder<'static>,
+    block: &[u8],
+    max: usize,
+    mut field: impl FnMut(&[u8], &[u8]),
+) -> Result<(), WireError> {
+    const BAD: &str = "grpc: bad HPACK header block";
+    let bad = || WireError::Malformed(BAD);
+    let mut size = 0usize;
+    let mut start = 0usize;
+    let mut at = 0usize;
+    // Bounded: every pass consumes at least one byte of the block or returns.
+    while at < block.len() {
+        let rest = block.get(at..).unwrap_or_default();
+        let first = rest.first().copied().unwrap_or(0);
+        let (len, is_field) = if first & 0x80 != 0 {
+            (int_len(rest, 7).ok_or_else(bad)?, true)
+        } else if first & 0xE0 == 0x20 {
+            (int_len(rest, 5).ok_or_else(bad)?, false)
+        } else {
+            // Literal: name index (6 bits with incremental indexing, else 4), then the name
+            // string when the index is 0, then the value string.
+            let prefix = if first & 0xC0 == 0x40 { 6 } else { 4 };
+            let mut n = int_len(rest, prefix).ok_or_else(bad)?;
+            if first & ((1u8 << prefix) - 1) == 0 {
+                n += str_len(rest.get(n..).unwrap_or_default()).ok_or_else(bad)?;
+            }
+            n += str_len(rest.get(n..).unwrap_or_default()).ok_or_else(bad)?;
+            (n, true)
+        };
+        at += len;
+        if !is_field {
+            // A table size update goes with the field after it (the decoder refuses one at
+            // the end of a block).
+            continue;
+        }
+        let rep = block.get(start..at).ok_or_else(bad)?;
+        start = at;
+        let mut over = false;
+        hpack
+            .decode_with_cb(rep, |n, v| {
+                size = size.saturating_add(n.len() + v.len() + 32);
+                if size > max {
+                    over = true;
+                } else {
+                    field(&n, &v);
+                }
+            })
+            .map_err(|_| bad())?;
+        if over {
+            return Err(WireError::Malformed(
+                "grpc: header list larger than SETTINGS_MAX_HEADER_LIST_SIZE",
+            ));
+        }
+    }
+    if start < block.len() {
+        // Only size updates at the end.
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Length of the HPACK integer with an `n`-bit prefix at the start of `b` (RFC 7541 §5.1).
+fn int_len(b: &[u8], n: u8) -> Option<usize> {
+    let mask = (1u8 << n) - 1;
+    if b.first()? & mask != mask {
+        return Some(1);
+    }
+    // Up to 4 continuation bytes (28 bits): more is no length a block could use.
+    for (i, c) in b.iter().enumerate().skip(1).take(4) {
+        if c & 0x80 == 0 {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// Length of the HPACK string literal at the start of `b` (RFC 7541 §5.2): its length
+/// integer, then that many bytes, all within `b`.
+fn str_len(b: &[u8]) -> Option<usize> {
+    let n = int_len(b, 7)?;
+    let mut v = usize::from(b.first()? & 0x7F);
+    if v == 0x7F {
+        for (i, c) in b.get(1..n)?.iter().enumerate() {
+            v += usize::from(c & 0x7F) << (7 * i);
+        }
+    }
+    let total = n.checked_add(v)?;
+    (total <= b.len()).then_some(total)
 }

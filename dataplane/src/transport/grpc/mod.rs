@@ -277,6 +277,13 @@ impl TransportHandshake for GrpcHandshake {
         };
         let mut none = NoData;
         let used = match conn.feed(data, &mut none) {
+            Ok(Fed::All) if conn.flooded() => {
+                // Our SETTINGS, then GOAWAY ENHANCE_YOUR_CALM (and what was queued before it).
+                let mut reply = Vec::new();
+                h2::server_preface(&mut reply);
+                conn.take_control(&mut reply);
+                return Ok(Upgrade::Reject(reply));
+            }
             Ok(Fed::All) => return Ok(Upgrade::NeedMore),
             Ok(Fed::Request(n)) => n,
             // Not HTTP/2 (or broken): closed without a word, like xray's gRPC server.
@@ -295,7 +302,7 @@ impl TransportHandshake for GrpcHandshake {
             && get(b"content-type").is_some_and(|c| c.starts_with(b"application/grpc"));
         let mut reply = Vec::new();
         h2::server_preface(&mut reply);
-        reply.append(&mut conn.control);
+        conn.take_control(&mut reply);
         if !gun {
             unimplemented(conn.stream(), &mut reply);
             return Ok(Upgrade::Reject(reply));
@@ -365,19 +372,23 @@ impl StreamCodec for GrpcCodec {
 
     fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
         // Pending control frames first (acks, window updates), then the data.
-        out.append(&mut self.conn.control);
+        self.conn.take_control(out);
         let mut msg = Vec::with_capacity(plain.len() + 16);
         write_message(plain, &mut msg);
         self.conn.send(&msg, out)
     }
 
     fn has_control(&self) -> bool {
-        !self.conn.control.is_empty()
+        self.conn.has_control()
     }
 
     fn take_control(&mut self, out: &mut Vec<u8>) -> Result<(), WireError> {
-        out.append(&mut self.conn.control);
+        self.conn.take_control(out);
         Ok(())
+    }
+
+    fn output_over_budget(&self) -> bool {
+        self.conn.output_over_budget()
     }
 
     fn send_blocked(&self) -> bool {

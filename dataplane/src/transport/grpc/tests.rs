@@ -26,11 +26,12 @@ fn fr(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 /// in another.
 const SING_BOX_CAPTURE: &str = "505249202a20485454502f322e300d0a0d0a534d0d0a0d0a000018040000000000000200000000000400400000000500100000000600a000000000040800000000004000000000003c010400000001418b089d5c0b8170dc69b65e6f834587626b6a637db57f877a8a9acac8b4c7602bb4f2e040027465864d833505b11f5f8b1d75d0620d263d4c4d6564000021000000000001000000001c0a1a00705d4adafc3248de951c2ab9d5765ce000010050017f00000100000c00000000000100000000070a0568656c6c6f";
 
-/// Our answer to it, derived by hand from RFC 9113 / RFC 7541: SETTINGS
-/// (MAX_CONCURRENT_STREAMS 1, INITIAL_WINDOW_SIZE 1 MiB), WINDOW_UPDATE(0, 1 MiB - 65535),
-/// SETTINGS ACK, HEADERS(stream 1, END_HEADERS) `88` (:status 200, static index 8) and
-/// `0f 10` (literal without indexing, name index 31 = content-type) `10 application/grpc`.
-const OUR_REPLY: &str = "00000c 04 00 00000000 0003 00000001 0004 00100000
+/// Our answer to it, derived by hand from RFC 9113 / RFC 7541: SETTINGS (HEADER_TABLE_SIZE
+/// 1024, MAX_CONCURRENT_STREAMS 1, INITIAL_WINDOW_SIZE 1 MiB, MAX_HEADER_LIST_SIZE 16 KiB),
+/// WINDOW_UPDATE(0, 1 MiB - 65535), SETTINGS ACK, HEADERS(stream 1, END_HEADERS) `88`
+/// (:status 200, static index 8) and `0f 10` (literal without indexing, name index 31 =
+/// content-type) `10 application/grpc`.
+const OUR_REPLY: &str = "000018 04 00 00000000 0001 00000400 0003 00000001 0004 00100000 0006 00004000
     000004 08 00 00000000 000f0001
     000000 04 01 00000000
     000014 01 04 00000001 88 0f10 10 6170706c69636174696f6e2f67727063";
@@ -178,7 +179,9 @@ fn rfc7541_c4_request_blocks_and_refused_streams() {
     let mut want = hx("000000 04 01 00000000");
     want.extend(hx("000004 03 00 00000003 00000007"));
     want.extend(hx("000004 03 00 00000005 00000007"));
-    assert_eq!(c.control, want);
+    let mut ctl = Vec::new();
+    c.take_control(&mut ctl);
+    assert_eq!(ctl, want);
     // A block that indexes past the table is an error, not a panic.
     let bad = fr(1, 4, 7, &hx("ff ff 7f"));
     assert!(c.feed(&bad, &mut sink).is_err());
@@ -412,17 +415,210 @@ fn held_and_control_bytes_are_bounded() {
     }
     assert_eq!(results, [true, true, true, false, false]);
     assert!(out.is_empty());
-    // A PING flood whose answers are never taken.
+    // A PING flood whose answers are never taken: GOAWAY ENHANCE_YOUR_CALM, and the codec
+    // over budget until it has left; then the connection ends.
     let (mut f, _) = gun_codec(&[]);
     let ping = fr(6, 0, 0, b"12345678");
-    let mut r = Ok(0);
     for _ in 0..(h2::MAX_CONTROL / 17 / 100 + 2) {
-        r = f.open(&ping.repeat(100), &mut out);
-        if r.is_err() {
-            break;
-        }
+        f.open(&ping.repeat(100), &mut out).unwrap();
     }
+    assert!(f.output_over_budget());
+    let mut ctl = Vec::new();
+    f.take_control(&mut ctl).unwrap();
+    assert!(ctl.len() <= 17 * (h2::FLOOD_FRAMES as usize + 1), "{}", ctl.len());
+    assert!(ctl.ends_with(&hx("000008 07 00 00000000 00000001 0000000b")));
+    assert!(!f.output_over_budget());
+    assert!(f.open(&ping, &mut out).is_err());
+}
+
+/// Gun over the capture's connection, with the request done: DATA frames for stream 1
+/// carrying one gRPC message each.
+fn hunk(data: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    write_message(data, &mut m);
+    fr(0, 0, 1, &m)
+}
+
+/// Frames that carry nothing for the tunnel, each sent past the flood limit within one
+/// window: GOAWAY(last stream 1, ENHANCE_YOUR_CALM), nothing else answered after it, and the
+/// next read is an error. Today's main answered (or ignored) every one of them for ever.
+#[test]
+fn control_frame_floods_end_with_goaway_enhance_your_calm() {
+    let floods: [(&str, Vec<u8>); 8] = [
+        ("SETTINGS", fr(4, 0, 0, &[])),
+        ("SETTINGS ACK", fr(4, 1, 0, &[])),
+        ("PING", fr(6, 0, 0, b"12345678")),
+        ("PING ACK", fr(6, 1, 0, b"12345678")),
+        ("WINDOW_UPDATE", fr(8, 0, 0, &hx("00000001"))),
+        ("RST_STREAM", fr(3, 0, 3, &hx("00000008"))),
+        ("PRIORITY", fr(2, 0, 3, &hx("00000000 10"))),
+        ("empty DATA", fr(0, 0, 1, &[])),
+    ];
+    let goaway = hx("000008 07 00 00000000 00000001 0000000b");
+    for (name, frame) in floods {
+        let (mut f, _) = gun_codec(&[]);
+        let mut out = Vec::new();
+        let mut ctl = Vec::new();
+        // In reads of 100 frames, the client never reading our answers.
+        for _ in 0..(h2::FLOOD_FRAMES as usize / 100 + 2) {
+            f.open(&frame.repeat(100), &mut out).unwrap();
+        }
+        assert!(out.is_empty(), "{name}");
+        assert!(
+            f.output_over_budget(),
+            "{name}: GOAWAY must leave before more is read"
+        );
+        f.take_control(&mut ctl).unwrap();
+        assert!(
+            ctl.ends_with(&goaway),
+            "{name}: {:02x?}",
+            &ctl[ctl.len().saturating_sub(40)..]
+        );
+        assert!(
+            ctl.len() <= 17 * (h2::FLOOD_FRAMES as usize + 1),
+            "{name}: {}",
+            ctl.len()
+        );
+        assert!(f.open(&frame, &mut out).is_err(), "{name}");
+    }
+    // Refused streams (HEADERS `82`: :method GET on streams 3, 5, …) count too.
+    let (mut f, _) = gun_codec(&[]);
+    let mut wire = Vec::new();
+    for i in 0..(h2::FLOOD_FRAMES + 1) {
+        wire.extend(fr(1, 4 | 1, 3 + 2 * i, &hx("82")));
+    }
+    f.open(&wire, &mut Vec::new()).unwrap();
+    let mut ctl = Vec::new();
+    f.take_control(&mut ctl).unwrap();
+    assert!(ctl.ends_with(&goaway));
+    // Before the request: our SETTINGS then GOAWAY, and the handshake ends.
+    let mut wire = hx(SING_BOX_CAPTURE)[..24 + 9 + 24].to_vec();
+    wire.extend(fr(6, 0, 0, b"12345678").repeat(h2::FLOOD_FRAMES as usize + 1));
+    let mut h = GrpcHandshake::new(&settings());
+    let Upgrade::Reject(reply) = h.feed(&wire).unwrap() else {
+        panic!("a PING flood before the request was not refused")
+    };
+    assert!(reply.starts_with(&hx("000018 04 00 00000000")));
+    assert!(reply.ends_with(&hx("000008 07 00 00000000 00000000 0000000b")));
+}
+
+/// What a real client sends alongside traffic is no flood: a WINDOW_UPDATE (connection and
+/// stream) for every 4 KiB we sent, a PING after each DATA (grpc-go's BDP probe), and a few
+/// control frames spread over time.
+#[test]
+fn control_frames_with_traffic_are_no_flood() {
+    let (mut f, _) = gun_codec(&fr(4, 0, 0, &hx("0004 7fffffff")));
+    let mut out = Vec::new();
+    let mut wire = Vec::new();
+    for _ in 0..4 * h2::FLOOD_FRAMES {
+        f.seal(&[7u8; 16 * 1024], &mut wire).unwrap();
+        let mut up = Vec::new();
+        for _ in 0..4 {
+            up.extend(fr(8, 0, 0, &hx("00001000")));
+            up.extend(fr(8, 0, 1, &hx("00001000")));
+        }
+        up.extend(fr(6, 0, 0, b"bdp-ping"));
+        f.open(&up, &mut out).unwrap();
+        f.take_control(&mut Vec::new()).unwrap();
+    }
+    f.open(&hunk(b"still here"), &mut out).unwrap();
+    assert_eq!(out, b"still here");
+    // Pings and SETTINGS changes without traffic, below the limit in every window.
+    let mut c = H2Conn::default();
+    let mut wire = h2::PREFACE.to_vec();
+    wire.extend(fr(1, 4, 1, &hx("83")));
+    assert!(matches!(c.feed(&wire, &mut NoData).unwrap(), Fed::Request(_)));
+    c.take_request().unwrap();
+    for _ in 0..10 {
+        let mut up = fr(6, 0, 0, b"keepaliv").repeat(h2::FLOOD_FRAMES as usize / 2);
+        up.extend(fr(4, 0, 0, &hx("0004 7fffffff")));
+        assert_eq!(c.feed(&up, &mut NoData).unwrap(), Fed::All);
+        assert!(!c.flooded());
+        c.take_control(&mut Vec::new());
+        // Time passes: the next frames fall in a new window.
+        c.age_flood_window();
+    }
+}
+
+/// PING answers queued for a client that sends DATA but does not read put the codec over its
+/// output budget (the relay then stops reading from it) before they reach 2 budgets.
+#[test]
+fn unread_answers_put_the_codec_over_budget() {
+    let (mut f, _) = gun_codec(&[]);
+    let mut out = Vec::new();
+    let mut n = 0;
+    while !f.output_over_budget() {
+        let mut up = hunk(b"x");
+        up.extend(fr(6, 0, 0, b"12345678"));
+        f.open(&up, &mut out).unwrap();
+        n += 1;
+        assert!(n < 10_000, "never over budget");
+    }
+    let mut ctl = Vec::new();
+    f.take_control(&mut ctl).unwrap();
+    assert!(ctl.len() > h2::CONTROL_BUDGET && ctl.len() < 2 * h2::CONTROL_BUDGET);
+    assert!(!f.output_over_budget());
+    assert_eq!(out.len(), n);
+}
+
+/// An HPACK bomb: one 4000-byte header inserted into the dynamic table, then referenced
+/// (one byte each) for the rest of a 16 KiB HEADERS frame — 12,000 references, ~48 MB
+/// decoded (today's main decoded all of it: 235 MiB for a 64 KiB block). Decoding stops once
+/// the list passes SETTINGS_MAX_HEADER_LIST_SIZE, after a handful of fields.
+#[test]
+fn hpack_bomb_stops_at_the_header_list_limit() {
+    let mut block = vec![0x40, 0x01, b'x', 0x7f];
+    // Value length 4000 = 127 + 3873: 3873 = 0x21 + 0x1e * 128 → a1 1e.
+    block.extend_from_slice(&[0xa1, 0x1e]);
+    block.extend(std::iter::repeat_n(b'v', 4000));
+    block.extend(std::iter::repeat_n(0xbe, 16 * 1024 - 9 - block.len()));
+    let mut decoded = 0usize;
+    let mut hpack = loona_hpack::Decoder::new();
+    let r = h2::decode_bounded(&mut hpack, &block, h2::MAX_HEADER_LIST, |n, v| {
+        decoded += n.len() + v.len() + 32;
+    });
     assert!(r.is_err());
+    assert!(decoded <= h2::MAX_HEADER_LIST, "{decoded}");
+    // Through the connection: an error (the handshake closes without a word).
+    let mut c = H2Conn::default();
+    let mut wire = h2::PREFACE.to_vec();
+    wire.extend(fr(4, 0, 0, &[]));
+    wire.extend(fr(1, 4 | 1, 1, &block[..block.len()]));
+    assert!(c.feed(&wire, &mut NoData).is_err());
+    let mut h = GrpcHandshake::new(&settings());
+    assert!(matches!(h.feed(&wire).unwrap(), Upgrade::Reject(r) if r.is_empty()));
+    // The same fields within the limit decode, Huffman and size updates included (the
+    // RFC 7541 C.4 and C.6 blocks are covered above and by the capture).
+    let mut hpack = loona_hpack::Decoder::new();
+    let mut got = Vec::new();
+    let ok = [&[0x20u8, 0x3f, 0xe1, 0x1f][..], &block[..4006], &[0xbe, 0xbe]].concat();
+    h2::decode_bounded(&mut hpack, &ok, h2::MAX_HEADER_LIST, |n, v| {
+        got.push((n.to_vec(), v.len()))
+    })
+    .unwrap();
+    assert_eq!(got, vec![(b"x".to_vec(), 4000); 3]);
+    // Truncated representations are errors.
+    for bad in [&[0x40, 0x01][..], &[0xff], &[0x00, 0x85, b'a'], &[0x3f, 0xe1]] {
+        assert!(h2::decode_bounded(&mut loona_hpack::Decoder::new(), bad, 1 << 20, |_, _| {}).is_err());
+    }
+}
+
+/// A header block in more frames than a request needs (a CONTINUATION flood) is refused, as
+/// is one larger than 16 KiB.
+#[test]
+fn continuation_floods_are_bounded() {
+    let mut c = H2Conn::default();
+    let mut wire = h2::PREFACE.to_vec();
+    wire.extend(fr(1, 0, 1, &hx("82")));
+    for _ in 0..h2::MAX_BLOCK_FRAMES {
+        wire.extend(fr(9, 0, 1, &[]));
+    }
+    assert!(c.feed(&wire, &mut NoData).is_err());
+    let mut c = H2Conn::default();
+    let mut wire = h2::PREFACE.to_vec();
+    wire.extend(fr(1, 0, 1, &[0x82; 16 * 1024]));
+    wire.extend(fr(9, 4, 1, &[0x82]));
+    assert!(c.feed(&wire, &mut NoData).is_err());
 }
 
 /// The client's END_STREAM is its half-close; our end is the trailers `grpc-status: 0`

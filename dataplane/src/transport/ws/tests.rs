@@ -212,8 +212,52 @@ fn idle_codec_holds_no_buffers() {
     let mut out = Vec::new();
     c.open(&[0x89, 0x80, 1, 2, 3, 4], &mut out).unwrap();
     c.take_control(&mut Vec::new()).unwrap();
-    assert_eq!(c.ctrl.capacity(), 0);
-    assert_eq!(c.control_out.capacity(), 0);
+    assert_eq!(c.ctrl.len, 0);
+    assert_eq!(c.control_len(), 0);
+}
+
+/// A masked client ping carrying `payload`.
+fn ping(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0x89, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// A client that pings and never reads gets one pong, for its latest ping (RFC 6455 §5.5.3);
+/// what waits for it stays bounded however many pings arrive (today's main queued every pong:
+/// ~127 bytes per 131-byte ping, +1.1 GiB in seconds from 8 connections).
+#[test]
+fn ping_flood_is_answered_by_one_pong_for_the_latest_ping() {
+    let mut c = WsCodec::default();
+    let mut out = Vec::new();
+    let mut wire = Vec::new();
+    for i in 0..10_000u32 {
+        let mut p = [b'p'; 125];
+        p[..4].copy_from_slice(&i.to_be_bytes());
+        wire.extend(ping(&p, [1, 2, 3, 4]));
+    }
+    // In several reads, with the client never taking our answers.
+    for part in wire.chunks(4093) {
+        assert_eq!(c.open(part, &mut out).unwrap(), part.len());
+        assert!(c.control_len() <= MAX_CONTROL_OUT);
+        assert!(!c.output_over_budget());
+    }
+    assert!(out.is_empty());
+    let mut ctl = Vec::new();
+    c.take_control(&mut ctl).unwrap();
+    let mut want = vec![0x8a, 125];
+    want.extend_from_slice(&9_999u32.to_be_bytes());
+    want.extend_from_slice(&[b'p'; 121]);
+    assert_eq!(ctl, want);
+    assert!(!c.has_control());
+    // A ping then a close: the pong goes first, then the close; later pings are ignored.
+    c.open(&ping(b"last", [9, 9, 9, 9]), &mut out).unwrap();
+    c.open(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8], &mut out).unwrap();
+    c.open(&ping(b"after", [9, 9, 9, 9]), &mut out).unwrap();
+    let mut ctl = Vec::new();
+    c.take_control(&mut ctl).unwrap();
+    assert_eq!(ctl, [&[0x8a, 4][..], b"last", &[0x88, 2, 0x03, 0xe8]].concat());
 }
 
 proptest::proptest! {
