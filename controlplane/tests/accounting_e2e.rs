@@ -4,14 +4,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use v2sp_shared::panel::Action;
-use v2sp_shared::shm::{Command as ShmCommand, CoreShm, DataplaneShm, IpEvent, IpEventKind};
+use v2sp_shared::shm::{Command as ShmCommand, IpEvent, IpEventKind};
 use v2sp_testsupport::panel_sim::{user, Fault, PanelSim, SimOptions};
+
+mod common;
+use common::{kill, log_of, pump, sigterm, spawn_agent, wait_totals, Env, FakeDataplane};
 
 const UUIDS: [&str; 3] = [
     "a7b4b8ab-42d7-4c48-a0c5-91fd4bd53c37",
@@ -19,100 +22,25 @@ const UUIDS: [&str; 3] = [
     "f47ac10b-58cc-4372-a567-0e02b2c3d479",
 ];
 
-struct Env {
-    dir: tempfile::TempDir,
-    cfg: PathBuf,
-}
-
 fn ss_node(port: u16) -> serde_json::Value {
     json!({"node_type":"shadowsocks","server_port":port,"cipher":"aes-128-gcm",
            "base_config":{"push_interval":1,"pull_interval":1}})
 }
 
 fn env_with(nodes: &[(String, u32)]) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let nodes: Vec<_> = nodes
-        .iter()
-        .map(|(host, id)| json!({"ApiHost": host, "ApiKey": "test-token", "NodeID": id, "NodeType": "shadowsocks", "Timeout": 2}))
-        .collect();
-    let cfg = json!({
-        "Log": {"Level": "info"},
-        "StateDir": dir.path().join("state"),
-        "Dataplane": {"ShmDir": dir.path().join("shm"), "AllowPrivateDestinations": true},
-        "Nodes": nodes,
-    });
-    let path = dir.path().join("config.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
-    Env { dir, cfg: path }
-}
-
-fn spawn_agent(env: &Env) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(env.dir.path().join("agent.log"))
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_v2sp"))
-        .args(["run", "--no-dataplane", "-c"])
-        .arg(&env.cfg)
-        .env("V2SP_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn log_of(env: &Env) -> String {
-    std::fs::read_to_string(env.dir.path().join("agent.log")).unwrap_or_default()
-}
-
-fn sigterm(child: &mut Child) {
-    unsafe_free_kill(child.id(), "TERM");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("agent did not stop on SIGTERM");
-}
-
-fn unsafe_free_kill(pid: u32, sig: &str) {
-    Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-}
-
-/// This test's stand-in for the data plane.
-struct FakeDataplane {
-    _shm: DataplaneShm,
-    core: CoreShm,
+    Env::with_nodes(
+        nodes
+            .iter()
+            .map(|(host, id)| json!({"ApiHost": host, "ApiKey": "test-token", "NodeID": id, "NodeType": "shadowsocks", "Timeout": 2}))
+            .collect(),
+    )
 }
 
 impl FakeDataplane {
-    fn attach(shm_dir: &Path) -> FakeDataplane {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(shm) = DataplaneShm::attach(shm_dir) {
-                shm.register(1, 2).unwrap();
-                let core = shm.core(0).unwrap();
-                return FakeDataplane { _shm: shm, core };
-            }
-            assert!(
-                Instant::now() < deadline,
-                "control plane never created shared memory"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Slot and user count of each served node, by port.
     fn served(&mut self) -> BTreeMap<u16, (u16, usize)> {
         self.core.tick();
-        let Some((_, cfg)) = self._shm.read_config().unwrap() else {
+        let Some((_, cfg)) = self.shm.read_config().unwrap() else {
             return BTreeMap::new();
         };
         cfg.nodes
@@ -155,55 +83,6 @@ fn sim_with_node(id: u32, port: u16) -> PanelSim {
             .collect(),
     );
     sim
-}
-
-/// Pump traffic for `dur`, calling `during(elapsed)` between rounds; returns what was counted.
-fn pump(
-    dp: &mut FakeDataplane,
-    slot: u16,
-    dur: Duration,
-    expected: &mut BTreeMap<u32, (u64, u64)>,
-    mut during: impl FnMut(Duration),
-) {
-    let start = Instant::now();
-    let mut i = 0u64;
-    while start.elapsed() < dur {
-        for uid in 1..=3u32 {
-            let (up, down) = (1000 + i * uid as u64, 7 * i + uid as u64);
-            dp.core.add_traffic(slot, uid, up, down);
-            let e = expected.entry(uid).or_default();
-            e.0 += up;
-            e.1 += down;
-        }
-        dp.core.tick();
-        during(start.elapsed());
-        i += 1;
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_totals(
-    sim: &PanelSim,
-    dp: &mut FakeDataplane,
-    node: u32,
-    expected: &BTreeMap<u32, (u64, u64)>,
-    env: &Env,
-) {
-    let deadline = Instant::now() + Duration::from_secs(25);
-    loop {
-        dp.core.tick();
-        let got = sim.totals(node);
-        if &got == expected {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "panel totals {got:?} != counted {expected:?}\n--- agent log ---\n{}",
-                log_of(env)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -369,7 +248,7 @@ fn sigterm_pushes_the_last_bytes() {
     pump(&mut dp, slot, Duration::from_millis(300), &mut expected, |_| {});
     // Stop right away: the final harvest + push must deliver everything.
     let pid = agent.id();
-    unsafe_free_kill(pid, "TERM");
+    kill(pid, "TERM");
     let deadline = Instant::now() + Duration::from_secs(20);
     while agent.try_wait().unwrap().is_none() {
         dp.core.tick(); // keep acknowledging harvests while it drains

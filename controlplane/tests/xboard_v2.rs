@@ -4,14 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use v2sp_shared::panel::Action;
-use v2sp_shared::shm::{CoreShm, DataplaneShm};
 use v2sp_testsupport::panel_sim::{user, Fault, PanelSim, SimOptions};
+
+mod common;
+use common::{log_of, pump, sigterm, spawn_agent, wait_totals, Env, FakeDataplane};
 
 const UUIDS: [&str; 4] = [
     "a7b4b8ab-42d7-4c48-a0c5-91fd4bd53c37",
@@ -20,27 +20,13 @@ const UUIDS: [&str; 4] = [
     "3d6f0a8e-2b1c-4e5f-9a7b-8c9d0e1f2a3b",
 ];
 
-struct Env {
-    dir: tempfile::TempDir,
-    cfg: PathBuf,
-}
-
 fn ss_node(port: u16) -> Value {
     json!({"node_type":"shadowsocks","server_port":port,"cipher":"aes-128-gcm",
            "base_config":{"push_interval":1,"pull_interval":1}})
 }
 
 fn env_with(nodes: Vec<Value>) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = json!({
-        "Log": {"Level": "info"},
-        "StateDir": dir.path().join("state"),
-        "Dataplane": {"ShmDir": dir.path().join("shm"), "AllowPrivateDestinations": true},
-        "Nodes": nodes,
-    });
-    let path = dir.path().join("config.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
-    Env { dir, cfg: path }
+    Env::with_nodes(nodes)
 }
 
 fn node_entry(sim: &PanelSim, id: u32, version: &str) -> Value {
@@ -48,67 +34,7 @@ fn node_entry(sim: &PanelSim, id: u32, version: &str) -> Value {
            "NodeType": "shadowsocks", "Timeout": 2, "ApiVersion": version})
 }
 
-fn spawn_agent(env: &Env) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(env.dir.path().join("agent.log"))
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_v2sp"))
-        .args(["run", "--no-dataplane", "-c"])
-        .arg(&env.cfg)
-        .env("V2SP_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn log_of(env: &Env) -> String {
-    std::fs::read_to_string(env.dir.path().join("agent.log")).unwrap_or_default()
-}
-
-fn sigterm(child: &mut Child) {
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    panic!("agent did not stop on SIGTERM");
-}
-
-/// This test's stand-in for the data plane.
-struct FakeDataplane {
-    shm: DataplaneShm,
-    core: CoreShm,
-}
-
 impl FakeDataplane {
-    fn attach(shm_dir: &Path) -> FakeDataplane {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(shm) = DataplaneShm::attach(shm_dir) {
-                shm.register(1, 2).unwrap();
-                let core = shm.core(0).unwrap();
-                return FakeDataplane { shm, core };
-            }
-            assert!(
-                Instant::now() < deadline,
-                "control plane never created shared memory"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Slot and user ids of each served node, by port.
     fn served(&mut self) -> BTreeMap<u16, (u16, Vec<u32>)> {
         self.core.tick();
         let Some((_, cfg)) = self.shm.read_config().unwrap() else {
@@ -173,56 +99,6 @@ fn add_node(sim: &PanelSim, id: u32, port: u16, users: usize) {
     );
 }
 
-fn pump(
-    dp: &mut FakeDataplane,
-    slot: u16,
-    dur: Duration,
-    expected: &mut BTreeMap<u32, (u64, u64)>,
-    mut during: impl FnMut(Duration),
-) {
-    let start = Instant::now();
-    let mut i = 0u64;
-    while start.elapsed() < dur {
-        for uid in 1..=3u32 {
-            let (up, down) = (1000 + i * uid as u64, 7 * i + uid as u64);
-            dp.core.add_traffic(slot, uid, up, down);
-            let e = expected.entry(uid).or_default();
-            e.0 += up;
-            e.1 += down;
-        }
-        dp.core.tick();
-        during(start.elapsed());
-        i += 1;
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_totals(
-    sim: &PanelSim,
-    dp: &mut FakeDataplane,
-    node: u32,
-    expected: &BTreeMap<u32, (u64, u64)>,
-    env: &Env,
-) {
-    let deadline = Instant::now() + Duration::from_secs(25);
-    loop {
-        dp.core.tick();
-        let got = sim.totals(node);
-        if &got == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "panel totals {got:?} != counted {expected:?}\n--- agent log ---\n{}",
-            log_of(env)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `ApiVersion: auto` settles on v2; traffic goes out as v2 `report` only (no v1 push/alive),
-/// with `Content-Type: application/json` and the report id, and arrives exact to the byte
-/// through 500-after-apply, reset-after-apply, HTML answers and a three-interval outage.
 #[test]
 fn v2_report_exact_through_outage_and_bad_answers() {
     let sim = v2_sim();

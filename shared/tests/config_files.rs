@@ -167,7 +167,11 @@ fn config_nested_api_config_and_options() {
     // The fixture (a Go agent's config) enables PROXY protocol without saying from whom: v2sp
     // then takes PROXY headers from loopback only, and says so once.
     assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
-    assert!(l.warnings[0].path.ends_with("ProxyProtocolFrom"), "{:?}", l.warnings);
+    assert!(
+        l.warnings[0].path.ends_with("ProxyProtocolFrom"),
+        "{:?}",
+        l.warnings
+    );
     let c = &l.config;
     assert_eq!(c.log.level, LogLevel::Debug);
     let n = &c.nodes[0];

@@ -44,9 +44,9 @@ pub use error::{ConfigError, ConfigWarning};
 pub use model::{
     ApiDialect, ApiVersion, BrutalConfig, CertConfig, CertMode, Config, CoreConfig, CoreLog,
     DataplaneSettings, DynamicSpeedLimitConfig, Fallback, IoMode, LimitConfig, LogConfig, LogFormat,
-    LogLevel, MetricsSettings, MultiplexConfig, NodeEntry, NodeOrigin, NtpConfig, Timeouts,
-    TimeoutsSource, XrayConnectionConfig, DEFAULT_ACME_DIRECTORY, DEFAULT_ACME_HTTP_LISTEN,
-    DEFAULT_API_HOST, DEFAULT_SHM_DIR, DEFAULT_STATE_DIR, DEFAULT_TIMEOUT_SECS, NONPOSITIVE_TIMEOUT_SECS,
+    LogLevel, MetricsSettings, MultiplexConfig, NodeEntry, NodeOrigin, NtpConfig, Timeouts, TimeoutsSource,
+    XrayConnectionConfig, DEFAULT_ACME_DIRECTORY, DEFAULT_ACME_HTTP_LISTEN, DEFAULT_API_HOST,
+    DEFAULT_SHM_DIR, DEFAULT_STATE_DIR, DEFAULT_TIMEOUT_SECS, NONPOSITIVE_TIMEOUT_SECS,
 };
 
 /// Default config path (`-c`).
