@@ -192,7 +192,7 @@ fn ss_udp_spoof_flood_100_users_rss_under_16mib() {
                         sent += 1;
                     }
                     // Paced to 20 000 a second.
-                    if sent % 200 == 0 {
+                    if sent.is_multiple_of(200) {
                         let due = Duration::from_micros(sent * 50);
                         if let Some(wait) = due.checked_sub(started.elapsed()) {
                             std::thread::sleep(wait);

@@ -250,7 +250,7 @@ fn ws_ping_flood_rss_under_64mib() {
     let authed = AtomicU64::new(0);
     run("ws ping flood", Transport::Ws, 64, |t, stop| {
         // Half the connections authenticate first (a VLESS request in a binary frame).
-        let auth = authed.fetch_add(1, Ordering::Relaxed) % 2 == 0;
+        let auth = authed.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
         let pings = ws_frame(9, &[b'p'; 125]).repeat(500);
         let mut sent = 0;
         while !stop.load(Ordering::Relaxed) {

@@ -441,7 +441,7 @@ impl Core {
     fn sweep_idle(&self) {
         let n = self.sweeps.get().wrapping_add(1);
         self.sweeps.set(n);
-        if n % 4 != 0 {
+        if !n.is_multiple_of(4) {
             return;
         }
         let now = tokio::time::Instant::now();

@@ -236,7 +236,7 @@ impl Segment {
                 self.map.len()
             )));
         }
-        if (self.map.as_ptr() as usize + off) % align != 0 {
+        if !(self.map.as_ptr() as usize + off).is_multiple_of(align) {
             return Err(self.layout_err(&format!("offset {off} not aligned to {align}")));
         }
         Ok(())

@@ -91,7 +91,7 @@ pub fn decode_key(s: &str) -> Option<[u8; 32]> {
 /// A short id as REALITY stores it: up to 16 hex digits, zero-padded on the right to 8 bytes.
 pub fn decode_short_id(s: &str) -> Option<[u8; 8]> {
     let s = s.trim();
-    if s.len() > 16 || s.len() % 2 != 0 {
+    if s.len() > 16 || !s.len().is_multiple_of(2) {
         return None;
     }
     let v = hex::decode(s).ok()?;

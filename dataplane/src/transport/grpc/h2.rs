@@ -673,7 +673,7 @@ impl H2Conn {
                 if self.flooded {
                     return Ok(());
                 }
-                if p.len() % 6 != 0 {
+                if !p.len().is_multiple_of(6) {
                     return Err(WireError::Malformed("grpc: SETTINGS length not a multiple of 6"));
                 }
                 for s in p.chunks_exact(6) {
