@@ -37,8 +37,33 @@ impl Env {
     }
 }
 
+/// The agent process; killed when dropped, so a failing test leaves no agent behind.
+pub(crate) struct Agent(Child);
+
+impl std::ops::Deref for Agent {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `v2sp run --no-dataplane`, its log appended to the directory's `agent.log`.
-pub(crate) fn spawn_agent(env: &Env) -> Child {
+pub(crate) fn spawn_agent(env: &Env) -> Agent {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -51,6 +76,7 @@ pub(crate) fn spawn_agent(env: &Env) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(Agent)
         .unwrap()
 }
 
