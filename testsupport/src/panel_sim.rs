@@ -261,6 +261,22 @@ struct WsConn {
 }
 
 impl State {
+    /// A machine's nodes as `machine/nodes` and `sync.nodes` list them.
+    fn machine_node_list(&self, nodes: &[u32]) -> Vec<Value> {
+        nodes
+            .iter()
+            .map(|id| {
+                let ty = self
+                    .nodes
+                    .get(id)
+                    .and_then(|n| n.get("node_type").or_else(|| n.get("protocol")))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                json!({"id": id, "type": ty, "name": format!("node-{id}")})
+            })
+            .collect()
+    }
+
     fn outage(&self) -> bool {
         self.faults.values().any(|p| p.fault == Fault::Outage)
     }
@@ -375,18 +391,7 @@ impl PanelSim {
         let mut st = self.shared.lock();
         st.machines.insert(machine_id, (token.to_string(), nodes.clone()));
         // `sync.nodes` is always published to the machine's socket.
-        let list: Vec<Value> = nodes
-            .iter()
-            .map(|id| {
-                let ty = st
-                    .nodes
-                    .get(id)
-                    .and_then(|n| n.get("node_type").or_else(|| n.get("protocol")))
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                json!({"id": id, "type": ty, "name": format!("node-{id}")})
-            })
-            .collect();
+        let list = st.machine_node_list(&nodes);
         let frame = json!({"event": "sync.nodes", "data": {"nodes": list}, "timestamp": 0}).to_string();
         for c in st.ws_conns.iter().filter(|c| c.machine == Some(machine_id)) {
             let _ = c.tx.send(frame.clone());
@@ -1086,18 +1091,7 @@ fn handle_action(req: &Request, action: Action, shared: &Shared) -> Reply {
             return Reply::json(200, &json!({"data": true}));
         }
         if action == Action::MachineNodes {
-            let list: Vec<Value> = nodes
-                .iter()
-                .map(|id| {
-                    let ty = st
-                        .nodes
-                        .get(id)
-                        .and_then(|n| n.get("node_type").or_else(|| n.get("protocol")))
-                        .cloned()
-                        .unwrap_or(Value::Null);
-                    json!({"id": id, "type": ty, "name": format!("node-{id}")})
-                })
-                .collect();
+            let list = st.machine_node_list(nodes);
             return Reply::json(
                 200,
                 &json!({"nodes": list, "base_config": {"push_interval": 1, "pull_interval": 1}}),

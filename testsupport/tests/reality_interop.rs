@@ -385,6 +385,23 @@ fn fetch_big(socks: u16, counter: &Counter, dir: &Path, logs: &dyn Fn() -> Strin
     }
 }
 
+/// After a Vision fetch through `counter`: both directions switched to direct (the data
+/// plane's debug log), more than the 4 MiB body came down, and the panel's totals equal what
+/// the counting proxy saw each way.
+fn vision_went_direct_and_counted_exactly(v: &V2sp, counter: &Counter) {
+    std::thread::sleep(Duration::from_millis(500));
+    let log = v.agent.log();
+    assert!(
+        log.contains("vision: uplink direct") && log.contains("vision: downlink direct"),
+        "Vision never switched both directions to direct:\n{log}"
+    );
+    let up = counter.up.load(std::sync::atomic::Ordering::SeqCst);
+    let down = counter.down.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(down > 4 << 20, "counter saw {down} bytes down");
+    let exp = BTreeMap::from([(1u32, (up, down))]);
+    v.wait_totals(1, &exp, Duration::from_secs(20)).unwrap();
+}
+
 /// VLESS + Vision over ordinary TLS (`tls: 1`, CertMode self): the same inner-TLS fetch,
 /// both directions switch to direct, exact totals.
 #[test]
@@ -416,17 +433,7 @@ fn tls_vision_shoes_inner_tls_exact_accounting() {
         format!("--- shoes ---\n{}\n--- v2sp ---\n{}", p.log(), v.agent.log())
     });
     drop(p);
-    std::thread::sleep(Duration::from_millis(500));
-    let log = v.agent.log();
-    assert!(
-        log.contains("vision: uplink direct") && log.contains("vision: downlink direct"),
-        "Vision never switched both directions to direct:\n{log}"
-    );
-    let up = counter.up.load(std::sync::atomic::Ordering::SeqCst);
-    let down = counter.down.load(std::sync::atomic::Ordering::SeqCst);
-    let mut exp = BTreeMap::new();
-    exp.insert(1u32, (up, down));
-    v.wait_totals(1, &exp, Duration::from_secs(20)).unwrap();
+    vision_went_direct_and_counted_exactly(&v, &counter);
 }
 
 /// VLESS + REALITY + Vision: curl fetches 4 MiB over TLS from nginx through shoes → v2sp, so
@@ -445,18 +452,7 @@ fn reality_vision_shoes_inner_tls_exact_accounting() {
         format!("--- shoes ---\n{}\n--- v2sp ---\n{}", p.log(), s.v.agent.log())
     });
     drop(p);
-    std::thread::sleep(Duration::from_millis(500));
-    let log = s.v.agent.log();
-    assert!(
-        log.contains("vision: uplink direct") && log.contains("vision: downlink direct"),
-        "Vision never switched both directions to direct:\n{log}"
-    );
-    let up = counter.up.load(std::sync::atomic::Ordering::SeqCst);
-    let down = counter.down.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(down > 4 << 20, "counter saw {down} bytes down");
-    let mut exp = BTreeMap::new();
-    exp.insert(1u32, (up, down));
-    s.v.wait_totals(1, &exp, Duration::from_secs(20)).unwrap();
+    vision_went_direct_and_counted_exactly(&s.v, &counter);
     // The same user without the flow gets nothing through.
     let (p, socks) = shoes(s.v.dir.path(), port, UUIDS[0], &s.public_key, SHORT_ID, false);
     if tcp_echo_through(socks, s.echo.port, &payload(4096, 8)).is_ok() {
@@ -500,16 +496,7 @@ fn xray_reality_vision_inner_tls_exact_accounting() {
         format!("--- xray ---\n{}\n--- v2sp ---\n{}", p.log(), s.v.agent.log())
     });
     drop(p);
-    std::thread::sleep(Duration::from_millis(500));
-    let log = s.v.agent.log();
-    assert!(
-        log.contains("vision: uplink direct") && log.contains("vision: downlink direct"),
-        "Vision never switched both directions to direct:\n{log}"
-    );
-    let up = counter.up.load(std::sync::atomic::Ordering::SeqCst);
-    let down = counter.down.load(std::sync::atomic::Ordering::SeqCst);
-    let exp = BTreeMap::from([(1u32, (up, down))]);
-    s.v.wait_totals(1, &exp, Duration::from_secs(20)).unwrap();
+    vision_went_direct_and_counted_exactly(&s.v, &counter);
 }
 
 /// Issue 13: Trojan over REALITY with Xray as the client: 1 MiB echoed sha256-checked both

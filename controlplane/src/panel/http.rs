@@ -275,8 +275,14 @@ impl PanelClient {
             m.extend(auth);
         }
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        self.post_acknowledged(action, &bytes)
+    }
+
+    /// A report without a journal (alive, status): one POST (transport retries allowed), then
+    /// the acknowledgement rule — only the panel's own JSON 2xx is success.
+    fn post_acknowledged(&mut self, action: Action, bytes: &[u8]) -> Result<(), PanelError> {
         let (code, _, reply) = self
-            .exchange(action, None, Some((&bytes, None)), true)
+            .exchange(action, None, Some((bytes, None)), true)
             .map_err(|(e, _)| e)?;
         match PushOutcome::from_answer(code, &reply) {
             PushOutcome::Accepted => Ok(()),
@@ -305,8 +311,14 @@ impl PanelClient {
 
     /// One v2 `report`; `report_id` for traffic batches. Acknowledged as a push is.
     pub fn report(&mut self, report: &Report, report_id: Option<&str>) -> PushOutcome {
-        let bytes = report.encode();
-        match self.exchange(Action::Report, None, Some((&bytes, report_id)), false) {
+        self.post_batch(Action::Report, &report.encode(), report_id)
+    }
+
+    /// A journalled batch (v1 push, v2 report): one POST, never retried here once it may have
+    /// reached the panel (the caller resends it under the same report id), classified by the
+    /// acknowledgement rule.
+    fn post_batch(&mut self, action: Action, bytes: &[u8], report_id: Option<&str>) -> PushOutcome {
+        match self.exchange(action, None, Some((bytes, report_id)), false) {
             Ok((status, _, reply)) => PushOutcome::from_answer(status, &reply),
             Err((e, false)) => PushOutcome::NotDelivered {
                 detail: e.to_string(),
@@ -575,51 +587,19 @@ impl Panel for PanelClient {
             };
             return self.report(&report, Some(report_id));
         }
-        let bytes = encode_push(body);
-        match self.exchange(Action::Push, None, Some((&bytes, Some(report_id))), false) {
-            Ok((status, _, reply)) => PushOutcome::from_answer(status, &reply),
-            Err((e, false)) => PushOutcome::NotDelivered {
-                detail: e.to_string(),
-            },
-            Err((e, true)) => PushOutcome::Unknown {
-                detail: e.to_string(),
-            },
-        }
+        self.post_batch(Action::Push, &encode_push(body), Some(report_id))
     }
 
     fn alive(&mut self, body: &AliveBody) -> Result<(), PanelError> {
         self.settle_version(Action::Alive)?;
-        let (status, reply) = if self.version == ApiVersion::V2 {
+        if self.version == ApiVersion::V2 {
             let report = Report {
                 alive: body.clone(),
                 ..Report::default()
             };
-            let bytes = report.encode();
-            let (status, _, reply) = self
-                .exchange(Action::Report, None, Some((&bytes, None)), true)
-                .map_err(|(e, _)| e)?;
-            (status, reply)
+            self.post_acknowledged(Action::Report, &report.encode())
         } else {
-            let bytes = encode_alive(body);
-            let (status, _, reply) = self
-                .exchange(Action::Alive, None, Some((&bytes, None)), true)
-                .map_err(|(e, _)| e)?;
-            (status, reply)
-        };
-        // The same acknowledgement rule as a push: only the panel's own JSON 2xx.
-        match PushOutcome::from_answer(status, &reply) {
-            PushOutcome::Accepted => Ok(()),
-            PushOutcome::Refused { code, message } => Err(PanelError::Status {
-                action: Action::Alive,
-                code,
-                message,
-            }),
-            PushOutcome::Unknown { detail } | PushOutcome::NotDelivered { detail } => {
-                Err(PanelError::Unacknowledged {
-                    action: Action::Alive,
-                    detail,
-                })
-            }
+            self.post_acknowledged(Action::Alive, &encode_alive(body))
         }
     }
 
@@ -647,20 +627,7 @@ impl Panel for PanelClient {
             // v2sp's single endpoint has no status action.
             return Ok(());
         };
-        let (code, _, reply) = self
-            .exchange(action, None, Some((&bytes, None)), true)
-            .map_err(|(e, _)| e)?;
-        match PushOutcome::from_answer(code, &reply) {
-            PushOutcome::Accepted => Ok(()),
-            PushOutcome::Refused { code, message } => Err(PanelError::Status {
-                action,
-                code,
-                message,
-            }),
-            PushOutcome::Unknown { detail } | PushOutcome::NotDelivered { detail } => {
-                Err(PanelError::Unacknowledged { action, detail })
-            }
-        }
+        self.post_acknowledged(action, &bytes)
     }
 
     fn websocket(&self) -> Option<super::ws::WsTarget> {
