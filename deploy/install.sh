@@ -26,9 +26,10 @@
 #   /etc/modules-load.d/v2sp-bbr.conf         loads tcp_bbr at boot (BBR in the sysctl file)
 #   systemctl daemon-reload; enable both; start them unless the config is the fresh example.
 #
-# On upgrade the control plane is restarted (no connection is dropped by that); the data plane
-# keeps running the old binary until you restart it yourself, because that drops every open
-# connection. --restart-dataplane does it right away.
+# On upgrade the control plane is restarted (no connection is dropped by that) and the data
+# plane is reloaded (`v2sp upgrade`: the new binary takes over the listening sockets, the old
+# process drains its open connections; none is dropped). --restart-dataplane restarts it
+# instead (drops every open connection).
 set -Eeuo pipefail
 
 DESTDIR=${DESTDIR:-}
@@ -62,7 +63,8 @@ usage: $0 [BIN_DIR] [--no-sysctl] [--no-start] [--restart-dataplane]
                        tarballs; http(s):// or file://)${DEFAULT_RELEASE_URL:+; default $DEFAULT_RELEASE_URL}
   --no-sysctl          do not install or apply tuning/99-v2sp.conf
   --no-start           install and enable, but do not start or restart anything
-  --restart-dataplane  on upgrade, also restart v2sp-dataplane (drops open connections)
+  --restart-dataplane  on upgrade, restart v2sp-dataplane instead of reloading it (drops open
+                       connections; the reload hands them over without dropping any)
   --uninstall          stop and disable both units, remove units, binaries, sysctl and doc
                        files; keep /etc/v2sp (config, certificates) and /var/lib/v2sp (journal)
 EOF
@@ -280,9 +282,11 @@ elif [ "$have_systemd" = 1 ]; then
         if [ "$restart_dp" = 1 ]; then
             systemctl restart v2sp-dataplane.service
             log "restarted v2sp-dataplane.service"
+        elif systemctl reload v2sp-dataplane.service; then
+            log "reloaded v2sp-dataplane.service: the new binary serves, the old one drains"
         else
-            log "v2sp-dataplane.service still runs the previous binary; restarting it drops open"
-            log "connections. When convenient: systemctl restart v2sp-dataplane"
+            log "the new data plane did not take over; the previous binary goes on serving"
+            log "(journalctl -u v2sp-dataplane; retry: systemctl reload v2sp-dataplane)"
         fi
     fi
     systemctl start v2sp.service v2sp-dataplane.service

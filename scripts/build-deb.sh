@@ -124,11 +124,12 @@ configure)
         systemctl daemon-reload
         systemctl enable v2sp.service v2sp-dataplane.service >/dev/null 2>&1 || true
         if [ -n "$2" ]; then
-            # Upgrade: restarting the control plane drops no connection; the data plane keeps
-            # the old binary until `systemctl restart v2sp-dataplane` (drops connections).
+            # Upgrade: restarting the control plane drops no connection; reloading the data
+            # plane hands its sockets to the new binary (`v2sp upgrade`) and drops none.
             if systemctl is-active --quiet v2sp.service; then systemctl restart v2sp.service; fi
             if systemctl is-active --quiet v2sp-dataplane.service; then
-                echo "v2sp: v2sp-dataplane still runs the previous binary; restart it when convenient (drops open connections)"
+                systemctl reload v2sp-dataplane.service ||
+                    echo "v2sp: the new data plane did not take over; the previous binary goes on serving (journalctl -u v2sp-dataplane)"
             fi
         else
             echo "v2sp: edit /etc/v2sp/config.json (ApiHost, ApiKey, NodeID), then: systemctl start v2sp v2sp-dataplane"

@@ -250,6 +250,7 @@ fn base_dataplane_config(cfg: &Config) -> DataplaneConfig {
         workers: cfg.dataplane.workers,
         io: cfg.dataplane.io.as_str().to_string(),
         allow_private_destinations: cfg.dataplane.allow_private_destinations,
+        drain_seconds: Some(cfg.dataplane.drain_seconds),
         timeouts: cfg.dataplane.timeouts.clone(),
         handshake_limits: cfg.dataplane.handshake_limits.clone(),
         nodes: Vec::new(),
@@ -351,7 +352,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             Ok(_) => break,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if let Some(d) = dp.as_mut() {
-                    d.check();
+                    d.check(Some(shared.shm.dataplane_pid()).filter(|&p| p != 0));
                 }
                 let now = cfg_watch_state(&opts.config);
                 if now != watched {

@@ -79,6 +79,21 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Upgrade the data plane without dropping a connection: the running data plane starts
+    /// the `v2sp-dataplane` binary now installed at its path, hands it every listening
+    /// socket, then stops accepting and drains its open connections for
+    /// `Dataplane.DrainSeconds` (default 600). If the new binary fails to start, the old one
+    /// goes on serving and this exits 1. `systemctl reload v2sp-dataplane` runs this.
+    Upgrade {
+        #[command(flatten)]
+        cfg: ConfigArg,
+        /// Shared-memory directory (instead of reading it from the config file).
+        #[arg(long)]
+        shm_dir: Option<PathBuf>,
+        /// Seconds to wait for the outcome.
+        #[arg(long, default_value_t = 90)]
+        timeout: u64,
+    },
     /// Print the version.
     Version,
     /// Start both services: runs `systemctl start v2sp v2sp-dataplane`, then shows
@@ -198,16 +213,15 @@ pub fn execute(cli: Cli) -> i32 {
             print!("{}", crate::keys::derive(node_id, &node_type, &token).print());
             0
         }
+        Cmd::Upgrade { cfg, shm_dir, timeout } => {
+            let Some(dir) = shm_dir_from(shm_dir, &cfg) else {
+                return 2;
+            };
+            crate::upgrade::run(&dir, std::time::Duration::from_secs(timeout))
+        }
         Cmd::Status { cfg, shm_dir, json } => {
-            let dir = match shm_dir {
-                Some(d) => d,
-                None => match v2sp_shared::config::load(&cfg.config) {
-                    Ok(l) => l.config.dataplane.shm_dir,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return 2;
-                    }
-                },
+            let Some(dir) = shm_dir_from(shm_dir, &cfg) else {
+                return 2;
             };
             match crate::status::print(&dir, json) {
                 Ok(()) => 0,
@@ -232,6 +246,21 @@ pub fn execute(cli: Cli) -> i32 {
             println!("v2sp {VERSION}");
             println!("Rust node agent for Xboard/V2board-family panels (data plane + control plane over shared memory)");
             0
+        }
+    }
+}
+
+/// `--shm-dir`, else the config file's `Dataplane.ShmDir` (`None`, with the error printed,
+/// when the config cannot be read).
+fn shm_dir_from(explicit: Option<PathBuf>, cfg: &ConfigArg) -> Option<PathBuf> {
+    if explicit.is_some() {
+        return explicit;
+    }
+    match v2sp_shared::config::load(&cfg.config) {
+        Ok(l) => Some(l.config.dataplane.shm_dir),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
         }
     }
 }

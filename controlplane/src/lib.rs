@@ -20,3 +20,4 @@ pub mod slots;
 pub mod status;
 pub mod supervise;
 pub mod sys;
+pub mod upgrade;

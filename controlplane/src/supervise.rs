@@ -16,6 +16,10 @@ pub struct DataplaneChild {
     child: Option<Child>,
     /// A data plane started by an earlier control plane (not our child), held by a pidfd.
     adopted: Option<crate::sys::PidFd>,
+    /// Data planes we started that handed over to a successor and drain (reaped when done).
+    draining: Vec<Child>,
+    /// Adopted data planes that handed over to a successor and drain.
+    draining_adopted: Vec<crate::sys::PidFd>,
     restarts: u32,
     next_start: Instant,
 }
@@ -46,6 +50,8 @@ impl DataplaneChild {
             shm_dir: shm_dir.to_path_buf(),
             child: None,
             adopted: running.and_then(adoptable),
+            draining: Vec::new(),
+            draining_adopted: Vec::new(),
             restarts: 0,
             next_start: Instant::now(),
         };
@@ -67,8 +73,30 @@ impl DataplaneChild {
         Ok(())
     }
 
-    /// Restart the child if it died (backoff 1 s doubling to 30 s).
-    pub fn check(&mut self) {
+    /// Restart the child if it died (backoff 1 s doubling to 30 s). `registered` is the live
+    /// data plane registered in shared memory: after an upgrade (`v2sp upgrade`) the process
+    /// we started drains and exits while its successor serves; the successor is adopted, not
+    /// doubled by a restart.
+    pub fn check(&mut self, registered: Option<u32>) {
+        let mine = match (&self.adopted, &self.child) {
+            (Some(p), _) => Some(p.pid()),
+            (None, Some(c)) => Some(c.id()),
+            _ => None,
+        };
+        if let Some(pid) = registered.filter(|&r| Some(r) != mine) {
+            if let Some(p) = adoptable(pid) {
+                tracing::info!(pid, "a successor data plane serves (upgrade); following it");
+                if let Some(old) = self.adopted.replace(p) {
+                    self.draining_adopted.push(old);
+                }
+                // The one we started drains and exits on its own; reap it then.
+                if let Some(c) = self.child.take() {
+                    self.draining.push(c);
+                }
+            }
+        }
+        self.draining.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+        self.draining_adopted.retain(|p| !p.exited());
         if let Some(p) = &self.adopted {
             if !p.exited() {
                 return;
@@ -100,6 +128,24 @@ impl DataplaneChild {
 
     /// SIGTERM, wait up to `grace` for the drain, then SIGKILL.
     pub fn stop(mut self, grace: Duration) {
+        // Predecessors still draining after an upgrade stop now too.
+        let mut draining = std::mem::take(&mut self.draining);
+        for c in &draining {
+            crate::sys::signal_pid(c.id(), libc::SIGTERM);
+        }
+        for p in std::mem::take(&mut self.draining_adopted) {
+            let _ = p.signal(libc::SIGTERM);
+        }
+        self.stop_current(grace);
+        for c in &mut draining {
+            if !matches!(c.try_wait(), Ok(Some(_))) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    fn stop_current(mut self, grace: Duration) {
         if let Some(p) = self.adopted.take() {
             let _ = p.signal(libc::SIGTERM);
             let deadline = Instant::now() + grace;
@@ -130,7 +176,7 @@ impl DataplaneChild {
 /// The process registered in shared memory as the data plane, if it is alive and is one: a
 /// pidfd taken first, then its executable checked, so the handle cannot name another process
 /// that got the same pid later (and a stale or forged pid is never signalled).
-fn adoptable(pid: u32) -> Option<crate::sys::PidFd> {
+pub(crate) fn adoptable(pid: u32) -> Option<crate::sys::PidFd> {
     let fd = crate::sys::PidFd::open(pid).ok()?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
     let name = exe.file_name()?.to_string_lossy().into_owned();
@@ -178,6 +224,8 @@ mod tests {
             shm_dir: dir.path().to_path_buf(),
             child: None,
             adopted: Some(p),
+            draining: Vec::new(),
+            draining_adopted: Vec::new(),
             restarts: 0,
             next_start: Instant::now(),
         };

@@ -10,3 +10,4 @@ pub mod stats;
 pub mod sys;
 pub mod tls;
 pub mod transport;
+pub mod upgrade;

@@ -1,6 +1,7 @@
 //! `v2sp-dataplane --shm-dir DIR [--workers N]`: attach to the control plane's shared memory,
 //! serve the configured nodes on pinned per-core runtimes, follow config generations, drain on
-//! SIGTERM.
+//! SIGTERM; on SIGUSR2 hand every listening socket to a successor started from the installed
+//! binary and drain (see `v2sp_dataplane::upgrade`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use v2sp_dataplane::node::{default_protocols, Engine, EngineOpts, Shared};
+use v2sp_dataplane::net::handover;
+use v2sp_dataplane::node::{default_protocols, planned_cores, Engine, EngineOpts, Shared};
+use v2sp_dataplane::upgrade;
 use v2sp_dataplane::stats::shm::ShmPort;
 use v2sp_dataplane::stats::CorePort;
 use v2sp_shared::shm::DataplaneShm;
@@ -36,8 +39,11 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Descriptors inherited from the process this one replaces are taken before anything
+    // else opens a file (their numbers must not be reused first).
+    let (inherited, mut notes) = handover::inherit_from_env();
+    let ready_pipe = upgrade::ready_pipe_from_env();
     let args = Args::parse();
-    let mut notes = Vec::new();
     let config_log = args
         .config
         .as_ref()
@@ -59,8 +65,13 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    if ready_pipe.is_some() {
+        tracing::info!(sockets = inherited, "starting as the successor of a data plane being upgraded");
+    }
+
     let stop = Arc::new(AtomicBool::new(false));
-    install_signal_handler(stop.clone())?;
+    let upgrade_requested = Arc::new(AtomicBool::new(false));
+    install_signal_handler(stop.clone(), upgrade_requested.clone())?;
 
     // Attach: the control plane creates the segments; wait with backoff until it has.
     let mut backoff = Duration::from_millis(100);
@@ -70,6 +81,11 @@ fn main() -> anyhow::Result<()> {
             Err(e) => {
                 if stop.load(Ordering::SeqCst) {
                     return Ok(());
+                }
+                if ready_pipe.is_some() {
+                    // The process being replaced runs on the same files: what fails now
+                    // (another layout version, say) will not pass by waiting.
+                    anyhow::bail!("cannot attach to {}: {e}", args.shm_dir.display());
                 }
                 tracing::info!(
                     "waiting for the control plane's shm in {}: {e}",
@@ -93,17 +109,34 @@ fn main() -> anyhow::Result<()> {
     };
     shm.ack_config(gen);
 
-    let shm2 = shm.clone();
-    let ports = Arc::new(move |core: u16| {
-        shm2.core(core)
-            .map(|c| Box::new(ShmPort::new(c)) as Box<dyn CorePort>)
-            .map_err(|e| e.to_string())
-    });
     let opts = EngineOpts {
         workers: args.workers,
         grace: Duration::from_secs(args.grace_secs),
         ..Default::default()
     };
+    let cleared = shm.clear_dead_cores();
+    if !cleared.is_empty() {
+        tracing::info!(?cleared, "core slots of a data plane that is gone marked stopped");
+    }
+    // A successor counts in core slots the process it replaces does not use; a process
+    // started normally continues slot 0 on (and the banks a crashed predecessor left there).
+    let core_base = match ready_pipe {
+        Some(_) => {
+            let n = u16::try_from(planned_cores(&opts, &cfg)).unwrap_or(u16::MAX);
+            upgrade::core_base_from_env()
+                .or_else(|| shm.free_core_base(n))
+                .ok_or_else(|| anyhow::anyhow!("no free block of {n} core slots for the successor"))?
+        }
+        None => 0,
+    };
+    let shm2 = shm.clone();
+    let ports = Arc::new(move |core: u16| {
+        core.checked_add(core_base)
+            .ok_or_else(|| "core slot out of range".to_string())
+            .and_then(|c| shm2.core(c).map_err(|e| e.to_string()))
+            .map(|c| Box::new(ShmPort::new(c)) as Box<dyn CorePort>)
+    });
+    let mut drain = cfg_drain(&cfg);
     let engine = Engine::start(opts, ports, Shared::new(default_protocols()), Arc::new(cfg))?;
     tracing::info!(cores = engine.cores, backend = %engine.backend, "{}", engine.backend_reason);
     let backend_code = match engine.backend {
@@ -113,15 +146,56 @@ fn main() -> anyhow::Result<()> {
     if !engine.wait_ready(Duration::from_secs(30)) {
         tracing::warn!("not every core became ready in 30 s");
     }
+    let unclaimed = handover::close_unclaimed();
+    if unclaimed > 0 {
+        tracing::warn!(unclaimed, "inherited sockets no core took were closed");
+    }
     if let Err(e) = shm.register(u32::try_from(engine.cores).unwrap_or(u32::MAX), backend_code) {
         tracing::warn!("register in ctl: {e}");
     }
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    match ready_pipe {
+        // The process being replaced tells systemd that this one is the service now.
+        Some(p) => {
+            if let Err(e) = upgrade::report_ready(p) {
+                tracing::error!("cannot tell the data plane being replaced that this one serves: {e}");
+            }
+        }
+        None => {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        }
+    }
+    tracing::info!(core_base, "serving");
 
-    // Follow config generations until SIGTERM.
+    // Follow config generations until SIGTERM (or until a successor serves).
     let mut last_beat = Instant::now();
+    let mut pending: Option<upgrade::Pending> = None;
+    let mut successor = None;
+    let me = std::process::id();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
+        if upgrade_requested.swap(false, Ordering::SeqCst) && pending.is_none() {
+            let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+            match upgrade::start_successor(&engine, &argv) {
+                Ok(p) => pending = Some(p),
+                Err(e) => {
+                    tracing::error!("upgrade failed: {e}");
+                    upgrade::write_status(&args.shm_dir, &format!("failed {me} {e}"));
+                }
+            }
+        }
+        if let Some(p) = pending.take() {
+            match p.poll() {
+                Err(still) => pending = Some(still),
+                Ok(Ok(s)) => {
+                    successor = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!("upgrade failed: {e}");
+                    upgrade::write_status(&args.shm_dir, &format!("failed {me} {e}"));
+                }
+            }
+        }
         if last_beat.elapsed() >= Duration::from_secs(1) {
             shm.heartbeat();
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
@@ -131,6 +205,7 @@ fn main() -> anyhow::Result<()> {
             match shm.read_config() {
                 Ok(Some((g, c))) => {
                     gen = g;
+                    drain = cfg_drain(&c);
                     engine.update_config(Arc::new(c));
                     shm.ack_config(g);
                     tracing::info!(gen = g, "config applied");
@@ -140,6 +215,31 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(s) = successor {
+        // systemd follows the successor from now on (NotifyAccess=main: only the main
+        // process may say so, and this one still is).
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::MainPid(s.pid)]);
+        upgrade::write_status(&args.shm_dir, &format!("ok {me} {}", s.pid));
+        tracing::info!(successor = s.pid, drain_secs = drain.as_secs(), "the successor serves; draining this process");
+        // SIGTERM (systemctl stop, the control plane stopping) ends the drain at once.
+        let cut = engine.drain_cutter();
+        let stop2 = stop.clone();
+        let _ = std::thread::Builder::new()
+            .name("v2sp-drain".into())
+            .spawn(move || loop {
+                if stop2.load(Ordering::SeqCst) {
+                    cut.store(true, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            });
+        engine.hand_over(drain);
+        tracing::info!("drained; exiting");
+        return Ok(());
+    }
+    if let Some(p) = pending {
+        tracing::warn!("{}", p.abandon("stopping during an upgrade"));
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopping: draining open connections");
     engine.shutdown();
@@ -147,8 +247,16 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM/SIGINT set `stop` (handled on a small runtime thread; the main loop polls it).
-fn install_signal_handler(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// `Dataplane.DrainSeconds` of a config generation.
+fn cfg_drain(cfg: &v2sp_shared::dpconfig::DataplaneConfig) -> Duration {
+    Duration::from_secs(u64::from(
+        cfg.drain_seconds.unwrap_or(v2sp_shared::dpconfig::DEFAULT_DRAIN_SECONDS),
+    ))
+}
+
+/// SIGTERM/SIGINT set `stop`, SIGUSR2 sets `upgrade` (handled on a small runtime thread; the
+/// main loop polls both).
+fn install_signal_handler(stop: Arc<AtomicBool>, upgrade: Arc<AtomicBool>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -157,15 +265,20 @@ fn install_signal_handler(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         .spawn(move || {
             rt.block_on(async move {
                 use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut term), Ok(mut int)) =
-                    (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-                else {
+                let (Ok(mut term), Ok(mut int), Ok(mut usr2)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::user_defined2()),
+                ) else {
                     tracing::error!("cannot install signal handlers");
                     return;
                 };
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+                loop {
+                    tokio::select! {
+                        _ = term.recv() => break,
+                        _ = int.recv() => break,
+                        _ = usr2.recv() => upgrade.store(true, Ordering::SeqCst),
+                    }
                 }
                 stop.store(true, Ordering::SeqCst);
             });

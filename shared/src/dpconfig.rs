@@ -19,8 +19,14 @@ pub struct DataplaneConfig {
     pub timeouts: Timeouts,
     /// Caps on connections still in their handshake (flood and slow-client protection).
     pub handshake_limits: HandshakeLimits,
+    /// After an upgrade, how long the replaced process keeps serving open connections
+    /// (`Dataplane.DrainSeconds`); absent in a blob from an older control plane.
+    pub drain_seconds: Option<u32>,
     pub nodes: Vec<NodeConfig>,
 }
+
+/// `Dataplane.DrainSeconds` when the config does not say.
+pub const DEFAULT_DRAIN_SECONDS: u32 = 600;
 
 /// How many accepted connections may be in their handshake at once, per data-plane worker
 /// (0 = no cap). Beyond a cap a new connection is closed at once: a flood of connections that

@@ -219,6 +219,18 @@ impl V2sp {
         dataplane: Value,
         prepare: &dyn Fn(&PanelSim),
     ) -> anyhow::Result<V2sp> {
+        Self::start_with_bin(nodes, extra, dataplane, prepare, &bin_dir().join("v2sp-dataplane"))
+    }
+
+    /// As [`V2sp::start_with_sim`], with the data plane started from `dataplane_bin` (a copy
+    /// the test may replace, as an upgrade does).
+    pub fn start_with_bin(
+        nodes: Vec<NodeSpec>,
+        extra: Value,
+        dataplane: Value,
+        prepare: &dyn Fn(&PanelSim),
+        dataplane_bin: &Path,
+    ) -> anyhow::Result<V2sp> {
         let dir = tempfile::tempdir()?;
         let sim = PanelSim::start(SimOptions {
             token: "e2e-token".into(),
@@ -259,7 +271,7 @@ impl V2sp {
         cmd.arg("run")
             .arg("-c")
             .arg(&cfg_path)
-            .env("V2SP_DATAPLANE_BIN", bins.join("v2sp-dataplane"));
+            .env("V2SP_DATAPLANE_BIN", dataplane_bin);
         let agent = Proc::spawn("v2sp", cmd, dir.path().join("v2sp.log"))?;
         let me = V2sp {
             dir,

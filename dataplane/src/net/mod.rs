@@ -1,6 +1,9 @@
 //! Listening sockets: one per (node, core) with `SO_REUSEPORT` so the kernel spreads
 //! connections over the cores, plus the PROXY protocol parser for nodes behind a balancer.
+//! A socket inherited from the process this one replaced ([`handover`]) is used before a new
+//! one is bound, so an upgrade keeps the accept queues.
 
+pub mod handover;
 pub mod proxy_protocol;
 
 use std::io;
@@ -36,32 +39,52 @@ fn reuse_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socke
     Ok(s)
 }
 
-/// A TCP listener with `SO_REUSEPORT` for this core, registered with the current runtime.
-pub fn tcp_listener(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+/// A listening TCP socket for `addr`: an inherited one, else a new `SO_REUSEPORT` one.
+fn tcp_socket(addr: SocketAddr) -> io::Result<Socket> {
+    if let Some(s) = handover::take(handover::SockKind::Tcp, addr) {
+        return Ok(s);
+    }
     let s = reuse_socket(addr, Type::STREAM, Protocol::TCP)?;
     s.listen(4096)?;
+    Ok(s)
+}
+
+/// A UDP socket for `addr`: an inherited one, else a new `SO_REUSEPORT` one.
+fn dgram_socket(addr: SocketAddr) -> io::Result<Socket> {
+    match handover::take(handover::SockKind::Udp, addr) {
+        Some(s) => Ok(s),
+        None => reuse_socket(addr, Type::DGRAM, Protocol::UDP),
+    }
+}
+
+/// A TCP listener with `SO_REUSEPORT` for this core, registered with the current runtime.
+pub fn tcp_listener(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let s = tcp_socket(addr)?;
+    s.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(s.into())
 }
 
 /// A std TCP listener with `SO_REUSEPORT` (blocking mode when `nonblocking` is false: the
 /// io_uring backend accepts on it and wants the kernel to wait, not to return EAGAIN).
 pub fn tcp_listener_std(addr: SocketAddr, nonblocking: bool) -> io::Result<std::net::TcpListener> {
-    let s = reuse_socket(addr, Type::STREAM, Protocol::TCP)?;
-    s.listen(4096)?;
+    let s = tcp_socket(addr)?;
     s.set_nonblocking(nonblocking)?;
     Ok(s.into())
 }
 
 /// A UDP socket with `SO_REUSEPORT` for this core, registered with the current runtime.
 pub fn udp_socket(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
-    let s = reuse_socket(addr, Type::DGRAM, Protocol::UDP)?;
+    let s = dgram_socket(addr)?;
+    s.set_nonblocking(true)?;
     tokio::net::UdpSocket::from_std(s.into())
 }
 
 /// A std UDP socket with `SO_REUSEPORT` (non-blocking), for quinn, which registers it with
 /// the current runtime itself.
 pub fn udp_socket_std(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    Ok(reuse_socket(addr, Type::DGRAM, Protocol::UDP)?.into())
+    let s = dgram_socket(addr)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
 }
 
 /// Per-connection socket options for both legs: no Nagle (protocol handshakes are small

@@ -107,16 +107,45 @@ pub(super) fn server_config(n: &NodeConfig) -> Result<quinn::ServerConfig, Strin
     Ok(sc)
 }
 
-/// This core's endpoint for a node at `addr`.
-pub(super) fn endpoint(addr: SocketAddr, cfg: quinn::ServerConfig) -> Result<quinn::Endpoint, String> {
+/// This core's endpoint for a node at `addr`, and a duplicate of its socket (for a successor
+/// process on upgrade).
+pub(super) fn endpoint(
+    addr: SocketAddr,
+    cfg: quinn::ServerConfig,
+) -> Result<(quinn::Endpoint, std::os::fd::OwnedFd), String> {
     let sock = crate::net::udp_socket_std(addr).map_err(|e| format!("UDP listen on {addr}: {e}"))?;
-    quinn::Endpoint::new(
+    let dup = sock
+        .try_clone()
+        .map_err(|e| format!("UDP socket on {addr}: {e}"))?
+        .into();
+    let ep = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(cfg),
         sock,
         Arc::new(quinn::TokioRuntime),
     )
-    .map_err(|e| format!("QUIC endpoint on {addr}: {e}"))
+    .map_err(|e| format!("QUIC endpoint on {addr}: {e}"))?;
+    Ok((ep, dup))
+}
+
+/// A successor took the node's UDP socket: stop reading it (move to a private socket on the
+/// same address family, port 0) and close this endpoint's connections. Their clients'
+/// next packets reach the successor, which does not know them and answers with a stateless
+/// reset; the clients then dial again and are served there.
+pub(super) fn detach(ep: &quinn::Endpoint) {
+    ep.set_server_config(None);
+    let local = match ep.local_addr() {
+        Ok(a) if a.is_ipv6() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
+        _ => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+    };
+    match std::net::UdpSocket::bind(local).and_then(|s| {
+        s.set_nonblocking(true)?;
+        ep.rebind(s)
+    }) {
+        Ok(()) => {}
+        Err(e) => tracing::warn!("QUIC endpoint keeps the shared socket after the hand-over: {e}"),
+    }
+    ep.close(code(h3::H3_NO_ERROR), b"server upgrade");
 }
 
 /// Accepts connections until `stop`; then refuses new ones (open connections stay until their

@@ -15,6 +15,7 @@ mod udp_stream;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +24,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use v2sp_shared::dpconfig::{DataplaneConfig, NodeConfig, Timeouts};
 
-pub use engine::{Engine, EngineOpts, PortFactory};
+pub use engine::{planned_cores, Engine, EngineOpts, PortFactory};
 
 use crate::limits::devices::{Admit, DeviceTracker};
 use crate::limits::gcra::{effective_bytes_per_sec, RateLimiters};
+use crate::net::handover::SockKind;
 use crate::net::proxy_protocol;
 use crate::outbound::{ConnectOpts, DnsStrategy, Outbound, OutboundError};
 use crate::proto::{Next, RejectPolicy, Step, StreamHandshake};
@@ -257,6 +259,10 @@ struct NodeHandle {
     /// The QUIC endpoint of a Hysteria 2 node (it serves instead of a TCP listener).
     #[cfg(feature = "hysteria2")]
     quic: Option<quinn::Endpoint>,
+    /// Duplicates of the node's listening sockets (TCP listener, UDP socket), for a successor
+    /// process to take over on upgrade. Closed with the handle; the sockets stay open as long
+    /// as the loops that serve them do.
+    sockets: Vec<(SockKind, OwnedFd)>,
     /// What the node was built from (node config, timeouts, private flag).
     key: (NodeConfig, Timeouts, bool),
 }
@@ -293,6 +299,9 @@ pub struct Core {
     conns: RefCell<HashMap<u64, ConnEntry>>,
     /// Connections still in the handshake (not yet in `conns`), for draining.
     handshaking: Cell<usize>,
+    /// TCP accept loops still running: a drain waits for them, because a loop told to stop
+    /// may still hand over one connection the kernel gave it (io_uring accept cancelled late).
+    accepting: Cell<usize>,
     /// The same, per source address (the TCP peer, before any PROXY header).
     handshaking_by_ip: RefCell<HashMap<IpAddr, u32>>,
     /// The caps on those two (from the config; 0 = none).
@@ -334,6 +343,7 @@ impl Core {
             nodes: RefCell::new(HashMap::new()),
             conns: RefCell::new(HashMap::new()),
             handshaking: Cell::new(0),
+            accepting: Cell::new(0),
             handshaking_by_ip: RefCell::new(HashMap::new()),
             handshake_limits: Cell::new({
                 let d = v2sp_shared::dpconfig::HandshakeLimits::default();
@@ -593,7 +603,16 @@ impl Core {
         if let Some(u) = &old.stop_udp {
             u.cancel();
         }
-        let stop_udp = self.serve_udp(&rt, addr);
+        let mut sockets: Vec<_> = old.sockets.into_iter().filter(|(k, _)| *k == SockKind::Tcp).collect();
+        #[cfg(feature = "hysteria2")]
+        if old.quic.is_some() {
+            // The endpoint keeps its UDP socket.
+            sockets = Vec::new();
+        }
+        let stop_udp = self.serve_udp(&rt, addr).map(|(stop, fd)| {
+            sockets.push((SockKind::Udp, fd));
+            stop
+        });
         self.nodes.borrow_mut().insert(
             n.slot,
             NodeHandle {
@@ -604,6 +623,7 @@ impl Core {
                 stop_udp,
                 #[cfg(feature = "hysteria2")]
                 quic: old.quic,
+                sockets,
                 key: (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations),
             },
         );
@@ -627,10 +647,18 @@ impl Core {
             None => crate::net::tcp_listener(addr).map(Listener::Tokio),
         }
         .map_err(|e| format!("listen on {addr}: {e}"))?;
+        let mut sockets = Vec::new();
+        match listener.dup() {
+            Ok(fd) => sockets.push((SockKind::Tcp, fd)),
+            Err(e) => tracing::warn!(core = self.index, %addr, "no duplicate of the listener for upgrades: {e}"),
+        }
         let n = &rt.cfg;
         let stop = Rc::new(ConnCtl::default());
         let live = Rc::new(RefCell::new(rt.clone()));
-        let stop_udp = self.serve_udp(&rt, addr);
+        let stop_udp = self.serve_udp(&rt, addr).map(|(stop, fd)| {
+            sockets.push((SockKind::Udp, fd));
+            stop
+        });
         self.nodes.borrow_mut().insert(
             n.slot,
             NodeHandle {
@@ -641,9 +669,12 @@ impl Core {
                 stop_udp,
                 #[cfg(feature = "hysteria2")]
                 quic: None,
+                sockets,
                 key: (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations),
             },
         );
+        // Counted now, not when the task first runs: a drain that starts in between waits.
+        self.accepting.set(self.accepting.get() + 1);
         tokio::task::spawn_local(accept_loop(self.clone(), live, listener, stop));
         Ok(())
     }
@@ -657,7 +688,7 @@ impl Core {
         addr: SocketAddr,
         cfg: &DataplaneConfig,
     ) -> Result<(), String> {
-        let ep = hysteria2::endpoint(addr, quic)?;
+        let (ep, fd) = hysteria2::endpoint(addr, quic)?;
         let n = &rt.cfg;
         let stop = Rc::new(ConnCtl::default());
         let live = Rc::new(RefCell::new(rt.clone()));
@@ -670,6 +701,7 @@ impl Core {
                 stop: stop.clone(),
                 stop_udp: None,
                 quic: Some(ep.clone()),
+                sockets: vec![(SockKind::Udp, fd)],
                 key: (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations),
             },
         );
@@ -677,13 +709,15 @@ impl Core {
         Ok(())
     }
 
-    fn serve_udp(self: &Rc<Self>, rt: &Rc<NodeRt>, addr: SocketAddr) -> Option<Rc<ConnCtl>> {
+    /// The node's UDP loop, if its protocol carries datagrams: its stop handle and a duplicate
+    /// of its socket (for a successor on upgrade).
+    fn serve_udp(self: &Rc<Self>, rt: &Rc<NodeRt>, addr: SocketAddr) -> Option<(Rc<ConnCtl>, OwnedFd)> {
         let codec = rt.proto.packet_codec()?;
-        match crate::net::udp_socket(addr) {
-            Ok(sock) => {
+        match crate::net::udp_socket(addr).and_then(|s| Ok((s.as_fd().try_clone_to_owned()?, s))) {
+            Ok((fd, sock)) => {
                 let stop = Rc::new(ConnCtl::default());
                 tokio::task::spawn_local(udp::udp_loop(self.clone(), rt.clone(), sock, codec, stop.clone()));
-                Some(stop)
+                Some((stop, fd))
             }
             Err(e) => {
                 tracing::error!(core = self.index, node = %rt.cfg.tag, "UDP listen on {addr}: {e}");
@@ -749,14 +783,44 @@ impl Core {
         }
     }
 
+    /// Duplicates of every listening socket of this core, for a successor process.
+    pub fn handover_sockets(&self) -> Vec<(SockKind, SocketAddr, OwnedFd)> {
+        let nodes = self.nodes.borrow();
+        let mut out = Vec::new();
+        for h in nodes.values() {
+            for (kind, fd) in &h.sockets {
+                match fd.try_clone() {
+                    Ok(d) => out.push((*kind, h.addr, d)),
+                    Err(e) => tracing::warn!(core = self.index, addr = %h.addr, "cannot duplicate a listening socket: {e}"),
+                }
+            }
+        }
+        out
+    }
+
+    /// A successor process serves the listening sockets now: stop accepting (a connection the
+    /// kernel already handed over is still served), stop reading the shared UDP sockets, and
+    /// keep serving open TCP connections. A QUIC endpoint cannot share its socket with
+    /// another process (each datagram would reach one of the two at random), so it moves to a
+    /// private socket and its connections are closed: QUIC clients reconnect to the successor.
+    pub fn stop_listening_for_successor(&self) {
+        for (_, h) in self.nodes.borrow_mut().drain() {
+            h.stop_all();
+            #[cfg(feature = "hysteria2")]
+            if let Some(ep) = &h.quic {
+                hysteria2::detach(ep);
+            }
+        }
+    }
+
     /// Closes every open connection (end of the drain grace period).
     pub fn cancel_all(&self) {
         self.cancel_where(|_| true);
     }
 
-    /// Connections open or in handshake.
+    /// Connections open or in handshake, and accept loops still running.
     pub fn busy(&self) -> usize {
-        self.conns.borrow().len() + self.handshaking.get()
+        self.conns.borrow().len() + self.handshaking.get() + self.accepting.get()
     }
 }
 
@@ -766,38 +830,72 @@ enum Listener {
     Uring(std::net::TcpListener),
 }
 
-async fn accept_one(core: &Core, l: &Listener) -> std::io::Result<(TcpStream, SocketAddr)> {
+impl Listener {
+    /// A second descriptor of the same listening socket.
+    fn dup(&self) -> std::io::Result<OwnedFd> {
+        match self {
+            Listener::Tokio(l) => l.as_fd().try_clone_to_owned(),
+            Listener::Uring(l) => l.as_fd().try_clone_to_owned(),
+        }
+    }
+}
+
+/// The next connection on `l`, or `None` once `stop` is cancelled. On io_uring a stop cancels
+/// the pending accept and still returns a connection the kernel took before the cancel, so
+/// nothing in the accept queue is lost when a successor process takes the socket over.
+async fn accept_one(
+    core: &Core,
+    l: &Listener,
+    stop: &ConnCtl,
+) -> Option<std::io::Result<(TcpStream, SocketAddr)>> {
     match (l, &core.uring) {
         (Listener::Uring(l), Some(u)) => {
-            let s = u.accept(std::os::fd::AsRawFd::as_raw_fd(l)).await?;
-            let peer = s.peer_addr()?;
-            Ok((s, peer))
+            let r = u
+                .accept_until(std::os::fd::AsRawFd::as_raw_fd(l), stop.cancelled())
+                .await?;
+            Some(r.and_then(|s| {
+                let peer = s.peer_addr()?;
+                Ok((s, peer))
+            }))
         }
-        (Listener::Tokio(l), _) => l.accept().await,
-        (Listener::Uring(_), None) => Err(std::io::Error::other("uring listener without a ring")),
+        (Listener::Tokio(l), _) => tokio::select! {
+            r = l.accept() => Some(r),
+            () = stop.cancelled() => None,
+        },
+        (Listener::Uring(_), None) => Some(Err(std::io::Error::other("uring listener without a ring"))),
     }
 }
 
 async fn accept_loop(core: Rc<Core>, node: Rc<RefCell<Rc<NodeRt>>>, listener: Listener, stop: Rc<ConnCtl>) {
-    loop {
-        tokio::select! {
-            r = accept_one(&core, &listener) => match r {
-                Ok((s, peer)) => {
-                    let n = node.borrow().clone();
-                    let Some(guard) = core.begin_handshake(peer.ip(), !n.expects_proxy_header(peer.ip())) else {
-                        drop(s);
-                        continue;
-                    };
-                    let c = core.clone();
-                    crate::runtime::spawn_conn(handle_conn(c, n, s, peer, guard));
+    struct Running(Rc<Core>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.accepting.set(self.0.accepting.get().saturating_sub(1));
+        }
+    }
+    let _running = Running(core.clone());
+    while !stop.is_cancelled() {
+        let Some(r) = accept_one(&core, &listener, &stop).await else {
+            return;
+        };
+        match r {
+            Ok((s, peer)) => {
+                let n = node.borrow().clone();
+                let Some(guard) = core.begin_handshake(peer.ip(), !n.expects_proxy_header(peer.ip())) else {
+                    drop(s);
+                    continue;
+                };
+                let c = core.clone();
+                crate::runtime::spawn_conn(handle_conn(c, n, s, peer, guard));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off a little instead of spinning.
+                tracing::warn!(core = core.index, "accept failed: {e}");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    () = stop.cancelled() => return,
                 }
-                Err(e) => {
-                    // EMFILE and friends: back off a little instead of spinning.
-                    tracing::warn!(core = core.index, "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = stop.cancelled() => return,
+            }
         }
     }
 }

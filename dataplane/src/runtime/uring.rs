@@ -54,6 +54,44 @@ impl UringIo {
         tokio::net::TcpStream::from_std(std)
     }
 
+    /// Like [`UringIo::accept`], but `stop` ends the wait without losing a connection: the
+    /// pending accept is cancelled and awaited, and a connection the kernel handed over before
+    /// the cancel took effect is returned (`Some`) for the caller to serve. `None`: stopped,
+    /// nothing taken. Used when a successor takes over the listening socket (upgrade): every
+    /// connection in the shared accept queue is served by exactly one of the two processes.
+    pub async fn accept_until(
+        self: &Rc<Self>,
+        listener: RawFd,
+        stop: impl Future<Output = ()>,
+    ) -> Option<io::Result<tokio::net::TcpStream>> {
+        let idx = match self.ring().start_accept(listener) {
+            Ok(i) => i,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut op = self.op(idx);
+        let done = tokio::select! {
+            biased;
+            (res, _) = &mut op => Some(res),
+            () = stop => None,
+        };
+        let res = match done {
+            Some(res) => res,
+            None => {
+                self.ring().cancel(idx);
+                let (res, _) = op.await;
+                if res < 0 {
+                    return None;
+                }
+                res
+            }
+        };
+        Some(accepted_fd(res).and_then(|fd| {
+            let std = std::net::TcpStream::from(fd);
+            std.set_nonblocking(true)?;
+            tokio::net::TcpStream::from_std(std)
+        }))
+    }
+
     /// `recv` into `buf[..len]`; the buffer comes back in every case.
     pub async fn recv(
         self: &Rc<Self>,

@@ -1,6 +1,6 @@
 //! The only `unsafe` in the data plane: thin, checked wrappers over syscalls that std/tokio/
 //! socket2 do not expose (CPU affinity mask, pipes with `F_SETPIPE_SZ`, non-blocking
-//! `splice(2)`, resource usage, the THP opt-out). Every block carries its `// SAFETY:` argument.
+//! `splice(2)`, resource usage, the THP opt-out, descriptors inherited on upgrade). Every block carries its `// SAFETY:` argument.
 #![allow(unsafe_code)]
 
 pub mod uring;
@@ -129,6 +129,49 @@ pub fn poll_writable(fd: RawFd) -> io::Result<()> {
     } else {
         Err(io::ErrorKind::WouldBlock.into())
     }
+}
+
+/// Takes ownership of descriptor `fd`, inherited from the parent process (upgrade hand-over),
+/// and marks it close-on-exec. `None` if no such descriptor is open.
+///
+/// Callers pass each number once and only numbers ≥ 3 listed by the parent, before this
+/// process opens any file of its own (first thing in `main`).
+pub fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    if fd < 3 {
+        return None;
+    }
+    // SAFETY: fcntl with integer arguments only; a closed number returns -1 (EBADF).
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return None;
+    }
+    // SAFETY: as above; sets a flag on a descriptor we just saw open.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+    // SAFETY: the descriptor is open (checked above) and was inherited across exec: this
+    // process has not opened anything that could hold the same number (the caller runs before
+    // any file is opened and passes each number once), so this becomes its only owner.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets or clears close-on-exec on a descriptor we own (cleared only on duplicates made for a
+/// successor process, just before it is spawned, and closed right after).
+pub fn set_cloexec(fd: std::os::fd::BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: fcntl with integer arguments on a descriptor borrowed from a live owner.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let new = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(raw, libc::F_SETFD, new) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Opts this process out of transparent huge pages (`PR_SET_THP_DISABLE`). The allocator

@@ -289,6 +289,23 @@ impl Ring {
         }
     }
 
+    /// Asks the kernel to cancel operation `idx` while its future keeps waiting: the future
+    /// then completes with `-ECANCELED`, or with the result the operation reached first (an
+    /// accept that already took a connection hands it over instead of losing it).
+    pub fn cancel(&self, idx: usize) {
+        let pending = matches!(
+            self.slots.borrow().get(idx),
+            Some(Some(Slot {
+                state: State::Pending(_),
+                ..
+            }))
+        );
+        if pending {
+            let e = opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL_TAG);
+            let _ = self.push(e);
+        }
+    }
+
     fn cleanup(s: Slot) {
         if let (Kind::Accept, State::Done(fd)) = (s.kind, &s.state) {
             if *fd >= 0 {

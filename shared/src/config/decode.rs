@@ -630,6 +630,9 @@ fn decode_dataplane(dp: &mut Obj<'_>, out: &mut DataplaneSettings) -> Result<boo
     if let Some(n) = dp.u32("MaxHandshakesPerIP")? {
         out.handshake_limits.per_ip = n;
     }
+    if let Some(n) = dp.u32("DrainSeconds")? {
+        out.drain_seconds = n;
+    }
     let Some(mut t) = dp.child("Timeouts")? else {
         return Ok(false);
     };

@@ -15,7 +15,8 @@
 //!
 //! * top-level `"StateDir"` (default `/var/lib/v2sp`): accounting journal and ledgers;
 //! * top-level `"Dataplane": {"Workers": 0, "IO": "auto"|"uring"|"epoll",
-//!   "ShmDir": "/dev/shm/v2sp", "AllowPrivateDestinations": false, "Timeouts": {"Handshake": 4,
+//!   "ShmDir": "/dev/shm/v2sp", "AllowPrivateDestinations": false, "DrainSeconds": 600,
+//!   "Timeouts": {"Handshake": 4,
 //!   "ConnIdle": 300, "UplinkOnly": 2, "DownlinkOnly": 5, "Connect": 10}}`. Without
 //!   `Timeouts`, a core's `XrayConnectionConfig` (handshake, connIdle, uplinkOnly,
 //!   downlinkOnly) provides them;

@@ -297,6 +297,10 @@ pub struct DataplaneSettings {
     /// their handshake at once, per data-plane worker; 0 = no cap.
     #[serde(rename = "HandshakeLimits")]
     pub handshake_limits: crate::dpconfig::HandshakeLimits,
+    /// `DrainSeconds` (default 600): after `v2sp upgrade`, how long the replaced data plane
+    /// keeps serving its open connections before it closes the rest and exits.
+    #[serde(rename = "DrainSeconds")]
+    pub drain_seconds: u32,
 }
 
 impl Default for DataplaneSettings {
@@ -309,6 +313,7 @@ impl Default for DataplaneSettings {
             timeouts: Timeouts::default(),
             timeouts_from: TimeoutsSource::Default,
             handshake_limits: crate::dpconfig::HandshakeLimits::default(),
+            drain_seconds: crate::dpconfig::DEFAULT_DRAIN_SECONDS,
         }
     }
 }

@@ -52,6 +52,52 @@ impl DataplaneShm {
         self.ctl.at(CTL_WORDS_OFF)
     }
 
+    fn core_slot(&self, core: u16) -> Result<&CoreSlot, ShmError> {
+        self.ctl.at(CTL_CORES_OFF + usize::from(core) * 64)
+    }
+
+    /// Whether a live process writes core `core`'s traffic file (its owner pid is alive).
+    fn core_owned_by_live_process(&self, core: u16) -> bool {
+        let path = self.dir.join(names::traffic(self.instance_id, core));
+        let Ok(seg) = Segment::open(&path, KIND_TRAFFIC) else {
+            return false;
+        };
+        super::traffic::banks(&seg).is_ok_and(|b| {
+            let owner = b.meta.owner_pid.load(Acquire);
+            owner == OWNER_CONTROL || super::segment::pid_alive(owner)
+        })
+    }
+
+    /// Core slots still marked running although no live process writes their traffic file
+    /// (a data plane that crashed) are marked stopped, so that publishes and harvests stop
+    /// waiting for their acknowledgements. Returns the cores cleared.
+    pub fn clear_dead_cores(&self) -> Vec<u16> {
+        let mut cleared = Vec::new();
+        for core in 0..MAX_CORES as u16 {
+            let Ok(slot) = self.core_slot(core) else { continue };
+            if slot.running.load(Acquire) == 1 && !self.core_owned_by_live_process(core) {
+                slot.running.store(0, Release);
+                cleared.push(core);
+            }
+        }
+        cleared
+    }
+
+    /// The first block of `n` core slots (at a multiple of `n`) where no core runs: where a
+    /// successor process counts while the process it replaces drains its connections.
+    pub fn free_core_base(&self, n: u16) -> Option<u16> {
+        if n == 0 {
+            return None;
+        }
+        let free = |c: u16| {
+            self.core_slot(c)
+                .is_ok_and(|s| s.running.load(Acquire) == 0 && !self.core_owned_by_live_process(c))
+        };
+        (0..(MAX_CORES as u16 / n))
+            .map(|i| i * n)
+            .find(|&b| (b..b + n).all(free))
+    }
+
     /// Register this process as the data plane.
     pub fn register(&self, cores: u32, backend: u32) -> Result<(), ShmError> {
         let w = self.words()?;

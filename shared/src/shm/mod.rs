@@ -220,6 +220,11 @@ impl Command {
 }
 
 /// File names inside the shm directory.
+/// In the shm directory: the outcome of the last data-plane upgrade, one line written by the
+/// data plane being replaced (`ok <old pid> <new pid>` or `failed <old pid> <reason>`) and
+/// read by `v2sp upgrade`.
+pub const UPGRADE_STATUS_FILE: &str = "upgrade-status";
+
 pub(crate) mod names {
     pub(crate) const CTL: &str = "ctl";
     pub(crate) const CONFIG: &str = "config";

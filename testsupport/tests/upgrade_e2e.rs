@@ -1,0 +1,182 @@
+//! Issue 15: `v2sp upgrade` replaces the data plane without dropping a connection.
+//!
+//! `v2sp run` starts the data plane from a copy of its binary in the test's directory. Under
+//! continuous load through the real sing-box client (Shadowsocks) — new 1-byte echo
+//! connections every few milliseconds, and long-lived connections that keep echoing 16 KiB
+//! messages — the copy is replaced and `v2sp upgrade` is run twice (the second time while the
+//! first predecessor still drains its long-lived connections), then once more with a binary
+//! that exits at start. Every connection must be served, every long-lived connection must
+//! stay intact to the end, the broken binary must leave the serving process in place, the
+//! replaced processes must exit once their connections are done, and the panel must hold
+//! exactly the bytes the connections moved. Runs on whichever I/O backend `V2SP_IO` selects;
+//! `scripts/test.sh` runs it on both.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use v2sp_testsupport::harness::{
+    bin_dir, expect, free_port, payload, sing_box_ss, socks5_connect, Echo, NodeSpec, Totals, V2sp,
+};
+use v2sp_testsupport::panel_sim::users;
+
+const UUID: &str = "705d4ada-fc32-48de-951c-2ab9d5765ce0";
+const LONG_LIVED: usize = 4;
+const MESSAGE: usize = 16 * 1024;
+
+/// Replaces `path` as a package manager does: a new file renamed over the old one (the running
+/// process keeps the old inode, `/proc/<pid>/exe` then says "(deleted)").
+fn install(path: &Path, contents: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn upgrade(shm: &Path) -> (bool, String) {
+    let out = Command::new(bin_dir().join("v2sp"))
+        .args(["upgrade", "--timeout", "60", "--shm-dir"])
+        .arg(shm)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn upgrade_under_load_loses_no_connection_and_no_byte() {
+    let echo = Echo::start().unwrap();
+    let port = free_port();
+    let bin = tempfile::tempdir().unwrap();
+    let dp_bin = bin.path().join("v2sp-dataplane");
+    let real = std::fs::read(bin_dir().join("v2sp-dataplane")).unwrap();
+    install(&dp_bin, &real);
+    let node = NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "shadowsocks", "cipher": "aes-128-gcm", "server_port": port,
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: users(&[UUID]),
+    };
+    let v = V2sp::start_with_bin(vec![node], json!({}), json!({"DrainSeconds": 60}), &|_| {}, &dp_bin)
+        .unwrap();
+    let (_client, socks) = sing_box_ss(port, "aes-128-gcm", UUID, v.dir.path()).unwrap();
+    let first = v.dataplane_pid();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let moved = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    // Long-lived connections: opened before the first upgrade, echoing until the end.
+    let mut threads = Vec::new();
+    for c in 0..LONG_LIVED {
+        let mut s = socks5_connect(socks, echo.port).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let (stop, moved, failures) = (stop.clone(), moved.clone(), failures.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let data = payload(MESSAGE, (c as u64) << 32 | i);
+                let mut back = vec![0u8; MESSAGE];
+                let r = s.write_all(&data).and_then(|()| s.read_exact(&mut back));
+                if let Err(e) = r {
+                    failures.lock().unwrap().push(format!("long-lived {c}, message {i}: {e}"));
+                    return;
+                }
+                if back != data {
+                    failures.lock().unwrap().push(format!("long-lived {c}, message {i}: altered"));
+                    return;
+                }
+                moved.fetch_add(MESSAGE as u64, Ordering::SeqCst);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }));
+    }
+    // New connections every few milliseconds (4 openers), each a 1-byte echo.
+    let opened = Arc::new(AtomicUsize::new(0));
+    for t in 0..4u64 {
+        let (stop, moved, failures, opened) = (stop.clone(), moved.clone(), failures.clone(), opened.clone());
+        let target = echo.port;
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let data = payload(1, t << 32 | i);
+                let r = (|| -> anyhow::Result<()> {
+                    let mut s = socks5_connect(socks, target)?;
+                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    s.write_all(&data)?;
+                    let mut back = [0u8; 1];
+                    s.read_exact(&mut back)?;
+                    anyhow::ensure!(back[..] == data[..], "altered");
+                    Ok(())
+                })();
+                opened.fetch_add(1, Ordering::SeqCst);
+                match r {
+                    Ok(()) => {
+                        moved.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => failures.lock().unwrap().push(format!("opener {t}, connection {i}: {e:#}")),
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }));
+    }
+
+    std::thread::sleep(Duration::from_secs(1));
+    let (ok, text) = upgrade(&v.shm_dir());
+    assert!(ok, "first upgrade: {text}\n--- v2sp log ---\n{}", v.agent.log());
+    let second = v.dataplane_pid();
+    assert!(second != first && second != 0, "a new data plane serves: {first} → {second}");
+    assert!(alive(first), "the first data plane drains its long-lived connections");
+
+    std::thread::sleep(Duration::from_secs(1));
+    install(&dp_bin, &real);
+    let (ok, text) = upgrade(&v.shm_dir());
+    assert!(ok, "second upgrade: {text}\n--- v2sp log ---\n{}", v.agent.log());
+    let third = v.dataplane_pid();
+    assert!(third != second && third != first && third != 0, "{second} → {third}");
+
+    std::thread::sleep(Duration::from_secs(1));
+    install(&dp_bin, b"#!/bin/sh\necho broken >&2\nexit 3\n");
+    let (ok, text) = upgrade(&v.shm_dir());
+    assert!(!ok, "an upgrade to a broken binary fails: {text}");
+    assert!(text.contains("goes on serving"), "{text}");
+    assert_eq!(v.dataplane_pid(), third, "the serving data plane stays");
+
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    let n = opened.load(Ordering::SeqCst);
+    assert!(n > 100, "the openers kept opening connections ({n})");
+    // The long-lived connections are closed: the predecessors have nothing left to drain.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (alive(first) || alive(second)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!alive(first) && !alive(second), "the replaced data planes exit once drained");
+    let total = moved.load(Ordering::SeqCst);
+    let mut expected: Totals = BTreeMap::new();
+    expect(&mut expected, 1, 1, total, total);
+    eprintln!("{n} new connections during three upgrades, {total} bytes each way");
+    v.finish(&failures, &expected);
+}
