@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,8 @@ pub struct Shared {
     /// The event ring's drop counter as last seen.
     events_dropped: AtomicU64,
     /// The data plane whose online IPs this process holds in full (0: none yet).
-    synced_pid: AtomicU32,
+    /// Data-plane processes whose online IPs this process has a complete picture of.
+    synced: Mutex<Vec<u32>>,
 }
 
 impl Shared {
@@ -177,33 +178,34 @@ impl Shared {
             }
         }
         let (events, dropped) = self.shm.drain_events(1 << 16);
+        let live = self.shm.live_dataplanes();
         let mut online = self.online();
-        for ev in &events {
-            online.apply(ev);
+        for (source, ev) in &events {
+            // 0: written by a process that is gone; its connections, and their IPs, went
+            // with it.
+            if *source != 0 {
+                online.apply(*source, ev);
+            }
+        }
+        // A process that died took its connections, and their IPs, with it.
+        for gone in online.sources().into_iter().filter(|s| !live.contains(s)) {
+            online.source_gone(gone);
         }
         drop(online);
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
         if dropped > self.events_dropped.swap(dropped, Ordering::Relaxed) {
             tracing::warn!(
                 dropped,
                 "online-IP events were dropped; asking the data plane to resync"
             );
-            self.synced_pid.store(0, Ordering::Relaxed);
+            synced.clear();
         }
-        // A data plane this process has not heard every event of (it was adopted after a
-        // restart of ours, it was just started, or events were dropped) reports every online
-        // IP once; one that died took its connections, and their IPs, with it.
-        let pid = self.shm.dataplane_pid();
-        let synced = self.synced_pid.load(Ordering::Relaxed);
-        if pid != synced {
-            if synced != 0 {
-                let now_us = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-                self.online().dataplane_gone(now_us);
-            }
-            if pid == 0 || self.shm.broadcast(Command::ResyncIps) > 0 {
-                self.synced_pid.store(pid, Ordering::Relaxed);
-            }
+        synced.retain(|p| live.contains(p));
+        // A data-plane process this one has not heard every event of (adopted after a restart
+        // of ours, just started, the successor of an upgrade, or events were dropped) reports
+        // every online IP once. The resync goes to every core; each process answers for itself.
+        if live.iter().any(|p| !synced.contains(p)) && self.shm.broadcast(Command::ResyncIps) > 0 {
+            *synced = live;
         }
     }
 }
@@ -282,7 +284,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         slots: Mutex::new(SlotMap::load(&cfg.state_dir)),
         metrics: NodeMetrics::with_top_users(cfg.metrics.top_users),
         events_dropped: AtomicU64::new(0),
-        synced_pid: AtomicU32::new(0),
+        synced: Mutex::new(Vec::new()),
     });
     // Bytes a previous run journalled-but-did-not-clear, or left in banks, are taken first.
     shared.harvest_once(Duration::from_millis(200));

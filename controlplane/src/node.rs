@@ -479,11 +479,8 @@ impl NodeWorker {
     fn apply_alive(&mut self, counts: &BTreeMap<u32, u32>) {
         let online = self.shared.online();
         let slot = self.slot;
-        let f = |uid: u32| {
-            counts
-                .get(&uid)
-                .map_or(0, |&c| online.alive_elsewhere(slot, uid, c))
-        };
+        let serving = self.shared.shm.dataplane_pid();
+        let f = |uid: u32| online.alive_elsewhere(slot, uid, counts.get(&uid).copied().unwrap_or(0), serving);
         if let Err(e) = self.shared.shm.set_alive_elsewhere(self.slot, &f) {
             tracing::warn!(node = %self.tag, error = %e, "cannot update online counts");
         }

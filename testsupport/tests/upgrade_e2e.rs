@@ -74,12 +74,15 @@ fn upgrade_under_load_loses_no_connection_and_no_byte() {
                      "base_config": {"push_interval": 1, "pull_interval": 1}}),
         users: users(&[UUID]),
     };
-    let v = V2sp::start_with_bin(vec![node], json!({}), json!({"DrainSeconds": 60}), &|_| {}, &dp_bin)
+    // Every online IP is reported each interval, whatever its traffic.
+    let extra = json!({"DeviceOnlineMinTraffic": 0});
+    let v = V2sp::start_with_bin(vec![node], extra, json!({"DrainSeconds": 60}), &|_| {}, &dp_bin)
         .unwrap();
     let (_client, socks) = sing_box_ss(port, "aes-128-gcm", UUID, v.dir.path()).unwrap();
     let first = v.dataplane_pid();
 
     let stop = Arc::new(AtomicBool::new(false));
+    let stop_openers = Arc::new(AtomicBool::new(false));
     let moved = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     // Long-lived connections: opened before the first upgrade, echoing until the end.
@@ -111,7 +114,7 @@ fn upgrade_under_load_loses_no_connection_and_no_byte() {
     // New connections every few milliseconds (4 openers), each a 1-byte echo.
     let opened = Arc::new(AtomicUsize::new(0));
     for t in 0..4u64 {
-        let (stop, moved, failures, opened) = (stop.clone(), moved.clone(), failures.clone(), opened.clone());
+        let (stop, moved, failures, opened) = (stop_openers.clone(), moved.clone(), failures.clone(), opened.clone());
         let target = echo.port;
         threads.push(std::thread::spawn(move || {
             let mut i = 0u64;
@@ -161,6 +164,22 @@ fn upgrade_under_load_loses_no_connection_and_no_byte() {
     assert_eq!(v.dataplane_pid(), third, "the serving data plane stays");
 
     std::thread::sleep(Duration::from_secs(1));
+    // Only the first data plane still holds connections (the long-lived ones); the serving one
+    // saw all of its connections from the same address close. The address is still online.
+    // (An IP that went offline is reported once more, for the period it was seen in; after
+    // that, a node with no IP online sends no alive report.)
+    stop_openers.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = v.sim.alive_reports(1).len();
+    std::thread::sleep(Duration::from_millis(2500));
+    let reports = v.sim.alive_reports(1);
+    let last = reports.last().cloned().unwrap_or_default();
+    assert!(
+        reports.len() > before && last.get(&1) == Some(&vec!["127.0.0.1".to_string()]),
+        "the draining data plane's client is still reported online: {} reports, then {}, the last {last:?}",
+        before,
+        reports.len()
+    );
     stop.store(true, Ordering::SeqCst);
     for t in threads {
         t.join().unwrap();

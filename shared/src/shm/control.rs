@@ -450,23 +450,44 @@ impl ControlShm {
 
     /// Drain IP events from every core's ring. Returns the events and the total number of
     /// events the cores had to drop so far (if it grows, ask for a resync).
-    pub fn drain_events(&self, max: usize) -> (Vec<IpEvent>, u64) {
+    ///
+    /// Each event comes with the pid of the data-plane process that wrote it (the owner of
+    /// its core's traffic file), or 0 when that process is gone: events are numbered per
+    /// process, and while a replaced data plane drains after an upgrade two processes write.
+    pub fn drain_events(&self, max: usize) -> (Vec<(u32, IpEvent)>, u64) {
         let _ = self.scan_core_files();
         let cores = self.cores.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         let mut dropped = 0;
         for files in cores.values() {
             if let Some(r) = &files.events {
+                let source = writer_pid(&files.traffic);
                 dropped += r.dropped();
                 while out.len() < max {
                     match r.pop() {
-                        Some(w) => out.extend(IpEvent::decode(w)),
+                        Some(w) => out.extend(IpEvent::decode(w).map(|e| (source, e))),
                         None => break,
                     }
                 }
             }
         }
         (out, dropped)
+    }
+
+    /// The live data-plane processes writing this instance's core files (more than one while
+    /// a replaced data plane drains after an upgrade).
+    pub fn live_dataplanes(&self) -> Vec<u32> {
+        let _ = self.scan_core_files();
+        let cores = self.cores.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pids: Vec<u32> = cores
+            .iter()
+            .filter(|((inst, _), _)| *inst == self.instance_id)
+            .map(|(_, f)| writer_pid(&f.traffic))
+            .filter(|&p| p != 0)
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 
     /// Send a command to every running core; returns how many rings accepted it.
@@ -596,5 +617,17 @@ fn fallback_words() -> &'static CtlWords {
         dataplane_cores: Default::default(),
         dataplane_backend: Default::default(),
         dataplane_config_gen: AtomicU64::new(0),
+    })
+}
+
+/// The live process that owns a core's traffic file, or 0.
+fn writer_pid(traffic: &Segment) -> u32 {
+    banks(traffic).map_or(0, |b| {
+        let owner = b.meta.owner_pid.load(Acquire);
+        if owner != OWNER_CONTROL && pid_alive(owner) {
+            owner
+        } else {
+            0
+        }
     })
 }
