@@ -217,7 +217,8 @@ impl Drop for Kill {
 
 /// Start sslocal on a free port and wait until it listens. A port picked by `free_port` can
 /// be taken by a test running in parallel before sslocal binds it: then sslocal exits, and we
-/// try again on another port.
+/// try again on another port. (Once, on a busy machine, the port answered but the greeting was
+/// reset: whatever listened was not sslocal, so the listener is now checked to speak SOCKS5.)
 fn spawn_sslocal(bin: &str, extra: &[&str], server: &str, method: &str, password: &str) -> (Kill, u16) {
     for _ in 0..5 {
         let local = free_port();
@@ -241,8 +242,14 @@ fn spawn_sslocal(bin: &str, extra: &[&str], server: &str, method: &str, password
         );
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(5) {
-            if TcpStream::connect(("127.0.0.1", local)).is_ok() {
-                return (child, local);
+            if let Ok(probe) = TcpStream::connect(("127.0.0.1", local)) {
+                // Something listens; make sure it is this sslocal (a SOCKS5 server) and not a
+                // process that took the port first (then this sslocal failed to bind): a
+                // greeting answered with "no authentication" says so.
+                if socks_greets(probe) && matches!(child.0.try_wait(), Ok(None)) {
+                    return (child, local);
+                }
+                break;
             }
             if matches!(child.0.try_wait(), Ok(Some(_))) {
                 break;
@@ -251,6 +258,14 @@ fn spawn_sslocal(bin: &str, extra: &[&str], server: &str, method: &str, password
         }
     }
     panic!("sslocal never started listening (5 ports tried)");
+}
+
+fn socks_greets(mut s: TcpStream) -> bool {
+    let mut r = [0u8; 2];
+    s.set_read_timeout(Some(Duration::from_secs(5))).is_ok()
+        && s.write_all(&[5, 1, 0]).is_ok()
+        && s.read_exact(&mut r).is_ok()
+        && r == [5, 0]
 }
 
 fn free_port() -> u16 {
