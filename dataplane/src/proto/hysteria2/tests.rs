@@ -343,6 +343,103 @@ fn udp_fragments_reassemble_in_any_order_and_are_bounded() {
     assert!(out.is_empty());
 }
 
+/// A fragment flood (issue 11): 64 sessions each send all but one of 255 full-size
+/// fragments, interleaved. Held payload stays within
+/// [`udp::MAX_PARTIAL_BYTES`] and [`udp::MAX_PARTIAL`] sessions at every step (it was 64
+/// sessions x 255 fragments, ~22 MiB per connection), packets larger than a datagram are
+/// never kept, and a legitimate fragmented packet still comes through after the flood.
+#[test]
+fn udp_fragment_flood_holds_at_most_the_byte_bound() {
+    const DATAGRAM: usize = 1350;
+    let mut dfr = Defragmenter::default();
+    let mut peak = (0, 0);
+    let mut fed = 0usize;
+    // Fixed header, address length and "[::1]:53": the rest of the datagram is payload.
+    let room = DATAGRAM - udp::FIXED_HEADER - 1 - 8;
+    let flood: Vec<Vec<Vec<u8>>> = (0..64u32)
+        .map(|session| {
+            let mut frags = Vec::new();
+            assert!(udp::encode(
+                &mut frags,
+                session,
+                1,
+                "[::1]:53",
+                &vec![0x5a; 255 * room],
+                DATAGRAM
+            ));
+            assert_eq!(frags.len(), 255);
+            frags
+        })
+        .collect();
+    // Interleaved, as a flood would: fragment i of every session, then i + 1. 64 sessions
+    // meet the count bound first, 12 the byte bound.
+    for n in [64, 12] {
+        dfr = Defragmenter::default();
+        for i in 0..254 {
+            for frags in &flood[..n] {
+                let m = udp::decode(&frags[i]).unwrap();
+                assert!(
+                    dfr.feed(&m, &frags[i]).is_none(),
+                    "a packet larger than a datagram completed"
+                );
+                fed += frags[i].len();
+                peak = (peak.0.max(dfr.buffered()), peak.1.max(dfr.pending()));
+                assert!(
+                    dfr.buffered() <= udp::MAX_PARTIAL_BYTES,
+                    "{} bytes held",
+                    dfr.buffered()
+                );
+                assert!(dfr.pending() <= udp::MAX_PARTIAL);
+            }
+        }
+    }
+    eprintln!(
+        "fragment flood: {} KiB fed, at most {} KiB in {} partial packets held",
+        fed >> 10,
+        peak.0 >> 10,
+        peak.1
+    );
+    // Packets that fit a datagram, 8 sessions' worth interleaved: the byte bound still holds,
+    // the oldest partials make way, and each packet is whole once its last fragment is in.
+    let payload: Vec<u8> = (0..60_000u32).map(|i| i as u8).collect();
+    let all: Vec<Vec<Vec<u8>>> = (0..8u32)
+        .map(|s| {
+            let mut f = Vec::new();
+            assert!(udp::encode(&mut f, 1000 + s, 7, "1.2.3.4:5", &payload, DATAGRAM));
+            f
+        })
+        .collect();
+    let mut whole = 0;
+    for i in 0..all[0].len() {
+        for frags in &all {
+            let m = udp::decode(&frags[i]).unwrap();
+            if let Some((addr, p)) = dfr.feed(&m, &frags[i]) {
+                assert_eq!(
+                    (addr.as_slice(), p.as_slice()),
+                    (&b"1.2.3.4:5"[..], payload.as_slice())
+                );
+                whole += 1;
+            }
+            assert!(dfr.buffered() <= udp::MAX_PARTIAL_BYTES);
+        }
+    }
+    // Four largest-size packets fit the byte bound at once; of eight interleaved, the ones
+    // that lost their oldest fragments are dropped, the rest complete.
+    assert!(
+        (1..=4).contains(&whole),
+        "{whole} of 8 interleaved packets completed"
+    );
+    // One packet at a time (how a client sends): every one completes.
+    for s in 0..8u32 {
+        let mut done = 0;
+        for f in &all[s as usize] {
+            let m = udp::decode(f).unwrap();
+            done += usize::from(dfr.feed(&m, f).is_some());
+        }
+        assert_eq!(done, 1, "packet of session {s}");
+    }
+}
+
 proptest::proptest! {
     /// Network input never panics any parser, whatever it is.
     #[test]
