@@ -370,3 +370,79 @@ fn ss_udp_session_flood_stays_at_256_per_user_rss_under_16mib() {
         BOUND / 1024
     );
 }
+
+/// Fallback relays answer clients that never authenticated, so they count against the
+/// address like a pending handshake does (issue 11): one address holds at most
+/// `MaxHandshakesPerIP` of them per worker, while another address still reaches the site, and the
+/// first address gets its places back once its relays end. Without this, one address could
+/// hold any number of relays to the fallback site (each a descriptor pair and buffers).
+#[test]
+fn fallback_relays_from_one_address_stop_at_the_per_ip_cap() {
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const CAP: usize = 8;
+    // The fallback site: holds every connection until the client closes it; counts open ones.
+    let site = TcpListener::bind("127.0.0.1:0").unwrap();
+    let site_port = site.local_addr().unwrap().port();
+    let open = Arc::new(AtomicUsize::new(0));
+    let o = open.clone();
+    std::thread::spawn(move || {
+        for s in site.incoming().flatten() {
+            let o = o.clone();
+            o.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut b = [0u8; 4096];
+                while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let port = free_port();
+    let node = NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "anytls", "server_port": port, "server_name": DOMAIN,
+                     "tls_settings": {"server_name": DOMAIN},
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: users(&UUIDS),
+    };
+    let extra = json!({"EnableFallback": true, "FallBackConfigs": [{"Dest": format!("127.0.0.1:{site_port}")}]});
+    // One worker: the cap is per worker.
+    let v = V2sp::start_with(vec![node], extra, json!({"MaxHandshakesPerIP": CAP, "Workers": 1})).unwrap();
+    // A wrong AnyTLS password hash (and a zero padding length): a fallback.
+    let mut probe = vec![0x5au8; 32];
+    probe.extend([0, 0]);
+    let wait_open = |want: usize| {
+        let start = Instant::now();
+        while open.load(Ordering::SeqCst) != want && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        open.load(Ordering::SeqCst)
+    };
+    let attacker = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let mut held = Vec::new();
+    for _ in 0..3 * CAP {
+        if let Ok(mut s) = connect_from(attacker, port) {
+            if s.write_all(&probe).is_ok() {
+                held.push(s);
+            }
+        }
+    }
+    assert_eq!(wait_open(CAP), CAP, "relays from one address at the site (cap {CAP})\n{}", v.agent.log());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(open.load(Ordering::SeqCst), CAP, "more relays than the cap from one address");
+    // Another address is not affected.
+    let mut other = connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)), port).unwrap();
+    other.write_all(&probe).unwrap();
+    assert_eq!(wait_open(CAP + 1), CAP + 1, "another address did not reach the site");
+    // The attacker's relays end: its places come back.
+    drop(held);
+    drop(other);
+    assert_eq!(wait_open(0), 0, "relays did not end with their clients");
+    let mut again = connect_from(attacker, port).unwrap();
+    again.write_all(&probe).unwrap();
+    assert_eq!(wait_open(1), 1, "the address did not get its places back");
+}

@@ -377,6 +377,7 @@ impl Core {
         let mut guard = HandshakeGuard {
             core: self.clone(),
             ip: None,
+            worker: true,
         };
         self.handshaking.set(self.handshaking.get() + 1);
         if per_ip && !guard.rekey(ip) {
@@ -905,9 +906,22 @@ struct HandshakeGuard {
     core: Rc<Core>,
     /// The address whose per-IP count holds this place (`None`: not counted yet).
     ip: Option<IpAddr>,
+    /// Whether the worker's count holds it too (see [`HandshakeGuard::relaying_unauthenticated`]).
+    worker: bool,
 }
 
 impl HandshakeGuard {
+    /// The handshake ended in a relay for nobody (a fallback, REALITY's dest): the worker's
+    /// place goes back, but the address keeps its count until the relay ends. Otherwise one
+    /// address could hold any number of relays without authenticating (issue 11); counting
+    /// them per worker instead would let those relays lock real handshakes out.
+    fn relaying_unauthenticated(&mut self) {
+        if std::mem::take(&mut self.worker) {
+            let c = &self.core;
+            c.handshaking.set(c.handshaking.get().saturating_sub(1));
+        }
+    }
+
     /// Counts this handshake against `ip` (instead of the address it was counted against, if
     /// any); false, with the place given back, when `ip` is at its cap.
     fn rekey(&mut self, ip: IpAddr) -> bool {
@@ -940,8 +954,7 @@ impl HandshakeGuard {
 
 impl Drop for HandshakeGuard {
     fn drop(&mut self) {
-        let c = &self.core;
-        c.handshaking.set(c.handshaking.get().saturating_sub(1));
+        self.relaying_unauthenticated();
         self.release_ip();
     }
 }
@@ -1492,7 +1505,7 @@ async fn open(
     let (next, tls) = match hs.await {
         Ok(Handshake::Forward(n, tls)) => (n, tls),
         Ok(Handshake::Fallback(dest)) => {
-            drop(hs_guard);
+            hs_guard.relaying_unauthenticated();
             fallback_relay(&core, &node, &client, &dest).await;
             return None;
         }
@@ -1530,7 +1543,7 @@ async fn open(
             return None;
         }
         Next::Fallback { consumed, .. } => {
-            drop(hs_guard);
+            hs_guard.relaying_unauthenticated();
             fallback::serve(&core, &node, client, peer, consumed, tls, deadline).await;
             return None;
         }
