@@ -63,9 +63,9 @@ impl DataplaneChild {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = Command::new(&self.bin)
-            .arg("--shm-dir")
-            .arg(&self.shm_dir)
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--shm-dir").arg(&self.shm_dir);
+        let child = crate::sys::unblocked_signals(&mut cmd)
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start the data plane {}: {e}", self.bin.display()))?;
         tracing::info!(pid = child.id(), bin = %self.bin.display(), "data plane started");
@@ -204,6 +204,34 @@ fn alive(pid: u32) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    fn child_sigblk(unblocked: bool) -> String {
+        let mut cmd = Command::new("cat");
+        cmd.arg("/proc/self/status").stdout(std::process::Stdio::piped());
+        if unblocked {
+            crate::sys::unblocked_signals(&mut cmd);
+        }
+        let out = cmd.output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// The control plane blocks SIGTERM to wait for it with sigwait; the data plane it starts
+    /// must not inherit that (it was: every stop ended in SIGKILL after the timeout).
+    #[test]
+    fn children_start_with_no_signal_blocked() {
+        std::thread::spawn(|| {
+            crate::sys::block_signals();
+            assert_ne!(child_sigblk(false), "0000000000000000", "the mask is inherited by default");
+            assert_eq!(child_sigblk(true), "0000000000000000");
+        })
+        .join()
+        .unwrap();
+    }
 
     /// Issue 11: a pid from shared memory that is not a data plane is never adopted (and so
     /// never signalled); a data plane is, and is stopped through its pidfd.

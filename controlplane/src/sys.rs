@@ -17,6 +17,27 @@ pub fn block_signals() {
     }
 }
 
+/// Makes `cmd`'s process start with no signal blocked. The mask [`block_signals`] sets is
+/// inherited across fork and exec (the standard library does not reset it), and a program
+/// started with SIGTERM blocked never sees `systemctl stop` or our own SIGTERM.
+pub fn unblocked_signals(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe functions may be called: sigemptyset and sigprocmask are (POSIX
+    // lists both); it touches no memory but its own stack and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    }
+}
+
 /// Wait for SIGTERM, SIGINT or SIGHUP; returns the signal number.
 pub fn wait_signal() -> i32 {
     // SAFETY: as above; sigwait writes the received signal into `sig`.

@@ -14,7 +14,8 @@ use v2sp_dataplane::node::{default_protocols, planned_cores, Engine, EngineOpts,
 use v2sp_dataplane::upgrade;
 use v2sp_dataplane::stats::shm::ShmPort;
 use v2sp_dataplane::stats::CorePort;
-use v2sp_shared::shm::DataplaneShm;
+use v2sp_dataplane::limits::gcra::RateLimiters;
+use v2sp_shared::shm::{DataplaneShm, RateTable};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -39,6 +40,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any thread starts (they inherit the mask): a parent may have blocked SIGTERM.
+    let unblocked = v2sp_dataplane::sys::unblock_signals();
     // Descriptors inherited from the process this one replaces are taken before anything
     // else opens a file (their numbers must not be reused first).
     let (inherited, mut notes) = handover::inherit_from_env();
@@ -65,6 +68,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    if let Err(e) = unblocked {
+        tracing::warn!("cannot unblock SIGTERM/SIGINT/SIGHUP/SIGUSR2: {e}");
+    }
     if ready_pipe.is_some() {
         tracing::info!(sockets = inherited, "starting as the successor of a data plane being upgraded");
     }
@@ -137,7 +143,17 @@ fn main() -> anyhow::Result<()> {
             .map(|c| Box::new(ShmPort::new(c)) as Box<dyn CorePort>)
     });
     let mut drain = cfg_drain(&cfg);
-    let engine = Engine::start(opts, ports, Shared::new(default_protocols()), Arc::new(cfg))?;
+    // Speed-limit clocks in the shm directory: a successor and the process it replaces
+    // share each user's budget. Without the file, limits hold per process.
+    let rates = match RateTable::open(&args.shm_dir) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("speed limits are per process (no shared clocks): {e}");
+            None
+        }
+    };
+    let shared = Shared::with_rates(default_protocols(), RateLimiters::new(rates));
+    let engine = Engine::start(opts, ports, shared, Arc::new(cfg))?;
     tracing::info!(cores = engine.cores, backend = %engine.backend, "{}", engine.backend_reason);
     let backend_code = match engine.backend {
         v2sp_dataplane::runtime::IoBackend::Uring => 1,

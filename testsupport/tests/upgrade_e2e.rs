@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use v2sp_testsupport::harness::{
-    bin_dir, expect, free_port, payload, sing_box_ss, socks5_connect, Echo, NodeSpec, Totals, V2sp,
+    bin_dir, expect, free_port, payload, sing_box_ss, socks5_connect, Echo, NodeSpec, Sink, Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::users;
 
@@ -198,4 +198,73 @@ fn upgrade_under_load_loses_no_connection_and_no_byte() {
     expect(&mut expected, 1, 1, total, total);
     eprintln!("{n} new connections during three upgrades, {total} bytes each way");
     v.finish(&failures, &expected);
+}
+
+/// A user's speed limit is one budget across the two data planes of an upgrade: one upload
+/// stays on the process being replaced (it drains), a second one goes to its successor, and
+/// together they get the limit, not the limit twice (each process's buckets draw on the same
+/// clock in the shm directory's `rates` file).
+#[test]
+fn a_speed_limit_is_one_budget_across_an_upgrade() {
+    const MBPS: u32 = 16;
+    let limit = f64::from(MBPS) * 1e6 / 8.0;
+    let sink = Sink::start().unwrap();
+    let port = free_port();
+    let node = NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "shadowsocks", "cipher": "aes-128-gcm", "server_port": port,
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: vec![json!({"id": 1, "uuid": UUID, "speed_limit": MBPS, "device_limit": 0})],
+    };
+    let v = V2sp::start_with(vec![node], json!({}), json!({"DrainSeconds": 60})).unwrap();
+    let (_client, socks) = sing_box_ss(port, "aes-128-gcm", UUID, v.dir.path()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let upload = || {
+        let mut s = socks5_connect(socks, sink.port).unwrap();
+        let handle = s.try_clone().unwrap();
+        let stop = stop.clone();
+        let t = std::thread::spawn(move || {
+            let chunk = payload(64 * 1024, 5);
+            while !stop.load(Ordering::SeqCst) && s.write_all(&chunk).is_ok() {}
+        });
+        (t, handle)
+    };
+    let old_upload = upload();
+    std::thread::sleep(Duration::from_millis(1500));
+    let first = v.dataplane_pid();
+    let (ok, text) = upgrade(&v.shm_dir());
+    assert!(ok, "upgrade: {text}\n--- v2sp log ---\n{}", v.agent.log());
+    let second = v.dataplane_pid();
+    assert!(second != first && second != 0, "a new data plane serves: {first} → {second}");
+    let new_upload = upload();
+    std::thread::sleep(Duration::from_millis(1500));
+    let b0 = sink.bytes.load(Ordering::SeqCst);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let rate = (sink.bytes.load(Ordering::SeqCst) - b0) as f64 / t0.elapsed().as_secs_f64();
+    assert!(alive(first), "the first upload kept the replaced data plane draining");
+    stop.store(true, Ordering::SeqCst);
+    for (t, s) in [old_upload, new_upload] {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        let _ = t.join();
+    }
+    // SIGTERM reaches the successor (it was blocked in every data plane `v2sp run` started,
+    // whose stop then ended in SIGKILL after the control plane's 15 s): it stops within its
+    // 10 s grace (sing-box still pushes the upload's buffered bytes, at the limit).
+    let t = Instant::now();
+    Command::new("kill").arg("-TERM").arg(second.to_string()).status().unwrap();
+    while alive(second) && t.elapsed() < Duration::from_secs(12) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(second), "the successor ignored SIGTERM\n{}", v.agent.log());
+    assert!(v.agent.log().contains("stopping: draining open connections"));
+    eprintln!("successor stopped {:?} after SIGTERM", t.elapsed());
+    drop(v);
+    eprintln!("two uploads on two data planes: {rate:.0} B/s together, limit {limit:.0} B/s");
+    assert!(
+        rate <= 1.2 * limit,
+        "two data planes gave one user {rate:.0} B/s, limit {limit:.0} B/s"
+    );
+    assert!(rate >= 0.5 * limit, "the uploads stalled: {rate:.0} B/s, limit {limit:.0} B/s");
 }

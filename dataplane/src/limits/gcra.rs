@@ -1,7 +1,9 @@
 //! Per-user speed limit shared by all of a user's connections on all cores (GCRA).
 //!
-//! One [`Bucket`] per (node, user): an `AtomicU64` theoretical arrival time (TAT, ns on a
-//! process-wide monotonic clock) and the current rate. Every read/splice *reserves* its bytes
+//! One [`Bucket`] per (node, user): an `AtomicU64` theoretical arrival time (TAT, ns on
+//! `CLOCK_MONOTONIC`) and the current rate. The TAT lives in the shm directory's `rates` file
+//! when the data plane has one (every data-plane process of an upgrade then draws on the same
+//! clock: `v2sp_shared::shm::RateTable`), else in the bucket. Every read/splice *reserves* its bytes
 //! with one CAS and gets back how long to wait before going on; upload and download draw from the
 //! same bucket. Burst tolerance is 1 s worth of bytes (the token bucket of the reference
 //! implementation: capacity = one second's quantum). The rate lives in the bucket, so a limit
@@ -9,8 +11,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use v2sp_shared::shm::{RateTable, SharedClock};
 
 const NS: u128 = 1_000_000_000;
 /// Burst tolerance: one second of traffic at the configured rate.
@@ -26,26 +30,42 @@ pub fn effective_bytes_per_sec(node_mbps: u32, user_mbps: u32) -> u64 {
     u64::from(m) * 1_000_000 / 8
 }
 
-/// Nanoseconds on the process-wide monotonic clock the buckets use.
+/// Nanoseconds on `CLOCK_MONOTONIC`, the clock every data-plane process's buckets use.
 pub fn now_ns() -> u64 {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    let o = *ORIGIN.get_or_init(Instant::now);
-    u64::try_from(o.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    v2sp_shared::shm::monotonic_ns()
 }
 
 /// One user's shared budget.
 #[derive(Debug, Default)]
 pub struct Bucket {
+    /// The clock when there is no shared one, or the shared slot went to another user.
     tat: AtomicU64,
+    shared: Option<SharedClock>,
     rate: AtomicU64,
 }
 
 impl Bucket {
     pub fn new(bytes_per_sec: u64) -> Self {
+        Self::with_clock(bytes_per_sec, None)
+    }
+
+    /// A bucket on `shared`'s clock (one all data-plane processes use), or its own.
+    pub fn with_clock(bytes_per_sec: u64, shared: Option<SharedClock>) -> Self {
         Bucket {
             tat: AtomicU64::new(0),
+            shared,
             rate: AtomicU64::new(bytes_per_sec),
         }
+    }
+
+    /// Whether the clock is the shared one (false: this process's own).
+    pub fn is_shared(&self) -> bool {
+        self.shared.as_ref().is_some_and(|c| c.tat().is_some())
+    }
+
+    #[inline]
+    fn clock(&self) -> &AtomicU64 {
+        self.shared.as_ref().and_then(SharedClock::tat).unwrap_or(&self.tat)
     }
 
     pub fn rate(&self) -> u64 {
@@ -73,13 +93,11 @@ impl Bucket {
             return 0;
         }
         let cost = u64::try_from(u128::from(n) * NS / u128::from(rate)).unwrap_or(u64::MAX);
-        let mut cur = self.tat.load(Ordering::Relaxed);
+        let tat = self.clock();
+        let mut cur = tat.load(Ordering::Relaxed);
         loop {
             let new = cur.max(now).saturating_add(cost);
-            match self
-                .tat
-                .compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match tat.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return new.saturating_sub(now.saturating_add(TAU_NS)),
                 Err(actual) => cur = actual,
             }
@@ -94,16 +112,14 @@ impl Bucket {
             return true;
         }
         let cost = u64::try_from(u128::from(n) * NS / u128::from(rate)).unwrap_or(u64::MAX);
-        let mut cur = self.tat.load(Ordering::Relaxed);
+        let tat = self.clock();
+        let mut cur = tat.load(Ordering::Relaxed);
         loop {
             let new = cur.max(now).saturating_add(cost);
             if new.saturating_sub(now) > TAU_NS {
                 return false;
             }
-            match self
-                .tat
-                .compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match tat.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return true,
                 Err(actual) => cur = actual,
             }
@@ -127,17 +143,25 @@ type Shard = Mutex<HashMap<(u16, u32), Weak<Bucket>>>;
 #[derive(Debug)]
 pub struct RateLimiters {
     shards: Vec<Shard>,
+    /// Where buckets keep their clocks so that other data-plane processes share them.
+    table: Option<RateTable>,
 }
 
 impl Default for RateLimiters {
     fn default() -> Self {
-        RateLimiters {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-        }
+        Self::new(None)
     }
 }
 
 impl RateLimiters {
+    /// Buckets with their clocks in `table` (when there is one), else their own.
+    pub fn new(table: Option<RateTable>) -> Self {
+        RateLimiters {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            table,
+        }
+    }
+
     /// The user's bucket (created on first use), with its rate set to `bytes_per_sec`.
     pub fn bucket(&self, node: u16, user_id: u32, bytes_per_sec: u64) -> Arc<Bucket> {
         let idx = (user_id as usize ^ usize::from(node)) % SHARDS;
@@ -152,7 +176,8 @@ impl RateLimiters {
             b.set_rate(bytes_per_sec);
             return b;
         }
-        let b = Arc::new(Bucket::new(bytes_per_sec));
+        let clock = self.table.as_ref().and_then(|t| t.clock(node, user_id, now_ns()));
+        let b = Arc::new(Bucket::with_clock(bytes_per_sec, clock));
         if map.len() >= 1024 && map.len().is_power_of_two() {
             map.retain(|_, w| w.strong_count() > 0);
         }
@@ -256,4 +281,35 @@ mod tests {
         let d = r.bucket(1, 7, 1);
         assert_eq!(d.rate(), 1);
     }
+    /// Two data-plane processes (two registries on one shm directory, as during an upgrade):
+    /// one user's buckets draw on one clock, so together they get one second of burst and then
+    /// the limit, not twice that; another user is not touched.
+    #[test]
+    fn buckets_of_two_processes_share_one_budget() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let old = RateLimiters::new(Some(RateTable::open(d.path()).unwrap()));
+        let new = RateLimiters::new(Some(RateTable::open(d.path()).unwrap()));
+        let rate = 1_000_000;
+        let a = old.bucket(1, 7, rate);
+        let b = new.bucket(1, 7, rate);
+        assert!(a.is_shared() && b.is_shared());
+        let now = now_ns();
+        // The burst: one second of bytes, taken half by each process.
+        assert_eq!(a.reserve_at(rate / 2, now), 0);
+        assert_eq!(b.reserve_at(rate / 2, now), 0);
+        // Past it, each must wait for the other's bytes too.
+        assert_eq!(b.reserve_at(rate / 10, now), 100_000_000);
+        assert!(!a.try_take_at(rate / 10, now));
+        // Another user's budget is untouched.
+        let c = new.bucket(1, 8, rate);
+        assert_eq!(c.reserve_at(rate, now), 0);
+        // Without a table each process has its own clock (what this replaced).
+        let (p, q) = (RateLimiters::default(), RateLimiters::default());
+        let (x, y) = (p.bucket(1, 7, rate), q.bucket(1, 7, rate));
+        assert!(!x.is_shared());
+        assert_eq!(x.reserve_at(rate, now), 0);
+        assert_eq!(y.reserve_at(rate, now), 0);
+    }
+
 }

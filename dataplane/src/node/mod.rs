@@ -197,9 +197,14 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(protocols: ProtocolFactory) -> Arc<Self> {
+        Self::with_rates(protocols, RateLimiters::default())
+    }
+
+    /// As [`Shared::new`], with the speed-limit buckets given (their clocks in shared memory).
+    pub fn with_rates(protocols: ProtocolFactory, rates: RateLimiters) -> Arc<Self> {
         Arc::new(Shared {
             devices: DeviceTracker::default(),
-            rates: RateLimiters::default(),
+            rates,
             replay: Box::new(crate::limits::replay::ReplayFilter::new(REPLAY_WINDOW_S, 1 << 20)),
             protocols,
             splice: std::env::var("V2SP_SPLICE").map(|v| v != "0").unwrap_or(true),

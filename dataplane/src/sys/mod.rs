@@ -174,6 +174,29 @@ pub fn set_cloexec(fd: std::os::fd::BorrowedFd<'_>, on: bool) -> io::Result<()> 
     Ok(())
 }
 
+/// Unblocks the signals this process acts on (SIGTERM, SIGINT, SIGHUP, SIGUSR2) in the
+/// calling thread; threads it spawns afterwards inherit that. A blocked mask survives `exec`:
+/// a data plane started by a parent that blocks them (the control plane waits for its own
+/// signals with `sigwait`) would otherwise never see SIGTERM and be killed at the end of the
+/// stop timeout instead of draining. Call first thing in `main`, before any thread starts.
+pub fn unblock_signals() -> io::Result<()> {
+    // SAFETY: `set` is a sigset_t initialised by sigemptyset before use; pthread_sigmask reads
+    // it and changes only the calling thread's mask (no old mask is written back: null).
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR2] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
 /// Opts this process out of transparent huge pages (`PR_SET_THP_DISABLE`). The allocator
 /// madvises its arenas for huge pages; the kernel then backs the heap in 2 MiB steps, so a
 /// few hundred idle connections more or less move RSS by whole huge pages and the per-

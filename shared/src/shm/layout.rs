@@ -8,6 +8,7 @@
 //! users-N-a|b  [ SegHeader ][ TableMeta 64 B ][ UserRecord 64 B × cap ][ index u64 × 2^k ]
 //! traffic-C    [ SegHeader ][ TrafficMeta 64 B ][ BankHeader ][ TrafficEntry × cap ] × 2
 //! events-C     [ SegHeader ][ RingMeta 192 B ][ [u64; 4] × cap ]   (also cmds-C)
+//! rates        [ SegHeader ][ RateSlot 16 B × 65536 ]
 //! ```
 
 use super::sync::{AtomicU32, AtomicU64};
@@ -29,6 +30,9 @@ pub const KIND_USERS: u32 = 3;
 pub const KIND_TRAFFIC: u32 = 4;
 pub const KIND_EVENTS: u32 = 5;
 pub const KIND_CMDS: u32 = 6;
+/// A kind added after version 1 shipped: a binary that does not know it never opens the file,
+/// so adding it changed no existing layout (no version bump).
+pub const KIND_RATES: u32 = 7;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -264,3 +268,16 @@ pub struct RingMeta {
 const _: () = assert!(size_of::<RingMeta>() == 192);
 pub const RING_META_OFF: usize = 64;
 pub const RING_SLOTS_OFF: usize = 256;
+
+/// One speed-limit clock of the `rates` file (see `rates.rs`).
+#[repr(C)]
+pub struct RateSlot {
+    /// `1 << 63 | node << 32 | user_id`; 0 = never used.
+    pub key: AtomicU64,
+    /// GCRA theoretical arrival time, ns on `CLOCK_MONOTONIC`.
+    pub tat: AtomicU64,
+}
+#[cfg(not(loom))]
+const _: () = assert!(size_of::<RateSlot>() == 16);
+pub const RATE_SLOTS_OFF: usize = 64;
+pub const RATE_SLOTS: usize = 1 << 16;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 mod control;
 mod dataplane;
 pub mod layout;
+mod rates;
 mod rcu;
 mod ring;
 mod segment;
@@ -18,6 +19,8 @@ mod sync;
 mod traffic;
 mod user_table;
 
+pub use rates::{RateTable, SharedClock};
+pub use segment::monotonic_ns;
 pub use control::{ControlShm, CoreStatus, PublishStats, Status};
 pub use dataplane::{CoreShm, DataplaneShm, Tick};
 pub use traffic::{HarvestedBank, TrafficDelta, TrafficWriter, DEFAULT_BANK_CAPACITY};
@@ -219,14 +222,15 @@ impl Command {
     }
 }
 
-/// File names inside the shm directory.
 /// In the shm directory: the outcome of the last data-plane upgrade, one line written by the
 /// data plane being replaced (`ok <old pid> <new pid>` or `failed <old pid> <reason>`) and
 /// read by `v2sp upgrade`.
 pub const UPGRADE_STATUS_FILE: &str = "upgrade-status";
 
+/// File names inside the shm directory.
 pub(crate) mod names {
     pub(crate) const CTL: &str = "ctl";
+    pub(crate) const RATES: &str = "rates";
     pub(crate) const CONFIG: &str = "config";
     pub(crate) fn users(node: u16, side: usize) -> String {
         format!("users-{node}-{}", if side == 0 { 'a' } else { 'b' })

@@ -264,6 +264,23 @@ pub(crate) fn prefetch<T>(v: &T) {
     let _ = v;
 }
 
+/// Nanoseconds on `CLOCK_MONOTONIC`: one clock for every process on the machine (speed-limit
+/// clocks in the `rates` file are shared by the data planes of an upgrade). 0 if it fails,
+/// which Linux documents only for an invalid clock id or pointer.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call and
+    // CLOCK_MONOTONIC is a valid clock id; the kernel (vDSO) writes only that struct.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if r != 0 {
+        return 0;
+    }
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
 /// Whether a process with this pid exists (a dead owner's segments may be taken over).
 pub(crate) fn pid_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
