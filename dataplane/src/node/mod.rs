@@ -1286,6 +1286,7 @@ async fn handshake(
             first,
             &mut buf,
             give_up,
+            &|key| core.shared.replay.check_and_insert(key),
         )
         .await
         {

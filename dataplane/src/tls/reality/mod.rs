@@ -162,6 +162,25 @@ pub fn authenticate(
     Some(auth)
 }
 
+/// Whether an authenticated ClientHello is seen here for the first time (`first_seen` records
+/// a key and says whether it was new). A real client's hello, captured and replayed by a
+/// prober, authenticates again: nothing in it depends on the connection. Answering it with our
+/// certificate would tell the prober what this server is, so each authenticated hello's
+/// random is remembered (in the process-wide replay filter the Shadowsocks salts use, which
+/// keeps an entry at least its window; the key is domain-separated from salts) and a second
+/// sighting is a stranger, relayed to dest. Only authenticated hellos are recorded: strangers
+/// cannot fill the filter. A replay older than the filter's memory is caught only by a
+/// `max_time_diff`, which the panels do not send (0: off, as in Xray).
+pub fn first_sighting(msg: &[u8], first_seen: &dyn Fn(&[u8]) -> bool) -> bool {
+    let Ok(h) = hello::parse(msg) else {
+        return false;
+    };
+    let mut key = [0u8; 33];
+    key[0] = b'R';
+    key[1..].copy_from_slice(&h.random);
+    first_seen(&key)
+}
+
 impl RealityServer {
     pub fn new(s: &RealitySettings) -> Result<Self, String> {
         let private_key =
@@ -373,6 +392,7 @@ pub async fn accept(
     first: Vec<u8>,
     buf: &mut [u8],
     give_up: tokio::time::Instant,
+    first_seen: &dyn Fn(&[u8]) -> bool,
 ) -> Outcome {
     // Contact dest before looking at the hello: a probe sees the same delay either way.
     let mut opts = opts.clone();
@@ -421,7 +441,14 @@ pub async fn accept(
         };
         carry.extend_from_slice(buf.get(..n).unwrap_or_default());
     };
-    let auth = msg.as_deref().and_then(|m| srv.authenticate(m, now_ms()));
+    let auth = msg.as_deref().and_then(|m| {
+        let auth = srv.authenticate(m, now_ms())?;
+        if !first_sighting(m, first_seen) {
+            tracing::debug!(%peer, "REALITY: a replayed ClientHello; relayed to dest");
+            return None;
+        }
+        Some(auth)
+    });
     let Some(auth) = auth else {
         tracing::trace!(%peer, hello = msg.is_some(), "REALITY: not authenticated");
         return Outcome::Fallback(dest);

@@ -41,6 +41,28 @@ fn known_answer_authenticates() {
     assert_eq!(hex::encode(sig), CERT_SIG);
 }
 
+/// Issue 11: a captured hello replayed later authenticates again, but is not seen for the
+/// first time: the server treats it as a stranger (relays it to dest). Another hello of the
+/// same client (a new random) is new.
+#[test]
+fn a_replayed_hello_is_not_a_first_sighting() {
+    let filter = crate::limits::replay::ReplayFilter::new(240, 1 << 16);
+    let seen = |k: &[u8]| filter.check_and_insert(k, 1_000);
+    let m = sample_hello(0);
+    assert!(authenticate(&key(), &names(), &ids(), 0, &m, 0).is_some());
+    assert!(first_sighting(&m, &seen));
+    assert!(authenticate(&key(), &names(), &ids(), 0, &m, 0).is_some(), "a replay authenticates");
+    assert!(!first_sighting(&m, &seen), "the replay must not pass");
+    let mut other = m.clone();
+    other[hello::SESSION_ID_AT - 1 - 32] ^= 1; // the first byte of the random
+    assert!(first_sighting(&other, &seen));
+    // Not a ClientHello: never a first sighting.
+    assert!(!first_sighting(b"\x01\x00", &seen));
+    // The key cannot collide with a 32-byte Shadowsocks salt equal to the random.
+    let random: [u8; 32] = m[6..38].try_into().unwrap();
+    assert!(filter.check_and_insert(&random, 1_000), "salts and REALITY randoms are apart");
+}
+
 #[test]
 fn wrong_key_name_short_id_or_tampering_fail() {
     let m = sample_hello(0);
