@@ -1,11 +1,17 @@
 //! The HTTP-01 responder: a plain HTTP listener that answers
 //! `GET /.well-known/acme-challenge/<token>` with the key authorization, only while an order
-//! is being validated (it stops when dropped). One thread, one connection at a time, a request
-//! head of at most 4 KiB read within 5 s; anything else gets 404.
+//! is being validated (it stops when dropped). A request head of at most 4 KiB read within 5 s;
+//! anything else gets 404.
+//!
+//! Connections are answered concurrently, one short-lived thread each, at most
+//! [`MAX_CONNS`] at once and [`MAX_PER_IP`] from one address; past either cap a connection is
+//! closed at once. Served one at a time, a few silent connections (5 s each) would have kept the
+//! CA's validators (several vantage points, each with its own timeout) from ever being
+//! answered; the per-address cap keeps one client from taking every place.
 
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -14,6 +20,10 @@ use std::time::{Duration, Instant};
 const PREFIX: &str = "/.well-known/acme-challenge/";
 const MAX_HEAD: usize = 4096;
 const READ_WITHIN: Duration = Duration::from_secs(5);
+/// Connections answered at once.
+pub(crate) const MAX_CONNS: usize = 64;
+/// Connections answered at once from one address.
+pub(crate) const MAX_PER_IP: usize = 4;
 
 type Tokens = Arc<Mutex<HashMap<String, String>>>;
 
@@ -58,12 +68,68 @@ impl Drop for Responder {
     }
 }
 
+/// Connections being answered, per source address.
+type Active = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// A place among the connections being answered; given back when dropped.
+struct Place {
+    active: Active,
+    ip: IpAddr,
+}
+
+impl Place {
+    fn take(active: &Active, ip: IpAddr) -> Option<Place> {
+        let mut m = active.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = m.values().sum();
+        let here = m.get(&ip).copied().unwrap_or(0);
+        if total >= MAX_CONNS || here >= MAX_PER_IP {
+            return None;
+        }
+        m.insert(ip, here + 1);
+        Some(Place {
+            active: active.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut m = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 fn serve(listener: &TcpListener, tokens: &Tokens, stop: &AtomicBool) {
+    let active: Active = Arc::default();
+    let mut refused = 0u64;
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((s, peer)) => {
-                if let Err(e) = answer(s, tokens) {
-                    tracing::debug!(%peer, error = %e, "ACME HTTP-01 responder: request failed");
+                let Some(place) = Place::take(&active, peer.ip()) else {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        tracing::warn!(%peer, refused, "ACME HTTP-01 responder: too many connections at once; closing new ones");
+                    }
+                    continue; // `s` dropped: closed
+                };
+                let tokens = tokens.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("acme-http01-conn".into())
+                    .stack_size(64 << 10)
+                    .spawn(move || {
+                        let _place = place;
+                        if let Err(e) = answer(s, &tokens) {
+                            tracing::debug!(%peer, error = %e, "ACME HTTP-01 responder: request failed");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!("ACME HTTP-01 responder: cannot start a thread: {e}");
                 }
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -166,6 +232,40 @@ mod tests {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let _ = s.read_to_string(&mut out);
         out
+    }
+
+    /// Issue 11: silent connections (each held up to 5 s) do not keep a validator from being
+    /// answered, and one address cannot take more than its share of places.
+    #[test]
+    fn silent_connections_do_not_hold_up_a_validator() {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let r = Responder::start(port).unwrap();
+        r.add("tok", "tok.thumb");
+        let from = |ip: &str| {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&SocketAddr::new(ip.parse().unwrap(), 0).into()).unwrap();
+            s.connect(&port.into()).unwrap();
+            TcpStream::from(s)
+        };
+        // One address opens 20 silent connections: it holds 4 places, the others are closed.
+        let silent: Vec<TcpStream> = (0..20).map(|_| from("127.0.0.2")).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let closed = silent
+            .iter()
+            .filter(|s| {
+                let mut s = *s;
+                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                // A timeout: still open (waiting for its head). EOF or a reset: closed.
+                !matches!(s.read(&mut [0u8; 1]), Err(ref e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+            })
+            .count();
+        assert_eq!(closed, 20 - MAX_PER_IP, "connections beyond the per-address cap");
+        // A validator from another address is answered at once, not after 20 × 5 s.
+        let started = Instant::now();
+        let ok = get(port, "GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(ok.ends_with("tok.thumb"), "{ok}");
+        assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+        drop(silent);
     }
 
     #[test]
