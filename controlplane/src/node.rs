@@ -343,6 +343,17 @@ impl NodeWorker {
                 }
             }
             WsEvent::Devices { users, .. } => {
+                // The addresses themselves, so that one already online elsewhere is let in at
+                // the limit (Xboard's rule; the counts alone cannot say which address they
+                // are). Trusted for two report rounds: the panel answers each report.devices.
+                let known: Vec<(u32, std::net::IpAddr)> = users
+                    .iter()
+                    .flat_map(|(uid, ips)| ips.iter().filter_map(move |ip| Some((*uid, parse_panel_ip(ip)?))))
+                    .collect();
+                let valid_for = (self.push_every * 2 + Duration::from_secs(15)).max(Duration::from_secs(60));
+                if let Err(e) = self.shared.shm.publish_known_ips(self.slot, &known, valid_for) {
+                    tracing::warn!(node = %self.tag, error = %e, "cannot publish the panel's device lists");
+                }
                 let counts: BTreeMap<u32, u32> = users
                     .into_iter()
                     .map(|(uid, mut ips)| {
@@ -539,4 +550,14 @@ fn jitter(d: Duration) -> Duration {
         return d;
     }
     Duration::from_millis(ms - spread + rand::rng().random_range(0..=2 * spread))
+}
+
+/// An address as the panel lists it (Xboard stores `1.2.3.4`, `::1`, and strips a port from
+/// `1.2.3.4:5678` and `[::1]:443`); `None` for anything else.
+fn parse_panel_ip(s: &str) -> Option<std::net::IpAddr> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip().to_canonical())
 }

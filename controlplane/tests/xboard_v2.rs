@@ -320,6 +320,44 @@ fn websocket_user_sync_and_reconnect() {
     sigterm(&mut agent);
 }
 
+/// Xboard's device rule (spec §5): an address the panel lists online for the user on any node
+/// is let in at the limit. The lists of `sync.devices` reach the data plane as a set it can
+/// ask about one address (ports stripped as the panel does, IPv4-mapped the same address).
+#[test]
+fn websocket_device_lists_reach_the_data_plane() {
+    let sim = v2_sim();
+    add_node(&sim, 1, 18457, 2);
+    let env = env_with(vec![node_entry(&sim, 1, "v2")]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    let (slot, _) = dp.wait_users(18457, &[1, 2], Duration::from_secs(20));
+    wait_for("the WebSocket channel", Duration::from_secs(10), || {
+        sim.ws_live() == 1
+    });
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert!(!dp.core.known_elsewhere(slot, 1, ip("198.51.100.7")));
+    // PHP shapes: an object for the list of user 1, an empty array for user 2.
+    sim.ws_send(
+        1,
+        "sync.devices",
+        json!({"users": {"1": {"0": "198.51.100.7", "1": "[2001:db8::5]:443"}, "2": []}}),
+    );
+    wait_for("the device lists in shared memory", Duration::from_secs(3), || {
+        dp.core.known_elsewhere(slot, 1, ip("198.51.100.7"))
+    });
+    assert!(dp.core.known_elsewhere(slot, 1, ip("::ffff:198.51.100.7")));
+    assert!(dp.core.known_elsewhere(slot, 1, ip("2001:db8::5")));
+    assert!(!dp.core.known_elsewhere(slot, 2, ip("198.51.100.7")), "another user's address");
+    assert!(!dp.core.known_elsewhere(slot, 1, ip("198.51.100.8")));
+    // A newer list replaces the old one.
+    sim.ws_send(1, "sync.devices", json!({"users": {"2": ["203.0.113.9"]}}));
+    wait_for("the newer lists", Duration::from_secs(3), || {
+        dp.core.known_elsewhere(slot, 2, ip("203.0.113.9"))
+    });
+    assert!(!dp.core.known_elsewhere(slot, 1, ip("198.51.100.7")));
+    sigterm(&mut agent);
+}
+
 /// Machine mode: one entry `{ApiHost, ApiKey: <machine token>, MachineID}` without `NodeID`
 /// serves both nodes the panel lists, each reported exactly (machine auth on every call), a
 /// WebSocket event reaches only the node it names, and a node unbound from the machine stops

@@ -85,7 +85,10 @@ impl DeviceTracker {
         }
     }
 
-    /// Opens one reference for (node, user, ip) if the device limit allows it.
+    /// Opens one reference for (node, user, ip) if the device limit allows it: an address
+    /// already online for the user here, or in the panel's lists of every node
+    /// (`known_elsewhere`, asked only at the limit), is always let in; a new one only while
+    /// the addresses online here and elsewhere are fewer than the limit (Xboard's rule).
     pub fn admit(
         &self,
         node: u16,
@@ -93,6 +96,7 @@ impl DeviceTracker {
         ip: IpAddr,
         device_limit: u32,
         alive_elsewhere: u32,
+        known_elsewhere: &dyn Fn() -> bool,
     ) -> Admit {
         let ip = normalise_ip(ip);
         let mut shard = self.shard(node, user_id);
@@ -102,7 +106,7 @@ impl DeviceTracker {
             return Admit::Yes(None);
         }
         let local = u32::try_from(set.len()).unwrap_or(u32::MAX);
-        if device_limit != 0 && local.saturating_add(alive_elsewhere) >= device_limit {
+        if device_limit != 0 && local.saturating_add(alive_elsewhere) >= device_limit && !known_elsewhere() {
             if set.is_empty() {
                 shard.remove(&(node, user_id));
             }
@@ -211,29 +215,49 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Xboard's rule (spec §5): at the limit, an address the panel lists online for the user
+    /// on any node is let in (one phone on two nodes); any other new address is not. The
+    /// lists are only consulted at the limit.
+    #[test]
+    fn at_the_limit_an_address_known_elsewhere_is_let_in() {
+        let t = DeviceTracker::default();
+        let asked = std::cell::Cell::new(0);
+        let known = || {
+            asked.set(asked.get() + 1);
+            true
+        };
+        // Limit 1, the user's phone online on another node (count 1): refused before, let in now.
+        assert!(matches!(t.admit(1, 9, ip("198.51.100.7"), 1, 1, &known), Admit::Yes(Some(_))));
+        assert_eq!(asked.get(), 1);
+        assert_eq!(t.admit(1, 9, ip("198.51.100.8"), 1, 1, &|| false), Admit::No);
+        // Below the limit nothing is asked.
+        assert!(matches!(t.admit(2, 9, ip("198.51.100.9"), 5, 0, &known), Admit::Yes(Some(_))));
+        assert_eq!(asked.get(), 1);
+    }
+
     #[test]
     fn limit_counts_distinct_ips_plus_elsewhere() {
         let t = DeviceTracker::default();
         assert!(matches!(
-            t.admit(1, 9, ip("127.0.0.2"), 2, 0),
+            t.admit(1, 9, ip("127.0.0.2"), 2, 0, &|| false),
             Admit::Yes(Some(_))
         ));
-        assert_eq!(t.admit(1, 9, ip("127.0.0.2"), 2, 0), Admit::Yes(None));
+        assert_eq!(t.admit(1, 9, ip("127.0.0.2"), 2, 0, &|| false), Admit::Yes(None));
         assert!(matches!(
-            t.admit(1, 9, ip("127.0.0.3"), 2, 0),
+            t.admit(1, 9, ip("127.0.0.3"), 2, 0, &|| false),
             Admit::Yes(Some(_))
         ));
-        assert_eq!(t.admit(1, 9, ip("127.0.0.4"), 2, 0), Admit::No);
+        assert_eq!(t.admit(1, 9, ip("127.0.0.4"), 2, 0, &|| false), Admit::No);
         // already-online IP is always fine, even when over the limit now
-        assert_eq!(t.admit(1, 9, ip("127.0.0.3"), 1, 5), Admit::Yes(None));
+        assert_eq!(t.admit(1, 9, ip("127.0.0.3"), 1, 5, &|| false), Admit::Yes(None));
         // other node is independent; alive elsewhere counts
-        assert_eq!(t.admit(2, 9, ip("127.0.0.4"), 2, 2), Admit::No);
+        assert_eq!(t.admit(2, 9, ip("127.0.0.4"), 2, 2, &|| false), Admit::No);
         assert!(matches!(
-            t.admit(2, 9, ip("127.0.0.4"), 2, 1),
+            t.admit(2, 9, ip("127.0.0.4"), 2, 1, &|| false),
             Admit::Yes(Some(_))
         ));
         assert!(matches!(
-            t.admit(1, 10, ip("127.0.0.4"), 0, 99),
+            t.admit(1, 10, ip("127.0.0.4"), 0, 99, &|| false),
             Admit::Yes(Some(_))
         ));
     }
@@ -242,7 +266,7 @@ mod tests {
     fn refcounts_emit_online_and_offline_once() {
         let t = DeviceTracker::default();
         let mapped = ip("::ffff:127.0.0.5");
-        let Admit::Yes(Some(ev)) = t.admit(3, 1, mapped, 0, 0) else {
+        let Admit::Yes(Some(ev)) = t.admit(3, 1, mapped, 0, 0, &|| false) else {
             panic!()
         };
         assert_eq!(
@@ -256,7 +280,7 @@ mod tests {
                 seq: ev.seq,
             }
         );
-        assert_eq!(t.admit(3, 1, ip("127.0.0.5"), 0, 0), Admit::Yes(None));
+        assert_eq!(t.admit(3, 1, ip("127.0.0.5"), 0, 0, &|| false), Admit::Yes(None));
         assert_eq!(t.release(3, 1, ip("127.0.0.5")), None);
         let off = t.release(3, 1, mapped).unwrap();
         assert!(!off.online);
@@ -271,11 +295,11 @@ mod tests {
     #[test]
     fn snapshot_lists_online_ips_between_markers_with_their_seq() {
         let t = DeviceTracker::default();
-        let Admit::Yes(Some(a)) = t.admit(1, 7, ip("10.0.0.1"), 0, 0) else {
+        let Admit::Yes(Some(a)) = t.admit(1, 7, ip("10.0.0.1"), 0, 0, &|| false) else {
             panic!()
         };
-        let _ = t.admit(1, 7, ip("10.0.0.1"), 0, 0);
-        let _ = t.admit(2, 8, ip("10.0.0.2"), 0, 0);
+        let _ = t.admit(1, 7, ip("10.0.0.1"), 0, 0, &|| false);
+        let _ = t.admit(2, 8, ip("10.0.0.2"), 0, 0, &|| false);
         let _ = t.release(2, 8, ip("10.0.0.2")); // offline again: not listed
         let snap: Vec<DeviceEvent> = t.snapshot().events.into_iter().collect();
         assert_eq!(snap.len(), 3);
@@ -291,7 +315,7 @@ mod tests {
             }
         );
         // A transition after the snapshot numbers above its markers.
-        let Admit::Yes(Some(b)) = t.admit(3, 9, ip("10.0.0.3"), 0, 0) else {
+        let Admit::Yes(Some(b)) = t.admit(3, 9, ip("10.0.0.3"), 0, 0, &|| false) else {
             panic!()
         };
         assert!(b.seq > snap[0].seq);
@@ -307,7 +331,7 @@ mod tests {
                     let mut ok = 0;
                     for i in 0..50u8 {
                         let a = IpAddr::from([127, 0, k, i]);
-                        if matches!(t.admit(0, 1, a, 10, 0), Admit::Yes(_)) {
+                        if matches!(t.admit(0, 1, a, 10, 0, &|| false), Admit::Yes(_)) {
                             ok += 1;
                         }
                     }

@@ -1130,10 +1130,11 @@ fn tls_codec(
 fn admit(core: &Rc<Core>, node: &NodeRt, user: &v2sp_shared::shm::UserRef, ip: IpAddr) -> Option<Admitted> {
     let slot = node.cfg.slot;
     let alive = core.port.borrow().alive_elsewhere(user);
+    let known = || core.port.borrow().known_elsewhere(user, ip);
     match core
         .shared
         .devices
-        .admit(slot, user.user_id, ip, user.device_limit, alive)
+        .admit(slot, user.user_id, ip, user.device_limit, alive, &known)
     {
         Admit::No => {
             tracing::debug!(node = slot, user = user.user_id, %ip, "device limit reached");

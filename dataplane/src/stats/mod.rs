@@ -54,6 +54,10 @@ pub trait CorePort {
     }
     /// The panel's alive count of this user minus this node's own IPs.
     fn alive_elsewhere(&self, user: &UserRef) -> u32;
+    /// Whether the panel's device lists have `ip` online for this user on any node.
+    fn known_elsewhere(&self, _user: &UserRef, _ip: std::net::IpAddr) -> bool {
+        false
+    }
     /// Gauge of open connections on this core (status only).
     fn set_open_conns(&self, _n: u64) {}
     /// Counts `n` client connections accepted by this core (`v2sp_connections_accepted_total`).

@@ -69,6 +69,9 @@ impl CorePort for ShmPort {
             _ => 0,
         }
     }
+    fn known_elsewhere(&self, user: &UserRef, ip: std::net::IpAddr) -> bool {
+        self.shm.known_elsewhere(user.node, user.user_id, ip)
+    }
     fn set_open_conns(&self, n: u64) {
         self.shm.set_open_conns(n);
     }

@@ -286,6 +286,8 @@ impl ControlShm {
 
     /// Stop serving a node's users (the data plane closes the node's listener via config).
     pub fn remove_node(&self, node: u16) -> Result<(), ShmError> {
+        // The node's device lists go with it (a node that gets the slot later starts clean).
+        super::known_ips::remove(&self.dir, node);
         let slot = self.node_slot(node)?;
         slot.in_use.store(0, Release);
         let gen = self.words().tables_gen.fetch_add(1, AcqRel) + 1;
@@ -296,6 +298,24 @@ impl ControlShm {
     }
 
     /// Update each user's panel-wide online count on other nodes, in place, in the active side.
+    /// Publishes the panel's device lists for `node` (every user's addresses on every node,
+    /// Xboard `sync.devices`), trusted by the data plane for `valid_for`. Returns the entries
+    /// written.
+    pub fn publish_known_ips(
+        &self,
+        node: u16,
+        ips: &[(u32, std::net::IpAddr)],
+        valid_for: Duration,
+    ) -> Result<usize, ShmError> {
+        super::known_ips::write(&self.dir, node, ips, valid_for)
+    }
+
+    /// Withdraws `node`'s device lists (the node is gone, or the lists came from a channel that
+    /// closed).
+    pub fn clear_known_ips(&self, node: u16) {
+        super::known_ips::remove(&self.dir, node);
+    }
+
     pub fn set_alive_elsewhere(&self, node: u16, counts: &dyn Fn(u32) -> u32) -> Result<(), ShmError> {
         let slot = self.node_slot(node)?;
         if slot.in_use.load(Acquire) != 1 {

@@ -187,6 +187,7 @@ impl DataplaneShm {
             tables: (0..MAX_NODES).map(|_| None).collect(),
             seen_tables_gen: u64::MAX,
             acked_epoch: 0,
+            known: Default::default(),
         };
         // Do not flip for a harvest that was requested before we started: only later ones.
         c.acked_epoch = c.words()?.harvest_epoch.load(Acquire);
@@ -225,6 +226,7 @@ pub struct CoreShm {
     tables: Vec<Option<MappedTable>>,
     seen_tables_gen: u64,
     acked_epoch: u64,
+    known: std::cell::RefCell<super::known_ips::KnownReader>,
 }
 
 impl CoreShm {
@@ -302,6 +304,12 @@ impl CoreShm {
     }
 
     /// The node's current user table (as of the last tick).
+    /// Whether the panel's current device lists (Xboard `sync.devices`, all nodes) have `ip`
+    /// online for `user_id` of `node`: such an address is admitted at the device limit.
+    pub fn known_elsewhere(&self, node: u16, user_id: u32, ip: std::net::IpAddr) -> bool {
+        self.known.borrow_mut().contains(&self.dir, node, user_id, ip)
+    }
+
     pub fn users(&self, node: u16) -> Option<UserTableView<'_>> {
         let t = self.tables.get(usize::from(node))?.as_ref()?;
         UserTableView::new(&t.seg, self.seen_tables_gen).ok()

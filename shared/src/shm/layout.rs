@@ -9,6 +9,7 @@
 //! traffic-C    [ SegHeader ][ TrafficMeta 64 B ][ BankHeader ][ TrafficEntry × cap ] × 2
 //! events-C     [ SegHeader ][ RingMeta 192 B ][ [u64; 4] × cap ]   (also cmds-C)
 //! rates        [ SegHeader ][ RateSlot 16 B × 65536 ]
+//! known-N      [ SegHeader ][ KnownMeta 64 B ][ u64 × count, sorted ]
 //! ```
 
 use super::sync::{AtomicU32, AtomicU64};
@@ -33,6 +34,8 @@ pub const KIND_CMDS: u32 = 6;
 /// A kind added after version 1 shipped: a binary that does not know it never opens the file,
 /// so adding it changed no existing layout (no version bump).
 pub const KIND_RATES: u32 = 7;
+/// Also added after version 1 (see [`KIND_RATES`]).
+pub const KIND_KNOWN: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -281,3 +284,19 @@ pub struct RateSlot {
 const _: () = assert!(size_of::<RateSlot>() == 16);
 pub const RATE_SLOTS_OFF: usize = 64;
 pub const RATE_SLOTS: usize = 1 << 16;
+
+/// The meta block of a `known-N` file (see `known_ips.rs`).
+#[repr(C)]
+pub struct KnownMeta {
+    /// The key of the keyed hash the entries are made with (random per file).
+    pub hash_key: [u8; 32],
+    /// Entries after the meta block.
+    pub count: u64,
+    /// Unix ms after which the file no longer says anything (the panel's lists are stale).
+    pub valid_until_ms: u64,
+    pub _pad: [u64; 2],
+}
+#[cfg(not(loom))]
+const _: () = assert!(size_of::<KnownMeta>() == 64);
+pub const KNOWN_META_OFF: usize = 64;
+pub const KNOWN_KEYS_OFF: usize = 128;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 mod control;
 mod dataplane;
 pub mod layout;
+mod known_ips;
 mod rates;
 mod rcu;
 mod ring;
@@ -231,6 +232,9 @@ pub const UPGRADE_STATUS_FILE: &str = "upgrade-status";
 pub(crate) mod names {
     pub(crate) const CTL: &str = "ctl";
     pub(crate) const RATES: &str = "rates";
+    pub(crate) fn known(node: u16) -> String {
+        format!("known-{node}")
+    }
     pub(crate) const CONFIG: &str = "config";
     pub(crate) fn users(node: u16, side: usize) -> String {
         format!("users-{node}-{}", if side == 0 { 'a' } else { 'b' })
