@@ -63,11 +63,12 @@ else
 fi
 
 # Cargo features trim protocols out of the build: each protocol alone must build (every target)
-# and pass its unit tests. The list is read from the data plane's [features] table.
+# and pass its unit tests (the wire code's in v2sp-proto, the driving code's in the data plane). The list is read from the data plane's [features] table.
 feature_pass() {
     local f=$1
     shift
     cargo check -q -p v2sp-dataplane --all-targets --no-default-features --features "$f" "$@" &&
+        cargo test -q -p v2sp-proto --lib --no-default-features --features "$f" "$@" &&
         cargo test -q -p v2sp-dataplane --lib --no-default-features --features "$f" "$@"
 }
 for f in $(awk '/^\[features\]/{on=1; next} /^\[/{on=0} on && /^[a-z0-9_-]+ *=/ && $1 != "default" {print $1}' dataplane/Cargo.toml); do

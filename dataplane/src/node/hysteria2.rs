@@ -636,7 +636,7 @@ async fn sniff_block(
             initial.extend_from_slice(&c.bytes);
         }
     }
-    let s = crate::proto::sniff::sniff(initial)?;
+    let s = super::sniff::sniff(initial)?;
     if let Some(rule) = a.blocks_protocol(s.protocol) {
         return Some((rule, s.protocol.to_string()));
     }

@@ -9,6 +9,7 @@ mod fallback;
 #[cfg(feature = "hysteria2")]
 mod hysteria2;
 mod mux_tcp;
+pub mod sniff;
 mod udp;
 mod udp_stream;
 
@@ -1078,7 +1079,7 @@ async fn sniff_first(
             Err(_) => return Sniff::Drop,
         }
     }
-    let Some(s) = crate::proto::sniff::sniff(initial_upload) else {
+    let Some(s) = sniff::sniff(initial_upload) else {
         return Sniff::Pass;
     };
     if let Some(rule) = a.blocks_protocol(s.protocol) {
