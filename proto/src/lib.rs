@@ -2,8 +2,11 @@
 //! transport's wire code (Shadowsocks, VMess, VLESS, Trojan, AnyTLS, Hysteria 2's framing;
 //! ws, grpc, httpupgrade, HTTP camouflage).
 //!
-//! This crate has no tokio, no sockets and no clock of its own (time comes in as an
-//! argument): the compiler keeps protocol code sans-IO, as `quinn-proto` does for QUIC. The
+//! This crate has no tokio and no sockets: the compiler keeps protocol code sans-IO, as
+//! `quinn-proto` does for QUIC. Time mostly comes in as an argument; four reads of the clock
+//! remain and are next to become arguments (SS-2022's timestamp window in `ss/ss2022.rs`, the
+//! grpc flood window in `transport/grpc/h2.rs`, the HTTP camouflage's `Date` header in
+//! `transport/tcphttp.rs`). The
 //! data plane (`v2sp-dataplane`) owns sockets, buffers, splice, counting and limits, and
 //! re-exports this crate as `v2sp_dataplane::proto` (and `transport`).
 //!
