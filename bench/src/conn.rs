@@ -118,8 +118,8 @@ impl Conn {
                     let a = AnytlsStream::open_request(USER_UUID, &dest, first, &mut wire)?;
                     (*addr, Codec::Anytls(Box::new(a)), Some(Box::new(t.connect()?)))
                 }
-                Suite::Vision(_) | Suite::Hysteria2(_) => {
-                    bail!("the Vision and Hysteria 2 suites go through their SOCKS client (Via::Socks)")
+                Suite::Vision(_) | Suite::Hysteria2(_) | Suite::SingBox(_) => {
+                    bail!("the Vision, Hysteria 2 and @sing-box suites go through their SOCKS client (Via::Socks)")
                 }
                 Suite::Vless(t) => {
                     vless::request(&vless::uuid_bytes(USER_UUID)?, &dest, first, &mut wire)?;

@@ -20,7 +20,7 @@ use v2sp_bench::report::{self, Env};
 use v2sp_bench::run::{self, Plan, Scenario};
 use v2sp_bench::servers::{Binaries, Server, ServerKind};
 
-const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vmess,vmess-tls,anytls,hysteria2,vless-reality-vision,vless-tls-vision";
+const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vmess,vmess-tls,anytls,hysteria2,vless-reality-vision,vless-tls-vision,aes-128-gcm@sing-box,2022-blake3-aes-128-gcm@sing-box,chacha20-ietf-poly1305@sing-box,trojan-tls@sing-box,vless-tls@sing-box,vmess@sing-box,anytls@sing-box";
 /// The servers compared when `--servers` is not given; a peer missing from this default list
 /// is left out with a warning (named explicitly, it is an error).
 const DEFAULT_SERVERS: &str = "v2sp-epoll,v2sp-uring,ssserver,sing-box,v2ray,shoes";
@@ -165,10 +165,10 @@ fn servers(c: &Common, bins: &Binaries, suites: &[Suite]) -> anyhow::Result<Vec<
             there
         });
     }
-    if suites.iter().any(|s| s.is_hysteria2()) && !bins.singbox.exists() {
+    if suites.iter().any(|s| s.is_hysteria2() || matches!(s, Suite::SingBox(_))) && !bins.singbox.exists() {
         bail!(
-            "the hysteria2 suite needs the sing-box client, not found at {} (scripts/install-test-deps.sh, \
-             or --sing-box PATH, or leave hysteria2 out of --ciphers)",
+            "the hysteria2 and @sing-box suites need the sing-box client, not found at {} (scripts/install-test-deps.sh, \
+             or --sing-box PATH, or leave them out of --ciphers)",
             bins.singbox.display()
         );
     }
@@ -347,6 +347,8 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         // Hysteria 2 costs about 1.5 s here (4 servers); it needs the sing-box client.
         if bins.singbox.exists() {
             v.push(v2sp_bench::client::hysteria2::HYSTERIA2.to_string());
+            // One suite through the real client both ways, so the front-end path is smoked.
+            v.push(format!("aes-128-gcm{}", v2sp_bench::client::front::SUFFIX));
         }
         // VLESS + REALITY + Vision costs about 1 s here; it needs the shoes client.
         if bins.shoes.exists() {

@@ -347,7 +347,7 @@ fn hysteria2_section(s: &mut String, v: &View, plan: &Plan, servers: &[String]) 
 
 /// Measured through a client process (bulk download only; never the headline).
 fn through_client(c: &str) -> bool {
-    c == REALITY_VISION || c == TLS_VISION || c == HYSTERIA2
+    c == REALITY_VISION || c == TLS_VISION || c == HYSTERIA2 || c.ends_with(crate::client::front::SUFFIX)
 }
 
 /// Write report.md, results.json and the SVGs into `dir`.
@@ -547,6 +547,35 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
             ),
         )?;
         let _ = writeln!(s, "\n![CPU-s per GB]({})\n", name("cpu-per-gb"));
+
+        if plan.upload {
+            // The other direction, same suites: uploads show the server's read path.
+            let _ = writeln!(
+                s,
+                "### Server CPU-seconds per GB (bulk upload, client → target, {} connections)\n\n\
+                 Rows `X@sing-box` went through the real sing-box client (SOCKS5 in, the suite's \
+                 protocol out) instead of the bench's own client: what users' clients cost the server.\n",
+                plan.other_conns
+            );
+            header_row(&mut s, "method", &cols);
+            for c in &plan.cipher_names {
+                let vals: Vec<_> = servers
+                    .iter()
+                    .map(|srv| v.bulk(c, srv, plan.other_conns, true, |b| b.cpu_s_per_gb()))
+                    .collect();
+                if vals.iter().all(Option::is_none) {
+                    continue;
+                }
+                let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, 3)).collect();
+                for (a, b) in &pairs {
+                    let ia = servers.iter().position(|x| x == a).unwrap_or(0);
+                    let ib = servers.iter().position(|x| x == b).unwrap_or(0);
+                    row.push(ratio(vals[ia], vals[ib]));
+                }
+                let _ = writeln!(s, "| {c} | {} |", row.join(" | "));
+            }
+            let _ = writeln!(s);
+        }
 
         vision_section(&mut s, &v, plan, &servers);
         hysteria2_section(&mut s, &v, plan, &servers);

@@ -249,6 +249,17 @@ async fn one_server(
                     Helper::SingBox(c),
                 )
             }),
+        (None, Suite::SingBox(f)) => crate::client::front::outbound(&f.inner, srv.port)
+            .and_then(|out| SingBoxClient::start_with(&bins.singbox, out, srv.dir(), threads))
+            .map(|c| {
+                (
+                    Via::Socks {
+                        socks: c.socks,
+                        tls: None,
+                    },
+                    Helper::SingBox(c),
+                )
+            }),
         (None, _) => Ok((
             Via::Proxy {
                 addr: srv.addr(),
@@ -353,6 +364,26 @@ async fn measure(
             );
         }
         out.push(cipher, label, w, round, Measure::Bulk(r));
+        // Both directions for every suite: uploads are where a server's read path shows.
+        if plan.upload {
+            let r = scenarios::bulk(
+                &via,
+                target,
+                Some(srv),
+                plan.other_conns,
+                plan.other_bulk_bytes,
+                true,
+                deadline,
+            )
+            .await;
+            if r.errors > 0 || r.timed_out {
+                problem(
+                    out,
+                    format!("bulk upload: {} errors, timed out: {}", r.errors, r.timed_out),
+                );
+            }
+            out.push(cipher, label, w, round, Measure::Bulk(r));
+        }
         return Ok(());
     }
     if plan.scenarios.contains(&Scenario::Idle) {

@@ -86,6 +86,7 @@ impl ServerKind {
     /// everything but REALITY; shoes: everything but the multi-user (identity header)
     /// Shadowsocks 2022 AES methods; v2sp: everything). Hysteria 2: v2sp, sing-box, shoes.
     pub fn serves(self, suite: &Suite) -> bool {
+        let suite = suite.base();
         let vision = suite.vision();
         match self {
             ServerKind::SsServer => suite.is_ss(),
@@ -166,6 +167,7 @@ pub fn shoes_server_yaml(suite: &Suite, port: u16) -> anyhow::Result<String> {
         ],
         Suite::Vision(_) => bail!("the Vision suites have their own shoes config"),
         Suite::Hysteria2(t) => return Ok(crate::client::hysteria2::shoes_server_yaml(t, port)),
+        Suite::SingBox(f) => return shoes_server_yaml(&f.inner, port),
     };
     Ok(match suite.tls() {
         None => format!(
@@ -222,6 +224,8 @@ impl Server {
         workers: usize,
         cpus: Option<&str>,
     ) -> anyhow::Result<Server> {
+        // A front-end suite's server is set up as for the suite behind it.
+        let suite = suite.base();
         let dir = tempfile::Builder::new().prefix("v2sp-bench-").tempdir()?;
         let port = free_port()?;
         let bin = bins.path(kind);
@@ -241,6 +245,7 @@ impl Server {
             Suite::Vmess(_) => "vmess",
             Suite::Anytls(_) => "anytls",
             Suite::Hysteria2(_) => "hysteria2",
+            Suite::SingBox(_) => bail!("a front-end suite's server is its inner suite's"),
         };
         let mut args: Vec<String> = Vec::new();
         let mut envs: Vec<(&str, String)> = Vec::new();
@@ -287,6 +292,7 @@ impl Server {
                         node["tls_settings"] = json!({ "server_name": SERVER_NAME });
                     }
                     // Xboard's shape: type `hysteria`, version 2, no bandwidths, no obfuscation.
+                    Suite::SingBox(_) => bail!("a front-end suite's server is its inner suite's"),
                     Suite::Hysteria2(_) => {
                         node["protocol"] = json!("hysteria");
                         node["version"] = json!(2);
@@ -379,6 +385,7 @@ impl Server {
                     Suite::Vmess(_) => {
                         inb["users"] = json!([{ "name": "bench", "uuid": USER_UUID, "alterId": 0 }]);
                     }
+                    Suite::SingBox(_) => bail!("a front-end suite's server is its inner suite's"),
                     Suite::Vision(v) if v.reality => {
                         bail!("sing-box (registry build, no uTLS) has no REALITY server")
                     }

@@ -76,20 +76,32 @@ impl SingBoxClient {
         dir: &Path,
         threads: usize,
     ) -> anyhow::Result<SingBoxClient> {
+        let out = json!({
+            "type": "hysteria2", "tag": "hy2", "server": "127.0.0.1", "server_port": server_port,
+            "password": USER_UUID,
+            "tls": {
+                "enabled": true, "server_name": SERVER_NAME, "alpn": ["h3"],
+                "certificate_path": tls.cert_file
+            }
+        });
+        Self::start_with(bin, out, dir, threads)
+    }
+
+    /// Start sing-box with a SOCKS5 inbound on a free port and `outbound`, and wait (≤ 5 s per
+    /// try, 3 tries) until it listens.
+    pub fn start_with(
+        bin: &Path,
+        outbound: serde_json::Value,
+        dir: &Path,
+        threads: usize,
+    ) -> anyhow::Result<SingBoxClient> {
         let mut last = String::new();
         for _ in 0..3 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             let c = json!({
                 "log": { "level": "error" },
                 "inbounds": [{ "type": "socks", "tag": "in", "listen": "127.0.0.1", "listen_port": port }],
-                "outbounds": [{
-                    "type": "hysteria2", "tag": "hy2", "server": "127.0.0.1", "server_port": server_port,
-                    "password": USER_UUID,
-                    "tls": {
-                        "enabled": true, "server_name": SERVER_NAME, "alpn": ["h3"],
-                        "certificate_path": tls.cert_file
-                    }
-                }]
+                "outbounds": [outbound.clone()]
             });
             let cfg = dir.join(format!("sing-box-client-{port}.json"));
             std::fs::write(&cfg, serde_json::to_vec_pretty(&c)?)?;

@@ -3,8 +3,10 @@
 //! (`anytls`, one session with one stream per connection); Hysteria 2 (`hysteria2`) and the
 //! Vision suites go through a real client used as a SOCKS5 front end; `tls` holds
 //! the run's certificate and rustls client. A [`Suite`] is one row of the report: a Shadowsocks
-//! method, or `trojan-tls` / `vless-tls` / `vmess` / `vmess-tls` / a Vision suite.
+//! method, or `trojan-tls` / `vless-tls` / `vmess` / `vmess-tls` / a Vision suite; `X@sing-box`
+//! is suite X measured through the real sing-box client instead of ours (`front`).
 pub mod anytls;
+pub mod front;
 pub mod hysteria2;
 pub mod ss;
 pub mod tls;
@@ -33,6 +35,8 @@ pub enum Suite {
     Vision(Arc<VisionSuite>),
     /// Hysteria 2 (QUIC) through the real sing-box client; see `client::hysteria2`.
     Hysteria2(Arc<TlsMaterial>),
+    /// A TCP suite through the real sing-box client as a SOCKS5 front end; see `client::front`.
+    SingBox(Arc<front::Fronted>),
 }
 
 impl std::fmt::Debug for Suite {
@@ -56,6 +60,15 @@ impl Suite {
             Suite::Anytls(_) => anytls::ANYTLS,
             Suite::Vision(v) => v.name(),
             Suite::Hysteria2(_) => hysteria2::HYSTERIA2,
+            Suite::SingBox(f) => f.name,
+        }
+    }
+
+    /// The suite the server is configured for: the inner one of a front-end suite.
+    pub fn base(&self) -> &Suite {
+        match self {
+            Suite::SingBox(f) => &f.inner,
+            s => s,
         }
     }
 
@@ -76,6 +89,7 @@ impl Suite {
             Suite::Vision(v) => v.server_tls(),
             Suite::Trojan(t) | Suite::Vless(t) | Suite::Anytls(t) | Suite::Hysteria2(t) => Some(t),
             Suite::Vmess(t) => t.as_ref(),
+            Suite::SingBox(f) => f.inner.tls(),
         }
     }
 
@@ -87,10 +101,10 @@ impl Suite {
         matches!(self, Suite::Hysteria2(_))
     }
 
-    /// Measured through a real client process as a SOCKS5 front end (Vision, Hysteria 2): bulk
-    /// download only, never the headline.
+    /// Measured through a real client process as a SOCKS5 front end (Vision, Hysteria 2, the
+    /// `@sing-box` suites): bulk transfers only, never the headline.
     pub fn through_client(&self) -> bool {
-        matches!(self, Suite::Vision(_) | Suite::Hysteria2(_))
+        matches!(self, Suite::Vision(_) | Suite::Hysteria2(_) | Suite::SingBox(_))
     }
 
     pub fn vision(&self) -> Option<&Arc<VisionSuite>> {
@@ -102,6 +116,9 @@ impl Suite {
 
     /// A suite by name; `tls` is the run's certificate (made once, shared by every suite).
     pub fn parse(name: &str, tls: &Arc<TlsMaterial>) -> anyhow::Result<Suite> {
+        if let Some(inner) = name.trim().strip_suffix(front::SUFFIX) {
+            return Ok(Suite::SingBox(Arc::new(front::Fronted::new(Suite::parse(inner, tls)?)?)));
+        }
         Ok(match name.trim() {
             TROJAN_TLS => Suite::Trojan(tls.clone()),
             VLESS_TLS => Suite::Vless(tls.clone()),
