@@ -347,42 +347,10 @@ async fn measure(
         }
     }
     if !headline {
-        let r = scenarios::bulk(
-            &via,
-            target,
-            Some(srv),
-            plan.other_conns,
-            plan.other_bulk_bytes,
-            false,
-            deadline,
-        )
-        .await;
-        if r.errors > 0 || r.timed_out {
-            problem(
-                out,
-                format!("bulk: {} errors, timed out: {}", r.errors, r.timed_out),
-            );
-        }
-        out.push(cipher, label, w, round, Measure::Bulk(r));
         // Both directions for every suite: uploads are where a server's read path shows.
+        other_bulk(plan, out, &via, target, srv, false, (cipher, label, w, round)).await;
         if plan.upload {
-            let r = scenarios::bulk(
-                &via,
-                target,
-                Some(srv),
-                plan.other_conns,
-                plan.other_bulk_bytes,
-                true,
-                deadline,
-            )
-            .await;
-            if r.errors > 0 || r.timed_out {
-                problem(
-                    out,
-                    format!("bulk upload: {} errors, timed out: {}", r.errors, r.timed_out),
-                );
-            }
-            out.push(cipher, label, w, round, Measure::Bulk(r));
+            other_bulk(plan, out, &via, target, srv, true, (cipher, label, w, round)).await;
         }
         return Ok(());
     }
@@ -425,24 +393,31 @@ async fn measure(
             out.push(cipher, label, w, round, Measure::Bulk(r));
         }
         if plan.upload {
-            let r = scenarios::bulk(
-                &via,
-                target,
-                Some(srv),
-                plan.other_conns,
-                plan.other_bulk_bytes,
-                true,
-                deadline,
-            )
-            .await;
-            if r.errors > 0 || r.timed_out {
-                problem(
-                    out,
-                    format!("bulk upload: {} errors, timed out: {}", r.errors, r.timed_out),
-                );
-            }
-            out.push(cipher, label, w, round, Measure::Bulk(r));
+            other_bulk(plan, out, &via, target, srv, true, (cipher, label, w, round)).await;
         }
     }
     Ok(())
+}
+
+/// One bulk transfer at the size every suite gets (`other_conns`, `other_bulk_bytes`), in
+/// `upload` direction, recorded under `(suite, server, workers, round)`.
+async fn other_bulk(
+    plan: &Plan,
+    out: &mut Outcome,
+    via: &Via,
+    target: SocketAddr,
+    srv: &mut Server,
+    upload: bool,
+    (cipher, label, w, round): (&str, &str, usize, usize),
+) {
+    let deadline = Duration::from_secs(plan.deadline_s);
+    let r = scenarios::bulk(via, target, Some(srv), plan.other_conns, plan.other_bulk_bytes, upload, deadline).await;
+    if r.errors > 0 || r.timed_out {
+        let what = if upload { "bulk upload" } else { "bulk" };
+        out.problems.push(format!(
+            "{cipher} {label} round {round}: {what}: {} errors, timed out: {}",
+            r.errors, r.timed_out
+        ));
+    }
+    out.push(cipher, label, w, round, Measure::Bulk(r));
 }
