@@ -254,6 +254,21 @@ fn ratio_pairs(servers: &[String]) -> Vec<(String, String)> {
     v
 }
 
+/// One table row: each server's figure (`prec` decimals), then each pair's ratio.
+fn row_with_ratios(
+    vals: &[Option<(f64, f64, f64)>],
+    servers: &[String],
+    pairs: &[(String, String)],
+    prec: usize,
+) -> Vec<String> {
+    let at = |name: &String| servers.iter().position(|x| x == name).unwrap_or(0);
+    let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
+    for (a, b) in pairs {
+        row.push(ratio(vals[at(a)], vals[at(b)]));
+    }
+    row
+}
+
 fn header_row(s: &mut String, first: &str, cols: &[String]) {
     let _ = writeln!(s, "| {first} | {} |", cols.join(" | "));
     let _ = writeln!(s, "|---|{}", "---|".repeat(cols.len()));
@@ -520,12 +535,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
                 .iter()
                 .map(|srv| v.bulk(c, srv, plan.other_conns, false, |b| b.cpu_s_per_gb()))
                 .collect();
-            let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, 3)).collect();
-            for (a, b) in &pairs {
-                let ia = servers.iter().position(|x| x == a).unwrap_or(0);
-                let ib = servers.iter().position(|x| x == b).unwrap_or(0);
-                row.push(ratio(vals[ia], vals[ib]));
-            }
+            let row = row_with_ratios(&vals, &servers, &pairs, 3);
             let _ = writeln!(s, "| {c} | {} |", row.join(" | "));
             bars.push(vals.iter().map(|x| x.map(|t| t.0)).collect::<Vec<_>>());
         }
@@ -566,12 +576,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
                 if vals.iter().all(Option::is_none) {
                     continue;
                 }
-                let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, 3)).collect();
-                for (a, b) in &pairs {
-                    let ia = servers.iter().position(|x| x == a).unwrap_or(0);
-                    let ib = servers.iter().position(|x| x == b).unwrap_or(0);
-                    row.push(ratio(vals[ia], vals[ib]));
-                }
+                let row = row_with_ratios(&vals, &servers, &pairs, 3);
                 let _ = writeln!(s, "| {c} | {} |", row.join(" | "));
             }
             let _ = writeln!(s);
@@ -599,12 +604,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
                     .iter()
                     .map(|srv| v.bulk(&headline, srv, c, false, |b| b.mb_per_s()))
                     .collect();
-                let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, 0)).collect();
-                for (a, b) in &pairs {
-                    let ia = servers.iter().position(|x| x == a).unwrap_or(0);
-                    let ib = servers.iter().position(|x| x == b).unwrap_or(0);
-                    row.push(ratio(vals[ia], vals[ib]));
-                }
+                let row = row_with_ratios(&vals, &servers, &pairs, 0);
                 let _ = writeln!(s, "| {c} | {} |", row.join(" | "));
                 for (i, x) in vals.iter().enumerate() {
                     if let Some((m, _, _)) = x {
@@ -630,12 +630,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
                     .iter()
                     .map(|srv| v.bulk(&headline, srv, c, false, |b| b.cpu_s_per_gb()))
                     .collect();
-                let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, 3)).collect();
-                for (a, b) in &pairs {
-                    let ia = servers.iter().position(|x| x == a).unwrap_or(0);
-                    let ib = servers.iter().position(|x| x == b).unwrap_or(0);
-                    row.push(ratio(vals[ia], vals[ib]));
-                }
+                let row = row_with_ratios(&vals, &servers, &pairs, 3);
                 let _ = writeln!(s, "| {c} | {} |", row.join(" | "));
             }
             if plan.upload {
@@ -658,12 +653,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
                         .iter()
                         .map(|srv| v.bulk(&headline, srv, plan.other_conns, true, f))
                         .collect();
-                    let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
-                    for (a, b) in &pairs {
-                        let ia = servers.iter().position(|x| x == a).unwrap_or(0);
-                        let ib = servers.iter().position(|x| x == b).unwrap_or(0);
-                        row.push(ratio(vals[ia], vals[ib]));
-                    }
+                    let row = row_with_ratios(&vals, &servers, &pairs, prec);
                     let _ = writeln!(s, "| {label} | {} |", row.join(" | "));
                 }
             }
@@ -845,12 +835,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
                     }),
                 ] {
                     let vals: Vec<_> = servers.iter().map(|srv| v.idle(ic, srv, f)).collect();
-                    let mut row: Vec<String> = vals.iter().map(|x| fmt_mmm(*x, prec)).collect();
-                    for (a, b) in &pairs {
-                        let ia = servers.iter().position(|x| x == a).unwrap_or(0);
-                        let ib = servers.iter().position(|x| x == b).unwrap_or(0);
-                        row.push(ratio(vals[ia], vals[ib]));
-                    }
+                    let row = row_with_ratios(&vals, &servers, &pairs, prec);
                     let _ = writeln!(s, "| {label} | {} |", row.join(" | "));
                 }
             }
