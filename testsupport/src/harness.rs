@@ -231,9 +231,27 @@ impl V2sp {
         prepare: &dyn Fn(&PanelSim),
         dataplane_bin: &Path,
     ) -> anyhow::Result<V2sp> {
+        Self::start_inner(nodes, extra, dataplane, prepare, dataplane_bin, false)
+    }
+
+    /// As [`V2sp::start`], against Xboard's v2 API: the simulator serves `/api/v2/server/*` and
+    /// the WebSocket channel, and every node entry says `ApiVersion: v2`.
+    pub fn start_v2(nodes: Vec<NodeSpec>, extra: Value) -> anyhow::Result<V2sp> {
+        Self::start_inner(nodes, extra, json!({}), &|_| {}, &bin_dir().join("v2sp-dataplane"), true)
+    }
+
+    fn start_inner(
+        nodes: Vec<NodeSpec>,
+        extra: Value,
+        dataplane: Value,
+        prepare: &dyn Fn(&PanelSim),
+        dataplane_bin: &Path,
+        v2: bool,
+    ) -> anyhow::Result<V2sp> {
         let dir = tempfile::tempdir()?;
         let sim = PanelSim::start(SimOptions {
             token: "e2e-token".into(),
+            v2,
             ..SimOptions::default()
         })?;
         let mut entries = Vec::new();
@@ -243,6 +261,10 @@ impl V2sp {
             let mut e = json!({"ApiHost": sim.single_url(), "ApiKey": "e2e-token", "NodeID": n.node_id,
                                "NodeType": n.info.get("node_type").cloned().unwrap_or(json!("shadowsocks")),
                                "ListenIP": "127.0.0.1", "Timeout": 3});
+            if v2 {
+                e["ApiHost"] = json!(sim.base_url());
+                e["ApiVersion"] = json!("v2");
+            }
             if let (Some(m), Some(x)) = (e.as_object_mut(), extra.as_object()) {
                 for (k, v) in x {
                     m.insert(k.clone(), v.clone());

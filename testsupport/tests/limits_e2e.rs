@@ -60,6 +60,42 @@ fn device_limit_admits_exactly_n_source_ips() {
     assert_eq!(ok, vec![true, true, false, true], "{}", v.agent.log());
 }
 
+/// Xboard's device rule on a v2 node (spec §5): at the limit, an address the panel lists online
+/// for the user on any node (WebSocket `sync.devices`) is let in: the same phone on a second
+/// node. Any other new address is refused. Before, the count alone refused both.
+#[test]
+fn device_limit_lets_in_an_address_the_panel_lists_elsewhere() {
+    let echo = Echo::start().unwrap();
+    let v = V2sp::start_v2(vec![node(vec![u(1, 0, 1)])], json!({})).unwrap();
+    let port = v.nodes[0].port;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while v.sim.ws_live() < 1 {
+        assert!(Instant::now() < deadline, "no WebSocket channel\n{}", v.agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The user's phone is online on another node: the panel counts it (`alivelist`, polled
+    // over REST) and lists it (`sync.devices`, pushed over the WebSocket).
+    v.sim.set_alive([(1, 1)].into_iter().collect());
+    v.sim.ws_send(1, "sync.devices", json!({"users": {"1": ["127.0.0.3"]}}));
+    // The lists reach the data plane within its once-a-second look at them.
+    std::thread::sleep(Duration::from_millis(1500));
+    let admitted = |ip: &str| {
+        let (p, socks) = sslocal_from(port, M, UUIDS[0], v.dir.path(), Some(ip)).unwrap();
+        let ok = socks5_connect(socks, echo.port).ok().and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            s.write_all(b"ping").ok()?;
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).ok()?;
+            Some(s)
+        });
+        (p, ok)
+    };
+    let (_a, stranger) = admitted("127.0.0.4");
+    assert!(stranger.is_none(), "a new address at the limit was let in");
+    let (_b, phone) = admitted("127.0.0.3");
+    assert!(phone.is_some(), "the address online elsewhere was refused\n{}", v.agent.log());
+}
+
 #[test]
 fn speed_limit_holds_within_ten_percent() {
     let sink = Sink::start().unwrap();
