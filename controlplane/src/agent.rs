@@ -47,9 +47,10 @@ pub struct Shared {
     pub metrics: NodeMetrics,
     /// The event ring's drop counter as last seen.
     events_dropped: AtomicU64,
-    /// The data plane whose online IPs this process holds in full (0: none yet).
     /// Data-plane processes whose online IPs this process has a complete picture of.
     synced: Mutex<Vec<u32>>,
+    /// Where certificates the panel's `cert_config` asks for are kept (`<StateDir>/certs`).
+    pub cert_dir: PathBuf,
 }
 
 impl Shared {
@@ -285,6 +286,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         metrics: NodeMetrics::with_top_users(cfg.metrics.top_users),
         events_dropped: AtomicU64::new(0),
         synced: Mutex::new(Vec::new()),
+        cert_dir: cfg.state_dir.join("certs"),
     });
     // Bytes a previous run journalled-but-did-not-clear, or left in banks, are taken first.
     shared.harvest_once(Duration::from_millis(200));

@@ -21,6 +21,8 @@ use v2sp_shared::shm::UserEntry;
 pub enum BuildError {
     #[error("node type unknown: set NodeType locally or have the panel send node_type/protocol")]
     NoType,
+    #[error("the panel's cert_config: {0}")]
+    PanelCert(String),
     #[error("node type {0:?} is not supported")]
     Unsupported(String),
     #[error("panel sent server_port 0")]
@@ -577,6 +579,127 @@ pub fn reality_tls(info: &NodeInfo) -> Result<TlsSettings, BuildError> {
     })
 }
 
+/// The node's settings with the panel's `cert_config` applied when the local `CertConfig`
+/// leaves `CertMode` unset (Xboard sends one per node, spec §2; the local file wins when it
+/// says anything, `none` included). The panel's keys: `cert_mode` (`mode` in older rows)
+/// `none|http|dns|self|self-signed|file|content`, `domain`, `email`, `dns_provider`,
+/// `dns_env`, `http_port`, `cert_file`, `key_file`, `cert_content`, `key_content`. Files the
+/// panel does not name go to `cert_dir` (`<domain>.crt`/`.key`); `content` is written there
+/// (key 0600), rewritten only when it changes. The local ACME directory, root CA and
+/// listen address stay.
+pub fn with_panel_cert<'a>(
+    entry: &'a NodeEntry,
+    info: &NodeInfo,
+    cert_dir: &Path,
+) -> Result<std::borrow::Cow<'a, NodeEntry>, BuildError> {
+    use std::borrow::Cow;
+    use serde_json::Value;
+    if entry.cert.mode_set {
+        return Ok(Cow::Borrowed(entry));
+    }
+    let Some(pc) = info.extra.get("cert_config").and_then(Value::as_object) else {
+        return Ok(Cow::Borrowed(entry));
+    };
+    let s = |k: &str| {
+        pc.get(k)
+            .and_then(|v| match v {
+                Value::String(s) => Some(s.trim().to_string()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    let raw = match s("cert_mode") {
+        m if m.is_empty() => s("mode"),
+        m => m,
+    }
+    .to_ascii_lowercase();
+    let mode = match raw.as_str() {
+        "" | "none" => return Ok(Cow::Borrowed(entry)),
+        "http" => CertMode::Http,
+        "dns" => CertMode::Dns,
+        "self" | "self-signed" | "selfsigned" => CertMode::SelfSigned,
+        "file" | "content" => CertMode::File,
+        other => return Err(BuildError::PanelCert(format!("unknown cert_mode {other:?}"))),
+    };
+    let mut e = entry.clone();
+    let c = &mut e.cert;
+    c.cert_mode = mode;
+    if !s("domain").is_empty() {
+        c.cert_domain = s("domain");
+    }
+    if !s("email").is_empty() {
+        c.email = s("email");
+    }
+    if !s("dns_provider").is_empty() {
+        c.provider = s("dns_provider");
+    }
+    if let Some(env) = pc.get("dns_env").and_then(Value::as_object) {
+        c.dns_env = env
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect();
+    }
+    if let Ok(port) = s("http_port").parse::<u16>() {
+        if port != 0 {
+            c.acme_http_listen = Some(SocketAddr::from(([0, 0, 0, 0], port)));
+        }
+    }
+    let domain = c.cert_domain.trim().to_string();
+    if domain.is_empty() && mode != CertMode::File {
+        return Err(BuildError::PanelCert(format!("cert_mode {raw:?} needs a domain")));
+    }
+    // The file names: the panel's, else the local ones, else `<cert_dir>/<name>.crt/.key`.
+    let name = if domain.is_empty() { format!("node-{}", info.server_port) } else { domain.clone() };
+    let default = |ext: &str| cert_dir.join(format!("{name}.{ext}")).to_string_lossy().into_owned();
+    for (field, key, ext) in [(&mut c.cert_file, "cert_file", "crt"), (&mut c.key_file, "key_file", "key")] {
+        if !s(key).is_empty() {
+            *field = s(key);
+        } else if field.trim().is_empty() || raw == "content" {
+            *field = default(ext);
+        }
+    }
+    if raw == "content" {
+        // PEM as the panel holds it (not trimmed: a PEM file ends with a newline).
+        let raw_str = |k: &str| pc.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let (cert_pem, key_pem) = (raw_str("cert_content"), raw_str("key_content"));
+        if cert_pem.trim().is_empty() || key_pem.trim().is_empty() {
+            return Err(BuildError::PanelCert("cert_mode \"content\" needs cert_content and key_content".into()));
+        }
+        write_if_changed(cert_dir, Path::new(&c.cert_file), cert_pem.as_bytes(), 0o644)?;
+        write_if_changed(cert_dir, Path::new(&c.key_file), key_pem.as_bytes(), 0o600)?;
+    } else if c.cert_file.starts_with(cert_dir.to_string_lossy().as_ref()) {
+        // ACME and self-signed write their files here: the directory must exist.
+        std::fs::create_dir_all(cert_dir).map_err(|e| BuildError::PanelCert(format!("{}: {e}", cert_dir.display())))?;
+    }
+    Ok(Cow::Owned(e))
+}
+
+/// Writes `data` to `path` (in `dir`, created 0700) unless it already holds exactly that.
+fn write_if_changed(dir: &Path, path: &Path, data: &[u8], mode: u32) -> Result<(), BuildError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let err = |e: std::io::Error| BuildError::PanelCert(format!("{}: {e}", path.display()));
+    if std::fs::read(path).is_ok_and(|old| old == data) {
+        return Ok(());
+    }
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) => return Err(err(e)),
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(err)?;
+    std::io::Write::write_all(&mut f, data).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
 /// `CertFile`/`KeyFile` with the `{domain}`/`{email}` placeholders filled in.
 fn cert_path(template: &str, cert: &CertConfig) -> String {
     template
@@ -845,6 +968,55 @@ mod tests {
             node_config(0, "t", &entry("shadowsocks"), &i),
             Err(BuildError::BadCipher(_))
         ));
+    }
+
+    /// Issue 14: the panel's `cert_config` decides when the local file leaves `CertMode` unset,
+    /// in the shapes Xboard sends (aliases, a numeric `http_port`, inline PEM).
+    #[test]
+    fn panel_cert_config_applies_when_the_local_mode_is_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let panel = |cc: &str| info(&format!(r#"{{"server_port":443,"cert_config":{cc}}}"#));
+        let local = entry("trojan");
+        // No cert_config, or `none`: nothing changes.
+        let i = info(r#"{"server_port":443}"#);
+        assert!(matches!(with_panel_cert(&local, &i, &certs).unwrap(), std::borrow::Cow::Borrowed(_)));
+        let i = panel(r#"{"cert_mode":"none"}"#);
+        assert_eq!(with_panel_cert(&local, &i, &certs).unwrap().cert.cert_mode, CertMode::None);
+        // http with the panel's port and domain; files in the cert directory.
+        let i = panel(r#"{"cert_mode":"http","domain":"n.example","email":"a@b.c","http_port":8080}"#);
+        let e = with_panel_cert(&local, &i, &certs).unwrap();
+        assert_eq!(e.cert.cert_mode, CertMode::Http);
+        assert_eq!(e.cert.cert_domain, "n.example");
+        assert_eq!(e.cert.acme_http_listen, Some(SocketAddr::from(([0, 0, 0, 0], 8080))));
+        assert_eq!(e.cert.cert_file, certs.join("n.example.crt").to_string_lossy());
+        // `mode` (older rows) and the UI's `self-signed`: a certificate is made and served.
+        let i = panel(r#"{"mode":"self-signed","domain":"s.example"}"#);
+        let e = with_panel_cert(&local, &i, &certs).unwrap();
+        assert_eq!(e.cert.cert_mode, CertMode::SelfSigned);
+        let t = node_tls(&e.cert, &i).unwrap().unwrap();
+        assert!(Path::new(&t.cert_file).exists() && Path::new(&t.key_file).exists());
+        // Inline PEM: written once (key 0600), rewritten only on change, served as files.
+        let (cert_pem, key_pem) = (std::fs::read_to_string(&t.cert_file).unwrap(), std::fs::read_to_string(&t.key_file).unwrap());
+        let cc = serde_json::json!({"cert_mode": "content", "domain": "c.example", "cert_content": cert_pem, "key_content": key_pem});
+        let i = panel(&cc.to_string());
+        let e = with_panel_cert(&local, &i, &certs).unwrap();
+        assert_eq!(e.cert.cert_mode, CertMode::File);
+        assert_eq!(std::fs::read_to_string(&e.cert.key_file).unwrap(), key_pem);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&e.cert.key_file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(node_tls(&e.cert, &i).unwrap().is_some());
+        // Broken shapes are refused with a clear error, the node keeps its last config.
+        let i = panel(r#"{"cert_mode":"acme-magic","domain":"x"}"#);
+        assert!(with_panel_cert(&local, &i, &certs).unwrap_err().to_string().contains("acme-magic"));
+        let i = panel(r#"{"cert_mode":"http"}"#);
+        assert!(with_panel_cert(&local, &i, &certs).unwrap_err().to_string().contains("domain"));
+        let i = panel(r#"{"cert_mode":"content","domain":"c"}"#);
+        assert!(with_panel_cert(&local, &i, &certs).is_err());
+        // A local CertMode (here `self`) wins over the panel.
+        let mine = tls_entry("trojan", "self", dir.path());
+        let i = panel(r#"{"cert_mode":"http","domain":"n.example"}"#);
+        assert_eq!(with_panel_cert(&mine, &i, &certs).unwrap().cert.cert_mode, CertMode::SelfSigned);
     }
 
     fn tls_entry(node_type: &str, mode: &str, dir: &Path) -> NodeEntry {

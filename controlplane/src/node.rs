@@ -397,7 +397,9 @@ impl NodeWorker {
         self.pull_every = Duration::from_secs(bc.pull_interval_secs.max(1));
         self.push_every = Duration::from_secs(bc.push_interval_secs.max(1));
         self.shared.note_push_interval(self.push_every);
-        match build::node_config(self.slot, &self.tag, &self.entry, &info) {
+        let built = build::with_panel_cert(&self.entry, &info, &self.shared.cert_dir)
+            .and_then(|entry| build::node_config(self.slot, &self.tag, &entry, &info));
+        match built {
             Ok(nc) => {
                 self.acme_files = nc
                     .tls

@@ -94,3 +94,35 @@ fn sing_box_trojan_and_vless_with_exact_accounting() {
     }
     v.finish(&failures, &expected);
 }
+
+/// Issue 14: with no `CertMode` in the local config, the panel's `cert_config` (Xboard sends one
+/// per node) decides: `self-signed` makes a certificate in `<StateDir>/certs` and sing-box
+/// moves data through the Trojan node over it.
+#[test]
+fn panel_cert_config_serves_tls_when_the_local_config_says_nothing() {
+    let echo = Echo::start().unwrap();
+    let port = free_port();
+    let node = NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "trojan", "server_port": port, "tls": 1, "network": "tcp",
+                     "tls_settings": {"server_name": DOMAIN},
+                     "cert_config": {"cert_mode": "self-signed", "domain": DOMAIN},
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: users(&UUIDS),
+    };
+    let v = V2sp::start(vec![node], json!({})).unwrap();
+    assert!(
+        v.dir.path().join("state/certs").join(format!("{DOMAIN}.crt")).exists(),
+        "no certificate in the state directory\n{}",
+        v.agent.log()
+    );
+    let (proc_, socks) = sing_box_tls(port, "trojan", UUIDS[0], Some(client_tls(0)), v.dir.path())
+        .unwrap_or_else(|e| panic!("sing-box: {e:#}"));
+    let data = payload(256 << 10, 77);
+    let n = tcp_echo_through(socks, echo.port, &data)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}\n--- v2sp ---\n{}", proc_.log(), v.agent.log()));
+    let mut expected: Totals = BTreeMap::new();
+    expected.entry(1).or_default().insert(1, (n, n));
+    v.finish(&[], &expected);
+}

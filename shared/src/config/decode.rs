@@ -1171,6 +1171,7 @@ fn decode_cert(c: &mut Obj<'_>, cert_pos: usize) -> Result<CertConfig, ConfigErr
     if let Some(v) = c.take("CertMode") {
         let path = c.sub("CertMode");
         mode_pos = v.pos;
+        out.mode_set = true;
         out.cert_mode = match as_string(src, &path, v)?.trim().to_ascii_lowercase().as_str() {
             "" | "none" => CertMode::None,
             "file" => CertMode::File,

@@ -712,6 +712,10 @@ pub struct DynamicSpeedLimitConfig {
 pub struct CertConfig {
     #[serde(rename = "CertMode")]
     pub cert_mode: CertMode,
+    /// Whether the local config says `CertMode` (even `none`). When it does not, the panel's
+    /// `cert_config` decides (Xboard sends one per node).
+    #[serde(skip)]
+    pub mode_set: bool,
     #[serde(rename = "CertDomain")]
     pub cert_domain: String,
     /// `CertFile`; `{domain}`/`{email}` placeholders are kept verbatim here.
