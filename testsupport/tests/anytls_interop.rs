@@ -613,3 +613,73 @@ fn raw_client_device_limit() {
     expect(&mut expected, 1, 1, 12, 12);
     v.finish(&[], &expected);
 }
+
+/// VmRSS of `pid` in bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Issue 11, stream flood: one authenticated session opens 2000 streams, each with 16 KiB for
+/// the echo server, and never reads what comes back. A session holds at most 128 streams
+/// (the others get a FIN) and buffers at most 1 MiB for a client that does not read, so the
+/// data plane's RSS grows by under 32 MiB, and another user's session keeps working.
+#[test]
+fn raw_client_stream_flood_rss_under_32mib() {
+    const STREAMS: u32 = 2000;
+    const BOUND: u64 = 32 << 20;
+    let echo = Echo::start().unwrap();
+    let v = V2sp::start(vec![anytls_node(1, json!({}))], json!({})).unwrap();
+    let port = v.nodes[0].port;
+    let pid = v.dataplane_pid();
+    // Warm up: one ordinary stream, echoed.
+    let mut ok = raw_session(port, UUIDS[1]);
+    let probe = |s: &mut TcpStream, sid: u32, seed: u64| -> Result<(), String> {
+        let data = payload(4096, seed);
+        let mut out = frame(SYN, sid, &[]);
+        out.extend(frame(PSH, sid, &dest_v4(echo.port)));
+        out.extend(frame(PSH, sid, &data));
+        s.write_all(&out).map_err(|e| e.to_string())?;
+        let mut got = Vec::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        while got.len() < data.len() && Instant::now() < until {
+            let (c, id, d) = read_frame(s).map_err(|e| e.to_string())?;
+            if c == PSH && id == sid {
+                got.extend(d);
+            }
+        }
+        (got == data).then_some(()).ok_or_else(|| format!("stream {sid}: {} of {} bytes back", got.len(), data.len()))
+    };
+    probe(&mut ok, 1, 1).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss(pid);
+    // The flood: streams opened as fast as the socket takes them; the reply side is never read.
+    let mut flood = raw_session(port, UUIDS[0]);
+    flood.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let chunk = payload(16 << 10, 9);
+    let mut sent = 0u32;
+    for sid in 1..=STREAMS {
+        let mut out = frame(SYN, sid, &[]);
+        out.extend(frame(PSH, sid, &dest_v4(echo.port)));
+        out.extend(frame(PSH, sid, &chunk));
+        if flood.write_all(&out).is_err() {
+            break; // the server stopped reading us: back-pressure, as it should
+        }
+        sent += 1;
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let growth = rss(pid).saturating_sub(before);
+    let other = probe(&mut ok, 3, 2);
+    eprintln!(
+        "anytls stream flood: {sent} streams written, data plane RSS +{} KiB, {} echo connections",
+        growth / 1024,
+        echo.connections()
+    );
+    other.unwrap_or_else(|e| panic!("another user's session during the flood: {e}\n{}", v.agent.log()));
+    assert!(growth < BOUND, "RSS grew by {} KiB (bound {} KiB)", growth / 1024, BOUND / 1024);
+    drop(flood);
+}
