@@ -316,3 +316,99 @@ fn v2ray_mux_substreams_close_when_the_user_is_removed() {
     drop(conns);
     drop(proc_);
 }
+
+/// A raw VLESS request (plaintext node) with command `cmd`: version 0, the uuid, no addons,
+/// then the command's destination (none for Mux.Cool).
+fn vless_header(uuid: &str, cmd: u8, dest_port: Option<u16>) -> Vec<u8> {
+    let hex: String = uuid.chars().filter(|c| *c != '-').collect();
+    let mut h = vec![0u8];
+    h.extend((0..16).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()));
+    h.extend([0, cmd]);
+    if let Some(p) = dest_port {
+        h.extend(p.to_be_bytes());
+        h.extend([1, 127, 0, 0, 1]);
+    }
+    h
+}
+
+/// A Mux.Cool "New TCP sub-stream with data" frame to 127.0.0.1:`port`.
+fn mux_new(sid: u16, port: u16, data: &[u8]) -> Vec<u8> {
+    let mut meta = sid.to_be_bytes().to_vec();
+    meta.extend([0x01, 0x01, 0x01]);
+    meta.extend(port.to_be_bytes());
+    meta.extend([0x01, 127, 0, 0, 1]);
+    let mut f = (meta.len() as u16).to_be_bytes().to_vec();
+    f.extend(meta);
+    f.extend((data.len() as u16).to_be_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Issue 11, mux flood: one VLESS Mux.Cool connection opens 2000 TCP sub-streams, each with
+/// 16 KiB for the echo server, and never reads what comes back. At most 128 sub-streams are
+/// open (more get End + error) and the replies wait on the client's socket, so the data
+/// plane's RSS grows by under 32 MiB; another user's plain VLESS connection keeps working.
+#[test]
+fn raw_mux_substream_flood_rss_under_32mib() {
+    use std::io::{Read, Write};
+    const SUBSTREAMS: u16 = 2000;
+    const BOUND: u64 = 32 << 20;
+    let echo = Echo::start().unwrap();
+    let port = free_port();
+    let node = NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "vless", "server_port": port, "tls": 0, "network": "tcp",
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: users(&UUIDS),
+    };
+    let v = V2sp::start(vec![node], json!({})).unwrap();
+    let pid = v.dataplane_pid();
+    // A plain VLESS TCP echo of 4 KiB (response header: version, addons length).
+    let plain_echo = |seed: u64| -> Result<(), String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        let data = payload(4096, seed);
+        let mut req = vless_header(UUIDS[1], 1, Some(echo.port));
+        req.extend(&data);
+        s.write_all(&req).map_err(|e| e.to_string())?;
+        let mut back = vec![0u8; 2 + data.len()];
+        s.read_exact(&mut back).map_err(|e| e.to_string())?;
+        (back[2..] == data[..]).then_some(()).ok_or_else(|| "altered".to_string())
+    };
+    plain_echo(1).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss(pid);
+    let mut flood = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    flood.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    flood.write_all(&vless_header(UUIDS[0], 3, None)).unwrap();
+    let chunk = payload(16 << 10, 9);
+    let mut sent = 0u16;
+    for sid in 1..=SUBSTREAMS {
+        if flood.write_all(&mux_new(sid, echo.port, &chunk)).is_err() {
+            break; // the server stopped reading us: back-pressure, as it should
+        }
+        sent += 1;
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let growth = rss(pid).saturating_sub(before);
+    let other = plain_echo(2);
+    eprintln!(
+        "mux flood: {sent} sub-streams written, data plane RSS +{} KiB, {} echo connections",
+        growth / 1024,
+        echo.connections()
+    );
+    other.unwrap_or_else(|e| panic!("another user's connection during the flood: {e}\n{}", v.agent.log()));
+    assert!(echo.connections() <= 2 + 128, "more than 128 sub-streams reached the destination");
+    assert!(growth < BOUND, "RSS grew by {} KiB (bound {} KiB)", growth / 1024, BOUND / 1024);
+    drop(flood);
+}
