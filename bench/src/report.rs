@@ -335,6 +335,34 @@ fn vision_section(s: &mut String, v: &View, plan: &Plan, servers: &[String]) {
     let _ = writeln!(s);
 }
 
+/// Small-message latency through the real sing-box client: p50 round trip per suite and
+/// server, with each pair's ratio (the "p50 echo, v2sp ÷ best peer").
+fn front_latency_section(s: &mut String, v: &View, plan: &Plan, servers: &[String], pairs: &[(String, String)]) {
+    let rows: Vec<&String> = plan
+        .cipher_names
+        .iter()
+        .filter(|c| c.ends_with(crate::client::front::SUFFIX))
+        .filter(|c| servers.iter().any(|srv| v.lat(c, srv, |x| x.p50_us).is_some()))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "### Latency through the sing-box client: p50 round trip of {} B (µs)\n",
+        plan.latency_size
+    );
+    let mut cols: Vec<String> = servers.to_vec();
+    cols.extend(pairs.iter().map(|(a, b)| format!("{a} / {b}")));
+    header_row(s, "method", &cols);
+    for c in rows {
+        let vals: Vec<_> = servers.iter().map(|srv| v.lat(c, srv, |x| x.p50_us)).collect();
+        let row = row_with_ratios(&vals, servers, pairs, 0);
+        let _ = writeln!(s, "| {c} | {} |", row.join(" | "));
+    }
+    let _ = writeln!(s);
+}
+
 /// Hysteria 2 through the sing-box client: CPU-s/GB and MB/s per server (bulk download).
 fn hysteria2_section(s: &mut String, v: &View, plan: &Plan, servers: &[String]) {
     let c = HYSTERIA2;
@@ -582,6 +610,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
             let _ = writeln!(s);
         }
 
+        front_latency_section(&mut s, &v, plan, &servers, &pairs);
         vision_section(&mut s, &v, plan, &servers);
         hysteria2_section(&mut s, &v, plan, &servers);
 

@@ -352,6 +352,17 @@ async fn measure(
         if plan.upload {
             other_bulk(plan, out, &via, target, srv, true, (cipher, label, w, round)).await;
         }
+        // Through the real client, small-message latency too (what a user's chat or game
+        // sees): the p50 table compares servers per suite.
+        if matches!(suite, Suite::SingBox(_)) && plan.scenarios.contains(&Scenario::Latency) {
+            let win = scenarios::Window::start(Some(&mut *srv));
+            let h = scenarios::latency(&via, target, plan.latency_size, plan.latency_count, deadline)
+                .await
+                .context("latency")?;
+            let mut sum = scenarios::summarize(&h);
+            sum.other_load_cpus = win.stop(Some(&mut *srv)).other_load();
+            out.push(cipher, label, w, round, Measure::Latency(sum));
+        }
         return Ok(());
     }
     if plan.scenarios.contains(&Scenario::Idle) {
