@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! v2sp-bench run [--quick] [--ciphers …] [--servers …] [--rounds N] [--workers 1,2,4] [--out DIR]
+//! v2sp-bench scale [--ciphers …] [--servers …] [--max-workers N]   # 1, 2, 4 … N workers
 //! v2sp-bench self-check [--ciphers …]     # our client codecs against ssserver, nothing measured
 //! ```
 
@@ -48,8 +49,65 @@ struct Cli {
 enum Cmd {
     /// Measure v2sp and the peers, alternating, and write results/<timestamp>/report.md.
     Run(RunArgs),
+    /// Multi-core scaling: bulk download and upload at 1, 2, 4 … N server workers (N: the
+    /// CPUs the bench leaves the server, or --max-workers), 16 connections per worker; for an
+    /// operator to run on a many-core node. Default suite: aes-128-gcm.
+    Scale(ScaleArgs),
     /// Check our client codecs against ssserver (and the other servers) for each method.
     SelfCheck(Common),
+}
+
+#[derive(Args)]
+struct ScaleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Most server workers to try (default: every CPU but one, which the load generator keeps).
+    #[arg(long)]
+    max_workers: Option<usize>,
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// MiB per bulk transfer (each worker count, each direction).
+    #[arg(long)]
+    bulk_mib: Option<u64>,
+    /// Results directory (default results/<UTC timestamp>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// The worker counts `scale` tries: 1, 2, 4 … up to `max` (and `max` itself).
+fn scale_steps(max: usize) -> Vec<usize> {
+    let max = max.max(1);
+    let mut v: Vec<usize> = std::iter::successors(Some(1usize), |w| w.checked_mul(2))
+        .take_while(|w| *w < max)
+        .collect();
+    v.push(max);
+    v
+}
+
+fn scale_cmd(a: ScaleArgs) -> anyhow::Result<()> {
+    let mut common = a.common;
+    if common.ciphers.join(",") == ALL_CIPHERS {
+        common.ciphers = vec!["aes-128-gcm".into()];
+    }
+    let cpus = allowed_cpus().len();
+    let max = a.max_workers.unwrap_or(cpus.saturating_sub(1)).max(1);
+    let workers = scale_steps(max);
+    let conns = 16 * max;
+    run_cmd(RunArgs {
+        common,
+        quick: false,
+        rounds: a.rounds.or(Some(2)),
+        workers,
+        scenarios: vec!["bulk".into()],
+        conns: Some(vec![conns]),
+        bulk_mib: a.bulk_mib.or(Some(1024)),
+        other_bulk_mib: a.bulk_mib.or(Some(1024)),
+        idle_conns: None,
+        rate_secs: None,
+        latency_count: None,
+        no_upload: false,
+        out: a.out,
+    })
 }
 
 #[derive(Args, Clone)]
@@ -273,6 +331,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::SelfCheck(c) => self_check(c),
         Cmd::Run(a) => run_cmd(a),
+        Cmd::Scale(a) => scale_cmd(a),
     }
 }
 
@@ -468,4 +527,15 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         bail!("{fatal} problem(s) during the quick run (see the report)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scale_steps_double_up_to_the_maximum() {
+        assert_eq!(super::scale_steps(1), vec![1]);
+        assert_eq!(super::scale_steps(2), vec![1, 2]);
+        assert_eq!(super::scale_steps(6), vec![1, 2, 4, 6]);
+        assert_eq!(super::scale_steps(8), vec![1, 2, 4, 8]);
+    }
 }
