@@ -223,7 +223,11 @@ fn servers(c: &Common, bins: &Binaries, suites: &[Suite]) -> anyhow::Result<Vec<
             there
         });
     }
-    if suites.iter().any(|s| s.is_hysteria2() || matches!(s, Suite::SingBox(_))) && !bins.singbox.exists() {
+    if suites
+        .iter()
+        .any(|s| s.is_hysteria2() || matches!(s, Suite::SingBox(_)))
+        && !bins.singbox.exists()
+    {
         bail!(
             "the hysteria2 and @sing-box suites need the sing-box client, not found at {} (scripts/install-test-deps.sh, \
              or --sing-box PATH, or leave them out of --ciphers)",

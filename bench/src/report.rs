@@ -337,7 +337,13 @@ fn vision_section(s: &mut String, v: &View, plan: &Plan, servers: &[String]) {
 
 /// Small-message latency through the real sing-box client: p50 round trip per suite and
 /// server, with each pair's ratio (the "p50 echo, v2sp ÷ best peer").
-fn front_latency_section(s: &mut String, v: &View, plan: &Plan, servers: &[String], pairs: &[(String, String)]) {
+fn front_latency_section(
+    s: &mut String,
+    v: &View,
+    plan: &Plan,
+    servers: &[String],
+    pairs: &[(String, String)],
+) {
     let rows: Vec<&String> = plan
         .cipher_names
         .iter()

@@ -355,13 +355,7 @@ async fn measure(
         // Through the real client, small-message latency too (what a user's chat or game
         // sees): the p50 table compares servers per suite.
         if matches!(suite, Suite::SingBox(_)) && plan.scenarios.contains(&Scenario::Latency) {
-            let win = scenarios::Window::start(Some(&mut *srv));
-            let h = scenarios::latency(&via, target, plan.latency_size, plan.latency_count, deadline)
-                .await
-                .context("latency")?;
-            let mut sum = scenarios::summarize(&h);
-            sum.other_load_cpus = win.stop(Some(&mut *srv)).other_load();
-            out.push(cipher, label, w, round, Measure::Latency(sum));
+            latency(plan, out, &via, target, srv, (cipher, label, w, round)).await?;
         }
         return Ok(());
     }
@@ -373,14 +367,7 @@ async fn measure(
         out.push(cipher, label, w, round, Measure::Idle(r));
     }
     if plan.scenarios.contains(&Scenario::Latency) {
-        let win = scenarios::Window::start(Some(&mut *srv));
-        let h = scenarios::latency(&via, target, plan.latency_size, plan.latency_count, deadline)
-            .await
-            .context("latency")?;
-        let mut sum = scenarios::summarize(&h);
-        sum.other_load_cpus = win.stop(Some(&mut *srv)).other_load();
-        out.push(cipher, label, w, round, Measure::Latency(sum));
-        out.add_hist((cipher.into(), label.into(), w), &h);
+        latency(plan, out, &via, target, srv, (cipher, label, w, round)).await?;
     }
     if plan.scenarios.contains(&Scenario::Rate) {
         let r = scenarios::rate(&via, target, Some(srv), plan.rate_concurrency, plan.rate_secs).await;
@@ -410,6 +397,28 @@ async fn measure(
     Ok(())
 }
 
+/// The latency scenario, recorded (summary and histogram) under `(suite, server, workers,
+/// round)`.
+async fn latency(
+    plan: &Plan,
+    out: &mut Outcome,
+    via: &Via,
+    target: SocketAddr,
+    srv: &mut Server,
+    (cipher, label, w, round): (&str, &str, usize, usize),
+) -> anyhow::Result<()> {
+    let deadline = Duration::from_secs(plan.deadline_s);
+    let win = scenarios::Window::start(Some(&mut *srv));
+    let h = scenarios::latency(via, target, plan.latency_size, plan.latency_count, deadline)
+        .await
+        .context("latency")?;
+    let mut sum = scenarios::summarize(&h);
+    sum.other_load_cpus = win.stop(Some(&mut *srv)).other_load();
+    out.push(cipher, label, w, round, Measure::Latency(sum));
+    out.add_hist((cipher.into(), label.into(), w), &h);
+    Ok(())
+}
+
 /// One bulk transfer at the size every suite gets (`other_conns`, `other_bulk_bytes`), in
 /// `upload` direction, recorded under `(suite, server, workers, round)`.
 async fn other_bulk(
@@ -422,7 +431,16 @@ async fn other_bulk(
     (cipher, label, w, round): (&str, &str, usize, usize),
 ) {
     let deadline = Duration::from_secs(plan.deadline_s);
-    let r = scenarios::bulk(via, target, Some(srv), plan.other_conns, plan.other_bulk_bytes, upload, deadline).await;
+    let r = scenarios::bulk(
+        via,
+        target,
+        Some(srv),
+        plan.other_conns,
+        plan.other_bulk_bytes,
+        upload,
+        deadline,
+    )
+    .await;
     if r.errors > 0 || r.timed_out {
         let what = if upload { "bulk upload" } else { "bulk" };
         out.problems.push(format!(

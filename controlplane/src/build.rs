@@ -592,8 +592,8 @@ pub fn with_panel_cert<'a>(
     info: &NodeInfo,
     cert_dir: &Path,
 ) -> Result<std::borrow::Cow<'a, NodeEntry>, BuildError> {
-    use std::borrow::Cow;
     use serde_json::Value;
+    use std::borrow::Cow;
     if entry.cert.mode_set {
         return Ok(Cow::Borrowed(entry));
     }
@@ -650,9 +650,21 @@ pub fn with_panel_cert<'a>(
         return Err(BuildError::PanelCert(format!("cert_mode {raw:?} needs a domain")));
     }
     // The file names: the panel's, else the local ones, else `<cert_dir>/<name>.crt/.key`.
-    let name = if domain.is_empty() { format!("node-{}", info.server_port) } else { domain.clone() };
-    let default = |ext: &str| cert_dir.join(format!("{name}.{ext}")).to_string_lossy().into_owned();
-    for (field, key, ext) in [(&mut c.cert_file, "cert_file", "crt"), (&mut c.key_file, "key_file", "key")] {
+    let name = if domain.is_empty() {
+        format!("node-{}", info.server_port)
+    } else {
+        domain.clone()
+    };
+    let default = |ext: &str| {
+        cert_dir
+            .join(format!("{name}.{ext}"))
+            .to_string_lossy()
+            .into_owned()
+    };
+    for (field, key, ext) in [
+        (&mut c.cert_file, "cert_file", "crt"),
+        (&mut c.key_file, "key_file", "key"),
+    ] {
         if !s(key).is_empty() {
             *field = s(key);
         } else if field.trim().is_empty() || raw == "content" {
@@ -664,13 +676,16 @@ pub fn with_panel_cert<'a>(
         let raw_str = |k: &str| pc.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         let (cert_pem, key_pem) = (raw_str("cert_content"), raw_str("key_content"));
         if cert_pem.trim().is_empty() || key_pem.trim().is_empty() {
-            return Err(BuildError::PanelCert("cert_mode \"content\" needs cert_content and key_content".into()));
+            return Err(BuildError::PanelCert(
+                "cert_mode \"content\" needs cert_content and key_content".into(),
+            ));
         }
         write_if_changed(cert_dir, Path::new(&c.cert_file), cert_pem.as_bytes(), 0o644)?;
         write_if_changed(cert_dir, Path::new(&c.key_file), key_pem.as_bytes(), 0o600)?;
     } else if c.cert_file.starts_with(cert_dir.to_string_lossy().as_ref()) {
         // ACME and self-signed write their files here: the directory must exist.
-        std::fs::create_dir_all(cert_dir).map_err(|e| BuildError::PanelCert(format!("{}: {e}", cert_dir.display())))?;
+        std::fs::create_dir_all(cert_dir)
+            .map_err(|e| BuildError::PanelCert(format!("{}: {e}", cert_dir.display())))?;
     }
     Ok(Cow::Owned(e))
 }
@@ -980,15 +995,24 @@ mod tests {
         let local = entry("trojan");
         // No cert_config, or `none`: nothing changes.
         let i = info(r#"{"server_port":443}"#);
-        assert!(matches!(with_panel_cert(&local, &i, &certs).unwrap(), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            with_panel_cert(&local, &i, &certs).unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
         let i = panel(r#"{"cert_mode":"none"}"#);
-        assert_eq!(with_panel_cert(&local, &i, &certs).unwrap().cert.cert_mode, CertMode::None);
+        assert_eq!(
+            with_panel_cert(&local, &i, &certs).unwrap().cert.cert_mode,
+            CertMode::None
+        );
         // http with the panel's port and domain; files in the cert directory.
         let i = panel(r#"{"cert_mode":"http","domain":"n.example","email":"a@b.c","http_port":8080}"#);
         let e = with_panel_cert(&local, &i, &certs).unwrap();
         assert_eq!(e.cert.cert_mode, CertMode::Http);
         assert_eq!(e.cert.cert_domain, "n.example");
-        assert_eq!(e.cert.acme_http_listen, Some(SocketAddr::from(([0, 0, 0, 0], 8080))));
+        assert_eq!(
+            e.cert.acme_http_listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 8080)))
+        );
         assert_eq!(e.cert.cert_file, certs.join("n.example.crt").to_string_lossy());
         // `mode` (older rows) and the UI's `self-signed`: a certificate is made and served.
         let i = panel(r#"{"mode":"self-signed","domain":"s.example"}"#);
@@ -997,26 +1021,41 @@ mod tests {
         let t = node_tls(&e.cert, &i).unwrap().unwrap();
         assert!(Path::new(&t.cert_file).exists() && Path::new(&t.key_file).exists());
         // Inline PEM: written once (key 0600), rewritten only on change, served as files.
-        let (cert_pem, key_pem) = (std::fs::read_to_string(&t.cert_file).unwrap(), std::fs::read_to_string(&t.key_file).unwrap());
+        let (cert_pem, key_pem) = (
+            std::fs::read_to_string(&t.cert_file).unwrap(),
+            std::fs::read_to_string(&t.key_file).unwrap(),
+        );
         let cc = serde_json::json!({"cert_mode": "content", "domain": "c.example", "cert_content": cert_pem, "key_content": key_pem});
         let i = panel(&cc.to_string());
         let e = with_panel_cert(&local, &i, &certs).unwrap();
         assert_eq!(e.cert.cert_mode, CertMode::File);
         assert_eq!(std::fs::read_to_string(&e.cert.key_file).unwrap(), key_pem);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&e.cert.key_file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&e.cert.key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(node_tls(&e.cert, &i).unwrap().is_some());
         // Broken shapes are refused with a clear error, the node keeps its last config.
         let i = panel(r#"{"cert_mode":"acme-magic","domain":"x"}"#);
-        assert!(with_panel_cert(&local, &i, &certs).unwrap_err().to_string().contains("acme-magic"));
+        assert!(with_panel_cert(&local, &i, &certs)
+            .unwrap_err()
+            .to_string()
+            .contains("acme-magic"));
         let i = panel(r#"{"cert_mode":"http"}"#);
-        assert!(with_panel_cert(&local, &i, &certs).unwrap_err().to_string().contains("domain"));
+        assert!(with_panel_cert(&local, &i, &certs)
+            .unwrap_err()
+            .to_string()
+            .contains("domain"));
         let i = panel(r#"{"cert_mode":"content","domain":"c"}"#);
         assert!(with_panel_cert(&local, &i, &certs).is_err());
         // A local CertMode (here `self`) wins over the panel.
         let mine = tls_entry("trojan", "self", dir.path());
         let i = panel(r#"{"cert_mode":"http","domain":"n.example"}"#);
-        assert_eq!(with_panel_cert(&mine, &i, &certs).unwrap().cert.cert_mode, CertMode::SelfSigned);
+        assert_eq!(
+            with_panel_cert(&mine, &i, &certs).unwrap().cert.cert_mode,
+            CertMode::SelfSigned
+        );
     }
 
     fn tls_entry(node_type: &str, mode: &str, dir: &Path) -> NodeEntry {

@@ -213,7 +213,11 @@ pub fn execute(cli: Cli) -> i32 {
             print!("{}", crate::keys::derive(node_id, &node_type, &token).print());
             0
         }
-        Cmd::Upgrade { cfg, shm_dir, timeout } => {
+        Cmd::Upgrade {
+            cfg,
+            shm_dir,
+            timeout,
+        } => {
             let Some(dir) = shm_dir_from(shm_dir, &cfg) else {
                 return 2;
             };

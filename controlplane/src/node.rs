@@ -561,5 +561,7 @@ fn parse_panel_ip(s: &str) -> Option<std::net::IpAddr> {
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
         return Some(ip.to_canonical());
     }
-    s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip().to_canonical())
+    s.parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.ip().to_canonical())
 }

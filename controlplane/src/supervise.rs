@@ -95,7 +95,8 @@ impl DataplaneChild {
                 }
             }
         }
-        self.draining.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+        self.draining
+            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
         self.draining_adopted.retain(|p| !p.exited());
         if let Some(p) = &self.adopted {
             if !p.exited() {
@@ -226,7 +227,11 @@ mod tests {
     fn children_start_with_no_signal_blocked() {
         std::thread::spawn(|| {
             crate::sys::block_signals();
-            assert_ne!(child_sigblk(false), "0000000000000000", "the mask is inherited by default");
+            assert_ne!(
+                child_sigblk(false),
+                "0000000000000000",
+                "the mask is inherited by default"
+            );
             assert_eq!(child_sigblk(true), "0000000000000000");
         })
         .join()

@@ -80,7 +80,10 @@ fn upgrade(dir: &Path, timeout: Duration) -> anyhow::Result<Outcome> {
             anyhow::bail!("the data plane (pid {pid}) exited without reporting an outcome");
         }
         if Instant::now() >= end {
-            anyhow::bail!("no outcome after {} s; see the data plane's log", timeout.as_secs());
+            anyhow::bail!(
+                "no outcome after {} s; see the data plane's log",
+                timeout.as_secs()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -93,7 +96,10 @@ mod tests {
 
     #[test]
     fn status_lines_parse() {
-        assert_eq!(parse_status("ok 10 20\n"), Some(Outcome::Upgraded { old: 10, new: 20 }));
+        assert_eq!(
+            parse_status("ok 10 20\n"),
+            Some(Outcome::Upgraded { old: 10, new: 20 })
+        );
         assert_eq!(
             parse_status("failed 10 the new data plane exited (exit status: 1)"),
             Some(Outcome::Failed {

@@ -342,12 +342,17 @@ fn websocket_device_lists_reach_the_data_plane() {
         "sync.devices",
         json!({"users": {"1": {"0": "198.51.100.7", "1": "[2001:db8::5]:443"}, "2": []}}),
     );
-    wait_for("the device lists in shared memory", Duration::from_secs(3), || {
-        dp.core.known_elsewhere(slot, 1, ip("198.51.100.7"))
-    });
+    wait_for(
+        "the device lists in shared memory",
+        Duration::from_secs(3),
+        || dp.core.known_elsewhere(slot, 1, ip("198.51.100.7")),
+    );
     assert!(dp.core.known_elsewhere(slot, 1, ip("::ffff:198.51.100.7")));
     assert!(dp.core.known_elsewhere(slot, 1, ip("2001:db8::5")));
-    assert!(!dp.core.known_elsewhere(slot, 2, ip("198.51.100.7")), "another user's address");
+    assert!(
+        !dp.core.known_elsewhere(slot, 2, ip("198.51.100.7")),
+        "another user's address"
+    );
     assert!(!dp.core.known_elsewhere(slot, 1, ip("198.51.100.8")));
     // A newer list replaces the old one.
     sim.ws_send(1, "sync.devices", json!({"users": {"2": ["203.0.113.9"]}}));

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use v2sp_dataplane::limits::gcra::RateLimiters;
 use v2sp_dataplane::net::handover;
 use v2sp_dataplane::node::{default_protocols, planned_cores, Engine, EngineOpts, Shared};
-use v2sp_dataplane::upgrade;
 use v2sp_dataplane::stats::shm::ShmPort;
 use v2sp_dataplane::stats::CorePort;
-use v2sp_dataplane::limits::gcra::RateLimiters;
+use v2sp_dataplane::upgrade;
 use v2sp_shared::shm::{DataplaneShm, RateTable};
 
 #[global_allocator]
@@ -72,7 +72,10 @@ fn main() -> anyhow::Result<()> {
         tracing::warn!("cannot unblock SIGTERM/SIGINT/SIGHUP/SIGUSR2: {e}");
     }
     if ready_pipe.is_some() {
-        tracing::info!(sockets = inherited, "starting as the successor of a data plane being upgraded");
+        tracing::info!(
+            sockets = inherited,
+            "starting as the successor of a data plane being upgraded"
+        );
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -236,7 +239,11 @@ fn main() -> anyhow::Result<()> {
         // process may say so, and this one still is).
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::MainPid(s.pid)]);
         upgrade::write_status(&args.shm_dir, &format!("ok {me} {}", s.pid));
-        tracing::info!(successor = s.pid, drain_secs = drain.as_secs(), "the successor serves; draining this process");
+        tracing::info!(
+            successor = s.pid,
+            drain_secs = drain.as_secs(),
+            "the successor serves; draining this process"
+        );
         // SIGTERM (systemctl stop, the control plane stopping) ends the drain at once.
         let cut = engine.drain_cutter();
         let stop2 = stop.clone();
@@ -266,7 +273,8 @@ fn main() -> anyhow::Result<()> {
 /// `Dataplane.DrainSeconds` of a config generation.
 fn cfg_drain(cfg: &v2sp_shared::dpconfig::DataplaneConfig) -> Duration {
     Duration::from_secs(u64::from(
-        cfg.drain_seconds.unwrap_or(v2sp_shared::dpconfig::DEFAULT_DRAIN_SECONDS),
+        cfg.drain_seconds
+            .unwrap_or(v2sp_shared::dpconfig::DEFAULT_DRAIN_SECONDS),
     ))
 }
 

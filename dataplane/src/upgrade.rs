@@ -130,11 +130,17 @@ impl Pending {
                 }))
             }
             Ok(false) | Err(TryRecvError::Disconnected) => {
-                format!("the new data plane {} exited before it served", self.exe.display())
+                format!(
+                    "the new data plane {} exited before it served",
+                    self.exe.display()
+                )
             }
             Err(TryRecvError::Empty) if std::time::Instant::now() < self.deadline => return Err(self),
             Err(TryRecvError::Empty) => {
-                format!("the new data plane was not serving after {} s", READY_TIMEOUT.as_secs())
+                format!(
+                    "the new data plane was not serving after {} s",
+                    READY_TIMEOUT.as_secs()
+                )
             }
         };
         Ok(Err(self.abandon(&why)))
@@ -191,7 +197,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         write_status(d.path(), "failed 1 broken");
         write_status(d.path(), "ok 1 2");
-        assert_eq!(std::fs::read_to_string(d.path().join(STATUS_FILE)).unwrap(), "ok 1 2\n");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            std::fs::read_to_string(d.path().join(STATUS_FILE)).unwrap(),
+            "ok 1 2\n"
+        );
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
     }
 }

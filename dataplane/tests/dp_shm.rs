@@ -165,7 +165,9 @@ fn dp_binary_serves_from_shared_memory_and_drains_on_sigterm() {
     let (events, dropped) = ctl.drain_events(1000);
     assert_eq!(dropped, 0);
     assert!(
-        events.iter().any(|(_, e)| e.online && e.user_id == 77 && e.node == 1),
+        events
+            .iter()
+            .any(|(_, e)| e.online && e.user_id == 77 && e.node == 1),
         "{events:?}"
     );
 

@@ -219,7 +219,13 @@ impl V2sp {
         dataplane: Value,
         prepare: &dyn Fn(&PanelSim),
     ) -> anyhow::Result<V2sp> {
-        Self::start_with_bin(nodes, extra, dataplane, prepare, &bin_dir().join("v2sp-dataplane"))
+        Self::start_with_bin(
+            nodes,
+            extra,
+            dataplane,
+            prepare,
+            &bin_dir().join("v2sp-dataplane"),
+        )
     }
 
     /// As [`V2sp::start_with_sim`], with the data plane started from `dataplane_bin` (a copy
@@ -237,7 +243,14 @@ impl V2sp {
     /// As [`V2sp::start`], against Xboard's v2 API: the simulator serves `/api/v2/server/*` and
     /// the WebSocket channel, and every node entry says `ApiVersion: v2`.
     pub fn start_v2(nodes: Vec<NodeSpec>, extra: Value) -> anyhow::Result<V2sp> {
-        Self::start_inner(nodes, extra, json!({}), &|_| {}, &bin_dir().join("v2sp-dataplane"), true)
+        Self::start_inner(
+            nodes,
+            extra,
+            json!({}),
+            &|_| {},
+            &bin_dir().join("v2sp-dataplane"),
+            true,
+        )
     }
 
     fn start_inner(
@@ -1008,4 +1021,14 @@ pub fn xray_outbound(out: Value, dir: &Path) -> anyhow::Result<(Proc, u16)> {
         cmd.arg("run").arg("-c").arg(&path).current_dir(dir);
         Ok(cmd)
     })
+}
+
+/// VmRSS of `pid` in bytes (0 when the process is gone): what the adversarial tests bound.
+pub fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }

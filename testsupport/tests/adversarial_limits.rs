@@ -10,24 +10,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    free_port, payload, self_signed_certs, sing_box_tls, sslocal, tcp_echo_through, udp_echo_through, Echo,
-    NodeSpec, V2sp,
+    free_port, payload, rss_bytes, self_signed_certs, sing_box_tls, sslocal, tcp_echo_through,
+    udp_echo_through, Echo, NodeSpec, V2sp,
 };
 use v2sp_testsupport::panel_sim::users;
 
 const UUIDS: [&str; 1] = ["705d4ada-fc32-48de-951c-2ab9d5765ce0"];
 const DOMAIN: &str = "v2sp.test";
 const MIB: u64 = 1 << 20;
-
-/// VmRSS of `pid` in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
 
 /// A TCP connection to `127.0.0.1:port` from `src`.
 fn connect_from(src: IpAddr, port: u16) -> std::io::Result<TcpStream> {
@@ -80,7 +70,7 @@ fn slowloris_3000_from_12_ips_rss_under_32mib() {
     // Warm up (pools, TLS config, the first connection's allocations), then the baseline.
     legit_transfer(&v, &echo, 1).unwrap_or_else(|e| panic!("before the attack: {e}\n{}", v.agent.log()));
     std::thread::sleep(Duration::from_millis(300));
-    let before = rss(pid);
+    let before = rss_bytes(pid);
     let started = Instant::now();
     // A TLS handshake record announcing 512 bytes, of which 64 come.
     let mut partial = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
@@ -100,7 +90,7 @@ fn slowloris_3000_from_12_ips_rss_under_32mib() {
     }
     // Let the data plane accept and read them all.
     std::thread::sleep(Duration::from_millis(1500));
-    let during = rss(pid);
+    let during = rss_bytes(pid);
     let growth = during.saturating_sub(before);
     let legit = legit_transfer(&v, &echo, 2);
     eprintln!(
@@ -168,7 +158,7 @@ fn ss_udp_spoof_flood_100_users_rss_under_16mib() {
     udp_echo_through(socks, echo.port, 4, 1000)
         .unwrap_or_else(|e| panic!("before the flood: {e:#}\n{}", client.log()));
     std::thread::sleep(Duration::from_millis(300));
-    let (rss0, cpu0) = (rss(pid), cpu_secs(pid));
+    let (rss0, cpu0) = (rss_bytes(pid), cpu_secs(pid));
     let senders: Vec<std::net::UdpSocket> = (2..=250u8)
         .filter_map(|b| std::net::UdpSocket::bind((Ipv4Addr::new(127, 0, 0, b), 0)).ok())
         .collect();
@@ -213,7 +203,7 @@ fn ss_udp_spoof_flood_100_users_rss_under_16mib() {
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (sent, took) = flood.join().unwrap();
-    let (rss1, cpu1) = (rss(pid), cpu_secs(pid));
+    let (rss1, cpu1) = (rss_bytes(pid), cpu_secs(pid));
     let growth = rss1.saturating_sub(rss0);
     eprintln!(
         "ss udp spoof flood: {sent} datagrams in {took:.1?}; data plane CPU {:.2} s, RSS {} -> {} KiB (+{} KiB)",
@@ -308,7 +298,7 @@ fn ss_udp_session_flood_stays_at_256_per_user_rss_under_16mib() {
         .unwrap_or_else(|e| panic!("the attacker's packets are not accepted: {e}\n{}", v.agent.log()));
     drop(probe);
     std::thread::sleep(Duration::from_millis(300));
-    let (rss0, fd0) = (rss(pid), fds(pid));
+    let (rss0, fd0) = (rss_bytes(pid), fds(pid));
     let started = Instant::now();
     let mut sent = 0usize;
     let mut peak = fd0;
@@ -341,7 +331,7 @@ fn ss_udp_session_flood_stays_at_256_per_user_rss_under_16mib() {
         assert!(started.elapsed() < Duration::from_secs(30), "flood took too long");
     }
     std::thread::sleep(Duration::from_millis(500));
-    let (rss1, fd1) = (rss(pid), fds(pid));
+    let (rss1, fd1) = (rss_bytes(pid), fds(pid));
     peak = peak.max(fd1);
     let after = udp_echo_through(socks, echo.port, 4, 1000);
     eprintln!(
@@ -409,9 +399,15 @@ fn fallback_relays_from_one_address_stop_at_the_per_ip_cap() {
                      "base_config": {"push_interval": 1, "pull_interval": 1}}),
         users: users(&UUIDS),
     };
-    let extra = json!({"EnableFallback": true, "FallBackConfigs": [{"Dest": format!("127.0.0.1:{site_port}")}]});
+    let extra =
+        json!({"EnableFallback": true, "FallBackConfigs": [{"Dest": format!("127.0.0.1:{site_port}")}]});
     // One worker: the cap is per worker.
-    let v = V2sp::start_with(vec![node], extra, json!({"MaxHandshakesPerIP": CAP, "Workers": 1})).unwrap();
+    let v = V2sp::start_with(
+        vec![node],
+        extra,
+        json!({"MaxHandshakesPerIP": CAP, "Workers": 1}),
+    )
+    .unwrap();
     // A wrong AnyTLS password hash (and a zero padding length): a fallback.
     let mut probe = vec![0x5au8; 32];
     probe.extend([0, 0]);
@@ -431,13 +427,26 @@ fn fallback_relays_from_one_address_stop_at_the_per_ip_cap() {
             }
         }
     }
-    assert_eq!(wait_open(CAP), CAP, "relays from one address at the site (cap {CAP})\n{}", v.agent.log());
+    assert_eq!(
+        wait_open(CAP),
+        CAP,
+        "relays from one address at the site (cap {CAP})\n{}",
+        v.agent.log()
+    );
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(open.load(Ordering::SeqCst), CAP, "more relays than the cap from one address");
+    assert_eq!(
+        open.load(Ordering::SeqCst),
+        CAP,
+        "more relays than the cap from one address"
+    );
     // Another address is not affected.
     let mut other = connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)), port).unwrap();
     other.write_all(&probe).unwrap();
-    assert_eq!(wait_open(CAP + 1), CAP + 1, "another address did not reach the site");
+    assert_eq!(
+        wait_open(CAP + 1),
+        CAP + 1,
+        "another address did not reach the site"
+    );
     // The attacker's relays end: its places come back.
     drop(held);
     drop(other);

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use v2sp_testsupport::harness::{
-    eof_counter, expect, free_port, payload, self_signed_certs, sha256, sing_box_outbound, socks5_connect,
-    tcp_echo_through, udp_echo_through, Echo, NodeSpec, Recorder, Totals, V2sp,
+    eof_counter, expect, free_port, payload, rss_bytes, self_signed_certs, sha256, sing_box_outbound,
+    socks5_connect, tcp_echo_through, udp_echo_through, Echo, NodeSpec, Recorder, Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::{user, users};
 use v2sp_testsupport::peers::shoes;
@@ -614,16 +614,6 @@ fn raw_client_device_limit() {
     v.finish(&[], &expected);
 }
 
-/// VmRSS of `pid` in bytes.
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Issue 11, stream flood: one authenticated session opens 2000 streams, each with 16 KiB for
 /// the echo server, and never reads what comes back. A session holds at most 128 streams
 /// (the others get a FIN) and buffers at most 1 MiB for a client that does not read, so the
@@ -652,11 +642,13 @@ fn raw_client_stream_flood_rss_under_32mib() {
                 got.extend(d);
             }
         }
-        (got == data).then_some(()).ok_or_else(|| format!("stream {sid}: {} of {} bytes back", got.len(), data.len()))
+        (got == data)
+            .then_some(())
+            .ok_or_else(|| format!("stream {sid}: {} of {} bytes back", got.len(), data.len()))
     };
     probe(&mut ok, 1, 1).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let before = rss(pid);
+    let before = rss_bytes(pid);
     // The flood: streams opened as fast as the socket takes them; the reply side is never read.
     let mut flood = raw_session(port, UUIDS[0]);
     flood.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -672,7 +664,7 @@ fn raw_client_stream_flood_rss_under_32mib() {
         sent += 1;
     }
     std::thread::sleep(Duration::from_secs(2));
-    let growth = rss(pid).saturating_sub(before);
+    let growth = rss_bytes(pid).saturating_sub(before);
     let other = probe(&mut ok, 3, 2);
     eprintln!(
         "anytls stream flood: {sent} streams written, data plane RSS +{} KiB, {} echo connections",
@@ -680,6 +672,11 @@ fn raw_client_stream_flood_rss_under_32mib() {
         echo.connections()
     );
     other.unwrap_or_else(|e| panic!("another user's session during the flood: {e}\n{}", v.agent.log()));
-    assert!(growth < BOUND, "RSS grew by {} KiB (bound {} KiB)", growth / 1024, BOUND / 1024);
+    assert!(
+        growth < BOUND,
+        "RSS grew by {} KiB (bound {} KiB)",
+        growth / 1024,
+        BOUND / 1024
+    );
     drop(flood);
 }

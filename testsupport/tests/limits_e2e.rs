@@ -70,13 +70,18 @@ fn device_limit_lets_in_an_address_the_panel_lists_elsewhere() {
     let port = v.nodes[0].port;
     let deadline = Instant::now() + Duration::from_secs(15);
     while v.sim.ws_live() < 1 {
-        assert!(Instant::now() < deadline, "no WebSocket channel\n{}", v.agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "no WebSocket channel\n{}",
+            v.agent.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // The user's phone is online on another node: the panel counts it (`alivelist`, polled
     // over REST) and lists it (`sync.devices`, pushed over the WebSocket).
     v.sim.set_alive([(1, 1)].into_iter().collect());
-    v.sim.ws_send(1, "sync.devices", json!({"users": {"1": ["127.0.0.3"]}}));
+    v.sim
+        .ws_send(1, "sync.devices", json!({"users": {"1": ["127.0.0.3"]}}));
     // The lists reach the data plane within its once-a-second look at them.
     std::thread::sleep(Duration::from_millis(1500));
     let admitted = |ip: &str| {
@@ -93,7 +98,11 @@ fn device_limit_lets_in_an_address_the_panel_lists_elsewhere() {
     let (_a, stranger) = admitted("127.0.0.4");
     assert!(stranger.is_none(), "a new address at the limit was let in");
     let (_b, phone) = admitted("127.0.0.3");
-    assert!(phone.is_some(), "the address online elsewhere was refused\n{}", v.agent.log());
+    assert!(
+        phone.is_some(),
+        "the address online elsewhere was refused\n{}",
+        v.agent.log()
+    );
 }
 
 #[test]

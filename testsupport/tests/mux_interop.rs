@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    expect, free_port, payload, peer, self_signed_certs, tcp_echo_through, udp_echo_through, wait_tcp, Echo,
-    NodeSpec, Proc, Recorder, Totals, V2sp,
+    expect, free_port, payload, peer, rss_bytes, self_signed_certs, tcp_echo_through, udp_echo_through,
+    wait_tcp, Echo, NodeSpec, Proc, Recorder, Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::{user, users};
 
@@ -344,15 +344,6 @@ fn mux_new(sid: u16, port: u16, data: &[u8]) -> Vec<u8> {
     f
 }
 
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Issue 11, mux flood: one VLESS Mux.Cool connection opens 2000 TCP sub-streams, each with
 /// 16 KiB for the echo server, and never reads what comes back. At most 128 sub-streams are
 /// open (more get End + error) and the replies wait on the client's socket, so the data
@@ -376,18 +367,21 @@ fn raw_mux_substream_flood_rss_under_32mib() {
     // A plain VLESS TCP echo of 4 KiB (response header: version, addons length).
     let plain_echo = |seed: u64| -> Result<(), String> {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
         let data = payload(4096, seed);
         let mut req = vless_header(UUIDS[1], 1, Some(echo.port));
         req.extend(&data);
         s.write_all(&req).map_err(|e| e.to_string())?;
         let mut back = vec![0u8; 2 + data.len()];
         s.read_exact(&mut back).map_err(|e| e.to_string())?;
-        (back[2..] == data[..]).then_some(()).ok_or_else(|| "altered".to_string())
+        (back[2..] == data[..])
+            .then_some(())
+            .ok_or_else(|| "altered".to_string())
     };
     plain_echo(1).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let before = rss(pid);
+    let before = rss_bytes(pid);
     let mut flood = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     flood.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     flood.write_all(&vless_header(UUIDS[0], 3, None)).unwrap();
@@ -400,15 +394,28 @@ fn raw_mux_substream_flood_rss_under_32mib() {
         sent += 1;
     }
     std::thread::sleep(Duration::from_secs(2));
-    let growth = rss(pid).saturating_sub(before);
+    let growth = rss_bytes(pid).saturating_sub(before);
     let other = plain_echo(2);
     eprintln!(
         "mux flood: {sent} sub-streams written, data plane RSS +{} KiB, {} echo connections",
         growth / 1024,
         echo.connections()
     );
-    other.unwrap_or_else(|e| panic!("another user's connection during the flood: {e}\n{}", v.agent.log()));
-    assert!(echo.connections() <= 2 + 128, "more than 128 sub-streams reached the destination");
-    assert!(growth < BOUND, "RSS grew by {} KiB (bound {} KiB)", growth / 1024, BOUND / 1024);
+    other.unwrap_or_else(|e| {
+        panic!(
+            "another user's connection during the flood: {e}\n{}",
+            v.agent.log()
+        )
+    });
+    assert!(
+        echo.connections() <= 2 + 128,
+        "more than 128 sub-streams reached the destination"
+    );
+    assert!(
+        growth < BOUND,
+        "RSS grew by {} KiB (bound {} KiB)",
+        growth / 1024,
+        BOUND / 1024
+    );
     drop(flood);
 }

@@ -113,7 +113,11 @@ fn panel_cert_config_serves_tls_when_the_local_config_says_nothing() {
     };
     let v = V2sp::start(vec![node], json!({})).unwrap();
     assert!(
-        v.dir.path().join("state/certs").join(format!("{DOMAIN}.crt")).exists(),
+        v.dir
+            .path()
+            .join("state/certs")
+            .join(format!("{DOMAIN}.crt"))
+            .exists(),
         "no certificate in the state directory\n{}",
         v.agent.log()
     );

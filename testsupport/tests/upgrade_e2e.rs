@@ -55,8 +55,10 @@ fn upgrade(shm: &Path) -> (bool, String) {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
 }
 
 #[test]
@@ -76,8 +78,7 @@ fn upgrade_under_load_loses_no_connection_and_no_byte() {
     };
     // Every online IP is reported each interval, whatever its traffic.
     let extra = json!({"DeviceOnlineMinTraffic": 0});
-    let v = V2sp::start_with_bin(vec![node], extra, json!({"DrainSeconds": 60}), &|_| {}, &dp_bin)
-        .unwrap();
+    let v = V2sp::start_with_bin(vec![node], extra, json!({"DrainSeconds": 60}), &|_| {}, &dp_bin).unwrap();
     let (_client, socks) = sing_box_ss(port, "aes-128-gcm", UUID, v.dir.path()).unwrap();
     let first = v.dataplane_pid();
 
@@ -98,11 +99,17 @@ fn upgrade_under_load_loses_no_connection_and_no_byte() {
                 let mut back = vec![0u8; MESSAGE];
                 let r = s.write_all(&data).and_then(|()| s.read_exact(&mut back));
                 if let Err(e) = r {
-                    failures.lock().unwrap().push(format!("long-lived {c}, message {i}: {e}"));
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("long-lived {c}, message {i}: {e}"));
                     return;
                 }
                 if back != data {
-                    failures.lock().unwrap().push(format!("long-lived {c}, message {i}: altered"));
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("long-lived {c}, message {i}: altered"));
                     return;
                 }
                 moved.fetch_add(MESSAGE as u64, Ordering::SeqCst);
@@ -114,7 +121,12 @@ fn upgrade_under_load_loses_no_connection_and_no_byte() {
     // New connections every few milliseconds (4 openers), each a 1-byte echo.
     let opened = Arc::new(AtomicUsize::new(0));
     for t in 0..4u64 {
-        let (stop, moved, failures, opened) = (stop_openers.clone(), moved.clone(), failures.clone(), opened.clone());
+        let (stop, moved, failures, opened) = (
+            stop_openers.clone(),
+            moved.clone(),
+            failures.clone(),
+            opened.clone(),
+        );
         let target = echo.port;
         threads.push(std::thread::spawn(move || {
             let mut i = 0u64;
@@ -134,7 +146,10 @@ fn upgrade_under_load_loses_no_connection_and_no_byte() {
                     Ok(()) => {
                         moved.fetch_add(1, Ordering::SeqCst);
                     }
-                    Err(e) => failures.lock().unwrap().push(format!("opener {t}, connection {i}: {e:#}")),
+                    Err(e) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("opener {t}, connection {i}: {e:#}")),
                 }
                 i += 1;
                 std::thread::sleep(Duration::from_millis(5));
@@ -146,15 +161,24 @@ fn upgrade_under_load_loses_no_connection_and_no_byte() {
     let (ok, text) = upgrade(&v.shm_dir());
     assert!(ok, "first upgrade: {text}\n--- v2sp log ---\n{}", v.agent.log());
     let second = v.dataplane_pid();
-    assert!(second != first && second != 0, "a new data plane serves: {first} → {second}");
-    assert!(alive(first), "the first data plane drains its long-lived connections");
+    assert!(
+        second != first && second != 0,
+        "a new data plane serves: {first} → {second}"
+    );
+    assert!(
+        alive(first),
+        "the first data plane drains its long-lived connections"
+    );
 
     std::thread::sleep(Duration::from_secs(1));
     install(&dp_bin, &real);
     let (ok, text) = upgrade(&v.shm_dir());
     assert!(ok, "second upgrade: {text}\n--- v2sp log ---\n{}", v.agent.log());
     let third = v.dataplane_pid();
-    assert!(third != second && third != first && third != 0, "{second} → {third}");
+    assert!(
+        third != second && third != first && third != 0,
+        "{second} → {third}"
+    );
 
     std::thread::sleep(Duration::from_secs(1));
     install(&dp_bin, b"#!/bin/sh\necho broken >&2\nexit 3\n");
@@ -192,7 +216,10 @@ fn upgrade_under_load_loses_no_connection_and_no_byte() {
     while (alive(first) || alive(second)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!alive(first) && !alive(second), "the replaced data planes exit once drained");
+    assert!(
+        !alive(first) && !alive(second),
+        "the replaced data planes exit once drained"
+    );
     let total = moved.load(Ordering::SeqCst);
     let mut expected: Totals = BTreeMap::new();
     expect(&mut expected, 1, 1, total, total);
@@ -236,14 +263,20 @@ fn a_speed_limit_is_one_budget_across_an_upgrade() {
     let (ok, text) = upgrade(&v.shm_dir());
     assert!(ok, "upgrade: {text}\n--- v2sp log ---\n{}", v.agent.log());
     let second = v.dataplane_pid();
-    assert!(second != first && second != 0, "a new data plane serves: {first} → {second}");
+    assert!(
+        second != first && second != 0,
+        "a new data plane serves: {first} → {second}"
+    );
     let new_upload = upload();
     std::thread::sleep(Duration::from_millis(1500));
     let b0 = sink.bytes.load(Ordering::SeqCst);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(4));
     let rate = (sink.bytes.load(Ordering::SeqCst) - b0) as f64 / t0.elapsed().as_secs_f64();
-    assert!(alive(first), "the first upload kept the replaced data plane draining");
+    assert!(
+        alive(first),
+        "the first upload kept the replaced data plane draining"
+    );
     stop.store(true, Ordering::SeqCst);
     for (t, s) in [old_upload, new_upload] {
         let _ = s.shutdown(std::net::Shutdown::Both);
@@ -253,7 +286,11 @@ fn a_speed_limit_is_one_budget_across_an_upgrade() {
     // whose stop then ended in SIGKILL after the control plane's 15 s): it stops within its
     // 10 s grace (sing-box still pushes the upload's buffered bytes, at the limit).
     let t = Instant::now();
-    Command::new("kill").arg("-TERM").arg(second.to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(second.to_string())
+        .status()
+        .unwrap();
     while alive(second) && t.elapsed() < Duration::from_secs(12) {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -266,5 +303,8 @@ fn a_speed_limit_is_one_budget_across_an_upgrade() {
         rate <= 1.2 * limit,
         "two data planes gave one user {rate:.0} B/s, limit {limit:.0} B/s"
     );
-    assert!(rate >= 0.5 * limit, "the uploads stalled: {rate:.0} B/s, limit {limit:.0} B/s");
+    assert!(
+        rate >= 0.5 * limit,
+        "the uploads stalled: {rate:.0} B/s, limit {limit:.0} B/s"
+    );
 }

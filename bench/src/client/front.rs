@@ -43,9 +43,7 @@ impl Fronted {
 
 /// The sing-box outbound that speaks `suite` to the server on `port`.
 pub fn outbound(suite: &Suite, port: u16) -> anyhow::Result<Value> {
-    let tls = |t: &super::tls::TlsMaterial| {
-        json!({"enabled": true, "server_name": SERVER_NAME, "certificate_path": t.cert_file})
-    };
+    let tls = |t: &super::tls::TlsMaterial| json!({"enabled": true, "server_name": SERVER_NAME, "certificate_path": t.cert_file});
     let mut o = match suite {
         Suite::Ss(c) => {
             let password = if c.method.is_2022() {
@@ -95,7 +93,10 @@ mod tests {
         assert_eq!(o["type"], "shadowsocks");
         assert_eq!(o["server_port"], 4000);
         let t = outbound(&Suite::parse("trojan-tls", &tls).unwrap(), 1).unwrap();
-        assert_eq!((t["type"].as_str(), t["tls"]["enabled"].as_bool()), (Some("trojan"), Some(true)));
+        assert_eq!(
+            (t["type"].as_str(), t["tls"]["enabled"].as_bool()),
+            (Some("trojan"), Some(true))
+        );
         assert!(Suite::parse("hysteria2@sing-box", &tls).is_err());
     }
 }

@@ -117,7 +117,9 @@ impl Suite {
     /// A suite by name; `tls` is the run's certificate (made once, shared by every suite).
     pub fn parse(name: &str, tls: &Arc<TlsMaterial>) -> anyhow::Result<Suite> {
         if let Some(inner) = name.trim().strip_suffix(front::SUFFIX) {
-            return Ok(Suite::SingBox(Arc::new(front::Fronted::new(Suite::parse(inner, tls)?)?)));
+            return Ok(Suite::SingBox(Arc::new(front::Fronted::new(Suite::parse(
+                inner, tls,
+            )?)?)));
         }
         Ok(match name.trim() {
             TROJAN_TLS => Suite::Trojan(tls.clone()),

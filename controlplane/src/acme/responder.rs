@@ -262,9 +262,16 @@ mod tests {
         assert_eq!(closed, 20 - MAX_PER_IP, "connections beyond the per-address cap");
         // A validator from another address is answered at once, not after 20 × 5 s.
         let started = Instant::now();
-        let ok = get(port, "GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a\r\n\r\n");
+        let ok = get(
+            port,
+            "GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a\r\n\r\n",
+        );
         assert!(ok.ends_with("tok.thumb"), "{ok}");
-        assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "answered after {:?}",
+            started.elapsed()
+        );
         drop(silent);
     }
 

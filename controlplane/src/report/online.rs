@@ -265,10 +265,7 @@ impl Online {
             .copied()
             .unwrap_or(0);
         let own = self.current(slot, uid, |p| p == serving);
-        let draining = self
-            .current(slot, uid, |p| p != serving)
-            .difference(&own)
-            .count() as u32;
+        let draining = self.current(slot, uid, |p| p != serving).difference(&own).count() as u32;
         panel_count.saturating_sub(mine).saturating_add(draining)
     }
 }
@@ -363,7 +360,7 @@ mod tests {
         let mut o = Online::default();
         o.apply(1, &sev(true, 1, "1.1.1.1", 10)); // its offline (seq 15) was dropped
         o.apply(1, &sev(true, 1, "3.3.3.3", 12)); // still online
-                                               // 2.2.2.2 went online at seq 14 but the event was dropped.
+                                                  // 2.2.2.2 went online at seq 14 but the event was dropped.
         o.apply(1, &IpEvent::marker(IpEventKind::ResyncBegin, 20));
         o.apply(1, &sev(true, 4, "4.4.4.4", 21)); // a live event in the middle of the resync
         o.apply(1, &snap(1, "3.3.3.3", 12));
@@ -414,13 +411,21 @@ mod tests {
         o.apply(2, &sev(true, 1, "2.2.2.2", 9_000_001));
         o.apply(2, &sev(true, 1, "1.1.1.1", 9_000_002));
         o.apply(2, &sev(false, 1, "1.1.1.1", 9_000_003));
-        assert_eq!(o.local_count(0, 1), 2, "1.1.1.1 is still online in the predecessor");
+        assert_eq!(
+            o.local_count(0, 1),
+            2,
+            "1.1.1.1 is still online in the predecessor"
+        );
         let a = o.take_alive(0, &Deltas::new(), 0);
         assert_eq!(a[&1], vec!["1.1.1.1".to_string(), "2.2.2.2".to_string()]);
         // Panel count 2 (this node's two IPs): the successor holds 2.2.2.2 and must count
         // 1.1.1.1, which only the predecessor holds.
         assert_eq!(o.alive_elsewhere(0, 1, 2, 2), 1);
-        assert_eq!(o.alive_elsewhere(0, 1, 2, 1), 1, "the predecessor admits no new IP anyway");
+        assert_eq!(
+            o.alive_elsewhere(0, 1, 2, 1),
+            1,
+            "the predecessor admits no new IP anyway"
+        );
         o.apply(1, &sev(false, 1, "1.1.1.1", 1_001));
         assert_eq!(o.local_count(0, 1), 1);
         assert_eq!(o.alive_elsewhere(0, 1, 2, 2), 0);

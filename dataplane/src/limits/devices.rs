@@ -227,11 +227,17 @@ mod tests {
             true
         };
         // Limit 1, the user's phone online on another node (count 1): refused before, let in now.
-        assert!(matches!(t.admit(1, 9, ip("198.51.100.7"), 1, 1, &known), Admit::Yes(Some(_))));
+        assert!(matches!(
+            t.admit(1, 9, ip("198.51.100.7"), 1, 1, &known),
+            Admit::Yes(Some(_))
+        ));
         assert_eq!(asked.get(), 1);
         assert_eq!(t.admit(1, 9, ip("198.51.100.8"), 1, 1, &|| false), Admit::No);
         // Below the limit nothing is asked.
-        assert!(matches!(t.admit(2, 9, ip("198.51.100.9"), 5, 0, &known), Admit::Yes(Some(_))));
+        assert!(matches!(
+            t.admit(2, 9, ip("198.51.100.9"), 5, 0, &known),
+            Admit::Yes(Some(_))
+        ));
         assert_eq!(asked.get(), 1);
     }
 

@@ -65,7 +65,10 @@ impl Bucket {
 
     #[inline]
     fn clock(&self) -> &AtomicU64 {
-        self.shared.as_ref().and_then(SharedClock::tat).unwrap_or(&self.tat)
+        self.shared
+            .as_ref()
+            .and_then(SharedClock::tat)
+            .unwrap_or(&self.tat)
     }
 
     pub fn rate(&self) -> u64 {
@@ -311,5 +314,4 @@ mod tests {
         assert_eq!(x.reserve_at(rate, now), 0);
         assert_eq!(y.reserve_at(rate, now), 0);
     }
-
 }

@@ -134,11 +134,21 @@ pub fn inherit_from_env() -> (usize, Vec<String>) {
     let mut p = pool().lock().unwrap_or_else(|e| e.into_inner());
     for e in entries {
         let Some(fd) = crate::sys::adopt_inherited_fd(e.fd) else {
-            problems.push(format!("inherited {}@{} (fd {}): not open", e.kind.name(), e.addr, e.fd));
+            problems.push(format!(
+                "inherited {}@{} (fd {}): not open",
+                e.kind.name(),
+                e.addr,
+                e.fd
+            ));
             continue;
         };
         if let Err(why) = check(&fd, e.kind, e.addr) {
-            problems.push(format!("inherited {}@{} (fd {}): {why}; closed", e.kind.name(), e.addr, e.fd));
+            problems.push(format!(
+                "inherited {}@{} (fd {}): {why}; closed",
+                e.kind.name(),
+                e.addr,
+                e.fd
+            ));
             continue;
         }
         ok += 1;
@@ -226,7 +236,8 @@ mod tests {
         assert!(check(&OwnedFd::from(u), SockKind::Udp, ua).is_ok());
         // bound but not listening
         let s = socket2::Socket::new(socket2::Domain::IPV4, Type::STREAM, None).unwrap();
-        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
         let sa = s.local_addr().unwrap().as_socket().unwrap();
         assert!(check(&OwnedFd::from(s), SockKind::Tcp, sa).is_err());
     }

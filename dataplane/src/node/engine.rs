@@ -154,7 +154,10 @@ impl Engine {
                         }
                     }
                 };
-                let stop = stop.unwrap_or(Stop { grace: default_grace, successor: false });
+                let stop = stop.unwrap_or(Stop {
+                    grace: default_grace,
+                    successor: false,
+                });
                 // Drain: stop accepting, let open connections finish within the grace period.
                 if stop.successor {
                     core.stop_listening_for_successor();
@@ -235,14 +238,20 @@ impl Engine {
     /// Stops accepting, drains (grace), final tick, joins the core threads.
     pub fn shutdown(self) {
         let grace = self.grace;
-        self.stop(Stop { grace, successor: false });
+        self.stop(Stop {
+            grace,
+            successor: false,
+        });
     }
 
     /// A successor serves the listening sockets now: stop accepting without losing a queued
     /// connection, keep serving open connections for up to `drain`, then close the rest and
     /// join the core threads.
     pub fn hand_over(self, drain: Duration) {
-        self.stop(Stop { grace: drain, successor: true });
+        self.stop(Stop {
+            grace: drain,
+            successor: true,
+        });
     }
 
     fn stop(self, how: Stop) {

@@ -610,7 +610,11 @@ impl Core {
         if let Some(u) = &old.stop_udp {
             u.cancel();
         }
-        let mut sockets: Vec<_> = old.sockets.into_iter().filter(|(k, _)| *k == SockKind::Tcp).collect();
+        let mut sockets: Vec<_> = old
+            .sockets
+            .into_iter()
+            .filter(|(k, _)| *k == SockKind::Tcp)
+            .collect();
         #[cfg(feature = "hysteria2")]
         if old.quic.is_some() {
             // The endpoint keeps its UDP socket.
@@ -657,7 +661,9 @@ impl Core {
         let mut sockets = Vec::new();
         match listener.dup() {
             Ok(fd) => sockets.push((SockKind::Tcp, fd)),
-            Err(e) => tracing::warn!(core = self.index, %addr, "no duplicate of the listener for upgrades: {e}"),
+            Err(e) => {
+                tracing::warn!(core = self.index, %addr, "no duplicate of the listener for upgrades: {e}")
+            }
         }
         let n = &rt.cfg;
         let stop = Rc::new(ConnCtl::default());
@@ -798,7 +804,9 @@ impl Core {
             for (kind, fd) in &h.sockets {
                 match fd.try_clone() {
                     Ok(d) => out.push((*kind, h.addr, d)),
-                    Err(e) => tracing::warn!(core = self.index, addr = %h.addr, "cannot duplicate a listening socket: {e}"),
+                    Err(e) => {
+                        tracing::warn!(core = self.index, addr = %h.addr, "cannot duplicate a listening socket: {e}")
+                    }
                 }
             }
         }

@@ -410,7 +410,11 @@ fn new_session(u: &Rc<UdpNode>, p: &InboundPacket, from: SocketAddr, key: NatKey
     let slot = u.node.cfg.slot;
     let ip = crate::net::normalise_ip(from.ip());
     // Online-IP bookkeeping only: the device limit is not applied to UDP.
-    if let Admit::Yes(Some(ev)) = core.shared.devices.admit(slot, p.user.user_id, ip, 0, 0, &|| false) {
+    if let Admit::Yes(Some(ev)) = core
+        .shared
+        .devices
+        .admit(slot, p.user.user_id, ip, 0, 0, &|| false)
+    {
         core.port.borrow_mut().push_event(ev);
     }
     let ctl = Rc::new(ConnCtl::default());

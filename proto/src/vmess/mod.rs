@@ -47,9 +47,7 @@ use std::rc::Rc;
 
 use v2sp_shared::shm::UserRef;
 
-use crate::{
-    AuthContext, Destination, Next, RejectPolicy, Step, StreamCodec, StreamHandshake, WireError,
-};
+use crate::{AuthContext, Destination, Next, RejectPolicy, Step, StreamCodec, StreamHandshake, WireError};
 use body::{BodyParams, ChunkReader, ChunkWriter, Security, ServerBody, OPT_CHUNK_STREAM};
 use crypto::{
     kdf12, kdf16, sha256_16, Aead, AeadKind, HEADER_IV, HEADER_KEY, HEADER_LEN_IV, HEADER_LEN_KEY,

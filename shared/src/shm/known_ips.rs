@@ -56,7 +56,12 @@ fn random_key(node: u16) -> [u8; 32] {
     let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut k));
     if read.is_err() {
         // No /dev/urandom: still unpredictable enough for a client that cannot read shm.
-        let seed = format!("{:?} {} {node} {:?}", std::time::SystemTime::now(), std::process::id(), Instant::now());
+        let seed = format!(
+            "{:?} {} {node} {:?}",
+            std::time::SystemTime::now(),
+            std::process::id(),
+            Instant::now()
+        );
         k = *blake3::hash(seed.as_bytes()).as_bytes();
     }
     k
@@ -64,7 +69,12 @@ fn random_key(node: u16) -> [u8; 32] {
 
 /// Writes `<dir>/known-<node>` with `ips` (user id, address), valid for `valid_for`. Returns
 /// the number of distinct entries (at most [`MAX_ENTRIES`]; the rest are left out).
-pub(crate) fn write(dir: &Path, node: u16, ips: &[(u32, IpAddr)], valid_for: Duration) -> Result<usize, ShmError> {
+pub(crate) fn write(
+    dir: &Path,
+    node: u16,
+    ips: &[(u32, IpAddr)],
+    valid_for: Duration,
+) -> Result<usize, ShmError> {
     let hash_key = random_key(node);
     let mut keys: Vec<u64> = ips.iter().map(|&(uid, ip)| entry(&hash_key, uid, ip)).collect();
     keys.sort_unstable();
@@ -85,7 +95,9 @@ pub(crate) fn write(dir: &Path, node: u16, ips: &[(u32, IpAddr)], valid_for: Dur
             _pad: [0; 2],
         },
     )?;
-    seg.fill_with(KNOWN_KEYS_OFF, keys.len(), |s: &mut [u64]| s.copy_from_slice(&keys))?;
+    seg.fill_with(KNOWN_KEYS_OFF, keys.len(), |s: &mut [u64]| {
+        s.copy_from_slice(&keys)
+    })?;
     // The file is complete before it takes the name readers open.
     std::fs::rename(&tmp, &path).map_err(|e| ShmError::io(&path, e))?;
     Ok(keys.len())
@@ -140,7 +152,9 @@ impl KnownReader {
         if meta.valid_until_ms < now_ms() {
             return false;
         }
-        let Ok(count) = usize::try_from(meta.count) else { return false };
+        let Ok(count) = usize::try_from(meta.count) else {
+            return false;
+        };
         let Ok(keys) = seg.slice::<u64>(KNOWN_KEYS_OFF, count.min(MAX_ENTRIES)) else {
             return false;
         };
@@ -160,13 +174,23 @@ mod tests {
     #[test]
     fn written_lists_are_found_and_nothing_else() {
         let d = tempfile::tempdir().unwrap();
-        let ips = [(7, ip("198.51.100.7")), (7, ip("2001:db8::1")), (8, ip("203.0.113.9"))];
+        let ips = [
+            (7, ip("198.51.100.7")),
+            (7, ip("2001:db8::1")),
+            (8, ip("203.0.113.9")),
+        ];
         assert_eq!(write(d.path(), 3, &ips, Duration::from_secs(60)).unwrap(), 3);
         let mut r = KnownReader::default();
         assert!(r.contains(d.path(), 3, 7, ip("198.51.100.7")));
-        assert!(r.contains(d.path(), 3, 7, ip("::ffff:198.51.100.7")), "IPv4-mapped is the same address");
+        assert!(
+            r.contains(d.path(), 3, 7, ip("::ffff:198.51.100.7")),
+            "IPv4-mapped is the same address"
+        );
         assert!(r.contains(d.path(), 3, 7, ip("2001:db8::1")));
-        assert!(!r.contains(d.path(), 3, 8, ip("198.51.100.7")), "another user's address");
+        assert!(
+            !r.contains(d.path(), 3, 8, ip("198.51.100.7")),
+            "another user's address"
+        );
         assert!(!r.contains(d.path(), 3, 7, ip("198.51.100.8")));
         assert!(!r.contains(d.path(), 4, 7, ip("198.51.100.7")), "another node");
     }

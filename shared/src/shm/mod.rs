@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 mod control;
 mod dataplane;
-pub mod layout;
 mod known_ips;
+pub mod layout;
 mod rates;
 mod rcu;
 mod ring;
@@ -20,10 +20,10 @@ mod sync;
 mod traffic;
 mod user_table;
 
-pub use rates::{RateTable, SharedClock};
-pub use segment::monotonic_ns;
 pub use control::{ControlShm, CoreStatus, PublishStats, Status};
 pub use dataplane::{CoreShm, DataplaneShm, Tick};
+pub use rates::{RateTable, SharedClock};
+pub use segment::monotonic_ns;
 pub use traffic::{HarvestedBank, TrafficDelta, TrafficWriter, DEFAULT_BANK_CAPACITY};
 pub use user_table::{key_hash, UserEntry, UserTableView};
 

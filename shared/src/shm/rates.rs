@@ -51,7 +51,9 @@ pub struct RateTable {
 
 impl std::fmt::Debug for RateTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateTable").field("path", &self.seg.path()).finish()
+        f.debug_struct("RateTable")
+            .field("path", &self.seg.path())
+            .finish()
     }
 }
 
@@ -130,7 +132,9 @@ impl RateTable {
     }
 
     fn slot(&self, i: usize) -> Option<&RateSlot> {
-        self.seg.at(RATE_SLOTS_OFF + (i % RATE_SLOTS) * size_of::<RateSlot>()).ok()
+        self.seg
+            .at(RATE_SLOTS_OFF + (i % RATE_SLOTS) * size_of::<RateSlot>())
+            .ok()
     }
 
     /// The clock of (`node`, `user_id`): the slot that has it, else a free one, else the
@@ -159,7 +163,10 @@ impl RateTable {
         }
         // The window is full: take over the stalest clock if it is stale.
         let (i, k, tat) = (start..start + PROBE)
-            .filter_map(|i| self.slot(i).map(|s| (i, s.key.load(Acquire), s.tat.load(Relaxed))))
+            .filter_map(|i| {
+                self.slot(i)
+                    .map(|s| (i, s.key.load(Acquire), s.tat.load(Relaxed)))
+            })
             .min_by_key(|&(_, _, tat)| tat)?;
         if tat.saturating_add(STALE_NS) > now_ns {
             return None;

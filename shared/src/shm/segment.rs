@@ -268,7 +268,10 @@ pub(crate) fn prefetch<T>(v: &T) {
 /// clocks in the `rates` file are shared by the data planes of an upgrade). 0 if it fails,
 /// which Linux documents only for an invalid clock id or pointer.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec for the duration of the call and
     // CLOCK_MONOTONIC is a valid clock id; the kernel (vDSO) writes only that struct.
     let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };

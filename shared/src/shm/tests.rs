@@ -282,7 +282,11 @@ fn events_and_commands_round_trip() {
     assert_eq!(core.event_space(), control::EVENT_RING_CAP - 5);
     let (got, dropped) = c.drain_events(10);
     let me = std::process::id();
-    assert_eq!(got, [ev, ev4, begin, snap, end].map(|e| (me, e)), "each with its writer's pid");
+    assert_eq!(
+        got,
+        [ev, ev4, begin, snap, end].map(|e| (me, e)),
+        "each with its writer's pid"
+    );
     assert_eq!(c.live_dataplanes(), vec![me]);
     assert_eq!(dropped, 0);
     assert_eq!(c.broadcast(Command::Kick { node: 4, user_id: 77 }), 1);

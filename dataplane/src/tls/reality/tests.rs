@@ -51,7 +51,10 @@ fn a_replayed_hello_is_not_a_first_sighting() {
     let m = sample_hello(0);
     assert!(authenticate(&key(), &names(), &ids(), 0, &m, 0).is_some());
     assert!(first_sighting(&m, &seen));
-    assert!(authenticate(&key(), &names(), &ids(), 0, &m, 0).is_some(), "a replay authenticates");
+    assert!(
+        authenticate(&key(), &names(), &ids(), 0, &m, 0).is_some(),
+        "a replay authenticates"
+    );
     assert!(!first_sighting(&m, &seen), "the replay must not pass");
     let mut other = m.clone();
     other[hello::SESSION_ID_AT - 1 - 32] ^= 1; // the first byte of the random
@@ -60,7 +63,10 @@ fn a_replayed_hello_is_not_a_first_sighting() {
     assert!(!first_sighting(b"\x01\x00", &seen));
     // The key cannot collide with a 32-byte Shadowsocks salt equal to the random.
     let random: [u8; 32] = m[6..38].try_into().unwrap();
-    assert!(filter.check_and_insert(&random, 1_000), "salts and REALITY randoms are apart");
+    assert!(
+        filter.check_and_insert(&random, 1_000),
+        "salts and REALITY randoms are apart"
+    );
 }
 
 #[test]
