@@ -80,6 +80,9 @@ pub struct NodeWorker {
     panel_users: Option<Vec<PanelUser>>,
     ws: Option<WsLink>,
     ws_connected: bool,
+    /// This node's counted bytes [up, down] at the previous metrics report, and when: the
+    /// speeds in `report.metrics` are the difference.
+    last_counted: Option<(Instant, [u64; 2])>,
     host: HostStat,
     /// When to ask the handshake again while no channel is open.
     next_handshake: Instant,
@@ -124,6 +127,7 @@ impl NodeWorker {
             panel_users: None,
             ws: None,
             ws_connected: false,
+            last_counted: None,
             host: HostStat::default(),
             next_handshake: Instant::now(),
             handshake_asked: false,
@@ -381,10 +385,27 @@ impl NodeWorker {
             .send("report.devices", serde_json::json!({ "devices": map }));
     }
 
-    fn metrics(&self) -> serde_json::Map<String, serde_json::Value> {
+    /// `report.metrics` / WS `node.status` (Xboard §3.2): host figures, users, users online,
+    /// and this node's speeds over the last report interval.
+    fn metrics(&mut self) -> serde_json::Map<String, serde_json::Value> {
         let mut m = crate::hoststat::metrics();
         let users = self.panel_users.as_ref().map_or(0, Vec::len);
         m.insert("total_users".into(), users.into());
+        m.insert(
+            "active_users".into(),
+            self.shared.online().current_ips(self.slot).len().into(),
+        );
+        let counted = self
+            .shared
+            .metrics
+            .snapshot()
+            .get(&self.slot)
+            .map_or([0, 0], |c| c.counted);
+        let now = Instant::now();
+        let (inbound, outbound) = speeds(self.last_counted, (now, counted));
+        self.last_counted = Some((now, counted));
+        m.insert("inbound_speed".into(), inbound.into());
+        m.insert("outbound_speed".into(), outbound.into());
         m.insert(
             "ws".into(),
             serde_json::json!({"enabled": self.ws.is_some(), "connected": self.ws_connected}),
@@ -554,6 +575,18 @@ fn jitter(d: Duration) -> Duration {
     Duration::from_millis(ms - spread + rand::rng().random_range(0..=2 * spread))
 }
 
+/// Bytes per second [up, down] between two readings of a node's counted bytes (0 for the first
+/// reading, or when the counters went back, as after a node left and came back).
+fn speeds(prev: Option<(Instant, [u64; 2])>, (now, cur): (Instant, [u64; 2])) -> (u64, u64) {
+    let Some((then, old)) = prev else { return (0, 0) };
+    let secs = now.saturating_duration_since(then).as_secs_f64();
+    if secs < 0.001 {
+        return (0, 0);
+    }
+    let rate = |a: u64, b: u64| (b.saturating_sub(a) as f64 / secs) as u64;
+    (rate(old[0], cur[0]), rate(old[1], cur[1]))
+}
+
 /// An address as the panel lists it (Xboard stores `1.2.3.4`, `::1`, and strips a port from
 /// `1.2.3.4:5678` and `[::1]:443`); `None` for anything else.
 fn parse_panel_ip(s: &str) -> Option<std::net::IpAddr> {
@@ -564,4 +597,30 @@ fn parse_panel_ip(s: &str) -> Option<std::net::IpAddr> {
     s.parse::<std::net::SocketAddr>()
         .ok()
         .map(|a| a.ip().to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn speeds_are_the_difference_over_the_interval() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(speeds(None, (t1, [10, 10])), (0, 0));
+        assert_eq!(speeds(Some((t0, [1000, 0])), (t1, [3000, 8000])), (1000, 4000));
+        // Counters that went back (the node left and came back) give 0, not a wrap-around.
+        assert_eq!(speeds(Some((t0, [5000, 5000])), (t1, [10, 10])), (0, 0));
+    }
+
+    #[test]
+    fn panel_addresses_as_xboard_stores_them() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(parse_panel_ip("1.2.3.4"), Some(ip("1.2.3.4")));
+        assert_eq!(parse_panel_ip(" 1.2.3.4:5678 "), Some(ip("1.2.3.4")));
+        assert_eq!(parse_panel_ip("[::1]:443"), Some(ip("::1")));
+        assert_eq!(parse_panel_ip("::ffff:1.2.3.4"), Some(ip("1.2.3.4")));
+        assert_eq!(parse_panel_ip("not an ip"), None);
+    }
 }

@@ -317,6 +317,25 @@ fn websocket_user_sync_and_reconnect() {
         sim.ws_received().iter().any(|m| m["event"] == "node.status"),
         "node.status is sent while connected"
     );
+    // The metrics Xboard stores (§3.2): users, users online, this node's speeds.
+    let status = sim
+        .ws_received()
+        .into_iter()
+        .rfind(|m| m["event"] == "node.status")
+        .unwrap();
+    for k in [
+        "uptime",
+        "total_users",
+        "active_users",
+        "inbound_speed",
+        "outbound_speed",
+        "ws",
+    ] {
+        assert!(
+            status["data"].get(k).is_some(),
+            "node.status without {k}: {status}"
+        );
+    }
     sigterm(&mut agent);
 }
 
