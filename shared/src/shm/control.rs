@@ -115,6 +115,7 @@ impl ControlShm {
         let me = Self::from_parts(dir, ctl, config)?;
         me.words().control_pid.store(std::process::id(), Release);
         me.heartbeat();
+        sweep_temporaries(dir);
         Ok(me)
     }
 
@@ -650,4 +651,32 @@ fn writer_pid(traffic: &Segment) -> u32 {
             0
         }
     })
+}
+
+/// Removes files a writer that died left under a temporary name: `<name>.tmp<pid>` (segments)
+/// and `<name>.w<pid>` (the panel's device lists), when no process with that pid runs. A
+/// crash between creating such a file and renaming it leaves one behind per crash; without
+/// this they would pile up across restarts.
+pub(crate) fn sweep_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((_, ext)) = name.rsplit_once('.') else {
+            continue;
+        };
+        let pid = ext
+            .strip_prefix("tmp")
+            .or_else(|| ext.strip_prefix('w'))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !super::segment::pid_alive(pid) && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }

@@ -172,6 +172,27 @@ mod tests {
     }
 
     #[test]
+    fn temporaries_of_dead_writers_are_swept() {
+        let d = tempfile::tempdir().unwrap();
+        // A pid that cannot exist (above the kernel's pid_max) and ours.
+        std::fs::write(d.path().join("known-3.w4000000000"), b"x").unwrap();
+        std::fs::write(d.path().join("users-1-a.tmp4000000000"), b"x").unwrap();
+        std::fs::write(d.path().join(format!("known-4.w{}", std::process::id())), b"x").unwrap();
+        write(d.path(), 5, &[(1, ip("192.0.2.1"))], Duration::from_secs(60)).unwrap();
+        assert_eq!(super::super::control::sweep_temporaries(d.path()), 2);
+        let left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(left.contains(&"known-5".to_string()), "{left:?}");
+        assert!(
+            left.iter().any(|n| n.starts_with("known-4.w")),
+            "a live writer's file stays: {left:?}"
+        );
+        assert_eq!(left.len(), 2, "{left:?}");
+    }
+
+    #[test]
     fn written_lists_are_found_and_nothing_else() {
         let d = tempfile::tempdir().unwrap();
         let ips = [
