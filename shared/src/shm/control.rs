@@ -673,7 +673,7 @@ pub(crate) fn sweep_temporaries(dir: &Path) -> usize {
             .or_else(|| ext.strip_prefix('w'))
             .and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid {
-            if !super::segment::pid_alive(pid) && std::fs::remove_file(e.path()).is_ok() {
+            if !pid_alive(pid) && std::fs::remove_file(e.path()).is_ok() {
                 removed += 1;
             }
         }
