@@ -395,6 +395,11 @@ impl NodeWorker {
             "active_users".into(),
             self.shared.online().current_ips(self.slot).len().into(),
         );
+        // Xboard's admin shows this as the node's "online connections".
+        m.insert(
+            "active_connections".into(),
+            self.shared.shm.node_open_conns(self.slot).into(),
+        );
         let counted = self
             .shared
             .metrics

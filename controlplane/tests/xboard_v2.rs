@@ -327,6 +327,7 @@ fn websocket_user_sync_and_reconnect() {
         "uptime",
         "total_users",
         "active_users",
+        "active_connections",
         "inbound_speed",
         "outbound_speed",
         "ws",
@@ -336,6 +337,20 @@ fn websocket_user_sync_and_reconnect() {
             "node.status without {k}: {status}"
         );
     }
+    // The data plane's open connections of the node are Xboard's "online connections".
+    let (slot, _) = dp.wait_users(18454, &[3], Duration::from_secs(1));
+    let mut counts = vec![0u64; v2sp_shared::shm::layout::MAX_NODES];
+    counts[usize::from(slot)] = 3;
+    dp.core.set_node_conns(&counts);
+    wait_for(
+        "active_connections in node.status",
+        Duration::from_secs(5),
+        || {
+            sim.ws_received()
+                .iter()
+                .any(|m| m["event"] == "node.status" && m["data"]["active_connections"] == 3)
+        },
+    );
     sigterm(&mut agent);
 }
 

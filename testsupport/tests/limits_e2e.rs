@@ -58,6 +58,20 @@ fn device_limit_admits_exactly_n_source_ips() {
     }
     // Two distinct IPs admitted, the third refused, and an admitted IP keeps working.
     assert_eq!(ok, vec![true, true, false, true], "{}", v.agent.log());
+    // The three connections held open are the node's open connections in shared memory (what
+    // the control plane reports to Xboard as `active_connections`), written about once a second.
+    let shm = v2sp_shared::shm::ControlShm::open_existing(&v.shm_dir()).unwrap();
+    let slot = shm.status().nodes.first().map(|n| n.0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shm.node_open_conns(slot) != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "open connections of the node: {}",
+            shm.node_open_conns(slot)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(held);
 }
 
 /// Xboard's device rule on a v2 node (spec §5): at the limit, an address the panel lists online

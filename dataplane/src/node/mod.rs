@@ -315,6 +315,8 @@ pub struct Core {
     /// Connections closed at accept because a cap was reached (logged now and then).
     handshakes_refused: Cell<u64>,
     next_id: Cell<u64>,
+    /// Ticks so far (the per-node connection gauges are written every 10th, about once a second).
+    ticks: Cell<u64>,
     /// Ticks seen, for the idle sweep's period.
     sweeps: Cell<u32>,
     /// A resync snapshot still to be pushed into this core's event ring (core 0 only).
@@ -357,6 +359,7 @@ impl Core {
             }),
             handshakes_refused: Cell::new(0),
             next_id: Cell::new(1),
+            ticks: Cell::new(0),
             sweeps: Cell::new(0),
             resync: RefCell::new(std::collections::VecDeque::new()),
         })
@@ -412,6 +415,19 @@ impl Core {
         self.port
             .borrow()
             .set_open_conns(self.conns.borrow().len() as u64);
+        let t = self.ticks.get().wrapping_add(1);
+        self.ticks.set(t);
+        if t % 10 == 0 {
+            // Open connections per node, for the panel's "online connections" (one pass over
+            // this core's registry about once a second; nothing per byte or per open).
+            let mut per_node = vec![0u64; v2sp_shared::shm::layout::MAX_NODES];
+            for e in self.conns.borrow().values() {
+                if let Some(c) = per_node.get_mut(usize::from(e.node)) {
+                    *c += 1;
+                }
+            }
+            self.port.borrow().set_node_conns(&per_node);
+        }
         if info.tables_changed {
             self.refresh_users();
         }

@@ -60,6 +60,8 @@ pub trait CorePort {
     }
     /// Gauge of open connections on this core (status only).
     fn set_open_conns(&self, _n: u64) {}
+    /// This core's open connections per node slot (`counts[node]`), for the panel's metrics.
+    fn set_node_conns(&self, _counts: &[u64]) {}
     /// Counts `n` client connections accepted by this core (`v2sp_connections_accepted_total`).
     fn add_accepted(&self, _n: u64) {}
 }

@@ -72,6 +72,9 @@ impl CorePort for ShmPort {
     fn known_elsewhere(&self, user: &UserRef, ip: std::net::IpAddr) -> bool {
         self.shm.known_elsewhere(user.node, user.user_id, ip)
     }
+    fn set_node_conns(&self, counts: &[u64]) {
+        self.shm.set_node_conns(counts);
+    }
     fn set_open_conns(&self, n: u64) {
         self.shm.set_open_conns(n);
     }

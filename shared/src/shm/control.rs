@@ -523,6 +523,29 @@ impl ControlShm {
             .count()
     }
 
+    /// Open connections of `node` over the running cores of this instance (each core writes
+    /// its count about once a second; a core of a process that is gone is left out).
+    pub fn node_open_conns(&self, node: u16) -> u64 {
+        if usize::from(node) >= MAX_NODES {
+            return 0;
+        }
+        let mut total = 0u64;
+        for core in 0..MAX_CORES as u16 {
+            let Ok(slot) = self.core_slot(core) else { continue };
+            if slot.running.load(Relaxed) != 1 {
+                continue;
+            }
+            let path = self.dir.join(names::gauges(self.instance_id, core));
+            let Ok(seg) = Segment::open(&path, KIND_GAUGES) else {
+                continue;
+            };
+            if let Ok(g) = seg.slice::<AtomicU64>(GAUGES_OFF, MAX_NODES) {
+                total = total.saturating_add(g.get(usize::from(node)).map_or(0, |v| v.load(Relaxed)));
+            }
+        }
+        total
+    }
+
     pub fn status(&self) -> Status {
         let w = self.words();
         let _ = self.scan_core_files();
@@ -601,6 +624,13 @@ pub(crate) fn ensure_core_files(
         32,
         CMD_RING_CAP,
         ring_file_size(CMD_RING_CAP),
+    )?;
+    mk(
+        names::gauges(instance, core),
+        KIND_GAUGES,
+        8,
+        MAX_NODES,
+        GAUGES_SIZE,
     )?;
     mk(names::traffic(instance, core), KIND_TRAFFIC, 32, bank_cap, t)?;
     Ok(())

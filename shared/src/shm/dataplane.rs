@@ -188,6 +188,7 @@ impl DataplaneShm {
             seen_tables_gen: u64::MAX,
             acked_epoch: 0,
             known: Default::default(),
+            gauges: seg(names::gauges(self.instance_id, core), KIND_GAUGES).ok(),
         };
         // Do not flip for a harvest that was requested before we started: only later ones.
         c.acked_epoch = c.words()?.harvest_epoch.load(Acquire);
@@ -227,6 +228,8 @@ pub struct CoreShm {
     seen_tables_gen: u64,
     acked_epoch: u64,
     known: std::cell::RefCell<super::known_ips::KnownReader>,
+    /// This core's open connections per node (`None`: the file could not be made).
+    gauges: Option<Segment>,
 }
 
 impl CoreShm {
@@ -337,6 +340,20 @@ impl CoreShm {
             if let Some(c) = Command::decode(w) {
                 return Some(c);
             }
+        }
+    }
+
+    /// This core's open connections per node: `counts[node]`, every node (0 for the others).
+    pub fn set_node_conns(&self, counts: &[u64]) {
+        let Some(g) = self
+            .gauges
+            .as_ref()
+            .and_then(|s| s.slice::<AtomicU64>(GAUGES_OFF, MAX_NODES).ok())
+        else {
+            return;
+        };
+        for (i, v) in g.iter().enumerate() {
+            v.store(counts.get(i).copied().unwrap_or(0), Relaxed);
         }
     }
 

@@ -10,6 +10,7 @@
 //! events-C     [ SegHeader ][ RingMeta 192 B ][ [u64; 4] × cap ]   (also cmds-C)
 //! rates        [ SegHeader ][ RateSlot 16 B × 65536 ]
 //! known-N      [ SegHeader ][ KnownMeta 64 B ][ u64 × count, sorted ]
+//! gauges-C     [ SegHeader ][ AtomicU64 × MAX_NODES: open connections per node ]
 //! ```
 
 use super::sync::{AtomicU32, AtomicU64};
@@ -36,6 +37,10 @@ pub const KIND_CMDS: u32 = 6;
 pub const KIND_RATES: u32 = 7;
 /// Also added after version 1 (see [`KIND_RATES`]).
 pub const KIND_KNOWN: u32 = 8;
+/// Also added after version 1: a core's open connections per node (`gauges-<inst>-<core>`).
+pub const KIND_GAUGES: u32 = 9;
+pub const GAUGES_OFF: usize = 64;
+pub const GAUGES_SIZE: usize = GAUGES_OFF + MAX_NODES * 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -245,6 +245,9 @@ pub(crate) mod names {
     pub(crate) fn events(instance: u64, core: u16) -> String {
         format!("events-{instance:016x}-{core}")
     }
+    pub(crate) fn gauges(instance: u64, core: u16) -> String {
+        format!("gauges-{instance:016x}-{core}")
+    }
     pub(crate) fn cmds(instance: u64, core: u16) -> String {
         format!("cmds-{instance:016x}-{core}")
     }

@@ -445,3 +445,24 @@ fn segment_temporary_is_never_opened_through_a_symlink() {
     let _c = ControlShm::create_or_attach(&dir).unwrap();
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 }
+
+/// Each core writes its open connections per node; the control plane sums the running cores
+/// (a core that stopped is left out).
+#[test]
+fn node_connection_gauges_sum_over_running_cores() {
+    let (_d, c, dp) = setup();
+    let a = dp.core(0).unwrap();
+    let b = dp.core(1).unwrap();
+    let mut counts = vec![0u64; layout::MAX_NODES];
+    counts[3] = 5;
+    a.set_node_conns(&counts);
+    counts[3] = 2;
+    counts[4] = 9;
+    b.set_node_conns(&counts);
+    assert_eq!(c.node_open_conns(3), 7);
+    assert_eq!(c.node_open_conns(4), 9);
+    assert_eq!(c.node_open_conns(5), 0);
+    assert_eq!(c.node_open_conns(u16::MAX), 0);
+    drop(b);
+    assert_eq!(c.node_open_conns(3), 5, "a stopped core's count is left out");
+}
