@@ -417,7 +417,7 @@ impl Core {
             .set_open_conns(self.conns.borrow().len() as u64);
         let t = self.ticks.get().wrapping_add(1);
         self.ticks.set(t);
-        if t % 10 == 0 {
+        if t.is_multiple_of(10) {
             // Open connections per node, for the panel's "online connections" (one pass over
             // this core's registry about once a second; nothing per byte or per open).
             let mut per_node = vec![0u64; v2sp_shared::shm::layout::MAX_NODES];
