@@ -47,7 +47,8 @@ use super::{admit, Admitted, ConnMeter, Core, HandshakeGuard, InboundProtocol, N
 use crate::limits::gcra::Bucket;
 use crate::proto::hysteria2::{self as hy2, h3, udp, AuthRequest, ServerRx};
 use crate::proto::{Destination, Step, StreamHandshake, WireError};
-use crate::relay::{ConnCtl, Meter as _};
+use crate::relay::account::Account;
+use crate::relay::ConnCtl;
 
 /// Most bytes one read takes from either side (one allocation travels per chunk).
 const READ_CHUNK: usize = 64 * 1024;
@@ -319,19 +320,13 @@ impl UdpRelay {
         let Some(sock) = self.session(m.session) else {
             return;
         };
-        if !self.env.bucket.try_take(payload.len()) {
+        let meter = self.env.meter();
+        let acct = self.env.account(&meter);
+        if !acct.fits(payload.len()) {
             return;
         }
         match super::udp::send_now(&sock, &payload, super::udp::to_socket_family(&sock, to)) {
-            Ok(n) => {
-                self.env.core.port.borrow_mut().add_traffic(
-                    self.env.user.node,
-                    self.env.user.user_id,
-                    n as u64,
-                    0,
-                );
-                self.env.ctl.touch();
-            }
+            Ok(n) => acct.sent_up(n as u64),
             Err(e) => tracing::debug!(%to, error = %e, "datagram not sent upstream"),
         }
     }
@@ -378,7 +373,9 @@ impl UdpRelay {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.last = Instant::now();
         }
-        if !self.env.bucket.try_take(payload.len()) {
+        let meter = self.env.meter();
+        let acct = self.env.account(&meter);
+        if !acct.fits(payload.len()) {
             return;
         }
         let mut out = Vec::new();
@@ -392,13 +389,7 @@ impl UdpRelay {
                 return;
             }
         }
-        self.env.core.port.borrow_mut().add_traffic(
-            self.env.user.node,
-            self.env.user.user_id,
-            0,
-            payload.len() as u64,
-        );
-        self.env.ctl.touch();
+        acct.sent_down(payload.len() as u64);
     }
 
     /// Closes sessions silent for [`UDP_SESSION_IDLE`].
@@ -550,6 +541,26 @@ struct StreamEnv {
     ctl: Rc<ConnCtl>,
 }
 
+impl StreamEnv {
+    fn meter(&self) -> ConnMeter<'_> {
+        ConnMeter {
+            core: &self.core,
+            node: self.node.cfg.slot,
+            user_id: self.user.user_id,
+        }
+    }
+
+    /// The connection's accounting: every stream and datagram of it draws on one bucket and
+    /// touches one idle clock.
+    fn account<'a>(&'a self, meter: &'a ConnMeter<'a>) -> Account<'a> {
+        Account {
+            meter,
+            bucket: &self.bucket,
+            ctl: Some(&self.ctl),
+        }
+    }
+}
+
 /// One TCP request stream: request, outbound connect, answer, relay.
 async fn tcp_stream(env: Rc<StreamEnv>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let slot = env.node.cfg.slot;
@@ -646,20 +657,10 @@ async fn sniff_block(
 }
 
 /// Client bytes to the destination: after the speed limit, counted once written.
-async fn forward(
-    env: &StreamEnv,
-    upstream: &TcpStream,
-    meter: &ConnMeter<'_>,
-    data: &[u8],
-) -> Result<(), ()> {
-    let wait = env.bucket.reserve(data.len());
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
-    }
-    crate::tls::write_all(upstream, data).await.map_err(|_| ())?;
-    meter.up(data.len() as u64);
-    env.ctl.touch();
-    Ok(())
+async fn forward(acct: &Account<'_>, upstream: &TcpStream, data: &[u8]) -> Result<(), ()> {
+    acct.send_up(data.len(), crate::tls::write_all(upstream, data))
+        .await
+        .map_err(|_| ())
 }
 
 /// Relays until both directions ended (one ended: the other gets the node's uplink-only or
@@ -671,20 +672,16 @@ async fn relay(
     mut recv: quinn::RecvStream,
     initial: Vec<u8>,
 ) {
-    let meter = ConnMeter {
-        core: &env.core,
-        node: env.node.cfg.slot,
-        user_id: env.user.user_id,
-    };
-    let meter = &meter;
+    let meter = env.meter();
+    let acct = &env.account(&meter);
     let up = async {
         // What came with the request (sing-box sends its first bytes along with it).
         if !initial.is_empty() {
-            forward(env, upstream, meter, &initial).await?;
+            forward(acct, upstream, &initial).await?;
         }
         loop {
             match recv.read_chunk(READ_CHUNK, true).await {
-                Ok(Some(c)) => forward(env, upstream, meter, &c.bytes).await?,
+                Ok(Some(c)) => forward(acct, upstream, &c.bytes).await?,
                 Ok(None) => break,
                 Err(_) => return Err(()),
             }
@@ -702,13 +699,9 @@ async fn relay(
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => return Err(()),
             }
-            let wait = env.bucket.reserve(v.len());
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            send.write_all(&v).await.map_err(|_| ())?;
-            meter.down(v.len() as u64);
-            env.ctl.touch();
+            acct.send_down(v.len(), send.write_all(&v))
+                .await
+                .map_err(|_| ())?;
         }
         let _ = send.finish();
         Ok(())

@@ -989,10 +989,11 @@ impl Drop for HandshakeGuard {
     }
 }
 
-struct ConnMeter<'a> {
-    core: &'a Core,
-    node: u16,
-    user_id: u32,
+/// Counts a user's payload into the core's shared-memory bank.
+pub(super) struct ConnMeter<'a> {
+    pub(super) core: &'a Core,
+    pub(super) node: u16,
+    pub(super) user_id: u32,
 }
 
 impl Meter for ConnMeter<'_> {
@@ -1666,14 +1667,15 @@ async fn open(
         user_id: user.user_id,
     };
     if !initial_upload.is_empty() {
-        let d = bucket.reserve(initial_upload.len());
-        if !d.is_zero() {
-            tokio::time::sleep(d).await;
-        }
-        if upstream.write_all(&initial_upload).await.is_err() {
+        let acct = relay::account::Account {
+            meter: &meter,
+            bucket: &bucket,
+            ctl: Some(&ctl),
+        };
+        let sent = acct.send_up(initial_upload.len(), upstream.write_all(&initial_upload));
+        if sent.await.is_err() {
             return None;
         }
-        meter.up(initial_upload.len() as u64);
     }
     drop(initial_upload);
     Some(Opened {

@@ -30,9 +30,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use v2sp_shared::shm::UserRef;
 
-use super::{Core, NodeRt};
+use super::{ConnMeter, Core, NodeRt};
 use crate::limits::gcra::Bucket;
 use crate::proto::Destination;
+use crate::relay::account::Account;
 
 /// TCP sub-streams one connection may hold open (more are refused with End + error).
 pub(super) const MAX_STREAMS: usize = 128;
@@ -167,6 +168,24 @@ struct Task {
 }
 
 impl Task {
+    fn meter(&self) -> ConnMeter<'_> {
+        ConnMeter {
+            core: &self.core,
+            node: self.user.node,
+            user_id: self.user.user_id,
+        }
+    }
+
+    /// The sub-stream's accounting: the user's bucket and meter; the idle clock is the
+    /// connection's (its loop touches it for every frame).
+    fn account<'a>(&'a self, meter: &'a ConnMeter<'a>) -> Account<'a> {
+        Account {
+            meter,
+            bucket: &self.bucket,
+            ctl: None,
+        }
+    }
+
     async fn run(self, dest: Destination, first: Vec<u8>, mut up: mpsc::Receiver<Vec<u8>>) {
         // The connection's end (its receiver dropped) ends every sub-stream.
         let error = tokio::select! {
@@ -236,6 +255,7 @@ impl Task {
         first: Vec<u8>,
         up: &mut mpsc::Receiver<Vec<u8>>,
     ) -> std::io::Result<()> {
+        let meter = self.meter();
         let mut next = (!first.is_empty()).then_some(first);
         // Bounded by the client: each pass writes one frame it sent.
         loop {
@@ -246,15 +266,9 @@ impl Task {
                     None => break,
                 },
             };
-            let wait = self.bucket.reserve(data.len());
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            crate::tls::write_all(s, &data).await?;
-            self.core
-                .port
-                .borrow_mut()
-                .add_traffic(self.user.node, self.user.user_id, data.len() as u64, 0);
+            self.account(&meter)
+                .send_up(data.len(), crate::tls::write_all(s, &data))
+                .await?;
         }
         let _ = SockRef::from(s).shutdown(Shutdown::Write);
         Ok(())
@@ -262,14 +276,13 @@ impl Task {
 
     /// Destination bytes to the connection until EOF (`Ok`) or an error.
     async fn downlink(&self, s: &TcpStream) -> std::io::Result<()> {
+        let meter = self.meter();
         loop {
             let Some(data) = self.read_chunk(s).await? else {
                 return Ok(());
             };
-            let wait = self.bucket.reserve(data.len());
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
+            // Paced here; counted by the connection once written to the client.
+            self.account(&meter).pace(data.len()).await;
             let d = Down {
                 flow: self.flow,
                 gen: self.gen,

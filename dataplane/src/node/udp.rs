@@ -25,10 +25,11 @@ use tokio::time::Instant;
 use v2sp_shared::shm::UserRef;
 
 use super::auth::{self, CoreAuth};
-use super::{Core, NodeRt, Registered};
+use super::{ConnMeter, Core, NodeRt, Registered};
 use crate::limits::devices::Admit;
 use crate::limits::gcra::{effective_bytes_per_sec, Bucket};
 use crate::proto::{Destination, InboundPacket, PacketCodec, PacketSession};
+use crate::relay::account::Account;
 use crate::relay::ConnCtl;
 
 type NatKey = (u32, u64, Option<SocketAddr>);
@@ -123,6 +124,26 @@ struct Session {
     last: Cell<Instant>,
     ctl: Rc<ConnCtl>,
     bucket: Arc<Bucket>,
+}
+
+impl Session {
+    fn meter<'a>(&'a self, core: &'a Core) -> ConnMeter<'a> {
+        ConnMeter {
+            core,
+            node: self.user.node,
+            user_id: self.user.user_id,
+        }
+    }
+
+    /// The session's accounting: its user's bucket and meter (the session's idle clock is
+    /// `last`, kept by the loops).
+    fn account<'a>(&'a self, meter: &'a ConnMeter<'a>) -> Account<'a> {
+        Account {
+            meter,
+            bucket: &self.bucket,
+            ctl: None,
+        }
+    }
 }
 
 struct UdpNode {
@@ -303,15 +324,13 @@ fn send_up(u: &UdpNode, s: &Session, to: SocketAddr, payload: &[u8]) {
         tracing::debug!(%to, rule, "datagram blocked by audit rule");
         return;
     }
-    if !s.bucket.try_take(payload.len()) {
+    let meter = s.meter(&u.core);
+    let acct = s.account(&meter);
+    if !acct.fits(payload.len()) {
         return;
     }
     match send_now(&s.out, payload, to_socket_family(&s.out, to)) {
-        Ok(n) => u
-            .core
-            .port
-            .borrow_mut()
-            .add_traffic(s.user.node, s.user.user_id, n as u64, 0),
+        Ok(n) => acct.sent_up(n as u64),
         Err(e) => tracing::debug!(%to, error = %e, "datagram not sent upstream"),
     }
 }
@@ -473,16 +492,16 @@ async fn downlink(u: Rc<UdpNode>, s: Rc<Session>, key: NatKey, id: u64, ip: IpAd
         };
         s.last.set(Instant::now());
         let from = SocketAddr::new(crate::net::normalise_ip(from.ip()), from.port());
-        if s.bucket.try_take(n) {
+        let meter = s.meter(&core);
+        let acct = s.account(&meter);
+        if acct.fits(n) {
             let mut out = core.bufs.take_vec();
             let sealed =
                 s.state
                     .borrow_mut()
                     .seal(&Destination::Ip(from), b.get(..n).unwrap_or_default(), &mut out);
             if sealed.is_ok() && send_now(&u.sock, &out, s.client.get()).is_ok() {
-                core.port
-                    .borrow_mut()
-                    .add_traffic(s.user.node, s.user.user_id, 0, n as u64);
+                acct.sent_down(n as u64);
             }
             core.bufs.put_vec(out);
         }

@@ -27,9 +27,10 @@ use v2sp_shared::shm::UserRef;
 
 use super::mux_tcp::{DownKind, StreamEnv, Streams};
 use super::udp::{outbound_socket, send_now, to_socket_family};
-use super::{Core, NodeRt};
+use super::{ConnMeter, Core, NodeRt};
 use crate::limits::gcra::Bucket;
 use crate::proto::{DatagramStreamCodec, Destination, StreamDatagram};
+use crate::relay::account::Account;
 use crate::relay::ConnCtl;
 use crate::tls::TlsSession;
 
@@ -169,6 +170,24 @@ enum End {
 }
 
 impl Conn<'_> {
+    fn meter(&self) -> ConnMeter<'_> {
+        ConnMeter {
+            core: self.core,
+            node: self.user.node,
+            user_id: self.user.user_id,
+        }
+    }
+
+    /// The connection's accounting: datagrams and sub-streams draw on one bucket and touch
+    /// one idle clock.
+    fn account<'a>(&'a self, meter: &'a ConnMeter<'a>) -> Account<'a> {
+        Account {
+            meter,
+            bucket: &self.bucket,
+            ctl: Some(self.ctl),
+        }
+    }
+
     /// Something moved: the idle clocks (this loop's and the core's sweep) restart.
     fn active(&self) {
         self.last.set(Instant::now());
@@ -243,7 +262,7 @@ impl Conn<'_> {
                         return End::Error("client write");
                     }
                     if n > 0 {
-                        self.core.port.borrow_mut().add_traffic(self.user.node, self.user.user_id, 0, n as u64);
+                        self.account(&self.meter()).sent_down(n as u64);
                     }
                 }
                 r = self.client.readable(), if !stalled => {
@@ -270,7 +289,7 @@ impl Conn<'_> {
                 Some((flow, from, data)) = rx.recv() => {
                     self.queued.set(self.queued.get().saturating_sub(data.len()));
                     self.active();
-                    if !self.bucket.try_take(data.len()) {
+                    if !self.account(&self.meter()).fits(data.len()) {
                         continue;
                     }
                     let mut framed = Vec::with_capacity(data.len() + 64);
@@ -284,7 +303,7 @@ impl Conn<'_> {
                     if crate::tls::write_all(self.client, &wire).await.is_err() {
                         return End::Error("client write");
                     }
-                    self.core.port.borrow_mut().add_traffic(self.user.node, self.user.user_id, 0, data.len() as u64);
+                    self.account(&self.meter()).sent_down(data.len() as u64);
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     if Instant::now() >= self.last.get() + idle {
@@ -428,15 +447,13 @@ impl Conn<'_> {
         let Some(sock) = self.flow_socket(flow, tx) else {
             return;
         };
-        if !self.bucket.try_take(payload.len()) {
+        let meter = self.meter();
+        let acct = self.account(&meter);
+        if !acct.fits(payload.len()) {
             return;
         }
         match send_now(&sock, payload, to_socket_family(&sock, to)) {
-            Ok(n) => self
-                .core
-                .port
-                .borrow_mut()
-                .add_traffic(self.user.node, self.user.user_id, n as u64, 0),
+            Ok(n) => acct.sent_up(n as u64),
             Err(e) => tracing::debug!(%to, error = %e, "datagram not sent upstream"),
         }
     }

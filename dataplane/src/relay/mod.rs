@@ -13,6 +13,7 @@
 //! * Half-close: EOF in one direction becomes `shutdown(Write)` on the other socket while the
 //!   other direction continues, under the shorter uplink-only/downlink-only idle timeout.
 
+pub mod account;
 pub mod pool;
 
 use std::cell::{Cell, RefCell};
@@ -152,6 +153,18 @@ pub struct RelayEnv<'a> {
     pub uring: Option<&'a std::rc::Rc<crate::runtime::uring::UringIo>>,
 }
 
+impl RelayEnv<'_> {
+    /// The connection's accounting (the relay's own loops count per write and touch the idle
+    /// clock themselves; they take only the pacing from it).
+    pub fn account(&self) -> account::Account<'_> {
+        account::Account {
+            meter: self.meter,
+            bucket: self.bucket,
+            ctl: Some(self.ctl),
+        }
+    }
+}
+
 /// The relay's view of its connection's idle clock.
 type Activity = ConnCtl;
 
@@ -264,10 +277,7 @@ async fn write_all(
 }
 
 async fn limit(env: &RelayEnv<'_>, n: usize) {
-    let d = env.bucket.reserve(n);
-    if !d.is_zero() {
-        tokio::time::sleep(d).await;
-    }
+    env.account().pace(n).await;
 }
 
 /// A connection's codec and the signal that it has control frames for the client.
