@@ -11,7 +11,7 @@ use v2sp_shared::config::{CertConfig, CertMode, NodeEntry};
 use v2sp_shared::cred::{secret_for, CredKind};
 use v2sp_shared::dpconfig::{
     BlockRule, DnsRoute, FallbackTarget, GrpcSettings, HttpPathSettings, Hysteria2Settings, NodeConfig,
-    Protocol, RealitySettings, ShadowsocksSettings, TcpHttpSettings, TlsSettings, Transport,
+    Protocol, RealitySettings, ShadowsocksSettings, TcpHttpSettings, TlsSettings, Transport, TuicSettings,
 };
 use v2sp_shared::panel::{NodeInfo, PanelUser, Route, TlsMode};
 use v2sp_shared::shm::UserEntry;
@@ -43,6 +43,8 @@ pub enum BuildError {
     Reality(&'static str),
     #[error("hysteria2 node: {0}")]
     Hysteria2(String),
+    #[error("tuic node: {0}")]
+    Tuic(String),
     #[error("CertMode self: cannot write the self-signed certificate: {0}")]
     SelfSigned(String),
     #[error("CertMode http: no certificate to serve: {0} (retried on the next pull)")]
@@ -113,9 +115,16 @@ pub fn node_config(
         // The password is the user's uuid, found by its SHA-256 like AnyTLS.
         Protocol::Hysteria2 => (CredKind::Sha256Password, None),
         Protocol::Anytls => (CredKind::Sha256Password, None),
+        // The uuid identifies the user (16 bytes, looked up like VLESS); the password the
+        // clients get is the same uuid, checked through the TLS exporter.
+        Protocol::Tuic => (CredKind::VlessUuid, None),
     };
     let hysteria2 = match protocol {
         Protocol::Hysteria2 => Some(hysteria2_settings(info)?),
+        _ => None,
+    };
+    let tuic = match protocol {
+        Protocol::Tuic => Some(tuic_settings(info)?),
         _ => None,
     };
     let tls = match protocol {
@@ -154,10 +163,16 @@ pub fn node_config(
         Protocol::Anytls => node_tls(&entry.cert, info)?,
         // QUIC always carries TLS 1.3: there is no plaintext mode to put behind a terminator
         // (the Go hy2 core refuses `CertMode: none` too, spec §F.1).
-        Protocol::Hysteria2 => match node_tls(&entry.cert, info)? {
+        Protocol::Hysteria2 | Protocol::Tuic => match node_tls(&entry.cert, info)? {
             Some(mut t) => {
+                // Hysteria 2 is HTTP/3; TUIC clients from Xboard's subscriptions offer h3.
                 t.alpn = vec!["h3".to_string()];
                 Some(t)
+            }
+            None if protocol == Protocol::Tuic => {
+                return Err(BuildError::Tuic(
+                    "QUIC needs a certificate: CertMode none cannot serve it".to_string(),
+                ))
             }
             None => {
                 return Err(BuildError::Hysteria2(
@@ -169,13 +184,13 @@ pub fn node_config(
     let fallbacks = node_fallbacks(entry, protocol);
     let transport = match protocol {
         // AnyTLS and Hysteria 2 have no transports (sing-box's inbounds have none either).
-        Protocol::Shadowsocks | Protocol::Anytls | Protocol::Hysteria2 => Transport::Tcp,
+        Protocol::Shadowsocks | Protocol::Anytls | Protocol::Hysteria2 | Protocol::Tuic => Transport::Tcp,
         _ => node_transport(info)?,
     };
     // ALPN: the fallbacks' values first (server preference picks them for clients that offer
     // them), then what the transport needs.
     let tls = tls.map(|mut t| {
-        if protocol == Protocol::Hysteria2 {
+        if matches!(protocol, Protocol::Hysteria2 | Protocol::Tuic) {
             return t;
         }
         let mut alpn = fallback_alpn(&fallbacks);
@@ -218,6 +233,7 @@ pub fn node_config(
             _ => Vec::new(),
         },
         hysteria2,
+        tuic,
         tls,
         fallbacks,
         block_rules: block_rules(tag, &info.routes),
@@ -340,6 +356,64 @@ fn hysteria2_settings(info: &NodeInfo) -> Result<Hysteria2Settings, BuildError> 
         obfs: String::new(),
         obfs_password: String::new(),
     })
+}
+
+/// A TUIC node's settings from the panel: version 5 only (v4 clients are gone from every
+/// maintained client), its congestion control, its heartbeat (`"3s"`; Xboard's constant).
+fn tuic_settings(info: &NodeInfo) -> Result<TuicSettings, BuildError> {
+    if let Some(v) = info.extra.get("version") {
+        let five = v.as_u64() == Some(5) || v.as_str().map(str::trim) == Some("5") || v.is_null();
+        if !five {
+            return Err(BuildError::Tuic(format!(
+                "panel version {v} is not TUIC v5, the only version v2sp serves"
+            )));
+        }
+    }
+    let cc = info.congestion_control.as_deref().map(str::trim).unwrap_or("");
+    let congestion_control = match cc.to_ascii_lowercase().as_str() {
+        "" | "cubic" => "cubic",
+        "new_reno" | "newreno" => "new_reno",
+        "bbr" => "bbr",
+        other => {
+            return Err(BuildError::Tuic(format!(
+                "unknown congestion_control {other:?} (cubic, new_reno or bbr)"
+            )))
+        }
+    }
+    .to_string();
+    let heartbeat_ms = match info.extra.get("heartbeat") {
+        None | Some(serde_json::Value::Null) => 3000,
+        Some(v) => {
+            let text = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            go_duration_ms(&text)
+                .filter(|&ms| ms > 0)
+                .ok_or_else(|| BuildError::Tuic(format!("heartbeat {v} is not a duration such as \"3s\"")))?
+        }
+    };
+    Ok(TuicSettings {
+        congestion_control,
+        heartbeat_ms,
+        zero_rtt_handshake: info.zero_rtt_handshake,
+    })
+}
+
+/// A Go duration string with one unit (`"3s"`, `"500ms"`, `"1m"`; a bare number is
+/// seconds) in milliseconds, at most one hour.
+fn go_duration_ms(s: &str) -> Option<u32> {
+    let s = s.trim().trim_matches('"');
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let per = match unit {
+        "ms" => 1.0,
+        "" | "s" => 1000.0,
+        "m" => 60_000.0,
+        _ => return None,
+    };
+    let ms = n * per;
+    (ms.is_finite() && ms <= 3_600_000.0).then_some(ms as u32)
 }
 
 /// The panel's AnyTLS `padding_scheme` lines, trimmed, blank lines dropped (empty: the data
@@ -1203,6 +1277,62 @@ mod tests {
         // Other protocols carry no Hysteria 2 settings.
         let a = node_config(1, "t", &tls_entry("anytls", "self", dir.path()), &i).unwrap();
         assert_eq!(a.hysteria2, None);
+    }
+
+    #[test]
+    fn tuic_maps_from_the_panel_and_refuses_what_it_cannot_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = tls_entry("tuic", "self", dir.path());
+        // Xboard shape: version 5, congestion control, its constants.
+        let i = info(
+            r#"{"protocol":"tuic","version":5,"server_port":443,"server_name":"t.example",
+                "congestion_control":"bbr","auth_timeout":"3s","zero_rtt_handshake":false,
+                "heartbeat":"3s"}"#,
+        );
+        let c = node_config(1, "t", &e, &i).unwrap();
+        assert_eq!(c.protocol, Protocol::Tuic);
+        assert_eq!(c.cred_kind, CredKind::VlessUuid);
+        assert_eq!(c.tls.as_ref().unwrap().alpn, vec!["h3"]);
+        assert_eq!(
+            c.tuic,
+            Some(TuicSettings {
+                congestion_control: "bbr".into(),
+                heartbeat_ms: 3000,
+                zero_rtt_handshake: false
+            })
+        );
+        // Nothing but the port: cubic, 3 s.
+        let c = node_config(1, "t", &e, &info(r#"{"server_port":443}"#)).unwrap();
+        assert_eq!(c.tuic, Some(TuicSettings::default()));
+        let c = node_config(1, "t", &e, &info(r#"{"server_port":443,"heartbeat":"500ms"}"#)).unwrap();
+        assert_eq!(c.tuic.unwrap().heartbeat_ms, 500);
+        let refused = |json: &str| match node_config(1, "t", &e, &info(json)) {
+            Err(BuildError::Tuic(why)) => why,
+            other => panic!("{json}: {other:?}"),
+        };
+        assert!(refused(r#"{"server_port":443,"version":4}"#).contains("v5"));
+        assert!(refused(r#"{"server_port":443,"congestion_control":"brutal"}"#).contains("brutal"));
+        assert!(refused(r#"{"server_port":443,"heartbeat":"soon"}"#).contains("heartbeat"));
+        assert!(refused(r#"{"server_port":443,"heartbeat":"0s"}"#).contains("heartbeat"));
+        // QUIC always needs a certificate.
+        let none = tls_entry("tuic", "none", dir.path());
+        assert!(matches!(
+            node_config(1, "t", &none, &info(r#"{"server_port":443}"#)),
+            Err(BuildError::Tuic(_))
+        ));
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration_ms("3s"), Some(3000));
+        assert_eq!(go_duration_ms("\"10s\""), Some(10_000));
+        assert_eq!(go_duration_ms("250ms"), Some(250));
+        assert_eq!(go_duration_ms("1m"), Some(60_000));
+        assert_eq!(go_duration_ms("1.5s"), Some(1500));
+        assert_eq!(go_duration_ms("5"), Some(5000));
+        assert_eq!(go_duration_ms("2h"), None);
+        assert_eq!(go_duration_ms("-1s"), None);
+        assert_eq!(go_duration_ms("99999m"), None);
     }
 
     #[test]

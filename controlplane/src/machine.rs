@@ -22,7 +22,7 @@ use crate::panel::ws::{WsChannel, WsEvent, WsOut};
 use crate::panel::{Panel, PanelClient};
 
 /// Node types this agent can serve, as the panel names them.
-const KNOWN_TYPES: [&str; 8] = [
+const KNOWN_TYPES: [&str; 9] = [
     "vmess",
     "vless",
     "trojan",
@@ -30,6 +30,7 @@ const KNOWN_TYPES: [&str; 8] = [
     "hysteria",
     "hysteria2",
     "anytls",
+    "tuic",
     "v2ray",
 ];
 

@@ -27,10 +27,14 @@ pub mod anytls;
 pub mod fixture;
 #[cfg(feature = "hysteria2")]
 pub mod hysteria2;
+#[cfg(feature = "quic")]
+pub mod quic;
 #[cfg(feature = "shadowsocks")]
 pub mod ss;
 #[cfg(feature = "trojan")]
 pub mod trojan;
+#[cfg(feature = "tuic")]
+pub mod tuic;
 #[cfg(feature = "vless")]
 pub mod vless;
 #[cfg(feature = "vmess")]

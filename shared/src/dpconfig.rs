@@ -131,6 +131,32 @@ pub struct NodeConfig {
     /// Hysteria 2 was served have none).
     #[serde(default)]
     pub hysteria2: Option<Hysteria2Settings>,
+    /// TUIC settings from the panel (`None` for other protocols).
+    #[serde(default)]
+    pub tuic: Option<TuicSettings>,
+}
+
+/// A TUIC v5 node's panel settings (Xboard: `congestion_control`, `zero_rtt_handshake`,
+/// `heartbeat`, `auth_timeout`; spec §2).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct TuicSettings {
+    /// `cubic` (also when empty), `new_reno` or `bbr`.
+    pub congestion_control: String,
+    /// How often the server sends a heartbeat datagram, in milliseconds.
+    pub heartbeat_ms: u32,
+    /// 0-RTT asked for by the panel (served as 1-RTT: see the node's notes).
+    pub zero_rtt_handshake: bool,
+}
+
+impl Default for TuicSettings {
+    fn default() -> Self {
+        TuicSettings {
+            congestion_control: "cubic".to_string(),
+            heartbeat_ms: 3000,
+            zero_rtt_handshake: false,
+        }
+    }
 }
 
 /// A Hysteria 2 node's panel settings (spec §B.4: `up_mbps`, `down_mbps`,
@@ -312,6 +338,7 @@ pub enum Protocol {
     Trojan,
     Hysteria2,
     Anytls,
+    Tuic,
 }
 
 impl Protocol {
@@ -323,6 +350,7 @@ impl Protocol {
             "trojan" => Self::Trojan,
             "hysteria2" | "hysteria" | "hy2" => Self::Hysteria2,
             "anytls" => Self::Anytls,
+            "tuic" => Self::Tuic,
             _ => return None,
         })
     }
@@ -331,7 +359,7 @@ impl Protocol {
     pub fn sockets(self) -> (bool, bool) {
         match self {
             Self::Shadowsocks => (true, true),
-            Self::Hysteria2 => (false, true),
+            Self::Hysteria2 | Self::Tuic => (false, true),
             Self::Vless | Self::Vmess | Self::Trojan | Self::Anytls => (true, false),
         }
     }
@@ -343,6 +371,7 @@ impl Protocol {
             Self::Trojan => "trojan",
             Self::Hysteria2 => "hysteria2",
             Self::Anytls => "anytls",
+            Self::Tuic => "tuic",
         }
     }
 }

@@ -315,10 +315,10 @@ impl V2sp {
             nodes,
         };
         for n in &me.nodes {
-            // Hysteria 2 nodes listen on UDP (QUIC) only.
+            // Hysteria 2 and TUIC nodes listen on UDP (QUIC) only.
             let quic = matches!(
                 n.info.get("node_type").and_then(Value::as_str),
-                Some("hysteria2" | "hysteria")
+                Some("hysteria2" | "hysteria" | "tuic")
             );
             let up = if quic {
                 wait_udp(n.port, Duration::from_secs(30))

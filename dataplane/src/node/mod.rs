@@ -6,9 +6,9 @@
 pub mod auth;
 mod engine;
 mod fallback;
-#[cfg(feature = "hysteria2")]
-mod hysteria2;
 mod mux_tcp;
+#[cfg(feature = "quic")]
+mod quic;
 pub mod sniff;
 mod udp;
 mod udp_stream;
@@ -46,9 +46,16 @@ pub trait InboundProtocol {
     fn packet_codec(&self) -> Option<Rc<dyn crate::proto::PacketCodec>> {
         None
     }
-    /// Whether the node is served over QUIC (Hysteria 2) instead of a TCP listener; its
-    /// `new_handshake` is then never used.
+    /// The node's QUIC protocol (Hysteria 2, TUIC), when it is served by a QUIC endpoint
+    /// instead of a TCP listener; its `new_handshake` is then never used.
+    #[cfg(feature = "quic")]
+    fn quic(&self) -> Option<Rc<dyn crate::proto::quic::QuicInbound>> {
+        None
+    }
     fn is_quic(&self) -> bool {
+        #[cfg(feature = "quic")]
+        return self.quic().is_some();
+        #[cfg(not(feature = "quic"))]
         false
     }
 }
@@ -75,7 +82,16 @@ pub fn default_protocols() -> ProtocolFactory {
             Ok(Rc::new(AnytlsProto(Arc::new(scheme))))
         }
         #[cfg(feature = "hysteria2")]
-        v2sp_shared::dpconfig::Protocol::Hysteria2 => Ok(Rc::new(hysteria2::Hysteria2Proto)),
+        v2sp_shared::dpconfig::Protocol::Hysteria2 => Ok(quic(crate::proto::hysteria2::Hysteria2Inbound {
+            rx: n
+                .hysteria2
+                .as_ref()
+                .map_or(crate::proto::hysteria2::ServerRx::Auto, |h| {
+                    crate::proto::hysteria2::ServerRx::from_settings(h.down_mbps, h.ignore_client_bandwidth)
+                }),
+        })),
+        #[cfg(feature = "tuic")]
+        v2sp_shared::dpconfig::Protocol::Tuic => Ok(quic(tuic(n)?)),
         // Reached only in builds without some protocol's feature.
         #[allow(unreachable_patterns)]
         other => Err(format!(
@@ -83,6 +99,26 @@ pub fn default_protocols() -> ProtocolFactory {
             other.as_str()
         )),
     })
+}
+
+/// A QUIC protocol's registration.
+#[cfg(feature = "quic")]
+fn quic(p: impl crate::proto::quic::QuicInbound + 'static) -> Rc<dyn InboundProtocol> {
+    Rc::new(quic::QuicProto(Rc::new(p)))
+}
+
+/// A TUIC node as the panel configures it.
+#[cfg(feature = "tuic")]
+fn tuic(n: &NodeConfig) -> Result<crate::proto::tuic::TuicInbound, String> {
+    let t = n.tuic.clone().unwrap_or_default();
+    let cc = crate::proto::quic::Congestion::parse(&t.congestion_control)
+        .ok_or_else(|| format!("tuic: unknown congestion control {:?}", t.congestion_control))?;
+    let alpn = n.tls.as_ref().map(|t| t.alpn.clone()).unwrap_or_default();
+    Ok(crate::proto::tuic::TuicInbound::new(
+        cc,
+        Duration::from_millis(u64::from(t.heartbeat_ms)),
+        alpn,
+    ))
 }
 
 #[cfg(feature = "trojan")]
@@ -222,7 +258,7 @@ pub struct NodeRt {
     /// REALITY instead of a certificate (`TlsSettings.reality`).
     reality: Option<Arc<crate::tls::reality::RealityServer>>,
     /// QUIC server config of a Hysteria 2 node (`tls` is then `None`).
-    #[cfg(feature = "hysteria2")]
+    #[cfg(feature = "quic")]
     quic: Option<quinn::ServerConfig>,
     connect: ConnectOpts,
     handshake: Duration,
@@ -263,7 +299,7 @@ struct NodeHandle {
     /// Stops the node's UDP loop, if it has one.
     stop_udp: Option<Rc<ConnCtl>>,
     /// The QUIC endpoint of a Hysteria 2 node (it serves instead of a TCP listener).
-    #[cfg(feature = "hysteria2")]
+    #[cfg(feature = "quic")]
     quic: Option<quinn::Endpoint>,
     /// Duplicates of the node's listening sockets (TCP listener, UDP socket), for a successor
     /// process to take over on upgrade. Closed with the handle; the sockets stay open as long
@@ -605,9 +641,9 @@ impl Core {
                 return Err(format!("{e}; keeping the previous settings"));
             }
         };
-        #[cfg(feature = "hysteria2")]
+        #[cfg(feature = "quic")]
         let same_kind = old.quic.is_some() == rt.proto.is_quic();
-        #[cfg(not(feature = "hysteria2"))]
+        #[cfg(not(feature = "quic"))]
         let same_kind = true;
         if addr != old.addr || !same_kind {
             if let Err(e) = self.serve(rt, addr, cfg) {
@@ -619,7 +655,7 @@ impl Core {
         }
         // Same address: the accept loop keeps its socket and hands out the new settings.
         *old.live.borrow_mut() = rt.clone();
-        #[cfg(feature = "hysteria2")]
+        #[cfg(feature = "quic")]
         if let (Some(ep), Some(q)) = (&old.quic, &rt.quic) {
             ep.set_server_config(Some(q.clone()));
         }
@@ -631,7 +667,7 @@ impl Core {
             .into_iter()
             .filter(|(k, _)| *k == SockKind::Tcp)
             .collect();
-        #[cfg(feature = "hysteria2")]
+        #[cfg(feature = "quic")]
         if old.quic.is_some() {
             // The endpoint keeps its UDP socket.
             sockets = Vec::new();
@@ -648,7 +684,7 @@ impl Core {
                 addr,
                 stop: old.stop,
                 stop_udp,
-                #[cfg(feature = "hysteria2")]
+                #[cfg(feature = "quic")]
                 quic: old.quic,
                 sockets,
                 key: (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations),
@@ -665,7 +701,7 @@ impl Core {
 
     /// The TCP listener (and UDP socket, if the protocol has datagrams) for a node.
     fn serve(self: &Rc<Self>, rt: Rc<NodeRt>, addr: SocketAddr, cfg: &DataplaneConfig) -> Result<(), String> {
-        #[cfg(feature = "hysteria2")]
+        #[cfg(feature = "quic")]
         if let Some(q) = &rt.quic {
             return self.serve_quic(rt.clone(), q.clone(), addr, cfg);
         }
@@ -696,7 +732,7 @@ impl Core {
                 addr,
                 stop: stop.clone(),
                 stop_udp,
-                #[cfg(feature = "hysteria2")]
+                #[cfg(feature = "quic")]
                 quic: None,
                 sockets,
                 key: (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations),
@@ -709,7 +745,7 @@ impl Core {
     }
 
     /// A Hysteria 2 node: this core's QUIC endpoint instead of a TCP listener.
-    #[cfg(feature = "hysteria2")]
+    #[cfg(feature = "quic")]
     fn serve_quic(
         self: &Rc<Self>,
         rt: Rc<NodeRt>,
@@ -717,7 +753,7 @@ impl Core {
         addr: SocketAddr,
         cfg: &DataplaneConfig,
     ) -> Result<(), String> {
-        let (ep, fd) = hysteria2::endpoint(addr, quic)?;
+        let (ep, fd) = quic::endpoint(addr, quic)?;
         let n = &rt.cfg;
         let stop = Rc::new(ConnCtl::default());
         let live = Rc::new(RefCell::new(rt.clone()));
@@ -734,7 +770,7 @@ impl Core {
                 key: (n.clone(), cfg.timeouts.clone(), cfg.allow_private_destinations),
             },
         );
-        tokio::task::spawn_local(hysteria2::accept_loop(self.clone(), live, ep, stop));
+        tokio::task::spawn_local(quic::accept_loop(self.clone(), live, ep, stop));
         Ok(())
     }
 
@@ -762,10 +798,10 @@ impl Core {
             Some(r) => Some(Arc::new(crate::tls::reality::RealityServer::new(r)?)),
             None => None,
         };
-        #[cfg(feature = "hysteria2")]
-        let quic = match proto.is_quic() {
-            true => Some(hysteria2::server_config(n)?),
-            false => None,
+        #[cfg(feature = "quic")]
+        let quic = match proto.quic() {
+            Some(q) => Some(quic::server_config(n, &*q)?),
+            None => None,
         };
         let tls = match reality {
             Some(_) => None,
@@ -785,7 +821,7 @@ impl Core {
             proto,
             tls,
             reality,
-            #[cfg(feature = "hysteria2")]
+            #[cfg(feature = "quic")]
             quic,
             connect: ConnectOpts {
                 strategy: DnsStrategy::parse(&n.dns_strategy),
@@ -837,9 +873,9 @@ impl Core {
     pub fn stop_listening_for_successor(&self) {
         for (_, h) in self.nodes.borrow_mut().drain() {
             h.stop_all();
-            #[cfg(feature = "hysteria2")]
+            #[cfg(feature = "quic")]
             if let Some(ep) = &h.quic {
-                hysteria2::detach(ep);
+                quic::detach(ep, h.rt.proto.quic().map_or(0, |q| q.close_code()));
             }
         }
     }

@@ -142,6 +142,7 @@ pub fn node(slot: u16, port: u16) -> NodeConfig {
         dns_routes: Vec::new(),
         padding_scheme: Vec::new(),
         hysteria2: None,
+        tuic: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Hysteria 2 (server side): what travels inside the QUIC connection once it is up. QUIC
-//! itself (quinn) and the connection's life are the node's (`node/hysteria2.rs`); this module
-//! is sans-IO.
+//! itself (quinn) and the connection's life are the data plane's QUIC driver's
+//! (`node/quic.rs`); this module is sans-IO, and [`Hysteria2Inbound`] is its description for
+//! the seam ([`crate::quic`]).
 //!
 //! ```text
 //! authentication: one HTTP/3 request on a client bidi stream ([`h3`]):
@@ -37,7 +38,10 @@ use std::net::{IpAddr, SocketAddr};
 use crate::{Destination, WireError};
 
 pub mod h3;
+mod inbound;
 pub mod udp;
+
+pub use inbound::{Hysteria2Conn, Hysteria2Inbound};
 
 /// The frame type that opens a TCP request stream.
 pub const TCP_REQUEST: u64 = 0x401;

@@ -888,13 +888,13 @@ fn read_api(o: &mut Obj<'_>, node: &mut NodeEntry, node_pos: usize) -> Result<()
         let raw = as_string(src, &path, v)?;
         node.node_type = match raw.trim().to_ascii_lowercase().as_str() {
             "v2ray" => "vmess".to_owned(),
-            t @ ("" | "vmess" | "vless" | "trojan" | "shadowsocks" | "hysteria2" | "hysteria" | "anytls") => t.to_owned(),
+            t @ ("" | "vmess" | "vless" | "trojan" | "shadowsocks" | "hysteria2" | "hysteria" | "anytls" | "tuic") => t.to_owned(),
             _ => {
                 return Err(src.err(
                     v.pos,
                     &path,
                     format!(
-                        "unsupported node type {}; expected one of vmess, vless, trojan, shadowsocks, hysteria2, hysteria, anytls (v2ray = vmess) or \"\" to use the panel's",
+                        "unsupported node type {}; expected one of vmess, vless, trojan, shadowsocks, hysteria2, hysteria, anytls, tuic (v2ray = vmess) or \"\" to use the panel's",
                         v.describe()
                     ),
                 ))

@@ -1,0 +1,985 @@
+//! QUIC nodes (Hysteria 2, TUIC): one quinn endpoint per core on an `SO_REUSEPORT` UDP socket,
+//! driven by the core's own `current_thread` runtime (quinn's tokio runtime spawns its
+//! endpoint and connection drivers there, so a connection lives and dies on the core that
+//! accepted it). The protocol is a [`QuicInbound`] from `proto/` (which stream is what, how
+//! replies are framed); everything else is here, the same for every QUIC protocol.
+//!
+//! A connection's life:
+//! 1. QUIC handshake (TLS 1.3 with the node's certificate store and the protocol's ALPN),
+//!    then the protocol's own server streams (HTTP/3's control stream for Hysteria 2).
+//! 2. Client streams are read until their head says what they are. Until one authenticates
+//!    a user (the key found in the node's table, the proof checked by the protocol, the device
+//!    admitted by the same `admit` as every other protocol) nothing is relayed: streams that
+//!    carry traffic wait, at most [`MAX_PENDING`] streams may be reading heads, and the
+//!    connection is closed when the node's handshake timeout runs out. The whole phase counts
+//!    against the handshake limits, like a TCP handshake.
+//! 3. Then: a `Connect` stream is relayed to its destination through the node's outbound
+//!    (audit rules, private-destination refusal, timeouts), with the user's speed limit and
+//!    exact counting: upload counted once written to the destination, download once quinn
+//!    took it for the client. UDP packets (datagrams, or streams in TUIC's `quic` mode) go
+//!    through one outbound socket per client session ([`UdpRelay`]), replies back the way
+//!    the session came, counted and limited like every other UDP relay.
+//!
+//! The connection is registered with the core like any user connection, so a kick, the
+//! user's removal, the node's removal or the idle sweep close it, and every stream with it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::VarInt;
+use socket2::SockRef;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use v2sp_shared::dpconfig::NodeConfig;
+use v2sp_shared::shm::UserRef;
+
+use super::{admit, Admitted, ConnMeter, Core, HandshakeGuard, InboundProtocol, NodeRt, Registered};
+use crate::limits::gcra::Bucket;
+use crate::proto::quic::{Congestion, ConnState, Packet, PacketPath, QuicInbound, StreamHead};
+use crate::proto::{Destination, Step, StreamHandshake, WireError};
+use crate::relay::account::Account;
+use crate::relay::ConnCtl;
+
+/// Most bytes one read takes from either side (one allocation travels per chunk).
+const READ_CHUNK: usize = 64 * 1024;
+/// Streams of one connection reading their head before it authenticated; more are reset.
+const MAX_PENDING: u32 = 16;
+/// Stream-borne packets and dissociations queued for the connection's loop (more are
+/// dropped, as UDP may).
+const CMD_QUEUE: usize = 256;
+/// Replies sent on their own streams (TUIC `quic` mode) at once; more are dropped.
+const MAX_REPLY_STREAMS: u32 = 64;
+
+/// The protocol handle of a QUIC node: it has no TCP handshake (the node is served by
+/// [`accept_loop`] instead of a TCP listener).
+pub(super) struct QuicProto(pub(super) Rc<dyn QuicInbound>);
+
+impl InboundProtocol for QuicProto {
+    fn new_handshake(&self) -> Box<dyn StreamHandshake> {
+        Box::new(NotTcp)
+    }
+    fn quic(&self) -> Option<Rc<dyn QuicInbound>> {
+        Some(self.0.clone())
+    }
+}
+
+struct NotTcp;
+
+impl StreamHandshake for NotTcp {
+    fn feed(&mut self, _data: &[u8], _ctx: &dyn crate::proto::AuthContext) -> Result<Step, WireError> {
+        Err(WireError::Unsupported("this protocol is served over QUIC only"))
+    }
+}
+
+/// quinn's server config for a node: TLS 1.3 from the node's certificate store with the
+/// protocol's ALPN, its congestion control, no connection migration (a migrated path would
+/// reach another core's socket), and the Hysteria reference's QUIC defaults (stream window
+/// 8 MiB, connection window 20 MiB, idle timeout 30 s).
+pub(super) fn server_config(n: &NodeConfig, q: &dyn QuicInbound) -> Result<quinn::ServerConfig, String> {
+    let name = n.protocol.as_str();
+    let tls = n.tls.as_ref().ok_or_else(|| {
+        format!("{name} needs TLS settings (QUIC has no plaintext mode; CertMode none cannot serve it)")
+    })?;
+    if tls.reality.is_some() {
+        return Err(format!("{name} cannot be served with REALITY"));
+    }
+    let mut tls = tls.clone();
+    tls.alpn = q
+        .alpn()
+        .into_iter()
+        .map(|a| String::from_utf8_lossy(&a).into_owned())
+        .collect();
+    let rustls = crate::tls::quic_server_config(&tls)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls)
+        .map_err(|e| format!("QUIC TLS config: {e}"))?;
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    sc.migration(false);
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(VarInt::from_u32(30_000))));
+    t.stream_receive_window(VarInt::from_u32(8 << 20));
+    t.receive_window(VarInt::from_u32(20 << 20));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1024));
+    t.max_concurrent_uni_streams(VarInt::from_u32(q.max_uni_streams()));
+    // Datagrams carry UDP; what queues unread is bounded (over it quinn drops the oldest).
+    t.datagram_receive_buffer_size(Some(1 << 20));
+    match q.congestion() {
+        Congestion::Cubic => {}
+        Congestion::NewReno => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()));
+        }
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+        }
+    }
+    sc.transport_config(Arc::new(t));
+    Ok(sc)
+}
+
+/// This core's endpoint for a node at `addr`, and a duplicate of its socket (for a successor
+/// process on upgrade).
+pub(super) fn endpoint(
+    addr: SocketAddr,
+    cfg: quinn::ServerConfig,
+) -> Result<(quinn::Endpoint, std::os::fd::OwnedFd), String> {
+    let sock = crate::net::udp_socket_std(addr).map_err(|e| format!("UDP listen on {addr}: {e}"))?;
+    let dup = sock
+        .try_clone()
+        .map_err(|e| format!("UDP socket on {addr}: {e}"))?
+        .into();
+    let ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(cfg),
+        sock,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| format!("QUIC endpoint on {addr}: {e}"))?;
+    Ok((ep, dup))
+}
+
+/// A successor took the node's UDP socket: stop reading it (move to a private socket on the
+/// same address family, port 0) and close this endpoint's connections. Their clients'
+/// next packets reach the successor, which does not know them and answers with a stateless
+/// reset; the clients then dial again and are served there.
+pub(super) fn detach(ep: &quinn::Endpoint, close_code: u32) {
+    ep.set_server_config(None);
+    let local = match ep.local_addr() {
+        Ok(a) if a.is_ipv6() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
+        _ => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+    };
+    match std::net::UdpSocket::bind(local).and_then(|s| {
+        s.set_nonblocking(true)?;
+        ep.rebind(s)
+    }) {
+        Ok(()) => {}
+        Err(e) => tracing::warn!("QUIC endpoint keeps the shared socket after the hand-over: {e}"),
+    }
+    ep.close(code(close_code), b"server upgrade");
+}
+
+/// Accepts connections until `stop`; then refuses new ones (open connections stay until their
+/// registry entry closes them: node removal, drain, shutdown).
+pub(super) async fn accept_loop(
+    core: Rc<Core>,
+    live: Rc<RefCell<Rc<NodeRt>>>,
+    ep: quinn::Endpoint,
+    stop: Rc<ConnCtl>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            i = ep.accept() => i,
+            _ = stop.cancelled() => None,
+        };
+        let Some(incoming) = incoming else { break };
+        let Some(guard) = core.begin_handshake(incoming.remote_address().ip(), true) else {
+            incoming.refuse();
+            continue;
+        };
+        let node = live.borrow().clone();
+        tokio::task::spawn_local(serve_conn(core.clone(), node, incoming, guard));
+    }
+    ep.set_server_config(None);
+}
+
+fn code(c: u32) -> VarInt {
+    VarInt::from_u32(c)
+}
+
+/// What stream tasks send to their connection's loop.
+enum Cmd {
+    /// A UDP packet that came on its own stream.
+    Packet(Packet),
+    Dissociate(u32),
+    /// A failed authentication the protocol answers by closing the connection.
+    Close,
+}
+
+/// What the connection's stream tasks share.
+struct ConnShared {
+    core: Rc<Core>,
+    node: Rc<NodeRt>,
+    proto: Rc<dyn QuicInbound>,
+    conn: quinn::Connection,
+    ip: IpAddr,
+    /// Authentication must succeed by then.
+    deadline: Instant,
+    /// Set by the stream that authenticated the connection.
+    env: RefCell<Option<Rc<StreamEnv>>>,
+    /// The registry entry and device reference, taken by the connection's loop.
+    reg: RefCell<Option<Registered>>,
+    /// True once `env` is set (every waiter wakes: the loop and streams that wait).
+    authed: tokio::sync::watch::Sender<bool>,
+    /// Streams reading their head before authentication.
+    pending: Cell<u32>,
+    cmds: mpsc::Sender<Cmd>,
+}
+
+impl ConnShared {
+    fn env(&self) -> Option<Rc<StreamEnv>> {
+        self.env.borrow().clone()
+    }
+
+    /// The connection's user, once it authenticated; `None` when the deadline passes first.
+    async fn wait_auth(&self) -> Option<Rc<StreamEnv>> {
+        if let Some(e) = self.env() {
+            return Some(e);
+        }
+        let mut rx = self.authed.subscribe();
+        tokio::select! {
+            _ = rx.wait_for(|a| *a) => self.env(),
+            _ = tokio::time::sleep_until(self.deadline) => None,
+        }
+    }
+
+    fn send_cmd(&self, c: Cmd) {
+        // Full queue: dropped, as UDP may (a Close is retried by the deadline anyway).
+        let _ = self.cmds.try_send(c);
+    }
+}
+
+/// Counts a stream that reads its head before authentication; released when dropped.
+struct PendingHead<'a>(&'a Cell<u32>);
+
+impl Drop for PendingHead<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+async fn serve_conn(core: Rc<Core>, node: Rc<NodeRt>, incoming: quinn::Incoming, guard: HandshakeGuard) {
+    let Some(proto) = node.proto.quic() else {
+        incoming.refuse();
+        return;
+    };
+    let deadline = Instant::now() + node.handshake;
+    let peer = incoming.remote_address();
+    let conn = match tokio::time::timeout_at(deadline, async { incoming.accept()?.await }).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(node = node.cfg.slot, %peer, "QUIC handshake failed: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    let close_code = proto.close_code();
+    // The server's own streams stay open as long as the connection: held until this
+    // function returns.
+    let mut own = Vec::new();
+    for bytes in proto.server_streams() {
+        let opened = tokio::time::timeout_at(deadline, async {
+            let mut s = conn.open_uni().await.ok()?;
+            s.write_all(&bytes).await.ok()?;
+            Some(s)
+        });
+        match opened.await {
+            Ok(Some(s)) => own.push(s),
+            _ => {
+                conn.close(code(close_code), b"");
+                return;
+            }
+        }
+    }
+    let (cmd_tx, mut cmds) = mpsc::channel(CMD_QUEUE);
+    let sh = Rc::new(ConnShared {
+        core: core.clone(),
+        node: node.clone(),
+        proto: proto.clone(),
+        conn: conn.clone(),
+        ip: crate::net::normalise_ip(peer.ip()),
+        deadline,
+        env: RefCell::new(None),
+        reg: RefCell::new(None),
+        authed: tokio::sync::watch::Sender::new(false),
+        pending: Cell::new(0),
+        cmds: cmd_tx,
+    });
+    let mut state = proto.connection();
+    let mut guard = Some(guard);
+    let mut reg: Option<Registered> = None;
+    let mut udp: Option<UdpRelay> = None;
+    let (reply_tx, mut replies) = mpsc::channel(UDP_QUEUE);
+    let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    let heartbeat = proto.heartbeat();
+    let beat_every = heartbeat.as_ref().map_or(Duration::from_secs(3600), |h| h.0);
+    let mut beat = tokio::time::interval_at(Instant::now() + beat_every, beat_every);
+    // The registry entry's control once authenticated; before that one that never fires.
+    let mut ctl = Rc::new(ConnCtl::default());
+    let mut authed = sh.authed.subscribe();
+    loop {
+        tokio::select! {
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => {
+                    tokio::task::spawn_local(client_stream(sh.clone(), Some(send), recv));
+                }
+                Err(_) => break,
+            },
+            s = conn.accept_uni() => match s {
+                Ok(recv) => {
+                    tokio::task::spawn_local(client_stream(sh.clone(), None, recv));
+                }
+                Err(_) => break,
+            },
+            _ = authed.wait_for(|a| *a), if udp.is_none() => {
+                let Some(env) = sh.env() else { break };
+                reg = sh.reg.borrow_mut().take();
+                // The handshake slot is free once the connection belongs to a user.
+                guard = None;
+                ctl = env.ctl.clone();
+                ctl.arm(node.relay.idle);
+                tracing::trace!(node = node.cfg.slot, user = env.user.user_id, %peer, protocol = node.cfg.protocol.as_str(), "QUIC client authenticated");
+                udp = Some(UdpRelay {
+                    env,
+                    sessions: HashMap::new(),
+                    replies: reply_tx.clone(),
+                    reply_streams: Rc::new(Cell::new(0)),
+                });
+            }
+            _ = tokio::time::sleep_until(deadline), if udp.is_none() => {
+                conn.close(code(close_code), b"");
+                break;
+            }
+            d = conn.read_datagram(), if udp.is_some() => match d {
+                Ok(d) => match state.datagram(&d) {
+                    Ok(Some(p)) => {
+                        if let Some(u) = udp.as_mut() {
+                            u.packet(p, PacketPath::Datagram).await;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(node = node.cfg.slot, "QUIC datagram dropped: {e}"),
+                },
+                Err(_) => break,
+            },
+            Some(c) = cmds.recv() => match c {
+                Cmd::Packet(p) => {
+                    if let Some(u) = udp.as_mut() {
+                        u.packet(p, PacketPath::Stream).await;
+                    }
+                }
+                Cmd::Dissociate(assoc) => {
+                    if let Some(u) = udp.as_mut() {
+                        u.dissociate(assoc);
+                    }
+                }
+                Cmd::Close => {
+                    conn.close(code(close_code), b"");
+                    break;
+                }
+            },
+            Some((assoc, from, payload)) = replies.recv() => {
+                if let Some(u) = udp.as_mut() {
+                    u.reply(&conn, &mut *state, assoc, from, &payload);
+                }
+            }
+            _ = sweep.tick() => {
+                if let Some(u) = udp.as_mut() {
+                    u.sweep();
+                }
+            }
+            _ = beat.tick(), if udp.is_some() => {
+                if let Some((_, d)) = &heartbeat {
+                    let _ = conn.send_datagram(d.clone().into());
+                }
+            }
+            _ = ctl.cancelled() => {
+                conn.close(code(close_code), b"");
+                break;
+            }
+        }
+    }
+    drop(udp);
+    drop(own);
+    drop(guard);
+    // A stream that authenticated after the loop ended leaves its entry here.
+    drop(sh.reg.borrow_mut().take());
+    drop(reg);
+}
+
+/// Reads a client stream's head and acts on it. `send`: the stream's send side (bidirectional
+/// streams).
+async fn client_stream(sh: Rc<ConnShared>, mut send: Option<quinn::SendStream>, mut recv: quinn::RecvStream) {
+    let authed = sh.env().is_some();
+    let _pending = if authed {
+        None
+    } else {
+        if sh.pending.get() >= MAX_PENDING {
+            refuse(&sh, send.as_mut(), &mut recv);
+            return;
+        }
+        sh.pending.set(sh.pending.get() + 1);
+        Some(PendingHead(&sh.pending))
+    };
+    let until = if authed {
+        Instant::now() + sh.node.handshake
+    } else {
+        sh.deadline
+    };
+    let bidi = send.is_some();
+    let mut buf = Vec::new();
+    let head = loop {
+        let parsed = if bidi {
+            sh.proto.bidi_head(&buf, authed)
+        } else {
+            sh.proto.uni_head(&buf, authed)
+        };
+        match parsed {
+            Ok(StreamHead::NeedMore) if buf.len() < sh.proto.max_head() => {}
+            Ok(StreamHead::NeedMore) => {
+                tracing::debug!(node = sh.node.cfg.slot, ip = %sh.ip, "QUIC stream head too long");
+                refuse(&sh, send.as_mut(), &mut recv);
+                return;
+            }
+            Ok(h) => break h,
+            Err(e) => {
+                tracing::debug!(node = sh.node.cfg.slot, ip = %sh.ip, protocol = sh.node.cfg.protocol.as_str(), "{e}");
+                refuse(&sh, send.as_mut(), &mut recv);
+                if !authed && sh.proto.auth_refused().is_none() {
+                    // Protocols that do not answer bad requests close the connection.
+                    sh.send_cmd(Cmd::Close);
+                }
+                return;
+            }
+        }
+        match tokio::time::timeout_at(until, recv.read_chunk(READ_CHUNK, true)).await {
+            Ok(Ok(Some(c))) => buf.extend_from_slice(&c.bytes),
+            _ => {
+                refuse(&sh, send.as_mut(), &mut recv);
+                return;
+            }
+        }
+    };
+    drop(_pending);
+    match head {
+        StreamHead::NeedMore => {}
+        StreamHead::Discard => while let Ok(Some(_)) = recv.read_chunk(READ_CHUNK, true).await {},
+        StreamHead::Auth { key, token } => authenticate(&sh, &key, token.as_ref(), send).await,
+        StreamHead::Refuse { reply } => {
+            if let Some(mut s) = send {
+                let _ = s.write_all(&reply).await;
+                let _ = s.finish();
+            }
+        }
+        StreamHead::Connect { dest, used } => {
+            let (Some(env), Some(send)) = (sh.wait_auth().await, send) else {
+                return;
+            };
+            let initial = buf.split_off(used.min(buf.len()));
+            drop(buf);
+            tcp_stream(&env, &*sh.proto, dest, send, recv, initial).await;
+        }
+        StreamHead::Packet(p) => {
+            if sh.wait_auth().await.is_some() {
+                sh.send_cmd(Cmd::Packet(p));
+            }
+        }
+        StreamHead::Dissociate { assoc } => {
+            if sh.wait_auth().await.is_some() {
+                sh.send_cmd(Cmd::Dissociate(assoc));
+            }
+        }
+    }
+}
+
+fn refuse(sh: &ConnShared, send: Option<&mut quinn::SendStream>, recv: &mut quinn::RecvStream) {
+    let c = code(sh.proto.reject_code());
+    let _ = recv.stop(c);
+    if let Some(s) = send {
+        let _ = s.reset(c);
+    }
+}
+
+/// Checks a claim: the key in the node's table, the protocol's proof against the user's
+/// secret, the device admitted. On success the connection is the user's and the protocol's
+/// answer goes out; on failure the protocol's refusal, or the connection is closed.
+async fn authenticate(
+    sh: &ConnShared,
+    key: &[u8],
+    token: Option<&[u8; 32]>,
+    send: Option<quinn::SendStream>,
+) {
+    let (core, node) = (&sh.core, &sh.node);
+    let slot = node.cfg.slot;
+    let admitted = if sh.env().is_some() {
+        // A second authentication on a connection that has its user.
+        tracing::debug!(node = slot, ip = %sh.ip, "QUIC connection authenticated twice");
+        None
+    } else {
+        let user = core.port.borrow().lookup(slot, key);
+        let conn = &sh.conn;
+        let mut export = |label: &[u8], ctx: &[u8], out: &mut [u8; 32]| {
+            conn.export_keying_material(out, label, ctx).is_ok()
+        };
+        match user {
+            Some(u) if sh.proto.verify(key, token, u.secret(), &mut export) => {
+                admit(core, node, &u, sh.ip).map(|a| (u, a))
+            }
+            Some(_) => {
+                tracing::debug!(node = slot, ip = %sh.ip, "QUIC authentication: bad proof");
+                None
+            }
+            None => {
+                tracing::debug!(node = slot, ip = %sh.ip, "QUIC authentication: unknown user");
+                None
+            }
+        }
+    };
+    let Some((user, Admitted { reg, ctl, bucket })) = admitted else {
+        match (sh.proto.auth_refused(), send) {
+            (Some(r), Some(mut s)) => {
+                let _ = s.write_all(&r).await;
+                let _ = s.finish();
+            }
+            _ => sh.send_cmd(Cmd::Close),
+        }
+        return;
+    };
+    *sh.env.borrow_mut() = Some(Rc::new(StreamEnv {
+        core: core.clone(),
+        node: node.clone(),
+        user,
+        bucket,
+        ctl,
+    }));
+    *sh.reg.borrow_mut() = Some(reg);
+    // Set before the answer goes out: the client opens its requests once it has it.
+    sh.authed.send_replace(true);
+    if let (Some(r), Some(mut s)) = (sh.proto.auth_reply(), send) {
+        if s.write_all(&r).await.is_ok() {
+            let _ = s.finish();
+        }
+    }
+}
+
+/// UDP sessions of one connection the client opened at once (more are dropped until one ends).
+const MAX_UDP_SESSIONS: usize = 256;
+/// A UDP session silent this long is closed (the reference server's UDP idle timeout); the
+/// client's next packet for it opens a new one.
+const UDP_SESSION_IDLE: Duration = Duration::from_secs(60);
+/// Replies queued toward the client (more are dropped, as UDP may).
+const UDP_QUEUE: usize = 256;
+
+/// A reply datagram: session, source, payload.
+type Reply = (u32, SocketAddr, Vec<u8>);
+
+struct UdpSession {
+    sock: Rc<UdpSocket>,
+    /// Stops the session's reader task.
+    ctl: Rc<ConnCtl>,
+    last: Instant,
+    /// The way the session's first packet came; replies go back that way.
+    path: PacketPath,
+}
+
+/// The UDP relay of one connection: one outbound socket per client session. Counting:
+/// upload = payload bytes sent to a destination, download = payload bytes of replies handed
+/// to quinn for the client (headers and fragmentation not counted). Over the user's speed
+/// limit a datagram is dropped, never queued.
+struct UdpRelay {
+    env: Rc<StreamEnv>,
+    sessions: HashMap<u32, UdpSession>,
+    replies: mpsc::Sender<Reply>,
+    /// Replies being written on their own streams.
+    reply_streams: Rc<Cell<u32>>,
+}
+
+impl UdpRelay {
+    async fn packet(&mut self, p: Packet, path: PacketPath) {
+        let node = &self.env.node;
+        if !node.proto.quic().is_some_and(|q| q.udp()) {
+            return;
+        }
+        let Packet { assoc, dest, payload } = p;
+        let to = match &dest {
+            Destination::Ip(a) => *a,
+            Destination::Domain(..) => match self.env.core.outbound.resolve(&dest, &node.connect).await {
+                Ok(addrs) => match addrs.first() {
+                    Some(a) => *a,
+                    None => return,
+                },
+                Err(e) => {
+                    tracing::debug!(%dest, "datagram destination unresolved: {e}");
+                    return;
+                }
+            },
+        };
+        if !node.connect.allow_private && crate::outbound::is_forbidden(to.ip()) {
+            tracing::debug!(%to, "datagram to a private destination refused");
+            return;
+        }
+        if let Some(rule) = node.connect.blocked_ip(to.ip()) {
+            tracing::debug!(%to, rule, "datagram blocked by audit rule");
+            return;
+        }
+        let Some(sock) = self.session(assoc, path) else {
+            return;
+        };
+        let meter = self.env.meter();
+        let acct = self.env.account(&meter);
+        if !acct.fits(payload.len()) {
+            return;
+        }
+        match super::udp::send_now(&sock, &payload, super::udp::to_socket_family(&sock, to)) {
+            Ok(n) => acct.sent_up(n as u64),
+            Err(e) => tracing::debug!(%to, error = %e, "datagram not sent upstream"),
+        }
+    }
+
+    /// The session's outbound socket, opened (with its reader task) on first use.
+    fn session(&mut self, id: u32, path: PacketPath) -> Option<Rc<UdpSocket>> {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.last = Instant::now();
+            return Some(s.sock.clone());
+        }
+        if self.sessions.len() >= MAX_UDP_SESSIONS {
+            return None;
+        }
+        let sock = match super::udp::outbound_socket(self.env.node.connect.send_ip) {
+            Ok(s) => Rc::new(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open an outbound UDP socket");
+                return None;
+            }
+        };
+        let ctl = Rc::new(ConnCtl::default());
+        tokio::task::spawn_local(read_replies(
+            self.env.core.clone(),
+            id,
+            sock.clone(),
+            ctl.clone(),
+            self.replies.clone(),
+        ));
+        self.sessions.insert(
+            id,
+            UdpSession {
+                sock: sock.clone(),
+                ctl,
+                last: Instant::now(),
+                path,
+            },
+        );
+        Some(sock)
+    }
+
+    /// The client ended session `assoc`.
+    fn dissociate(&mut self, assoc: u32) {
+        if let Some(s) = self.sessions.remove(&assoc) {
+            s.ctl.cancel();
+        }
+    }
+
+    fn reply(
+        &mut self,
+        conn: &quinn::Connection,
+        state: &mut dyn ConnState,
+        session: u32,
+        from: SocketAddr,
+        payload: &[u8],
+    ) {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        s.last = Instant::now();
+        let path = s.path;
+        let max = match path {
+            PacketPath::Datagram => match conn.max_datagram_size() {
+                Some(m) => m,
+                None => return,
+            },
+            PacketPath::Stream => usize::MAX,
+        };
+        if path == PacketPath::Stream && self.reply_streams.get() >= MAX_REPLY_STREAMS {
+            return;
+        }
+        let meter = self.env.meter();
+        let acct = self.env.account(&meter);
+        if !acct.fits(payload.len()) {
+            return;
+        }
+        let mut out = Vec::new();
+        if !state.seal_reply(session, from, payload, path, max, &mut out) {
+            return;
+        }
+        match path {
+            PacketPath::Datagram => {
+                for d in out {
+                    if conn.send_datagram(d.into()).is_err() {
+                        return;
+                    }
+                }
+            }
+            PacketPath::Stream => {
+                // Counted once handed over: quinn owns the bytes from here, as for datagrams.
+                let busy = self.reply_streams.clone();
+                busy.set(busy.get() + 1);
+                let conn = conn.clone();
+                tokio::task::spawn_local(async move {
+                    if let Ok(mut s) = conn.open_uni().await {
+                        for m in out {
+                            if s.write_all(&m).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = s.finish();
+                    }
+                    busy.set(busy.get().saturating_sub(1));
+                });
+            }
+        }
+        acct.sent_down(payload.len() as u64);
+    }
+
+    /// Closes sessions silent for [`UDP_SESSION_IDLE`].
+    fn sweep(&mut self) {
+        self.sessions.retain(|_, s| {
+            let keep = s.last.elapsed() < UDP_SESSION_IDLE;
+            if !keep {
+                s.ctl.cancel();
+            }
+            keep
+        });
+    }
+}
+
+impl Drop for UdpRelay {
+    fn drop(&mut self) {
+        for s in self.sessions.values() {
+            s.ctl.cancel();
+        }
+    }
+}
+
+/// Reads a session's replies and queues them for the connection (until the session or the
+/// connection ends).
+async fn read_replies(
+    core: Rc<Core>,
+    session: u32,
+    sock: Rc<UdpSocket>,
+    ctl: Rc<ConnCtl>,
+    tx: mpsc::Sender<Reply>,
+) {
+    loop {
+        tokio::select! {
+            r = sock.readable() => if r.is_err() { return },
+            _ = ctl.cancelled() => return,
+            _ = tx.closed() => return,
+        }
+        let mut b = core.bufs.take();
+        let r = sock.try_recv_from(&mut b);
+        let item = match &r {
+            Ok((n, from)) => Some((
+                session,
+                SocketAddr::new(crate::net::normalise_ip(from.ip()), from.port()),
+                b.get(..*n).unwrap_or_default().to_vec(),
+            )),
+            Err(_) => None,
+        };
+        core.bufs.put(b);
+        match (item, r) {
+            (Some(item), _) => {
+                // Full queue: the datagram is dropped, as UDP may.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(item) {
+                    return;
+                }
+            }
+            (None, Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => return,
+        }
+    }
+}
+
+/// What a TCP stream task needs from its connection.
+struct StreamEnv {
+    core: Rc<Core>,
+    node: Rc<NodeRt>,
+    user: UserRef,
+    bucket: Arc<Bucket>,
+    /// The connection's registry entry: touched when bytes move (idle sweep).
+    ctl: Rc<ConnCtl>,
+}
+
+impl StreamEnv {
+    fn meter(&self) -> ConnMeter<'_> {
+        ConnMeter {
+            core: &self.core,
+            node: self.node.cfg.slot,
+            user_id: self.user.user_id,
+        }
+    }
+
+    /// The connection's accounting: every stream and datagram of it draws on one bucket and
+    /// touches one idle clock.
+    fn account<'a>(&'a self, meter: &'a ConnMeter<'a>) -> Account<'a> {
+        Account {
+            meter,
+            bucket: &self.bucket,
+            ctl: Some(&self.ctl),
+        }
+    }
+}
+
+/// One TCP request stream after its head: audit, outbound connect, the protocol's answer,
+/// relay.
+async fn tcp_stream(
+    env: &StreamEnv,
+    proto: &dyn QuicInbound,
+    dest: Destination,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut initial: Vec<u8>,
+) {
+    let slot = env.node.cfg.slot;
+    let fail = |send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, why: &str| {
+        let reply = proto.connect_reply(Err(why));
+        if reply.is_none() {
+            let c = code(proto.reject_code());
+            let _ = recv.stop(c);
+            let _ = send.reset(c);
+        }
+        reply
+    };
+    if let Some((rule, what)) = sniff_block(env, &dest, &mut recv, &mut initial).await {
+        tracing::info!(node = slot, user = env.user.user_id, %dest, sniffed = %what, rule, "destination blocked by audit rule");
+        if let Some(r) = fail(&mut send, &mut recv, "blocked") {
+            let _ = send.write_all(&r).await;
+            let _ = send.finish();
+        }
+        return;
+    }
+    let upstream = match env.core.outbound.connect(&dest, &env.node.connect).await {
+        Ok(s) => s,
+        Err(e) => {
+            match &e {
+                crate::outbound::OutboundError::Blocked(d, rule) => {
+                    tracing::info!(node = slot, user = env.user.user_id, dest = %d, rule, "destination blocked by audit rule")
+                }
+                _ => tracing::debug!(node = slot, %dest, "outbound failed: {e}"),
+            }
+            if let Some(r) = fail(&mut send, &mut recv, &e.to_string()) {
+                let _ = send.write_all(&r).await;
+                let _ = send.finish();
+            }
+            return;
+        }
+    };
+    crate::net::tune_stream(&upstream);
+    if let Some(ok) = proto.connect_reply(Ok(())) {
+        if send.write_all(&ok).await.is_err() {
+            return;
+        }
+    }
+    relay(env, &upstream, send, recv, initial).await;
+}
+
+/// Audit rules that need the client's first bytes (`protocol:` rules; domain rules when the
+/// client named an IP), as for TCP protocols (`super::sniff_first`): waits up to
+/// `super::SNIFF_WAIT` for them when none came with the request, then checks the sniffed
+/// protocol and domain. `Some((rule, what))` when a rule blocks the stream.
+async fn sniff_block(
+    env: &StreamEnv,
+    dest: &Destination,
+    recv: &mut quinn::RecvStream,
+    initial: &mut Vec<u8>,
+) -> Option<(i64, String)> {
+    use v2sp_shared::audit::Target;
+    let a = env.node.connect.audit.as_deref()?;
+    let dest_is_ip = match dest {
+        Destination::Ip(_) => true,
+        Destination::Domain(d, _) => d.parse::<IpAddr>().is_ok(),
+    };
+    if !a.wants_sniff(dest_is_ip) {
+        return None;
+    }
+    if initial.is_empty() {
+        if let Ok(Ok(Some(c))) =
+            tokio::time::timeout(super::SNIFF_WAIT, recv.read_chunk(READ_CHUNK, true)).await
+        {
+            initial.extend_from_slice(&c.bytes);
+        }
+    }
+    let s = super::sniff::sniff(initial)?;
+    if let Some(rule) = a.blocks_protocol(s.protocol) {
+        return Some((rule, s.protocol.to_string()));
+    }
+    let d = s.domain?;
+    let rule = a.blocks(Target::Domain(&d))?;
+    Some((rule, format!("{} {d}", s.protocol)))
+}
+
+/// Client bytes to the destination: after the speed limit, counted once written.
+async fn forward(acct: &Account<'_>, upstream: &TcpStream, data: &[u8]) -> Result<(), ()> {
+    acct.send_up(data.len(), crate::tls::write_all(upstream, data))
+        .await
+        .map_err(|_| ())
+}
+
+/// Relays until both directions ended (one ended: the other gets the node's uplink-only or
+/// downlink-only timeout) or either fails.
+async fn relay(
+    env: &StreamEnv,
+    upstream: &TcpStream,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    initial: Vec<u8>,
+) {
+    let meter = env.meter();
+    let acct = &env.account(&meter);
+    let up = async {
+        // What came with the request (sing-box sends its first bytes along with it).
+        if !initial.is_empty() {
+            forward(acct, upstream, &initial).await?;
+        }
+        loop {
+            match recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(c)) => forward(acct, upstream, &c.bytes).await?,
+                Ok(None) => break,
+                Err(_) => return Err(()),
+            }
+        }
+        let _ = SockRef::from(upstream).shutdown(Shutdown::Write);
+        Ok(())
+    };
+    let down = async {
+        loop {
+            upstream.readable().await.map_err(|_| ())?;
+            let mut v = Vec::with_capacity(READ_CHUNK);
+            match upstream.try_read_buf(&mut v) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Err(()),
+            }
+            acct.send_down(v.len(), send.write_all(&v))
+                .await
+                .map_err(|_| ())?;
+        }
+        let _ = send.finish();
+        Ok(())
+    };
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    let mut linger: Option<Instant> = None;
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    while !(up_done && down_done) {
+        tokio::select! {
+            r = &mut up, if !up_done => {
+                if r.is_err() {
+                    return;
+                }
+                up_done = true;
+                linger.get_or_insert(Instant::now() + env.node.relay.downlink_only);
+            }
+            r = &mut down, if !down_done => {
+                if r.is_err() {
+                    return;
+                }
+                down_done = true;
+                linger.get_or_insert(Instant::now() + env.node.relay.uplink_only);
+            }
+            _ = tokio::time::sleep_until(linger.unwrap_or(far)), if linger.is_some() => return,
+        }
+    }
+}
