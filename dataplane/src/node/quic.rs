@@ -10,9 +10,13 @@
 //! 2. Client streams are read until their head says what they are. Until one authenticates
 //!    a user (the key found in the node's table, the proof checked by the protocol, the device
 //!    admitted by the same `admit` as every other protocol) nothing is relayed: streams that
-//!    carry traffic wait, at most [`MAX_PENDING`] streams may be reading heads, and the
-//!    connection is closed when the node's handshake timeout runs out. The whole phase counts
-//!    against the handshake limits, like a TCP handshake.
+//!    carry traffic wait, and the connection is closed when the node's handshake timeout runs
+//!    out. The whole phase counts against the handshake limits, like a TCP handshake, and an
+//!    unauthenticated connection costs little whatever its client sends: QUIC flow control
+//!    gives it [`PRE_AUTH_WINDOW`] bytes of stream data and [`MAX_PENDING`] streams of each
+//!    kind, its heads may hold [`PRE_AUTH_BYTES`] in all, and its datagrams are read at once
+//!    (the first [`EARLY_DATAGRAMS`] kept for after the authentication, the rest dropped) so
+//!    that quinn's datagram buffer never fills. The windows open once a user is admitted.
 //! 3. Then: a `Connect` stream is relayed to its destination through the node's outbound
 //!    (audit rules, private-destination refusal, timeouts), with the user's speed limit and
 //!    exact counting: upload counted once written to the destination, download once quinn
@@ -47,8 +51,23 @@ use crate::relay::ConnCtl;
 
 /// Most bytes one read takes from either side (one allocation travels per chunk).
 const READ_CHUNK: usize = 64 * 1024;
-/// Streams of one connection reading their head before it authenticated; more are reset.
+/// Streams of one connection (of each direction) open before it authenticated: what QUIC
+/// flow control lets the client open; more streams get credit once it is admitted.
 const MAX_PENDING: u32 = 16;
+/// Connection-level receive window before authentication (stream data quinn buffers).
+const PRE_AUTH_WINDOW: u32 = 64 * 1024;
+/// Connection-level receive window once authenticated (the Hysteria reference's 20 MiB).
+const AUTHED_WINDOW: u32 = 20 << 20;
+/// Bytes the streams of one connection may hold before authentication (heads, and the first
+/// payload that came with a request); a stream that would go over is refused. A legitimate
+/// client sends its authentication and a few requests with their first writes.
+const PRE_AUTH_BYTES: usize = 64 * 1024;
+/// Largest read of a stream before authentication (heads are small; the budget above is
+/// counted in these steps).
+const PRE_AUTH_CHUNK: usize = 4 * 1024;
+/// Datagrams kept from before the authentication (TUIC clients may send a UDP packet
+/// alongside it); later ones are dropped, as UDP may.
+const EARLY_DATAGRAMS: usize = 16;
 /// Stream-borne packets and dissociations queued for the connection's loop (more are
 /// dropped, as UDP may).
 const CMD_QUEUE: usize = 256;
@@ -102,9 +121,10 @@ pub(super) fn server_config(n: &NodeConfig, q: &dyn QuicInbound) -> Result<quinn
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(VarInt::from_u32(30_000))));
     t.stream_receive_window(VarInt::from_u32(8 << 20));
-    t.receive_window(VarInt::from_u32(20 << 20));
-    t.max_concurrent_bidi_streams(VarInt::from_u32(1024));
-    t.max_concurrent_uni_streams(VarInt::from_u32(q.max_uni_streams()));
+    // Until a user is admitted ([`serve_conn`] opens them then).
+    t.receive_window(VarInt::from_u32(PRE_AUTH_WINDOW));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_PENDING));
+    t.max_concurrent_uni_streams(VarInt::from_u32(q.max_uni_streams().min(MAX_PENDING)));
     // Datagrams carry UDP; what queues unread is bounded (over it quinn drops the oldest).
     t.datagram_receive_buffer_size(Some(1 << 20));
     match q.congestion() {
@@ -161,6 +181,73 @@ pub(super) fn detach(ep: &quinn::Endpoint, close_code: u32) {
     ep.close(code(close_code), b"server upgrade");
 }
 
+/// Unauthenticated QUIC connections one node may have on one core, as a share of the
+/// worker's handshake cap (`MaxHandshakes`): one costs up to ~270 KiB (quinn's state, the
+/// pre-authentication window and budget, early datagrams; measured by
+/// `quic_adversarial.rs`) against ~25 KiB for a pending TLS handshake, so it gets an eighth
+/// of the places (512 by default).
+const QUIC_SHARE_OF_HANDSHAKES: u32 = 8;
+
+/// A node's unauthenticated QUIC connections on one core, oldest first. When they fill their
+/// places, a new connection takes the place of the oldest: a legitimate client authenticates
+/// within a round trip, so the oldest is the one most likely to be an attacker holding its
+/// place until the deadline, and a flood cannot lock clients out (the attacker has to keep
+/// paying for new handshakes to hold on).
+#[derive(Default)]
+struct Unauthenticated {
+    count: Cell<u32>,
+    order: RefCell<std::collections::VecDeque<Rc<Place>>>,
+}
+
+/// One connection's place: `evict` tells it to go; `done` once it authenticated or ended.
+#[derive(Default)]
+struct Place {
+    evict: ConnCtl,
+    done: Cell<bool>,
+}
+
+impl Unauthenticated {
+    /// A place for a new connection: free, or the oldest one's; `None` with no cap room and
+    /// nobody to evict.
+    fn take(self: &Rc<Self>, cap: u32) -> Option<PlaceGuard> {
+        let mut order = self.order.borrow_mut();
+        if cap != 0 && self.count.get() >= cap {
+            loop {
+                let oldest = order.pop_front()?;
+                if !oldest.done.get() {
+                    oldest.evict.cancel();
+                    break;
+                }
+            }
+        }
+        // Entries of connections that finished in between are dropped now and then, so the
+        // queue stays within a few times the cap.
+        if order.len() > 4 * (cap.max(64) as usize) {
+            order.retain(|p| !p.done.get());
+        }
+        let place = Rc::new(Place::default());
+        order.push_back(place.clone());
+        self.count.set(self.count.get() + 1);
+        Some(PlaceGuard {
+            all: self.clone(),
+            place,
+        })
+    }
+}
+
+/// Holds a place until dropped (authenticated, or the connection ended).
+struct PlaceGuard {
+    all: Rc<Unauthenticated>,
+    place: Rc<Place>,
+}
+
+impl Drop for PlaceGuard {
+    fn drop(&mut self) {
+        self.place.done.set(true);
+        self.all.count.set(self.all.count.get().saturating_sub(1));
+    }
+}
+
 /// Accepts connections until `stop`; then refuses new ones (open connections stay until their
 /// registry entry closes them: node removal, drain, shutdown).
 pub(super) async fn accept_loop(
@@ -169,6 +256,7 @@ pub(super) async fn accept_loop(
     ep: quinn::Endpoint,
     stop: Rc<ConnCtl>,
 ) {
+    let unauthenticated = Rc::new(Unauthenticated::default());
     loop {
         let incoming = tokio::select! {
             i = ep.accept() => i,
@@ -179,8 +267,13 @@ pub(super) async fn accept_loop(
             incoming.refuse();
             continue;
         };
+        let (per_worker, _) = core.handshake_limits.get();
+        let Some(place) = unauthenticated.take(per_worker.div_ceil(QUIC_SHARE_OF_HANDSHAKES)) else {
+            incoming.refuse();
+            continue;
+        };
         let node = live.borrow().clone();
-        tokio::task::spawn_local(serve_conn(core.clone(), node, incoming, guard));
+        tokio::task::spawn_local(serve_conn(core.clone(), node, incoming, (guard, place)));
     }
     ep.set_server_config(None);
 }
@@ -215,6 +308,9 @@ struct ConnShared {
     authed: tokio::sync::watch::Sender<bool>,
     /// Streams reading their head before authentication.
     pending: Cell<u32>,
+    /// Bytes held by streams read before authentication (released with their
+    /// [`PendingHead`]).
+    pre_auth_bytes: Cell<usize>,
     cmds: mpsc::Sender<Cmd>,
 }
 
@@ -241,23 +337,53 @@ impl ConnShared {
     }
 }
 
-/// Counts a stream that reads its head before authentication; released when dropped.
-struct PendingHead<'a>(&'a Cell<u32>);
+/// Counts a stream read before authentication, and the bytes it holds; released when
+/// dropped.
+struct PendingHead<'a> {
+    sh: &'a ConnShared,
+    bytes: usize,
+}
 
-impl Drop for PendingHead<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+impl PendingHead<'_> {
+    /// Takes `n` more bytes from the connection's budget; false when it is spent.
+    fn hold(&mut self, n: usize) -> bool {
+        let total = self.sh.pre_auth_bytes.get() + n;
+        if total > PRE_AUTH_BYTES {
+            return false;
+        }
+        self.sh.pre_auth_bytes.set(total);
+        self.bytes += n;
+        true
     }
 }
 
-async fn serve_conn(core: Rc<Core>, node: Rc<NodeRt>, incoming: quinn::Incoming, guard: HandshakeGuard) {
+impl Drop for PendingHead<'_> {
+    fn drop(&mut self) {
+        let sh = self.sh;
+        sh.pending.set(sh.pending.get().saturating_sub(1));
+        sh.pre_auth_bytes
+            .set(sh.pre_auth_bytes.get().saturating_sub(self.bytes));
+    }
+}
+
+async fn serve_conn(
+    core: Rc<Core>,
+    node: Rc<NodeRt>,
+    incoming: quinn::Incoming,
+    guard: (HandshakeGuard, PlaceGuard),
+) {
+    let evict = guard.1.place.clone();
     let Some(proto) = node.proto.quic() else {
         incoming.refuse();
         return;
     };
     let deadline = Instant::now() + node.handshake;
     let peer = incoming.remote_address();
-    let conn = match tokio::time::timeout_at(deadline, async { incoming.accept()?.await }).await {
+    let handshake = async { incoming.accept()?.await };
+    let conn = match tokio::select! {
+        c = tokio::time::timeout_at(deadline, handshake) => c,
+        _ = evict.evict.cancelled() => return,
+    } {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(node = node.cfg.slot, %peer, "QUIC handshake failed: {e}");
@@ -295,6 +421,7 @@ async fn serve_conn(core: Rc<Core>, node: Rc<NodeRt>, incoming: quinn::Incoming,
         reg: RefCell::new(None),
         authed: tokio::sync::watch::Sender::new(false),
         pending: Cell::new(0),
+        pre_auth_bytes: Cell::new(0),
         cmds: cmd_tx,
     });
     let mut state = proto.connection();
@@ -309,6 +436,7 @@ async fn serve_conn(core: Rc<Core>, node: Rc<NodeRt>, incoming: quinn::Incoming,
     // The registry entry's control once authenticated; before that one that never fires.
     let mut ctl = Rc::new(ConnCtl::default());
     let mut authed = sh.authed.subscribe();
+    let mut early: Vec<Vec<u8>> = Vec::new();
     loop {
         tokio::select! {
             s = conn.accept_bi() => match s {
@@ -331,26 +459,34 @@ async fn serve_conn(core: Rc<Core>, node: Rc<NodeRt>, incoming: quinn::Incoming,
                 ctl = env.ctl.clone();
                 ctl.arm(node.relay.idle);
                 tracing::trace!(node = node.cfg.slot, user = env.user.user_id, %peer, protocol = node.cfg.protocol.as_str(), "QUIC client authenticated");
-                udp = Some(UdpRelay {
+                // Full windows and stream credit for the user's traffic.
+                conn.set_receive_window(VarInt::from_u32(AUTHED_WINDOW));
+                conn.set_max_concurrent_bi_streams(VarInt::from_u32(1024));
+                conn.set_max_concurrent_uni_streams(VarInt::from_u32(proto.max_uni_streams()));
+                let u = udp.insert(UdpRelay {
                     env,
                     sessions: HashMap::new(),
                     replies: reply_tx.clone(),
                     reply_streams: Rc::new(Cell::new(0)),
                 });
+                for d in std::mem::take(&mut early) {
+                    u.datagram(&mut *state, &d).await;
+                }
             }
             _ = tokio::time::sleep_until(deadline), if udp.is_none() => {
                 conn.close(code(close_code), b"");
                 break;
             }
-            d = conn.read_datagram(), if udp.is_some() => match d {
-                Ok(d) => match state.datagram(&d) {
-                    Ok(Some(p)) => {
-                        if let Some(u) = udp.as_mut() {
-                            u.packet(p, PacketPath::Datagram).await;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::debug!(node = node.cfg.slot, "QUIC datagram dropped: {e}"),
+            _ = evict.evict.cancelled(), if udp.is_none() => {
+                tracing::debug!(node = node.cfg.slot, %peer, "unauthenticated QUIC connection evicted for a newer one");
+                conn.close(code(close_code), b"");
+                break;
+            }
+            d = conn.read_datagram() => match d {
+                Ok(d) => match udp.as_mut() {
+                    Some(u) => u.datagram(&mut *state, &d).await,
+                    None if early.len() < EARLY_DATAGRAMS => early.push(d.to_vec()),
+                    None => {}
                 },
                 Err(_) => break,
             },
@@ -403,7 +539,7 @@ async fn serve_conn(core: Rc<Core>, node: Rc<NodeRt>, incoming: quinn::Incoming,
 /// streams).
 async fn client_stream(sh: Rc<ConnShared>, mut send: Option<quinn::SendStream>, mut recv: quinn::RecvStream) {
     let authed = sh.env().is_some();
-    let _pending = if authed {
+    let mut pending = if authed {
         None
     } else {
         if sh.pending.get() >= MAX_PENDING {
@@ -411,7 +547,7 @@ async fn client_stream(sh: Rc<ConnShared>, mut send: Option<quinn::SendStream>, 
             return;
         }
         sh.pending.set(sh.pending.get() + 1);
-        Some(PendingHead(&sh.pending))
+        Some(PendingHead { sh: &sh, bytes: 0 })
     };
     let until = if authed {
         Instant::now() + sh.node.handshake
@@ -444,15 +580,33 @@ async fn client_stream(sh: Rc<ConnShared>, mut send: Option<quinn::SendStream>, 
                 return;
             }
         }
-        match tokio::time::timeout_at(until, recv.read_chunk(READ_CHUNK, true)).await {
-            Ok(Ok(Some(c))) => buf.extend_from_slice(&c.bytes),
+        let step = if pending.is_some() {
+            PRE_AUTH_CHUNK
+        } else {
+            READ_CHUNK
+        };
+        match tokio::time::timeout_at(until, recv.read_chunk(step, true)).await {
+            Ok(Ok(Some(c))) => {
+                if let Some(p) = pending.as_mut() {
+                    if !p.hold(c.bytes.len()) {
+                        tracing::debug!(node = sh.node.cfg.slot, ip = %sh.ip, "QUIC streams over their budget before authentication");
+                        refuse(&sh, send.as_mut(), &mut recv);
+                        return;
+                    }
+                }
+                buf.extend_from_slice(&c.bytes);
+            }
             _ => {
                 refuse(&sh, send.as_mut(), &mut recv);
                 return;
             }
         }
     };
-    drop(_pending);
+    // A head that carries traffic stays counted while it waits for the authentication.
+    let mut pending = match head {
+        StreamHead::Connect { .. } | StreamHead::Packet(_) | StreamHead::Dissociate { .. } => pending,
+        _ => None,
+    };
     match head {
         StreamHead::NeedMore => {}
         StreamHead::Discard => while let Ok(Some(_)) = recv.read_chunk(READ_CHUNK, true).await {},
@@ -464,7 +618,9 @@ async fn client_stream(sh: Rc<ConnShared>, mut send: Option<quinn::SendStream>, 
             }
         }
         StreamHead::Connect { dest, used } => {
-            let (Some(env), Some(send)) = (sh.wait_auth().await, send) else {
+            let env = sh.wait_auth().await;
+            drop(pending.take());
+            let (Some(env), Some(send)) = (env, send) else {
                 return;
             };
             let initial = buf.split_off(used.min(buf.len()));
@@ -473,11 +629,13 @@ async fn client_stream(sh: Rc<ConnShared>, mut send: Option<quinn::SendStream>, 
         }
         StreamHead::Packet(p) => {
             if sh.wait_auth().await.is_some() {
+                drop(pending.take());
                 sh.send_cmd(Cmd::Packet(p));
             }
         }
         StreamHead::Dissociate { assoc } => {
             if sh.wait_auth().await.is_some() {
+                drop(pending.take());
                 sh.send_cmd(Cmd::Dissociate(assoc));
             }
         }
@@ -587,6 +745,15 @@ struct UdpRelay {
 }
 
 impl UdpRelay {
+    /// A client datagram: a packet once whole.
+    async fn datagram(&mut self, state: &mut dyn ConnState, d: &[u8]) {
+        match state.datagram(d) {
+            Ok(Some(p)) => self.packet(p, PacketPath::Datagram).await,
+            Ok(None) => {}
+            Err(e) => tracing::debug!(node = self.env.node.cfg.slot, "QUIC datagram dropped: {e}"),
+        }
+    }
+
     async fn packet(&mut self, p: Packet, path: PacketPath) {
         let node = &self.env.node;
         if !node.proto.quic().is_some_and(|q| q.udp()) {
