@@ -31,12 +31,14 @@
 //! ```
 //!
 //! Limits follow the reference implementation: addresses up to 2048 bytes, padding up to 4096.
+//! Below QUIC, a node may scramble every UDP datagram with [`salamander`].
 
 use std::net::{IpAddr, SocketAddr};
 
 use crate::{Destination, WireError};
 
 pub mod h3;
+pub mod salamander;
 pub mod udp;
 
 /// The frame type that opens a TCP request stream.
