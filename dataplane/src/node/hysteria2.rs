@@ -27,6 +27,10 @@
 //! Congestion control is quinn's default (Cubic); the client's `Hysteria-CC-RX` is read but
 //! Brutal is not implemented, so the server never sends faster than congestion control
 //! allows.
+//!
+//! A node with `obfs: salamander` runs its endpoint on a [`SalamanderSocket`] (every datagram
+//! salted and scrambled in user space, below QUIC); a node without obfuscation gets quinn's
+//! own socket, untouched.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -43,8 +47,10 @@ use tokio::time::Instant;
 use v2sp_shared::dpconfig::NodeConfig;
 use v2sp_shared::shm::UserRef;
 
+use super::salamander_socket::SalamanderSocket;
 use super::{admit, Admitted, ConnMeter, Core, HandshakeGuard, InboundProtocol, NodeRt};
 use crate::limits::gcra::Bucket;
+use crate::proto::hysteria2::salamander::{Salamander, SALT_LEN};
 use crate::proto::hysteria2::{self as hy2, h3, udp, AuthRequest, ServerRx};
 use crate::proto::{Destination, Step, StreamHandshake, WireError};
 use crate::relay::account::Account;
@@ -77,11 +83,25 @@ impl StreamHandshake for NotTcp {
     }
 }
 
-/// quinn's server config for a node: TLS 1.3 from the node's certificate store with ALPN
-/// `h3`, no connection migration (a migrated path would reach another core's socket), and the
-/// reference implementation's QUIC defaults (stream window 8 MiB, connection window 20 MiB,
-/// idle timeout 30 s).
-pub(super) fn server_config(n: &NodeConfig) -> Result<quinn::ServerConfig, String> {
+/// quinn's default upper bound for path MTU discovery (`MtuDiscoveryConfig`): QUIC packets
+/// up to this size, so that a datagram fits a 1500-byte path over IPv6.
+const PLAIN_MTU_UPPER_BOUND: u16 = 1452;
+
+/// What a Hysteria 2 node's endpoint is built from: quinn's server config and the node's
+/// packet obfuscation.
+#[derive(Clone)]
+pub(super) struct QuicSettings {
+    pub(super) server: quinn::ServerConfig,
+    /// Salamander on every datagram, or `None` (quinn's socket as is).
+    pub(super) obfs: Option<Salamander>,
+}
+
+/// The QUIC settings of a node: TLS 1.3 from the node's certificate store with ALPN `h3`, no
+/// connection migration (a migrated path would reach another core's socket), the reference
+/// implementation's QUIC defaults (stream window 8 MiB, connection window 20 MiB, idle
+/// timeout 30 s), and the node's obfuscation.
+pub(super) fn quic_settings(n: &NodeConfig) -> Result<QuicSettings, String> {
+    let obfs = obfuscation(n)?;
     let tls = n
         .tls
         .as_ref()
@@ -104,24 +124,77 @@ pub(super) fn server_config(n: &NodeConfig) -> Result<quinn::ServerConfig, Strin
     t.max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
     // Datagrams carry UDP; what queues unread is bounded (over it quinn drops the oldest).
     t.datagram_receive_buffer_size(Some(1 << 20));
+    if obfs.is_some() {
+        // Each datagram is 8 bytes longer than its QUIC packet: probe for 8 bytes less, so
+        // the datagrams on the path stay within the same bound as a plain node's (quinn's
+        // initial 1200 becomes 1208 on the wire, still far below IPv6's minimum of 1280).
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(PLAIN_MTU_UPPER_BOUND - SALT_LEN as u16);
+        t.mtu_discovery_config(Some(mtu));
+    }
     sc.transport_config(Arc::new(t));
-    Ok(sc)
+    Ok(QuicSettings { server: sc, obfs })
+}
+
+/// The node's packet obfuscation from its settings (`obfs`: empty = none, `salamander` with a
+/// non-empty `obfs_password`; the control plane has checked this, the data plane refuses
+/// anything else rather than serve a node its clients cannot reach).
+fn obfuscation(n: &NodeConfig) -> Result<Option<Salamander>, String> {
+    let Some(h) = &n.hysteria2 else {
+        return Ok(None);
+    };
+    match h.obfs.as_str() {
+        "" => Ok(None),
+        "salamander" if h.obfs_password.is_empty() => {
+            Err("hysteria2 Salamander obfuscation needs a non-empty obfs password".to_string())
+        }
+        "salamander" => Ok(Some(Salamander::new(h.obfs_password.as_bytes()))),
+        other => Err(format!(
+            "hysteria2 obfuscation {other:?} is not supported (none or salamander)"
+        )),
+    }
+}
+
+/// Whether two settings of a node put the same bytes on the wire below QUIC (an endpoint's
+/// obfuscation is fixed with its socket: a change needs a new endpoint).
+pub(super) fn same_obfuscation(a: &NodeConfig, b: &NodeConfig) -> bool {
+    let key = |n: &NodeConfig| {
+        n.hysteria2
+            .as_ref()
+            .filter(|h| !h.obfs.is_empty())
+            .map(|h| (h.obfs.clone(), h.obfs_password.clone()))
+    };
+    key(a) == key(b)
+}
+
+/// quinn's socket for `sock`, with Salamander on it when the node has it.
+fn quic_socket(
+    sock: std::net::UdpSocket,
+    obfs: Option<&Salamander>,
+) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+    use quinn::Runtime;
+    match obfs {
+        Some(o) => SalamanderSocket::wrap(sock, o.clone()),
+        None => quinn::TokioRuntime.wrap_udp_socket(sock),
+    }
 }
 
 /// This core's endpoint for a node at `addr`, and a duplicate of its socket (for a successor
-/// process on upgrade).
+/// process on upgrade: the raw descriptor, since obfuscation is applied in user space and the
+/// successor wraps it again from its own settings).
 pub(super) fn endpoint(
     addr: SocketAddr,
-    cfg: quinn::ServerConfig,
+    cfg: QuicSettings,
 ) -> Result<(quinn::Endpoint, std::os::fd::OwnedFd), String> {
     let sock = crate::net::udp_socket_std(addr).map_err(|e| format!("UDP listen on {addr}: {e}"))?;
     let dup = sock
         .try_clone()
         .map_err(|e| format!("UDP socket on {addr}: {e}"))?
         .into();
-    let ep = quinn::Endpoint::new(
+    let sock = quic_socket(sock, cfg.obfs.as_ref()).map_err(|e| format!("UDP socket on {addr}: {e}"))?;
+    let ep = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
-        Some(cfg),
+        Some(cfg.server),
         sock,
         Arc::new(quinn::TokioRuntime),
     )
@@ -130,10 +203,11 @@ pub(super) fn endpoint(
 }
 
 /// A successor took the node's UDP socket: stop reading it (move to a private socket on the
-/// same address family, port 0) and close this endpoint's connections. Their clients'
+/// same address family, port 0, obfuscated like the old one so that nothing this endpoint
+/// still sends leaves in the clear) and close this endpoint's connections. Their clients'
 /// next packets reach the successor, which does not know them and answers with a stateless
 /// reset; the clients then dial again and are served there.
-pub(super) fn detach(ep: &quinn::Endpoint) {
+pub(super) fn detach(ep: &quinn::Endpoint, obfs: Option<&Salamander>) {
     ep.set_server_config(None);
     let local = match ep.local_addr() {
         Ok(a) if a.is_ipv6() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
@@ -141,12 +215,19 @@ pub(super) fn detach(ep: &quinn::Endpoint) {
     };
     match std::net::UdpSocket::bind(local).and_then(|s| {
         s.set_nonblocking(true)?;
-        ep.rebind(s)
+        ep.rebind_abstract(quic_socket(s, obfs)?)
     }) {
         Ok(()) => {}
         Err(e) => tracing::warn!("QUIC endpoint keeps the shared socket after the hand-over: {e}"),
     }
     ep.close(code(h3::H3_NO_ERROR), b"server upgrade");
+}
+
+/// The node's obfuscation changed and a new endpoint serves its address: close this one's
+/// connections (quinn drops the socket when they have drained and no handle is left).
+pub(super) fn retire(ep: &quinn::Endpoint) {
+    ep.set_server_config(None);
+    ep.close(code(h3::H3_NO_ERROR), b"obfuscation changed");
 }
 
 /// Accepts connections until `stop`; then refuses new ones (open connections stay until their
@@ -728,5 +809,50 @@ async fn relay(
             }
             _ = tokio::time::sleep_until(linger.unwrap_or(far)), if linger.is_some() => return,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn node(hysteria2: serde_json::Value) -> NodeConfig {
+        serde_json::from_value(serde_json::json!({
+            "slot": 1, "tag": "hy2", "listen_ip": "", "port": 443, "protocol": "hysteria2",
+            "cred_kind": "Sha256Password", "hysteria2": hysteria2,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn obfuscation_from_the_node_settings() {
+        assert!(obfuscation(&node(serde_json::Value::Null)).unwrap().is_none());
+        assert!(obfuscation(&node(serde_json::json!({"obfs_password": "unused"})))
+            .unwrap()
+            .is_none());
+        let s = obfuscation(&node(
+            serde_json::json!({"obfs": "salamander", "obfs_password": "pw"}),
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.key(&[0; 8]), Salamander::new(b"pw").key(&[0; 8]));
+        let err = obfuscation(&node(serde_json::json!({"obfs": "salamander"}))).unwrap_err();
+        assert!(err.contains("password"), "{err}");
+        let err = obfuscation(&node(serde_json::json!({"obfs": "xor", "obfs_password": "pw"}))).unwrap_err();
+        assert!(err.contains("not supported"), "{err}");
+    }
+
+    #[test]
+    fn an_obfuscation_change_needs_a_new_endpoint() {
+        let plain = node(serde_json::json!({"up_mbps": 10}));
+        let plain_with_stray_password = node(serde_json::json!({"obfs_password": "x"}));
+        let a = node(serde_json::json!({"obfs": "salamander", "obfs_password": "a"}));
+        let b = node(serde_json::json!({"obfs": "salamander", "obfs_password": "b"}));
+        assert!(same_obfuscation(&plain, &node(serde_json::Value::Null)));
+        assert!(same_obfuscation(&plain, &plain_with_stray_password));
+        assert!(same_obfuscation(&a, &a.clone()));
+        assert!(!same_obfuscation(&plain, &a));
+        assert!(!same_obfuscation(&a, &b));
     }
 }

@@ -9,6 +9,8 @@ mod fallback;
 #[cfg(feature = "hysteria2")]
 mod hysteria2;
 mod mux_tcp;
+#[cfg(feature = "hysteria2")]
+mod salamander_socket;
 pub mod sniff;
 mod udp;
 mod udp_stream;
@@ -221,9 +223,9 @@ pub struct NodeRt {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// REALITY instead of a certificate (`TlsSettings.reality`).
     reality: Option<Arc<crate::tls::reality::RealityServer>>,
-    /// QUIC server config of a Hysteria 2 node (`tls` is then `None`).
+    /// QUIC settings of a Hysteria 2 node (`tls` is then `None`).
     #[cfg(feature = "hysteria2")]
-    quic: Option<quinn::ServerConfig>,
+    quic: Option<hysteria2::QuicSettings>,
     connect: ConnectOpts,
     handshake: Duration,
     relay: RelayTimeouts,
@@ -605,23 +607,34 @@ impl Core {
                 return Err(format!("{e}; keeping the previous settings"));
             }
         };
+        // A QUIC endpoint's obfuscation is part of its socket: a change needs a new endpoint.
         #[cfg(feature = "hysteria2")]
-        let same_kind = old.quic.is_some() == rt.proto.is_quic();
+        let same_kind =
+            old.quic.is_some() == rt.proto.is_quic() && hysteria2::same_obfuscation(&old.rt.cfg, &rt.cfg);
         #[cfg(not(feature = "hysteria2"))]
         let same_kind = true;
         if addr != old.addr || !same_kind {
+            #[cfg(feature = "hysteria2")]
+            let replaced_quic = addr == old.addr && rt.proto.is_quic();
             if let Err(e) = self.serve(rt, addr, cfg) {
                 self.nodes.borrow_mut().insert(n.slot, old);
                 return Err(format!("{e}; keeping the previous settings"));
             }
             old.stop_all();
+            // The old endpoint shares the port with the new one (SO_REUSEPORT spreads clients
+            // over both): close it, so its socket goes once its connections have drained. Its
+            // clients speak the old obfuscation and cannot go on anyway.
+            #[cfg(feature = "hysteria2")]
+            if let (true, Some(ep)) = (replaced_quic, &old.quic) {
+                hysteria2::retire(ep);
+            }
             return Ok(());
         }
         // Same address: the accept loop keeps its socket and hands out the new settings.
         *old.live.borrow_mut() = rt.clone();
         #[cfg(feature = "hysteria2")]
         if let (Some(ep), Some(q)) = (&old.quic, &rt.quic) {
-            ep.set_server_config(Some(q.clone()));
+            ep.set_server_config(Some(q.server.clone()));
         }
         if let Some(u) = &old.stop_udp {
             u.cancel();
@@ -713,7 +726,7 @@ impl Core {
     fn serve_quic(
         self: &Rc<Self>,
         rt: Rc<NodeRt>,
-        quic: quinn::ServerConfig,
+        quic: hysteria2::QuicSettings,
         addr: SocketAddr,
         cfg: &DataplaneConfig,
     ) -> Result<(), String> {
@@ -764,7 +777,7 @@ impl Core {
         };
         #[cfg(feature = "hysteria2")]
         let quic = match proto.is_quic() {
-            true => Some(hysteria2::server_config(n)?),
+            true => Some(hysteria2::quic_settings(n)?),
             false => None,
         };
         let tls = match reality {
@@ -839,7 +852,7 @@ impl Core {
             h.stop_all();
             #[cfg(feature = "hysteria2")]
             if let Some(ep) = &h.quic {
-                hysteria2::detach(ep);
+                hysteria2::detach(ep, h.rt.quic.as_ref().and_then(|q| q.obfs.as_ref()));
             }
         }
     }
