@@ -88,6 +88,8 @@ impl AsyncUdpSocket for SalamanderSocket {
         if transmit.contents.is_empty() {
             return Ok(());
         }
+        // On WouldBlock quinn offers the same transmit again once the socket is writable; it
+        // is sealed anew then (fresh salts): a hash per packet, and no state between calls.
         SCRATCH.with_borrow_mut(|SendScratch { buf, rng }| {
             seal_transmit(&self.obfs, rng, transmit, buf);
             self.inner.try_send(&Transmit {
