@@ -304,8 +304,20 @@ fn dns_routes(tag: &str, routes: &[Route]) -> Vec<DnsRoute> {
 }
 
 /// A Hysteria 2 node's settings from the panel (spec §B.4, §F.6). Refused: Hysteria v1
-/// (`version` other than 2) and obfuscation, which is not implemented (Salamander scrambles
-/// every packet; serving the node without it would answer nothing its clients send).
+/// (`version` other than 2).
+///
+/// Obfuscation (Xboard: `obfs` = the type, `salamander`, when the admin turned it on, else
+/// null; `obfs-password` = its password, sent even while `obfs` is null):
+/// * `obfs` null, empty or `plain`: none, whatever `obfs-password` says (Xboard keeps the
+///   password of a switched-off obfuscation).
+/// * `obfs: salamander` (any case): Salamander with `obfs-password`; refused without one (the
+///   reference server refuses it too; sing-box would take the word `salamander` itself as the
+///   password, which no admin means).
+/// * any other `obfs` without `obfs-password`: sing-box's reading (V2bX), a lone `obfs` is the
+///   Salamander password; served that way.
+/// * any other `obfs` with `obfs-password`: an obfuscation type v2sp does not know; refused.
+///
+/// Passwords are used byte for byte as the panel sends them: clients get the same string.
 fn hysteria2_settings(info: &NodeInfo) -> Result<Hysteria2Settings, BuildError> {
     if let Some(v) = info.extra.get("version") {
         let two = v.as_u64() == Some(2) || v.as_str().map(str::trim) == Some("2");
@@ -316,45 +328,34 @@ fn hysteria2_settings(info: &NodeInfo) -> Result<Hysteria2Settings, BuildError> 
         }
     }
     let mbps = |v: Option<u64>| u32::try_from(v.unwrap_or(0)).unwrap_or(u32::MAX);
-    let obfs = info
-        .obfs
-        .as_deref()
-        .map(str::trim)
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let obfs_password = info
-        .obfs_password
-        .as_deref()
-        .map(str::trim)
-        .unwrap_or("")
-        .to_string();
-    match obfs.as_str() {
-        "" | "plain" => {}
-        "salamander" => {
+    let raw_obfs = info.obfs.as_deref().unwrap_or("");
+    let obfs = raw_obfs.trim().to_ascii_lowercase();
+    let password = info.obfs_password.as_deref().unwrap_or("");
+    let obfs_password = match obfs.as_str() {
+        "" | "plain" => None,
+        "salamander" if password.is_empty() => {
             return Err(BuildError::Hysteria2(
-                "Salamander obfuscation (obfs) is not implemented in v2sp yet: clear obfs on the panel"
+                "obfs salamander without obfs-password: set the obfuscation password on the panel"
                     .to_string(),
             ))
         }
+        "salamander" => Some(password),
         // sing-box reads a lone `obfs` as the Salamander password (spec §F.6).
-        _ if obfs_password.is_empty() => {
-            return Err(BuildError::Hysteria2(
-                "obfs without obfs-password is a Salamander password for sing-box; Salamander is not implemented in v2sp yet: clear obfs on the panel"
-                    .to_string(),
-            ))
-        }
+        _ if password.is_empty() => Some(raw_obfs),
         other => {
             return Err(BuildError::Hysteria2(format!(
                 "unsupported obfuscation type {other:?} (none or salamander)"
             )))
         }
-    }
+    };
     Ok(Hysteria2Settings {
         up_mbps: mbps(info.up_mbps),
         down_mbps: mbps(info.down_mbps),
         ignore_client_bandwidth: info.ignore_client_bandwidth,
-        obfs: String::new(),
-        obfs_password: String::new(),
+        obfs: obfs_password
+            .map(|_| "salamander".to_string())
+            .unwrap_or_default(),
+        obfs_password: obfs_password.unwrap_or_default().to_string(),
     })
 }
 
@@ -1344,18 +1345,64 @@ mod tests {
             other => panic!("{json}: {other:?}"),
         };
         assert!(refused(r#"{"server_port":443,"version":1}"#, &e).contains("v1"));
-        assert!(refused(
-            r#"{"server_port":443,"obfs":"salamander","obfs-password":"x"}"#,
-            &e
-        )
-        .contains("Salamander"));
-        assert!(refused(r#"{"server_port":443,"obfs":"secret"}"#, &e).contains("Salamander"));
+        for no_password in [
+            r#"{"server_port":443,"obfs":"salamander"}"#,
+            r#"{"server_port":443,"obfs":"salamander","obfs-password":""}"#,
+            r#"{"server_port":443,"obfs":"Salamander","obfs-password":null}"#,
+        ] {
+            assert!(
+                refused(no_password, &e).contains("without obfs-password"),
+                "{no_password}"
+            );
+        }
         assert!(
             refused(r#"{"server_port":443,"obfs":"xor","obfs-password":"x"}"#, &e)
                 .contains("unsupported obfuscation")
         );
         let none = tls_entry("hysteria2", "none", dir.path());
         assert!(refused(r#"{"server_port":443}"#, &none).contains("CertMode none"));
+    }
+
+    #[test]
+    fn hysteria2_obfuscation_from_the_panel() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = tls_entry("hysteria2", "self", dir.path());
+        let obfs = |json: &str| {
+            let h = node_config(1, "t", &e, &info(json)).unwrap().hysteria2.unwrap();
+            (h.obfs, h.obfs_password)
+        };
+        let none = (String::new(), String::new());
+        let salamander = |p: &str| ("salamander".to_string(), p.to_string());
+        // Xboard with obfuscation on: the type and its password (used as sent, not trimmed).
+        assert_eq!(
+            obfs(r#"{"server_port":443,"obfs":"salamander","obfs-password":" s3cret"}"#),
+            salamander(" s3cret")
+        );
+        assert_eq!(
+            obfs(r#"{"server_port":443,"obfs":" SALAMANDER ","obfs-password":"pw"}"#),
+            salamander("pw")
+        );
+        // v2sp mid-history spelling of the password.
+        assert_eq!(
+            obfs(r#"{"server_port":443,"obfs":"salamander","obfs_password":"pw"}"#),
+            salamander("pw")
+        );
+        // Xboard with obfuscation off still sends its password: none.
+        assert_eq!(
+            obfs(r#"{"server_port":443,"obfs":null,"obfs-password":"pw"}"#),
+            none
+        );
+        assert_eq!(
+            obfs(r#"{"server_port":443,"obfs":"plain","obfs-password":"pw"}"#),
+            none
+        );
+        assert_eq!(obfs(r#"{"server_port":443,"obfs":""}"#), none);
+        assert_eq!(obfs(r#"{"server_port":443}"#), none);
+        // sing-box's reading: a lone obfs is the Salamander password, kept as written.
+        assert_eq!(
+            obfs(r#"{"server_port":443,"obfs":"Secret"}"#),
+            salamander("Secret")
+        );
     }
 
     #[test]

@@ -171,9 +171,10 @@ pub struct Hysteria2Settings {
     pub down_mbps: u32,
     /// Tell clients to run their own congestion control (`Hysteria-CC-RX: auto`).
     pub ignore_client_bandwidth: bool,
-    /// Obfuscation type: empty = none, `salamander`.
+    /// Obfuscation type: empty = none, `salamander` (the data plane refuses anything else).
     pub obfs: String,
-    /// The Salamander pre-shared key.
+    /// The Salamander password, byte for byte as the panel sent it; non-empty with
+    /// `salamander`, empty without obfuscation.
     pub obfs_password: String,
 }
 

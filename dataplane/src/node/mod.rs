@@ -9,6 +9,8 @@ mod fallback;
 mod mux_tcp;
 #[cfg(feature = "quic")]
 mod quic;
+#[cfg(feature = "quic")]
+mod salamander_socket;
 pub mod sniff;
 mod udp;
 mod udp_stream;
@@ -82,14 +84,7 @@ pub fn default_protocols() -> ProtocolFactory {
             Ok(Rc::new(AnytlsProto(Arc::new(scheme))))
         }
         #[cfg(feature = "hysteria2")]
-        v2sp_shared::dpconfig::Protocol::Hysteria2 => Ok(quic(crate::proto::hysteria2::Hysteria2Inbound {
-            rx: n
-                .hysteria2
-                .as_ref()
-                .map_or(crate::proto::hysteria2::ServerRx::Auto, |h| {
-                    crate::proto::hysteria2::ServerRx::from_settings(h.down_mbps, h.ignore_client_bandwidth)
-                }),
-        })),
+        v2sp_shared::dpconfig::Protocol::Hysteria2 => Ok(quic(hysteria2(n)?)),
         #[cfg(feature = "tuic")]
         v2sp_shared::dpconfig::Protocol::Tuic => Ok(quic(tuic(n)?)),
         // Reached only in builds without some protocol's feature.
@@ -105,6 +100,37 @@ pub fn default_protocols() -> ProtocolFactory {
 #[cfg(feature = "quic")]
 fn quic(p: impl crate::proto::quic::QuicInbound + 'static) -> Rc<dyn InboundProtocol> {
     Rc::new(quic::QuicProto(Rc::new(p)))
+}
+
+/// A Hysteria 2 node as the panel configures it: the receive rate it tells clients, and its
+/// packet obfuscation (`obfs`: empty = none, `salamander` with a non-empty `obfs_password`;
+/// the control plane has checked this, the data plane refuses anything else rather than
+/// serve a node its clients cannot reach).
+#[cfg(feature = "hysteria2")]
+fn hysteria2(n: &NodeConfig) -> Result<crate::proto::hysteria2::Hysteria2Inbound, String> {
+    use crate::proto::hysteria2::{salamander::Salamander, Hysteria2Inbound, ServerRx};
+    let Some(h) = &n.hysteria2 else {
+        return Ok(Hysteria2Inbound {
+            rx: ServerRx::Auto,
+            obfs: None,
+        });
+    };
+    let obfs = match h.obfs.as_str() {
+        "" => None,
+        "salamander" if h.obfs_password.is_empty() => {
+            return Err("hysteria2 Salamander obfuscation needs a non-empty obfs password".to_string())
+        }
+        "salamander" => Some(Salamander::new(h.obfs_password.as_bytes())),
+        other => {
+            return Err(format!(
+                "hysteria2 obfuscation {other:?} is not supported (none or salamander)"
+            ))
+        }
+    };
+    Ok(Hysteria2Inbound {
+        rx: ServerRx::from_settings(h.down_mbps, h.ignore_client_bandwidth),
+        obfs,
+    })
 }
 
 /// A TUIC node as the panel configures it.
@@ -257,9 +283,9 @@ pub struct NodeRt {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// REALITY instead of a certificate (`TlsSettings.reality`).
     reality: Option<Arc<crate::tls::reality::RealityServer>>,
-    /// QUIC server config of a Hysteria 2 node (`tls` is then `None`).
+    /// QUIC settings of a QUIC node (`tls` is then `None`).
     #[cfg(feature = "quic")]
-    quic: Option<quinn::ServerConfig>,
+    quic: Option<quic::QuicSettings>,
     connect: ConnectOpts,
     handshake: Duration,
     relay: RelayTimeouts,
@@ -641,23 +667,34 @@ impl Core {
                 return Err(format!("{e}; keeping the previous settings"));
             }
         };
+        // A QUIC endpoint's obfuscation is part of its socket: a change needs a new endpoint.
         #[cfg(feature = "quic")]
-        let same_kind = old.quic.is_some() == rt.proto.is_quic();
+        let same_kind = old.quic.is_some() == rt.proto.is_quic()
+            && quic::same_obfuscation(old.rt.quic.as_ref(), rt.quic.as_ref());
         #[cfg(not(feature = "quic"))]
         let same_kind = true;
         if addr != old.addr || !same_kind {
+            #[cfg(feature = "quic")]
+            let replaced_quic = addr == old.addr && rt.proto.is_quic();
             if let Err(e) = self.serve(rt, addr, cfg) {
                 self.nodes.borrow_mut().insert(n.slot, old);
                 return Err(format!("{e}; keeping the previous settings"));
             }
             old.stop_all();
+            // The old endpoint shares the port with the new one (SO_REUSEPORT spreads clients
+            // over both): close it, so its socket goes once its connections have drained. Its
+            // clients speak the old obfuscation and cannot go on anyway.
+            #[cfg(feature = "quic")]
+            if let (true, Some(ep)) = (replaced_quic, &old.quic) {
+                quic::retire(ep, old.rt.proto.quic().map_or(0, |q| q.close_code()));
+            }
             return Ok(());
         }
         // Same address: the accept loop keeps its socket and hands out the new settings.
         *old.live.borrow_mut() = rt.clone();
         #[cfg(feature = "quic")]
         if let (Some(ep), Some(q)) = (&old.quic, &rt.quic) {
-            ep.set_server_config(Some(q.clone()));
+            ep.set_server_config(Some(q.server.clone()));
         }
         if let Some(u) = &old.stop_udp {
             u.cancel();
@@ -749,7 +786,7 @@ impl Core {
     fn serve_quic(
         self: &Rc<Self>,
         rt: Rc<NodeRt>,
-        quic: quinn::ServerConfig,
+        quic: quic::QuicSettings,
         addr: SocketAddr,
         cfg: &DataplaneConfig,
     ) -> Result<(), String> {
@@ -800,7 +837,7 @@ impl Core {
         };
         #[cfg(feature = "quic")]
         let quic = match proto.quic() {
-            Some(q) => Some(quic::server_config(n, &*q)?),
+            Some(q) => Some(quic::quic_settings(n, &*q)?),
             None => None,
         };
         let tls = match reality {
@@ -875,7 +912,8 @@ impl Core {
             h.stop_all();
             #[cfg(feature = "quic")]
             if let Some(ep) = &h.quic {
-                quic::detach(ep, h.rt.proto.quic().map_or(0, |q| q.close_code()));
+                let code = h.rt.proto.quic().map_or(0, |q| q.close_code());
+                quic::detach(ep, code, h.rt.quic.as_ref().and_then(|q| q.obfs.as_ref()));
             }
         }
     }
@@ -1741,5 +1779,49 @@ mod replay_window_tests {
         const {
             assert!(super::REPLAY_WINDOW_S >= 2 * crate::proto::vmess::crypto::MAX_SKEW_S)
         };
+    }
+}
+
+#[cfg(all(test, feature = "hysteria2"))]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod quic_registration_tests {
+    use super::*;
+    use crate::proto::quic::QuicInbound as _;
+
+    fn node(hysteria2: serde_json::Value) -> NodeConfig {
+        serde_json::from_value(serde_json::json!({
+            "slot": 1, "tag": "hy2", "listen_ip": "", "port": 443, "protocol": "hysteria2",
+            "cred_kind": "Sha256Password", "hysteria2": hysteria2,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn hysteria2_obfuscation_from_the_node_settings() {
+        use crate::proto::hysteria2::salamander::Salamander;
+        assert!(hysteria2(&node(serde_json::Value::Null))
+            .unwrap()
+            .obfuscation()
+            .is_none());
+        assert!(hysteria2(&node(serde_json::json!({"obfs_password": "unused"})))
+            .unwrap()
+            .obfuscation()
+            .is_none());
+        let s = hysteria2(&node(
+            serde_json::json!({"obfs": "salamander", "obfs_password": "pw"}),
+        ))
+        .unwrap()
+        .obfuscation()
+        .unwrap();
+        assert_eq!(s.fingerprint(), Salamander::new(b"pw").fingerprint());
+        assert_ne!(s.fingerprint(), Salamander::new(b"pW").fingerprint());
+        let err = hysteria2(&node(serde_json::json!({"obfs": "salamander"})))
+            .err()
+            .unwrap();
+        assert!(err.contains("password"), "{err}");
+        let err = hysteria2(&node(serde_json::json!({"obfs": "xor", "obfs_password": "pw"})))
+            .err()
+            .unwrap();
+        assert!(err.contains("not supported"), "{err}");
     }
 }

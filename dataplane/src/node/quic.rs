@@ -26,6 +26,10 @@
 //!
 //! The connection is registered with the core like any user connection, so a kick, the
 //! user's removal, the node's removal or the idle sweep close it, and every stream with it.
+//!
+//! A node whose protocol asks for obfuscation (Hysteria 2's Salamander) runs its endpoint on
+//! a [`SalamanderSocket`] (every datagram salted and scrambled in user space, below QUIC); a
+//! node without gets quinn's own socket, untouched.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -42,8 +46,10 @@ use tokio::time::Instant;
 use v2sp_shared::dpconfig::NodeConfig;
 use v2sp_shared::shm::UserRef;
 
+use super::salamander_socket::SalamanderSocket;
 use super::{admit, Admitted, ConnMeter, Core, HandshakeGuard, InboundProtocol, NodeRt, Registered};
 use crate::limits::gcra::Bucket;
+use crate::proto::quic::salamander::{Salamander, SALT_LEN};
 use crate::proto::quic::{Congestion, ConnState, Packet, PacketPath, QuicInbound, StreamHead};
 use crate::proto::{Destination, Step, StreamHandshake, WireError};
 use crate::relay::account::Account;
@@ -95,11 +101,26 @@ impl StreamHandshake for NotTcp {
     }
 }
 
-/// quinn's server config for a node: TLS 1.3 from the node's certificate store with the
-/// protocol's ALPN, its congestion control, no connection migration (a migrated path would
-/// reach another core's socket), and the Hysteria reference's QUIC defaults (stream window
-/// 8 MiB, connection window 20 MiB, idle timeout 30 s).
-pub(super) fn server_config(n: &NodeConfig, q: &dyn QuicInbound) -> Result<quinn::ServerConfig, String> {
+/// quinn's default upper bound for path MTU discovery (`MtuDiscoveryConfig`): QUIC packets
+/// up to this size, so that a datagram fits a 1500-byte path over IPv6.
+const PLAIN_MTU_UPPER_BOUND: u16 = 1452;
+
+/// What a QUIC node's endpoint is built from: quinn's server config and the node's packet
+/// obfuscation.
+#[derive(Clone)]
+pub(super) struct QuicSettings {
+    pub(super) server: quinn::ServerConfig,
+    /// Salamander on every datagram, or `None` (quinn's socket as is).
+    pub(super) obfs: Option<Salamander>,
+}
+
+/// The QUIC settings of a node: TLS 1.3 from the node's certificate store with the protocol's
+/// ALPN, its congestion control, no connection migration (a migrated path would reach another
+/// core's socket), the Hysteria reference's QUIC defaults once a user is admitted (stream
+/// window 8 MiB, connection window 20 MiB, idle timeout 30 s), and the protocol's packet
+/// obfuscation.
+pub(super) fn quic_settings(n: &NodeConfig, q: &dyn QuicInbound) -> Result<QuicSettings, String> {
+    let obfs = q.obfuscation();
     let name = n.protocol.as_str();
     let tls = n.tls.as_ref().ok_or_else(|| {
         format!("{name} needs TLS settings (QUIC has no plaintext mode; CertMode none cannot serve it)")
@@ -136,24 +157,53 @@ pub(super) fn server_config(n: &NodeConfig, q: &dyn QuicInbound) -> Result<quinn
             t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
         }
     }
+    if obfs.is_some() {
+        // Each datagram is 8 bytes longer than its QUIC packet: probe for 8 bytes less, so
+        // the datagrams on the path stay within the same bound as a plain node's (quinn's
+        // initial 1200 becomes 1208 on the wire, still far below IPv6's minimum of 1280).
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(PLAIN_MTU_UPPER_BOUND - SALT_LEN as u16);
+        t.mtu_discovery_config(Some(mtu));
+    }
     sc.transport_config(Arc::new(t));
-    Ok(sc)
+    Ok(QuicSettings { server: sc, obfs })
+}
+
+/// Whether two settings of a node put the same bytes on the wire below QUIC (an endpoint's
+/// obfuscation is fixed with its socket: a change needs a new endpoint).
+pub(super) fn same_obfuscation(a: Option<&QuicSettings>, b: Option<&QuicSettings>) -> bool {
+    let key = |q: Option<&QuicSettings>| q.and_then(|q| q.obfs.as_ref()).map(Salamander::fingerprint);
+    key(a) == key(b)
+}
+
+/// quinn's socket for `sock`, with Salamander on it when the node has it.
+fn quic_socket(
+    sock: std::net::UdpSocket,
+    obfs: Option<&Salamander>,
+) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+    use quinn::Runtime;
+    match obfs {
+        Some(o) => SalamanderSocket::wrap(sock, o.clone()),
+        None => quinn::TokioRuntime.wrap_udp_socket(sock),
+    }
 }
 
 /// This core's endpoint for a node at `addr`, and a duplicate of its socket (for a successor
-/// process on upgrade).
+/// process on upgrade: the raw descriptor, since obfuscation is applied in user space and the
+/// successor wraps it again from its own settings).
 pub(super) fn endpoint(
     addr: SocketAddr,
-    cfg: quinn::ServerConfig,
+    cfg: QuicSettings,
 ) -> Result<(quinn::Endpoint, std::os::fd::OwnedFd), String> {
     let sock = crate::net::udp_socket_std(addr).map_err(|e| format!("UDP listen on {addr}: {e}"))?;
     let dup = sock
         .try_clone()
         .map_err(|e| format!("UDP socket on {addr}: {e}"))?
         .into();
-    let ep = quinn::Endpoint::new(
+    let sock = quic_socket(sock, cfg.obfs.as_ref()).map_err(|e| format!("UDP socket on {addr}: {e}"))?;
+    let ep = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
-        Some(cfg),
+        Some(cfg.server),
         sock,
         Arc::new(quinn::TokioRuntime),
     )
@@ -162,10 +212,11 @@ pub(super) fn endpoint(
 }
 
 /// A successor took the node's UDP socket: stop reading it (move to a private socket on the
-/// same address family, port 0) and close this endpoint's connections. Their clients'
+/// same address family, port 0, obfuscated like the old one so that nothing this endpoint
+/// still sends leaves in the clear) and close this endpoint's connections. Their clients'
 /// next packets reach the successor, which does not know them and answers with a stateless
 /// reset; the clients then dial again and are served there.
-pub(super) fn detach(ep: &quinn::Endpoint, close_code: u32) {
+pub(super) fn detach(ep: &quinn::Endpoint, close_code: u32, obfs: Option<&Salamander>) {
     ep.set_server_config(None);
     let local = match ep.local_addr() {
         Ok(a) if a.is_ipv6() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
@@ -173,12 +224,19 @@ pub(super) fn detach(ep: &quinn::Endpoint, close_code: u32) {
     };
     match std::net::UdpSocket::bind(local).and_then(|s| {
         s.set_nonblocking(true)?;
-        ep.rebind(s)
+        ep.rebind_abstract(quic_socket(s, obfs)?)
     }) {
         Ok(()) => {}
         Err(e) => tracing::warn!("QUIC endpoint keeps the shared socket after the hand-over: {e}"),
     }
     ep.close(code(close_code), b"server upgrade");
+}
+
+/// The node's obfuscation changed and a new endpoint serves its address: close this one's
+/// connections (quinn drops the socket when they have drained and no handle is left).
+pub(super) fn retire(ep: &quinn::Endpoint, close_code: u32) {
+    ep.set_server_config(None);
+    ep.close(code(close_code), b"obfuscation changed");
 }
 
 /// Unauthenticated QUIC connections one node may have on one core, as a share of the

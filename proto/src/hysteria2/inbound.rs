@@ -11,16 +11,19 @@
 use std::net::SocketAddr;
 
 use super::{h3, udp, AuthRequest, ServerRx};
+use crate::quic::salamander::Salamander;
 use crate::quic::{ConnState, Exporter, Packet, PacketPath, QuicInbound, StreamHead};
 use crate::WireError;
 
 /// Client unidirectional streams (control, QPACK encoder/decoder) open at once; more wait.
 const MAX_UNI_STREAMS: u32 = 8;
 
-/// A Hysteria 2 node: what it tells clients about its receive rate.
-#[derive(Clone, Copy, Debug)]
+/// A Hysteria 2 node: what it tells clients about its receive rate, and its obfuscation.
+#[derive(Clone)]
 pub struct Hysteria2Inbound {
     pub rx: ServerRx,
+    /// Salamander with the node's `obfs-password`, or none.
+    pub obfs: Option<Salamander>,
 }
 
 impl QuicInbound for Hysteria2Inbound {
@@ -89,6 +92,9 @@ impl QuicInbound for Hysteria2Inbound {
     }
     fn connection(&self) -> Box<dyn ConnState> {
         Box::new(Hysteria2Conn::default())
+    }
+    fn obfuscation(&self) -> Option<Salamander> {
+        self.obfs.clone()
     }
 }
 

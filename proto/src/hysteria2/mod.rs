@@ -32,6 +32,7 @@
 //! ```
 //!
 //! Limits follow the reference implementation: addresses up to 2048 bytes, padding up to 4096.
+//! Below QUIC, a node may scramble every UDP datagram with [`salamander`].
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -39,6 +40,8 @@ use crate::{Destination, WireError};
 
 pub mod h3;
 mod inbound;
+/// Salamander is a layer of the QUIC seam ([`crate::quic::salamander`]); Hysteria 2 defines it.
+pub use crate::quic::salamander;
 pub mod udp;
 
 pub use inbound::{Hysteria2Conn, Hysteria2Inbound};

@@ -26,6 +26,7 @@
 //! [`QuicInbound`] and [`ConnState`], and one registration line in the data plane.
 
 pub mod defrag;
+pub mod salamander;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -139,6 +140,10 @@ pub trait QuicInbound {
     fn close_code(&self) -> u32;
     /// A datagram the server sends at this interval once authenticated (TUIC heartbeat).
     fn heartbeat(&self) -> Option<(Duration, Vec<u8>)> {
+        None
+    }
+    /// Packet obfuscation under QUIC (Hysteria 2's Salamander), applied by the node's socket.
+    fn obfuscation(&self) -> Option<salamander::Salamander> {
         None
     }
     /// Whether the node relays UDP.
