@@ -113,9 +113,10 @@ fn scale_cmd(a: ScaleArgs) -> anyhow::Result<()> {
 #[derive(Args, Clone)]
 struct Common {
     /// Shadowsocks methods and `trojan-tls`, `vless-tls`, `vmess` (TCP), `vmess-tls`, `anytls`,
-    /// `hysteria2` (QUIC, through the sing-box client, bulk download only),
-    /// `vless-reality-vision`, `vless-tls-vision` (through the shoes client, bulk download only);
-    /// the first other one is the headline (all scenarios run on it).
+    /// `hysteria2` (QUIC, through the sing-box client), `vless-reality-vision`,
+    /// `vless-tls-vision` (through the shoes client), `X@sing-box` (suite X through the sing-box
+    /// client); those through a client get bulk download and upload only (`@sing-box`: and
+    /// latency); the first other one is the headline (all scenarios run on it).
     #[arg(long, value_delimiter = ',', default_value = ALL_CIPHERS)]
     ciphers: Vec<String>,
     /// Servers to compare.
@@ -225,11 +226,11 @@ fn servers(c: &Common, bins: &Binaries, suites: &[Suite]) -> anyhow::Result<Vec<
     }
     if suites
         .iter()
-        .any(|s| s.is_hysteria2() || matches!(s, Suite::SingBox(_)))
+        .any(|s| s.quic().is_some() || matches!(s, Suite::SingBox(_)))
         && !bins.singbox.exists()
     {
         bail!(
-            "the hysteria2 and @sing-box suites need the sing-box client, not found at {} (scripts/install-test-deps.sh, \
+            "the QUIC and @sing-box suites need the sing-box client, not found at {} (scripts/install-test-deps.sh, \
              or --sing-box PATH, or leave them out of --ciphers)",
             bins.singbox.display()
         );
@@ -347,7 +348,7 @@ fn self_check(c: Common) -> anyhow::Result<()> {
         .iter()
         .map(|n| Suite::parse(n, &tls))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // The Vision and Hysteria 2 suites go through a client process (and Vision through the TLS
+    // The Vision, QUIC and @sing-box suites go through a client process (and Vision through the TLS
     // target): `run` probes them.
     let skipped: Vec<&'static str> = suites
         .iter()
