@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::client::anytls::ANYTLS;
 use crate::client::hysteria2::HYSTERIA2;
+use crate::client::quic::Quic;
 use crate::client::vision::{REALITY_VISION, TLS_VISION};
 use crate::client::vmess::{VMESS, VMESS_TLS};
 use crate::client::{TROJAN_TLS, VLESS_TLS};
@@ -394,9 +395,12 @@ fn hysteria2_section(s: &mut String, v: &View, plan: &Plan, servers: &[String]) 
     let _ = writeln!(s);
 }
 
-/// Measured through a client process (bulk download only; never the headline).
+/// Measured through a client process (bulk transfers; never the headline).
 fn through_client(c: &str) -> bool {
-    c == REALITY_VISION || c == TLS_VISION || c == HYSTERIA2 || c.ends_with(crate::client::front::SUFFIX)
+    c == REALITY_VISION
+        || c == TLS_VISION
+        || Quic::parse(c).is_some()
+        || c.ends_with(crate::client::front::SUFFIX)
 }
 
 /// Write report.md, results.json and the SVGs into `dir`.
@@ -446,6 +450,10 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         (
             plan.cipher_names.iter().any(|c| c == HYSTERIA2),
             "Hysteria 2 (QUIC, through sing-box)",
+        ),
+        (
+            plan.cipher_names.iter().any(|c| c == crate::client::tuic::TUIC),
+            "TUIC v5 (QUIC, through sing-box)",
         ),
     ]
     .into_iter()

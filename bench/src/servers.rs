@@ -14,8 +14,9 @@
 //! * `sing-box` also serves `vless-tls-vision` (a `vless` inbound, user `flow:
 //!   xtls-rprx-vision`, TLS); not `vless-reality-vision`: the registry build lacks uTLS, which
 //!   its REALITY server needs.
-//! * The QUIC suites (`client::quic`), Hysteria 2 (`hysteria2`): a panel node in Xboard's shape
-//!   on v2sp (`hysteria`, `version: 2`, no obfuscation), the protocol's inbound on sing-box, a
+//! * The QUIC suites (`client::quic`), Hysteria 2 (`hysteria2`) and TUIC v5 (`tuic`): a panel
+//!   node in Xboard's shape on v2sp (`hysteria`, `version: 2`, no obfuscation; `tuic`,
+//!   `version: 5`, cubic), the protocol's inbound on sing-box (TUIC: cubic), a
 //!   `quic` listener around it on shoes; the run's certificate and ALPN `h3` everywhere. The
 //!   servers listen on UDP only, so `run` waits for the socket in `/proc/net/udp` before it
 //!   starts the sing-box client.
@@ -626,15 +627,27 @@ mod tests {
         let vmess = Suite::parse("vmess", &tls).unwrap();
         let anytls = Suite::parse("anytls", &tls).unwrap();
         let hy2 = Suite::parse("hysteria2", &tls).unwrap();
-        assert!(!ServerKind::V2ray.serves(&hy2) && !ServerKind::SsServer.serves(&hy2));
-        assert!(ServerKind::SingBox.serves(&hy2) && ServerKind::Shoes.serves(&hy2));
+        let tuic = Suite::parse("tuic", &tls).unwrap();
+        for q in [&hy2, &tuic] {
+            assert!(!ServerKind::V2ray.serves(q) && !ServerKind::SsServer.serves(q));
+            assert!(ServerKind::SingBox.serves(q) && ServerKind::Shoes.serves(q));
+        }
         assert!(!ServerKind::V2ray.serves(&anytls) && !ServerKind::SsServer.serves(&anytls));
         assert!(ServerKind::SingBox.serves(&anytls) && ServerKind::Shoes.serves(&anytls));
         assert!(!ServerKind::Shoes.serves(&eih) && ServerKind::Shoes.serves(&chacha22));
         assert!(!ServerKind::SingBox.serves(&reality) && ServerKind::SingBox.serves(&tls_vision));
         assert!(!ServerKind::V2ray.serves(&tls_vision) && ServerKind::V2ray.serves(&vmess));
         // Every suite: v2sp and at least one peer; every suite but REALITY: two or more.
-        for s in [&eih, &chacha22, &reality, &tls_vision, &vmess, &anytls, &hy2] {
+        for s in [
+            &eih,
+            &chacha22,
+            &reality,
+            &tls_vision,
+            &vmess,
+            &anytls,
+            &hy2,
+            &tuic,
+        ] {
             let peers = ServerKind::ALL
                 .into_iter()
                 .filter(|k| !k.is_v2sp() && k.serves(s))

@@ -1,6 +1,6 @@
 //! Our own client side of each protocol v2sp serves: Shadowsocks (`ss`), Trojan over TLS
 //! (`trojan`), VLESS over TLS (`vless`), VMess AEAD on TCP or inside TLS (`vmess`), AnyTLS
-//! (`anytls`, one session with one stream per connection); the QUIC suites (`quic`: Hysteria 2)
+//! (`anytls`, one session with one stream per connection); the QUIC suites (`quic`: Hysteria 2, TUIC v5)
 //! and the Vision suites go through a real client used as a SOCKS5 front end (`sing_box`, the
 //! shoes client in `vision`); `tls` holds
 //! the run's certificate and rustls client. A [`Suite`] is one row of the report: a Shadowsocks
@@ -14,6 +14,7 @@ pub mod sing_box;
 pub mod ss;
 pub mod tls;
 pub mod trojan;
+pub mod tuic;
 pub mod vision;
 pub mod vless;
 pub mod vmess;

@@ -1,4 +1,4 @@
-//! The QUIC suites (Hysteria 2, `hysteria2`), measured as users meet them:
+//! The QUIC suites, Hysteria 2 (`hysteria2`) and TUIC v5 (`tuic`), measured as users meet them:
 //! through the real sing-box client used as a SOCKS5 front end (`client::sing_box`). The load
 //! generator speaks plain TCP to the bench's target through it; every bench connection is one
 //! stream of the client's single QUIC connection. The client runs on the load generator's CPUs
@@ -9,7 +9,7 @@
 //! bench ─SOCKS5─▶ sing-box client ─<protocol> over QUIC─▶ server ─▶ target
 //! ```
 //!
-//! Each protocol's shapes live in its own module (`hysteria2`): the sing-box outbound
+//! Each protocol's shapes live in its own module (`hysteria2`, `tuic`): the sing-box outbound
 //! (the client) and inbound (a server), the v2sp panel node (Xboard's shape) and the shoes
 //! protocol block. What they share is here: TLS with the run's certificate and ALPN `h3` on
 //! every side, shoes' `transport: quic` listener, and waiting for the server's UDP socket (the
@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::{json, Value};
 
-use super::hysteria2;
 use super::tls::{TlsMaterial, SERVER_NAME};
+use super::{hysteria2, tuic};
 
 /// The ALPN every side of a QUIC suite uses (v2sp's control plane sets it for both protocols).
 pub const ALPN: &str = "h3";
@@ -30,15 +30,17 @@ pub const ALPN: &str = "h3";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quic {
     Hysteria2,
+    Tuic,
 }
 
 impl Quic {
-    pub const ALL: [Quic; 1] = [Quic::Hysteria2];
+    pub const ALL: [Quic; 2] = [Quic::Hysteria2, Quic::Tuic];
 
     /// The suite (report row) name; also sing-box's inbound/outbound type and v2sp's node type.
     pub fn name(self) -> &'static str {
         match self {
             Quic::Hysteria2 => hysteria2::HYSTERIA2,
+            Quic::Tuic => tuic::TUIC,
         }
     }
 
@@ -46,6 +48,7 @@ impl Quic {
     pub fn title(self) -> &'static str {
         match self {
             Quic::Hysteria2 => "Hysteria 2",
+            Quic::Tuic => "TUIC v5",
         }
     }
 
@@ -57,6 +60,7 @@ impl Quic {
     pub fn client_outbound(self, tls: &TlsMaterial, port: u16) -> Value {
         let mut o = match self {
             Quic::Hysteria2 => hysteria2::client_outbound(),
+            Quic::Tuic => tuic::client_outbound(),
         };
         o["tag"] = json!("out");
         o["server"] = json!("127.0.0.1");
@@ -73,6 +77,7 @@ impl Quic {
     pub fn sing_box_inbound(self, inb: &mut Value) {
         match self {
             Quic::Hysteria2 => hysteria2::sing_box_inbound(inb),
+            Quic::Tuic => tuic::sing_box_inbound(inb),
         }
     }
 
@@ -81,6 +86,7 @@ impl Quic {
     pub fn panel_node(self, node: &mut Value) {
         match self {
             Quic::Hysteria2 => hysteria2::panel_node(node),
+            Quic::Tuic => tuic::panel_node(node),
         }
     }
 
@@ -89,6 +95,7 @@ impl Quic {
     pub fn shoes_server_yaml(self, tls: &TlsMaterial, port: u16) -> String {
         let protocol = match self {
             Quic::Hysteria2 => hysteria2::shoes_protocol(),
+            Quic::Tuic => tuic::shoes_protocol(),
         };
         format!(
             "- address: \"127.0.0.1:{port}\"\n  transport: quic\n  quic_settings:\n    cert: \"{}\"\n    key: \"{}\"\n    alpn_protocols: [\"{ALPN}\"]\n  protocol:\n    {}\n",
