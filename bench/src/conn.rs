@@ -32,7 +32,7 @@ pub enum Via {
     },
     /// Through a SOCKS5 client (the shoes client of the Vision suites, with TLS 1.3 end to end
     /// to the target (`target::start_tls`), which must be the `target` given to `Conn::open`;
-    /// the sing-box client of Hysteria 2, plain, `tls: None`).
+    /// the sing-box client of the QUIC and `@sing-box` suites, plain, `tls: None`).
     Socks {
         socks: SocketAddr,
         tls: Option<Arc<TlsMaterial>>,
@@ -118,8 +118,8 @@ impl Conn {
                     let a = AnytlsStream::open_request(USER_UUID, &dest, first, &mut wire)?;
                     (*addr, Codec::Anytls(Box::new(a)), Some(Box::new(t.connect()?)))
                 }
-                Suite::Vision(_) | Suite::Hysteria2(_) | Suite::SingBox(_) => {
-                    bail!("the Vision, Hysteria 2 and @sing-box suites go through their SOCKS client (Via::Socks)")
+                Suite::Vision(_) | Suite::Quic(..) | Suite::SingBox(_) => {
+                    bail!("the Vision, QUIC and @sing-box suites go through their SOCKS client (Via::Socks)")
                 }
                 Suite::Vless(t) => {
                     vless::request(&vless::uuid_bytes(USER_UUID)?, &dest, first, &mut wire)?;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use v2sp_bench::client::quic::Quic;
 use v2sp_bench::client::tls::TlsMaterial;
 use v2sp_bench::client::Suite;
 use v2sp_bench::conn::Via;
@@ -21,7 +22,7 @@ use v2sp_bench::report::{self, Env};
 use v2sp_bench::run::{self, Plan, Scenario};
 use v2sp_bench::servers::{Binaries, Server, ServerKind};
 
-const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vmess,vmess-tls,anytls,hysteria2,vless-reality-vision,vless-tls-vision,aes-128-gcm@sing-box,2022-blake3-aes-128-gcm@sing-box,chacha20-ietf-poly1305@sing-box,trojan-tls@sing-box,vless-tls@sing-box,vmess@sing-box,anytls@sing-box";
+const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vmess,vmess-tls,anytls,hysteria2,tuic,vless-reality-vision,vless-tls-vision,aes-128-gcm@sing-box,2022-blake3-aes-128-gcm@sing-box,chacha20-ietf-poly1305@sing-box,trojan-tls@sing-box,vless-tls@sing-box,vmess@sing-box,anytls@sing-box";
 /// The servers compared when `--servers` is not given; a peer missing from this default list
 /// is left out with a warning (named explicitly, it is an error).
 const DEFAULT_SERVERS: &str = "v2sp-epoll,v2sp-uring,ssserver,sing-box,v2ray,shoes";
@@ -38,7 +39,7 @@ const QUICK_CIPHERS: [&str; 6] = [
 #[derive(Parser)]
 #[command(
     name = "v2sp-bench",
-    about = "v2sp side-by-side benchmarks (Shadowsocks, Trojan, VLESS, VMess, AnyTLS, Hysteria 2, VLESS + Vision)"
+    about = "v2sp side-by-side benchmarks (Shadowsocks, Trojan, VLESS, VMess, AnyTLS, Hysteria 2, TUIC, VLESS + Vision)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -113,9 +114,10 @@ fn scale_cmd(a: ScaleArgs) -> anyhow::Result<()> {
 #[derive(Args, Clone)]
 struct Common {
     /// Shadowsocks methods and `trojan-tls`, `vless-tls`, `vmess` (TCP), `vmess-tls`, `anytls`,
-    /// `hysteria2` (QUIC, through the sing-box client, bulk download only),
-    /// `vless-reality-vision`, `vless-tls-vision` (through the shoes client, bulk download only);
-    /// the first other one is the headline (all scenarios run on it).
+    /// `hysteria2`, `tuic` (QUIC, through the sing-box client), `vless-reality-vision`,
+    /// `vless-tls-vision` (through the shoes client), `X@sing-box` (suite X through the sing-box
+    /// client); those through a client get bulk download and upload only (`@sing-box`: and
+    /// latency); the first other one is the headline (all scenarios run on it).
     #[arg(long, value_delimiter = ',', default_value = ALL_CIPHERS)]
     ciphers: Vec<String>,
     /// Servers to compare.
@@ -148,7 +150,7 @@ struct Common {
 struct RunArgs {
     #[command(flatten)]
     common: Common,
-    /// CI smoke run: tiny byte counts, 1 round, a few methods (hysteria2 too when the sing-box
+    /// CI smoke run: tiny byte counts, 1 round, a few methods (hysteria2 and tuic too when the sing-box
     /// client is installed, vless-reality-vision when the shoes client is); asserts nothing
     /// about speed.
     #[arg(long)]
@@ -225,11 +227,11 @@ fn servers(c: &Common, bins: &Binaries, suites: &[Suite]) -> anyhow::Result<Vec<
     }
     if suites
         .iter()
-        .any(|s| s.is_hysteria2() || matches!(s, Suite::SingBox(_)))
+        .any(|s| s.quic().is_some() || matches!(s, Suite::SingBox(_)))
         && !bins.singbox.exists()
     {
         bail!(
-            "the hysteria2 and @sing-box suites need the sing-box client, not found at {} (scripts/install-test-deps.sh, \
+            "the QUIC and @sing-box suites need the sing-box client, not found at {} (scripts/install-test-deps.sh, \
              or --sing-box PATH, or leave them out of --ciphers)",
             bins.singbox.display()
         );
@@ -347,7 +349,7 @@ fn self_check(c: Common) -> anyhow::Result<()> {
         .iter()
         .map(|n| Suite::parse(n, &tls))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // The Vision and Hysteria 2 suites go through a client process (and Vision through the TLS
+    // The Vision, QUIC and @sing-box suites go through a client process (and Vision through the TLS
     // target): `run` probes them.
     let skipped: Vec<&'static str> = suites
         .iter()
@@ -407,9 +409,9 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
     let tls = Arc::new(TlsMaterial::generate()?);
     let names: Vec<String> = if a.quick && c.ciphers.join(",") == ALL_CIPHERS {
         let mut v: Vec<String> = QUICK_CIPHERS.iter().map(|s| s.to_string()).collect();
-        // Hysteria 2 costs about 1.5 s here (4 servers); it needs the sing-box client.
+        // Each QUIC suite costs about 1.5 s here (4 servers); they need the sing-box client.
         if bins.singbox.exists() {
-            v.push(v2sp_bench::client::hysteria2::HYSTERIA2.to_string());
+            v.extend(Quic::ALL.iter().map(|q| q.name().to_string()));
             // One suite through the real client both ways, so the front-end path is smoked.
             v.push(format!("aes-128-gcm{}", v2sp_bench::client::front::SUFFIX));
         }

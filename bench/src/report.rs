@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::client::anytls::ANYTLS;
 use crate::client::hysteria2::HYSTERIA2;
+use crate::client::quic::Quic;
 use crate::client::vision::{REALITY_VISION, TLS_VISION};
 use crate::client::vmess::{VMESS, VMESS_TLS};
 use crate::client::{TROJAN_TLS, VLESS_TLS};
@@ -369,34 +370,54 @@ fn front_latency_section(
     let _ = writeln!(s);
 }
 
-/// Hysteria 2 through the sing-box client: CPU-s/GB and MB/s per server (bulk download).
-fn hysteria2_section(s: &mut String, v: &View, plan: &Plan, servers: &[String]) {
-    let c = HYSTERIA2;
-    if !plan.cipher_names.iter().any(|x| x == c) {
-        return;
+/// The QUIC suites (Hysteria 2, TUIC) through the sing-box client: server CPU-s/GB and MB/s
+/// per server, download and upload, then each v2sp backend ÷ each peer.
+fn quic_section(s: &mut String, v: &View, plan: &Plan, servers: &[String], pairs: &[(String, String)]) {
+    for q in Quic::ALL {
+        let c = q.name();
+        if !plan.cipher_names.iter().any(|x| x == c) {
+            continue;
+        }
+        let served: Vec<&String> = servers
+            .iter()
+            .filter(|x| x.starts_with("v2sp") || *x == "sing-box" || *x == "shoes")
+            .collect();
+        let _ = writeln!(
+            s,
+            "### {} (QUIC) through the sing-box client ({} connections, both directions)\n",
+            q.title(),
+            plan.other_conns
+        );
+        let _ = writeln!(s, "The load generator speaks plain TCP to the target through the real sing-box client (SOCKS5 in, `{c}` out over QUIC, on the load generator's CPUs and counted with it); every connection is one stream of the client's single QUIC connection. Only the server's CPU is counted; MB/s is mostly the client's limit.\n");
+        type BF = fn(&crate::scenarios::BulkResult) -> f64;
+        let cols: [(&str, bool, usize, BF); 4] = [
+            ("download CPU-s/GB", false, 3, |b| b.cpu_s_per_gb()),
+            ("download MB/s", false, 0, |b| b.mb_per_s()),
+            ("upload CPU-s/GB", true, 3, |b| b.cpu_s_per_gb()),
+            ("upload MB/s", true, 0, |b| b.mb_per_s()),
+        ];
+        let fig =
+            |srv: &str, (_, up, _, f): &(&str, bool, usize, BF)| v.bulk(c, srv, plan.other_conns, *up, f);
+        let names: Vec<String> = cols.iter().map(|x| x.0.to_string()).collect();
+        header_row(s, "server", &names);
+        for srv in &served {
+            let row: Vec<String> = cols.iter().map(|col| fmt_mmm(fig(srv, col), col.2)).collect();
+            let _ = writeln!(s, "| {srv} | {} |", row.join(" | "));
+        }
+        for (a, b) in pairs.iter().filter(|(_, b)| served.contains(&b)) {
+            let row: Vec<String> = cols.iter().map(|col| ratio(fig(a, col), fig(b, col))).collect();
+            let _ = writeln!(s, "| {a} / {b} | {} |", row.join(" | "));
+        }
+        let _ = writeln!(s);
     }
-    let served: Vec<&String> = servers
-        .iter()
-        .filter(|x| x.starts_with("v2sp") || *x == "sing-box" || *x == "shoes")
-        .collect();
-    let _ = writeln!(
-        s,
-        "### Hysteria 2 (QUIC) through the sing-box client ({} connections, download)\n",
-        plan.other_conns
-    );
-    let _ = writeln!(s, "The load generator speaks plain TCP to the target through the real sing-box client (SOCKS5 in, `hysteria2` out over QUIC, on the load generator's CPUs and counted with it); every connection is one stream of the client's single QUIC connection. Only the server's CPU is counted.\n");
-    header_row(s, "server", &["CPU-s/GB".to_string(), "MB/s".to_string()]);
-    for srv in served {
-        let cpu = v.bulk(c, srv, plan.other_conns, false, |b| b.cpu_s_per_gb());
-        let mbs = v.bulk(c, srv, plan.other_conns, false, |b| b.mb_per_s());
-        let _ = writeln!(s, "| {srv} | {} | {} |", fmt_mmm(cpu, 3), fmt_mmm(mbs, 0));
-    }
-    let _ = writeln!(s);
 }
 
-/// Measured through a client process (bulk download only; never the headline).
+/// Measured through a client process (bulk transfers; never the headline).
 fn through_client(c: &str) -> bool {
-    c == REALITY_VISION || c == TLS_VISION || c == HYSTERIA2 || c.ends_with(crate::client::front::SUFFIX)
+    c == REALITY_VISION
+        || c == TLS_VISION
+        || Quic::parse(c).is_some()
+        || c.ends_with(crate::client::front::SUFFIX)
 }
 
 /// Write report.md, results.json and the SVGs into `dir`.
@@ -404,8 +425,8 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
     std::fs::create_dir_all(dir)?;
     let servers: Vec<String> = plan.servers.iter().map(|k| k.label().to_string()).collect();
     let pairs = ratio_pairs(&servers);
-    // The headline: the first suite not measured through a client process (Vision, Hysteria 2
-    // get their bulk download only).
+    // The headline: the first suite not measured through a client process (Vision, QUIC,
+    // `@sing-box`: bulk transfers both ways, and latency for `@sing-box`).
     let headline = plan
         .cipher_names
         .iter()
@@ -413,7 +434,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         .or(plan.cipher_names.first())
         .cloned()
         .unwrap_or_default();
-    // Only Vision / Hysteria 2 suites: no headline scenarios ran.
+    // Only suites through a client process: no headline scenarios ran.
     let headline_is_vision = through_client(&headline);
     // Rate and idle run on the headline and on every Trojan/VLESS/VMess/AnyTLS suite.
     let mut per_proto: Vec<String> = vec![headline.clone()];
@@ -446,6 +467,10 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         (
             plan.cipher_names.iter().any(|c| c == HYSTERIA2),
             "Hysteria 2 (QUIC, through sing-box)",
+        ),
+        (
+            plan.cipher_names.iter().any(|c| c == crate::client::tuic::TUIC),
+            "TUIC v5 (QUIC, through sing-box)",
         ),
     ]
     .into_iter()
@@ -499,9 +524,9 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let _ = writeln!(s, "- v2sp = `v2sp run -c config.json` (control plane + the data plane it spawns; both processes counted) with a generated `file://` nodes file, `V2SP_IO=epoll|uring`; ssserver = shadowsocks-rust `--worker-threads N`, `no_delay`; sing-box with `GOMAXPROCS=N`; v2ray (Trojan/VLESS only) with `GOMAXPROCS=N`, `streamSettings.security: tls`; one user, same method everywhere; Trojan/VLESS: TLS on every server with one self-signed certificate (rcgen) and our rustls client (aws-lc-rs), trusting only that certificate; TLS session resumption on (rustls default); AnyTLS (`anytls`): one session (TLS connection) with one stream per connection, as sing-box's client uses it (auth with padding length 0, settings `v=2` with the default scheme's MD5, syn, psh destination + data; no waste-frame padding), `anytls` inbound on sing-box and inside shoes' `tls` inbound, an `anytls` node (`tls: 1`) on v2sp; Vision suites (`vless-reality-vision`, `vless-tls-vision`): VLESS `flow: xtls-rprx-vision` on v2sp and shoes (`--threads N`), the shoes client as the load generator's front end, TLS 1.3 end to end to the target (REALITY's `dest` is that target); Hysteria 2 (`hysteria2`): a panel `hysteria` node (`version: 2`) on v2sp, `hysteria2` inbound on sing-box, `quic` + `hysteria2` on shoes, ALPN `h3`, the run's certificate, the sing-box client (`hysteria2` outbound, trusting that certificate) as the load generator's front end, plain TCP inside, bulk download only");
+    let _ = writeln!(s, "- v2sp = `v2sp run -c config.json` (control plane + the data plane it spawns; both processes counted) with a generated `file://` nodes file, `V2SP_IO=epoll|uring`; ssserver = shadowsocks-rust `--worker-threads N`, `no_delay`; sing-box with `GOMAXPROCS=N`; v2ray (Trojan/VLESS only) with `GOMAXPROCS=N`, `streamSettings.security: tls`; one user, same method everywhere; Trojan/VLESS: TLS on every server with one self-signed certificate (rcgen) and our rustls client (aws-lc-rs), trusting only that certificate; TLS session resumption on (rustls default); AnyTLS (`anytls`): one session (TLS connection) with one stream per connection, as sing-box's client uses it (auth with padding length 0, settings `v=2` with the default scheme's MD5, syn, psh destination + data; no waste-frame padding), `anytls` inbound on sing-box and inside shoes' `tls` inbound, an `anytls` node (`tls: 1`) on v2sp; Vision suites (`vless-reality-vision`, `vless-tls-vision`): VLESS `flow: xtls-rprx-vision` on v2sp and shoes (`--threads N`), the shoes client as the load generator's front end, TLS 1.3 end to end to the target (REALITY's `dest` is that target); QUIC suites (`hysteria2`, `tuic`): a panel node in Xboard's shape on v2sp (`hysteria` `version: 2`; `tuic` `version: 5`, cubic), the protocol's inbound on sing-box (TUIC: cubic), `quic` + the protocol on shoes (quinn's default congestion control, cubic), ALPN `h3`, the run's certificate, the sing-box client (the protocol's outbound, trusting that certificate; TUIC: cubic, UDP relay `native`) as the load generator's front end, plain TCP inside, bulk download and upload");
     let _ = writeln!(s, "- bulk: {} MiB per run for {} (split over N connections, download = target → client), {} MiB at {} connections for the other methods{}; latency: {} round trips of {} B; rate: {} s × {} concurrent loops; idle: {} connections",
-        plan.bulk_bytes >> 20, if headline_is_vision { "the headline (none ran: Vision / Hysteria 2 suites only)" } else { &headline }, plan.other_bulk_bytes >> 20, plan.other_conns,
+        plan.bulk_bytes >> 20, if headline_is_vision { "the headline (none ran: suites through a client process only)" } else { &headline }, plan.other_bulk_bytes >> 20, plan.other_conns,
         if plan.upload { " and for the upload run" } else { "" },
         plan.latency_count, plan.latency_size, plan.rate_secs, plan.rate_concurrency, plan.idle_conns);
     let _ = writeln!(s, "\nFigures: median over rounds [min–max]. CPU = utime+stime from /proc/<pid>/stat (all threads) before/after each measured window. Ratios are v2sp ÷ peer of the medians (below 1 = v2sp uses less / is lower).\n");
@@ -618,7 +643,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
 
         front_latency_section(&mut s, &v, plan, &servers, &pairs);
         vision_section(&mut s, &v, plan, &servers);
-        hysteria2_section(&mut s, &v, plan, &servers);
+        quic_section(&mut s, &v, plan, &servers, &pairs);
 
         if plan.scenarios.contains(&Scenario::Bulk) && !headline_is_vision {
             // Throughput vs connections, headline cipher.
@@ -951,6 +976,79 @@ mod tests {
         assert_eq!(mmm(vec![3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
         assert_eq!(mmm(vec![4.0, 1.0]), Some((2.5, 1.0, 4.0)));
         assert_eq!(fmt_mmm(Some((1.0, 0.5, 2.0)), 1), "1.0 [0.5–2.0]");
+    }
+
+    #[test]
+    fn quic_section_has_both_directions_and_ratios() {
+        use crate::scenarios::{BulkResult, WindowCpu};
+        use crate::servers::ServerKind;
+        let servers: Vec<String> = ["v2sp-epoll", "sing-box", "shoes"].map(String::from).to_vec();
+        let pairs = ratio_pairs(&servers);
+        let plan = Plan {
+            quick: false,
+            ciphers: vec![],
+            cipher_names: vec!["tuic".into()],
+            servers: vec![ServerKind::V2spEpoll, ServerKind::SingBox, ServerKind::Shoes],
+            scenarios: vec![],
+            rounds: 1,
+            workers: vec![1],
+            bulk_conns: vec![4],
+            bulk_bytes: 1 << 30,
+            other_conns: 4,
+            other_bulk_bytes: 1 << 30,
+            upload: true,
+            rate_secs: 1.0,
+            rate_concurrency: 1,
+            latency_count: 1,
+            latency_size: 64,
+            idle_conns: 1,
+            deadline_s: 1,
+            server_cpus: Default::default(),
+            client_cpus: String::new(),
+        };
+        // 1 GB in 2 s; server CPU 1 s (v2sp) or 2 s (peers) down, half of that up.
+        let rec = |server: &str, upload: bool, cpu: f64| Record {
+            cipher: "tuic".into(),
+            server: server.into(),
+            workers: 1,
+            round: 0,
+            m: Measure::Bulk(BulkResult {
+                conns: 4,
+                upload,
+                bytes: 1_000_000_000,
+                errors: 0,
+                timed_out: false,
+                cpu: WindowCpu {
+                    secs: 2.0,
+                    server_cpu_s: if upload { cpu / 2.0 } else { cpu },
+                    ..Default::default()
+                },
+            }),
+        };
+        let recs = vec![
+            rec("v2sp-epoll", false, 1.0),
+            rec("v2sp-epoll", true, 1.0),
+            rec("sing-box", false, 2.0),
+            rec("sing-box", true, 2.0),
+            rec("shoes", false, 2.0),
+        ];
+        let mut s = String::new();
+        quic_section(&mut s, &View { recs: &recs, w: 1 }, &plan, &servers, &pairs);
+        assert!(
+            s.contains("### TUIC v5 (QUIC) through the sing-box client (4 connections, both directions)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("| server | download CPU-s/GB | download MB/s | upload CPU-s/GB | upload MB/s |"),
+            "{s}"
+        );
+        assert!(s.contains("| v2sp-epoll | 1.000 | 500 | 0.500 | 500 |"), "{s}");
+        assert!(s.contains("| shoes | 2.000 | 500 | – | – |"), "{s}");
+        assert!(
+            s.contains("| v2sp-epoll / sing-box | 0.50× | 1.00× | 0.50× | 1.00× |"),
+            "{s}"
+        );
+        assert!(!s.contains("Hysteria 2"), "{s}");
     }
 
     #[test]

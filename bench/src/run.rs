@@ -10,7 +10,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::client::hysteria2::SingBoxClient;
+use crate::client::sing_box::SingBoxClient;
 use crate::client::vision::ShoesClient;
 use crate::client::Suite;
 use crate::conn::Via;
@@ -226,8 +226,21 @@ async fn one_server(
 ) -> anyhow::Result<()> {
     let mut srv = Server::start(kind, suite, bins, w, cpus)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Vision: the real shoes client in front of the load generator (on its CPUs); Hysteria 2:
-    // the real sing-box client, once the server's QUIC socket is bound.
+    // Vision: the real shoes client in front of the load generator (on its CPUs); the QUIC
+    // suites: the real sing-box client, once the server's QUIC socket is bound; `X@sing-box`:
+    // the sing-box client speaking X.
+    let sing_box = |out: anyhow::Result<serde_json::Value>| {
+        out.and_then(|out| SingBoxClient::start(&bins.singbox, out, srv.dir(), threads))
+            .map(|c| {
+                (
+                    Via::Socks {
+                        socks: c.socks,
+                        tls: None,
+                    },
+                    Helper::SingBox(c),
+                )
+            })
+    };
     let started = match (suite.vision(), suite) {
         (Some(v), _) => ShoesClient::start(&bins.shoes, v, srv.port, srv.dir(), threads).map(|c| {
             (
@@ -238,28 +251,11 @@ async fn one_server(
                 Helper::Shoes(c),
             )
         }),
-        (None, Suite::Hysteria2(t)) => crate::client::hysteria2::wait_udp(srv.port, Duration::from_secs(30))
-            .and_then(|()| SingBoxClient::start(&bins.singbox, t, srv.port, srv.dir(), threads))
-            .map(|c| {
-                (
-                    Via::Socks {
-                        socks: c.socks,
-                        tls: None,
-                    },
-                    Helper::SingBox(c),
-                )
-            }),
-        (None, Suite::SingBox(f)) => crate::client::front::outbound(&f.inner, srv.port)
-            .and_then(|out| SingBoxClient::start_with(&bins.singbox, out, srv.dir(), threads))
-            .map(|c| {
-                (
-                    Via::Socks {
-                        socks: c.socks,
-                        tls: None,
-                    },
-                    Helper::SingBox(c),
-                )
-            }),
+        (None, Suite::Quic(q, t)) => sing_box(
+            crate::client::quic::wait_udp(srv.port, Duration::from_secs(30))
+                .map(|()| q.client_outbound(t, srv.port)),
+        ),
+        (None, Suite::SingBox(f)) => sing_box(crate::client::front::outbound(&f.inner, srv.port)),
         (None, _) => Ok((
             Via::Proxy {
                 addr: srv.addr(),

@@ -14,10 +14,12 @@
 //! * `sing-box` also serves `vless-tls-vision` (a `vless` inbound, user `flow:
 //!   xtls-rprx-vision`, TLS); not `vless-reality-vision`: the registry build lacks uTLS, which
 //!   its REALITY server needs.
-//! * Hysteria 2 (`hysteria2`, QUIC): a panel `hysteria` node (`version: 2`, no obfuscation) on
-//!   v2sp, a `hysteria2` inbound (`users: [{password}]`, ALPN `h3`) on sing-box, a `quic`
-//!   listener around `hysteria2` on shoes; the servers listen on UDP only, so `run` waits for
-//!   the socket in `/proc/net/udp` before it starts the sing-box client (`client::hysteria2`).
+//! * The QUIC suites (`client::quic`), Hysteria 2 (`hysteria2`) and TUIC v5 (`tuic`): a panel
+//!   node in Xboard's shape on v2sp (`hysteria`, `version: 2`, no obfuscation; `tuic`,
+//!   `version: 5`, cubic), the protocol's inbound on sing-box (TUIC: cubic), a
+//!   `quic` listener around it on shoes; the run's certificate and ALPN `h3` everywhere. The
+//!   servers listen on UDP only, so `run` waits for the socket in `/proc/net/udp` before it
+//!   starts the sing-box client.
 //! * `shoes` 0.3.x: `--threads N`, a `vmess` / `shadowsocks` inbound, or a `tls` inbound with
 //!   `tls_targets` (the run's certificate) around `trojan` / `vless` / `vmess` / `anytls`, or REALITY/TLS +
 //!   Vision around `vless` (`client::vision`). Shadowsocks: not the 2022 AES methods, which the
@@ -84,14 +86,14 @@ impl ServerKind {
     /// VLESS and VMess — its Shadowsocks lacks the 2022 methods, and it has no Vision and no
     /// AnyTLS; sing-box:
     /// everything but REALITY; shoes: everything but the multi-user (identity header)
-    /// Shadowsocks 2022 AES methods; v2sp: everything). Hysteria 2: v2sp, sing-box, shoes.
+    /// Shadowsocks 2022 AES methods; v2sp: everything). QUIC suites: v2sp, sing-box, shoes.
     pub fn serves(self, suite: &Suite) -> bool {
         let suite = suite.base();
         let vision = suite.vision();
         match self {
             ServerKind::SsServer => suite.is_ss(),
             ServerKind::V2ray => {
-                !suite.is_ss() && vision.is_none() && !matches!(suite, Suite::Anytls(_) | Suite::Hysteria2(_))
+                !suite.is_ss() && vision.is_none() && !matches!(suite, Suite::Anytls(_) | Suite::Quic(..))
             }
             ServerKind::SingBox => !vision.is_some_and(|v| v.reality),
             ServerKind::Shoes => !suite.ss().is_some_and(|c| c.uses_eih()),
@@ -166,7 +168,7 @@ pub fn shoes_server_yaml(suite: &Suite, port: u16) -> anyhow::Result<String> {
             "udp_enabled: false".into(),
         ],
         Suite::Vision(_) => bail!("the Vision suites have their own shoes config"),
-        Suite::Hysteria2(t) => return Ok(crate::client::hysteria2::shoes_server_yaml(t, port)),
+        Suite::Quic(q, t) => return Ok(q.shoes_server_yaml(t, port)),
         Suite::SingBox(f) => return shoes_server_yaml(&f.inner, port),
     };
     Ok(match suite.tls() {
@@ -244,7 +246,7 @@ impl Server {
             Suite::Vless(_) | Suite::Vision(_) => "vless",
             Suite::Vmess(_) => "vmess",
             Suite::Anytls(_) => "anytls",
-            Suite::Hysteria2(_) => "hysteria2",
+            Suite::Quic(q, _) => q.name(),
             Suite::SingBox(_) => bail!("a front-end suite's server is its inner suite's"),
         };
         let mut args: Vec<String> = Vec::new();
@@ -291,16 +293,8 @@ impl Server {
                         node["flow"] = json!("xtls-rprx-vision");
                         node["tls_settings"] = json!({ "server_name": SERVER_NAME });
                     }
-                    // Xboard's shape: type `hysteria`, version 2, no bandwidths, no obfuscation.
                     Suite::SingBox(_) => bail!("a front-end suite's server is its inner suite's"),
-                    Suite::Hysteria2(_) => {
-                        node["protocol"] = json!("hysteria");
-                        node["version"] = json!(2);
-                        node["server_name"] = json!(SERVER_NAME);
-                        node["up_mbps"] = json!(0);
-                        node["down_mbps"] = json!(0);
-                        node["obfs"] = json!(null);
-                    }
+                    Suite::Quic(q, _) => q.panel_node(&mut node),
                 }
                 let nodes = json!({
                     "nodes": { "1": node },
@@ -376,7 +370,7 @@ impl Server {
                             inb["password"] = json!(creds.password_2017());
                         }
                     }
-                    Suite::Trojan(_) | Suite::Anytls(_) | Suite::Hysteria2(_) => {
+                    Suite::Trojan(_) | Suite::Anytls(_) => {
                         inb["users"] = json!([{ "name": "bench", "password": USER_UUID }]);
                     }
                     Suite::Vless(_) => {
@@ -385,6 +379,7 @@ impl Server {
                     Suite::Vmess(_) => {
                         inb["users"] = json!([{ "name": "bench", "uuid": USER_UUID, "alterId": 0 }]);
                     }
+                    Suite::Quic(q, _) => q.sing_box_inbound(&mut inb),
                     Suite::SingBox(_) => bail!("a front-end suite's server is its inner suite's"),
                     Suite::Vision(v) if v.reality => {
                         bail!("sing-box (registry build, no uTLS) has no REALITY server")
@@ -399,8 +394,8 @@ impl Server {
                         "enabled": true, "server_name": SERVER_NAME,
                         "certificate_path": t.cert_file, "key_path": t.key_file
                     });
-                    if suite.is_hysteria2() {
-                        inb["tls"]["alpn"] = json!(["h3"]);
+                    if suite.quic().is_some() {
+                        inb["tls"]["alpn"] = json!([crate::client::quic::ALPN]);
                     }
                 }
                 let c = json!({
@@ -632,15 +627,27 @@ mod tests {
         let vmess = Suite::parse("vmess", &tls).unwrap();
         let anytls = Suite::parse("anytls", &tls).unwrap();
         let hy2 = Suite::parse("hysteria2", &tls).unwrap();
-        assert!(!ServerKind::V2ray.serves(&hy2) && !ServerKind::SsServer.serves(&hy2));
-        assert!(ServerKind::SingBox.serves(&hy2) && ServerKind::Shoes.serves(&hy2));
+        let tuic = Suite::parse("tuic", &tls).unwrap();
+        for q in [&hy2, &tuic] {
+            assert!(!ServerKind::V2ray.serves(q) && !ServerKind::SsServer.serves(q));
+            assert!(ServerKind::SingBox.serves(q) && ServerKind::Shoes.serves(q));
+        }
         assert!(!ServerKind::V2ray.serves(&anytls) && !ServerKind::SsServer.serves(&anytls));
         assert!(ServerKind::SingBox.serves(&anytls) && ServerKind::Shoes.serves(&anytls));
         assert!(!ServerKind::Shoes.serves(&eih) && ServerKind::Shoes.serves(&chacha22));
         assert!(!ServerKind::SingBox.serves(&reality) && ServerKind::SingBox.serves(&tls_vision));
         assert!(!ServerKind::V2ray.serves(&tls_vision) && ServerKind::V2ray.serves(&vmess));
         // Every suite: v2sp and at least one peer; every suite but REALITY: two or more.
-        for s in [&eih, &chacha22, &reality, &tls_vision, &vmess, &anytls, &hy2] {
+        for s in [
+            &eih,
+            &chacha22,
+            &reality,
+            &tls_vision,
+            &vmess,
+            &anytls,
+            &hy2,
+            &tuic,
+        ] {
             let peers = ServerKind::ALL
                 .into_iter()
                 .filter(|k| !k.is_v2sp() && k.serves(s))

@@ -66,7 +66,7 @@ pub fn outbound(suite: &Suite, port: u16) -> anyhow::Result<Value> {
             v
         }
         Suite::Anytls(t) => json!({"type": "anytls", "password": USER_UUID, "tls": tls(t)}),
-        Suite::Vision(_) | Suite::Hysteria2(_) | Suite::SingBox(_) => {
+        Suite::Vision(_) | Suite::Quic(..) | Suite::SingBox(_) => {
             bail!("{} has its own client", suite.name())
         }
     };

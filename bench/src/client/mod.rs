@@ -1,22 +1,27 @@
 //! Our own client side of each protocol v2sp serves: Shadowsocks (`ss`), Trojan over TLS
 //! (`trojan`), VLESS over TLS (`vless`), VMess AEAD on TCP or inside TLS (`vmess`), AnyTLS
-//! (`anytls`, one session with one stream per connection); Hysteria 2 (`hysteria2`) and the
-//! Vision suites go through a real client used as a SOCKS5 front end; `tls` holds
+//! (`anytls`, one session with one stream per connection); the QUIC suites (`quic`: Hysteria 2, TUIC v5)
+//! and the Vision suites go through a real client used as a SOCKS5 front end (`sing_box`, the
+//! shoes client in `vision`); `tls` holds
 //! the run's certificate and rustls client. A [`Suite`] is one row of the report: a Shadowsocks
 //! method, or `trojan-tls` / `vless-tls` / `vmess` / `vmess-tls` / a Vision suite; `X@sing-box`
 //! is suite X measured through the real sing-box client instead of ours (`front`).
 pub mod anytls;
 pub mod front;
 pub mod hysteria2;
+pub mod quic;
+pub mod sing_box;
 pub mod ss;
 pub mod tls;
 pub mod trojan;
+pub mod tuic;
 pub mod vision;
 pub mod vless;
 pub mod vmess;
 
 use std::sync::Arc;
 
+use self::quic::Quic;
 use self::ss::SsCredentials;
 use self::tls::TlsMaterial;
 use self::vision::VisionSuite;
@@ -33,8 +38,8 @@ pub enum Suite {
     Anytls(Arc<TlsMaterial>),
     /// VLESS + Vision (REALITY or TLS) through the real shoes client; see `client::vision`.
     Vision(Arc<VisionSuite>),
-    /// Hysteria 2 (QUIC) through the real sing-box client; see `client::hysteria2`.
-    Hysteria2(Arc<TlsMaterial>),
+    /// A QUIC protocol through the real sing-box client; see `client::quic`.
+    Quic(Quic, Arc<TlsMaterial>),
     /// A TCP suite through the real sing-box client as a SOCKS5 front end; see `client::front`.
     SingBox(Arc<front::Fronted>),
 }
@@ -59,7 +64,7 @@ impl Suite {
             Suite::Vmess(Some(_)) => vmess::VMESS_TLS,
             Suite::Anytls(_) => anytls::ANYTLS,
             Suite::Vision(v) => v.name(),
-            Suite::Hysteria2(_) => hysteria2::HYSTERIA2,
+            Suite::Quic(q, _) => q.name(),
             Suite::SingBox(f) => f.name,
         }
     }
@@ -87,7 +92,7 @@ impl Suite {
         match self {
             Suite::Ss(_) => None,
             Suite::Vision(v) => v.server_tls(),
-            Suite::Trojan(t) | Suite::Vless(t) | Suite::Anytls(t) | Suite::Hysteria2(t) => Some(t),
+            Suite::Trojan(t) | Suite::Vless(t) | Suite::Anytls(t) | Suite::Quic(_, t) => Some(t),
             Suite::Vmess(t) => t.as_ref(),
             Suite::SingBox(f) => f.inner.tls(),
         }
@@ -97,14 +102,19 @@ impl Suite {
         matches!(self, Suite::Vmess(_))
     }
 
-    pub fn is_hysteria2(&self) -> bool {
-        matches!(self, Suite::Hysteria2(_))
+    /// The QUIC protocol of a QUIC suite.
+    pub fn quic(&self) -> Option<Quic> {
+        match self {
+            Suite::Quic(q, _) => Some(*q),
+            _ => None,
+        }
     }
 
-    /// Measured through a real client process as a SOCKS5 front end (Vision, Hysteria 2, the
-    /// `@sing-box` suites): bulk transfers only, never the headline.
+    /// Measured through a real client process as a SOCKS5 front end (Vision, the QUIC suites,
+    /// the `@sing-box` suites): bulk transfers both ways (and latency for `@sing-box`), never
+    /// the headline.
     pub fn through_client(&self) -> bool {
-        matches!(self, Suite::Vision(_) | Suite::Hysteria2(_) | Suite::SingBox(_))
+        matches!(self, Suite::Vision(_) | Suite::Quic(..) | Suite::SingBox(_))
     }
 
     pub fn vision(&self) -> Option<&Arc<VisionSuite>> {
@@ -121,13 +131,15 @@ impl Suite {
                 inner, tls,
             )?)?)));
         }
+        if let Some(q) = Quic::parse(name) {
+            return Ok(Suite::Quic(q, tls.clone()));
+        }
         Ok(match name.trim() {
             TROJAN_TLS => Suite::Trojan(tls.clone()),
             VLESS_TLS => Suite::Vless(tls.clone()),
             vmess::VMESS => Suite::Vmess(None),
             vmess::VMESS_TLS => Suite::Vmess(Some(tls.clone())),
             anytls::ANYTLS => Suite::Anytls(tls.clone()),
-            hysteria2::HYSTERIA2 => Suite::Hysteria2(tls.clone()),
             vision::REALITY_VISION | vision::TLS_VISION => {
                 Suite::Vision(Arc::new(VisionSuite::new(name.trim(), tls)?))
             }
