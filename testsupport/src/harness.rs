@@ -373,6 +373,30 @@ impl V2sp {
         }
     }
 
+    /// After a speed-limited upload to `sink` by `user` of `node` ended: waits until the panel's
+    /// upload total equals the bytes that reached the sink (what the client had buffered
+    /// still drains at the limit) and both stay put for 2 s; panics after `within`.
+    pub fn wait_upload_settles(&self, sink: &Sink, node: u32, user: u32, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = sink.bytes.load(std::sync::atomic::Ordering::SeqCst);
+            let totals = self.sim.totals(node);
+            if totals.get(&user) == Some(&(got, 0)) {
+                std::thread::sleep(Duration::from_secs(2));
+                let again = sink.bytes.load(std::sync::atomic::Ordering::SeqCst);
+                if again == got && self.sim.totals(node).get(&user) == Some(&(got, 0)) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "panel {totals:?}, sink {got}\n{}",
+                self.agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Wait until the panel's totals for `node` equal `expected` (bounded).
     pub fn wait_totals(
         &self,
@@ -486,6 +510,37 @@ impl Sink {
         });
         Ok(Sink { port, bytes })
     }
+
+    /// Bytes per second that reached the sink over `window`, after `skip` (the burst a speed
+    /// limit's bucket starts with).
+    pub fn rate_after(&self, skip: Duration, window: Duration) -> f64 {
+        std::thread::sleep(skip);
+        let b0 = self.bytes.load(std::sync::atomic::Ordering::SeqCst);
+        let t0 = Instant::now();
+        std::thread::sleep(window);
+        (self.bytes.load(std::sync::atomic::Ordering::SeqCst) - b0) as f64 / t0.elapsed().as_secs_f64()
+    }
+}
+
+/// `n` threads that each open a stream to `127.0.0.1:port` through the SOCKS5 proxy at
+/// `socks` and upload 16 KiB chunks as fast as they can until `until` (or a write fails or
+/// blocks for 5 s).
+pub fn upload_until(socks: u16, port: u16, n: u64, until: Instant) -> Vec<std::thread::JoinHandle<()>> {
+    (0..n)
+        .map(|k| {
+            let s = socks5_connect(socks, port);
+            std::thread::spawn(move || {
+                let Ok(mut s) = s else { return };
+                let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+                let chunk = payload(16 * 1024, k);
+                while Instant::now() < until {
+                    if s.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect()
 }
 
 /// A TCP proxy in front of `upstream` that records every byte the client sent (for replay

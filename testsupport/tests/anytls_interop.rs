@@ -532,11 +532,7 @@ fn raw_client_speed_limit_across_streams() {
         }
     });
     // Skip the burst the bucket starts with, then measure 4 s.
-    std::thread::sleep(Duration::from_millis(1500));
-    let b0 = sink.bytes.load(Ordering::SeqCst);
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(4));
-    let rate = (sink.bytes.load(Ordering::SeqCst) - b0) as f64 / t0.elapsed().as_secs_f64();
+    let rate = sink.rate_after(Duration::from_millis(1500), Duration::from_secs(4));
     eprintln!("anytls upload through a 16 Mbps user, 3 streams in one session: {rate:.0} B/s");
     writer.join().unwrap();
     drop(s);
@@ -545,23 +541,7 @@ fn raw_client_speed_limit_across_streams() {
         (rate - limit).abs() <= 0.15 * limit,
         "measured {rate:.0} B/s, limit {limit} B/s"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = sink.bytes.load(Ordering::SeqCst);
-        let totals = v.sim.totals(1);
-        if totals.get(&1) == Some(&(got, 0)) {
-            std::thread::sleep(Duration::from_secs(2));
-            if sink.bytes.load(Ordering::SeqCst) == got && v.sim.totals(1).get(&1) == Some(&(got, 0)) {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "panel {totals:?}, sink {got}\n{}",
-            v.agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    v.wait_upload_settles(&sink, 1, 1, Duration::from_secs(30));
 }
 
 /// A raw session from `src`, with one stream to the echo server that must answer "ping":

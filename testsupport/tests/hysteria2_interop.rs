@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
     bin_dir, eof_counter, expect, free_port, payload, self_signed_certs, sing_box_outbound, socks5_connect,
-    tcp_echo_through, udp_echo_through, Echo, NodeSpec, Totals, V2sp,
+    tcp_echo_through, udp_echo_through, upload_until, Echo, NodeSpec, Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::{user, users};
 
@@ -220,27 +220,8 @@ fn speed_limit_across_streams() {
     node.users = vec![json!({"id": 1, "uuid": UUIDS[0], "speed_limit": 16, "device_limit": null})];
     let v = start(vec![node], certs.path());
     let (proc_, socks) = sing_box_hy2(v.nodes[0].port, UUIDS[0], v.dir.path());
-    let stop = Instant::now() + Duration::from_secs(7);
-    let writers: Vec<_> = (0..3)
-        .map(|k| {
-            let mut s = socks5_connect(socks, sink.port).unwrap();
-            s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-            std::thread::spawn(move || {
-                let chunk = payload(16 * 1024, k);
-                while Instant::now() < stop {
-                    if s.write_all(&chunk).is_err() {
-                        break;
-                    }
-                }
-            })
-        })
-        .collect();
-    // Skip the burst the bucket starts with, then measure 4 s.
-    std::thread::sleep(Duration::from_millis(1500));
-    let b0 = sink.bytes.load(Ordering::SeqCst);
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(4));
-    let rate = (sink.bytes.load(Ordering::SeqCst) - b0) as f64 / t0.elapsed().as_secs_f64();
+    let writers = upload_until(socks, sink.port, 3, Instant::now() + Duration::from_secs(7));
+    let rate = sink.rate_after(Duration::from_millis(1500), Duration::from_secs(4));
     eprintln!("hysteria2 upload through a 16 Mbps user, 3 streams in one connection: {rate:.0} B/s");
     for w in writers {
         w.join().unwrap();
@@ -252,25 +233,7 @@ fn speed_limit_across_streams() {
         proc_.log()
     );
     drop(proc_);
-    // What the client had buffered still drains at the limit: wait until sink and panel agree
-    // and stay put.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let got = sink.bytes.load(Ordering::SeqCst);
-        let totals = v.sim.totals(1);
-        if totals.get(&1) == Some(&(got, 0)) {
-            std::thread::sleep(Duration::from_secs(2));
-            if sink.bytes.load(Ordering::SeqCst) == got && v.sim.totals(1).get(&1) == Some(&(got, 0)) {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "panel {totals:?}, sink {got}\n{}",
-            v.agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    v.wait_upload_settles(&sink, 1, 1, Duration::from_secs(40));
 }
 
 /// The user's device limit (1 IP): a second source IP is refused (404) while the first holds

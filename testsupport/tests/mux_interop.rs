@@ -154,7 +154,6 @@ fn v2ray_mux_tcp_substreams_with_exact_accounting() {
 #[test]
 fn v2ray_mux_speed_limit_and_backpressure() {
     use std::io::Write;
-    use std::sync::atomic::Ordering;
     use std::time::Instant;
     use v2sp_testsupport::harness::{socks5_connect, Sink};
 
@@ -184,11 +183,7 @@ fn v2ray_mux_speed_limit_and_backpressure() {
         })
         .collect();
     // Skip the burst the bucket starts with, then measure 4 s.
-    std::thread::sleep(Duration::from_millis(1500));
-    let b0 = sink.bytes.load(Ordering::SeqCst);
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(4));
-    let rate = (sink.bytes.load(Ordering::SeqCst) - b0) as f64 / t0.elapsed().as_secs_f64();
+    let rate = sink.rate_after(Duration::from_millis(1500), Duration::from_secs(4));
     eprintln!("mux upload through a 16 Mbps user: {rate:.0} B/s");
     for w in writers {
         w.join().unwrap();
@@ -201,23 +196,7 @@ fn v2ray_mux_speed_limit_and_backpressure() {
     );
     // The sockets are closed: v2ray ends the sub-streams, the node flushes what it queued.
     // Upload total = bytes at the sink, exactly (once both settle).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = sink.bytes.load(Ordering::SeqCst);
-        let totals = v.sim.totals(1);
-        if totals.get(&1) == Some(&(got, 0)) {
-            std::thread::sleep(Duration::from_secs(2));
-            if sink.bytes.load(Ordering::SeqCst) == got && v.sim.totals(1).get(&1) == Some(&(got, 0)) {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "panel {totals:?}, sink {got}\n{}",
-            v.agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    v.wait_upload_settles(&sink, 1, 1, Duration::from_secs(30));
     drop(proc_);
 }
 
