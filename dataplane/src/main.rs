@@ -155,6 +155,13 @@ fn main() -> anyhow::Result<()> {
             None
         }
     };
+    // QUIC stateless resets signed with the shm directory's key: after an upgrade the
+    // successor's resets end the predecessor's connections at once (their clients redial).
+    #[cfg(feature = "quic")]
+    match v2sp_shared::shm::quic_reset_key(&args.shm_dir) {
+        Ok(k) => v2sp_dataplane::node::set_quic_reset_key(k),
+        Err(e) => tracing::warn!("QUIC clients reconnect at their idle timeout after an upgrade: {e}"),
+    }
     let shared = Shared::with_rates(default_protocols(), RateLimiters::new(rates));
     let engine = Engine::start(opts, ports, shared, Arc::new(cfg))?;
     tracing::info!(cores = engine.cores, backend = %engine.backend, "{}", engine.backend_reason);

@@ -577,8 +577,8 @@ fn config_validation_errors() {
             "Nodes[0].NodeID: integer 99999999999999999999 is out of range",
         ),
         (
-            &node(r#", "NodeType": "tuic""#),
-            "Nodes[0].NodeType: unsupported node type \"tuic\"",
+            &node(r#", "NodeType": "mieru""#),
+            "Nodes[0].NodeType: unsupported node type \"mieru\"",
         ),
         (
             r#"{"Nodes": [{"ApiHost": "panel.example.com", "NodeID": 1}]}"#,

@@ -397,6 +397,12 @@ impl V2sp {
         }
     }
 
+    /// `v2sp upgrade` on this instance's shm directory: whether it succeeded, and what it
+    /// printed.
+    pub fn upgrade(&self) -> (bool, String) {
+        upgrade_at(&self.shm_dir())
+    }
+
     /// Wait until the panel's totals for `node` equal `expected` (bounded).
     pub fn wait_totals(
         &self,
@@ -520,6 +526,33 @@ impl Sink {
         std::thread::sleep(window);
         (self.bytes.load(std::sync::atomic::Ordering::SeqCst) - b0) as f64 / t0.elapsed().as_secs_f64()
     }
+}
+
+/// `v2sp upgrade --shm-dir shm`: whether it succeeded, and what it printed.
+pub fn upgrade_at(shm: &Path) -> (bool, String) {
+    let out = Command::new(bin_dir().join("v2sp"))
+        .args(["upgrade", "--timeout", "60", "--shm-dir"])
+        .arg(shm)
+        .output();
+    match out {
+        Ok(out) => (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ),
+        Err(e) => (false, format!("cannot run v2sp upgrade: {e}")),
+    }
+}
+
+/// Whether process `pid` runs (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
 }
 
 /// `n` threads that each open a stream to `127.0.0.1:port` through the SOCKS5 proxy at

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use v2sp_testsupport::harness::{
-    bin_dir, expect, free_port, payload, sing_box_ss, socks5_connect, Echo, NodeSpec, Sink, Totals, V2sp,
+    alive, bin_dir, expect, free_port, payload, self_signed_certs, sing_box_outbound, sing_box_ss,
+    socks5_connect, tcp_echo_through, Echo, NodeSpec, Sink, Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::users;
 
@@ -41,24 +42,7 @@ fn install(path: &Path, contents: &[u8]) {
 }
 
 fn upgrade(shm: &Path) -> (bool, String) {
-    let out = Command::new(bin_dir().join("v2sp"))
-        .args(["upgrade", "--timeout", "60", "--shm-dir"])
-        .arg(shm)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
-    })
+    v2sp_testsupport::harness::upgrade_at(shm)
 }
 
 #[test]
@@ -307,4 +291,80 @@ fn a_speed_limit_is_one_budget_across_an_upgrade() {
         rate >= 0.5 * limit,
         "the uploads stalled: {rate:.0} B/s, limit {limit:.0} B/s"
     );
+}
+
+/// An open QUIC connection (TUIC, through sing-box) across an upgrade: the successor answers
+/// its packets with a stateless reset signed with the shm directory's key, which the client
+/// accepts (the token is the one the predecessor gave it), so it redials at once instead of
+/// waiting for its idle timeout (~30 s with sing-box, measured before the shared key).
+#[test]
+fn an_open_quic_connection_redials_the_successor_at_once() {
+    const DOMAIN: &str = "v2sp.test";
+    let echo = Echo::start().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let node = NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "tuic", "protocol": "tuic", "version": 5, "server_port": port,
+                     "server_name": DOMAIN, "congestion_control": "cubic",
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: users(&[UUID]),
+    };
+    let v = V2sp::start_with(
+        vec![node],
+        self_signed_certs(certs.path(), DOMAIN),
+        json!({"DrainSeconds": 30}),
+    )
+    .unwrap();
+    let out = json!({"type": "tuic", "server": "127.0.0.1", "server_port": port, "uuid": UUID,
+                     "password": UUID, "heartbeat": "10s",
+                     "tls": {"enabled": true, "server_name": DOMAIN, "insecure": true, "alpn": ["h3"]}});
+    let (client, socks) = sing_box_outbound(out, v.dir.path()).unwrap();
+    let mut moved = tcp_echo_through(socks, echo.port, &payload(100_000, 1))
+        .unwrap_or_else(|e| panic!("before the upgrade: {e:#}\n{}\n{}", client.log(), v.agent.log()));
+    let first = v.dataplane_pid();
+    let (ok, text) = v.upgrade();
+    assert!(ok, "upgrade: {text}\n{}", v.agent.log());
+    // The same client, on the connection it had: the first request may fail (the reset ends
+    // the connection under it), the next ones go through a new connection to the successor.
+    let t0 = Instant::now();
+    let mut attempts = 0;
+    // One small echo with a 2 s read timeout (tcp_echo_through would wait 20 s).
+    let try_once = || -> anyhow::Result<u64> {
+        let mut s = socks5_connect(socks, echo.port)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let msg = payload(1000, 2);
+        s.write_all(&msg)?;
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back)?;
+        if back != msg {
+            anyhow::bail!("echo differs");
+        }
+        Ok(msg.len() as u64)
+    };
+    let waited = loop {
+        attempts += 1;
+        if let Ok(b) = try_once() {
+            moved += b;
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the client did not get through within 15 s of the upgrade\n{}\n{}",
+            client.log(),
+            v.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("an open TUIC connection got through {waited:?} after the upgrade ({attempts} attempts)");
+    assert!(
+        waited < Duration::from_secs(10),
+        "{waited:?} after the upgrade: the client waited for its idle timeout"
+    );
+    assert_ne!(v.dataplane_pid(), first);
+    drop(client);
+    let mut expected: Totals = BTreeMap::new();
+    expect(&mut expected, 1, 1, moved, moved);
+    v.finish(&[], &expected);
 }

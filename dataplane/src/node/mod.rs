@@ -10,6 +10,8 @@ mod mux_tcp;
 #[cfg(feature = "quic")]
 mod quic;
 #[cfg(feature = "quic")]
+pub use quic::set_quic_reset_key;
+#[cfg(feature = "quic")]
 mod salamander_socket;
 pub mod sniff;
 mod udp;
@@ -97,7 +99,7 @@ pub fn default_protocols() -> ProtocolFactory {
 }
 
 /// A QUIC protocol's registration.
-#[cfg(feature = "quic")]
+#[cfg(any(feature = "hysteria2", feature = "tuic"))]
 fn quic(p: impl crate::proto::quic::QuicInbound + 'static) -> Rc<dyn InboundProtocol> {
     Rc::new(quic::QuicProto(Rc::new(p)))
 }

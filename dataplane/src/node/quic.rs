@@ -189,6 +189,35 @@ fn quic_socket(
     }
 }
 
+/// The stateless-reset key every QUIC endpoint of this process uses: the shm directory's
+/// (`v2sp_shared::shm::quic_reset_key`), so that a successor's resets carry the tokens the
+/// predecessor's clients hold and end their connections at once. Unset (tests without a
+/// shm directory): quinn's random key per endpoint.
+static RESET_KEY: std::sync::OnceLock<[u8; v2sp_shared::shm::RESET_KEY_LEN]> = std::sync::OnceLock::new();
+
+/// Sets the process's QUIC reset key (once, at start, before any node is served).
+pub fn set_quic_reset_key(key: [u8; v2sp_shared::shm::RESET_KEY_LEN]) {
+    let _ = RESET_KEY.set(key);
+}
+
+/// The endpoint config: the shared reset key, and connection ids whose integrity check uses a
+/// key derived from it. quinn drops a short-header packet whose connection id its generator
+/// does not validate before it considers a reset, and the default generator's key is random
+/// per endpoint: the successor must check ids the way the predecessor made them.
+fn endpoint_config() -> quinn::EndpointConfig {
+    let Some(k) = RESET_KEY.get() else {
+        return quinn::EndpointConfig::default();
+    };
+    let hmac = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, k);
+    let tag = aws_lc_rs::hmac::sign(&hmac, b"v2sp quic connection id key");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(tag.as_ref().get(..8).unwrap_or(&[0; 8]));
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(hmac));
+    cfg.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    cfg
+}
+
 /// This core's endpoint for a node at `addr`, and a duplicate of its socket (for a successor
 /// process on upgrade: the raw descriptor, since obfuscation is applied in user space and the
 /// successor wraps it again from its own settings).
@@ -203,7 +232,7 @@ pub(super) fn endpoint(
         .into();
     let sock = quic_socket(sock, cfg.obfs.as_ref()).map_err(|e| format!("UDP socket on {addr}: {e}"))?;
     let ep = quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
+        endpoint_config(),
         Some(cfg.server),
         sock,
         Arc::new(quinn::TokioRuntime),

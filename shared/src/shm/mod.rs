@@ -14,6 +14,7 @@ mod known_ips;
 pub mod layout;
 mod rates;
 mod rcu;
+mod reset_key;
 mod ring;
 mod segment;
 mod sync;
@@ -23,6 +24,7 @@ mod user_table;
 pub use control::{ControlShm, CoreStatus, PublishStats, Status};
 pub use dataplane::{CoreShm, DataplaneShm, Tick};
 pub use rates::{RateTable, SharedClock};
+pub use reset_key::{quic_reset_key, RESET_KEY_LEN};
 pub use segment::monotonic_ns;
 pub use traffic::{HarvestedBank, TrafficDelta, TrafficWriter, DEFAULT_BANK_CAPACITY};
 pub use user_table::{key_hash, UserEntry, UserTableView};
@@ -232,6 +234,7 @@ pub const UPGRADE_STATUS_FILE: &str = "upgrade-status";
 pub(crate) mod names {
     pub(crate) const CTL: &str = "ctl";
     pub(crate) const RATES: &str = "rates";
+    pub(crate) const QUIC_RESET_KEY: &str = "quic-reset-key";
     pub(crate) fn known(node: u16) -> String {
         format!("known-{node}")
     }
