@@ -6,7 +6,8 @@
 #   4. builds each protocol feature alone and runs the data plane's unit tests for it,
 #   5. runs the benchmark harness in --quick mode (smoke only: every server and scenario runs,
 #      nothing about speed is asserted; reports go to a temporary directory),
-#   6. tests packaging: release.sh --dry-run on a clone, the .deb installed, removed and purged,
+#   6. fuzzes every target for 20 s (scripts/fuzz.sh --ci: cargo-fuzz, fresh corpora),
+#   7. tests packaging: release.sh --dry-run on a clone, the .deb installed, removed and purged,
 #      install.sh from that release (scripts/test-packaging.sh).
 # Every pass runs even when an earlier one failed, so one failing suite never hides the results
 # of the others; the script ends with a summary of the passes and exits non-zero if any failed.
@@ -79,6 +80,12 @@ out=$(mktemp -d)
 pass "benchmark harness, quick mode (v2sp epoll/uring vs ssserver, sing-box, v2ray, shoes where installed)" \
     cargo run -q -p v2sp-bench "$@" -- run --quick --out "$out"
 echo "quick benchmark report: $out/report.md"
+
+# The short fuzz pass (issue 11): every target for 20 s on a fresh corpus under AddressSanitizer
+# (cargo-fuzz, libFuzzer); fails on the first crash. The sanitizer build has its own target
+# directory. scripts/fuzz.sh --long is the long run (not in CI).
+pass "fuzz: every target 20 s (cargo-fuzz / libFuzzer, fresh corpus)" \
+    env CARGO_TARGET_DIR="$PWD/target/fuzz" bash scripts/fuzz.sh --ci 20
 
 # Last: it builds release tarballs of a clone of HEAD into the same target directory.
 pass "packaging: release.sh --dry-run, .deb install/remove/purge, install.sh from a release" \
