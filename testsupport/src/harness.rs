@@ -528,6 +528,67 @@ impl Sink {
     }
 }
 
+/// Echo transfers through the SOCKS5 proxy at `socks` to `echo_port`: payloads of the sizes in
+/// `sizes.0` one after another, then those in `sizes.1` at once (payload `k` of each
+/// seeded `seed + k`, resp. `seed + 1000 + k`). Returns the bytes moved each way; each
+/// failure is pushed to `failures` as a line naming `what`, with `log()` (the client's log)
+/// appended.
+pub fn echo_transfers(
+    socks: u16,
+    echo_port: u16,
+    sizes: (&[usize], &[usize]),
+    seed: u64,
+    what: &str,
+    log: &dyn Fn() -> String,
+    failures: &mut Vec<String>,
+) -> u64 {
+    let (sequential, concurrent) = sizes;
+    let mut moved = 0;
+    for (k, &n) in sequential.iter().enumerate() {
+        match tcp_echo_through(socks, echo_port, &payload(n, seed + k as u64)) {
+            Ok(b) => moved += b,
+            Err(e) => failures.push(format!("{what} sequential {k}: {e:#}\n{}", log())),
+        }
+    }
+    let threads: Vec<_> = concurrent
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| {
+            let data = payload(n, seed + 1000 + k as u64);
+            std::thread::spawn(move || tcp_echo_through(socks, echo_port, &data))
+        })
+        .collect();
+    for (k, t) in threads.into_iter().enumerate() {
+        match t.join() {
+            Ok(Ok(b)) => moved += b,
+            Ok(Err(e)) => failures.push(format!("{what} concurrent {k}: {e:#}\n{}", log())),
+            Err(_) => failures.push(format!("{what} concurrent {k}: the transfer thread panicked")),
+        }
+    }
+    moved
+}
+
+/// A destination that refuses (a closed port) fails its stream alone: nothing goes through
+/// to it, and the next transfer to `echo_port` works. Returns the bytes that one moved.
+pub fn refused_then_works(
+    socks: u16,
+    echo_port: u16,
+    what: &str,
+    log: &dyn Fn() -> String,
+    failures: &mut Vec<String>,
+) -> u64 {
+    if tcp_echo_through(socks, free_port(), &payload(4096, 5)).is_ok() {
+        failures.push(format!("{what}: data went through to a closed port"));
+    }
+    match tcp_echo_through(socks, echo_port, &payload(70_000, 6)) {
+        Ok(b) => b,
+        Err(e) => {
+            failures.push(format!("{what} after a refused stream: {e:#}\n{}", log()));
+            0
+        }
+    }
+}
+
 /// `v2sp upgrade --shm-dir shm`: whether it succeeded, and what it printed.
 pub fn upgrade_at(shm: &Path) -> (bool, String) {
     let out = Command::new(bin_dir().join("v2sp"))

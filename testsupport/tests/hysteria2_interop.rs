@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    bin_dir, eof_counter, expect, free_port, payload, self_signed_certs, sing_box_outbound, socks5_connect,
-    tcp_echo_through, udp_echo_through, upload_until, Echo, NodeSpec, Totals, V2sp,
+    bin_dir, echo_transfers, eof_counter, expect, free_port, payload, refused_then_works, self_signed_certs,
+    sing_box_outbound, socks5_connect, tcp_echo_through, udp_echo_through, upload_until, Echo, NodeSpec,
+    Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::{user, users};
 
@@ -93,36 +94,12 @@ fn sing_box_hysteria2_tcp_with_exact_accounting() {
     for uidx in [0usize, 1] {
         let what = format!("sing-box hysteria2 user {}", uidx + 1);
         let (proc_, socks) = sing_box_hy2(n.port, UUIDS[uidx], v.dir.path());
-        let mut moved = 0u64;
-        for k in 0..3 {
-            let data = payload((3 << 20) + k * 4099 + uidx, (uidx * 100 + k) as u64);
-            match tcp_echo_through(socks, echo.port, &data) {
-                Ok(b) => moved += b,
-                Err(e) => failures.push(format!("{what} sequential {k}: {e:#}\n{}", proc_.log())),
-            }
-        }
-        let threads: Vec<_> = (0..4)
-            .map(|k| {
-                let data = payload((1 << 20) + k * 77_777, (uidx * 1000 + k) as u64);
-                let port = echo.port;
-                std::thread::spawn(move || tcp_echo_through(socks, port, &data))
-            })
-            .collect();
-        for (k, t) in threads.into_iter().enumerate() {
-            match t.join().unwrap() {
-                Ok(b) => moved += b,
-                Err(e) => failures.push(format!("{what} concurrent {k}: {e:#}\n{}", proc_.log())),
-            }
-        }
-        // A destination that refuses: that stream fails alone, the next one works.
-        let closed = free_port();
-        if tcp_echo_through(socks, closed, &payload(4096, 5)).is_ok() {
-            failures.push(format!("{what}: data went through to a closed port"));
-        }
-        match tcp_echo_through(socks, echo.port, &payload(70_000, 6)) {
-            Ok(b) => moved += b,
-            Err(e) => failures.push(format!("{what} after a refused stream: {e:#}\n{}", proc_.log())),
-        }
+        let log = || proc_.log();
+        let seq: Vec<usize> = (0..3).map(|k| (3 << 20) + k * 4099 + uidx).collect();
+        let conc: Vec<usize> = (0..4).map(|k| (1 << 20) + k * 77_777).collect();
+        let seed = uidx as u64 * 100;
+        let mut moved = echo_transfers(socks, echo.port, (&seq, &conc), seed, &what, &log, &mut failures);
+        moved += refused_then_works(socks, echo.port, &what, &log, &mut failures);
         // UDP in QUIC datagrams; 3000-byte packets are fragmented both ways.
         let (count, size) = if uidx == 0 { (20, 1000) } else { (7, 3000) };
         match udp_echo_through(socks, echo.port, count, size) {
@@ -289,27 +266,18 @@ fn sing_box_hysteria2_salamander() {
     let mut failures = Vec::new();
     let mut expected: Totals = BTreeMap::new();
     let (proc_, socks) = sing_box_hy2_obfs(n.port, UUIDS[0], Some(OBFS_PASSWORD), v.dir.path());
-    let mut moved = 0u64;
-    for k in 0..2 {
-        let data = payload((2 << 20) + k * 4099, k as u64);
-        match tcp_echo_through(socks, echo.port, &data) {
-            Ok(b) => moved += b,
-            Err(e) => failures.push(format!("salamander sequential {k}: {e:#}\n{}", proc_.log())),
-        }
-    }
-    let threads: Vec<_> = (0..3)
-        .map(|k| {
-            let data = payload((1 << 20) + k * 77_777, 100 + k as u64);
-            let port = echo.port;
-            std::thread::spawn(move || tcp_echo_through(socks, port, &data))
-        })
-        .collect();
-    for (k, t) in threads.into_iter().enumerate() {
-        match t.join().unwrap() {
-            Ok(b) => moved += b,
-            Err(e) => failures.push(format!("salamander concurrent {k}: {e:#}\n{}", proc_.log())),
-        }
-    }
+    let log = || proc_.log();
+    let seq: Vec<usize> = (0..2).map(|k| (2 << 20) + k * 4099).collect();
+    let conc: Vec<usize> = (0..3).map(|k| (1 << 20) + k * 77_777).collect();
+    let mut moved = echo_transfers(
+        socks,
+        echo.port,
+        (&seq, &conc),
+        0,
+        "salamander",
+        &log,
+        &mut failures,
+    );
     for (count, size) in [(10, 1000), (5, 3000)] {
         match udp_echo_through(socks, echo.port, count, size) {
             Ok(b) => moved += b,

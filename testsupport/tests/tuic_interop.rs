@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    eof_counter, expect, free_port, payload, self_signed_certs, sing_box_outbound, socks5_connect,
-    tcp_echo_through, udp_echo_through, upload_until, Echo, NodeSpec, Proc, Totals, V2sp,
+    echo_transfers, eof_counter, expect, free_port, payload, refused_then_works, self_signed_certs,
+    sing_box_outbound, socks5_connect, tcp_echo_through, udp_echo_through, upload_until, Echo, NodeSpec,
+    Proc, Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::{user, users};
 
@@ -86,36 +87,12 @@ fn sing_box_tuic_tcp_and_udp_with_exact_accounting() {
             let mode = if uidx == 0 { "native" } else { "quic" };
             let what = format!("sing-box tuic {cc} user {} udp {mode}", uidx + 1);
             let (proc_, socks) = sing_box(outbound(n.port, UUIDS[uidx], UUIDS[uidx], cc, mode), v.dir.path());
-            let mut moved = 0u64;
-            for k in 0..2 {
-                let data = payload((2 << 20) + k * 4099 + uidx, (uidx * 100 + k) as u64);
-                match tcp_echo_through(socks, echo.port, &data) {
-                    Ok(b) => moved += b,
-                    Err(e) => failures.push(format!("{what} sequential {k}: {e:#}\n{}", proc_.log())),
-                }
-            }
-            let threads: Vec<_> = (0..3)
-                .map(|k| {
-                    let data = payload((1 << 20) + k * 77_777, (uidx * 1000 + k) as u64);
-                    let port = echo.port;
-                    std::thread::spawn(move || tcp_echo_through(socks, port, &data))
-                })
-                .collect();
-            for (k, t) in threads.into_iter().enumerate() {
-                match t.join().unwrap() {
-                    Ok(b) => moved += b,
-                    Err(e) => failures.push(format!("{what} concurrent {k}: {e:#}\n{}", proc_.log())),
-                }
-            }
-            // A destination that refuses: that stream fails alone, the next one works.
-            let closed = free_port();
-            if tcp_echo_through(socks, closed, &payload(4096, 5)).is_ok() {
-                failures.push(format!("{what}: data went through to a closed port"));
-            }
-            match tcp_echo_through(socks, echo.port, &payload(70_000, 6)) {
-                Ok(b) => moved += b,
-                Err(e) => failures.push(format!("{what} after a refused stream: {e:#}\n{}", proc_.log())),
-            }
+            let log = || proc_.log();
+            let seq: Vec<usize> = (0..2).map(|k| (2 << 20) + k * 4099 + uidx).collect();
+            let conc: Vec<usize> = (0..3).map(|k| (1 << 20) + k * 77_777).collect();
+            let seed = uidx as u64 * 100;
+            let mut moved = echo_transfers(socks, echo.port, (&seq, &conc), seed, &what, &log, &mut failures);
+            moved += refused_then_works(socks, echo.port, &what, &log, &mut failures);
             // 3000-byte packets are fragmented both ways in native mode.
             let (count, size) = if uidx == 0 { (10, 3000) } else { (20, 1200) };
             match udp_echo_through(socks, echo.port, count, size) {
