@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::{bail, ensure, Context as _};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -395,6 +395,58 @@ impl V2sp {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Waits until `closed` (an [`eof_counter`]'s count) reaches `n`: the data plane closed the
+    /// destination side of a removed user's connections. Panics after 10 s.
+    pub fn wait_destinations_closed(&self, closed: &std::sync::atomic::AtomicUsize, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while closed.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "destination still open after the user's removal\n{}",
+                self.agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The removal of user `uid` of `node` (the panel's list becomes `remaining`) cuts off a
+    /// client behind the SOCKS5 proxy at `socks`: a stream it holds to an [`eof_counter`]
+    /// ("hi" → "ok", counted) is closed on both sides, and a new connection is refused. Returns
+    /// the totals the panel must end with.
+    pub fn assert_removal_cuts_off(
+        &self,
+        socks: u16,
+        client_log: &dyn Fn() -> String,
+        (node, uid): (u32, u32),
+        remaining: Vec<Value>,
+    ) -> anyhow::Result<Totals> {
+        let (hport, hclosed) = eof_counter(Duration::from_secs(60))?;
+        let mut s = socks5_connect(socks, hport).with_context(client_log)?;
+        let mut ok = [0u8; 2];
+        s.write_all(b"hi")
+            .and_then(|()| s.read_exact(&mut ok))
+            .with_context(|| format!("{}\n{}", client_log(), self.agent.log()))?;
+        ensure!(&ok == b"ok", "the destination answered {ok:?}");
+        let mut expected: Totals = BTreeMap::new();
+        expect(&mut expected, node, uid, 2, 2);
+        self.wait_totals(node, &expected[&node], Duration::from_secs(20))?;
+        self.sim.set_users(node, remaining);
+        self.wait_destinations_closed(&hclosed, 1);
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut b = [0u8; 16];
+        ensure!(matches!(s.read(&mut b), Ok(0) | Err(_)), "stream still open");
+        // A new connection of the removed user is refused. Each core takes a new user table at
+        // its next tick (every 100 ms); the closed connection proves one core has, and the new
+        // connection may land on the other, so give that one time even on a loaded machine.
+        std::thread::sleep(Duration::from_secs(1));
+        let echo = Echo::start()?;
+        ensure!(
+            tcp_echo_through(socks, echo.port, &payload(1000, 1)).is_err(),
+            "removed user still served"
+        );
+        Ok(expected)
     }
 
     /// `v2sp upgrade` on this instance's shm directory: whether it succeeded, and what it

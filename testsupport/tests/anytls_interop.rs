@@ -24,7 +24,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -390,15 +389,7 @@ fn raw_client_concurrent_streams_fallback_and_user_removal() {
     expect(&mut expected, 1, 2, 2, 2);
     v.wait_totals(1, &expected[&1], Duration::from_secs(20)).unwrap();
     v.sim.set_users(1, vec![user(1, UUIDS[0]), user(3, UUIDS[2])]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while hclosed.load(Ordering::SeqCst) < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "destination still open after the user's removal\n{}",
-            v.agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    v.wait_destinations_closed(&hclosed, 1);
     s2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut b = [0u8; 16];
     assert!(matches!(s2.read(&mut b), Ok(0) | Err(_)), "session still open");

@@ -1072,6 +1072,17 @@ pub(super) struct ConnMeter<'a> {
     pub(super) user_id: u32,
 }
 
+impl<'a> ConnMeter<'a> {
+    /// The meter of `user`'s traffic (on the node the user was found in) on `core`.
+    pub(super) fn of(core: &'a Core, user: &v2sp_shared::shm::UserRef) -> Self {
+        ConnMeter {
+            core,
+            node: user.node,
+            user_id: user.user_id,
+        }
+    }
+}
+
 impl Meter for ConnMeter<'_> {
     fn up(&self, n: u64) {
         self.core

@@ -169,11 +169,7 @@ struct Task {
 
 impl Task {
     fn meter(&self) -> ConnMeter<'_> {
-        ConnMeter {
-            core: &self.core,
-            node: self.user.node,
-            user_id: self.user.user_id,
-        }
+        ConnMeter::of(&self.core, &self.user)
     }
 
     /// The sub-stream's accounting: the user's bucket and meter; the idle clock is the

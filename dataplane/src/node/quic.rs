@@ -372,8 +372,8 @@ fn code(c: u32) -> VarInt {
 
 /// What stream tasks send to their connection's loop.
 enum Cmd {
-    /// A UDP packet that came on its own stream.
-    Packet(Packet),
+    /// A UDP packet that came on its own stream, or whose domain was resolved off the loop.
+    Packet(Packet, PacketPath),
     Dissociate(u32),
     /// A failed authentication the protocol answers by closing the connection.
     Close,
@@ -556,9 +556,11 @@ async fn serve_conn(
                     sessions: HashMap::new(),
                     replies: reply_tx.clone(),
                     reply_streams: Rc::new(Cell::new(0)),
+                    resolved: sh.cmds.clone(),
+                    resolving: Rc::new(Cell::new(0)),
                 });
                 for d in std::mem::take(&mut early) {
-                    u.datagram(&mut *state, &d).await;
+                    u.datagram(&mut *state, &d);
                 }
             }
             _ = tokio::time::sleep_until(deadline), if udp.is_none() => {
@@ -572,16 +574,16 @@ async fn serve_conn(
             }
             d = conn.read_datagram() => match d {
                 Ok(d) => match udp.as_mut() {
-                    Some(u) => u.datagram(&mut *state, &d).await,
+                    Some(u) => u.datagram(&mut *state, &d),
                     None if early.len() < EARLY_DATAGRAMS => early.push(d.to_vec()),
                     None => {}
                 },
                 Err(_) => break,
             },
             Some(c) = cmds.recv() => match c {
-                Cmd::Packet(p) => {
+                Cmd::Packet(p, path) => {
                     if let Some(u) = udp.as_mut() {
-                        u.packet(p, PacketPath::Stream).await;
+                        u.packet(p, path);
                     }
                 }
                 Cmd::Dissociate(assoc) => {
@@ -718,7 +720,7 @@ async fn client_stream(sh: Rc<ConnShared>, mut send: Option<quinn::SendStream>, 
         StreamHead::Packet(p) => {
             if sh.wait_auth().await.is_some() {
                 drop(pending.take());
-                sh.send_cmd(Cmd::Packet(p));
+                sh.send_cmd(Cmd::Packet(p, PacketPath::Stream));
             }
         }
         StreamHead::Dissociate { assoc } => {
@@ -807,6 +809,8 @@ const MAX_UDP_SESSIONS: usize = 256;
 const UDP_SESSION_IDLE: Duration = Duration::from_secs(60);
 /// Replies queued toward the client (more are dropped, as UDP may).
 const UDP_QUEUE: usize = 256;
+/// Domain resolutions for UDP packets under way per connection (more packets are dropped).
+const MAX_RESOLVING: u32 = 16;
 
 /// A reply datagram: session, source, payload.
 type Reply = (u32, SocketAddr, Vec<u8>);
@@ -830,45 +834,54 @@ struct UdpRelay {
     replies: mpsc::Sender<Reply>,
     /// Replies being written on their own streams.
     reply_streams: Rc<Cell<u32>>,
+    /// Where a packet for a domain comes back once resolved (the connection's loop).
+    resolved: mpsc::Sender<Cmd>,
+    /// Resolutions under way.
+    resolving: Rc<Cell<u32>>,
 }
 
 impl UdpRelay {
     /// A client datagram: a packet once whole.
-    async fn datagram(&mut self, state: &mut dyn ConnState, d: &[u8]) {
+    fn datagram(&mut self, state: &mut dyn ConnState, d: &[u8]) {
         match state.datagram(d) {
-            Ok(Some(p)) => self.packet(p, PacketPath::Datagram).await,
+            Ok(Some(p)) => self.packet(p, PacketPath::Datagram),
             Ok(None) => {}
             Err(e) => tracing::debug!(node = self.env.node.cfg.slot, "QUIC datagram dropped: {e}"),
         }
     }
 
-    async fn packet(&mut self, p: Packet, path: PacketPath) {
-        let node = &self.env.node;
-        if !node.proto.quic().is_some_and(|q| q.udp()) {
-            return;
-        }
+    /// A client packet: sent on at once to an address; a domain is resolved off the
+    /// connection's loop ([`MAX_RESOLVING`] at a time, more are dropped as UDP may) and the
+    /// packet comes back through [`Cmd::Packet`] with the address.
+    fn packet(&mut self, p: Packet, path: PacketPath) {
         let Packet { assoc, dest, payload } = p;
-        let to = match &dest {
-            Destination::Ip(a) => *a,
-            Destination::Domain(..) => match self.env.core.outbound.resolve(&dest, &node.connect).await {
-                Ok(addrs) => match addrs.first() {
-                    Some(a) => *a,
-                    None => return,
-                },
-                Err(e) => {
-                    tracing::debug!(%dest, "datagram destination unresolved: {e}");
+        let to = match dest {
+            Destination::Ip(to) if super::udp::datagram_allowed(&self.env.node, to) => to,
+            Destination::Ip(_) => return,
+            Destination::Domain(..) => {
+                if self.resolving.get() >= MAX_RESOLVING {
                     return;
                 }
-            },
+                self.resolving.set(self.resolving.get() + 1);
+                let (env, tx, busy) = (self.env.clone(), self.resolved.clone(), self.resolving.clone());
+                tokio::task::spawn_local(async move {
+                    // Not raced against the connection's control: its `cancelled` wakes one
+                    // waiter, which must be the connection's loop. The outbound's resolver
+                    // bounds the wait, and a closed connection drops the result.
+                    let to = super::udp::datagram_target(&env.core, &env.node, &dest).await;
+                    busy.set(busy.get().saturating_sub(1));
+                    if let Some(to) = to {
+                        let p = Packet {
+                            assoc,
+                            dest: Destination::Ip(to),
+                            payload,
+                        };
+                        let _ = tx.try_send(Cmd::Packet(p, path));
+                    }
+                });
+                return;
+            }
         };
-        if !node.connect.allow_private && crate::outbound::is_forbidden(to.ip()) {
-            tracing::debug!(%to, "datagram to a private destination refused");
-            return;
-        }
-        if let Some(rule) = node.connect.blocked_ip(to.ip()) {
-            tracing::debug!(%to, rule, "datagram blocked by audit rule");
-            return;
-        }
         let Some(sock) = self.session(assoc, path) else {
             return;
         };
@@ -892,13 +905,7 @@ impl UdpRelay {
         if self.sessions.len() >= MAX_UDP_SESSIONS {
             return None;
         }
-        let sock = match super::udp::outbound_socket(self.env.node.connect.send_ip) {
-            Ok(s) => Rc::new(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open an outbound UDP socket");
-                return None;
-            }
-        };
+        let sock = super::udp::open_outbound(&self.env.node)?;
         let ctl = Rc::new(ConnCtl::default());
         tokio::task::spawn_local(read_replies(
             self.env.core.clone(),
@@ -1058,11 +1065,7 @@ struct StreamEnv {
 
 impl StreamEnv {
     fn meter(&self) -> ConnMeter<'_> {
-        ConnMeter {
-            core: &self.core,
-            node: self.node.cfg.slot,
-            user_id: self.user.user_id,
-        }
+        ConnMeter::of(&self.core, &self.user)
     }
 
     /// The connection's accounting: every stream and datagram of it draws on one bucket and

@@ -128,11 +128,7 @@ struct Session {
 
 impl Session {
     fn meter<'a>(&'a self, core: &'a Core) -> ConnMeter<'a> {
-        ConnMeter {
-            core,
-            node: self.user.node,
-            user_id: self.user.user_id,
-        }
+        ConnMeter::of(core, &self.user)
     }
 
     /// The session's accounting: its user's bucket and meter (the session's idle clock is
@@ -316,12 +312,7 @@ fn on_packet(u: &Rc<UdpNode>, pkt: &mut [u8], from: SocketAddr) {
 }
 
 fn send_up(u: &UdpNode, s: &Session, to: SocketAddr, payload: &[u8]) {
-    if !u.node.connect.allow_private && crate::outbound::is_forbidden(to.ip()) {
-        tracing::debug!(%to, "datagram to a private destination refused");
-        return;
-    }
-    if let Some(rule) = u.node.connect.blocked_ip(to.ip()) {
-        tracing::debug!(%to, rule, "datagram blocked by audit rule");
+    if !datagram_allowed(&u.node, to) {
         return;
     }
     let meter = s.meter(&u.core);
@@ -332,6 +323,48 @@ fn send_up(u: &UdpNode, s: &Session, to: SocketAddr, payload: &[u8]) {
     match send_now(&s.out, payload, to_socket_family(&s.out, to)) {
         Ok(n) => acct.sent_up(n as u64),
         Err(e) => tracing::debug!(%to, error = %e, "datagram not sent upstream"),
+    }
+}
+
+/// Whether a client datagram may go to `to`: private destinations only where the node allows
+/// them, and no audit rule blocking the address (every UDP relay asks this per datagram).
+pub(super) fn datagram_allowed(node: &NodeRt, to: SocketAddr) -> bool {
+    if !node.connect.allow_private && crate::outbound::is_forbidden(to.ip()) {
+        tracing::debug!(%to, "datagram to a private destination refused");
+        return false;
+    }
+    if let Some(rule) = node.connect.blocked_ip(to.ip()) {
+        tracing::debug!(%to, rule, "datagram blocked by audit rule");
+        return false;
+    }
+    true
+}
+
+/// Where a client datagram for `dest` goes: its address, resolved through the node's
+/// outbound for a domain, if [`datagram_allowed`]; `None` drops the datagram.
+pub(super) async fn datagram_target(core: &Core, node: &NodeRt, dest: &Destination) -> Option<SocketAddr> {
+    let to = match dest {
+        Destination::Ip(a) => *a,
+        Destination::Domain(..) => match core.outbound.resolve(dest, &node.connect).await {
+            Ok(addrs) => *addrs.first()?,
+            Err(e) => {
+                tracing::debug!(%dest, "datagram destination unresolved: {e}");
+                return None;
+            }
+        },
+    };
+    datagram_allowed(node, to).then_some(to)
+}
+
+/// A new outbound socket for a UDP session or flow of `node` (`None`, logged, when the system
+/// refuses one).
+pub(super) fn open_outbound(node: &NodeRt) -> Option<Rc<UdpSocket>> {
+    match outbound_socket(node.connect.send_ip) {
+        Ok(s) => Some(Rc::new(s)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open an outbound UDP socket");
+            None
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use v2sp_shared::shm::UserRef;
 
 use super::mux_tcp::{DownKind, StreamEnv, Streams};
-use super::udp::{outbound_socket, send_now, to_socket_family};
+use super::udp::{datagram_target, open_outbound, send_now, to_socket_family};
 use super::{ConnMeter, Core, NodeRt};
 use crate::limits::gcra::Bucket;
 use crate::proto::{DatagramStreamCodec, Destination, StreamDatagram};
@@ -171,11 +171,7 @@ enum End {
 
 impl Conn<'_> {
     fn meter(&self) -> ConnMeter<'_> {
-        ConnMeter {
-            core: self.core,
-            node: self.user.node,
-            user_id: self.user.user_id,
-        }
+        ConnMeter::of(self.core, &self.user)
     }
 
     /// The connection's accounting: datagrams and sub-streams draw on one bucket and touch
@@ -423,27 +419,9 @@ impl Conn<'_> {
     }
 
     async fn send_up(&self, flow: u16, dest: Destination, payload: &[u8], tx: &mpsc::Sender<Reply>) {
-        let to = match dest {
-            Destination::Ip(a) => a,
-            Destination::Domain(..) => match self.core.outbound.resolve(&dest, &self.node.connect).await {
-                Ok(addrs) => match addrs.first() {
-                    Some(a) => *a,
-                    None => return,
-                },
-                Err(e) => {
-                    tracing::debug!(%dest, "datagram destination unresolved: {e}");
-                    return;
-                }
-            },
+        let Some(to) = datagram_target(self.core, self.node, &dest).await else {
+            return;
         };
-        if !self.node.connect.allow_private && crate::outbound::is_forbidden(to.ip()) {
-            tracing::debug!(%to, "datagram to a private destination refused");
-            return;
-        }
-        if let Some(rule) = self.node.connect.blocked_ip(to.ip()) {
-            tracing::debug!(%to, rule, "datagram blocked by audit rule");
-            return;
-        }
         let Some(sock) = self.flow_socket(flow, tx) else {
             return;
         };
@@ -466,13 +444,7 @@ impl Conn<'_> {
         if self.flows.borrow().len() >= MAX_FLOWS {
             return None;
         }
-        let sock = match outbound_socket(self.node.connect.send_ip) {
-            Ok(s) => Rc::new(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open an outbound UDP socket");
-                return None;
-            }
-        };
+        let sock = open_outbound(self.node)?;
         let ctl = Rc::new(ConnCtl::default());
         tokio::task::spawn_local(read_flow(
             self.core.clone(),

@@ -146,10 +146,6 @@ pub trait QuicInbound {
     fn obfuscation(&self) -> Option<salamander::Salamander> {
         None
     }
-    /// Whether the node relays UDP.
-    fn udp(&self) -> bool {
-        true
-    }
     /// Per-connection protocol state.
     fn connection(&self) -> Box<dyn ConnState>;
 }
