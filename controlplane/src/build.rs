@@ -12,6 +12,7 @@ use v2sp_shared::cred::{secret_for, CredKind};
 use v2sp_shared::dpconfig::{
     BlockRule, DnsRoute, FallbackTarget, GrpcSettings, HttpPathSettings, Hysteria2Settings, NodeConfig,
     Protocol, RealitySettings, ShadowsocksSettings, TcpHttpSettings, TlsSettings, Transport, TuicSettings,
+    XhttpSettings,
 };
 use v2sp_shared::panel::{NodeInfo, PanelUser, Route, TlsMode};
 use v2sp_shared::shm::UserEntry;
@@ -35,7 +36,7 @@ pub enum BuildError {
     NoServerKey(String),
     #[error("this build of v2sp does not serve {0} yet")]
     NotServedYet(&'static str),
-    #[error("this build of v2sp does not serve the {0:?} transport yet (tcp, ws, httpupgrade, grpc)")]
+    #[error("this build of v2sp does not serve the {0:?} transport yet (tcp, ws, httpupgrade, grpc, xhttp)")]
     TransportNotServedYet(String),
     #[error("this build of v2sp does not serve VLESS flow {0:?} yet (set no flow on the panel)")]
     FlowNotServedYet(String),
@@ -187,6 +188,7 @@ pub fn node_config(
         Protocol::Shadowsocks | Protocol::Anytls | Protocol::Hysteria2 | Protocol::Tuic => Transport::Tcp,
         _ => node_transport(info)?,
     };
+    let is_xhttp = matches!(transport, Transport::Xhttp(_));
     // ALPN: the fallbacks' values first (server preference picks them for clients that offer
     // them), then what the transport needs.
     let tls = tls.map(|mut t| {
@@ -220,14 +222,17 @@ pub fn node_config(
         send_ip,
         dns_strategy: entry.outbound_domain_strategy().to_string(),
         shadowsocks,
-        transport,
         flow: match (protocol, &tls) {
+            // Vision needs the TLS records on the wire; inside XHTTP's requests there are none
+            // (Xray's clients send no flow there either).
+            (Protocol::Vless, _) if is_xhttp => String::new(),
             (Protocol::Vless, Some(_)) => vless_flow(info),
             (Protocol::Vless, None) if !vless_flow(info).is_empty() => {
                 return Err(BuildError::NotServedYet("VLESS flow without TLS or REALITY"))
             }
             _ => String::new(),
         },
+        transport,
         padding_scheme: match protocol {
             Protocol::Anytls => anytls_padding(info),
             _ => Vec::new(),
@@ -538,8 +543,107 @@ pub fn node_transport(info: &NodeInfo) -> Result<Transport, BuildError> {
                 multi_mode: multi,
             }))
         }
+        "xhttp" | "splithttp" => xhttp(settings),
         other => Err(BuildError::TransportNotServedYet(other.to_string())),
     }
+}
+
+/// xray's `xhttpSettings` (`path`, `host`, `mode`, `extra`; spec §F.6): the base path gets
+/// Xray's normal form (leading and trailing `/`, query dropped); `extra` (an object, or the
+/// same as a JSON string) may change the padding range, the packet-up limits and the SSE
+/// header; client-only keys in it (`xmux`, `downloadSettings`, …) are ignored.
+fn xhttp(settings: Option<&serde_json::Value>) -> Result<Transport, BuildError> {
+    let bad = |why: String| BuildError::TransportNotServedYet(format!("xhttp: {why}"));
+    let text =
+        |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).unwrap_or_default().trim().to_string();
+    let mut x = XhttpSettings::default();
+    let path = text(settings.and_then(|s| s.get("path")));
+    let path = path.split('?').next().unwrap_or_default();
+    x.path = match (path.starts_with('/'), path.ends_with('/')) {
+        (true, true) => path.to_string(),
+        (true, false) => format!("{path}/"),
+        (false, _) if path.is_empty() => "/".to_string(),
+        (false, true) => format!("/{path}"),
+        (false, false) => format!("/{path}/"),
+    };
+    x.host = text(settings.and_then(|s| s.get("host")));
+    let mode = text(settings.and_then(|s| s.get("mode")));
+    x.mode = match mode.as_str() {
+        "" | "auto" => "auto".to_string(),
+        "packet-up" | "stream-up" | "stream-one" => mode,
+        other => {
+            return Err(bad(format!(
+                "unknown mode {other:?} (auto, packet-up, stream-up, stream-one)"
+            )))
+        }
+    };
+    let parsed;
+    let extra = match settings.and_then(|s| s.get("extra")) {
+        Some(serde_json::Value::String(t)) if !t.trim().is_empty() => {
+            parsed = serde_json::from_str::<serde_json::Value>(t).map_err(|e| bad(format!("extra: {e}")))?;
+            Some(&parsed)
+        }
+        Some(v @ serde_json::Value::Object(_)) => Some(v),
+        _ => None,
+    };
+    // Xray's defaults apply to a key that is absent or whose range ends at 0.
+    if let Some(e) = extra {
+        if let Some((lo, hi)) =
+            rand_range(e.get("xPaddingBytes")).map_err(|w| bad(format!("xPaddingBytes: {w}")))?
+        {
+            (x.padding_min, x.padding_max) = (lo, hi);
+        }
+        if let Some((_, hi)) =
+            rand_range(e.get("scMaxEachPostBytes")).map_err(|w| bad(format!("scMaxEachPostBytes: {w}")))?
+        {
+            x.max_each_post_bytes = hi;
+        }
+        if let Some((_, hi)) =
+            rand_range(e.get("scMaxBufferedPosts")).map_err(|w| bad(format!("scMaxBufferedPosts: {w}")))?
+        {
+            x.max_buffered_posts = hi;
+        }
+        x.no_sse_header = e.get("noSSEHeader").is_some_and(|v| v.as_bool().unwrap_or(false));
+    }
+    Ok(Transport::Xhttp(x))
+}
+
+/// One of Xray's `RandRangeConfig` values: a number, `"a-b"`, `"a"`, or `{"from":a,"to":b}`;
+/// `None` when absent, null or ending at 0 (Xray then uses its default).
+fn rand_range(v: Option<&serde_json::Value>) -> Result<Option<(u32, u32)>, String> {
+    let num = |v: &serde_json::Value| -> Result<u32, String> {
+        match v {
+            serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            serde_json::Value::String(t) => t.trim().parse().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| format!("{v} is not a count"))
+    };
+    let (lo, hi) = match v {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::String(t)) => match t.split_once('-') {
+            Some((a, b)) => (
+                num(&serde_json::Value::String(a.to_string()))?,
+                num(&serde_json::Value::String(b.to_string()))?,
+            ),
+            None => {
+                let n = num(&serde_json::Value::String(t.clone()))?;
+                (n, n)
+            }
+        },
+        Some(o @ serde_json::Value::Object(_)) => (
+            o.get("from").map(num).transpose()?.unwrap_or(0),
+            o.get("to").map(num).transpose()?.unwrap_or(0),
+        ),
+        Some(n) => {
+            let n = num(n)?;
+            (n, n)
+        }
+    };
+    if lo > hi {
+        return Err(format!("range {lo}-{hi} is backwards"));
+    }
+    Ok((hi != 0).then_some((lo, hi)))
 }
 
 /// xray's tcp `header` (`{"type":"http","request":{"path":[..]},"response":{..}}`) with
@@ -1550,6 +1654,63 @@ mod tests {
         let e = tls_entry("trojan", "self", dir.path());
         let c = node_config(1, "t", &e, &i).unwrap();
         assert_eq!(c.tls.unwrap().alpn, vec!["h2".to_string()]);
+    }
+
+    #[test]
+    fn xhttp_from_panel_network_settings() {
+        let t = |j: &str| node_config(1, "t", &entry("vless"), &info(j)).map(|c| c.transport);
+        assert_eq!(
+            t(r#"{"server_port":1,"network":"xhttp"}"#),
+            Ok(Transport::Xhttp(XhttpSettings::default()))
+        );
+        let Ok(Transport::Xhttp(x)) = t(
+            r#"{"server_port":1,"network":"xhttp","networkSettings":{"path":"x/y?ed=1","host":" h.example ","mode":"packet-up",
+                "extra":{"xPaddingBytes":"10-20","scMaxEachPostBytes":500000,"scMaxBufferedPosts":{"from":5,"to":8},
+                "noSSEHeader":true,"xmux":{"maxConcurrency":"16-32"}}}}"#,
+        ) else {
+            panic!("xhttp")
+        };
+        assert_eq!(
+            (x.path.as_str(), x.host.as_str(), x.mode.as_str()),
+            ("/x/y/", "h.example", "packet-up")
+        );
+        assert_eq!(
+            (
+                x.padding_min,
+                x.padding_max,
+                x.max_each_post_bytes,
+                x.max_buffered_posts
+            ),
+            (10, 20, 500_000, 8)
+        );
+        assert!(x.no_sse_header);
+        // `extra` as a JSON string, and a range ending at 0 keeps Xray's default.
+        let Ok(Transport::Xhttp(x)) = t(
+            r#"{"server_port":1,"network":"splithttp","networkSettings":{"path":"/p/","extra":"{\"xPaddingBytes\":0}"}}"#,
+        ) else {
+            panic!("xhttp")
+        };
+        assert_eq!(
+            (x.path.as_str(), x.padding_min, x.padding_max),
+            ("/p/", 100, 1000)
+        );
+        for bad in [
+            r#"{"server_port":1,"network":"xhttp","networkSettings":{"mode":"stream-all"}}"#,
+            r#"{"server_port":1,"network":"xhttp","networkSettings":{"extra":{"xPaddingBytes":"20-10"}}}"#,
+            r#"{"server_port":1,"network":"xhttp","networkSettings":{"extra":{"scMaxEachPostBytes":"lots"}}}"#,
+            r#"{"server_port":1,"network":"xhttp","networkSettings":{"extra":"{not json"}}"#,
+        ] {
+            assert!(
+                matches!(t(bad), Err(BuildError::TransportNotServedYet(_))),
+                "{bad}"
+            );
+        }
+        // A Vision flow is dropped on XHTTP (there are no TLS records inside its requests).
+        let i = info(r#"{"server_port":443,"network":"xhttp","flow":"xtls-rprx-vision","tls":1}"#);
+        assert_eq!(
+            node_config(1, "t", &entry("vless"), &i).map(|c| c.flow),
+            Ok(String::new())
+        );
     }
 
     #[test]

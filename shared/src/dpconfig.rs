@@ -275,6 +275,10 @@ pub enum Transport {
     /// gRPC "gun" (xray `grpc`): one HTTP/2 stream per connection, payload in protobuf
     /// `Hunk`/`MultiHunk` messages.
     Grpc(GrpcSettings),
+    /// XHTTP (xray `xhttp`, formerly `splithttp`): a stream carried by HTTP requests (HTTP/1.1
+    /// or HTTP/2): one streaming GET down and either POSTs of numbered packets or one streaming
+    /// POST up, joined into one session by an id in the path.
+    Xhttp(XhttpSettings),
 }
 
 impl Transport {
@@ -285,6 +289,7 @@ impl Transport {
             Self::HttpUpgrade(_) => "httpupgrade",
             Self::TcpHttp(_) => "tcp+http",
             Self::Grpc(_) => "grpc",
+            Self::Xhttp(_) => "xhttp",
         }
     }
     /// ALPN protocols a TLS node offers for this transport (empty: none).
@@ -293,6 +298,9 @@ impl Transport {
             Self::Tcp | Self::TcpHttp(_) => Vec::new(),
             Self::Ws(_) | Self::HttpUpgrade(_) => vec!["http/1.1".to_string()],
             Self::Grpc(_) => vec!["h2".to_string()],
+            // Xray's client speaks HTTP/2 over TLS whatever ALPN says (and HTTP/1.1 when told
+            // `http/1.1` only); the server reads the connection preface to know which.
+            Self::Xhttp(_) => vec!["h2".to_string(), "http/1.1".to_string()],
         }
     }
 }
@@ -306,6 +314,45 @@ pub struct GrpcSettings {
     pub service_name: String,
     /// `multiMode` (a client setting; the server accepts both streams either way).
     pub multi_mode: bool,
+}
+
+/// xray's `xhttpSettings`, server side: where requests are accepted, the mode, and the `extra`
+/// settings that change what the server accepts or sends (Xray's names and defaults).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct XhttpSettings {
+    /// Base path, starting and ending with `/` (a request's path is this, then the session id,
+    /// then `/seq` for a packet).
+    pub path: String,
+    /// When non-empty, the request's Host (port ignored, case-insensitive) must equal this.
+    pub host: String,
+    /// `auto`, `packet-up`, `stream-up` or `stream-one`: which uploads are accepted.
+    pub mode: String,
+    /// `xPaddingBytes`: the length range of the padding a client may send (`x_padding` in the
+    /// query or the Referer's query) and of the `X-Padding` header we answer with.
+    pub padding_min: u32,
+    pub padding_max: u32,
+    /// `scMaxEachPostBytes`: the largest packet-up POST body.
+    pub max_each_post_bytes: u32,
+    /// `scMaxBufferedPosts`: packets held out of order per session.
+    pub max_buffered_posts: u32,
+    /// `noSSEHeader`: no `Content-Type: text/event-stream` on the download.
+    pub no_sse_header: bool,
+}
+
+impl Default for XhttpSettings {
+    fn default() -> Self {
+        XhttpSettings {
+            path: "/".to_string(),
+            host: String::new(),
+            mode: "auto".to_string(),
+            padding_min: 100,
+            padding_max: 1000,
+            max_each_post_bytes: 1_000_000,
+            max_buffered_posts: 30,
+            no_sse_header: false,
+        }
+    }
 }
 
 /// xray's tcp `header` of type `http`, server side.

@@ -16,6 +16,7 @@ mod salamander_socket;
 pub mod sniff;
 mod udp;
 mod udp_stream;
+mod xhttp;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -258,6 +259,8 @@ pub struct Shared {
     pub protocols: ProtocolFactory,
     /// Splice unchanged streams (off = always copy; for measurement).
     pub splice: bool,
+    /// The sessions of every XHTTP node (their requests may arrive on any core).
+    pub xhttp: xhttp::Hub,
 }
 
 impl Shared {
@@ -273,6 +276,7 @@ impl Shared {
             replay: Box::new(crate::limits::replay::ReplayFilter::new(REPLAY_WINDOW_S, 1 << 20)),
             protocols,
             splice: std::env::var("V2SP_SPLICE").map(|v| v != "0").unwrap_or(true),
+            xhttp: xhttp::Hub::default(),
         })
     }
 }
@@ -293,6 +297,8 @@ pub struct NodeRt {
     relay: RelayTimeouts,
     /// Balancers whose connections start with a PROXY header (`proxy_protocol_from`, parsed).
     proxy_from: Vec<(IpAddr, u8)>,
+    /// The XHTTP transport's settings: connections are then HTTP servers (`xhttp.rs`).
+    xhttp: Option<Rc<crate::transport::xhttp::Xhttp>>,
 }
 
 impl NodeRt {
@@ -877,6 +883,12 @@ impl Core {
                 .iter()
                 .map(|c| v2sp_shared::audit::parse_network(c))
                 .collect::<Result<_, _>>()?,
+            xhttp: match &n.transport {
+                v2sp_shared::dpconfig::Transport::Xhttp(x) => {
+                    Some(Rc::new(crate::transport::xhttp::Xhttp::new(x)))
+                }
+                _ => None,
+            },
         }))
     }
 
@@ -1134,7 +1146,6 @@ async fn sniff_first(
     initial_upload: &mut Vec<u8>,
 ) -> Sniff {
     use crate::proto::Destination;
-    use v2sp_shared::audit::Target;
     let Some(a) = node.connect.audit.as_deref() else {
         return Sniff::Pass;
     };
@@ -1191,18 +1202,10 @@ async fn sniff_first(
             Err(_) => return Sniff::Drop,
         }
     }
-    let Some(s) = sniff::sniff(initial_upload) else {
-        return Sniff::Pass;
-    };
-    if let Some(rule) = a.blocks_protocol(s.protocol) {
-        return Sniff::Block(rule, s.protocol.to_string());
+    match sniff::verdict(a, initial_upload) {
+        Some((rule, what)) => Sniff::Block(rule, what),
+        None => Sniff::Pass,
     }
-    if let Some(d) = s.domain {
-        if let Some(rule) = a.blocks(Target::Domain(&d)) {
-            return Sniff::Block(rule, format!("{} {d}", s.protocol));
-        }
-    }
-    Sniff::Pass
 }
 
 /// The node's compiled audit rules (`None` when it has none). The control plane validated
@@ -1317,6 +1320,9 @@ impl Drop for Registered {
 }
 
 enum Handshake {
+    /// An XHTTP node's connection after TLS (if any): the plaintext read so far, and the TLS
+    /// session with its partial record.
+    Http(Vec<u8>, Option<(crate::tls::TlsSession, Vec<u8>)>),
     /// The protocol's answer, and the TLS session with the partial record that followed the
     /// header (TLS nodes only).
     Forward(Next, Option<Box<(crate::tls::TlsSession, Vec<u8>)>>),
@@ -1444,6 +1450,9 @@ async fn handshake(
             Err(crate::tls::AcceptError::Wire(_)) => return drain(&core.bufs, s, usize::MAX).await,
             Err(crate::tls::AcceptError::Io) => return Handshake::Drop,
         }
+    }
+    if node.xhttp.is_some() {
+        return Handshake::Http(first, tls.map(|t| (t, carry)));
     }
     // The node's transport (ws, httpupgrade, …) in front of the protocol handshake.
     let mut hs = crate::transport::Chain::new(&node.cfg.transport, node.proto.new_handshake());
@@ -1630,6 +1639,10 @@ async fn open(
             return None;
         }
         Ok(Handshake::Drop) => return None,
+        Ok(Handshake::Http(first, tls)) => {
+            xhttp::serve(core, node, client, peer, hs_guard, tls, first).await;
+            return None;
+        }
         Err(_) => {
             tracing::debug!(node = node.cfg.slot, %peer, "handshake deadline passed");
             return None;

@@ -1142,7 +1142,6 @@ async fn sniff_block(
     recv: &mut quinn::RecvStream,
     initial: &mut Vec<u8>,
 ) -> Option<(i64, String)> {
-    use v2sp_shared::audit::Target;
     let a = env.node.connect.audit.as_deref()?;
     let dest_is_ip = match dest {
         Destination::Ip(_) => true,
@@ -1158,13 +1157,7 @@ async fn sniff_block(
             initial.extend_from_slice(&c.bytes);
         }
     }
-    let s = super::sniff::sniff(initial)?;
-    if let Some(rule) = a.blocks_protocol(s.protocol) {
-        return Some((rule, s.protocol.to_string()));
-    }
-    let d = s.domain?;
-    let rule = a.blocks(Target::Domain(&d))?;
-    Some((rule, format!("{} {d}", s.protocol)))
+    super::sniff::verdict(a, initial)
 }
 
 /// Client bytes to the destination: after the speed limit, counted once written.

@@ -62,6 +62,18 @@ fn host_without_port(h: &str) -> String {
     }
 }
 
+/// The audit verdict on a stream's first bytes: `Some((rule, what was sniffed))` when a
+/// `protocol:` rule or a rule on the sniffed domain blocks it.
+pub(super) fn verdict(a: &v2sp_shared::audit::AuditRules, first: &[u8]) -> Option<(i64, String)> {
+    let s = sniff(first)?;
+    if let Some(rule) = a.blocks_protocol(s.protocol) {
+        return Some((rule, s.protocol.to_string()));
+    }
+    let d = s.domain?;
+    let rule = a.blocks(v2sp_shared::audit::Target::Domain(&d))?;
+    Some((rule, format!("{} {d}", s.protocol)))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -123,3 +135,4 @@ mod tests {
         assert_eq!(sniff(&[0x16]), None);
     }
 }
+

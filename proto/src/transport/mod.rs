@@ -24,6 +24,7 @@ pub mod http;
 pub mod httpupgrade;
 pub mod tcphttp;
 pub mod ws;
+pub mod xhttp;
 
 use v2sp_shared::dpconfig::Transport;
 
@@ -62,6 +63,8 @@ pub fn handshake_for(t: &Transport) -> Option<Box<dyn TransportHandshake>> {
         Transport::HttpUpgrade(s) => Some(Box::new(httpupgrade::HttpUpgradeHandshake::new(s))),
         Transport::TcpHttp(s) => Some(Box::new(tcphttp::TcpHttpHandshake::new(s))),
         Transport::Grpc(s) => Some(Box::new(grpc::GrpcHandshake::new(s))),
+        // Served by the data plane's HTTP session driver, never through a chain.
+        Transport::Xhttp(_) => None,
     }
 }
 
