@@ -145,3 +145,105 @@ fn probes_get_plain_http_answers() {
     }
     drop(v);
 }
+
+/// Removing a user closes their XHTTP sessions (the destination side too) and refuses new
+/// ones: Xray over TLS in packet-up mode, one session held open across the removal.
+#[test]
+fn removal_cuts_off_an_xhttp_session() {
+    if !run_in_loopback_netns("removal_cuts_off_an_xhttp_session", Duration::from_secs(120)) {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let nodes = vec![NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "vless", "server_port": port, "tls": 1,
+                     "network": "xhttp", "networkSettings": {"path": PATH, "host": DOMAIN},
+                     "tls_settings": {"server_name": DOMAIN},
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: users(&UUIDS[..2]),
+    }];
+    let v = V2sp::start(nodes, self_signed_certs(certs.path(), DOMAIN)).unwrap();
+    let out = xray_client("vless", port, UUIDS[1], true, "packet-up");
+    let (p, socks) = xray_outbound(out, v.dir.path()).unwrap_or_else(|e| panic!("xray: {e:#}"));
+    let expected = v
+        .assert_removal_cuts_off(socks, &|| p.log(), (1, 2), users(&UUIDS[..1]))
+        .unwrap_or_else(|e| panic!("{e:#}\n--- v2sp ---\n{}", v.agent.log()));
+    drop(p);
+    v.finish(&[], &expected);
+}
+
+/// stream-one (upload and download in one POST), which Xray 24.11 cannot send: our own
+/// minimal client over HTTP/1.1 with a chunked body, VLESS inside, 256 KiB echoed.
+#[test]
+fn stream_one_with_our_own_client() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let echo = Echo::start().unwrap();
+    let port = free_port();
+    let nodes = vec![NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "vless", "server_port": port, "tls": 0, "network": "xhttp",
+                     "networkSettings": {"path": PATH, "mode": "stream-one"},
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: users(&UUIDS),
+    }];
+    let v = V2sp::start(nodes, json!({})).unwrap();
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    w.write_all(format!("POST {PATH}/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes())
+        .unwrap();
+    // VLESS request: version 0, the user's id, no addons, TCP to 127.0.0.1:echo.
+    let mut head = vec![0u8];
+    head.extend_from_slice(&hex::decode(UUIDS[2].replace('-', "")).unwrap());
+    head.extend_from_slice(&[0, 1]);
+    head.extend_from_slice(&echo.port.to_be_bytes());
+    head.extend_from_slice(&[1, 127, 0, 0, 1]);
+    let data = payload(256 << 10, 5);
+    let chunk = |w: &mut std::net::TcpStream, b: &[u8]| {
+        w.write_all(format!("{:x}\r\n", b.len()).as_bytes()).unwrap();
+        w.write_all(b).unwrap();
+        w.write_all(b"\r\n").unwrap();
+    };
+    chunk(&mut w, &head);
+    let writer = {
+        let data = data.clone();
+        std::thread::spawn(move || {
+            for c in data.chunks(16 << 10) {
+                chunk(&mut w, c);
+            }
+            w
+        })
+    };
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line:?}\n{}", v.agent.log());
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    // The chunked download: VLESS's 2-byte answer, then the echo.
+    let mut body = Vec::new();
+    while body.len() < 2 + data.len() {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let n = usize::from_str_radix(line.trim(), 16).unwrap();
+        assert!(n > 0, "the download ended early after {} bytes", body.len());
+        let mut c = vec![0u8; n + 2];
+        r.read_exact(&mut c).unwrap();
+        body.extend_from_slice(&c[..n]);
+    }
+    assert_eq!(&body[..2], &[0, 0]);
+    assert!(body[2..] == data[..], "the echo differs");
+    let mut w = writer.join().unwrap();
+    w.write_all(b"0\r\n\r\n").unwrap();
+    let n = data.len() as u64;
+    let expected = BTreeMap::from([(3u32, (n, n))]);
+    v.wait_totals(1, &expected, Duration::from_secs(20)).unwrap();
+}
