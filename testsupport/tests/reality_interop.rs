@@ -144,6 +144,11 @@ fn setup(flow: &str) -> Setup {
 }
 
 fn setup_protocol(protocol: &str, flow: &str) -> Setup {
+    setup_network(protocol, flow, json!({"network": "tcp"}))
+}
+
+/// As [`setup_protocol`], with the panel's `network` (and `networkSettings`) in `network`.
+fn setup_network(protocol: &str, flow: &str, network: serde_json::Value) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let nginx = Nginx::start(tmp.path());
     let echo = Echo::start().unwrap();
@@ -152,10 +157,16 @@ fn setup_protocol(protocol: &str, flow: &str) -> Setup {
     let node = NodeSpec {
         node_id: 1,
         port,
-        info: json!({"node_type": protocol, "server_port": port, "tls": 2, "network": "tcp", "flow": flow,
+        info: {
+            let mut i = json!({"node_type": protocol, "server_port": port, "tls": 2, "flow": flow,
                      "tls_settings": {"server_name": SNI, "dest": "127.0.0.1", "server_port": nginx.port.to_string(),
                                       "private_key": private_key, "short_id": SHORT_ID, "xver": "0"},
-                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+                     "base_config": {"push_interval": 1, "pull_interval": 1}});
+            for (k, v) in network.as_object().into_iter().flatten() {
+                i[k] = v.clone();
+            }
+            i
+        },
         users: users(&UUIDS),
     };
     let v = V2sp::start(vec![node], json!({})).unwrap();
@@ -525,5 +536,41 @@ fn xray_trojan_reality_exact_accounting() {
     );
     drop(p);
     let exp = BTreeMap::from([(1u32, (moved, moved))]);
+    s.v.wait_totals(1, &exp, Duration::from_secs(20)).unwrap();
+}
+
+/// Issue 13: VLESS over XHTTP over REALITY with Xray as the client (HTTP/2 inside REALITY),
+/// packet-up and stream-up, 1 MiB each echoed sha256-checked, exact totals.
+#[test]
+fn xray_xhttp_over_reality_exact_accounting() {
+    if !run_in_loopback_netns("xray_xhttp_over_reality_exact_accounting", Duration::from_secs(120)) {
+        return;
+    }
+    let s = setup_network(
+        "vless",
+        "",
+        json!({"network": "xhttp", "networkSettings": {"path": "/xr", "mode": "auto"}}),
+    );
+    let port = s.v.nodes[0].port;
+    let mut exp = BTreeMap::new();
+    for (uid, mode) in [(0usize, "packet-up"), (1, "stream-up")] {
+        let out = json!({"protocol": "vless",
+            "settings": {"vnext": [{"address": "127.0.0.1", "port": port,
+                                    "users": [{"id": UUIDS[uid], "encryption": "none"}]}]},
+            "streamSettings": {"network": "xhttp", "security": "reality",
+                "xhttpSettings": {"path": "/xr", "mode": mode},
+                "realitySettings": {"serverName": SNI, "publicKey": s.public_key, "shortId": SHORT_ID,
+                                    "fingerprint": "chrome"}}});
+        let (p, socks) = xray_outbound(out, s.v.dir.path()).unwrap_or_else(|e| panic!("xray: {e:#}"));
+        let data = payload(1 << 20, 40 + uid as u64);
+        let moved = tcp_echo_through(socks, s.echo.port, &data).unwrap_or_else(|e| {
+            panic!(
+                "{mode}: {e:#}\n--- xray ---\n{}\n--- v2sp ---\n{}",
+                p.log(),
+                s.v.agent.log()
+            )
+        });
+        exp.insert(uid as u32 + 1, (moved, moved));
+    }
     s.v.wait_totals(1, &exp, Duration::from_secs(20)).unwrap();
 }
