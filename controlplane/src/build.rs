@@ -219,6 +219,7 @@ pub fn node_config(
         speed_limit_mbps: u32::try_from(entry.limit.speed_limit_mbps).unwrap_or(u32::MAX),
         proxy_protocol: entry.enable_proxy_protocol,
         proxy_protocol_from: entry.proxy_protocol_from.clone(),
+        trusted_proxies: entry.trusted_proxies.clone(),
         send_ip,
         dns_strategy: entry.outbound_domain_strategy().to_string(),
         shadowsocks,

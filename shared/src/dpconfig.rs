@@ -92,6 +92,10 @@ pub struct NodeConfig {
     /// addresses are served as direct clients.
     #[serde(default)]
     pub proxy_protocol_from: Vec<String>,
+    /// Proxies whose `X-Forwarded-For`/`X-Real-IP` is believed on HTTP transports
+    /// (`TrustedProxies`): `ip` or `ip/len` entries; empty = none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// Source address for outbound connections (`SendIP`), empty = any.
     #[serde(default)]
     pub send_ip: String,

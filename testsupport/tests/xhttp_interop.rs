@@ -175,7 +175,8 @@ fn removal_cuts_off_an_xhttp_session() {
 }
 
 /// stream-one (upload and download in one POST), which Xray 24.11 cannot send: our own
-/// minimal client over HTTP/1.1 with a chunked body, VLESS inside, 256 KiB echoed.
+/// minimal client over HTTP/1.1 with a chunked body, VLESS inside, 256 KiB echoed. Loopback is a
+/// trusted proxy here, so the online IP reported is the one `X-Forwarded-For` names.
 #[test]
 fn stream_one_with_our_own_client() {
     use std::io::{BufRead, BufReader, Read, Write};
@@ -189,12 +190,18 @@ fn stream_one_with_our_own_client() {
                      "base_config": {"push_interval": 1, "pull_interval": 1}}),
         users: users(&UUIDS),
     }];
-    let v = V2sp::start(nodes, json!({})).unwrap();
+    let v = V2sp::start(nodes, json!({"TrustedProxies": ["127.0.0.0/8"]})).unwrap();
     let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut w = s.try_clone().unwrap();
-    w.write_all(format!("POST {PATH}/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes())
-        .unwrap();
+    w.write_all(
+        format!(
+            "POST {PATH}/ HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.9, 203.0.113.7\r\n\
+             Transfer-Encoding: chunked\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     // VLESS request: version 0, the user's id, no addons, TCP to 127.0.0.1:echo.
     let mut head = vec![0u8];
     head.extend_from_slice(&hex::decode(UUIDS[2].replace('-', "")).unwrap());
@@ -246,4 +253,14 @@ fn stream_one_with_our_own_client() {
     let n = data.len() as u64;
     let expected = BTreeMap::from([(3u32, (n, n))]);
     v.wait_totals(1, &expected, Duration::from_secs(20)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !format!("{:?}", v.sim.alive_reports(1)).contains("203.0.113.7") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no online IP from X-Forwarded-For: {:?}\n{}",
+            v.sim.alive_reports(1),
+            v.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

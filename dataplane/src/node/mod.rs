@@ -299,6 +299,8 @@ pub struct NodeRt {
     proxy_from: Vec<(IpAddr, u8)>,
     /// The XHTTP transport's settings: connections are then HTTP servers (`xhttp.rs`).
     xhttp: Option<Rc<crate::transport::xhttp::Xhttp>>,
+    /// Proxies whose forwarding headers name the client (`trusted_proxies`, parsed).
+    trusted_proxies: Vec<(IpAddr, u8)>,
 }
 
 impl NodeRt {
@@ -880,6 +882,11 @@ impl Core {
             relay: RelayTimeouts::from(&cfg.timeouts),
             proxy_from: n
                 .proxy_protocol_from
+                .iter()
+                .map(|c| v2sp_shared::audit::parse_network(c))
+                .collect::<Result<_, _>>()?,
+            trusted_proxies: n
+                .trusted_proxies
                 .iter()
                 .map(|c| v2sp_shared::audit::parse_network(c))
                 .collect::<Result<_, _>>()?,

@@ -451,6 +451,36 @@ fn header(req: &HttpRequest<Incoming>, name: hyper::header::HeaderName) -> Optio
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The client's address: the peer's, or, when the peer is one of the node's trusted proxies
+/// (a CDN, nginx), the last address of `X-Forwarded-For` that is not itself a trusted proxy
+/// (earlier entries are whatever the client wrote), else `X-Real-IP`.
+fn client_ip(node: &NodeRt, peer: IpAddr, req: &HttpRequest<Incoming>) -> IpAddr {
+    let peer = crate::net::normalise_ip(peer);
+    let trusted = |ip: IpAddr| {
+        node.trusted_proxies
+            .iter()
+            .any(|&(net, len)| v2sp_shared::audit::in_network(ip, net, len))
+    };
+    if !trusted(peer) {
+        return peer;
+    }
+    let parse = |v: &str| v.trim().parse::<IpAddr>().ok().map(crate::net::normalise_ip);
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(parse)
+        .collect::<Vec<_>>();
+    if let Some(ip) = forwarded.iter().rev().copied().find(|&ip| !trusted(ip)) {
+        return ip;
+    }
+    header(req, hyper::header::HeaderName::from_static("x-real-ip"))
+        .and_then(parse)
+        .unwrap_or(peer)
+}
+
 /// One request: classified, joined to its session, answered.
 async fn request(cx: &Rc<ConnCx>, req: HttpRequest<Incoming>) -> Response<XBody> {
     let x = &cx.x;
@@ -480,7 +510,7 @@ async fn request(cx: &Rc<ConnCx>, req: HttpRequest<Incoming>) -> Response<XBody>
             return status(r.status(), &common);
         }
     };
-    let ip = crate::net::normalise_ip(cx.peer.ip());
+    let ip = client_ip(&cx.node, cx.peer.ip(), &req);
     let hub = &cx.core.shared.xhttp;
     let (session, seq) = match &kind {
         Request::StreamOne => (None, None),

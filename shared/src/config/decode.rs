@@ -1066,6 +1066,7 @@ fn read_options(o: &mut Obj<'_>, node: &mut NodeEntry) -> Result<(), ConfigError
         ),
         _ => {}
     }
+    node.trusted_proxies = o.get("TrustedProxies", as_networks)?.unwrap_or_default();
     node.enable_dns = o.boolean("EnableDNS", false)?;
     if let Some(v) = o.take("DNSType") {
         let path = o.sub("DNSType");
@@ -1414,6 +1415,17 @@ mod tests {
 
     #[test]
     #[allow(clippy::unwrap_used)]
+    fn trusted_proxies_are_cidrs() {
+        let doc = r#"{"Nodes":[{"ApiHost":"http://127.0.0.1","ApiKey":"k","NodeID":1,"NodeType":"vless",
+            "TrustedProxies":["173.245.48.0/20","127.0.0.1"]}]}"#;
+        let l = crate::config::parse_str(doc, Path::new("t.json")).unwrap();
+        assert_eq!(l.config.nodes[0].trusted_proxies, ["173.245.48.0/20", "127.0.0.1/32"]);
+        let bad = doc.replace("127.0.0.1\"]", "cdn\"]");
+        let e = crate::config::parse_str(&bad, Path::new("t.json")).unwrap_err();
+        assert!(e.to_string().contains("TrustedProxies[1]"), "{e}");
+    }
+
+    #[test]
     fn proxy_protocol_from_is_cidrs_and_its_absence_is_warned() {
         let node = |extra: &str| {
             format!(

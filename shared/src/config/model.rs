@@ -471,6 +471,11 @@ pub struct NodeEntry {
     /// `EnableProxyProtocol: true`: loopback only (a warning says so).
     #[serde(rename = "ProxyProtocolFrom")]
     pub proxy_protocol_from: Vec<String>,
+    /// `TrustedProxies` (v2sp extension): CDN or reverse-proxy addresses (`ip` or `ip/len`)
+    /// whose `X-Forwarded-For`/`X-Real-IP` names the client on HTTP transports (XHTTP); device
+    /// limits and online IPs then count that address. Empty (the default): never trusted.
+    #[serde(rename = "TrustedProxies")]
+    pub trusted_proxies: Vec<String>,
     #[serde(rename = "EnableDNS")]
     pub enable_dns: bool,
     /// `DNSType` (default `AsIs`): `AsIs`/`UseIP`/`UseIPv4`/`UseIPv6`; see
@@ -537,6 +542,7 @@ impl Default for NodeEntry {
             report_min_traffic_kb: 0,
             enable_proxy_protocol: false,
             proxy_protocol_from: Vec::new(),
+            trusted_proxies: Vec::new(),
             enable_dns: false,
             dns_type: "AsIs".to_owned(),
             enable_tfo: false,
