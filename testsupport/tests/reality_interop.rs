@@ -543,7 +543,10 @@ fn xray_trojan_reality_exact_accounting() {
 /// packet-up and stream-up, 1 MiB each echoed sha256-checked, exact totals.
 #[test]
 fn xray_xhttp_over_reality_exact_accounting() {
-    if !run_in_loopback_netns("xray_xhttp_over_reality_exact_accounting", Duration::from_secs(120)) {
+    if !run_in_loopback_netns(
+        "xray_xhttp_over_reality_exact_accounting",
+        Duration::from_secs(120),
+    ) {
         return;
     }
     let s = setup_network(

@@ -264,3 +264,84 @@ fn stream_one_with_our_own_client() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Issue 11 on XHTTP: sessions that never authenticate, opened by GETs from one address, are
+/// held at most 64 at a time (the rest are answered 503 at once), cost little memory, and
+/// end at the handshake deadline, after which the address may open sessions again.
+#[test]
+fn unauthenticated_session_flood_is_bounded_and_expires() {
+    use std::io::{Read, Write};
+    const FLOOD: usize = 200;
+    const PENDING_PER_IP: usize = 64;
+    let port = free_port();
+    let nodes = vec![NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "vless", "server_port": port, "tls": 0, "network": "xhttp",
+                     "networkSettings": {"path": PATH},
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: users(&UUIDS),
+    }];
+    let v = V2sp::start_with(nodes, json!({}), json!({"Timeouts": {"Handshake": 3}})).unwrap();
+    let pid = v.dataplane_pid();
+    let before = v2sp_testsupport::harness::rss_bytes(pid);
+    let get = |i: usize| -> (std::net::TcpStream, String) {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("GET {PATH}/flood-{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut b = [0u8; 12];
+        let n = s.read(&mut b).unwrap_or(0);
+        let status = String::from_utf8_lossy(&b[..n]).to_string();
+        (s, status)
+    };
+    let mut held = Vec::new();
+    let (mut ok, mut busy) = (0, 0);
+    for i in 0..FLOOD {
+        let (s, status) = get(i);
+        match status.as_str() {
+            "HTTP/1.1 200" => ok += 1,
+            "HTTP/1.1 503" => {
+                busy += 1;
+                held.push(s);
+            }
+            other => panic!("GET {i}: {other:?}\n{}", v.agent.log()),
+        }
+    }
+    let grown = v2sp_testsupport::harness::rss_bytes(pid).saturating_sub(before);
+    assert!(
+        (1..=PENDING_PER_IP).contains(&ok),
+        "{ok} sessions opened, {busy} refused"
+    );
+    assert_eq!(ok + busy, FLOOD);
+    assert!(
+        grown < 16 << 20,
+        "RSS grew {grown} bytes for {ok} pending sessions"
+    );
+    // The pending sessions end at the 3 s handshake deadline; then a new one is taken. The
+    // connections whose GET was refused are closed by then too (nothing on them authenticated).
+    std::thread::sleep(Duration::from_secs(4));
+    for mut s in held.drain(..) {
+        let mut rest = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let r = s.read_to_end(&mut rest);
+        assert!(
+            r.is_ok(),
+            "a refused connection is still open after the handshake deadline: {r:?}"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_s, status) = get(FLOOD + 1);
+        if status == "HTTP/1.1 200" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refused: {status}\n{}",
+            v.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(held);
+}

@@ -135,4 +135,3 @@ mod tests {
         assert_eq!(sniff(&[0x16]), None);
     }
 }
-

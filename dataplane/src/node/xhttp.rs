@@ -291,10 +291,27 @@ impl Session {
     }
 }
 
-/// A response body: nothing, a few bytes, or a channel's chunks until it closes.
-pub(super) enum XBody {
-    Empty,
-    Chan(mpsc::Receiver<Bytes>),
+/// A response body: nothing, or a channel's chunks until it closes. It holds the request's
+/// place in its connection's count of requests being served until hyper drops it (a GET's
+/// answer streams long after the service returned it).
+pub(super) struct XBody {
+    chan: Option<mpsc::Receiver<Bytes>>,
+    busy: Option<Busy>,
+}
+
+impl XBody {
+    fn empty() -> Self {
+        XBody {
+            chan: None,
+            busy: None,
+        }
+    }
+    fn chan(rx: mpsc::Receiver<Bytes>) -> Self {
+        XBody {
+            chan: Some(rx),
+            busy: None,
+        }
+    }
 }
 
 impl Body for XBody {
@@ -305,21 +322,39 @@ impl Body for XBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            XBody::Empty => Poll::Ready(None),
-            XBody::Chan(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
+        match &mut self.get_mut().chan {
+            None => Poll::Ready(None),
+            Some(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, XBody::Empty)
+        self.chan.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            XBody::Empty => SizeHint::with_exact(0),
-            XBody::Chan(_) => SizeHint::default(),
+        match self.chan {
+            None => SizeHint::with_exact(0),
+            Some(_) => SizeHint::default(),
         }
+    }
+}
+
+/// One request being served on a connection (its answer included).
+struct Busy(Rc<ConnCx>);
+
+impl Busy {
+    fn new(cx: Rc<ConnCx>) -> Self {
+        cx.active.set(cx.active.get() + 1);
+        Busy(cx)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let cx = &self.0;
+        cx.active.set(cx.active.get().saturating_sub(1));
+        cx.last_active.set(Instant::now());
     }
 }
 
@@ -332,6 +367,34 @@ struct ConnCx {
     /// Requests being served (the watchdog ends a connection idle with none).
     active: Cell<usize>,
     last_active: Cell<Instant>,
+    /// Sessions this connection's requests joined (the last few), until one authenticated.
+    seen: std::cell::RefCell<Vec<std::sync::Weak<Session>>>,
+    /// A session of this connection authenticated: the connection is past its handshake.
+    authed: Cell<bool>,
+}
+
+impl ConnCx {
+    /// Whether a session this connection served has authenticated.
+    fn authenticated(&self) -> bool {
+        if !self.authed.get() {
+            let any = self
+                .seen
+                .borrow()
+                .iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .any(|s| !s.pending.load(Ordering::Acquire));
+            self.authed.set(any);
+        }
+        self.authed.get()
+    }
+
+    fn saw(&self, s: &Arc<Session>) {
+        let mut seen = self.seen.borrow_mut();
+        if seen.len() >= 8 {
+            seen.remove(0);
+        }
+        seen.push(Arc::downgrade(s));
+    }
 }
 
 /// Serves one XHTTP connection after TLS (or plain): `first` is plaintext already read,
@@ -384,25 +447,32 @@ pub(super) async fn serve(
         peer,
         active: Cell::new(0),
         last_active: Cell::new(Instant::now()),
+        seen: std::cell::RefCell::new(Vec::new()),
+        authed: Cell::new(false),
     });
     let svc_cx = cx.clone();
     let svc = hyper::service::service_fn(move |req: HttpRequest<Incoming>| {
         let cx = svc_cx.clone();
         async move {
-            cx.active.set(cx.active.get() + 1);
-            let r = request(&cx, req).await;
-            cx.active.set(cx.active.get().saturating_sub(1));
-            cx.last_active.set(Instant::now());
+            let busy = Busy::new(cx.clone());
+            let mut r = request(&cx, req).await;
+            r.body_mut().busy = Some(busy);
             Ok::<_, Infallible>(r)
         }
     });
-    // A connection with no request for this long ends (keep-alive between POSTs is far
-    // shorter; a client's idle HTTP/2 connection redials).
+    // A connection serving no request ends after the relay's idle timeout (at most 5 min:
+    // keep-alive between POSTs is far shorter, and a client's idle HTTP/2 connection redials),
+    // and after the handshake timeout while none of its sessions has authenticated (one
+    // deadline for everything before authentication).
     let idle = node.relay.idle.min(Duration::from_secs(300));
+    let started = Instant::now();
     let watchdog = async {
         loop {
-            tokio::time::sleep(Duration::from_secs(1).min(idle)).await;
-            if cx.active.get() == 0 && cx.last_active.get().elapsed() >= idle {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if cx.active.get() == 0
+                && (cx.last_active.get().elapsed() >= idle
+                    || (started.elapsed() >= node.handshake && !cx.authenticated()))
+            {
                 return;
             }
         }
@@ -437,7 +507,7 @@ pub(super) async fn serve(
 }
 
 fn status(code: u16, headers: &[(&'static str, String)]) -> Response<XBody> {
-    let mut r = Response::new(XBody::Empty);
+    let mut r = Response::new(XBody::empty());
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
     for (k, v) in headers {
         if let Ok(v) = hyper::header::HeaderValue::from_str(v) {
@@ -532,6 +602,7 @@ async fn request(cx: &Rc<ConnCx>, req: HttpRequest<Incoming>) -> Response<XBody>
         },
         None => Arc::new(Session::new(x, ip, None)),
     };
+    cx.saw(&s);
     match kind {
         Request::Download { .. } => {
             if s.down_taken.swap(true, Ordering::AcqRel) {
@@ -544,7 +615,7 @@ async fn request(cx: &Rc<ConnCx>, req: HttpRequest<Incoming>) -> Response<XBody>
                 r.headers_mut()
                     .insert(k, hyper::header::HeaderValue::from_static(v));
             }
-            *r.body_mut() = XBody::Chan(rx);
+            *r.body_mut() = XBody::chan(rx);
             r
         }
         Request::Packet { .. } => {
@@ -589,7 +660,7 @@ async fn request(cx: &Rc<ConnCx>, req: HttpRequest<Incoming>) -> Response<XBody>
                 "cache-control",
                 hyper::header::HeaderValue::from_static("no-store"),
             );
-            *r.body_mut() = XBody::Chan(rx);
+            *r.body_mut() = XBody::chan(rx);
             if s.ended.load(Ordering::Acquire) {
                 s.holds.lock().unwrap_or_else(|p| p.into_inner()).clear();
             }
@@ -606,7 +677,7 @@ async fn request(cx: &Rc<ConnCx>, req: HttpRequest<Incoming>) -> Response<XBody>
                 r.headers_mut()
                     .insert(k, hyper::header::HeaderValue::from_static(v));
             }
-            *r.body_mut() = XBody::Chan(rx);
+            *r.body_mut() = XBody::chan(rx);
             r
         }
     }

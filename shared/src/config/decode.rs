@@ -1419,7 +1419,10 @@ mod tests {
         let doc = r#"{"Nodes":[{"ApiHost":"http://127.0.0.1","ApiKey":"k","NodeID":1,"NodeType":"vless",
             "TrustedProxies":["173.245.48.0/20","127.0.0.1"]}]}"#;
         let l = crate::config::parse_str(doc, Path::new("t.json")).unwrap();
-        assert_eq!(l.config.nodes[0].trusted_proxies, ["173.245.48.0/20", "127.0.0.1/32"]);
+        assert_eq!(
+            l.config.nodes[0].trusted_proxies,
+            ["173.245.48.0/20", "127.0.0.1/32"]
+        );
         let bad = doc.replace("127.0.0.1\"]", "cdn\"]");
         let e = crate::config::parse_str(&bad, Path::new("t.json")).unwrap_err();
         assert!(e.to_string().contains("TrustedProxies[1]"), "{e}");
