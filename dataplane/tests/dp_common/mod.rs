@@ -131,6 +131,7 @@ pub fn node(slot: u16, port: u16) -> NodeConfig {
         speed_limit_mbps: 0,
         proxy_protocol: false,
         proxy_protocol_from: Vec::new(),
+        trusted_proxies: Vec::new(),
         send_ip: String::new(),
         dns_strategy: String::new(),
         shadowsocks: None,

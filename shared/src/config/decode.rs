@@ -1429,6 +1429,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn proxy_protocol_from_is_cidrs_and_its_absence_is_warned() {
         let node = |extra: &str| {
             format!(
