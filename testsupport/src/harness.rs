@@ -1213,7 +1213,7 @@ pub fn xray_outbound(out: Value, dir: &Path) -> anyhow::Result<(Proc, u16)> {
         let cfg = json!({
             "log": {"loglevel": "warning"},
             "inbounds": [{"listen": "127.0.0.1", "port": socks, "protocol": "socks",
-                          "settings": {"auth": "noauth", "udp": false}}],
+                          "settings": {"auth": "noauth", "udp": true, "ip": "127.0.0.1"}}],
             "outbounds": [out],
         });
         let path = dir.join(format!("xray-{socks}.json"));

@@ -345,3 +345,40 @@ fn unauthenticated_session_flood_is_bounded_and_expires() {
     }
     drop(held);
 }
+
+/// UDP inside XHTTP: Xray's VLESS client carries a SOCKS5 UDP association in the session
+/// (XUDP), over TLS in both upload modes; 20 datagrams echoed intact, counted exactly.
+#[test]
+fn xray_udp_over_xhttp_exact_accounting() {
+    if !run_in_loopback_netns("xray_udp_over_xhttp_exact_accounting", Duration::from_secs(120)) {
+        return;
+    }
+    let echo = Echo::start().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let nodes = vec![NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "vless", "server_port": port, "tls": 1,
+                     "network": "xhttp", "networkSettings": {"path": PATH, "host": DOMAIN},
+                     "tls_settings": {"server_name": DOMAIN},
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: users(&UUIDS),
+    }];
+    let v = V2sp::start(nodes, self_signed_certs(certs.path(), DOMAIN)).unwrap();
+    let mut expected: Totals = BTreeMap::new();
+    for (uidx, mode) in [(0usize, "packet-up"), (1, "stream-up")] {
+        let out = xray_client("vless", port, UUIDS[uidx], true, mode);
+        let (p, socks) = xray_outbound(out, v.dir.path()).unwrap_or_else(|e| panic!("xray: {e:#}"));
+        let n = v2sp_testsupport::harness::udp_echo_through(socks, echo.port, 20, 1000).unwrap_or_else(|e| {
+            panic!(
+                "{mode}: {e:#}\n--- xray ---\n{}\n--- v2sp ---\n{}",
+                p.log(),
+                v.agent.log()
+            )
+        });
+        expect(&mut expected, 1, uidx as u32 + 1, n, n);
+        drop(p);
+    }
+    v.finish(&[], &expected);
+}

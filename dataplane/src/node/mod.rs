@@ -1698,7 +1698,7 @@ async fn open(
             udp_stream::serve(
                 core.clone(),
                 node.clone(),
-                client,
+                udp_stream::Client::Tcp(&client),
                 peer,
                 user,
                 reply,

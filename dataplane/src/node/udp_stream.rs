@@ -72,6 +72,47 @@ impl Outer {
     }
 }
 
+/// Where the stream's wire bytes come from and go to.
+pub(super) enum Client<'a> {
+    /// A TCP connection (TLS and transport framing are in the stream's outer codec).
+    Tcp(&'a TcpStream),
+    /// An XHTTP session: its ordered upload, and the channel of its download's body.
+    Http(&'a super::xhttp::Session, &'a mpsc::Sender<bytes::Bytes>),
+}
+
+impl Client<'_> {
+    async fn write_all(&self, wire: &[u8]) -> io::Result<()> {
+        match self {
+            Client::Tcp(s) => crate::tls::write_all(s, wire).await,
+            Client::Http(_, down) => down
+                .send(bytes::Bytes::copy_from_slice(wire))
+                .await
+                .map_err(|_| io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// Appends what the client sent next to `into`: `Ok(0)` at its end, `WouldBlock` when a
+    /// readiness turned out false. Cancel-safe (nothing is taken unless it is returned).
+    async fn read(&self, bufs: &crate::relay::BufPool, into: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            Client::Tcp(s) => {
+                s.readable().await?;
+                let mut b = bufs.take();
+                let r = s.try_read(&mut b);
+                if let Ok(n) = r {
+                    into.extend_from_slice(b.get(..n).unwrap_or_default());
+                }
+                bufs.put(b);
+                r
+            }
+            Client::Http(session, _) => Ok(session.next_upload().await.map_or(0, |b| {
+                into.extend_from_slice(&b);
+                b.len()
+            })),
+        }
+    }
+}
+
 struct Flow {
     sock: Rc<UdpSocket>,
     ctl: Rc<ConnCtl>,
@@ -85,7 +126,7 @@ type Reply = (u16, SocketAddr, Vec<u8>);
 pub(super) async fn serve(
     core: Rc<Core>,
     node: Rc<NodeRt>,
-    client: TcpStream,
+    client: Client<'_>,
     peer: SocketAddr,
     user: UserRef,
     reply: Vec<u8>,
@@ -119,7 +160,7 @@ pub(super) async fn serve(
     let mut conn = Conn {
         core: &core,
         node: &node,
-        client: &client,
+        client,
         user,
         bucket,
         ctl: &ctl,
@@ -146,7 +187,7 @@ pub(super) async fn serve(
 struct Conn<'a> {
     core: &'a Rc<Core>,
     node: &'a Rc<NodeRt>,
-    client: &'a TcpStream,
+    client: Client<'a>,
     user: UserRef,
     bucket: Arc<Bucket>,
     ctl: &'a ConnCtl,
@@ -197,9 +238,7 @@ impl Conn<'_> {
         let streams = &mut streams;
         if !reply.is_empty() {
             let mut wire = Vec::new();
-            if self.outer.seal(&reply, &mut wire).is_err()
-                || crate::tls::write_all(self.client, &wire).await.is_err()
-            {
+            if self.outer.seal(&reply, &mut wire).is_err() || self.client.write_all(&wire).await.is_err() {
                 return End::Error("reply");
             }
         }
@@ -254,23 +293,14 @@ impl Conn<'_> {
                     if self.outer.seal(&framed, &mut wire).is_err() {
                         return End::Error("seal");
                     }
-                    if crate::tls::write_all(self.client, &wire).await.is_err() {
+                    if self.client.write_all(&wire).await.is_err() {
                         return End::Error("client write");
                     }
                     if n > 0 {
                         self.account(&self.meter()).sent_down(n as u64);
                     }
                 }
-                r = self.client.readable(), if !stalled => {
-                    if r.is_err() {
-                        return End::Error("client socket");
-                    }
-                    let mut b = self.core.bufs.take();
-                    let r = self.client.try_read(&mut b);
-                    if let Ok(n) = r {
-                        wire_in.extend_from_slice(b.get(..n).unwrap_or_default());
-                    }
-                    self.core.bufs.put(b);
+                r = self.client.read(&self.core.bufs, &mut wire_in), if !stalled => {
                     match r {
                         Ok(0) => return End::Eof,
                         Ok(_) => {}
@@ -296,7 +326,7 @@ impl Conn<'_> {
                     if self.outer.seal(&framed, &mut wire).is_err() {
                         return End::Error("seal");
                     }
-                    if crate::tls::write_all(self.client, &wire).await.is_err() {
+                    if self.client.write_all(&wire).await.is_err() {
                         return End::Error("client write");
                     }
                     self.account(&self.meter()).sent_down(data.len() as u64);
@@ -321,7 +351,8 @@ impl Conn<'_> {
         }
         let mut wire = Vec::new();
         c.take_control(&mut wire).map_err(|_| End::Error("seal"))?;
-        crate::tls::write_all(self.client, &wire)
+        self.client
+            .write_all(&wire)
             .await
             .map_err(|_| End::Error("client write"))
     }
@@ -344,7 +375,7 @@ impl Conn<'_> {
             // The protocol's last word before it ends the stream (an AnyTLS alert).
             let mut wire = Vec::new();
             if self.outer.seal(&reply, &mut wire).is_ok() {
-                let _ = crate::tls::write_all(self.client, &wire).await;
+                let _ = self.client.write_all(&wire).await;
             }
         }
         let used = opened.map_err(|e| {
@@ -366,7 +397,8 @@ impl Conn<'_> {
             self.outer
                 .seal(&reply, &mut wire)
                 .map_err(|_| End::Error("seal"))?;
-            crate::tls::write_all(self.client, &wire)
+            self.client
+                .write_all(&wire)
                 .await
                 .map_err(|_| End::Error("client write"))?;
         }
@@ -402,7 +434,8 @@ impl Conn<'_> {
                             .seal_end(flow, true, &mut framed)
                             .and_then(|()| self.outer.seal(&framed, &mut wire))
                             .map_err(|_| End::Error("seal"))?;
-                        crate::tls::write_all(self.client, &wire)
+                        self.client
+                            .write_all(&wire)
                             .await
                             .map_err(|_| End::Error("client write"))?;
                     }

@@ -161,7 +161,7 @@ impl Hub {
 }
 
 /// One session: the parts its requests (on any core) share with its task.
-struct Session {
+pub(super) struct Session {
     key: Option<(u16, String)>,
     ip: IpAddr,
     pending: AtomicBool,
@@ -232,7 +232,7 @@ impl Session {
     }
 
     /// The next upload bytes in order; `None` once the upload ended and all was taken.
-    async fn next_upload(&self) -> Option<Bytes> {
+    pub(super) async fn next_upload(&self) -> Option<Bytes> {
         loop {
             let notified = self.data.notified();
             {
@@ -796,8 +796,30 @@ async fn run_session(core: &Rc<Core>, node: &Rc<NodeRt>, s: &Arc<Session>, down:
             reply,
             codec,
         } => (dest, user, initial_upload, reply, codec),
-        Next::UdpOverStream { .. } => {
-            tracing::debug!(node = slot, %ip, "xhttp session: UDP over XHTTP is not served yet");
+        Next::UdpOverStream {
+            user,
+            reply,
+            initial,
+            codec,
+            framing: _,
+        } => {
+            // UDP (VLESS's UDP command, mux/XUDP) inside the session: the same datagram
+            // relay as over a TCP connection, reading the session's upload and writing its
+            // download.
+            core.shared.xhttp.authenticated(s);
+            super::udp_stream::serve(
+                core.clone(),
+                node.clone(),
+                super::udp_stream::Client::Http(s, &down),
+                SocketAddr::new(ip, 0),
+                user,
+                reply,
+                initial,
+                codec,
+                None,
+                None,
+            )
+            .await;
             return;
         }
         Next::Reject { error, .. } | Next::Fallback { error, .. } => {
