@@ -3,7 +3,8 @@
 #   scripts/fuzz.sh                 every target, 60 s each
 #   scripts/fuzz.sh trojan 600      one target, 10 minutes
 #   scripts/fuzz.sh --ci [SECS]     every target SECS s (default 20) on a fresh corpus, the
-#                                   short pass CI runs; fails on the first crash
+#                                   short pass CI runs, as many targets at once as CPUs; fails
+#                                   if any target found a crash
 #   scripts/fuzz.sh --long [SECS]   every target SECS s (default 600) on the kept corpus, then a
 #                                   table of executions and corpus sizes per target
 # Corpora live in fuzz/corpus/<target> (not committed); crashes in fuzz/artifacts/<target>.
@@ -30,9 +31,12 @@ fi
 # One build for every target (each `cargo fuzz run` would otherwise check it again).
 cargo fuzz build -O
 
-summary=()
-for t in "${targets[@]}"; do
-    echo "== fuzz $t for ${secs}s"
+# run_one TARGET: fuzzes it, prints its findings, and leaves its table row (or FAILED) in
+# $results/TARGET.
+results=$(mktemp -d)
+trap 'rm -rf "$results"' EXIT
+run_one() {
+    local t=$1 corpus log status runs files
     if [ "$mode" = ci ]; then
         corpus=$(mktemp -d)
     else
@@ -46,17 +50,42 @@ for t in "${targets[@]}"; do
         -max_len=4096 -timeout=10 -print_final_stats=1 >"$log" 2>&1
     status=$?
     set -e
-    grep -E "^(==[0-9]+==|SUMMARY|Done [0-9]+ runs)" "$log" || true
-    [ "$status" -ne 0 ] && tail -40 "$log"
+    {
+        echo "== fuzz $t for ${secs}s"
+        grep -E "^(==[0-9]+==|SUMMARY|Done [0-9]+ runs)" "$log" || true
+        [ "$status" -ne 0 ] && tail -40 "$log"
+    } | cat
     runs=$(grep -oE "stat::number_of_executed_units: *[0-9]+" "$log" | grep -oE "[0-9]+$" | tail -1)
     files=$(find "$corpus" -type f | wc -l)
     [ "$mode" = ci ] && rm -rf "$corpus"
     rm -f "$log"
     if [ "$status" -ne 0 ]; then
         echo "!! fuzz target $t failed (exit $status): see fuzz/artifacts/$t"
+        echo FAILED >"$results/$t"
+        return 1
+    fi
+    printf '| %-22s | %12s | %8s |' "$t" "${runs:-?}" "$files" >"$results/$t"
+}
+
+# The short CI pass runs as many targets at once as there are CPUs (nothing else runs then);
+# the long pass one at a time, so each gets a whole core and its executions compare.
+jobs=1
+[ "$mode" = ci ] && jobs=$(nproc)
+for t in "${targets[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
+        wait -n || true
+    done
+    run_one "$t" &
+done
+wait || true
+summary=()
+for t in "${targets[@]}"; do
+    row=$(cat "$results/$t" 2>/dev/null || echo FAILED)
+    if [ "$row" = FAILED ]; then
+        echo "!! fuzzing failed: $t"
         exit 1
     fi
-    summary+=("$(printf '| %-22s | %12s | %8s |' "$t" "${runs:-?}" "$files")")
+    summary+=("$row")
 done
 
 echo
