@@ -14,6 +14,8 @@ pub use quic::set_quic_reset_key;
 #[cfg(feature = "quic")]
 mod salamander_socket;
 pub mod sniff;
+#[cfg(feature = "quic")]
+mod steer;
 mod udp;
 mod udp_stream;
 
@@ -258,6 +260,10 @@ pub struct Shared {
     pub protocols: ProtocolFactory,
     /// Splice unchanged streams (off = always copy; for measurement).
     pub splice: bool,
+    /// The cores' QUIC inboxes per listening address, for packets that reach another core's
+    /// socket than their connection's (`steer`).
+    #[cfg(feature = "quic")]
+    pub(crate) steering: steer::SteerRegistry,
 }
 
 impl Shared {
@@ -273,6 +279,8 @@ impl Shared {
             replay: Box::new(crate::limits::replay::ReplayFilter::new(REPLAY_WINDOW_S, 1 << 20)),
             protocols,
             splice: std::env::var("V2SP_SPLICE").map(|v| v != "0").unwrap_or(true),
+            #[cfg(feature = "quic")]
+            steering: steer::SteerRegistry::default(),
         })
     }
 }
@@ -792,7 +800,7 @@ impl Core {
         addr: SocketAddr,
         cfg: &DataplaneConfig,
     ) -> Result<(), String> {
-        let (ep, fd) = quic::endpoint(addr, quic)?;
+        let (ep, fd) = quic::endpoint(addr, quic, self)?;
         let n = &rt.cfg;
         let stop = Rc::new(ConnCtl::default());
         let live = Rc::new(RefCell::new(rt.clone()));
