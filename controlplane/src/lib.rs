@@ -8,6 +8,7 @@ pub mod build;
 mod certfiles;
 pub mod cli;
 pub mod config_init;
+pub mod hop;
 pub mod hoststat;
 pub mod keys;
 pub mod machine;

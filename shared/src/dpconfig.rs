@@ -180,6 +180,44 @@ pub struct Hysteria2Settings {
     /// The Salamander password, byte for byte as the panel sent it; non-empty with
     /// `salamander`, empty without obfuscation.
     pub obfs_password: String,
+    /// Port hopping: the local config's `HopPorts` (the panel never sends a range). The
+    /// control plane redirects these UDP ports to the node's port with firewall rules of its
+    /// own; the data plane serves the node's port only (a hopping client's packets reach the
+    /// core that holds its connection whatever socket they land on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hop_ports: Option<PortRange>,
+}
+
+/// An inclusive range of ports, `first-last` in the config (`HopPorts: "20000-50000"`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Parses `a-b` with 1 ≤ a ≤ b ≤ 65535 (spaces around the numbers allowed). A single port
+    /// is not a range to hop over and is refused, as are other separators, so that a typo is
+    /// not read as something else.
+    pub fn parse(s: &str) -> Result<PortRange, String> {
+        let want = "a port range \"first-last\" with 1 ≤ first ≤ last ≤ 65535, e.g. \"20000-50000\"";
+        let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not {want}"))?;
+        let port = |p: &str| p.trim().parse::<u16>().ok().filter(|&p| p != 0);
+        match (port(a), port(b)) {
+            (Some(first), Some(last)) if first <= last => Ok(PortRange { first, last }),
+            _ => Err(format!("{s:?} is not {want}")),
+        }
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
 }
 
 /// One panel `dns` route: the names it covers and the server that resolves them.

@@ -932,6 +932,47 @@ pub fn tcp_echo_through(socks: u16, echo: u16, data: &[u8]) -> anyhow::Result<u6
     Ok(data.len() as u64)
 }
 
+/// As [`tcp_echo_through`], but the writes are spread evenly over `over` (a transfer that
+/// lasts, e.g. across a client's port hops) while the echo is read concurrently. Returns the
+/// bytes moved each way.
+pub fn paced_echo_through(socks: u16, echo: u16, data: &[u8], over: Duration) -> anyhow::Result<u64> {
+    const CHUNK: usize = 16 * 1024;
+    let mut s = socks5_connect(socks, echo)?;
+    let mut w = s.try_clone()?;
+    let to_send = data.to_vec();
+    let chunks = data.len().div_ceil(CHUNK).max(1) as u32;
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let start = Instant::now();
+        for (k, chunk) in to_send.chunks(CHUNK).enumerate() {
+            let at = start + over * k as u32 / chunks;
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            w.write_all(chunk)?;
+        }
+        Ok(())
+    });
+    let mut back = vec![0u8; data.len()];
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let deadline = Instant::now() + over + Duration::from_secs(60);
+    let mut got = 0;
+    while got < back.len() && Instant::now() < deadline {
+        match s.read(&mut back[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => return Err(anyhow::anyhow!("reading the echo after {got} bytes: {e}")),
+        }
+    }
+    back.truncate(got);
+    writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    if sha256(&back) != sha256(data) {
+        bail!(
+            "echo mismatch: sent {} bytes, got {} bytes back",
+            data.len(),
+            back.len()
+        );
+    }
+    Ok(data.len() as u64)
+}
+
 /// Send datagrams through a SOCKS5 UDP association to the echo server; every datagram must
 /// come back intact. Returns the payload bytes sent (each echoed once).
 pub fn udp_echo_through(socks: u16, echo: u16, count: usize, size: usize) -> anyhow::Result<u64> {

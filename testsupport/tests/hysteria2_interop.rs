@@ -17,6 +17,10 @@
 //!   `v2sp upgrade` hands a Salamander node over: the replaced data plane closes its QUIC
 //!   connections and exits, the successor (which wraps the inherited socket in the same
 //!   obfuscation) serves a new client at once, every byte counted once.
+//! * Port hopping (`HopPorts`, in a network namespace of its own): three sing-box clients hop
+//!   over the range every 5 s during 22 s echo transfers, sha256-checked both ways and counted
+//!   exactly per user; packets that land on the core without the connection are steered to it; the
+//!   agent's nftables table goes when it stops, another table stays.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -25,9 +29,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    bin_dir, echo_transfers, expect, free_port, payload, refused_then_works, self_signed_certs,
-    sing_box_outbound, socks5_connect, tcp_echo_through, udp_echo_through, upload_until, Echo, NodeSpec,
-    Totals, V2sp,
+    bin_dir, echo_transfers, expect, free_port, paced_echo_through, payload, refused_then_works,
+    run_in_loopback_netns, self_signed_certs, sing_box_outbound, socks5_connect, tcp_echo_through,
+    udp_echo_through, upload_until, Echo, NodeSpec, Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::{user, users};
 
@@ -403,4 +407,185 @@ fn a_new_obfs_password_replaces_the_old_one() {
     let mut expected: Totals = BTreeMap::new();
     expect(&mut expected, n.node_id, 1, moved, moved);
     v.finish(&failures, &expected);
+}
+
+/// `nft` with these arguments (and `stdin` as its input); its output, or a panic saying why.
+fn nft(args: &[&str], stdin: &str) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("nft: {e} (scripts/install-test-deps.sh installs nftables)"));
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `v2sp_hop_*` tables in this namespace.
+fn hop_tables() -> Vec<String> {
+    nft(&["list", "tables"], "")
+        .lines()
+        .filter_map(|l| l.strip_prefix("table inet "))
+        .filter(|t| t.starts_with("v2sp_hop_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 12, port hopping: the node's `HopPorts` (a local option) makes the agent redirect
+/// ten UDP ports to the node's port in a table of its own; three sing-box clients
+/// (`server_ports`, `hop_interval` 5 s, its minimum) hop over them during 22 s echo transfers
+/// (two per client, concurrent). Every byte comes back sha256-intact and the panel gets
+/// exactly the payload bytes per user, both ways. Each hop is a new flow through the redirect
+/// (counted by the table's rule counters), and with two data-plane cores the packets of a hop
+/// land on the core without the connection about half the time: the data plane's log shows
+/// them steered. When the agent stops, its table goes and another firewall's table stays.
+/// All in a network namespace this test creates (the rules live there only).
+#[test]
+fn sing_box_hysteria2_port_hopping() {
+    if run_in_loopback_netns("sing_box_hysteria2_port_hopping", Duration::from_secs(300)) {
+        port_hopping(None);
+    }
+}
+
+/// The same on a Salamander node: steering reads the QUIC header after the datagram is
+/// opened, on whichever core it landed.
+#[test]
+fn sing_box_hysteria2_port_hopping_salamander() {
+    if run_in_loopback_netns(
+        "sing_box_hysteria2_port_hopping_salamander",
+        Duration::from_secs(300),
+    ) {
+        port_hopping(Some(OBFS_PASSWORD));
+    }
+}
+
+fn port_hopping(obfs: Option<&str>) {
+    // Someone else's table, which the agent must leave alone.
+    nft(
+        &["-f", "-"],
+        "table inet other_fw {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tudp dport 9 counter\n\t}\n}\n",
+    );
+    let echo = Echo::start().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let mut extra = self_signed_certs(certs.path(), DOMAIN);
+    extra["HopPorts"] = json!("42000-42009");
+    let node = match obfs {
+        Some(_) => salamander_node(1),
+        None => hy2_node(1, json!({})),
+    };
+    let v = V2sp::start(vec![node], extra).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let table = loop {
+        if let Some(t) = hop_tables().pop() {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no v2sp_hop table\n{}", v.agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let rules = nft(&["list", "table", "inet", &table], "");
+    assert!(
+        rules.contains("udp dport 42000-42009") && rules.contains(&format!(":{}", v.nodes[0].port)),
+        "{rules}"
+    );
+    // Three clients (users 1, 2 and 1 again), each its own QUIC connection hopping on its own
+    // schedule (sing-box's shortest interval is 5 s), each with two concurrent transfers.
+    let clients: Vec<_> = [0usize, 1, 0]
+        .iter()
+        .map(|&u| {
+            let mut out = json!({"type": "hysteria2", "server": "127.0.0.1", "server_ports": ["42000:42009"],
+                             "hop_interval": "5s", "password": UUIDS[u],
+                             "tls": {"enabled": true, "server_name": DOMAIN, "insecure": true, "alpn": ["h3"]}});
+            if let Some(p) = obfs {
+                out["obfs"] = json!({"type": "salamander", "password": p});
+            }
+            let (p, socks) =
+                sing_box_outbound(out, v.dir.path()).unwrap_or_else(|e| panic!("sing-box: {e:#}"));
+            (u, p, socks)
+        })
+        .collect();
+    let started = Instant::now();
+    let transfers: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .flat_map(|(c, &(u, _, socks))| {
+            (0..2u64).map(move |k| {
+                let seed = 40 + 2 * c as u64 + k;
+                let handle = std::thread::spawn(move || {
+                    let data = payload((3 << 20) + seed as usize * 1001, seed);
+                    paced_echo_through(socks, echo.port, &data, Duration::from_secs(22))
+                });
+                (c, u, handle)
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    let mut expected: Totals = BTreeMap::new();
+    let mut moved = 0;
+    for (c, u, t) in transfers {
+        match t.join().unwrap() {
+            Ok(b) => {
+                moved += b;
+                expect(&mut expected, 1, u as u32 + 1, b, b);
+            }
+            Err(e) => failures.push(format!("client {c}: {e:#}\n{}", clients[c].1.log())),
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        failures.is_empty(),
+        "{}\n--- v2sp log ---\n{}",
+        failures.join("\n"),
+        v.agent.log()
+    );
+    assert!(took >= Duration::from_secs(20), "the transfers took {took:?}");
+    // One flow per port the client used (the NAT rule sees a flow's first packet only).
+    let rules = nft(&["list", "table", "inet", &table], "");
+    let flows: u64 = rules
+        .lines()
+        .filter_map(|l| l.split("counter packets ").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    let log = v.agent.log();
+    let steered = log
+        .lines()
+        .filter(|l| l.contains("QUIC packets steered"))
+        .filter_map(|l| {
+            l.split("steered=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "port hopping (obfs {obfs:?}): {moved} bytes each way in {took:?} over {flows} redirected flows; \
+         data plane steered ≥ {steered} packet runs to the connection's core"
+    );
+    // Each client: its first port and a hop every 5 s.
+    if flows < 9 {
+        failures.push(format!(
+            "only {flows} flows went through the redirect (3 clients hopping every 5 s for 22 s)\n{rules}"
+        ));
+    }
+    // A hop lands on either core at random: all twelve or so on the connections' own cores
+    // has a chance of 2^-12.
+    if steered == 0 {
+        failures.push("no packet was steered to another core (two cores, three hopping connections)".into());
+    }
+    drop(clients);
+    v.finish(&failures, &expected);
+    let mut v = v;
+    v.agent.terminate(Duration::from_secs(20));
+    assert_eq!(hop_tables(), Vec::<String>::new(), "{}", v.agent.log());
+    assert!(nft(&["list", "tables"], "").contains("table inet other_fw"));
 }

@@ -14,6 +14,8 @@ pub use quic::set_quic_reset_key;
 #[cfg(feature = "quic")]
 mod salamander_socket;
 pub mod sniff;
+#[cfg(feature = "quic")]
+mod steer;
 mod udp;
 mod udp_stream;
 mod xhttp;
@@ -261,6 +263,10 @@ pub struct Shared {
     pub splice: bool,
     /// The sessions of every XHTTP node (their requests may arrive on any core).
     pub xhttp: xhttp::Hub,
+    /// The cores' QUIC inboxes per listening address, for packets that reach another core's
+    /// socket than their connection's (`steer`).
+    #[cfg(feature = "quic")]
+    pub(crate) steering: steer::SteerRegistry,
 }
 
 impl Shared {
@@ -277,6 +283,8 @@ impl Shared {
             protocols,
             splice: std::env::var("V2SP_SPLICE").map(|v| v != "0").unwrap_or(true),
             xhttp: xhttp::Hub::default(),
+            #[cfg(feature = "quic")]
+            steering: steer::SteerRegistry::default(),
         })
     }
 }
@@ -800,7 +808,7 @@ impl Core {
         addr: SocketAddr,
         cfg: &DataplaneConfig,
     ) -> Result<(), String> {
-        let (ep, fd) = quic::endpoint(addr, quic)?;
+        let (ep, fd) = quic::endpoint(addr, quic, self)?;
         let n = &rt.cfg;
         let stop = Rc::new(ConnCtl::default());
         let live = Rc::new(RefCell::new(rt.clone()));

@@ -29,7 +29,9 @@
 //!
 //! A node whose protocol asks for obfuscation (Hysteria 2's Salamander) runs its endpoint on
 //! a [`SalamanderSocket`] (every datagram salted and scrambled in user space, below QUIC); a
-//! node without gets quinn's own socket, untouched.
+//! node without gets quinn's own socket, untouched. Above either, a [`SteeringSocket`] hands
+//! packets of another core's connection to that core (a client that hopped ports or was
+//! rebound by its NAT lands on any core's socket; `steer`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -48,6 +50,7 @@ use v2sp_shared::dpconfig::NodeConfig;
 use v2sp_shared::shm::UserRef;
 
 use super::salamander_socket::SalamanderSocket;
+use super::steer::{CidKey, CoreCidGenerator, SteeringSocket};
 use super::{admit, Admitted, ConnMeter, Core, HandshakeGuard, InboundProtocol, NodeRt, Registered};
 use crate::limits::gcra::Bucket;
 use crate::proto::quic::salamander::{Salamander, SALT_LEN};
@@ -116,8 +119,7 @@ pub(super) struct QuicSettings {
 }
 
 /// The QUIC settings of a node: TLS 1.3 from the node's certificate store with the protocol's
-/// ALPN, its congestion control, no connection migration (a migrated path would reach another
-/// core's socket), the Hysteria reference's QUIC defaults once a user is admitted (stream
+/// ALPN, its congestion control, connection migration (steered to the connection's core), the Hysteria reference's QUIC defaults once a user is admitted (stream
 /// window 8 MiB, connection window 20 MiB, idle timeout 30 s), and the protocol's packet
 /// obfuscation.
 pub(super) fn quic_settings(n: &NodeConfig, q: &dyn QuicInbound) -> Result<QuicSettings, String> {
@@ -139,7 +141,10 @@ pub(super) fn quic_settings(n: &NodeConfig, q: &dyn QuicInbound) -> Result<QuicS
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls)
         .map_err(|e| format!("QUIC TLS config: {e}"))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    sc.migration(false);
+    // A client's new address (a Hysteria 2 port hop, a NAT rebinding) is taken after path
+    // validation; its packets reach the connection's core through `steer` whatever socket
+    // the kernel gives them to.
+    sc.migration(true);
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(VarInt::from_u32(30_000))));
     t.stream_receive_window(VarInt::from_u32(8 << 20));
@@ -200,30 +205,51 @@ pub fn set_quic_reset_key(key: [u8; v2sp_shared::shm::RESET_KEY_LEN]) {
     let _ = RESET_KEY.set(key);
 }
 
-/// The endpoint config: the shared reset key, and connection ids whose integrity check uses a
-/// key derived from it. quinn drops a short-header packet whose connection id its generator
-/// does not validate before it considers a reset, and the default generator's key is random
-/// per endpoint: the successor must check ids the way the predecessor made them.
-fn endpoint_config() -> quinn::EndpointConfig {
-    let Some(k) = RESET_KEY.get() else {
-        return quinn::EndpointConfig::default();
+/// The key of the connection ids of this process: derived from the shared reset key, so that
+/// a successor recognises (and resets) its predecessor's ids; without one (tests without a shm
+/// directory) random, but the same for every core of the process, which steering needs.
+fn cid_key() -> CidKey {
+    static RANDOM: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    let mut key = [0u8; 16];
+    match RESET_KEY.get() {
+        Some(k) => {
+            let hmac = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, k);
+            let tag = aws_lc_rs::hmac::sign(&hmac, b"v2sp quic connection id key");
+            for (d, s) in key.iter_mut().zip(tag.as_ref()) {
+                *d = *s;
+            }
+        }
+        None => key = *RANDOM.get_or_init(rand::random),
+    }
+    CidKey::new(key)
+}
+
+/// The endpoint config of `core`: the shared reset key, and connection ids that name the core
+/// (`steer`), checked with a key derived from the reset key. quinn drops a short-header packet
+/// whose connection id its generator does not validate before it considers a reset, and the
+/// default generator's key is random per endpoint: the successor must check ids the way the
+/// predecessor made them.
+fn endpoint_config(core: usize, key: &CidKey) -> quinn::EndpointConfig {
+    let mut cfg = match RESET_KEY.get() {
+        Some(k) => quinn::EndpointConfig::new(Arc::new(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            k,
+        ))),
+        None => quinn::EndpointConfig::default(),
     };
-    let hmac = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, k);
-    let tag = aws_lc_rs::hmac::sign(&hmac, b"v2sp quic connection id key");
-    let mut cid_key = [0u8; 8];
-    cid_key.copy_from_slice(tag.as_ref().get(..8).unwrap_or(&[0; 8]));
-    let cid_key = u64::from_le_bytes(cid_key);
-    let mut cfg = quinn::EndpointConfig::new(Arc::new(hmac));
-    cfg.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    let key = key.clone();
+    cfg.cid_generator(move || Box::new(CoreCidGenerator::new(key.clone(), core)));
     cfg
 }
 
 /// This core's endpoint for a node at `addr`, and a duplicate of its socket (for a successor
 /// process on upgrade: the raw descriptor, since obfuscation is applied in user space and the
-/// successor wraps it again from its own settings).
+/// successor wraps it again from its own settings). Its socket steers packets of other cores'
+/// connections to them (`steer`), above the obfuscation.
 pub(super) fn endpoint(
     addr: SocketAddr,
     cfg: QuicSettings,
+    core: &Core,
 ) -> Result<(quinn::Endpoint, std::os::fd::OwnedFd), String> {
     let sock = crate::net::udp_socket_std(addr).map_err(|e| format!("UDP listen on {addr}: {e}"))?;
     let dup = sock
@@ -231,8 +257,11 @@ pub(super) fn endpoint(
         .map_err(|e| format!("UDP socket on {addr}: {e}"))?
         .into();
     let sock = quic_socket(sock, cfg.obfs.as_ref()).map_err(|e| format!("UDP socket on {addr}: {e}"))?;
+    let index = usize::from(core.index);
+    let key = cid_key();
+    let sock = SteeringSocket::wrap(sock, index, key.clone(), core.shared.steering.group(addr));
     let ep = quinn::Endpoint::new_with_abstract_socket(
-        endpoint_config(),
+        endpoint_config(index, &key),
         Some(cfg.server),
         sock,
         Arc::new(quinn::TokioRuntime),

@@ -1122,6 +1122,24 @@ fn read_options(o: &mut Obj<'_>, node: &mut NodeEntry) -> Result<(), ConfigError
         node.multiplex = Some(mux);
     }
     node.hysteria2_config_path = o.string("Hysteria2ConfigPath")?.filter(|s| !s.is_empty());
+    if let Some(v) = o.take("HopPorts") {
+        let path = o.sub("HopPorts");
+        let s = as_string(src, &path, v)?;
+        if !s.trim().is_empty() {
+            let range = crate::dpconfig::PortRange::parse(&s).map_err(|e| src.err(v.pos, &path, e))?;
+            node.hop_ports = Some(range);
+            if !matches!(node.node_type.as_str(), "" | "hysteria2" | "hysteria") {
+                o.d.warn(
+                    v.pos,
+                    &path,
+                    format!(
+                        "ignored: port hopping is for Hysteria 2 nodes (this one is {})",
+                        node.node_type
+                    ),
+                );
+            }
+        }
+    }
     if let Some(mut l) = o.child("LimitConfig")? {
         node.limit = decode_limit(&mut l)?;
         l.finish();
@@ -1462,6 +1480,72 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("ProxyProtocolFrom[0]"), "{e}");
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn hop_ports_are_a_checked_range() {
+        use crate::dpconfig::PortRange;
+        let node = |ty: &str, extra: &str| {
+            format!(
+                r#"{{"Nodes":[{{"ApiHost":"http://127.0.0.1","ApiKey":"k","NodeID":1,"NodeType":"{ty}"{extra}}}]}}"#
+            )
+        };
+        let l = crate::config::parse_str(
+            &node("hysteria2", r#","HopPorts":"20000-50000""#),
+            Path::new("t.json"),
+        )
+        .unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        assert_eq!(
+            l.config.nodes[0].hop_ports,
+            Some(PortRange {
+                first: 20000,
+                last: 50000
+            })
+        );
+        // In Options too, one port as a range of one, spaces; empty means none.
+        let l = crate::config::parse_str(
+            &node("hysteria2", r#","Options":{"HopPorts":" 443 - 443 "}"#),
+            Path::new("t.json"),
+        )
+        .unwrap();
+        assert_eq!(
+            l.config.nodes[0].hop_ports.map(|r| r.to_string()).as_deref(),
+            Some("443-443")
+        );
+        let l = crate::config::parse_str(&node("", r#","HopPorts":"""#), Path::new("t.json")).unwrap();
+        assert_eq!(l.config.nodes[0].hop_ports, None);
+        for bad in [
+            "50000-20000",
+            "0-10",
+            "1-65536",
+            "20000",
+            "20000:20010",
+            "a-b",
+            "-5",
+            "1-2-3",
+        ] {
+            let e = crate::config::parse_str(
+                &node("hysteria2", &format!(r#","HopPorts":"{bad}""#)),
+                Path::new("t.json"),
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("HopPorts"), "{bad}: {e}");
+        }
+        // Another protocol: loaded, with a warning (the control plane ignores it).
+        let l = crate::config::parse_str(
+            &node("trojan", r#","HopPorts":"20000-20010""#),
+            Path::new("t.json"),
+        )
+        .unwrap();
+        assert!(
+            l.warnings.iter().any(|w| w.to_string().contains("HopPorts")),
+            "{:?}",
+            l.warnings
+        );
+        assert!(PortRange::parse("1-65535").unwrap().contains(65535));
+        assert!(!PortRange::parse("10-20").unwrap().contains(21));
     }
 
     #[test]

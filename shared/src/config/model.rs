@@ -511,6 +511,10 @@ pub struct NodeEntry {
     /// seed hysteria2 core `Hysteria2ConfigPath`.
     #[serde(rename = "Hysteria2ConfigPath")]
     pub hysteria2_config_path: Option<String>,
+    /// `HopPorts` (v2sp extension, Hysteria 2 only): UDP ports redirected to the node's port
+    /// for clients that hop (`"20000-50000"`); the range may contain the node's port.
+    #[serde(rename = "HopPorts", skip_serializing_if = "Option::is_none")]
+    pub hop_ports: Option<crate::dpconfig::PortRange>,
     #[serde(rename = "LimitConfig")]
     pub limit: LimitConfig,
     #[serde(rename = "CertConfig")]
@@ -556,6 +560,7 @@ impl Default for NodeEntry {
             domain_strategy: String::new(),
             multiplex: None,
             hysteria2_config_path: None,
+            hop_ports: None,
             limit: LimitConfig::default(),
             cert: CertConfig::default(),
             origin: NodeOrigin::default(),
