@@ -700,7 +700,7 @@ async fn client_stream(sh: Rc<ConnShared>, mut send: Option<quinn::SendStream>, 
     match head {
         StreamHead::NeedMore => {}
         StreamHead::Discard => while let Ok(Some(_)) = recv.read_chunk(READ_CHUNK, true).await {},
-        StreamHead::Auth { key, token } => authenticate(&sh, &key, token.as_ref(), send).await,
+        StreamHead::Auth { key, token, .. } => authenticate(&sh, &key, token.as_ref(), send).await,
         StreamHead::Refuse { reply } => {
             if let Some(mut s) = send {
                 let _ = s.write_all(&reply).await;
