@@ -4,6 +4,8 @@
 //! connections within one tick.
 
 pub mod auth;
+#[cfg(feature = "quic")]
+mod brutal;
 mod engine;
 mod fallback;
 mod mux_tcp;
