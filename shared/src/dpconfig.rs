@@ -168,7 +168,8 @@ impl Default for TuicSettings {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct Hysteria2Settings {
-    /// The server's upload bandwidth in Mbps (0 = not given).
+    /// The server's upload bandwidth in Mbps (0 = not given): caps the fixed rate (Brutal)
+    /// the server sends at to a client that declared its receive rate.
     pub up_mbps: u32,
     /// The server's download bandwidth in Mbps (0 = not given); told to clients as the
     /// server's receive rate unless `ignore_client_bandwidth`.

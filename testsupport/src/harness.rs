@@ -572,11 +572,182 @@ impl Sink {
     /// Bytes per second that reached the sink over `window`, after `skip` (the burst a speed
     /// limit's bucket starts with).
     pub fn rate_after(&self, skip: Duration, window: Duration) -> f64 {
-        std::thread::sleep(skip);
-        let b0 = self.bytes.load(std::sync::atomic::Ordering::SeqCst);
-        let t0 = Instant::now();
-        std::thread::sleep(window);
-        (self.bytes.load(std::sync::atomic::Ordering::SeqCst) - b0) as f64 / t0.elapsed().as_secs_f64()
+        rate_after(&self.bytes, skip, window)
+    }
+}
+
+/// Held by a test while it measures a rate that its neighbours' CPU use would skew (a
+/// window-bound sender such as Brutal does not make up for time it is not scheduled): tests
+/// that hold it run one at a time, whether as threads of one test binary or as processes
+/// (nextest). Released when dropped.
+pub fn rate_measurement_lock() -> anyhow::Result<std::fs::File> {
+    let path = std::env::temp_dir().join("v2sp-rate-measurement.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| path.display().to_string())?;
+    f.lock().with_context(|| format!("lock {}", path.display()))?;
+    Ok(f)
+}
+
+/// Bytes per second `bytes` grew by over `window`, after `skip`.
+pub fn rate_after(bytes: &std::sync::atomic::AtomicU64, skip: Duration, window: Duration) -> f64 {
+    std::thread::sleep(skip);
+    let b0 = bytes.load(std::sync::atomic::Ordering::SeqCst);
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    (bytes.load(std::sync::atomic::Ordering::SeqCst) - b0) as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// A TCP source on 127.0.0.1: writes 64 KiB chunks to each connection as fast as it takes
+/// them, until the connection fails (for download rate measurements).
+pub struct Source {
+    pub port: u16,
+}
+
+impl Source {
+    pub fn start() -> anyhow::Result<Source> {
+        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = tcp.local_addr()?.port();
+        std::thread::spawn(move || {
+            for s in tcp.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut s = s;
+                    let chunk = payload(64 * 1024, 7);
+                    while s.write_all(&chunk).is_ok() {}
+                });
+            }
+        });
+        Ok(Source { port })
+    }
+}
+
+/// `n` threads that each open a stream to `127.0.0.1:port` (a [`Source`]) through the SOCKS5
+/// proxy at `socks` and read as fast as they can until `until` (or a read fails or waits 5 s);
+/// the bytes read by all of them, and the threads.
+pub fn download_until(
+    socks: u16,
+    port: u16,
+    n: u64,
+    until: Instant,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    let bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let threads = (0..n)
+        .map(|_| {
+            let s = socks5_connect(socks, port);
+            let bytes = bytes.clone();
+            std::thread::spawn(move || {
+                let Ok(mut s) = s else { return };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = vec![0u8; 64 * 1024];
+                while Instant::now() < until {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => {
+                            bytes.fetch_add(k as u64, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    (bytes, threads)
+}
+
+/// A UDP path between a client and a server on loopback with a fixed delay each way: what a
+/// long path looks like to congestion control (which, at loopback's RTT of a fraction of a
+/// millisecond, is bounded by its minimum window instead of its rate). The client sends to
+/// `port`; the server sees the line's own address as its client. Nothing is lost or
+/// reordered. Stops when dropped.
+pub struct DelayLine {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DelayLine {
+    pub fn start(server: u16, one_way: Duration) -> anyhow::Result<DelayLine> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::mpsc;
+        use std::sync::{Arc, Mutex};
+        let front = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = front.local_addr()?.port();
+        let back = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        back.connect((Ipv4Addr::LOCALHOST, server))?;
+        for s in [&front, &back] {
+            // Readers wake up now and then to see whether the line was dropped.
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let _ = socket2::SockRef::from(s).set_recv_buffer_size(4 << 20);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+        type Queue = (
+            mpsc::Sender<(Instant, Vec<u8>)>,
+            mpsc::Receiver<(Instant, Vec<u8>)>,
+        );
+        let (up_tx, up_rx): Queue = mpsc::channel();
+        let (down_tx, down_rx): Queue = mpsc::channel();
+        // Readers: stamp each datagram with the time it may leave.
+        {
+            let (front, stop, client) = (front.try_clone()?, stop.clone(), client.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok((n, from)) = front.recv_from(&mut buf) {
+                        if let Ok(mut c) = client.lock() {
+                            *c = Some(from);
+                        }
+                        if up_tx.send((Instant::now() + one_way, buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        {
+            let (back, stop) = (back.try_clone()?, stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok(n) = back.recv(&mut buf) {
+                        if down_tx
+                            .send((Instant::now() + one_way, buf[..n].to_vec()))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        // Writers: in order, each datagram once its time has come (the delay is the same for
+        // all, so the queue is in time order). They end when their reader has.
+        std::thread::spawn(move || {
+            while let Ok((due, d)) = up_rx.recv() {
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                let _ = back.send(&d);
+            }
+        });
+        std::thread::spawn(move || {
+            while let Ok((due, d)) = down_rx.recv() {
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                let to = client.lock().ok().and_then(|c| *c);
+                if let Some(to) = to {
+                    let _ = front.send_to(&d, to);
+                }
+            }
+        });
+        Ok(DelayLine { port, stop })
+    }
+}
+
+impl Drop for DelayLine {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

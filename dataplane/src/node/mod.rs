@@ -4,6 +4,8 @@
 //! connections within one tick.
 
 pub mod auth;
+#[cfg(feature = "quic")]
+mod brutal;
 mod engine;
 mod fallback;
 mod mux_tcp;
@@ -107,16 +109,22 @@ fn quic(p: impl crate::proto::quic::QuicInbound + 'static) -> Rc<dyn InboundProt
     Rc::new(quic::QuicProto(Rc::new(p)))
 }
 
-/// A Hysteria 2 node as the panel configures it: the receive rate it tells clients, and its
-/// packet obfuscation (`obfs`: empty = none, `salamander` with a non-empty `obfs_password`;
+/// A Hysteria 2 node as the panel configures it: its bandwidth (`up_mbps` caps what it sends
+/// to a client, `down_mbps` is the receive rate it tells clients, `ignore_client_bandwidth`),
+/// and its packet obfuscation (`obfs`: empty = none, `salamander` with a non-empty `obfs_password`;
 /// the control plane has checked this, the data plane refuses anything else rather than
 /// serve a node its clients cannot reach).
 #[cfg(feature = "hysteria2")]
 fn hysteria2(n: &NodeConfig) -> Result<crate::proto::hysteria2::Hysteria2Inbound, String> {
-    use crate::proto::hysteria2::{salamander::Salamander, Hysteria2Inbound, ServerRx};
+    use crate::proto::hysteria2::{salamander::Salamander, Bandwidth, Hysteria2Inbound};
     let Some(h) = &n.hysteria2 else {
+        // No panel settings: clients are told `auto` and the node runs its own congestion
+        // control.
         return Ok(Hysteria2Inbound {
-            rx: ServerRx::Auto,
+            bandwidth: Bandwidth {
+                ignore_client_bandwidth: true,
+                ..Bandwidth::default()
+            },
             obfs: None,
         });
     };
@@ -133,7 +141,11 @@ fn hysteria2(n: &NodeConfig) -> Result<crate::proto::hysteria2::Hysteria2Inbound
         }
     };
     Ok(Hysteria2Inbound {
-        rx: ServerRx::from_settings(h.down_mbps, h.ignore_client_bandwidth),
+        bandwidth: Bandwidth {
+            up_mbps: h.up_mbps,
+            down_mbps: h.down_mbps,
+            ignore_client_bandwidth: h.ignore_client_bandwidth,
+        },
         obfs,
     })
 }

@@ -49,6 +49,7 @@ use tokio::time::Instant;
 use v2sp_shared::dpconfig::NodeConfig;
 use v2sp_shared::shm::UserRef;
 
+use super::brutal::{RateSwitchFactory, SendRate};
 use super::salamander_socket::SalamanderSocket;
 use super::steer::{CidKey, CoreCidGenerator, SteeringSocket};
 use super::{admit, Admitted, ConnMeter, Core, HandshakeGuard, InboundProtocol, NodeRt, Registered};
@@ -116,11 +117,70 @@ pub(super) struct QuicSettings {
     pub(super) server: quinn::ServerConfig,
     /// Salamander on every datagram, or `None` (quinn's socket as is).
     pub(super) obfs: Option<Salamander>,
+    /// What each connection's transport config is built from ([`QuicSettings::for_connection`]).
+    transport: Transport,
+}
+
+/// The node's transport settings (quinn's `TransportConfig` cannot be cloned, and each
+/// connection needs its own: [`QuicSettings::for_connection`]).
+#[derive(Clone)]
+struct Transport {
+    max_uni_streams: u32,
+    /// Path MTU discovery's upper bound, when not quinn's default.
+    mtu_upper_bound: Option<u16>,
+    /// The node's congestion controller.
+    congestion: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync>,
+}
+
+impl Transport {
+    /// The Hysteria reference's QUIC defaults once a user is admitted (stream window 8 MiB,
+    /// connection window 20 MiB, idle timeout 30 s), the pre-authentication bounds, and
+    /// `congestion` as the controller.
+    fn config(
+        &self,
+        congestion: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync>,
+    ) -> quinn::TransportConfig {
+        let mut t = quinn::TransportConfig::default();
+        t.max_idle_timeout(Some(quinn::IdleTimeout::from(VarInt::from_u32(30_000))));
+        t.stream_receive_window(VarInt::from_u32(8 << 20));
+        // Until a user is admitted ([`serve_conn`] opens them then).
+        t.receive_window(VarInt::from_u32(PRE_AUTH_WINDOW));
+        t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_PENDING));
+        t.max_concurrent_uni_streams(VarInt::from_u32(self.max_uni_streams.min(MAX_PENDING)));
+        // Datagrams carry UDP; what queues unread is bounded (over it quinn drops the oldest).
+        t.datagram_receive_buffer_size(Some(1 << 20));
+        t.congestion_controller_factory(congestion);
+        if let Some(upper) = self.mtu_upper_bound {
+            let mut mtu = quinn::MtuDiscoveryConfig::default();
+            mtu.upper_bound(upper);
+            t.mtu_discovery_config(Some(mtu));
+        }
+        t
+    }
+}
+
+impl QuicSettings {
+    /// The server config of one connection: the node's, with a congestion controller that
+    /// starts as the node's and switches to Brutal when the driver puts a rate into `rate`
+    /// ([`RateSwitch`](super::brutal::RateSwitch)). quinn builds the controller during the
+    /// handshake from the transport config's factory, which is shared by every connection of
+    /// a config and told nothing about the connection: the only way to hand a controller its
+    /// connection's cell is a factory, hence a config, per connection (`Incoming::accept_with`).
+    /// That costs a few small allocations next to a TLS handshake.
+    fn for_connection(&self, rate: Arc<SendRate>) -> Arc<quinn::ServerConfig> {
+        let mut sc = self.server.clone();
+        let cc = Arc::new(RateSwitchFactory {
+            fallback: self.transport.congestion.clone(),
+            rate,
+        });
+        sc.transport_config(Arc::new(self.transport.config(cc)));
+        Arc::new(sc)
+    }
 }
 
 /// The QUIC settings of a node: TLS 1.3 from the node's certificate store with the protocol's
-/// ALPN, its congestion control, connection migration (steered to the connection's core), the Hysteria reference's QUIC defaults once a user is admitted (stream
-/// window 8 MiB, connection window 20 MiB, idle timeout 30 s), and the protocol's packet
+/// ALPN, its congestion control, connection migration (steered to the connection's core), the
+/// transport of [`Transport::config`], and the protocol's packet
 /// obfuscation.
 pub(super) fn quic_settings(n: &NodeConfig, q: &dyn QuicInbound) -> Result<QuicSettings, String> {
     let obfs = q.obfuscation();
@@ -145,34 +205,26 @@ pub(super) fn quic_settings(n: &NodeConfig, q: &dyn QuicInbound) -> Result<QuicS
     // validation; its packets reach the connection's core through `steer` whatever socket
     // the kernel gives them to.
     sc.migration(true);
-    let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(quinn::IdleTimeout::from(VarInt::from_u32(30_000))));
-    t.stream_receive_window(VarInt::from_u32(8 << 20));
-    // Until a user is admitted ([`serve_conn`] opens them then).
-    t.receive_window(VarInt::from_u32(PRE_AUTH_WINDOW));
-    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_PENDING));
-    t.max_concurrent_uni_streams(VarInt::from_u32(q.max_uni_streams().min(MAX_PENDING)));
-    // Datagrams carry UDP; what queues unread is bounded (over it quinn drops the oldest).
-    t.datagram_receive_buffer_size(Some(1 << 20));
-    match q.congestion() {
-        Congestion::Cubic => {}
-        Congestion::NewReno => {
-            t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()));
-        }
-        Congestion::Bbr => {
-            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
-        }
-    }
-    if obfs.is_some() {
+    let congestion: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> = match q.congestion() {
+        Congestion::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+        Congestion::NewReno => Arc::new(quinn::congestion::NewRenoConfig::default()),
+        Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+    };
+    let transport = Transport {
+        max_uni_streams: q.max_uni_streams(),
         // Each datagram is 8 bytes longer than its QUIC packet: probe for 8 bytes less, so
         // the datagrams on the path stay within the same bound as a plain node's (quinn's
         // initial 1200 becomes 1208 on the wire, still far below IPv6's minimum of 1280).
-        let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(PLAIN_MTU_UPPER_BOUND - SALT_LEN as u16);
-        t.mtu_discovery_config(Some(mtu));
-    }
-    sc.transport_config(Arc::new(t));
-    Ok(QuicSettings { server: sc, obfs })
+        mtu_upper_bound: obfs.as_ref().map(|_| PLAIN_MTU_UPPER_BOUND - SALT_LEN as u16),
+        congestion,
+    };
+    // The endpoint's own config (each connection is accepted with its own copy of it).
+    sc.transport_config(Arc::new(transport.config(transport.congestion.clone())));
+    Ok(QuicSettings {
+        server: sc,
+        obfs,
+        transport,
+    })
 }
 
 /// Whether two settings of a node put the same bytes on the wire below QUIC (an endpoint's
@@ -399,6 +451,16 @@ fn code(c: u32) -> VarInt {
     VarInt::from_u32(c)
 }
 
+/// A connection's fixed send rate: `ceiling` (what the protocol allows, > 0), lowered to the
+/// user's speed limit `limit` when there is one (0 = none). Brutal sends at this rate
+/// whatever the path says, so it must never exceed what the user may use.
+fn fixed_rate(ceiling: u64, limit: u64) -> u64 {
+    match limit {
+        0 => ceiling,
+        l => ceiling.min(l),
+    }
+}
+
 /// What stream tasks send to their connection's loop.
 enum Cmd {
     /// A UDP packet that came on its own stream, or whose domain was resolved off the loop.
@@ -429,11 +491,26 @@ struct ConnShared {
     /// [`PendingHead`]).
     pre_auth_bytes: Cell<usize>,
     cmds: mpsc::Sender<Cmd>,
+    /// The connection's fixed send rate, read by its congestion controller (0: the node's
+    /// controller).
+    rate: Arc<SendRate>,
+    /// The rate the protocol allows the connection once authenticated (the client's
+    /// declaration within the node's cap), before the user's speed limit; 0 = none.
+    rate_ceiling: Cell<u64>,
 }
 
 impl ConnShared {
     fn env(&self) -> Option<Rc<StreamEnv>> {
         self.env.borrow().clone()
+    }
+
+    /// Sets the connection's send rate from its ceiling and the user's speed limit (which
+    /// the panel may change while the connection lives): never above either.
+    fn apply_rate(&self, bucket: &Bucket) {
+        let ceiling = self.rate_ceiling.get();
+        if ceiling != 0 {
+            self.rate.set(fixed_rate(ceiling, bucket.rate()));
+        }
     }
 
     /// The connection's user, once it authenticated; `None` when the deadline passes first.
@@ -496,7 +573,15 @@ async fn serve_conn(
     };
     let deadline = Instant::now() + node.handshake;
     let peer = incoming.remote_address();
-    let handshake = async { incoming.accept()?.await };
+    // The connection's fixed send rate, if its client declares one: its controller is built
+    // during the handshake, watching this cell, which the authentication fills.
+    let rate = Arc::new(SendRate::default());
+    let handshake = async {
+        match &node.quic {
+            Some(q) => incoming.accept_with(q.for_connection(rate.clone()))?.await,
+            None => incoming.accept()?.await,
+        }
+    };
     let conn = match tokio::select! {
         c = tokio::time::timeout_at(deadline, handshake) => c,
         _ = evict.evict.cancelled() => return,
@@ -540,6 +625,8 @@ async fn serve_conn(
         pending: Cell::new(0),
         pre_auth_bytes: Cell::new(0),
         cmds: cmd_tx,
+        rate,
+        rate_ceiling: Cell::new(0),
     });
     let mut state = proto.connection();
     let mut guard = Some(guard);
@@ -633,6 +720,7 @@ async fn serve_conn(
             _ = sweep.tick() => {
                 if let Some(u) = udp.as_mut() {
                     u.sweep();
+                    sh.apply_rate(&u.env.bucket);
                 }
             }
             _ = beat.tick(), if udp.is_some() => {
@@ -729,7 +817,7 @@ async fn client_stream(sh: Rc<ConnShared>, mut send: Option<quinn::SendStream>, 
     match head {
         StreamHead::NeedMore => {}
         StreamHead::Discard => while let Ok(Some(_)) = recv.read_chunk(READ_CHUNK, true).await {},
-        StreamHead::Auth { key, token } => authenticate(&sh, &key, token.as_ref(), send).await,
+        StreamHead::Auth { key, token, rx } => authenticate(&sh, &key, token.as_ref(), rx, send).await,
         StreamHead::Refuse { reply } => {
             if let Some(mut s) = send {
                 let _ = s.write_all(&reply).await;
@@ -770,12 +858,15 @@ fn refuse(sh: &ConnShared, send: Option<&mut quinn::SendStream>, recv: &mut quin
 }
 
 /// Checks a claim: the key in the node's table, the protocol's proof against the user's
-/// secret, the device admitted. On success the connection is the user's and the protocol's
-/// answer goes out; on failure the protocol's refusal, or the connection is closed.
+/// secret, the device admitted. On success the connection is the user's, sends at the fixed
+/// rate the protocol allows for the client's declared receive rate `rx` (if any), and the
+/// protocol's answer goes out; on failure the protocol's refusal, or the connection is
+/// closed.
 async fn authenticate(
     sh: &ConnShared,
     key: &[u8],
     token: Option<&[u8; 32]>,
+    rx: u64,
     send: Option<quinn::SendStream>,
 ) {
     let (core, node) = (&sh.core, &sh.node);
@@ -814,6 +905,19 @@ async fn authenticate(
         }
         return;
     };
+    // Before the answer: the client's requests follow it, and the bytes sent back to them go
+    // out at the fixed rate from the first.
+    if let Some(r) = sh.proto.send_rate(rx) {
+        sh.rate_ceiling.set(r);
+        sh.apply_rate(&bucket);
+        tracing::debug!(
+            node = slot,
+            user = user.user_id,
+            declared = rx,
+            rate = sh.rate.get(),
+            "QUIC connection sends at a fixed rate (Brutal)"
+        );
+    }
     *sh.env.borrow_mut() = Some(Rc::new(StreamEnv {
         core: core.clone(),
         node: node.clone(),

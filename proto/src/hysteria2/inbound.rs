@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 
-use super::{h3, udp, AuthRequest, ServerRx};
+use super::{h3, udp, AuthRequest, Bandwidth};
 use crate::quic::salamander::Salamander;
 use crate::quic::{ConnState, Exporter, Packet, PacketPath, QuicInbound, StreamHead};
 use crate::WireError;
@@ -18,10 +18,11 @@ use crate::WireError;
 /// Client unidirectional streams (control, QPACK encoder/decoder) open at once; more wait.
 const MAX_UNI_STREAMS: u32 = 8;
 
-/// A Hysteria 2 node: what it tells clients about its receive rate, and its obfuscation.
+/// A Hysteria 2 node: its bandwidth (what it tells clients about its receive rate, what it
+/// sends at), and its obfuscation.
 #[derive(Clone)]
 pub struct Hysteria2Inbound {
-    pub rx: ServerRx,
+    pub bandwidth: Bandwidth,
     /// Salamander with the node's `obfs-password`, or none.
     pub obfs: Option<Salamander>,
 }
@@ -60,6 +61,7 @@ impl QuicInbound for Hysteria2Inbound {
             Some(a) => StreamHead::Auth {
                 key: a.lookup_key().to_vec(),
                 token: None,
+                rx: a.cc_rx,
             },
             None => StreamHead::Refuse {
                 reply: super::not_found_response(),
@@ -73,8 +75,11 @@ impl QuicInbound for Hysteria2Inbound {
         // The key is SHA-256 of the password, found in the table: knowing it is the proof.
         key == secret
     }
+    fn send_rate(&self, client_rx: u64) -> Option<u64> {
+        self.bandwidth.send_rate(client_rx)
+    }
     fn auth_reply(&self) -> Option<Vec<u8>> {
-        Some(super::auth_ok_response(true, self.rx))
+        Some(super::auth_ok_response(true, self.bandwidth.server_rx()))
     }
     fn auth_refused(&self) -> Option<Vec<u8>> {
         Some(super::not_found_response())

@@ -209,10 +209,17 @@ pub fn padding_len(lo: usize, hi: usize) -> usize {
     rand::rng().random_range(lo..hi)
 }
 
+/// Bytes per second in `mbps` megabits per second (the panel's unit, 10^6 bits).
+pub fn mbps_to_bytes(mbps: u32) -> u64 {
+    u64::from(mbps) * 125_000
+}
+
 /// What the server tells the client about its own receive rate (`Hysteria-CC-RX`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerRx {
-    /// Bytes per second the server accepts; 0 = unlimited (the client may send at any rate).
+    /// Bytes per second the server accepts; 0 = unlimited (the client may send at any rate:
+    /// the reference client then sends at its own configured upload rate, or runs its own
+    /// congestion control without one).
     Rate(u64),
     /// The server names no rate: the client must run congestion control (BBR).
     Auto,
@@ -225,7 +232,7 @@ impl ServerRx {
         if ignore_client_bandwidth {
             ServerRx::Auto
         } else {
-            ServerRx::Rate(u64::from(down_mbps) * 125_000)
+            ServerRx::Rate(mbps_to_bytes(down_mbps))
         }
     }
 
@@ -234,6 +241,41 @@ impl ServerRx {
             ServerRx::Rate(r) => r.to_string(),
             ServerRx::Auto => "auto".to_string(),
         }
+    }
+}
+
+/// A node's bandwidth settings as the panel gives them, from the server's point of view:
+/// `up_mbps` is what it sends (to clients), `down_mbps` what it receives (from clients).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bandwidth {
+    /// The most the server sends to one client, in Mbps; 0 = no cap.
+    pub up_mbps: u32,
+    /// The rate the server tells clients it receives at, in Mbps; 0 = unlimited.
+    pub down_mbps: u32,
+    /// Clients' declared rates are ignored: the server tells them `auto` (run your own
+    /// congestion control) and runs its own on every connection.
+    pub ignore_client_bandwidth: bool,
+}
+
+impl Bandwidth {
+    /// What the server answers in `Hysteria-CC-RX`.
+    pub fn server_rx(&self) -> ServerRx {
+        ServerRx::from_settings(self.down_mbps, self.ignore_client_bandwidth)
+    }
+
+    /// The fixed rate (Brutal) the server sends at to a client that declared it receives
+    /// `client_rx` bytes per second: the declaration, capped by `up_mbps` when the node has
+    /// one. `None` (the node's own congestion control) when the client declared nothing or
+    /// the node ignores declarations. As the reference server, a client that declares
+    /// nothing is not sent to at `up_mbps`: it may not be able to take that much.
+    pub fn send_rate(&self, client_rx: u64) -> Option<u64> {
+        if self.ignore_client_bandwidth || client_rx == 0 {
+            return None;
+        }
+        Some(match mbps_to_bytes(self.up_mbps) {
+            0 => client_rx,
+            cap => client_rx.min(cap),
+        })
     }
 }
 

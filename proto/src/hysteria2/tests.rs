@@ -264,6 +264,72 @@ fn server_rx_from_settings() {
 }
 
 #[test]
+fn send_rate_is_the_declaration_capped_by_the_node_upload() {
+    let bw = |up_mbps, ignore_client_bandwidth| Bandwidth {
+        up_mbps,
+        down_mbps: 50,
+        ignore_client_bandwidth,
+    };
+    // 100 Mbps declared, no node cap: 100 Mbps; a 20 Mbps cap lowers it, never raises it.
+    assert_eq!(bw(0, false).send_rate(12_500_000), Some(12_500_000));
+    assert_eq!(bw(20, false).send_rate(12_500_000), Some(2_500_000));
+    assert_eq!(bw(200, false).send_rate(12_500_000), Some(12_500_000));
+    // Nothing declared, or declarations ignored: the node's own congestion control.
+    assert_eq!(bw(20, false).send_rate(0), None);
+    assert_eq!(bw(20, true).send_rate(12_500_000), None);
+    // Whatever a client claims stays within the cap, and nothing overflows.
+    assert_eq!(
+        bw(u32::MAX, false).send_rate(u64::MAX),
+        Some(mbps_to_bytes(u32::MAX))
+    );
+    assert_eq!(bw(0, false).send_rate(u64::MAX), Some(u64::MAX));
+    assert_eq!(bw(0, false).send_rate(1), Some(1));
+    // What the server answers: its download, or `auto` when it ignores clients.
+    assert_eq!(bw(20, false).server_rx(), ServerRx::Rate(6_250_000));
+    assert_eq!(bw(20, true).server_rx(), ServerRx::Auto);
+}
+
+#[test]
+fn the_declared_rate_comes_with_the_auth_claim() {
+    use crate::quic::{QuicInbound as _, StreamHead};
+    let node = Hysteria2Inbound {
+        bandwidth: Bandwidth {
+            up_mbps: 10,
+            down_mbps: 0,
+            ignore_client_bandwidth: false,
+        },
+        obfs: None,
+    };
+    let claim = |rx: &str| {
+        let mut stream = Vec::new();
+        h3::put_frame(&mut stream, h3::FRAME_HEADERS, &auth_block("secret", rx));
+        match node.bidi_head(&stream, false).unwrap() {
+            StreamHead::Auth { rx, .. } => rx,
+            other => panic!("not an auth: {other:?}"),
+        }
+    };
+    assert_eq!(claim("1250000"), 1_250_000);
+    assert_eq!(node.send_rate(claim("1250000")), Some(1_250_000));
+    assert_eq!(node.send_rate(claim("125000000")), Some(1_250_000));
+    // Garbage, negative, past u64, empty: nothing declared.
+    for bad in ["fast", "-5", "18446744073709551616", "", "1e9", "0x10"] {
+        assert_eq!(claim(bad), 0, "{bad:?}");
+        assert_eq!(node.send_rate(claim(bad)), None, "{bad:?}");
+    }
+    assert_eq!(claim("18446744073709551615"), u64::MAX);
+    assert_eq!(node.send_rate(u64::MAX), Some(1_250_000));
+    // The answer names the node's download: 0 = the server takes whatever the client sends.
+    let ok = node.auth_reply().unwrap();
+    let (_, n) = varint(&ok).unwrap();
+    let (_, m) = varint(&ok[n..]).unwrap();
+    let fields = h3::decode_fields(&ok[n + m..]).unwrap();
+    assert!(
+        fields.contains(&("hysteria-cc-rx".to_string(), "0".to_string())),
+        "{fields:?}"
+    );
+}
+
+#[test]
 fn control_stream_announces_no_dynamic_table() {
     assert_eq!(
         h3::control_stream_preface(),

@@ -8,7 +8,7 @@
 //! ```text
 //!   client bidi stream ──► bidi_head(bytes, authed) ─┐
 //!   client uni stream  ──► uni_head(bytes, authed)  ─┼─► StreamHead: NeedMore | Discard
-//!                                                    │     | Auth{key, token} | Refuse{reply}
+//!                                                    │     | Auth{key, token, rx} | Refuse{reply}
 //!                                                    │     | Connect{dest, used} | Packet
 //!                                                    │     | Dissociate{assoc}
 //!   datagram           ──► ConnState::datagram ──────┴─► Option<Packet> (after reassembly)
@@ -81,8 +81,14 @@ pub enum StreamHead {
     /// Not ours to act on: read and drop the rest (HTTP/3 control and QPACK streams).
     Discard,
     /// A claim to be the user found by `key` in the node's user table, with a proof the
-    /// protocol checks in [`QuicInbound::verify`].
-    Auth { key: Vec<u8>, token: Option<[u8; 32]> },
+    /// protocol checks in [`QuicInbound::verify`]. `rx`: the receive rate the client declares,
+    /// in bytes per second (Hysteria 2's `Hysteria-CC-RX`); 0 = none declared. What the
+    /// server makes of it is [`QuicInbound::send_rate`].
+    Auth {
+        key: Vec<u8>,
+        token: Option<[u8; 32]>,
+        rx: u64,
+    },
     /// A request that is not for us (Hysteria 2: any HTTP/3 request other than its
     /// authentication): `reply` is written and the stream finished; the connection goes on.
     Refuse { reply: Vec<u8> },
@@ -102,8 +108,18 @@ pub type Exporter<'a> = &'a mut dyn FnMut(&[u8], &[u8], &mut [u8; 32]) -> bool;
 pub trait QuicInbound {
     /// ALPN values the node accepts (QUIC requires one).
     fn alpn(&self) -> Vec<Vec<u8>>;
+    /// The congestion controller of the node's connections, unless [`QuicInbound::send_rate`]
+    /// fixes a connection's rate.
     fn congestion(&self) -> Congestion {
         Congestion::Cubic
+    }
+    /// The fixed rate in bytes per second the server sends at on a connection whose client
+    /// declared, when it authenticated, that it receives `client_rx` bytes per second (0 =
+    /// nothing declared): Hysteria 2's Brutal. `None`: the node's [`QuicInbound::congestion`].
+    /// The driver lowers the rate further to the user's speed limit; it never raises it.
+    fn send_rate(&self, client_rx: u64) -> Option<u64> {
+        let _ = client_rx;
+        None
     }
     /// Unidirectional streams a client may have open at once.
     fn max_uni_streams(&self) -> u32;

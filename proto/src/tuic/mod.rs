@@ -301,6 +301,8 @@ impl QuicInbound for TuicInbound {
                 Ok(StreamHead::Auth {
                     key: b[..16].to_vec(),
                     token: Some(token),
+                    // TUIC declares no bandwidth: the node's congestion controller.
+                    rx: 0,
                 })
             }
             CMD_PACKET => {

@@ -66,10 +66,12 @@ fn authenticate_is_checked_with_the_exporter_and_the_uuid_string() {
     for cut in 0..wire.len() {
         assert_eq!(t.uni_head(&wire[..cut], false).unwrap(), StreamHead::NeedMore);
     }
-    let StreamHead::Auth { key, token } = t.uni_head(&wire, false).unwrap() else {
+    let StreamHead::Auth { key, token, rx } = t.uni_head(&wire, false).unwrap() else {
         panic!("not an auth")
     };
     assert_eq!(key, UUID);
+    assert_eq!(rx, 0, "TUIC declares no receive rate");
+    assert_eq!(t.send_rate(rx), None);
     let token = token.unwrap();
     // The exporter is asked for label = the 16 raw uuid bytes, context = the uuid string.
     let seen = std::cell::RefCell::new(Vec::new());
