@@ -6,7 +6,8 @@
 #   4. builds each protocol feature alone and runs the data plane's unit tests for it,
 #   5. runs the benchmark harness in --quick mode (smoke only: every server and scenario runs,
 #      nothing about speed is asserted; reports go to a temporary directory),
-#   6. fuzzes every target for 20 s (scripts/fuzz.sh --ci: cargo-fuzz, fresh corpora),
+#   6. fuzzes every target for 20 s (scripts/fuzz.sh --ci: cargo-fuzz, fresh corpora, as many at
+#      once as CPUs),
 #   7. tests packaging: release.sh --dry-run on a clone, the .deb installed, removed and purged,
 #      install.sh from that release (scripts/test-packaging.sh).
 # Every pass runs even when an earlier one failed, so one failing suite never hides the results
@@ -54,11 +55,15 @@ if ! cargo build --workspace --bins --tests "$@"; then
     exit 1
 fi
 
-pass "tests, epoll backend" env V2SP_IO=epoll cargo test --workspace --no-fail-fast "$@"
+# cargo-nextest runs each test in its own process and keeps both CPUs busy across test
+# binaries (cargo test runs the binaries one after another, so one long interop test holds up
+# the rest). The workspace has no doctests (its code blocks are diagrams).
+command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+pass "tests, epoll backend" env V2SP_IO=epoll cargo nextest run --workspace --no-fail-fast "$@"
 
 if [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" = "0" ]; then
     pass "data-plane and end-to-end tests, io_uring backend" \
-        env V2SP_IO=uring cargo test -p v2sp-dataplane -p v2sp-control -p v2sp-testsupport --no-fail-fast "$@"
+        env V2SP_IO=uring cargo nextest run -p v2sp-dataplane -p v2sp-control -p v2sp-testsupport --no-fail-fast "$@"
 else
     echo "== io_uring is disabled on this kernel: the io_uring run is skipped"
 fi
@@ -82,7 +87,7 @@ pass "benchmark harness, quick mode (v2sp epoll/uring vs ssserver, sing-box, v2r
 echo "quick benchmark report: $out/report.md"
 
 # The short fuzz pass (issue 11): every target for 20 s on a fresh corpus under AddressSanitizer
-# (cargo-fuzz, libFuzzer); fails on the first crash. The sanitizer build has its own target
+# (cargo-fuzz, libFuzzer), two targets at a time; fails if any crashed. The sanitizer build has its own target
 # directory. scripts/fuzz.sh --long is the long run (not in CI).
 pass "fuzz: every target 20 s (cargo-fuzz / libFuzzer, fresh corpus)" \
     env CARGO_TARGET_DIR="$PWD/target/fuzz" bash scripts/fuzz.sh --ci 20
@@ -95,9 +100,11 @@ echo "== summary: $((passes - ${#failed_passes[@]})) of $passes passes succeeded
 for p in "${failed_passes[@]}"; do
     echo "   FAILED: $p"
 done
-# One closing line for the whole run (both backends), summed from cargo's per-binary results;
-# a failed pass with no failed test (a build error, a crash) still counts as a failure.
+# One closing line for the whole run (both backends), summed from nextest's summaries and
+# cargo test's per-binary results; a failed pass with no failed test (a build error, a crash)
+# still counts as a failure.
 awk -v extra="${#failed_passes[@]}" '
     /^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+    /^ *Summary \[/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed,?$/) p += $(i-1); if ($i ~ /^failed,?$/) f += $(i-1) } }
     END { if (f == 0 && extra > 0) f = extra; printf "all suites: %d passed, %d failed\n", p, f }' "$log"
 [ ${#failed_passes[@]} -eq 0 ]
