@@ -26,6 +26,23 @@ const PATH: &str = "/xh";
 /// The nodes: (protocol, tls).
 const NODES: [(&str, u8); 3] = [("vless", 1), ("vless", 0), ("trojan", 1)];
 
+/// One VLESS node over XHTTP with TLS (path and host as [`xray_client`] sends them).
+fn vless_tls_node(uuids: &[&str]) -> (V2sp, u16, tempfile::TempDir) {
+    let certs = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let nodes = vec![NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "vless", "server_port": port, "tls": 1,
+                     "network": "xhttp", "networkSettings": {"path": PATH, "host": DOMAIN},
+                     "tls_settings": {"server_name": DOMAIN},
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: users(uuids),
+    }];
+    let v = V2sp::start(nodes, self_signed_certs(certs.path(), DOMAIN)).unwrap();
+    (v, port, certs)
+}
+
 fn xray_client(protocol: &str, port: u16, secret: &str, tls: bool, mode: &str) -> Value {
     let settings = if protocol == "vless" {
         json!({"vnext": [{"address": "127.0.0.1", "port": port,
@@ -153,18 +170,7 @@ fn removal_cuts_off_an_xhttp_session() {
     if !run_in_loopback_netns("removal_cuts_off_an_xhttp_session", Duration::from_secs(120)) {
         return;
     }
-    let certs = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let nodes = vec![NodeSpec {
-        node_id: 1,
-        port,
-        info: json!({"node_type": "vless", "server_port": port, "tls": 1,
-                     "network": "xhttp", "networkSettings": {"path": PATH, "host": DOMAIN},
-                     "tls_settings": {"server_name": DOMAIN},
-                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
-        users: users(&UUIDS[..2]),
-    }];
-    let v = V2sp::start(nodes, self_signed_certs(certs.path(), DOMAIN)).unwrap();
+    let (v, port, _certs) = vless_tls_node(&UUIDS[..2]);
     let out = xray_client("vless", port, UUIDS[1], true, "packet-up");
     let (p, socks) = xray_outbound(out, v.dir.path()).unwrap_or_else(|e| panic!("xray: {e:#}"));
     let expected = v
@@ -354,18 +360,7 @@ fn xray_udp_over_xhttp_exact_accounting() {
         return;
     }
     let echo = Echo::start().unwrap();
-    let certs = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let nodes = vec![NodeSpec {
-        node_id: 1,
-        port,
-        info: json!({"node_type": "vless", "server_port": port, "tls": 1,
-                     "network": "xhttp", "networkSettings": {"path": PATH, "host": DOMAIN},
-                     "tls_settings": {"server_name": DOMAIN},
-                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
-        users: users(&UUIDS),
-    }];
-    let v = V2sp::start(nodes, self_signed_certs(certs.path(), DOMAIN)).unwrap();
+    let (v, port, _certs) = vless_tls_node(&UUIDS);
     let mut expected: Totals = BTreeMap::new();
     for (uidx, mode) in [(0usize, "packet-up"), (1, "stream-up")] {
         let out = xray_client("vless", port, UUIDS[uidx], true, mode);

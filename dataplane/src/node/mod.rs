@@ -1172,15 +1172,10 @@ async fn sniff_first(
     pending_up: &mut Vec<u8>,
     initial_upload: &mut Vec<u8>,
 ) -> Sniff {
-    use crate::proto::Destination;
     let Some(a) = node.connect.audit.as_deref() else {
         return Sniff::Pass;
     };
-    let dest_is_ip = match dest {
-        Destination::Ip(_) => true,
-        Destination::Domain(d, _) => d.parse::<IpAddr>().is_ok(),
-    };
-    if !a.wants_sniff(dest_is_ip) {
+    if !sniff::wanted(a, dest) {
         return Sniff::Pass;
     }
     let deadline = tokio::time::Instant::now() + SNIFF_WAIT;

@@ -1276,11 +1276,7 @@ async fn sniff_block(
     initial: &mut Vec<u8>,
 ) -> Option<(i64, String)> {
     let a = env.node.connect.audit.as_deref()?;
-    let dest_is_ip = match dest {
-        Destination::Ip(_) => true,
-        Destination::Domain(d, _) => d.parse::<IpAddr>().is_ok(),
-    };
-    if !a.wants_sniff(dest_is_ip) {
+    if !super::sniff::wanted(a, dest) {
         return None;
     }
     if initial.is_empty() {

@@ -62,6 +62,16 @@ fn host_without_port(h: &str) -> String {
     }
 }
 
+/// Whether the audit rules need a stream's first bytes to judge `dest`: `protocol:` rules
+/// always, domain rules when the client named an IP (the sniffed name is then what they see).
+pub(super) fn wanted(a: &v2sp_shared::audit::AuditRules, dest: &crate::proto::Destination) -> bool {
+    let dest_is_ip = match dest {
+        crate::proto::Destination::Ip(_) => true,
+        crate::proto::Destination::Domain(d, _) => d.parse::<std::net::IpAddr>().is_ok(),
+    };
+    a.wants_sniff(dest_is_ip)
+}
+
 /// The audit verdict on a stream's first bytes: `Some((rule, what was sniffed))` when a
 /// `protocol:` rule or a rule on the sniffed domain blocks it.
 pub(super) fn verdict(a: &v2sp_shared::audit::AuditRules, first: &[u8]) -> Option<(i64, String)> {

@@ -846,11 +846,7 @@ async fn run_session(core: &Rc<Core>, node: &Rc<NodeRt>, s: &Arc<Session>, down:
         return;
     }
     if let Some(a) = node.connect.audit.as_deref() {
-        let dest_is_ip = match &dest {
-            crate::proto::Destination::Ip(_) => true,
-            crate::proto::Destination::Domain(d, _) => d.parse::<IpAddr>().is_ok(),
-        };
-        if a.wants_sniff(dest_is_ip) {
+        if super::sniff::wanted(a, &dest) {
             if initial.is_empty() {
                 if let Ok(Some(c)) = tokio::time::timeout(super::SNIFF_WAIT, s.next_upload()).await {
                     match codec.as_mut() {
