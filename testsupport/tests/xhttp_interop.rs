@@ -377,3 +377,79 @@ fn xray_udp_over_xhttp_exact_accounting() {
     }
     v.finish(&[], &expected);
 }
+
+/// Plain HTTP/2 (h2c, as behind a CDN or nginx with `grpc_pass`-style h2c upstreams): curl
+/// (nghttp2) with prior knowledge opens a session's download GET on one connection and posts
+/// packet 0 (a VLESS request with 64 KiB of data) on another; the echo comes back on the GET,
+/// counted exactly. Xray 24.11's client speaks HTTP/1.1 without TLS, so curl stands in here.
+#[test]
+fn h2c_packet_up_with_curl() {
+    use std::process::{Command, Stdio};
+    let echo = Echo::start().unwrap();
+    let port = free_port();
+    let nodes = vec![NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "vless", "server_port": port, "tls": 0, "network": "xhttp",
+                     "networkSettings": {"path": PATH, "mode": "packet-up"},
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: users(&UUIDS),
+    }];
+    let v = V2sp::start(nodes, json!({})).unwrap();
+    let dir = v.dir.path().to_path_buf();
+    let url = format!("http://127.0.0.1:{port}{PATH}/5f1c2d3e-0000-4000-8000-00000000c0de");
+    let down = dir.join("down.bin");
+    let mut get = Command::new("curl")
+        .args(["--http2-prior-knowledge", "-sN", "--max-time", "8", "-o"])
+        .arg(&down)
+        .arg(&url)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let data = payload(64 << 10, 9);
+    let mut pkt = vec![0u8];
+    pkt.extend_from_slice(&hex::decode(UUIDS[0].replace('-', "")).unwrap());
+    pkt.extend_from_slice(&[0, 1]);
+    pkt.extend_from_slice(&echo.port.to_be_bytes());
+    pkt.extend_from_slice(&[1, 127, 0, 0, 1]);
+    pkt.extend_from_slice(&data);
+    std::fs::write(dir.join("p0.bin"), &pkt).unwrap();
+    let post = Command::new("curl")
+        .args([
+            "--http2-prior-knowledge",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .args(["--max-time", "8", "--data-binary"])
+        .arg(format!("@{}", dir.join("p0.bin").display()))
+        .arg(format!("{url}/0"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&post.stdout),
+        "200 2",
+        "{}",
+        v.agent.log()
+    );
+    // The GET's body: VLESS's answer, then the echo; curl ends at its --max-time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&down).map_or(0, |m| m.len()) < 2 + data.len() as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the echo did not come back\n{}",
+            v.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = get.kill();
+    let _ = get.wait();
+    let got = std::fs::read(&down).unwrap();
+    assert_eq!(&got[..2], &[0, 0]);
+    assert!(got[2..] == data[..], "the echo differs");
+    let n = data.len() as u64;
+    v.wait_totals(1, &BTreeMap::from([(1u32, (n, n))]), Duration::from_secs(20))
+        .unwrap();
+}
