@@ -1017,6 +1017,7 @@ mod tests {
                 upload,
                 bytes: 1_000_000_000,
                 errors: 0,
+                first_error: None,
                 timed_out: false,
                 cpu: WindowCpu {
                     secs: 2.0,

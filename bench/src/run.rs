@@ -381,7 +381,12 @@ async fn measure(
             if r.errors > 0 || r.timed_out {
                 problem(
                     out,
-                    format!("bulk {c} conns: {} errors, timed out: {}", r.errors, r.timed_out),
+                    format!(
+                        "bulk {c} conns: {} errors{}, timed out: {}",
+                        r.errors,
+                        first_error(&r),
+                        r.timed_out
+                    ),
                 );
             }
             out.push(cipher, label, w, round, Measure::Bulk(r));
@@ -440,9 +445,19 @@ async fn other_bulk(
     if r.errors > 0 || r.timed_out {
         let what = if upload { "bulk upload" } else { "bulk" };
         out.problems.push(format!(
-            "{cipher} {label} round {round}: {what}: {} errors, timed out: {}",
-            r.errors, r.timed_out
+            "{cipher} {label} round {round}: {what}: {} errors{}, timed out: {}",
+            r.errors,
+            first_error(&r),
+            r.timed_out
         ));
     }
     out.push(cipher, label, w, round, Measure::Bulk(r));
+}
+
+/// ` (first: …)` with the first failed connection's error, if any.
+fn first_error(r: &BulkResult) -> String {
+    r.first_error
+        .as_deref()
+        .map(|e| format!(" (first: {e})"))
+        .unwrap_or_default()
 }
