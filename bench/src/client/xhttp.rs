@@ -35,6 +35,13 @@ pub const PACKET_UP: &str = "vless-xhttp-packet-up";
 pub const STREAM_UP: &str = "vless-xhttp-stream-up";
 /// The XHTTP path on every server and the client.
 pub const PATH: &str = "/xhttp-bench";
+/// Packets a server holds out of order per session (`scMaxBufferedPosts`; Xray's default is
+/// 30), the same on both servers. At the default, with the server pinned to one busy CPU,
+/// packet-up uploads failed on every server: the 24.11 client sends its POSTs (up to 1 MB,
+/// one per 30 ms) concurrently, one of them lags while 30 later ones arrive, and the session is
+/// dropped (Xray: "packet queue is too large"; v2sp: the same bound). The stream-up suite
+/// carries it too, where it has no effect.
+pub const MAX_BUFFERED_POSTS: u32 = 300;
 /// Set in the re-run inside the namespace.
 const NETNS_ENV: &str = "V2SP_BENCH_IN_NETNS";
 
@@ -69,8 +76,7 @@ impl XhttpMode {
         XhttpMode::ALL.into_iter().find(|m| m.name() == name.trim())
     }
 
-    /// `xhttpSettings` as Xray reads them (client and server), and as the panel's
-    /// `networkSettings` on v2sp's node.
+    /// `xhttpSettings` as the Xray client reads them (and the base of the servers').
     pub fn settings(self) -> Value {
         json!({ "path": PATH, "host": SERVER_NAME, "mode": self.mode() })
     }
@@ -103,7 +109,10 @@ impl XhttpMode {
                 "settings": { "clients": [{ "id": USER_UUID }], "decryption": "none" },
                 "streamSettings": {
                     "network": "xhttp", "security": "tls",
-                    "xhttpSettings": self.settings(),
+                    "xhttpSettings": {
+                        "path": PATH, "host": SERVER_NAME, "mode": self.mode(),
+                        "scMaxBufferedPosts": MAX_BUFFERED_POSTS
+                    },
                     "tlsSettings": {
                         "serverName": SERVER_NAME,
                         "certificates": [{ "certificateFile": tls.cert_file, "keyFile": tls.key_file }]
@@ -115,11 +124,13 @@ impl XhttpMode {
     }
 
     /// The v2sp panel node's protocol fields (Xboard's shape): VLESS, TLS (`tls: 1`, the
-    /// certificate in the node's `CertConfig`), `network: xhttp` with the same settings.
+    /// certificate in the node's `CertConfig`), `network: xhttp` with the same settings
+    /// (`scMaxBufferedPosts` in `extra`, where the panel carries it).
     pub fn panel_node(self, node: &mut Value) {
         node["tls"] = json!(1);
         node["network"] = json!("xhttp");
         node["networkSettings"] = self.settings();
+        node["networkSettings"]["extra"] = json!({ "scMaxBufferedPosts": MAX_BUFFERED_POSTS });
         node["tls_settings"] = json!({ "server_name": SERVER_NAME });
     }
 }
@@ -254,8 +265,13 @@ mod tests {
             m.panel_node(&mut n);
             let want = json!({ "path": PATH, "host": SERVER_NAME, "mode": m.mode() });
             assert_eq!(c["streamSettings"]["xhttpSettings"], want);
-            assert_eq!(s["inbounds"][0]["streamSettings"]["xhttpSettings"], want);
-            assert_eq!(n["networkSettings"], want);
+            let xs = &s["inbounds"][0]["streamSettings"]["xhttpSettings"];
+            let ns = &n["networkSettings"];
+            for k in ["path", "host", "mode"] {
+                assert_eq!((&xs[k], &ns[k]), (&want[k], &want[k]), "{k}");
+            }
+            assert_eq!(xs["scMaxBufferedPosts"], MAX_BUFFERED_POSTS);
+            assert_eq!(ns["extra"]["scMaxBufferedPosts"], MAX_BUFFERED_POSTS);
             assert_eq!(c["streamSettings"]["security"], "tls");
             assert_eq!(n["network"], "xhttp");
             assert_eq!(
