@@ -82,7 +82,9 @@ for f in $(awk '/^\[features\]/{on=1; next} /^\[/{on=0} on && /^[a-z0-9_-]+ *=/ 
 done
 
 out=$(mktemp -d)
-pass "benchmark harness, quick mode (v2sp epoll/uring vs ssserver, sing-box, v2ray, shoes where installed)" \
+# With Xray installed and `unshare --net` permitted, the quick run includes the XHTTP suites and
+# re-runs itself inside a loopback-only network namespace (Xray runs nowhere else).
+pass "benchmark harness, quick mode (v2sp epoll/uring vs ssserver, sing-box, v2ray, shoes, xray where installed)" \
     cargo run -q -p v2sp-bench "$@" -- run --quick --out "$out"
 echo "quick benchmark report: $out/report.md"
 

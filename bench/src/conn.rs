@@ -118,7 +118,7 @@ impl Conn {
                     let a = AnytlsStream::open_request(USER_UUID, &dest, first, &mut wire)?;
                     (*addr, Codec::Anytls(Box::new(a)), Some(Box::new(t.connect()?)))
                 }
-                Suite::Vision(_) | Suite::Quic(..) | Suite::SingBox(_) => {
+                Suite::Vision(_) | Suite::Quic(..) | Suite::SingBox(_) | Suite::Xhttp(..) => {
                     bail!("the Vision, QUIC and @sing-box suites go through their SOCKS client (Via::Socks)")
                 }
                 Suite::Vless(t) => {

@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use v2sp_bench::client::quic::Quic;
 use v2sp_bench::client::tls::TlsMaterial;
+use v2sp_bench::client::xhttp::{self, XhttpMode};
 use v2sp_bench::client::Suite;
 use v2sp_bench::conn::Via;
 use v2sp_bench::procstat;
@@ -25,7 +26,7 @@ use v2sp_bench::servers::{Binaries, Server, ServerKind};
 const ALL_CIPHERS: &str = "aes-128-gcm,aes-256-gcm,chacha20-ietf-poly1305,2022-blake3-aes-128-gcm,2022-blake3-aes-256-gcm,2022-blake3-chacha20-poly1305,trojan-tls,vless-tls,vmess,vmess-tls,anytls,hysteria2,tuic,vless-reality-vision,vless-tls-vision,aes-128-gcm@sing-box,2022-blake3-aes-128-gcm@sing-box,chacha20-ietf-poly1305@sing-box,trojan-tls@sing-box,vless-tls@sing-box,vmess@sing-box,anytls@sing-box";
 /// The servers compared when `--servers` is not given; a peer missing from this default list
 /// is left out with a warning (named explicitly, it is an error).
-const DEFAULT_SERVERS: &str = "v2sp-epoll,v2sp-uring,ssserver,sing-box,v2ray,shoes";
+const DEFAULT_SERVERS: &str = "v2sp-epoll,v2sp-uring,ssserver,sing-box,v2ray,shoes,xray";
 const QUICK_CIPHERS: [&str; 6] = [
     "aes-128-gcm",
     "2022-blake3-aes-128-gcm",
@@ -39,7 +40,7 @@ const QUICK_CIPHERS: [&str; 6] = [
 #[derive(Parser)]
 #[command(
     name = "v2sp-bench",
-    about = "v2sp side-by-side benchmarks (Shadowsocks, Trojan, VLESS, VMess, AnyTLS, Hysteria 2, TUIC, VLESS + Vision)"
+    about = "v2sp side-by-side benchmarks (Shadowsocks, Trojan, VLESS, VMess, AnyTLS, Hysteria 2, TUIC, VLESS + Vision, VLESS + XHTTP)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -116,8 +117,11 @@ struct Common {
     /// Shadowsocks methods and `trojan-tls`, `vless-tls`, `vmess` (TCP), `vmess-tls`, `anytls`,
     /// `hysteria2`, `tuic` (QUIC, through the sing-box client), `vless-reality-vision`,
     /// `vless-tls-vision` (through the shoes client), `X@sing-box` (suite X through the sing-box
-    /// client); those through a client get bulk download and upload only (`@sing-box`: and
-    /// latency); the first other one is the headline (all scenarios run on it).
+    /// client), `vless-xhttp-packet-up`, `vless-xhttp-stream-up` (through the Xray client, in a
+    /// loopback-only network namespace; added to the default list when Xray is installed and
+    /// `unshare --net` works); those through a client get bulk download and upload only
+    /// (`@sing-box`: and latency; XHTTP: and idle sessions); the first other one is the
+    /// headline (all scenarios run on it).
     #[arg(long, value_delimiter = ',', default_value = ALL_CIPHERS)]
     ciphers: Vec<String>,
     /// Servers to compare.
@@ -141,6 +145,11 @@ struct Common {
     /// for every suite but the multi-user Shadowsocks 2022 AES methods.
     #[arg(long, default_value = "/opt/v2sp-peers/bin/shoes")]
     shoes: PathBuf,
+    /// Xray 24.11.x (`scripts/install-test-deps.sh --with-xray`): the XHTTP suites' client
+    /// (always) and a peer server (`xray` in --servers); run only in a loopback-only network
+    /// namespace, which the bench enters itself (`unshare --net`).
+    #[arg(long, default_value = "/opt/v2sp-peers/bin/xray")]
+    xray: PathBuf,
     /// Do not pin (by default the bench runs on the first CPUs and the server on the last).
     #[arg(long)]
     no_pin: bool,
@@ -201,6 +210,7 @@ fn binaries(c: &Common) -> anyhow::Result<Binaries> {
             c.v2ray.clone()
         },
         shoes: c.shoes.clone(),
+        xray: c.xray.clone(),
     })
 }
 
@@ -241,6 +251,13 @@ fn servers(c: &Common, bins: &Binaries, suites: &[Suite]) -> anyhow::Result<Vec<
             "the Vision suites need the shoes client, not found at {} (scripts/install-test-deps.sh --with-shoes, \
              or --shoes PATH, or leave vless-*-vision out of --ciphers)",
             bins.shoes.display()
+        );
+    }
+    if suites.iter().any(|s| s.xhttp().is_some()) && !bins.xray.exists() {
+        bail!(
+            "the XHTTP suites need the Xray client, not found at {} (scripts/install-test-deps.sh --with-xray, \
+             or --xray PATH, or leave vless-xhttp-* out of --ciphers)",
+            bins.xray.display()
         );
     }
     for k in &ks {
@@ -302,6 +319,8 @@ fn describe_binary(k: ServerKind, bins: &Binaries) -> String {
         ServerKind::SingBox => Some("version"),
         ServerKind::V2ray => Some("-version"),
         ServerKind::Shoes => Some("--version"),
+        // Xray runs only in a loopback-only network namespace (where the run is when it is here).
+        ServerKind::Xray if xhttp::in_loopback_only_netns() => Some("version"),
         _ => None,
     }
     .and_then(|arg| std::process::Command::new(p).arg(arg).output().ok())
@@ -403,6 +422,22 @@ fn self_check(c: Common) -> anyhow::Result<()> {
     })
 }
 
+/// The XHTTP suites, for the default and `--quick` suite lists: only when the Xray client is
+/// installed and a network namespace can be made for it (quick mode: about 7 s each on the
+/// 2-CPU box, v2sp epoll/uring and Xray). The run then happens inside that namespace.
+fn push_xhttp(v: &mut Vec<String>, bins: &Binaries) {
+    if !bins.xray.exists() {
+        eprintln!(
+            "note: Xray not found at {}, the XHTTP suites are left out (scripts/install-test-deps.sh --with-xray)",
+            bins.xray.display()
+        );
+    } else if !xhttp::netns_available() {
+        eprintln!("note: `unshare --net` is not permitted here (root or CAP_SYS_ADMIN), the XHTTP suites are left out");
+    } else {
+        v.extend(XhttpMode::ALL.iter().map(|m| m.name().to_string()));
+    }
+}
+
 fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
     let c = a.common.clone();
     let bins = binaries(&c)?;
@@ -419,6 +454,11 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         if bins.shoes.exists() {
             v.push(v2sp_bench::client::vision::REALITY_VISION.to_string());
         }
+        push_xhttp(&mut v, &bins);
+        v
+    } else if c.ciphers.join(",") == ALL_CIPHERS {
+        let mut v = c.ciphers.clone();
+        push_xhttp(&mut v, &bins);
         v
     } else {
         c.ciphers.clone()
@@ -433,6 +473,11 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| Scenario::parse(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Xray (XHTTP suites' client, `xray` server) runs only in a loopback-only network namespace:
+    // re-run the whole bench there (everything it measures is on loopback anyway).
+    if ciphers.iter().any(|s| s.xhttp().is_some()) || kinds.contains(&ServerKind::Xray) {
+        xhttp::reexec_in_loopback_netns()?;
+    }
     let allowed = allowed_cpus();
     let wmax = a.workers.iter().copied().max().unwrap_or(1).max(1);
     let (client, nserver) = cpu_split(&allowed, wmax);

@@ -10,6 +10,7 @@ use crate::client::hysteria2::HYSTERIA2;
 use crate::client::quic::Quic;
 use crate::client::vision::{REALITY_VISION, TLS_VISION};
 use crate::client::vmess::{VMESS, VMESS_TLS};
+use crate::client::xhttp::XhttpMode;
 use crate::client::{TROJAN_TLS, VLESS_TLS};
 use crate::run::{Measure, Outcome, Plan, Record, Scenario};
 use crate::svg::{self, Series};
@@ -412,11 +413,95 @@ fn quic_section(s: &mut String, v: &View, plan: &Plan, servers: &[String], pairs
     }
 }
 
+/// Issue 13's target for the XHTTP suites: v2sp's server CPU-s/GB at most this times Xray's.
+pub const XHTTP_TARGET: f64 = 0.6;
+
+/// VLESS + XHTTP (packet-up, stream-up) through the Xray client: per server, CPU-s/GB and MB/s
+/// both ways and idle RSS per session; then each v2sp backend ÷ Xray, with issue 13's target
+/// on the CPU columns.
+fn xhttp_section(s: &mut String, v: &View, plan: &Plan, servers: &[String]) {
+    let modes: Vec<XhttpMode> = XhttpMode::ALL
+        .into_iter()
+        .filter(|m| plan.cipher_names.iter().any(|x| x == m.name()))
+        .collect();
+    if modes.is_empty() {
+        return;
+    }
+    let served: Vec<&String> = servers
+        .iter()
+        .filter(|x| x.starts_with("v2sp") || *x == "xray")
+        .collect();
+    let _ = writeln!(
+        s,
+        "### VLESS + XHTTP over TLS through the Xray client ({} connections = sessions for bulk, both directions; {} idle sessions)\n",
+        plan.other_conns, plan.idle_conns
+    );
+    let _ = writeln!(s, "The load generator speaks plain TCP to the target through the real Xray client (SOCKS5 in, VLESS over XHTTP over TLS (HTTP/2) out, on the load generator's CPUs and counted with it); each connection is one XHTTP session. Only the server's CPU is counted; MB/s is mostly the client's limit. Idle: server RSS growth ÷ sessions open (average over all; marginal over the second half). Target (issue 13): v2sp ≤ {XHTTP_TARGET}× Xray's server CPU-s/GB.\n");
+    type XF = fn(&View, &str, &str, usize) -> Option<(f64, f64, f64)>;
+    let cols: [(&str, usize, bool, XF); 6] = [
+        ("download CPU-s/GB", 3, true, |v, c, srv, n| {
+            v.bulk(c, srv, n, false, |b| b.cpu_s_per_gb())
+        }),
+        ("download MB/s", 0, false, |v, c, srv, n| {
+            v.bulk(c, srv, n, false, |b| b.mb_per_s())
+        }),
+        ("upload CPU-s/GB", 3, true, |v, c, srv, n| {
+            v.bulk(c, srv, n, true, |b| b.cpu_s_per_gb())
+        }),
+        ("upload MB/s", 0, false, |v, c, srv, n| {
+            v.bulk(c, srv, n, true, |b| b.mb_per_s())
+        }),
+        ("idle KiB/session", 1, false, |v, c, srv, _| {
+            v.idle(c, srv, |x| x.kib_per_conn())
+        }),
+        ("idle KiB/session (marginal)", 1, false, |v, c, srv, _| {
+            v.idle(c, srv, |x| x.marginal_kib_per_conn())
+        }),
+    ];
+    let names: Vec<String> = cols.iter().map(|x| x.0.to_string()).collect();
+    for m in modes {
+        let c = m.name();
+        let _ = writeln!(s, "`{c}` (`mode: {}`):\n", m.mode());
+        header_row(s, "server", &names);
+        for srv in &served {
+            let row: Vec<String> = cols
+                .iter()
+                .map(|col| fmt_mmm((col.3)(v, c, srv, plan.other_conns), col.1))
+                .collect();
+            let _ = writeln!(s, "| {srv} | {} |", row.join(" | "));
+        }
+        if served.iter().any(|x| *x == "xray") {
+            for a in served.iter().filter(|x| x.starts_with("v2sp")) {
+                let row: Vec<String> = cols
+                    .iter()
+                    .map(|col| {
+                        let (x, y) = (
+                            (col.3)(v, c, a, plan.other_conns),
+                            (col.3)(v, c, "xray", plan.other_conns),
+                        );
+                        match (x, y, col.2) {
+                            (Some((x, _, _)), Some((y, _, _)), true) if y > 0.0 => {
+                                let q = x / y;
+                                let verdict = if q <= XHTTP_TARGET { "met" } else { "**not met**" };
+                                format!("{q:.2}× {verdict}")
+                            }
+                            _ => ratio(x, y),
+                        }
+                    })
+                    .collect();
+                let _ = writeln!(s, "| {a} / xray | {} |", row.join(" | "));
+            }
+        }
+        let _ = writeln!(s);
+    }
+}
+
 /// Measured through a client process (bulk transfers; never the headline).
 fn through_client(c: &str) -> bool {
     c == REALITY_VISION
         || c == TLS_VISION
         || Quic::parse(c).is_some()
+        || XhttpMode::parse(c).is_some()
         || c.ends_with(crate::client::front::SUFFIX)
 }
 
@@ -436,8 +521,12 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         .unwrap_or_default();
     // Only suites through a client process: no headline scenarios ran.
     let headline_is_vision = through_client(&headline);
-    // Rate and idle run on the headline and on every Trojan/VLESS/VMess/AnyTLS suite.
-    let mut per_proto: Vec<String> = vec![headline.clone()];
+    // Rate and idle run on the headline and on every Trojan/VLESS/VMess/AnyTLS suite (the
+    // XHTTP suites' idle sessions are in their own section).
+    let mut per_proto: Vec<String> = Vec::new();
+    if !headline_is_vision {
+        per_proto.push(headline.clone());
+    }
     for c in &plan.cipher_names {
         if (c == TROJAN_TLS || c == VLESS_TLS || c == VMESS || c == VMESS_TLS || c == ANYTLS)
             && !per_proto.contains(c)
@@ -471,6 +560,10 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         (
             plan.cipher_names.iter().any(|c| c == crate::client::tuic::TUIC),
             "TUIC v5 (QUIC, through sing-box)",
+        ),
+        (
+            plan.cipher_names.iter().any(|c| XhttpMode::parse(c).is_some()),
+            "VLESS + XHTTP (TLS, through Xray)",
         ),
     ]
     .into_iter()
@@ -524,7 +617,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let _ = writeln!(s, "- v2sp = `v2sp run -c config.json` (control plane + the data plane it spawns; both processes counted) with a generated `file://` nodes file, `V2SP_IO=epoll|uring`; ssserver = shadowsocks-rust `--worker-threads N`, `no_delay`; sing-box with `GOMAXPROCS=N`; v2ray (Trojan/VLESS only) with `GOMAXPROCS=N`, `streamSettings.security: tls`; one user, same method everywhere; Trojan/VLESS: TLS on every server with one self-signed certificate (rcgen) and our rustls client (aws-lc-rs), trusting only that certificate; TLS session resumption on (rustls default); AnyTLS (`anytls`): one session (TLS connection) with one stream per connection, as sing-box's client uses it (auth with padding length 0, settings `v=2` with the default scheme's MD5, syn, psh destination + data; no waste-frame padding), `anytls` inbound on sing-box and inside shoes' `tls` inbound, an `anytls` node (`tls: 1`) on v2sp; Vision suites (`vless-reality-vision`, `vless-tls-vision`): VLESS `flow: xtls-rprx-vision` on v2sp and shoes (`--threads N`), the shoes client as the load generator's front end, TLS 1.3 end to end to the target (REALITY's `dest` is that target); QUIC suites (`hysteria2`, `tuic`): a panel node in Xboard's shape on v2sp (`hysteria` `version: 2`; `tuic` `version: 5`, cubic), the protocol's inbound on sing-box (TUIC: cubic), `quic` + the protocol on shoes (quinn's default congestion control, cubic), ALPN `h3`, the run's certificate, the sing-box client (the protocol's outbound, trusting that certificate; TUIC: cubic, UDP relay `native`) as the load generator's front end, plain TCP inside, bulk download and upload");
+    let _ = writeln!(s, "- v2sp = `v2sp run -c config.json` (control plane + the data plane it spawns; both processes counted) with a generated `file://` nodes file, `V2SP_IO=epoll|uring`; ssserver = shadowsocks-rust `--worker-threads N`, `no_delay`; sing-box with `GOMAXPROCS=N`; v2ray (Trojan/VLESS only) with `GOMAXPROCS=N`, `streamSettings.security: tls`; one user, same method everywhere; Trojan/VLESS: TLS on every server with one self-signed certificate (rcgen) and our rustls client (aws-lc-rs), trusting only that certificate; TLS session resumption on (rustls default); AnyTLS (`anytls`): one session (TLS connection) with one stream per connection, as sing-box's client uses it (auth with padding length 0, settings `v=2` with the default scheme's MD5, syn, psh destination + data; no waste-frame padding), `anytls` inbound on sing-box and inside shoes' `tls` inbound, an `anytls` node (`tls: 1`) on v2sp; Vision suites (`vless-reality-vision`, `vless-tls-vision`): VLESS `flow: xtls-rprx-vision` on v2sp and shoes (`--threads N`), the shoes client as the load generator's front end, TLS 1.3 end to end to the target (REALITY's `dest` is that target); QUIC suites (`hysteria2`, `tuic`): a panel node in Xboard's shape on v2sp (`hysteria` `version: 2`; `tuic` `version: 5`, cubic), the protocol's inbound on sing-box (TUIC: cubic), `quic` + the protocol on shoes (quinn's default congestion control, cubic), ALPN `h3`, the run's certificate, the sing-box client (the protocol's outbound, trusting that certificate; TUIC: cubic, UDP relay `native`) as the load generator's front end, plain TCP inside, bulk download and upload; XHTTP suites (`vless-xhttp-packet-up`, `vless-xhttp-stream-up`): VLESS over XHTTP (`path`, `host`, `mode` alike everywhere) over TLS with the run's certificate, a panel node with `network: xhttp` on v2sp, a `vless` inbound with `xhttpSettings` on Xray 24.11.21 (`GOMAXPROCS=N`), the Xray client (HTTP/2, default `xmux`, certificate not verified) as the load generator's front end, the whole run inside a loopback-only network namespace, bulk download and upload and idle sessions");
     let _ = writeln!(s, "- bulk: {} MiB per run for {} (split over N connections, download = target → client), {} MiB at {} connections for the other methods{}; latency: {} round trips of {} B; rate: {} s × {} concurrent loops; idle: {} connections",
         plan.bulk_bytes >> 20, if headline_is_vision { "the headline (none ran: suites through a client process only)" } else { &headline }, plan.other_bulk_bytes >> 20, plan.other_conns,
         if plan.upload { " and for the upload run" } else { "" },
@@ -644,6 +737,7 @@ pub fn write(dir: &Path, plan: &Plan, out: &Outcome, env: &Env) -> anyhow::Resul
         front_latency_section(&mut s, &v, plan, &servers, &pairs);
         vision_section(&mut s, &v, plan, &servers);
         quic_section(&mut s, &v, plan, &servers, &pairs);
+        xhttp_section(&mut s, &v, plan, &servers);
 
         if plan.scenarios.contains(&Scenario::Bulk) && !headline_is_vision {
             // Throughput vs connections, headline cipher.
@@ -1017,6 +1111,7 @@ mod tests {
                 upload,
                 bytes: 1_000_000_000,
                 errors: 0,
+                first_error: None,
                 timed_out: false,
                 cpu: WindowCpu {
                     secs: 2.0,
@@ -1049,6 +1144,96 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("Hysteria 2"), "{s}");
+    }
+
+    #[test]
+    fn xhttp_section_has_both_directions_idle_and_the_target() {
+        use crate::scenarios::{BulkResult, IdleResult, WindowCpu};
+        use crate::servers::ServerKind;
+        let servers: Vec<String> = ["v2sp-epoll", "xray"].map(String::from).to_vec();
+        let c = "vless-xhttp-stream-up";
+        let plan = Plan {
+            quick: false,
+            ciphers: vec![],
+            cipher_names: vec![c.into()],
+            servers: vec![ServerKind::V2spEpoll, ServerKind::Xray],
+            scenarios: vec![],
+            rounds: 1,
+            workers: vec![1],
+            bulk_conns: vec![4],
+            bulk_bytes: 1 << 30,
+            other_conns: 4,
+            other_bulk_bytes: 1 << 30,
+            upload: true,
+            rate_secs: 1.0,
+            rate_concurrency: 1,
+            latency_count: 1,
+            latency_size: 64,
+            idle_conns: 100,
+            deadline_s: 1,
+            server_cpus: Default::default(),
+            client_cpus: String::new(),
+        };
+        let rec = |server: &str, m: Measure| Record {
+            cipher: c.into(),
+            server: server.into(),
+            workers: 1,
+            round: 0,
+            m,
+        };
+        // 1 GB in 2 s; server CPU `cpu` s.
+        let bulk = |upload: bool, cpu: f64| {
+            Measure::Bulk(BulkResult {
+                conns: 4,
+                upload,
+                bytes: 1_000_000_000,
+                errors: 0,
+                first_error: None,
+                timed_out: false,
+                cpu: WindowCpu {
+                    secs: 2.0,
+                    server_cpu_s: cpu,
+                    ..Default::default()
+                },
+            })
+        };
+        // 100 sessions: +1000 KiB (v2sp) or +4000 KiB (xray).
+        let idle = |kib: u64| {
+            Measure::Idle(IdleResult {
+                conns: 100,
+                opened: 100,
+                rss_before_kib: 10_000,
+                rss_half_kib: 10_000 + kib / 2,
+                opened_half: 50,
+                rss_after_kib: 10_000 + kib,
+            })
+        };
+        let recs = vec![
+            rec("v2sp-epoll", bulk(false, 1.0)),
+            rec("v2sp-epoll", bulk(true, 1.5)),
+            rec("v2sp-epoll", idle(1000)),
+            rec("xray", bulk(false, 2.0)),
+            rec("xray", bulk(true, 2.0)),
+            rec("xray", idle(4000)),
+        ];
+        let mut s = String::new();
+        xhttp_section(&mut s, &View { recs: &recs, w: 1 }, &plan, &servers);
+        assert!(s.contains("`vless-xhttp-stream-up` (`mode: stream-up`):"), "{s}");
+        assert!(
+            s.contains("| v2sp-epoll | 1.000 | 500 | 1.500 | 500 | 10.0 | 10.0 |"),
+            "{s}"
+        );
+        assert!(
+            s.contains("| xray | 2.000 | 500 | 2.000 | 500 | 40.0 | 40.0 |"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "| v2sp-epoll / xray | 0.50× met | 1.00× | 0.75× **not met** | 1.00× | 0.25× | 0.25× |"
+            ),
+            "{s}"
+        );
+        assert!(!s.contains("packet-up"), "{s}");
     }
 
     #[test]

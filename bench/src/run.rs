@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::client::sing_box::SingBoxClient;
 use crate::client::vision::ShoesClient;
+use crate::client::xhttp::XrayClient;
 use crate::client::Suite;
 use crate::conn::Via;
 use crate::scenarios::{self, BulkResult, IdleResult, LatencySummary, RateResult};
@@ -209,6 +210,7 @@ enum Helper {
     None,
     Shoes(ShoesClient),
     SingBox(SingBoxClient),
+    Xray(XrayClient),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -228,7 +230,7 @@ async fn one_server(
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Vision: the real shoes client in front of the load generator (on its CPUs); the QUIC
     // suites: the real sing-box client, once the server's QUIC socket is bound; `X@sing-box`:
-    // the sing-box client speaking X.
+    // the sing-box client speaking X; XHTTP: the real Xray client.
     let sing_box = |out: anyhow::Result<serde_json::Value>| {
         out.and_then(|out| SingBoxClient::start(&bins.singbox, out, srv.dir(), threads))
             .map(|c| {
@@ -256,6 +258,17 @@ async fn one_server(
                 .map(|()| q.client_outbound(t, srv.port)),
         ),
         (None, Suite::SingBox(f)) => sing_box(crate::client::front::outbound(&f.inner, srv.port)),
+        (None, Suite::Xhttp(m, _)) => {
+            XrayClient::start(&bins.xray, m.client_outbound(srv.port), srv.dir(), threads).map(|c| {
+                (
+                    Via::Socks {
+                        socks: c.socks,
+                        tls: None,
+                    },
+                    Helper::Xray(c),
+                )
+            })
+        }
         (None, _) => Ok((
             Via::Proxy {
                 addr: srv.addr(),
@@ -342,6 +355,14 @@ async fn measure(
             out.push(cipher, label, w, round, Measure::Rate(r));
         }
     }
+    if suite.xhttp().is_some() && plan.scenarios.contains(&Scenario::Idle) {
+        // XHTTP: idle sessions (each connection through the Xray client is one session).
+        let r = scenarios::idle(&via, target, srv, plan.idle_conns, deadline).await;
+        if r.opened < r.conns {
+            problem(out, format!("idle: opened {} of {}", r.opened, r.conns));
+        }
+        out.push(cipher, label, w, round, Measure::Idle(r));
+    }
     if !headline {
         // Both directions for every suite: uploads are where a server's read path shows.
         other_bulk(plan, out, &via, target, srv, false, (cipher, label, w, round)).await;
@@ -381,7 +402,12 @@ async fn measure(
             if r.errors > 0 || r.timed_out {
                 problem(
                     out,
-                    format!("bulk {c} conns: {} errors, timed out: {}", r.errors, r.timed_out),
+                    format!(
+                        "bulk {c} conns: {} errors{}, timed out: {}",
+                        r.errors,
+                        first_error(&r),
+                        r.timed_out
+                    ),
                 );
             }
             out.push(cipher, label, w, round, Measure::Bulk(r));
@@ -440,9 +466,19 @@ async fn other_bulk(
     if r.errors > 0 || r.timed_out {
         let what = if upload { "bulk upload" } else { "bulk" };
         out.problems.push(format!(
-            "{cipher} {label} round {round}: {what}: {} errors, timed out: {}",
-            r.errors, r.timed_out
+            "{cipher} {label} round {round}: {what}: {} errors{}, timed out: {}",
+            r.errors,
+            first_error(&r),
+            r.timed_out
         ));
     }
     out.push(cipher, label, w, round, Measure::Bulk(r));
+}
+
+/// ` (first: …)` with the first failed connection's error, if any.
+fn first_error(r: &BulkResult) -> String {
+    r.first_error
+        .as_deref()
+        .map(|e| format!(" (first: {e})"))
+        .unwrap_or_default()
 }

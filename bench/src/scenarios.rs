@@ -124,6 +124,9 @@ pub struct BulkResult {
     pub upload: bool,
     pub bytes: u64,
     pub errors: u64,
+    /// What the first failed connection said (None when none failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
     pub timed_out: bool,
     pub cpu: WindowCpu,
 }
@@ -177,7 +180,16 @@ pub async fn bulk(
     loop {
         match tokio::time::timeout_at(end, set.join_next()).await {
             Ok(Some(Ok(Ok(n)))) => r.bytes += n,
-            Ok(Some(_)) => r.errors += 1,
+            Ok(Some(e)) => {
+                r.errors += 1;
+                if r.first_error.is_none() {
+                    r.first_error = Some(match e {
+                        Ok(Err(e)) => format!("{e:#}"),
+                        Err(e) => format!("task: {e}"),
+                        Ok(Ok(_)) => String::new(),
+                    });
+                }
+            }
             Ok(None) => break,
             Err(_) => {
                 r.timed_out = true;

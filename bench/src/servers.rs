@@ -25,6 +25,12 @@
 //!   Vision around `vless` (`client::vision`). Shadowsocks: not the 2022 AES methods, which the
 //!   bench runs with an identity header (multi-user), which shoes does not take.
 //!
+//! * `xray` (Xray 24.11.21, XHTTP suites only, `client::xhttp`): a `vless` inbound with
+//!   `streamSettings: {network: xhttp, xhttpSettings: {path, host, mode}, security: tls}` (the
+//!   run's certificate) and a `freedom` outbound, `GOMAXPROCS=N`; started only inside a
+//!   loopback-only network namespace. v2sp's node for these: `network: xhttp` with the same
+//!   `networkSettings`, `tls: 1`.
+//!
 //! All get the same method (or protocol), the same single user (see `client::ss`) and, for
 //! the TLS suites, the run's certificate (see `client::tls`).
 
@@ -50,16 +56,19 @@ pub enum ServerKind {
     V2ray,
     /// shoes 0.3.x: Trojan, VLESS, VMess, AnyTLS, Vision, single-user Shadowsocks.
     Shoes,
+    /// Xray 24.11.21: the XHTTP suites (only inside a loopback-only network namespace).
+    Xray,
 }
 
 impl ServerKind {
-    pub const ALL: [ServerKind; 6] = [
+    pub const ALL: [ServerKind; 7] = [
         ServerKind::V2spEpoll,
         ServerKind::V2spUring,
         ServerKind::SsServer,
         ServerKind::SingBox,
         ServerKind::V2ray,
         ServerKind::Shoes,
+        ServerKind::Xray,
     ];
 
     pub fn label(self) -> &'static str {
@@ -70,6 +79,7 @@ impl ServerKind {
             ServerKind::SingBox => "sing-box",
             ServerKind::V2ray => "v2ray",
             ServerKind::Shoes => "shoes",
+            ServerKind::Xray => "xray",
         }
     }
 
@@ -78,7 +88,9 @@ impl ServerKind {
             .into_iter()
             .find(|k| k.label() == s.trim())
             .with_context(|| {
-                format!("unknown server {s:?} (v2sp-epoll, v2sp-uring, ssserver, sing-box, v2ray, shoes)")
+                format!(
+                    "unknown server {s:?} (v2sp-epoll, v2sp-uring, ssserver, sing-box, v2ray, shoes, xray)"
+                )
             })
     }
 
@@ -87,16 +99,22 @@ impl ServerKind {
     /// AnyTLS; sing-box:
     /// everything but REALITY; shoes: everything but the multi-user (identity header)
     /// Shadowsocks 2022 AES methods; v2sp: everything). QUIC suites: v2sp, sing-box, shoes.
+    /// XHTTP suites: v2sp and Xray only (measured against Xray alone, which serves nothing
+    /// else here).
     pub fn serves(self, suite: &Suite) -> bool {
         let suite = suite.base();
         let vision = suite.vision();
+        let xhttp = suite.xhttp().is_some();
         match self {
             ServerKind::SsServer => suite.is_ss(),
             ServerKind::V2ray => {
-                !suite.is_ss() && vision.is_none() && !matches!(suite, Suite::Anytls(_) | Suite::Quic(..))
+                !suite.is_ss()
+                    && vision.is_none()
+                    && !matches!(suite, Suite::Anytls(_) | Suite::Quic(..) | Suite::Xhttp(..))
             }
-            ServerKind::SingBox => !vision.is_some_and(|v| v.reality),
-            ServerKind::Shoes => !suite.ss().is_some_and(|c| c.uses_eih()),
+            ServerKind::SingBox => !vision.is_some_and(|v| v.reality) && !xhttp,
+            ServerKind::Shoes => !suite.ss().is_some_and(|c| c.uses_eih()) && !xhttp,
+            ServerKind::Xray => xhttp,
             ServerKind::V2spEpoll | ServerKind::V2spUring => true,
         }
     }
@@ -115,6 +133,8 @@ pub struct Binaries {
     pub v2ray: PathBuf,
     /// shoes: server of the Vision suites, and their client (load generator side) everywhere.
     pub shoes: PathBuf,
+    /// Xray 24.11.21: the XHTTP suites' client (always) and a peer server (`xray`).
+    pub xray: PathBuf,
 }
 
 impl Binaries {
@@ -125,6 +145,7 @@ impl Binaries {
             ServerKind::SingBox => &self.singbox,
             ServerKind::V2ray => &self.v2ray,
             ServerKind::Shoes => &self.shoes,
+            ServerKind::Xray => &self.xray,
         }
     }
 }
@@ -169,6 +190,7 @@ pub fn shoes_server_yaml(suite: &Suite, port: u16) -> anyhow::Result<String> {
         ],
         Suite::Vision(_) => bail!("the Vision suites have their own shoes config"),
         Suite::Quic(q, t) => return Ok(q.shoes_server_yaml(t, port)),
+        Suite::Xhttp(..) => bail!("shoes has no XHTTP"),
         Suite::SingBox(f) => return shoes_server_yaml(&f.inner, port),
     };
     Ok(match suite.tls() {
@@ -243,7 +265,7 @@ impl Server {
         let proto = match suite {
             Suite::Ss(_) => "shadowsocks",
             Suite::Trojan(_) => "trojan",
-            Suite::Vless(_) | Suite::Vision(_) => "vless",
+            Suite::Vless(_) | Suite::Vision(_) | Suite::Xhttp(..) => "vless",
             Suite::Vmess(_) => "vmess",
             Suite::Anytls(_) => "anytls",
             Suite::Quic(q, _) => q.name(),
@@ -295,6 +317,7 @@ impl Server {
                     }
                     Suite::SingBox(_) => bail!("a front-end suite's server is its inner suite's"),
                     Suite::Quic(q, _) => q.panel_node(&mut node),
+                    Suite::Xhttp(m, _) => m.panel_node(&mut node),
                 }
                 let nodes = json!({
                     "nodes": { "1": node },
@@ -380,6 +403,7 @@ impl Server {
                         inb["users"] = json!([{ "name": "bench", "uuid": USER_UUID, "alterId": 0 }]);
                     }
                     Suite::Quic(q, _) => q.sing_box_inbound(&mut inb),
+                    Suite::Xhttp(..) => bail!("sing-box has no XHTTP"),
                     Suite::SingBox(_) => bail!("a front-end suite's server is its inner suite's"),
                     Suite::Vision(v) if v.reality => {
                         bail!("sing-box (registry build, no uTLS) has no REALITY server")
@@ -437,6 +461,18 @@ impl Server {
                 let p = dir.path().join("v2ray.json");
                 fs::write(&p, serde_json::to_vec_pretty(&c)?)?;
                 args.extend(["-config".into(), p.display().to_string()]);
+                envs.push(("GOMAXPROCS", workers.max(1).to_string()));
+            }
+            ServerKind::Xray => {
+                let (Suite::Xhttp(m, t), true) = (suite, crate::client::xhttp::in_loopback_only_netns())
+                else {
+                    bail!(
+                        "xray is benchmarked with the XHTTP suites only, inside a loopback-only network namespace"
+                    );
+                };
+                let p = dir.path().join("xray.json");
+                fs::write(&p, serde_json::to_vec_pretty(&m.xray_server(t, port))?)?;
+                args.extend(["run".into(), "-c".into(), p.display().to_string()]);
                 envs.push(("GOMAXPROCS", workers.max(1).to_string()));
             }
             ServerKind::Shoes => {
@@ -637,6 +673,18 @@ mod tests {
         assert!(!ServerKind::Shoes.serves(&eih) && ServerKind::Shoes.serves(&chacha22));
         assert!(!ServerKind::SingBox.serves(&reality) && ServerKind::SingBox.serves(&tls_vision));
         assert!(!ServerKind::V2ray.serves(&tls_vision) && ServerKind::V2ray.serves(&vmess));
+        // XHTTP: v2sp and Xray, nobody else; Xray serves nothing but XHTTP.
+        for name in ["vless-xhttp-packet-up", "vless-xhttp-stream-up"] {
+            let x = Suite::parse(name, &tls).unwrap();
+            let who: Vec<ServerKind> = ServerKind::ALL.into_iter().filter(|k| k.serves(&x)).collect();
+            assert_eq!(
+                who,
+                [ServerKind::V2spEpoll, ServerKind::V2spUring, ServerKind::Xray]
+            );
+        }
+        for s in [&eih, &reality, &tls_vision, &vmess, &anytls, &hy2] {
+            assert!(!ServerKind::Xray.serves(s), "{s:?}");
+        }
         // Every suite: v2sp and at least one peer; every suite but REALITY: two or more.
         for s in [
             &eih,

@@ -66,7 +66,7 @@ pub fn outbound(suite: &Suite, port: u16) -> anyhow::Result<Value> {
             v
         }
         Suite::Anytls(t) => json!({"type": "anytls", "password": USER_UUID, "tls": tls(t)}),
-        Suite::Vision(_) | Suite::Quic(..) | Suite::SingBox(_) => {
+        Suite::Vision(_) | Suite::Quic(..) | Suite::SingBox(_) | Suite::Xhttp(..) => {
             bail!("{} has its own client", suite.name())
         }
     };

@@ -2,7 +2,8 @@
 //! (`trojan`), VLESS over TLS (`vless`), VMess AEAD on TCP or inside TLS (`vmess`), AnyTLS
 //! (`anytls`, one session with one stream per connection); the QUIC suites (`quic`: Hysteria 2, TUIC v5)
 //! and the Vision suites go through a real client used as a SOCKS5 front end (`sing_box`, the
-//! shoes client in `vision`); `tls` holds
+//! shoes client in `vision`), and the XHTTP suites through the real Xray client (`xhttp`, run
+//! in a loopback-only network namespace); `tls` holds
 //! the run's certificate and rustls client. A [`Suite`] is one row of the report: a Shadowsocks
 //! method, or `trojan-tls` / `vless-tls` / `vmess` / `vmess-tls` / a Vision suite; `X@sing-box`
 //! is suite X measured through the real sing-box client instead of ours (`front`).
@@ -18,6 +19,7 @@ pub mod tuic;
 pub mod vision;
 pub mod vless;
 pub mod vmess;
+pub mod xhttp;
 
 use std::sync::Arc;
 
@@ -25,6 +27,7 @@ use self::quic::Quic;
 use self::ss::SsCredentials;
 use self::tls::TlsMaterial;
 use self::vision::VisionSuite;
+use self::xhttp::XhttpMode;
 
 /// The protocol (and credentials) one report row is measured with.
 #[derive(Clone)]
@@ -42,6 +45,8 @@ pub enum Suite {
     Quic(Quic, Arc<TlsMaterial>),
     /// A TCP suite through the real sing-box client as a SOCKS5 front end; see `client::front`.
     SingBox(Arc<front::Fronted>),
+    /// VLESS over XHTTP over TLS through the real Xray client; see `client::xhttp`.
+    Xhttp(XhttpMode, Arc<TlsMaterial>),
 }
 
 impl std::fmt::Debug for Suite {
@@ -66,6 +71,7 @@ impl Suite {
             Suite::Vision(v) => v.name(),
             Suite::Quic(q, _) => q.name(),
             Suite::SingBox(f) => f.name,
+            Suite::Xhttp(m, _) => m.name(),
         }
     }
 
@@ -92,7 +98,11 @@ impl Suite {
         match self {
             Suite::Ss(_) => None,
             Suite::Vision(v) => v.server_tls(),
-            Suite::Trojan(t) | Suite::Vless(t) | Suite::Anytls(t) | Suite::Quic(_, t) => Some(t),
+            Suite::Trojan(t)
+            | Suite::Vless(t)
+            | Suite::Anytls(t)
+            | Suite::Quic(_, t)
+            | Suite::Xhttp(_, t) => Some(t),
             Suite::Vmess(t) => t.as_ref(),
             Suite::SingBox(f) => f.inner.tls(),
         }
@@ -111,10 +121,21 @@ impl Suite {
     }
 
     /// Measured through a real client process as a SOCKS5 front end (Vision, the QUIC suites,
-    /// the `@sing-box` suites): bulk transfers both ways (and latency for `@sing-box`), never
-    /// the headline.
+    /// the `@sing-box` suites, XHTTP): bulk transfers both ways (and latency for `@sing-box`,
+    /// idle sessions for XHTTP), never the headline.
     pub fn through_client(&self) -> bool {
-        matches!(self, Suite::Vision(_) | Suite::Quic(..) | Suite::SingBox(_))
+        matches!(
+            self,
+            Suite::Vision(_) | Suite::Quic(..) | Suite::SingBox(_) | Suite::Xhttp(..)
+        )
+    }
+
+    /// The XHTTP mode of an XHTTP suite.
+    pub fn xhttp(&self) -> Option<XhttpMode> {
+        match self {
+            Suite::Xhttp(m, _) => Some(*m),
+            _ => None,
+        }
     }
 
     pub fn vision(&self) -> Option<&Arc<VisionSuite>> {
@@ -133,6 +154,9 @@ impl Suite {
         }
         if let Some(q) = Quic::parse(name) {
             return Ok(Suite::Quic(q, tls.clone()));
+        }
+        if let Some(m) = XhttpMode::parse(name) {
+            return Ok(Suite::Xhttp(m, tls.clone()));
         }
         Ok(match name.trim() {
             TROJAN_TLS => Suite::Trojan(tls.clone()),
