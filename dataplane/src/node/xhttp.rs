@@ -70,6 +70,11 @@ const ROOM_WAIT: Duration = Duration::from_secs(30);
 /// Plaintext a connection holds sealed for a client that does not read, past which hyper's
 /// writes wait.
 const OUT_BUDGET: usize = 256 * 1024;
+/// Sealed bytes past which a write goes out at once; below it they wait for hyper's flush,
+/// so an HTTP/2 frame header and its data leave in one TLS record and one `sendto`.
+const SEND_AT: usize = 64 * 1024;
+/// Room one read takes from the socket.
+const READ_ROOM: usize = 64 * 1024;
 
 /// Every session of every XHTTP node of the process.
 #[derive(Default)]
@@ -252,6 +257,20 @@ impl Session {
             }
             notified.await;
         }
+    }
+
+    /// The next upload bytes in order if they are here now (never waits).
+    fn try_next_upload(&self) -> Option<Bytes> {
+        let mut u = self.up();
+        let next = match u.queue.pop() {
+            Some(b) => Some(b),
+            None => u.chunks.pop_front().inspect(|b| u.chunk_bytes -= b.len()),
+        };
+        drop(u);
+        if next.is_some() {
+            self.room.notify_waiters();
+        }
+        next
     }
 
     /// Waits until packet `seq` of about `len` bytes fits the queue; false if the session
@@ -891,20 +910,37 @@ async fn run_session(core: &Rc<Core>, node: &Rc<NodeRt>, s: &Arc<Session>, down:
     let codec = std::cell::RefCell::new(codec);
     let up = async {
         let mut plain = Vec::new();
-        while let Some(c) = s.next_upload().await {
-            let data: &[u8] = match codec.borrow_mut().as_mut() {
-                None => &c,
-                Some(k) => {
-                    plain.clear();
-                    if k.open(&c, &mut plain).is_err() {
-                        return;
+        while let Some(first) = s.next_upload().await {
+            // What else has arrived goes in the same write (Xray's client sends a stream-up
+            // body in 8 KiB pieces): one syscall per ~64 KiB. Nothing is held between writes,
+            // so an idle session keeps no buffer.
+            let mut next = s.try_next_upload();
+            let batch: Bytes = if next.is_none() && codec.borrow().is_none() {
+                first
+            } else {
+                let mut batch = Vec::with_capacity(READ.max(first.len()));
+                let mut chunk = Some(first);
+                while let Some(c) = chunk.take() {
+                    match codec.borrow_mut().as_mut() {
+                        None => batch.extend_from_slice(&c),
+                        Some(k) => {
+                            plain.clear();
+                            if k.open(&c, &mut plain).is_err() {
+                                return;
+                            }
+                            batch.extend_from_slice(&plain);
+                        }
                     }
-                    &plain
+                    chunk = next.take();
+                    if chunk.is_some() && batch.len() < READ {
+                        next = s.try_next_upload();
+                    }
                 }
+                Bytes::from(batch)
             };
-            if !data.is_empty()
+            if !batch.is_empty()
                 && acct
-                    .send_up(data.len(), crate::tls::write_all(&upstream, data))
+                    .send_up(batch.len(), crate::tls::write_all(&upstream, &batch))
                     .await
                     .is_err()
             {
@@ -1017,36 +1053,47 @@ impl HttpIo {
     /// Reads more plaintext into `plain`; `Ok(false)` at the client's end of stream.
     fn fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
         if self.plain_pos > 0 && self.plain_pos == self.plain.len() {
-            self.plain.clear();
+            // All given to hyper: an idle connection holds no read buffer.
+            self.plain = Vec::new();
             self.plain_pos = 0;
         }
         loop {
             if self.eof {
                 return Poll::Ready(Ok(false));
             }
-            let mut buf = [0u8; 16 * 1024];
-            let n = {
-                let mut rb = tokio::io::ReadBuf::new(&mut buf);
-                match Pin::new(&mut self.tcp).poll_read(cx, &mut rb) {
+            // Straight into the spare room of `carry` (TLS) or `plain`: no zeroed scratch
+            // buffer, no copy; a connection that went idle gives the room back (below).
+            let before = self.plain.len();
+            let into = match self.tls {
+                Some(_) => &mut self.carry,
+                None => &mut self.plain,
+            };
+            into.reserve(READ_ROOM);
+            let n = loop {
+                match self.tcp.poll_read_ready(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => rb.filled().len(),
+                    Poll::Ready(Ok(())) => {}
+                }
+                match self.tcp.try_read_buf(into) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
             };
             if n == 0 {
                 self.eof = true;
                 return Poll::Ready(Ok(false));
             }
-            let Some(got) = buf.get(..n) else { continue };
-            let before = self.plain.len();
-            match self.tls.as_mut() {
-                None => self.plain.extend_from_slice(got),
-                Some(t) => {
-                    self.carry.extend_from_slice(got);
+            if let Some(t) = self.tls.as_mut() {
+                {
                     let used = t.open(&self.carry, &mut self.plain).map_err(|e| {
                         std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e:?}"))
                     })?;
                     self.carry.drain(..used.min(self.carry.len()));
+                    if self.carry.is_empty() {
+                        self.carry = Vec::new();
+                    }
                     if self.carry.len() > crate::tls::deframe::HEADER_LEN + crate::tls::deframe::MAX_FRAGMENT
                     {
                         return Poll::Ready(Err(std::io::Error::new(
@@ -1087,8 +1134,6 @@ impl HttpIo {
     }
 }
 
-use tokio::io::AsyncRead as _;
-
 impl hyper::rt::Read for HttpIo {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -1118,28 +1163,71 @@ impl hyper::rt::Read for HttpIo {
     }
 }
 
-impl hyper::rt::Write for HttpIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        let me = self.get_mut();
-        if me.out.len() >= OUT_BUDGET {
-            match me.flush_out(cx) {
+impl HttpIo {
+    /// Seals `parts` (plaintext, in order) into `out`, at most [`SEND_AT`] bytes of them, as
+    /// few TLS records as that takes; how many bytes were taken.
+    fn seal_parts(&mut self, parts: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let mut take = 0;
+        let mut joined: Vec<u8> = Vec::new();
+        for p in parts {
+            let room = SEND_AT.saturating_sub(take);
+            if room == 0 {
+                break;
+            }
+            let p = p.get(..p.len().min(room)).unwrap_or_default();
+            if self.tls.is_none() {
+                self.out.extend_from_slice(p);
+            } else {
+                joined.extend_from_slice(p);
+            }
+            take += p.len();
+        }
+        if let Some(t) = self.tls.as_mut() {
+            t.seal(&joined, &mut self.out)
+                .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        }
+        Ok(take)
+    }
+
+    fn write_parts(
+        &mut self,
+        cx: &mut Context<'_>,
+        parts: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.out.len() >= OUT_BUDGET {
+            match self.flush_out(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending if me.out.len() >= OUT_BUDGET => return Poll::Pending,
+                Poll::Pending if self.out.len() >= OUT_BUDGET => return Poll::Pending,
                 Poll::Pending => {}
             }
         }
-        match me.tls.as_mut() {
-            None => me.out.extend_from_slice(data),
-            Some(t) => t
-                .seal(data, &mut me.out)
-                .map_err(|e| std::io::Error::other(format!("{e:?}")))?,
+        let n = self.seal_parts(parts)?;
+        // Enough for a full-sized write: send now; less waits for hyper's flush.
+        if self.out.len() >= SEND_AT {
+            if let Poll::Ready(Err(e)) = self.flush_out(cx) {
+                return Poll::Ready(Err(e));
+            }
         }
-        // Start writing now; what does not go stays for the next write or flush.
-        if let Poll::Ready(Err(e)) = me.flush_out(cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(data.len()))
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl hyper::rt::Write for HttpIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.get_mut().write_parts(cx, &[std::io::IoSlice::new(data)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        parts: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut().write_parts(cx, parts)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
