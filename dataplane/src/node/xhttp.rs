@@ -619,7 +619,19 @@ async fn request(cx: &Rc<ConnCx>, req: HttpRequest<Incoming>) -> Response<XBody>
                 return status(503, &common);
             }
         },
-        None => Arc::new(Session::new(x, ip, None)),
+        // stream-one has no id: it is entered under one no client can name (`~` is not an
+        // id character), so the per-address and process caps count it too.
+        None => {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let id = format!("~{}", NEXT.fetch_add(1, Ordering::Relaxed));
+            match hub.upsert(slot, &id, ip, x) {
+                Ok((s, _)) => s,
+                Err(HubError::TooMany) => {
+                    tracing::debug!(node = slot, peer = %cx.peer, "xhttp: too many sessions");
+                    return status(503, &common);
+                }
+            }
+        }
     };
     cx.saw(&s);
     match kind {
