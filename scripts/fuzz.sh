@@ -33,8 +33,9 @@ cargo fuzz build -O
 
 # run_one TARGET: fuzzes it, prints its findings, and leaves its table row (or FAILED) in
 # $results/TARGET.
+# (No EXIT trap for it: bash runs a script's EXIT trap in its background subshells too, which
+# would delete the directory as soon as the first target ends.)
 results=$(mktemp -d)
-trap 'rm -rf "$results"' EXIT
 run_one() {
     local t=$1 corpus log status runs files
     if [ "$mode" = ci ]; then
@@ -83,10 +84,12 @@ for t in "${targets[@]}"; do
     row=$(cat "$results/$t" 2>/dev/null || echo FAILED)
     if [ "$row" = FAILED ]; then
         echo "!! fuzzing failed: $t"
+        rm -rf "$results"
         exit 1
     fi
     summary+=("$row")
 done
+rm -rf "$results"
 
 echo
 echo "fuzzing: ${#targets[@]} targets, ${secs}s each, no crash"
