@@ -51,14 +51,15 @@ run_one() {
         -max_len=4096 -timeout=10 -print_final_stats=1 >"$log" 2>&1
     status=$?
     set -e
+    # One block per target, so two targets' lines do not interleave.
     {
         echo "== fuzz $t for ${secs}s"
         grep -E "^(==[0-9]+==|SUMMARY|Done [0-9]+ runs)" "$log" || true
-        [ "$status" -ne 0 ] && tail -40 "$log"
+        if [ "$status" -ne 0 ]; then tail -40 "$log"; fi
     } | cat
     runs=$(grep -oE "stat::number_of_executed_units: *[0-9]+" "$log" | grep -oE "[0-9]+$" | tail -1)
     files=$(find "$corpus" -type f | wc -l)
-    [ "$mode" = ci ] && rm -rf "$corpus"
+    if [ "$mode" = ci ]; then rm -rf "$corpus"; fi
     rm -f "$log"
     if [ "$status" -ne 0 ]; then
         echo "!! fuzz target $t failed (exit $status): see fuzz/artifacts/$t"
@@ -71,7 +72,7 @@ run_one() {
 # The short CI pass runs as many targets at once as there are CPUs (nothing else runs then);
 # the long pass one at a time, so each gets a whole core and its executions compare.
 jobs=1
-[ "$mode" = ci ] && jobs=$(nproc)
+if [ "$mode" = ci ]; then jobs=$(nproc); fi
 for t in "${targets[@]}"; do
     while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
         wait -n || true
