@@ -43,6 +43,31 @@ fn vless_tls_node(uuids: &[&str]) -> (V2sp, u16, tempfile::TempDir) {
     (v, port, certs)
 }
 
+/// One VLESS node over plain XHTTP with these `networkSettings`; `extra` goes into the node's
+/// local entry, `dataplane` into the data plane's settings.
+fn plain_node(settings: Value, extra: Value, dataplane: Value) -> (V2sp, u16) {
+    let port = free_port();
+    let nodes = vec![NodeSpec {
+        node_id: 1,
+        port,
+        info: json!({"node_type": "vless", "server_port": port, "tls": 0, "network": "xhttp",
+                     "networkSettings": settings,
+                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        users: users(&UUIDS),
+    }];
+    (V2sp::start_with(nodes, extra, dataplane).unwrap(), port)
+}
+
+/// A VLESS request head (version 0, the user's id, no addons, TCP to 127.0.0.1:`port`).
+fn vless_request(uuid: &str, port: u16) -> Vec<u8> {
+    let mut head = vec![0u8];
+    head.extend_from_slice(&hex::decode(uuid.replace('-', "")).unwrap());
+    head.extend_from_slice(&[0, 1]);
+    head.extend_from_slice(&port.to_be_bytes());
+    head.extend_from_slice(&[1, 127, 0, 0, 1]);
+    head
+}
+
 fn xray_client(protocol: &str, port: u16, secret: &str, tls: bool, mode: &str) -> Value {
     let settings = if protocol == "vless" {
         json!({"vnext": [{"address": "127.0.0.1", "port": port,
@@ -121,16 +146,7 @@ fn xray_over_xhttp_packet_up_and_stream_up_exact_accounting() {
 #[test]
 fn probes_get_plain_http_answers() {
     use std::io::{Read, Write};
-    let port = free_port();
-    let nodes = vec![NodeSpec {
-        node_id: 1,
-        port,
-        info: json!({"node_type": "vless", "server_port": port, "tls": 0, "network": "xhttp",
-                     "networkSettings": {"path": PATH, "host": DOMAIN},
-                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
-        users: users(&UUIDS),
-    }];
-    let v = V2sp::start(nodes, json!({})).unwrap();
+    let (v, port) = plain_node(json!({"path": PATH, "host": DOMAIN}), json!({}), json!({}));
     let ask = |req: &str| -> String {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -187,16 +203,11 @@ fn removal_cuts_off_an_xhttp_session() {
 fn stream_one_with_our_own_client() {
     use std::io::{BufRead, BufReader, Read, Write};
     let echo = Echo::start().unwrap();
-    let port = free_port();
-    let nodes = vec![NodeSpec {
-        node_id: 1,
-        port,
-        info: json!({"node_type": "vless", "server_port": port, "tls": 0, "network": "xhttp",
-                     "networkSettings": {"path": PATH, "mode": "stream-one"},
-                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
-        users: users(&UUIDS),
-    }];
-    let v = V2sp::start(nodes, json!({"TrustedProxies": ["127.0.0.0/8"]})).unwrap();
+    let (v, port) = plain_node(
+        json!({"path": PATH, "mode": "stream-one"}),
+        json!({"TrustedProxies": ["127.0.0.0/8"]}),
+        json!({}),
+    );
     let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut w = s.try_clone().unwrap();
@@ -209,11 +220,7 @@ fn stream_one_with_our_own_client() {
     )
     .unwrap();
     // VLESS request: version 0, the user's id, no addons, TCP to 127.0.0.1:echo.
-    let mut head = vec![0u8];
-    head.extend_from_slice(&hex::decode(UUIDS[2].replace('-', "")).unwrap());
-    head.extend_from_slice(&[0, 1]);
-    head.extend_from_slice(&echo.port.to_be_bytes());
-    head.extend_from_slice(&[1, 127, 0, 0, 1]);
+    let head = vless_request(UUIDS[2], echo.port);
     let data = payload(256 << 10, 5);
     let chunk = |w: &mut std::net::TcpStream, b: &[u8]| {
         w.write_all(format!("{:x}\r\n", b.len()).as_bytes()).unwrap();
@@ -279,16 +286,11 @@ fn unauthenticated_session_flood_is_bounded_and_expires() {
     use std::io::{Read, Write};
     const FLOOD: usize = 200;
     const PENDING_PER_IP: usize = 64;
-    let port = free_port();
-    let nodes = vec![NodeSpec {
-        node_id: 1,
-        port,
-        info: json!({"node_type": "vless", "server_port": port, "tls": 0, "network": "xhttp",
-                     "networkSettings": {"path": PATH},
-                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
-        users: users(&UUIDS),
-    }];
-    let v = V2sp::start_with(nodes, json!({}), json!({"Timeouts": {"Handshake": 3}})).unwrap();
+    let (v, port) = plain_node(
+        json!({"path": PATH}),
+        json!({}),
+        json!({"Timeouts": {"Handshake": 3}}),
+    );
     let pid = v.dataplane_pid();
     let before = v2sp_testsupport::harness::rss_bytes(pid);
     let get = |i: usize| -> (std::net::TcpStream, String) {
@@ -386,16 +388,7 @@ fn xray_udp_over_xhttp_exact_accounting() {
 fn h2c_packet_up_with_curl() {
     use std::process::{Command, Stdio};
     let echo = Echo::start().unwrap();
-    let port = free_port();
-    let nodes = vec![NodeSpec {
-        node_id: 1,
-        port,
-        info: json!({"node_type": "vless", "server_port": port, "tls": 0, "network": "xhttp",
-                     "networkSettings": {"path": PATH, "mode": "packet-up"},
-                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
-        users: users(&UUIDS),
-    }];
-    let v = V2sp::start(nodes, json!({})).unwrap();
+    let (v, port) = plain_node(json!({"path": PATH, "mode": "packet-up"}), json!({}), json!({}));
     let dir = v.dir.path().to_path_buf();
     let url = format!("http://127.0.0.1:{port}{PATH}/5f1c2d3e-0000-4000-8000-00000000c0de");
     let down = dir.join("down.bin");
@@ -407,11 +400,7 @@ fn h2c_packet_up_with_curl() {
         .spawn()
         .unwrap();
     let data = payload(64 << 10, 9);
-    let mut pkt = vec![0u8];
-    pkt.extend_from_slice(&hex::decode(UUIDS[0].replace('-', "")).unwrap());
-    pkt.extend_from_slice(&[0, 1]);
-    pkt.extend_from_slice(&echo.port.to_be_bytes());
-    pkt.extend_from_slice(&[1, 127, 0, 0, 1]);
+    let mut pkt = vless_request(UUIDS[0], echo.port);
     pkt.extend_from_slice(&data);
     std::fs::write(dir.join("p0.bin"), &pkt).unwrap();
     let post = Command::new("curl")

@@ -964,23 +964,27 @@ async fn run_session(core: &Rc<Core>, node: &Rc<NodeRt>, s: &Arc<Session>, down:
         std::future::pending::<()>().await;
     };
     let down_dir = async {
-        let mut buf = vec![0u8; READ];
+        // Each read lands in a fresh buffer that becomes the chunk the GET's body sends (no
+        // copy); it is taken only once the destination is readable, so a quiet session holds
+        // none.
+        let mut buf = bytes::BytesMut::new();
         loop {
             if upstream.readable().await.is_err() {
                 return;
             }
-            let n = match upstream.try_read(&mut buf) {
+            buf.reserve(READ);
+            let n = match upstream.try_read_buf(&mut buf) {
                 Ok(0) => return,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => return,
             };
-            let Some(data) = buf.get(..n) else { return };
+            let data = buf.split().freeze();
             let wire = match codec.borrow_mut().as_mut() {
-                None => Bytes::copy_from_slice(data),
+                None => data,
                 Some(k) => {
                     let mut w = Vec::with_capacity(n + 64);
-                    if k.seal(data, &mut w).is_err() {
+                    if k.seal(&data, &mut w).is_err() {
                         return;
                     }
                     Bytes::from(w)
