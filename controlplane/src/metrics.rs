@@ -590,6 +590,73 @@ mod tests {
         }
     }
 
+    /// The Grafana dashboard in `deploy/` (issue 15) asks only for series this endpoint
+    /// renders, grouped only by labels those series carry: a renamed metric or label would
+    /// otherwise leave a panel silently empty. Also checks what Grafana needs to import it.
+    #[test]
+    fn grafana_dashboard_asks_only_for_rendered_series_and_labels() {
+        use std::collections::{HashMap, HashSet};
+        let dash: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/grafana-dashboard.json")).unwrap();
+        let m = NodeMetrics::with_top_users(1);
+        m.counted_user(3, 2, 500, 500);
+        let text = render(&Snapshot {
+            top_users: m.top_users(),
+            ..sample()
+        });
+        // name -> label names of its samples
+        let mut series: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, rest) = l.split_at(l.find(['{', ' ']).unwrap());
+            let labels = series.entry(name).or_default();
+            if let Some(inner) = rest.strip_prefix('{').and_then(|r| r.split_once("} ")) {
+                // Label values here hold no `,` or `=` besides the escaped quotes of `sample`.
+                for kv in inner.0.split("\",") {
+                    labels.insert(kv.split('=').next().unwrap().trim_start_matches(','));
+                }
+            }
+        }
+        let panels = dash["panels"].as_array().unwrap();
+        let mut ids = HashSet::new();
+        let mut exprs = Vec::new();
+        for p in panels {
+            assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id in {p}");
+            for t in p["targets"].as_array().into_iter().flatten() {
+                assert!(t["refId"].is_string(), "target without refId in {p}");
+                exprs.push(t["expr"].as_str().unwrap().to_string());
+            }
+        }
+        for v in dash["templating"]["list"].as_array().unwrap() {
+            exprs.push(v["query"].as_str().unwrap().to_string());
+        }
+        assert!(exprs.len() >= 10, "{exprs:?}");
+        for e in &exprs {
+            let names: Vec<&str> = e
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("v2sp_"))
+                .collect();
+            assert!(!names.is_empty(), "no v2sp series in {e}");
+            for n in &names {
+                assert!(
+                    series.contains_key(n),
+                    "the dashboard asks for {n}, which /metrics does not render ({e})"
+                );
+            }
+            // `by (a, b)` must name labels every series of the expression has.
+            for part in e.split("by (").skip(1) {
+                for label in part.split(')').next().unwrap().split(',').map(str::trim) {
+                    for n in &names {
+                        assert!(
+                            series[n].contains(label),
+                            "{e} groups {n} by {label}, which it does not carry ({:?})",
+                            series[n]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn requests_other_than_get_metrics_are_refused() {
         let scrape = || "x 1\n".to_string();
