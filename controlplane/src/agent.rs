@@ -251,6 +251,7 @@ pub(crate) fn node_api(e: &NodeEntry) -> NodeApi {
     api.node_type = Some(e.node_type.clone()).filter(|t| !t.is_empty());
     api.timeout = Duration::from_secs(e.timeout_secs.max(1));
     api.send_ip = e.api_send_ip.as_deref().and_then(|s| s.parse().ok());
+    api.ca_file = e.api_ca_path();
     api.dialect = match e.api_dialect {
         config::ApiDialect::Single => Dialect::Single,
         config::ApiDialect::UniProxy => Dialect::UniProxy,

@@ -538,3 +538,77 @@ fn websocket_refused_then_accepted_rest_serves_meanwhile() {
     );
     sigterm(&mut agent);
 }
+
+/// A CA, and a certificate it signed for `localhost`: (CA PEM, certificate PEM, key PEM).
+fn private_ca() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+/// The panel as operators deploy it: behind nginx terminating https and wss, here with a
+/// private CA that `ApiCAFile` names. REST and the WebSocket channel both go through nginx
+/// (the handshake's URL is `wss://` because nginx sends X-Forwarded-Proto), and a removal
+/// pushed over wss reaches the data plane within 1 s.
+#[test]
+fn wss_panel_behind_nginx_trusted_by_api_ca_file() {
+    let sim = v2_sim();
+    add_node(&sim, 1, 18461, 3);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir_all(d.join("logs")).unwrap();
+    let (ca, cert, key) = private_ca();
+    std::fs::write(d.join("ca.pem"), ca).unwrap();
+    std::fs::write(d.join("cert.pem"), cert).unwrap();
+    std::fs::write(d.join("key.pem"), key).unwrap();
+    let port = v2sp_testsupport::harness::free_port();
+    let conf = format!(
+        "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/logs/error.log;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
+           uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+           map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+           server {{ listen 127.0.0.1:{port} ssl; server_name localhost;\n\
+             ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;\n\
+             location / {{ proxy_pass http://{sim}; proxy_http_version 1.1; proxy_buffering off;\n\
+               proxy_set_header Host $http_host; proxy_set_header X-Forwarded-Proto https;\n\
+               proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection $connection_upgrade;\n\
+               proxy_read_timeout 300s; }} }} }}\n",
+        d = d.display(),
+        sim = sim.addr(),
+    );
+    std::fs::write(d.join("nginx.conf"), conf).unwrap();
+    let mut cmd = std::process::Command::new(v2sp_testsupport::harness::peer("nginx").unwrap());
+    cmd.arg("-p").arg(d).arg("-c").arg(d.join("nginx.conf"));
+    let nginx = v2sp_testsupport::harness::Proc::spawn("nginx", cmd, d.join("stdout.log")).unwrap();
+    v2sp_testsupport::harness::wait_tcp(port, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("nginx: {e:#}\n{}", nginx.log()));
+
+    let entry = json!({"ApiHost": format!("https://localhost:{port}"), "ApiKey": "test-token", "NodeID": 1,
+        "NodeType": "shadowsocks", "Timeout": 2, "ApiVersion": "v2",
+        "ApiCAFile": d.join("ca.pem")});
+    let env = env_with(vec![entry]);
+    let mut agent = spawn_agent(&env);
+    let mut dp = FakeDataplane::attach(&env.dir.path().join("shm"));
+    dp.wait_users(18461, &[1, 2, 3], Duration::from_secs(20));
+    wait_for("the wss channel", Duration::from_secs(10), || sim.ws_live() == 1);
+    sim.ws_send(
+        1,
+        "sync.user.delta",
+        json!({"action": "remove", "users": [{"id": 2}]}),
+    );
+    let (_, took) = dp.wait_users(18461, &[1, 3], Duration::from_secs(1));
+    eprintln!("removal over wss reached the data plane in {took:?}");
+    assert!(
+        !sim.requests_for(Action::Handshake).is_empty(),
+        "the handshake went through nginx"
+    );
+    sigterm(&mut agent);
+}

@@ -437,7 +437,8 @@ fn xboard_api_version_and_machine_entries() {
     use v2sp_shared::config::ApiVersion;
     let l = parse_str(
         r#"{"Nodes": [
-            {"ApiHost": "https://p.example", "ApiKey": "kkkkkkkk", "NodeID": 1, "ApiVersion": "v2"},
+            {"ApiHost": "https://p.example", "ApiKey": "kkkkkkkk", "NodeID": 1, "ApiVersion": "v2",
+             "ApiCAFile": "ca/panel.pem"},
             {"ApiHost": "https://p.example", "ApiKey": "mmmmmmmm", "MachineID": 7}
         ]}"#,
         Path::new("/etc/v2sp/config.json"),
@@ -445,6 +446,12 @@ fn xboard_api_version_and_machine_entries() {
     .unwrap();
     let n = &l.config.nodes;
     assert_eq!(n[0].api_version, ApiVersion::V2);
+    // Relative to the declaring file; unset = web PKI.
+    assert_eq!(
+        n[0].api_ca_path(),
+        Some(std::path::PathBuf::from("/etc/v2sp/ca/panel.pem"))
+    );
+    assert_eq!(n[1].api_ca_path(), None);
     assert!(!n[0].is_machine());
     assert_eq!(n[1].api_version, ApiVersion::Auto);
     assert_eq!(n[1].machine_id, Some(7));

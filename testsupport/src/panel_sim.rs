@@ -1110,7 +1110,14 @@ fn handle_action(req: &Request, action: Action, shared: &Shared) -> Reply {
     if action == Action::Handshake {
         let st = shared.lock();
         let ws = if st.ws_enabled {
-            json!({"enabled": true, "ws_url": format!("ws://{}/ws", host_of(req))})
+            // Xboard honours X-Forwarded-Proto from its proxy (spec §3.1): behind a TLS
+            // terminator the URL is wss://.
+            let https = req
+                .headers
+                .iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case("x-forwarded-proto") && v.eq_ignore_ascii_case("https"));
+            let scheme = if https { "wss" } else { "ws" };
+            json!({"enabled": true, "ws_url": format!("{scheme}://{}/ws", host_of(req))})
         } else {
             json!({"enabled": false})
         };

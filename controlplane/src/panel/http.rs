@@ -100,6 +100,8 @@ pub struct PanelClient {
     ws_url: Option<String>,
     /// A handshake got an answer (with `ApiVersion: v2` it is still asked once for the URL).
     handshaken: bool,
+    /// `ApiCAFile`'s certificates (also for the WebSocket channel); `None` = web PKI.
+    roots: Option<super::PanelRoots>,
 }
 
 impl std::fmt::Debug for PanelClient {
@@ -127,6 +129,15 @@ impl PanelClient {
         } else {
             api.timeout
         };
+        let roots = api.ca_file.as_deref().map(super::load_panel_roots).transpose()?;
+        let root_certs = match &roots {
+            Some(r) => ureq::tls::RootCerts::new_with_certs(
+                &r.iter()
+                    .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+                    .collect::<Vec<_>>(),
+            ),
+            None => ureq::tls::RootCerts::WebPki,
+        };
         let config = Agent::config_builder()
             .http_status_as_error(false)
             .user_agent(concat!("v2sp/", env!("CARGO_PKG_VERSION")))
@@ -135,7 +146,7 @@ impl PanelClient {
             .tls_config(
                 ureq::tls::TlsConfig::builder()
                     .provider(ureq::tls::TlsProvider::Rustls)
-                    .root_certs(ureq::tls::RootCerts::WebPki)
+                    .root_certs(root_certs)
                     .unversioned_rustls_crypto_provider(Arc::new(
                         rustls::crypto::aws_lc_rs::default_provider(),
                     ))
@@ -170,6 +181,7 @@ impl PanelClient {
             users_cache: Validators::default(),
             ws_url: None,
             handshaken: false,
+            roots,
         })
     }
 
@@ -642,6 +654,7 @@ impl Panel for PanelClient {
             machine_id: self.api.machine_id,
             send_ip: self.api.send_ip,
             timeout: self.api.timeout,
+            roots: self.roots.clone(),
         })
     }
 

@@ -69,6 +69,8 @@ pub struct NodeApi {
     pub version: ApiVersion,
     /// Machine mode: `machine_id` sent with the machine's token (spec §3.3).
     pub machine_id: Option<u32>,
+    /// `ApiCAFile`: the only CAs trusted for an https/wss panel; `None` = web PKI roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl NodeApi {
@@ -84,8 +86,33 @@ impl NodeApi {
             dialect: Dialect::Auto,
             version: ApiVersion::Auto,
             machine_id: None,
+            ca_file: None,
         }
     }
+}
+
+/// CA certificates a panel is trusted by.
+pub type PanelRoots = std::sync::Arc<Vec<rustls::pki_types::CertificateDer<'static>>>;
+
+/// Reads `ApiCAFile`: every certificate in it, at least one. At most 1 MiB is read, so a wrong
+/// path (a device, a huge file) is a clear error rather than a stall.
+pub fn load_panel_roots(path: &std::path::Path) -> Result<PanelRoots, PanelError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use std::io::Read as _;
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(1 << 20).read_to_end(&mut pem))
+        .map_err(|e| PanelError::Config(format!("ApiCAFile {}: {e}", path.display())))?;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| PanelError::Config(format!("ApiCAFile {}: {e:?}", path.display())))?;
+    if certs.is_empty() {
+        return Err(PanelError::Config(format!(
+            "ApiCAFile {} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(std::sync::Arc::new(certs))
 }
 
 /// Result of a conditional fetch.

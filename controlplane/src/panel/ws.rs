@@ -47,6 +47,8 @@ pub struct WsTarget {
     pub machine_id: Option<u32>,
     pub send_ip: Option<IpAddr>,
     pub timeout: Duration,
+    /// `ApiCAFile`: the only CAs trusted for `wss://`; `None` = web PKI roots.
+    pub roots: Option<super::PanelRoots>,
 }
 
 /// What the panel pushed, decoded. `node_id` is set in machine mode (`data.node_id`).
@@ -493,7 +495,15 @@ fn connect(t: &WsTarget) -> Result<WebSocket<Stream>, String> {
     let stream = if tls {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        match &t.roots {
+            Some(certs) => {
+                let (_, bad) = roots.add_parsable_certificates(certs.iter().cloned());
+                if roots.is_empty() {
+                    return Err(format!("none of ApiCAFile's {bad} certificates is a usable CA"));
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
         let cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
@@ -605,6 +615,7 @@ mod tests {
             machine_id: None,
             send_ip: None,
             timeout: Duration::from_secs(1),
+            roots: None,
         };
         assert_eq!(auth_url(&t), "ws://127.0.0.1:9/ws?token=a%20b&node_id=4");
         t.machine_id = Some(2);

@@ -921,6 +921,10 @@ fn read_api(o: &mut Obj<'_>, node: &mut NodeEntry, node_pos: usize) -> Result<()
             node.api_send_ip = Some(s);
         }
     }
+    if let Some(v) = o.take("ApiCAFile") {
+        let s = as_string(src, &o.sub("ApiCAFile"), v)?;
+        node.api_ca_file = Some(s).filter(|s| !s.trim().is_empty());
+    }
     if let Some(v) = o.take("ApiDialect") {
         let path = o.sub("ApiDialect");
         node.api_dialect = match as_string(src, &path, v)?.to_ascii_lowercase().as_str() {

@@ -428,6 +428,12 @@ pub struct NodeEntry {
     /// `ApiSendIP`: local source address for panel requests.
     #[serde(rename = "ApiSendIP")]
     pub api_send_ip: Option<String>,
+    /// `ApiCAFile` (v2sp extension): a PEM file of CA certificates that alone are trusted for
+    /// an `https://`/`wss://` panel (a private CA, or the panel's own self-signed certificate),
+    /// like `curl --cacert`; unset = the web PKI roots. A relative path is read from the
+    /// directory of the file that declared the node.
+    #[serde(rename = "ApiCAFile", skip_serializing_if = "Option::is_none")]
+    pub api_ca_file: Option<String>,
     /// `ApiDialect` (v2sp extension): `auto` (default), `single`, `uniproxy`.
     #[serde(rename = "ApiDialect")]
     pub api_dialect: ApiDialect,
@@ -533,6 +539,7 @@ impl Default for NodeEntry {
             node_type: String::new(),
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             api_send_ip: None,
+            api_ca_file: None,
             api_dialect: ApiDialect::Auto,
             api_version: ApiVersion::Auto,
             machine_id: None,
@@ -611,6 +618,22 @@ impl NodeEntry {
             .parent()
             .unwrap_or_else(|| std::path::Path::new(""));
         Some(dir.join(path))
+    }
+
+    /// `ApiCAFile` as a path: relative ones from the directory of the file that declared the
+    /// node.
+    pub fn api_ca_path(&self) -> Option<PathBuf> {
+        let p = PathBuf::from(self.api_ca_file.as_deref().filter(|p| !p.is_empty())?);
+        if p.is_absolute() {
+            return Some(p);
+        }
+        Some(
+            self.origin
+                .file
+                .parent()
+                .unwrap_or_else(|| std::path::Path::new(""))
+                .join(p),
+        )
     }
 
     /// Freedom-outbound domain strategy: `AsIs` unless `EnableDNS`, then `DNSType`
