@@ -442,3 +442,91 @@ fn h2c_packet_up_with_curl() {
     v.wait_totals(1, &BTreeMap::from([(1u32, (n, n))]), Duration::from_secs(20))
         .unwrap();
 }
+
+/// Issue 11 on XHTTP, the two queues a client feeds once authenticated (stream-one: one POST
+/// carries both directions): a client that uploads as fast as it can to a destination that
+/// never reads, and a client that never reads its download while the destination sends as
+/// fast as it can. Both stall at the bounds (the 2 MiB upload budget and the 4 × 64 KiB
+/// download channel, plus the kernel's socket buffers) instead of growing the data plane.
+#[test]
+fn stalled_reader_on_either_side_is_held_at_the_bounds() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    const CAP: usize = 256 << 20;
+    const STALL: Duration = Duration::from_secs(2);
+    let (v, port) = plain_node(json!({"path": PATH, "mode": "stream-one"}), json!({}), json!({}));
+    let pid = v.dataplane_pid();
+    // Destinations: one never reads, one writes until a write stalls for STALL.
+    let sink = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hose = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (sink_port, hose_port) = (
+        sink.local_addr().unwrap().port(),
+        hose.local_addr().unwrap().port(),
+    );
+    let sink_t = std::thread::spawn(move || sink.accept().unwrap().0);
+    let hose_t = std::thread::spawn(move || {
+        let (mut s, _) = hose.accept().unwrap();
+        s.set_write_timeout(Some(STALL)).unwrap();
+        let block = vec![0x5au8; 64 << 10];
+        let mut sent = 0usize;
+        while sent < CAP {
+            match s.write(&block) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        (s, sent)
+    });
+    let before = v2sp_testsupport::harness::rss_bytes(pid);
+    // A stream-one POST carrying a VLESS request for `dest`; the response is never read.
+    let open = |dest: u16| -> TcpStream {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(
+            format!("POST {PATH}/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let head = vless_request(UUIDS[0], dest);
+        s.write_all(format!("{:x}\r\n", head.len()).as_bytes()).unwrap();
+        s.write_all(&head).unwrap();
+        s.write_all(b"\r\n").unwrap();
+        s
+    };
+    let mut down = open(hose_port);
+    let mut up = open(sink_port);
+    up.set_write_timeout(Some(STALL)).unwrap();
+    let block = vec![0xa5u8; 64 << 10];
+    let mut uploaded = 0usize;
+    while uploaded < CAP {
+        let chunk = [format!("{:x}\r\n", block.len()).as_bytes(), &block, b"\r\n"].concat();
+        if up.write_all(&chunk).is_err() {
+            break;
+        }
+        uploaded += block.len();
+    }
+    let (_hose_conn, downloaded) = hose_t.join().unwrap();
+    let _sink_conn = sink_t.join().unwrap();
+    let grown = v2sp_testsupport::harness::rss_bytes(pid).saturating_sub(before);
+    eprintln!("stalled: {uploaded} bytes uploaded, {downloaded} sent by the destination, RSS +{grown}");
+    // Without the bounds both would run to CAP. Socket buffers on both hops take ~20 MiB.
+    assert!(
+        uploaded < 64 << 20,
+        "the upload never stalled: {uploaded} bytes\n{}",
+        v.agent.log()
+    );
+    assert!(
+        downloaded < 64 << 20,
+        "the download never stalled: {downloaded} bytes\n{}",
+        v.agent.log()
+    );
+    assert!(
+        grown < 16 << 20,
+        "RSS grew {grown} bytes for two stalled sessions"
+    );
+    // The sessions still work once read: the download side delivers what is queued.
+    down.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = [0u8; 4096];
+    assert!(
+        down.read(&mut b).unwrap() > 0,
+        "the stalled download delivers once read"
+    );
+}
