@@ -10,9 +10,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::client::sing_box::SingBoxClient;
-use crate::client::vision::ShoesClient;
-use crate::client::xhttp::XrayClient;
+use crate::client::front_process::FrontProcess;
 use crate::client::Suite;
 use crate::conn::Via;
 use crate::scenarios::{self, BulkResult, IdleResult, LatencySummary, RateResult};
@@ -208,9 +206,7 @@ pub async fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Outcome> {
 #[allow(dead_code)]
 enum Helper {
     None,
-    Shoes(ShoesClient),
-    SingBox(SingBoxClient),
-    Xray(XrayClient),
+    Front(FrontProcess),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -232,43 +228,49 @@ async fn one_server(
     // suites: the real sing-box client, once the server's QUIC socket is bound; `X@sing-box`:
     // the sing-box client speaking X; XHTTP: the real Xray client.
     let sing_box = |out: anyhow::Result<serde_json::Value>| {
-        out.and_then(|out| SingBoxClient::start(&bins.singbox, out, srv.dir(), threads))
+        out.and_then(|out| crate::client::sing_box::start(&bins.singbox, out, srv.dir(), threads))
             .map(|c| {
                 (
                     Via::Socks {
                         socks: c.socks,
                         tls: None,
                     },
-                    Helper::SingBox(c),
+                    Helper::Front(c),
                 )
             })
     };
     let started = match (suite.vision(), suite) {
-        (Some(v), _) => ShoesClient::start(&bins.shoes, v, srv.port, srv.dir(), threads).map(|c| {
-            (
-                Via::Socks {
-                    socks: c.socks,
-                    tls: Some(v.tls.clone()),
-                },
-                Helper::Shoes(c),
-            )
-        }),
+        (Some(v), _) => {
+            crate::client::vision::start_shoes_client(&bins.shoes, v, srv.port, srv.dir(), threads).map(|c| {
+                (
+                    Via::Socks {
+                        socks: c.socks,
+                        tls: Some(v.tls.clone()),
+                    },
+                    Helper::Front(c),
+                )
+            })
+        }
         (None, Suite::Quic(q, t)) => sing_box(
             crate::client::quic::wait_udp(srv.port, Duration::from_secs(30))
                 .map(|()| q.client_outbound(t, srv.port)),
         ),
         (None, Suite::SingBox(f)) => sing_box(crate::client::front::outbound(&f.inner, srv.port)),
-        (None, Suite::Xhttp(m, _)) => {
-            XrayClient::start(&bins.xray, m.client_outbound(srv.port), srv.dir(), threads).map(|c| {
-                (
-                    Via::Socks {
-                        socks: c.socks,
-                        tls: None,
-                    },
-                    Helper::Xray(c),
-                )
-            })
-        }
+        (None, Suite::Xhttp(m, _)) => crate::client::xhttp::start_xray_client(
+            &bins.xray,
+            m.client_outbound(srv.port),
+            srv.dir(),
+            threads,
+        )
+        .map(|c| {
+            (
+                Via::Socks {
+                    socks: c.socks,
+                    tls: None,
+                },
+                Helper::Front(c),
+            )
+        }),
         (None, _) => Ok((
             Via::Proxy {
                 addr: srv.addr(),

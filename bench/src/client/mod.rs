@@ -9,6 +9,7 @@
 //! is suite X measured through the real sing-box client instead of ours (`front`).
 pub mod anytls;
 pub mod front;
+pub mod front_process;
 pub mod hysteria2;
 pub mod quic;
 pub mod sing_box;

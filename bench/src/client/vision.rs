@@ -13,16 +13,15 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::process::Command;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::front_process::{spawn_front, FrontProcess};
 use super::ss::USER_UUID;
 use super::tls::{TlsMaterial, SERVER_NAME};
 
@@ -135,79 +134,31 @@ pub fn reality_keys(sk: [u8; 32]) -> (String, String) {
     (b64.encode(secret.to_bytes()), b64.encode(public.as_bytes()))
 }
 
-/// The shoes client process (load generator side), killed on drop.
-pub struct ShoesClient {
-    child: Child,
-    pub socks: SocketAddr,
-}
-
-impl ShoesClient {
-    /// Start shoes with a SOCKS5 inbound on a free port forwarding everything to `server_port`,
-    /// and wait (≤ 5 s per try, 3 tries) until it listens.
-    pub fn start(
-        bin: &Path,
-        suite: &VisionSuite,
-        server_port: u16,
-        dir: &Path,
-        threads: usize,
-    ) -> anyhow::Result<ShoesClient> {
-        let mut last = String::new();
-        for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let outer = suite.client_outer().join("\n          ");
-            let yaml = format!(
-                "- address: \"127.0.0.1:{port}\"\n  protocol:\n    type: socks\n  rules:\n    - masks: \"0.0.0.0/0\"\n      action: allow\n      client_proxy:\n        address: \"127.0.0.1:{server_port}\"\n        protocol:\n          {outer}\n          protocol:\n            type: vless\n            user_id: \"{USER_UUID}\"\n"
-            );
-            let cfg = dir.join(format!("shoes-client-{port}.yaml"));
-            std::fs::write(&cfg, yaml)?;
-            let log_path = dir.join(format!("shoes-client-{port}.log"));
-            let log = std::fs::File::create(&log_path)?;
-            let child = Command::new(bin)
-                .arg("--threads")
-                .arg(threads.max(1).to_string())
-                .arg("--no-reload")
-                .arg(&cfg)
-                .env("NO_COLOR", "1")
-                .env("RUST_LOG", "error")
-                .current_dir(dir)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("spawn shoes client {}", bin.display()))?;
-            let mut c = ShoesClient {
-                child,
-                socks: SocketAddr::from(([127, 0, 0, 1], port)),
-            };
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(5) {
-                if std::net::TcpStream::connect(c.socks).is_ok() {
-                    crate::procstat::LOADGEN_HELPER_PID.store(c.child.id(), Ordering::Relaxed);
-                    return Ok(c);
-                }
-                if !matches!(c.child.try_wait(), Ok(None)) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            last = std::fs::read_to_string(&log_path).unwrap_or_default();
-            drop(c);
-        }
-        bail!("the shoes client never listened; log:\n{last}")
-    }
-}
-
-impl Drop for ShoesClient {
-    fn drop(&mut self) {
-        let _ = crate::procstat::LOADGEN_HELPER_PID.compare_exchange(
-            self.child.id(),
-            0,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
+/// Starts the shoes client with a SOCKS5 inbound on a free port forwarding everything to
+/// `server_port`.
+pub fn start_shoes_client(
+    bin: &Path,
+    suite: &VisionSuite,
+    server_port: u16,
+    dir: &Path,
+    threads: usize,
+) -> anyhow::Result<FrontProcess> {
+    spawn_front("shoes", dir, |port, stem| {
+        let outer = suite.client_outer().join("\n          ");
+        let yaml = format!(
+            "- address: \"127.0.0.1:{port}\"\n  protocol:\n    type: socks\n  rules:\n    - masks: \"0.0.0.0/0\"\n      action: allow\n      client_proxy:\n        address: \"127.0.0.1:{server_port}\"\n        protocol:\n          {outer}\n          protocol:\n            type: vless\n            user_id: \"{USER_UUID}\"\n"
         );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        let cfg = dir.join(format!("{stem}.yaml"));
+        std::fs::write(&cfg, yaml)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--threads")
+            .arg(threads.max(1).to_string())
+            .arg("--no-reload")
+            .arg(&cfg)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "error");
+        Ok(cmd)
+    })
 }
 
 /// SOCKS5 CONNECT to `target` (IPv4, no authentication) on a fresh connection to `socks`.

@@ -14,18 +14,16 @@
 //! Xray comes from a third-party repackaging (`scripts/install-test-deps.sh --with-xray`) and
 //! runs only inside a network namespace that has nothing but loopback: `v2sp-bench` re-runs
 //! itself under `unshare --net` when an XHTTP suite or the `xray` server is asked for
-//! ([`reexec_in_loopback_netns`]), and [`XrayClient::start`] and the `xray` server refuse to start
+//! ([`reexec_in_loopback_netns`]), and [`start_xray_client`] and the `xray` server refuse to start
 //! anywhere else ([`in_loopback_only_netns`]).
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+use super::front_process::{spawn_front, FrontProcess};
 use super::ss::USER_UUID;
 use super::tls::{TlsMaterial, SERVER_NAME};
 
@@ -179,74 +177,31 @@ pub fn reexec_in_loopback_netns() -> anyhow::Result<()> {
     std::process::exit(st.code().unwrap_or(1));
 }
 
-/// The Xray client process (load generator side), killed on drop.
-pub struct XrayClient {
-    child: Child,
-    pub socks: SocketAddr,
-}
-
-impl XrayClient {
-    /// Start Xray with a SOCKS5 inbound on a free port and `outbound`, and wait (≤ 5 s per try,
-    /// 3 tries) until it listens. Refuses outside a loopback-only network namespace.
-    pub fn start(bin: &Path, outbound: Value, dir: &Path, threads: usize) -> anyhow::Result<XrayClient> {
-        require_loopback_netns()?;
-        let mut last = String::new();
-        for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let c = json!({
-                "log": { "loglevel": "error" },
-                "inbounds": [{ "listen": "127.0.0.1", "port": port, "protocol": "socks",
-                               "settings": { "auth": "noauth", "udp": false } }],
-                "outbounds": [outbound.clone()]
-            });
-            let cfg = dir.join(format!("xray-client-{port}.json"));
-            std::fs::write(&cfg, serde_json::to_vec_pretty(&c)?)?;
-            let log_path = dir.join(format!("xray-client-{port}.log"));
-            let log = std::fs::File::create(&log_path)?;
-            let child = Command::new(bin)
-                .arg("run")
-                .arg("-c")
-                .arg(&cfg)
-                .env("GOMAXPROCS", threads.max(1).to_string())
-                .current_dir(dir)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("spawn the Xray client {}", bin.display()))?;
-            let mut c = XrayClient {
-                child,
-                socks: SocketAddr::from(([127, 0, 0, 1], port)),
-            };
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(5) {
-                if std::net::TcpStream::connect(c.socks).is_ok() {
-                    crate::procstat::LOADGEN_HELPER_PID.store(c.child.id(), Ordering::Relaxed);
-                    return Ok(c);
-                }
-                if !matches!(c.child.try_wait(), Ok(None)) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            last = std::fs::read_to_string(&log_path).unwrap_or_default();
-            drop(c);
-        }
-        bail!("the Xray client never listened; log:\n{last}")
-    }
-}
-
-impl Drop for XrayClient {
-    fn drop(&mut self) {
-        let _ = crate::procstat::LOADGEN_HELPER_PID.compare_exchange(
-            self.child.id(),
-            0,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts Xray with a SOCKS5 inbound on a free port and `outbound`. Refuses outside a
+/// loopback-only network namespace.
+pub fn start_xray_client(
+    bin: &Path,
+    outbound: Value,
+    dir: &Path,
+    threads: usize,
+) -> anyhow::Result<FrontProcess> {
+    require_loopback_netns()?;
+    spawn_front("Xray", dir, |port, stem| {
+        let c = json!({
+            "log": { "loglevel": "error" },
+            "inbounds": [{ "listen": "127.0.0.1", "port": port, "protocol": "socks",
+                           "settings": { "auth": "noauth", "udp": false } }],
+            "outbounds": [outbound.clone()]
+        });
+        let cfg = dir.join(format!("{stem}.json"));
+        std::fs::write(&cfg, serde_json::to_vec_pretty(&c)?)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&cfg)
+            .env("GOMAXPROCS", threads.max(1).to_string());
+        Ok(cmd)
+    })
 }
 
 #[cfg(test)]
