@@ -8,5 +8,6 @@ pub mod report;
 pub mod run;
 pub mod scenarios;
 pub mod servers;
+pub mod soak;
 pub mod svg;
 pub mod target;

@@ -4,6 +4,7 @@
 //! v2sp-bench run [--quick] [--ciphers …] [--servers …] [--rounds N] [--workers 1,2,4] [--out DIR]
 //! v2sp-bench scale [--ciphers …] [--servers …] [--max-workers N]   # 1, 2, 4 … N workers
 //! v2sp-bench self-check [--ciphers …]     # our client codecs against ssserver, nothing measured
+//! v2sp-bench soak [--minutes 30] [--conns 10000] [--suites …]   # RSS, fds, exactness over time
 //! ```
 
 use std::collections::BTreeMap;
@@ -57,6 +58,46 @@ enum Cmd {
     Scale(ScaleArgs),
     /// Check our client codecs against ssserver (and the other servers) for each method.
     SelfCheck(Common),
+    /// v2sp under a long mixed load against the panel simulator: connections held and
+    /// reopened, transfers, users changed every few seconds, panel faults on reports; reports
+    /// RSS and fds over time and whether every byte was reported exactly once.
+    Soak(SoakArgs),
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    #[arg(long, default_value_t = 30.0)]
+    minutes: f64,
+    /// Connections held open at once (capped by the fd limit: two per connection here and two
+    /// in the data plane).
+    #[arg(long, default_value_t = 10_000)]
+    conns: usize,
+    /// Workers transferring without pause.
+    #[arg(long, default_value_t = 16)]
+    active: usize,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "aes-128-gcm,2022-blake3-aes-128-gcm,trojan-tls,vless-tls,vmess,anytls"
+    )]
+    suites: Vec<String>,
+    #[arg(long, default_value_t = 3)]
+    churn_secs: u64,
+    #[arg(long, default_value_t = 30)]
+    fault_secs: u64,
+    #[arg(long, default_value_t = 10)]
+    sample_secs: u64,
+    /// Data-plane workers (default: every CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+    #[arg(long, default_value = "epoll")]
+    io: String,
+    /// `v2sp` binary (the data plane must sit next to it); default: next to this executable.
+    #[arg(long, env = "V2SP_BENCH_V2SP")]
+    v2sp: Option<PathBuf>,
+    /// Results directory (default results/soak-<UTC timestamp>).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -357,7 +398,57 @@ fn main() -> anyhow::Result<()> {
         Cmd::SelfCheck(c) => self_check(c),
         Cmd::Run(a) => run_cmd(a),
         Cmd::Scale(a) => scale_cmd(a),
+        Cmd::Soak(a) => soak_cmd(a),
     }
+}
+
+fn soak_cmd(a: SoakArgs) -> anyhow::Result<()> {
+    use v2sp_bench::soak;
+    let tls = Arc::new(TlsMaterial::generate()?);
+    let suites = a
+        .suites
+        .iter()
+        .map(|n| Suite::parse(n, &tls))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(s) = suites.iter().find(|s| s.through_client()) {
+        bail!(
+            "{} goes through a client process; the soak drives our own clients only",
+            s.name()
+        );
+    }
+    let conns = soak::conns_that_fit(a.conns);
+    if conns < a.conns {
+        eprintln!(
+            "note: {conns} connections held instead of {} (the fd limit allows no more; raise `ulimit -n`)",
+            a.conns
+        );
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let plan = soak::SoakPlan {
+        duration: Duration::from_secs_f64(a.minutes.max(0.1) * 60.0),
+        conns,
+        active: a.active,
+        churn: Duration::from_secs(a.churn_secs.max(1)),
+        fault: Duration::from_secs(a.fault_secs.max(1)),
+        sample: Duration::from_secs(a.sample_secs.max(1)),
+        suites,
+        workers: a.workers.unwrap_or(cpus).max(1),
+        io: a.io,
+        v2sp: match a.v2sp {
+            Some(p) => p,
+            None => std::env::current_exe()?.with_file_name("v2sp"),
+        },
+        out: a.out.unwrap_or_else(soak::default_out),
+    };
+    let rt = runtime(cpus)?;
+    let outcome = rt.block_on(soak::soak(&plan))?;
+    let report = soak::report(&plan, &outcome);
+    std::fs::write(plan.out.join("report.md"), &report)?;
+    println!("{report}\nreport: {}", plan.out.join("report.md").display());
+    if !outcome.exact() {
+        bail!("the panel's totals are not exactly what the clients moved (see the report)");
+    }
+    Ok(())
 }
 
 fn self_check(c: Common) -> anyhow::Result<()> {

@@ -239,6 +239,65 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(v2sp_testsupport::ports::claim())
 }
 
+/// The panel's node config (`config` reply, Xboard shape) with which v2sp serves `suite` on
+/// `port`; `interval`: its push and pull intervals in seconds.
+pub fn v2sp_panel_node(suite: &Suite, port: u16, interval: u64) -> anyhow::Result<serde_json::Value> {
+    let proto = suite_protocol(suite)?;
+    let mut node = json!({
+        "protocol": proto, "node_type": proto, "server_port": port,
+        "base_config": { "push_interval": interval, "pull_interval": interval }
+    });
+    match suite {
+        Suite::Ss(creds) => {
+            node["cipher"] = json!(creds.method.name());
+            node["server_key"] = json!(creds.server_psk_b64());
+        }
+        Suite::Vmess(None) => {
+            node["tls"] = json!(0);
+            node["network"] = json!("tcp");
+        }
+        Suite::Trojan(_) | Suite::Vless(_) | Suite::Vmess(Some(_)) | Suite::Anytls(_) => {
+            node["tls"] = json!(1);
+            node["network"] = json!("tcp");
+            node["tls_settings"] = json!({ "server_name": SERVER_NAME });
+        }
+        Suite::Vision(v) if v.reality => {
+            let dest = v.target()?;
+            node["tls"] = json!(2);
+            node["network"] = json!("tcp");
+            node["flow"] = json!("xtls-rprx-vision");
+            node["tls_settings"] = json!({
+                "server_name": SERVER_NAME, "dest": dest.ip().to_string(),
+                "server_port": dest.port().to_string(), "private_key": v.private_key,
+                "short_id": crate::client::vision::SHORT_ID, "xver": "0"
+            });
+        }
+        Suite::Vision(_) => {
+            node["tls"] = json!(1);
+            node["network"] = json!("tcp");
+            node["flow"] = json!("xtls-rprx-vision");
+            node["tls_settings"] = json!({ "server_name": SERVER_NAME });
+        }
+        Suite::SingBox(_) => bail!("a front-end suite's server is its inner suite's"),
+        Suite::Quic(q, _) => q.panel_node(&mut node),
+        Suite::Xhttp(m, _) => m.panel_node(&mut node),
+    }
+    Ok(node)
+}
+
+/// The protocol name panels use for `suite`'s server.
+pub fn suite_protocol(suite: &Suite) -> anyhow::Result<&'static str> {
+    Ok(match suite {
+        Suite::Ss(_) => "shadowsocks",
+        Suite::Trojan(_) => "trojan",
+        Suite::Vless(_) | Suite::Vision(_) | Suite::Xhttp(..) => "vless",
+        Suite::Vmess(_) => "vmess",
+        Suite::Anytls(_) => "anytls",
+        Suite::Quic(q, _) => q.name(),
+        Suite::SingBox(_) => bail!("a front-end suite's server is its inner suite's"),
+    })
+}
+
 impl Server {
     /// Spawn `kind` on `cpus` (taskset list; `None` = unpinned) with `workers` threads.
     pub fn start(
@@ -262,15 +321,7 @@ impl Server {
             );
         }
         let tls = suite.tls();
-        let proto = match suite {
-            Suite::Ss(_) => "shadowsocks",
-            Suite::Trojan(_) => "trojan",
-            Suite::Vless(_) | Suite::Vision(_) | Suite::Xhttp(..) => "vless",
-            Suite::Vmess(_) => "vmess",
-            Suite::Anytls(_) => "anytls",
-            Suite::Quic(q, _) => q.name(),
-            Suite::SingBox(_) => bail!("a front-end suite's server is its inner suite's"),
-        };
+        let proto = suite_protocol(suite)?;
         let mut args: Vec<String> = Vec::new();
         let mut envs: Vec<(&str, String)> = Vec::new();
         match kind {
@@ -280,45 +331,7 @@ impl Server {
                 } else {
                     "uring"
                 };
-                let mut node = json!({
-                    "protocol": proto, "node_type": proto, "server_port": port,
-                    "base_config": { "push_interval": 60, "pull_interval": 60 }
-                });
-                match suite {
-                    Suite::Ss(creds) => {
-                        node["cipher"] = json!(creds.method.name());
-                        node["server_key"] = json!(creds.server_psk_b64());
-                    }
-                    Suite::Vmess(None) => {
-                        node["tls"] = json!(0);
-                        node["network"] = json!("tcp");
-                    }
-                    Suite::Trojan(_) | Suite::Vless(_) | Suite::Vmess(Some(_)) | Suite::Anytls(_) => {
-                        node["tls"] = json!(1);
-                        node["network"] = json!("tcp");
-                        node["tls_settings"] = json!({ "server_name": SERVER_NAME });
-                    }
-                    Suite::Vision(v) if v.reality => {
-                        let dest = v.target()?;
-                        node["tls"] = json!(2);
-                        node["network"] = json!("tcp");
-                        node["flow"] = json!("xtls-rprx-vision");
-                        node["tls_settings"] = json!({
-                            "server_name": SERVER_NAME, "dest": dest.ip().to_string(),
-                            "server_port": dest.port().to_string(), "private_key": v.private_key,
-                            "short_id": crate::client::vision::SHORT_ID, "xver": "0"
-                        });
-                    }
-                    Suite::Vision(_) => {
-                        node["tls"] = json!(1);
-                        node["network"] = json!("tcp");
-                        node["flow"] = json!("xtls-rprx-vision");
-                        node["tls_settings"] = json!({ "server_name": SERVER_NAME });
-                    }
-                    Suite::SingBox(_) => bail!("a front-end suite's server is its inner suite's"),
-                    Suite::Quic(q, _) => q.panel_node(&mut node),
-                    Suite::Xhttp(m, _) => m.panel_node(&mut node),
-                }
+                let node = v2sp_panel_node(suite, port, 60)?;
                 let nodes = json!({
                     "nodes": { "1": node },
                     "users": { "1": [
