@@ -557,7 +557,15 @@ impl NodeWorker {
         if self.shared.phase() == Phase::Running {
             let status = self.host.sample();
             let metrics = self.metrics();
-            if let Err(e) = self.panel.status(&status, &metrics) {
+            // Xboard v2 `online`: open connections per user on this node.
+            let online: BTreeMap<u32, u32> = self
+                .shared
+                .shm
+                .user_open_conns(self.slot)
+                .into_iter()
+                .map(|(uid, n)| (uid, u32::try_from(n).unwrap_or(u32::MAX)))
+                .collect();
+            if let Err(e) = self.panel.status(&status, &metrics, &online) {
                 tracing::debug!(node = %self.tag, error = %e, "status report failed");
             }
             if self.ws_connected {

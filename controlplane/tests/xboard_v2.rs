@@ -342,6 +342,13 @@ fn websocket_user_sync_and_reconnect() {
     let mut counts = vec![0u64; v2sp_shared::shm::layout::MAX_NODES];
     counts[usize::from(slot)] = 3;
     dp.core.set_node_conns(&counts);
+    // And per user (Xboard's `report.online`): user 3 has two connections on this core.
+    dp.core
+        .set_user_conns(&BTreeMap::from([((slot, 3), 2), ((slot + 1, 3), 9)]))
+        .unwrap();
+    wait_for("report.online", Duration::from_secs(5), || {
+        sim.online_conns_of(1) == Some(BTreeMap::from([(3, 2)]))
+    });
     wait_for(
         "active_connections in node.status",
         Duration::from_secs(5),
@@ -489,7 +496,7 @@ fn v1_status_has_what_the_panel_validates() {
     api.dialect = Dialect::UniProxy;
     let mut c = PanelClient::new(api).unwrap();
     let mut host = HostStat::default();
-    c.status(&host.sample(), &metrics()).unwrap();
+    c.status(&host.sample(), &metrics(), &BTreeMap::new()).unwrap();
     let r = &sim.requests_for(Action::Status)[0];
     assert_eq!(r.path, "/api/v1/server/UniProxy/status");
     assert_eq!(r.header("content-type"), Some("application/json"));
@@ -502,7 +509,9 @@ fn v1_status_has_what_the_panel_validates() {
         Action::Status,
         Fault::json_refusal(422, "The given data was invalid."),
     );
-    let e = c.status(&host.sample(), &metrics()).unwrap_err();
+    let e = c
+        .status(&host.sample(), &metrics(), &BTreeMap::new())
+        .unwrap_err();
     assert_eq!(e.status(), Some(422), "{e}");
 }
 

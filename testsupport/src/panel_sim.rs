@@ -246,6 +246,8 @@ struct State {
     status: BTreeMap<u32, Value>,
     /// Last `report.metrics` per node.
     metrics: BTreeMap<u32, Value>,
+    /// Last v2 `report.online` per node (open connections per user), as Xboard caches it.
+    online_conns: BTreeMap<u32, BTreeMap<u32, u32>>,
     /// Last `machine/status` per machine.
     machine_status: BTreeMap<u32, Value>,
 }
@@ -467,6 +469,11 @@ impl PanelSim {
     /// Last `machine/status` of a machine.
     pub fn machine_status(&self, machine_id: u32) -> Option<Value> {
         self.shared.lock().machine_status.get(&machine_id).cloned()
+    }
+
+    /// Last v2 `report.online` of a node: user id → open connections.
+    pub fn online_conns_of(&self, node_id: u32) -> Option<BTreeMap<u32, u32>> {
+        self.shared.lock().online_conns.get(&node_id).cloned()
     }
 
     /// Last `report.metrics` of a node.
@@ -1165,6 +1172,9 @@ fn handle_action(req: &Request, action: Action, shared: &Shared) -> Reply {
             }
             if let Some(m) = r.metrics {
                 st.metrics.insert(node_id, Value::Object(m));
+            }
+            if !r.online.is_empty() {
+                st.online_conns.insert(node_id, r.online);
             }
             Reply::json(200, &json!({"data": true}))
         }

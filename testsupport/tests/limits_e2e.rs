@@ -71,6 +71,16 @@ fn device_limit_admits_exactly_n_source_ips() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // And per user (Xboard v2 `report.online`), written about every 5 s: all three are user 1's.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while shm.user_open_conns(slot) != std::collections::BTreeMap::from([(1, 3)]) {
+        assert!(
+            Instant::now() < deadline,
+            "open connections per user: {:?}",
+            shm.user_open_conns(slot)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(held);
 }
 

@@ -624,12 +624,14 @@ impl Panel for PanelClient {
         &mut self,
         status: &NodeStatus,
         metrics: &serde_json::Map<String, serde_json::Value>,
+        online: &std::collections::BTreeMap<u32, u32>,
     ) -> Result<(), PanelError> {
         self.settle_version(Action::Status)?;
         let (action, bytes) = if self.version == ApiVersion::V2 {
             let report = Report {
                 status: Some(status.clone()),
                 metrics: Some(metrics.clone()),
+                online: online.clone(),
                 ..Report::default()
             };
             (Action::Report, report.encode())

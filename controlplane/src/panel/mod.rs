@@ -267,11 +267,13 @@ pub trait Panel: Send {
     fn forget_cache(&mut self);
 
     /// The machine's load: v1 `POST status` (UniProxy dialect only; v2sp's single endpoint
-    /// has none), or a v2 `report` with `status` and `metrics`. Panels without it: `Ok`.
+    /// has none), or a v2 `report` with `status`, `metrics` and `online` (open connections per
+    /// user, which v1 has no place for). Panels without it: `Ok`.
     fn status(
         &mut self,
         _status: &NodeStatus,
         _metrics: &serde_json::Map<String, serde_json::Value>,
+        _online: &BTreeMap<u32, u32>,
     ) -> Result<(), PanelError> {
         Ok(())
     }

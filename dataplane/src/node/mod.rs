@@ -409,6 +409,8 @@ pub struct Core {
     next_id: Cell<u64>,
     /// Ticks so far (the per-node connection gauges are written every 10th, about once a second).
     ticks: Cell<u64>,
+    /// The per-user connection counts last written for the control plane, and the tick.
+    user_conns: RefCell<(std::collections::BTreeMap<(u16, u32), u64>, u64)>,
     /// Ticks seen, for the idle sweep's period.
     sweeps: Cell<u32>,
     /// A resync snapshot still to be pushed into this core's event ring (core 0 only).
@@ -452,6 +454,7 @@ impl Core {
             handshakes_refused: Cell::new(0),
             next_id: Cell::new(1),
             ticks: Cell::new(0),
+            user_conns: RefCell::new((std::collections::BTreeMap::new(), 0)),
             sweeps: Cell::new(0),
             resync: RefCell::new(std::collections::VecDeque::new()),
         })
@@ -520,6 +523,9 @@ impl Core {
             }
             self.port.borrow().set_node_conns(&per_node);
         }
+        if t.is_multiple_of(50) {
+            self.publish_user_conns(t);
+        }
         if info.tables_changed {
             self.refresh_users();
         }
@@ -545,6 +551,24 @@ impl Core {
             }
         }
         self.push_resync();
+    }
+
+    /// Open connections per (node, user) for the panel's per-user online counts, about every
+    /// 5 s: written when they changed, and at least every 10 s so the control plane knows this
+    /// core is alive (it ignores files older than 30 s).
+    fn publish_user_conns(&self, tick: u64) {
+        let mut counts = std::collections::BTreeMap::new();
+        for e in self.conns.borrow().values() {
+            if let Some(uid) = e.user {
+                *counts.entry((e.node, uid)).or_insert(0u64) += 1;
+            }
+        }
+        let mut last = self.user_conns.borrow_mut();
+        if counts == last.0 && tick.saturating_sub(last.1) < 100 {
+            return;
+        }
+        self.port.borrow().set_user_conns(&counts);
+        *last = (counts, tick);
     }
 
     /// Moves what fits of a pending resync into the event ring, keeping room for live events.

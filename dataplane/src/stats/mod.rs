@@ -62,6 +62,8 @@ pub trait CorePort {
     fn set_open_conns(&self, _n: u64) {}
     /// This core's open connections per node slot (`counts[node]`), for the panel's metrics.
     fn set_node_conns(&self, _counts: &[u64]) {}
+    /// This core's open connections per (node, user), for the panel's per-user online counts.
+    fn set_user_conns(&self, _counts: &std::collections::BTreeMap<(u16, u32), u64>) {}
     /// Counts `n` client connections accepted by this core (`v2sp_connections_accepted_total`).
     fn add_accepted(&self, _n: u64) {}
 }

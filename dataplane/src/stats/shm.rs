@@ -75,6 +75,11 @@ impl CorePort for ShmPort {
     fn set_node_conns(&self, counts: &[u64]) {
         self.shm.set_node_conns(counts);
     }
+    fn set_user_conns(&self, counts: &std::collections::BTreeMap<(u16, u32), u64>) {
+        if let Err(e) = self.shm.set_user_conns(counts) {
+            tracing::debug!(error = %e, "cannot write the per-user connection counts");
+        }
+    }
     fn set_open_conns(&self, n: u64) {
         self.shm.set_open_conns(n);
     }

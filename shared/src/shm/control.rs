@@ -465,6 +465,8 @@ impl ControlShm {
             let _ = std::fs::remove_file(&path);
             let _ = std::fs::remove_file(self.dir.join(names::events(instance_id, core)));
             let _ = std::fs::remove_file(self.dir.join(names::cmds(instance_id, core)));
+            let _ = std::fs::remove_file(self.dir.join(names::gauges(instance_id, core)));
+            super::user_conns::remove(&self.dir, instance_id, core);
         }
         Ok(())
     }
@@ -544,6 +546,21 @@ impl ControlShm {
             }
         }
         total
+    }
+
+    /// Open connections per user of `node` over the running cores of this instance (each
+    /// core rewrites its file about every 5 s; old files are left out). Xboard's
+    /// `report.online`.
+    pub fn user_open_conns(&self, node: u16) -> BTreeMap<u32, u64> {
+        let mut out = BTreeMap::new();
+        for core in 0..MAX_CORES as u16 {
+            let Ok(slot) = self.core_slot(core) else { continue };
+            if slot.running.load(Relaxed) != 1 {
+                continue;
+            }
+            super::user_conns::add_node(&self.dir, self.instance_id, core, node, &mut out);
+        }
+        out
     }
 
     pub fn status(&self) -> Status {

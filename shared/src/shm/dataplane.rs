@@ -357,6 +357,15 @@ impl CoreShm {
         }
     }
 
+    /// Replaces this core's open connections per (node, user) (see `user_conns.rs`).
+    pub fn set_user_conns(
+        &self,
+        counts: &std::collections::BTreeMap<(u16, u32), u64>,
+    ) -> Result<usize, ShmError> {
+        let instance = self.ctl.header().instance_id;
+        super::user_conns::write(&self.dir, instance, self.core, counts)
+    }
+
     pub fn set_open_conns(&self, n: u64) {
         if let Ok(s) = self.slot() {
             s.open_conns.store(n, Relaxed);

@@ -11,6 +11,7 @@
 //! rates        [ SegHeader ][ RateSlot 16 B × 65536 ]
 //! known-N      [ SegHeader ][ KnownMeta 64 B ][ u64 × count, sorted ]
 //! gauges-C     [ SegHeader ][ AtomicU64 × MAX_NODES: open connections per node ]
+//! user-conns-C [ SegHeader ][ UserConnsMeta 64 B ][ [key, count] u64 × 2 × count, sorted ]
 //! ```
 
 use super::sync::{AtomicU32, AtomicU64};
@@ -305,3 +306,21 @@ pub struct KnownMeta {
 const _: () = assert!(size_of::<KnownMeta>() == 64);
 pub const KNOWN_META_OFF: usize = 64;
 pub const KNOWN_KEYS_OFF: usize = 128;
+
+/// Also added after version 1 (see [`KIND_RATES`]): a core's open connections per (node,
+/// user), `user-conns-<inst>-<core>`, replaced whole (tmp + rename); see `user_conns.rs`.
+pub const KIND_USER_CONNS: u32 = 10;
+
+/// The meta block of a `user-conns` file.
+#[repr(C)]
+pub struct UserConnsMeta {
+    /// Unix ms when the core wrote the file (a reader ignores old ones: the core is gone).
+    pub written_ms: u64,
+    /// Entries after the meta block.
+    pub count: u64,
+    pub _pad: [u64; 6],
+}
+#[cfg(not(loom))]
+const _: () = assert!(size_of::<UserConnsMeta>() == 64);
+pub const USER_CONNS_META_OFF: usize = 64;
+pub const USER_CONNS_ENTRIES_OFF: usize = 128;

@@ -19,6 +19,7 @@ mod ring;
 mod segment;
 mod sync;
 mod traffic;
+mod user_conns;
 mod user_table;
 
 pub use control::{ControlShm, CoreStatus, PublishStats, Status};
@@ -250,6 +251,9 @@ pub(crate) mod names {
     }
     pub(crate) fn gauges(instance: u64, core: u16) -> String {
         format!("gauges-{instance:016x}-{core}")
+    }
+    pub(crate) fn user_conns(instance: u64, core: u16) -> String {
+        format!("user-conns-{instance:016x}-{core}")
     }
     pub(crate) fn cmds(instance: u64, core: u16) -> String {
         format!("cmds-{instance:016x}-{core}")
