@@ -447,10 +447,7 @@ fn xboard_api_version_and_machine_entries() {
     let n = &l.config.nodes;
     assert_eq!(n[0].api_version, ApiVersion::V2);
     // Relative to the declaring file; unset = web PKI.
-    assert_eq!(
-        n[0].api_ca_path(),
-        Some(std::path::PathBuf::from("/etc/v2sp/ca/panel.pem"))
-    );
+    assert_eq!(n[0].api_ca_path(), Some(PathBuf::from("/etc/v2sp/ca/panel.pem")));
     assert_eq!(n[1].api_ca_path(), None);
     assert!(!n[0].is_machine());
     assert_eq!(n[1].api_version, ApiVersion::Auto);

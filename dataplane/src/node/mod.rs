@@ -382,6 +382,9 @@ struct ConnEntry {
     ctl: Rc<ConnCtl>,
 }
 
+/// Open connections per (node, user).
+type UserConns = std::collections::BTreeMap<(u16, u32), u64>;
+
 /// One core: its port to shared memory, pools, resolver, nodes and open connections.
 pub struct Core {
     pub index: u16,
@@ -410,7 +413,7 @@ pub struct Core {
     /// Ticks so far (the per-node connection gauges are written every 10th, about once a second).
     ticks: Cell<u64>,
     /// The per-user connection counts last written for the control plane, and the tick.
-    user_conns: RefCell<(std::collections::BTreeMap<(u16, u32), u64>, u64)>,
+    user_conns: RefCell<(UserConns, u64)>,
     /// Ticks seen, for the idle sweep's period.
     sweeps: Cell<u32>,
     /// A resync snapshot still to be pushed into this core's event ring (core 0 only).
