@@ -46,6 +46,10 @@ fn main() -> anyhow::Result<()> {
     // else opens a file (their numbers must not be reused first).
     let (inherited, mut notes) = handover::inherit_from_env();
     let ready_pipe = upgrade::ready_pipe_from_env();
+    #[cfg(feature = "quic")]
+    let quic_handoff = v2sp_dataplane::node::quic_handoff::adopt_from_env();
+    #[cfg(not(feature = "quic"))]
+    let quic_handoff = false;
     let args = Args::parse();
     let config_log = args
         .config
@@ -163,6 +167,7 @@ fn main() -> anyhow::Result<()> {
         Err(e) => tracing::warn!("QUIC clients reconnect at their idle timeout after an upgrade: {e}"),
     }
     let shared = Shared::with_rates(default_protocols(), RateLimiters::new(rates));
+    shared.core_base.store(core_base, Ordering::Relaxed);
     let engine = Engine::start(opts, ports, shared, Arc::new(cfg))?;
     tracing::info!(cores = engine.cores, backend = %engine.backend, "{}", engine.backend_reason);
     let backend_code = match engine.backend {
@@ -182,7 +187,7 @@ fn main() -> anyhow::Result<()> {
     match ready_pipe {
         // The process being replaced tells systemd that this one is the service now.
         Some(p) => {
-            if let Err(e) = upgrade::report_ready(p) {
+            if let Err(e) = upgrade::report_ready(p, quic_handoff) {
                 tracing::error!("cannot tell the data plane being replaced that this one serves: {e}");
             }
         }
@@ -213,6 +218,8 @@ fn main() -> anyhow::Result<()> {
             match p.poll() {
                 Err(still) => pending = Some(still),
                 Ok(Ok(s)) => {
+                    #[cfg(feature = "quic")]
+                    v2sp_dataplane::node::quic_handoff::successor_ready(s.quic_handoff);
                     successor = Some(s);
                     break;
                 }

@@ -57,13 +57,16 @@ pub struct Pending {
     pub pid: u32,
     exe: PathBuf,
     child: Child,
-    ready: std::sync::mpsc::Receiver<bool>,
+    ready: std::sync::mpsc::Receiver<Option<bool>>,
     deadline: std::time::Instant,
 }
 
 /// A successor that serves.
 pub struct Successor {
     pub pid: u32,
+    /// It took the QUIC hand-off link (`node::quic_handoff`): the open QUIC connections of
+    /// this process keep their packets.
+    pub quic_handoff: bool,
     /// Never waited on: the successor outlives this process and is re-parented.
     _child: Child,
 }
@@ -88,13 +91,32 @@ pub fn start_successor(engine: &Engine, args: &[std::ffi::OsString]) -> Result<P
         });
     }
     crate::sys::set_cloexec(ready_w.as_fd(), false).map_err(|e| format!("fcntl: {e}"))?;
-    let spawned = Command::new(&exe)
-        .args(args)
+    let mut cmd = Command::new(&exe);
+    cmd.args(args)
         .env(handover::LISTEN_FDS_ENV, handover::encode(&entries))
-        .env(READY_FD_ENV, ready_w.as_raw_fd().to_string())
-        .spawn();
+        .env(READY_FD_ENV, ready_w.as_raw_fd().to_string());
+    // The link over which the successor hands back the packets of this process's QUIC
+    // connections; without it they are closed at the hand-over and their clients redial.
+    #[cfg(feature = "quic")]
+    let link = match crate::node::quic_handoff::pair_for_successor() {
+        Ok(fd) => {
+            crate::sys::set_cloexec(fd.as_fd(), false).map_err(|e| format!("fcntl: {e}"))?;
+            cmd.env(
+                crate::node::quic_handoff::FORWARD_FD_ENV,
+                fd.as_raw_fd().to_string(),
+            );
+            Some(fd)
+        }
+        Err(e) => {
+            tracing::warn!("no QUIC hand-off link ({e}): open QUIC connections will redial the successor");
+            None
+        }
+    };
+    let spawned = cmd.spawn();
     drop(socks);
     drop(ready_w);
+    #[cfg(feature = "quic")]
+    drop(link);
     let child = spawned.map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
     let pid = child.id();
     tracing::info!(pid, exe = %exe.display(), sockets = entries.len(), "successor started; waiting until it serves");
@@ -105,7 +127,12 @@ pub fn start_successor(engine: &Engine, args: &[std::ffi::OsString]) -> Result<P
         .name("v2sp-upgrade".into())
         .spawn(move || {
             let mut b = [0u8; 1];
-            let _ = tx.send(ready_r.read(&mut b).is_ok_and(|n| n == 1 && b[0] == b'R'));
+            // `R`: serving; `Q`: serving, and it took the QUIC hand-off link.
+            let _ = tx.send(match ready_r.read(&mut b) {
+                Ok(1) if b[0] == b'R' => Some(false),
+                Ok(1) if b[0] == b'Q' => Some(true),
+                _ => None,
+            });
         })
         .map_err(|e| format!("thread: {e}"))?;
     Ok(Pending {
@@ -123,13 +150,14 @@ impl Pending {
     pub fn poll(self) -> Result<Result<Successor, String>, Pending> {
         use std::sync::mpsc::TryRecvError;
         let why = match self.ready.try_recv() {
-            Ok(true) => {
+            Ok(Some(quic_handoff)) => {
                 return Ok(Ok(Successor {
                     pid: self.pid,
+                    quic_handoff,
                     _child: self.child,
                 }))
             }
-            Ok(false) | Err(TryRecvError::Disconnected) => {
+            Ok(None) | Err(TryRecvError::Disconnected) => {
                 format!(
                     "the new data plane {} exited before it served",
                     self.exe.display()
@@ -161,9 +189,10 @@ pub fn ready_pipe_from_env() -> Option<std::fs::File> {
     crate::sys::adopt_inherited_fd(fd).map(std::fs::File::from)
 }
 
-/// In a successor: tells the process it replaces that it serves now.
-pub fn report_ready(mut pipe: std::fs::File) -> std::io::Result<()> {
-    pipe.write_all(b"R")
+/// In a successor: tells the process it replaces that it serves now, and whether it took the
+/// QUIC hand-off link (`Q`; an older predecessor passes none, so it never sees `Q`).
+pub fn report_ready(mut pipe: std::fs::File, quic_handoff: bool) -> std::io::Result<()> {
+    pipe.write_all(if quic_handoff { b"Q" } else { b"R" })
 }
 
 /// In a successor: the first core slot to count in (`V2SP_CORE_BASE`), if given.

@@ -14,6 +14,8 @@ mod quic;
 #[cfg(feature = "quic")]
 pub use quic::set_quic_reset_key;
 #[cfg(feature = "quic")]
+pub mod quic_handoff;
+#[cfg(feature = "quic")]
 mod salamander_socket;
 pub mod sniff;
 #[cfg(feature = "quic")]
@@ -278,7 +280,10 @@ pub struct Shared {
     /// The cores' QUIC inboxes per listening address, for packets that reach another core's
     /// socket than their connection's (`steer`).
     #[cfg(feature = "quic")]
-    pub(crate) steering: steer::SteerRegistry,
+    pub(crate) steering: Arc<steer::SteerRegistry>,
+    /// The first core slot this process counts in (`V2SP_CORE_BASE`): QUIC connection ids name
+    /// the slot, so the two processes of an upgrade issue ids the other tells apart.
+    pub core_base: std::sync::atomic::AtomicU16,
 }
 
 impl Shared {
@@ -296,7 +301,8 @@ impl Shared {
             splice: std::env::var("V2SP_SPLICE").map(|v| v != "0").unwrap_or(true),
             xhttp: xhttp::Hub::default(),
             #[cfg(feature = "quic")]
-            steering: steer::SteerRegistry::default(),
+            steering: Arc::default(),
+            core_base: std::sync::atomic::AtomicU16::new(0),
         })
     }
 }
@@ -976,13 +982,25 @@ impl Core {
     /// another process (each datagram would reach one of the two at random), so it moves to a
     /// private socket and its connections are closed: QUIC clients reconnect to the successor.
     pub fn stop_listening_for_successor(&self) {
+        #[cfg(feature = "quic")]
+        let handoff = quic_handoff::successor_forwards();
         for (_, h) in self.nodes.borrow_mut().drain() {
             h.stop_all();
             #[cfg(feature = "quic")]
             if let Some(ep) = &h.quic {
-                let code = h.rt.proto.quic().map_or(0, |q| q.close_code());
-                quic::detach(ep, code, h.rt.quic.as_ref().and_then(|q| q.obfs.as_ref()));
+                if handoff {
+                    // The successor reads the shared socket and hands back the packets of this
+                    // process's connections: they go on until they end or the drain does.
+                    quic::park(ep, &self.shared.steering.group(h.addr));
+                } else {
+                    let code = h.rt.proto.quic().map_or(0, |q| q.close_code());
+                    quic::detach(ep, code, h.rt.quic.as_ref().and_then(|q| q.obfs.as_ref()));
+                }
             }
+        }
+        #[cfg(feature = "quic")]
+        if handoff {
+            quic_handoff::start_receiver(self.shared.steering.clone());
         }
     }
 

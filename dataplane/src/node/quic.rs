@@ -309,7 +309,9 @@ pub(super) fn endpoint(
         .map_err(|e| format!("UDP socket on {addr}: {e}"))?
         .into();
     let sock = quic_socket(sock, cfg.obfs.as_ref()).map_err(|e| format!("UDP socket on {addr}: {e}"))?;
-    let index = usize::from(core.index);
+    // The core slot, not the index: ids of a predecessor and a successor differ (`quic_handoff`).
+    let index = usize::from(core.index)
+        + usize::from(core.shared.core_base.load(std::sync::atomic::Ordering::Relaxed));
     let key = cid_key();
     let sock = SteeringSocket::wrap(sock, index, key.clone(), core.shared.steering.group(addr));
     let ep = quinn::Endpoint::new_with_abstract_socket(
@@ -341,6 +343,14 @@ pub(super) fn detach(ep: &quinn::Endpoint, close_code: u32, obfs: Option<&Salama
         Err(e) => tracing::warn!("QUIC endpoint keeps the shared socket after the hand-over: {e}"),
     }
     ep.close(code(close_code), b"server upgrade");
+}
+
+/// A successor took the node's UDP socket and hands back the packets of this endpoint's
+/// connections (`quic_handoff`): stop reading the socket (sending through it goes on, so
+/// replies leave from the node's port) and take no new connections.
+pub(super) fn park(ep: &quinn::Endpoint, group: &super::steer::SteerGroup) {
+    ep.set_server_config(None);
+    group.park();
 }
 
 /// The node's obfuscation changed and a new endpoint serves its address: close this one's

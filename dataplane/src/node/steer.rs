@@ -183,6 +183,13 @@ pub(super) fn steer(packet: &[u8], my_core: usize, key: &CidKey) -> Option<usize
     key.core_of(cid).map(usize::from)
 }
 
+/// Where a run that does not stay goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Route {
+    Core(usize),
+    Predecessor(usize),
+}
+
 /// A datagram run handed to another core: the bytes and how they were received.
 struct Steered {
     data: Vec<u8>,
@@ -200,6 +207,11 @@ struct Inbox {
 pub(crate) struct SteerGroup {
     addr: SocketAddr,
     inboxes: RwLock<Vec<Option<Inbox>>>,
+    /// In a successor: the predecessor's packets go there (`quic_handoff`).
+    predecessor: Option<Arc<super::quic_handoff::ForwardLink>>,
+    /// In a predecessor after the hand-over: the sockets are the successor's to read; this
+    /// process only sends through them and receives what the successor hands back.
+    parked: std::sync::atomic::AtomicBool,
     /// Datagram runs handed to another core.
     steered: AtomicU64,
     /// Runs dropped because the target's inbox was full.
@@ -211,6 +223,8 @@ impl SteerGroup {
         SteerGroup {
             addr,
             inboxes: RwLock::new(Vec::new()),
+            predecessor: super::quic_handoff::link_to_predecessor(),
+            parked: std::sync::atomic::AtomicBool::new(false),
             steered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         }
@@ -246,13 +260,18 @@ impl SteerGroup {
         }
     }
 
+    /// Stops this process's sockets of the address from reading (see `quic_handoff`).
+    pub(crate) fn park(&self) {
+        self.parked.store(true, Ordering::Relaxed);
+    }
+
     fn serves(&self, core: usize) -> bool {
         let v = self.inboxes.read().unwrap_or_else(|p| p.into_inner());
         matches!(v.get(core), Some(Some(_)))
     }
 
     /// Hands a run to `core`'s inbox; dropped (and counted) when the inbox is full or gone.
-    fn hand_over(&self, core: usize, data: &[u8], meta: RecvMeta) {
+    pub(super) fn hand_over(&self, core: usize, data: &[u8], meta: RecvMeta) {
         let v = self.inboxes.read().unwrap_or_else(|p| p.into_inner());
         let Some(Some(inbox)) = v.get(core) else {
             return self.note_drop();
@@ -291,6 +310,12 @@ impl SteerGroup {
 pub(crate) struct SteerRegistry(Mutex<HashMap<SocketAddr, Weak<SteerGroup>>>);
 
 impl SteerRegistry {
+    /// The group of `addr` if a socket of it is open.
+    pub(crate) fn find(&self, addr: SocketAddr) -> Option<Arc<SteerGroup>> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&addr).and_then(Weak::upgrade)
+    }
+
     /// The group of `addr`, made on first use.
     pub(crate) fn group(&self, addr: SocketAddr) -> Arc<SteerGroup> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -346,9 +371,30 @@ impl SteeringSocket {
         })
     }
 
-    /// The core a received datagram belongs to, if another core of this address serves it.
-    fn target(&self, datagram: &[u8]) -> Option<usize> {
-        steer(datagram, self.core, &self.key).filter(|&c| self.group.serves(c))
+    /// Where a received datagram goes, if not here: another core of this address, or the
+    /// predecessor of an upgrade (an id of ours, of a core this process does not serve).
+    fn target(&self, datagram: &[u8]) -> Option<Route> {
+        let core = steer(datagram, self.core, &self.key)?;
+        if self.group.serves(core) {
+            Some(Route::Core(core))
+        } else {
+            self.group
+                .predecessor
+                .as_ref()
+                .filter(|l| l.alive())
+                .map(|_| Route::Predecessor(core))
+        }
+    }
+
+    fn send_to(&self, route: Route, data: &[u8], meta: RecvMeta) {
+        match route {
+            Route::Core(core) => self.group.hand_over(core, data, meta),
+            Route::Predecessor(core) => {
+                if let Some(l) = &self.group.predecessor {
+                    l.send(self.group.addr, core, data, &meta);
+                }
+            }
+        }
     }
 
     /// Moves the datagrams of a received run that belong to another core there: the whole
@@ -366,9 +412,8 @@ impl SteeringSocket {
         let first = target(buf, 0);
         let uniform = (stride..len).step_by(stride).all(|at| target(buf, at) == first);
         if uniform {
-            if let Some(core) = first {
-                self.group
-                    .hand_over(core, buf.get(..len).unwrap_or_default(), *meta);
+            if let Some(route) = first {
+                self.send_to(route, buf.get(..len).unwrap_or_default(), *meta);
                 meta.len = 0;
             }
             return;
@@ -377,13 +422,12 @@ impl SteeringSocket {
         while at < len {
             let end = len.min(at + stride);
             match target(buf, at) {
-                Some(core) => {
+                Some(route) => {
                     let one = RecvMeta {
                         stride: end - at,
                         ..*meta
                     };
-                    self.group
-                        .hand_over(core, buf.get(at..end).unwrap_or_default(), one);
+                    self.send_to(route, buf.get(at..end).unwrap_or_default(), one);
                 }
                 None => {
                     buf.copy_within(at..end, out);
@@ -462,8 +506,9 @@ impl AsyncUdpSocket for SteeringSocket {
         let room = bufs.len().min(meta.len());
         let mut n = self.take_steered(cx, bufs, meta, room.div_ceil(2));
         let mut err = None;
+        let parked = self.group.parked.load(Ordering::Relaxed);
         if let (Some(b), Some(m)) = (bufs.get_mut(n..room), meta.get_mut(n..room)) {
-            if !b.is_empty() {
+            if !b.is_empty() && !parked {
                 match self.inner.poll_recv(cx, b, m) {
                     Poll::Ready(Ok(k)) => {
                         for (buf, m) in b.iter_mut().zip(m.iter_mut()).take(k) {
