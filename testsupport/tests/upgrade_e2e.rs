@@ -300,27 +300,51 @@ fn a_speed_limit_is_one_budget_across_an_upgrade() {
 /// hand-over (and its client redialled the successor).
 #[test]
 fn an_open_quic_connection_survives_the_upgrade() {
-    const DOMAIN: &str = "v2sp.test";
+    let port = free_port();
+    quic_connection_across_an_upgrade(
+        port,
+        json!({"node_type": "tuic", "protocol": "tuic", "version": 5, "server_port": port,
+               "server_name": QUIC_DOMAIN, "congestion_control": "cubic",
+               "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        json!({"type": "tuic", "server": "127.0.0.1", "server_port": port, "uuid": UUID,
+               "password": UUID, "heartbeat": "10s",
+               "tls": {"enabled": true, "server_name": QUIC_DOMAIN, "insecure": true, "alpn": ["h3"]}}),
+    );
+}
+
+/// The same for Hysteria 2 with Salamander: the successor opens the obfuscation before it
+/// reads the connection id, the predecessor obfuscates what it sends through the shared socket.
+#[test]
+fn an_open_salamander_connection_survives_the_upgrade() {
+    let port = free_port();
+    quic_connection_across_an_upgrade(
+        port,
+        json!({"node_type": "hysteria2", "protocol": "hysteria", "version": 2, "server_port": port,
+               "server_name": QUIC_DOMAIN, "up_mbps": 0, "down_mbps": 0, "obfs": "salamander", "obfs-password": "upgrade-obfs",
+               "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        json!({"type": "hysteria2", "server": "127.0.0.1", "server_port": port, "password": UUID,
+               "obfs": {"type": "salamander", "password": "upgrade-obfs"},
+               "tls": {"enabled": true, "server_name": QUIC_DOMAIN, "insecure": true, "alpn": ["h3"]}}),
+    );
+}
+
+const QUIC_DOMAIN: &str = "v2sp.test";
+
+fn quic_connection_across_an_upgrade(port: u16, info: serde_json::Value, out: serde_json::Value) {
     let echo = Echo::start().unwrap();
     let certs = tempfile::tempdir().unwrap();
-    let port = free_port();
     let node = NodeSpec {
         node_id: 1,
         port,
-        info: json!({"node_type": "tuic", "protocol": "tuic", "version": 5, "server_port": port,
-                     "server_name": DOMAIN, "congestion_control": "cubic",
-                     "base_config": {"push_interval": 1, "pull_interval": 1}}),
+        info,
         users: users(&[UUID]),
     };
     let v = V2sp::start_with(
         vec![node],
-        self_signed_certs(certs.path(), DOMAIN),
+        self_signed_certs(certs.path(), QUIC_DOMAIN),
         json!({"DrainSeconds": 30}),
     )
     .unwrap();
-    let out = json!({"type": "tuic", "server": "127.0.0.1", "server_port": port, "uuid": UUID,
-                     "password": UUID, "heartbeat": "10s",
-                     "tls": {"enabled": true, "server_name": DOMAIN, "insecure": true, "alpn": ["h3"]}});
     let (client, socks) = sing_box_outbound(out, v.dir.path()).unwrap();
     let round = |s: &mut std::net::TcpStream, seed: u64| -> anyhow::Result<u64> {
         let msg = payload(1000, seed);
