@@ -72,6 +72,24 @@ pub struct Sample {
     pub failed: u64,
 }
 
+impl Sample {
+    /// The figures in the order of the CSV and the report's table, joined by `sep`.
+    fn row(&self, sep: &str) -> String {
+        [
+            self.t_s,
+            self.control_rss_kib,
+            self.dataplane_rss_kib,
+            self.control_fds as u64,
+            self.dataplane_fds as u64,
+            self.held as u64,
+            self.transfers,
+            self.failed,
+        ]
+        .map(|v| v.to_string())
+        .join(sep)
+    }
+}
+
 /// Per node: what the clients moved (up, down), what may be uncertain, what the panel got.
 #[derive(Clone, Debug)]
 pub struct NodeResult {
@@ -485,18 +503,7 @@ pub async fn soak(plan: &SoakPlan) -> anyhow::Result<SoakOutcome> {
                 transfers: load.transfers.load(Ordering::Relaxed),
                 failed: load.failed.load(Ordering::Relaxed),
             };
-            let _ = writeln!(
-                csv,
-                "{},{},{},{},{},{},{},{}",
-                s.t_s,
-                s.control_rss_kib,
-                s.dataplane_rss_kib,
-                s.control_fds,
-                s.dataplane_fds,
-                s.held,
-                s.transfers,
-                s.failed
-            );
+            let _ = writeln!(csv, "{}", s.row(","));
             eprintln!(
                 "[soak {:>5} s] RSS control {} KiB, data plane {} KiB; fds {}/{}; held {}; transfers {}; failed {}",
                 s.t_s,
@@ -661,18 +668,7 @@ pub fn report(plan: &SoakPlan, o: &SoakOutcome) -> String {
     let step = (o.samples.len() / 30).max(1);
     for (i, s) in o.samples.iter().enumerate() {
         if i % step == 0 || i + 1 == o.samples.len() {
-            let _ = writeln!(
-                r,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                s.t_s,
-                s.control_rss_kib,
-                s.dataplane_rss_kib,
-                s.control_fds,
-                s.dataplane_fds,
-                s.held,
-                s.transfers,
-                s.failed
-            );
+            let _ = writeln!(r, "| {} |", s.row(" | "));
         }
     }
     if let (Some(first), Some(max)) = (
