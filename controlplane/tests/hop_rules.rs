@@ -5,10 +5,8 @@
 //! is a clear error.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use v2sp_control::hop::{table_name, HopRules, HopSpec};
@@ -16,21 +14,7 @@ use v2sp_shared::dpconfig::PortRange;
 use v2sp_testsupport::harness::run_in_loopback_netns;
 
 fn nft(args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("nft: {e} (scripts/install-test-deps.sh installs nftables)"));
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    v2sp_testsupport::harness::nft(args, stdin).unwrap()
 }
 
 fn tables() -> String {

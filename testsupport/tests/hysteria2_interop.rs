@@ -419,22 +419,7 @@ fn a_new_obfs_password_replaces_the_old_one() {
 
 /// `nft` with these arguments (and `stdin` as its input); its output, or a panic saying why.
 fn nft(args: &[&str], stdin: &str) -> String {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("nft: {e} (scripts/install-test-deps.sh installs nftables)"));
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    v2sp_testsupport::harness::nft(args, stdin).unwrap()
 }
 
 /// The `v2sp_hop_*` tables in this namespace.
