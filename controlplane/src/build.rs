@@ -948,6 +948,7 @@ pub fn node_tls(cert: &CertConfig, info: &NodeInfo) -> Result<Option<TlsSettings
         reject_unknown_sni: cert.reject_unknown_sni,
         alpn: Vec::new(),
         reality: None,
+        acme_tls_alpn_file: String::new(),
     }))
 }
 
