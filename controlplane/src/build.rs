@@ -166,6 +166,15 @@ pub fn node_config(
         Protocol::Anytls => node_tls(&entry.cert, info)?,
         // QUIC always carries TLS 1.3: there is no plaintext mode to put behind a terminator
         // (the Go hy2 core refuses `CertMode: none` too, spec §F.1).
+        // TLS-ALPN-01 is answered by the TCP handshake on the node's port; QUIC has none.
+        Protocol::Hysteria2 | Protocol::Tuic if entry.cert.cert_mode == CertMode::Tls => {
+            let why = "CertMode tls (TLS-ALPN-01) is answered over TCP; a QUIC node needs CertMode http, dns, self or file".to_string();
+            return Err(if protocol == Protocol::Tuic {
+                BuildError::Tuic(why)
+            } else {
+                BuildError::Hysteria2(why)
+            });
+        }
         Protocol::Hysteria2 | Protocol::Tuic => match node_tls(&entry.cert, info)? {
             Some(mut t) => {
                 // Hysteria 2 is HTTP/3; TUIC clients from Xboard's subscriptions offer h3.
@@ -1517,6 +1526,8 @@ mod tests {
         );
         let none = tls_entry("hysteria2", "none", dir.path());
         assert!(refused(r#"{"server_port":443}"#, &none).contains("CertMode none"));
+        let tls_alpn = tls_entry("hysteria2", "tls", dir.path());
+        assert!(refused(r#"{"server_port":443}"#, &tls_alpn).contains("TLS-ALPN-01"));
     }
 
     #[test]

@@ -137,7 +137,12 @@ impl Alidns {
         }
         let (query, sig) = sign(&p, &self.secret);
         let url = format!("{}?{query}&Signature={}", self.endpoint, percent_encode(&sig));
-        let reply = read("alidns API", self.agent.get(&url).call()).map_err(|e| e.detail)?;
+        // The URL carries the STS token (when set): an error that quotes it must not log it.
+        let redact = |e: String| match &self.security_token {
+            Some(t) => e.replace(t.as_str(), "***").replace(&percent_encode(t), "***"),
+            None => e,
+        };
+        let reply = read("alidns API", self.agent.get(&url).call()).map_err(|e| redact(e.detail))?;
         let v: Value = serde_json::from_slice(&reply.body)
             .map_err(|_| format!("{action}: HTTP {} with a body that is not JSON", reply.status))?;
         if reply.status >= 400 || v.get("Code").is_some() {
