@@ -488,6 +488,16 @@ mod tests {
         // Our verifier accepts a server's answer only with the request's MAC chained in.
         let (tbv, _) = signed_bitmessage_to_buf(None, &signed, true).unwrap();
         assert_eq!(tbv, tbs);
+        // Known answer, the whole signed update (RFC 2136 §2: opcode 5, zone SOA/IN, one TXT
+        // in the update section; then the TSIG record): its MAC 5c8288e6… was computed
+        // independently with Python's hmac over the same RFC 8945 §4.3.3 input.
+        assert_eq!(
+            hex::encode(&signed),
+            "123428000001000000010001076578616d706c65047465737400000600010f5f61636d652d636861\
+             6c6c656e67650161c00c00100001000000780002017609763273702d746573740000fa00ff000000\
+             00003d0b686d61632d7368613235360000006553f100012c00205c8288e6197079f2687f285df803\
+             bb1c453447772de3a7e29536744e00843b8b123400000000"
+        );
     }
 
     /// Every supported algorithm signs with its MAC length; unsupported ones and bad secrets
