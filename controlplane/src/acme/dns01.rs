@@ -8,7 +8,7 @@
 //!
 //! - `rfc2136`: dynamic update (RFC 2136) at `RFC2136_NAMESERVER`, TSIG-signed with
 //!   `RFC2136_TSIG_KEY`/`RFC2136_TSIG_SECRET`/`RFC2136_TSIG_ALGORITHM` (default `hmac-sha1.`,
-//!   as lego; sha256/384/512 too).
+//!   as lego; sha256/384/512 too) or `RFC2136_TSIG_FILE` (a `tsig-keygen` key file).
 //! - `cloudflare`: API v4 ([`super::cloudflare`]).
 //! - `alidns`: Alibaba Cloud DNS ([`super::alidns`]).
 //!
@@ -303,12 +303,26 @@ impl Rfc2136 {
         const P: &str = "rfc2136";
         let server = dnswire::server_addr(&env.required(P, &["RFC2136_NAMESERVER"])?)
             .map_err(|e| format!("RFC2136_NAMESERVER: {e}"))?;
-        let key = env.get(&["RFC2136_TSIG_KEY"])?;
-        let secret = env.get(&["RFC2136_TSIG_SECRET"])?;
+        // RFC2136_TSIG_FILE: a key file as tsig-keygen writes it (lego reads it the same way);
+        // the single variables win over it.
+        let from_file = match env.get(&["RFC2136_TSIG_FILE"])? {
+            Some(path) => {
+                Some(read_key_file(&path).map_err(|e| format!("{P}: RFC2136_TSIG_FILE ({path}): {e}"))?)
+            }
+            None => None,
+        };
+        let (file_key, file_alg, file_secret) = from_file.unwrap_or_default();
+        let key = env
+            .get(&["RFC2136_TSIG_KEY"])?
+            .or((!file_key.is_empty()).then_some(file_key));
+        let secret = env
+            .get(&["RFC2136_TSIG_SECRET"])?
+            .or((!file_secret.is_empty()).then_some(file_secret));
         let tsig = match (key, secret) {
             (Some(k), Some(s)) => {
                 let alg = env
                     .get(&["RFC2136_TSIG_ALGORITHM"])?
+                    .or((!file_alg.is_empty()).then_some(file_alg))
                     .unwrap_or_else(|| "hmac-sha1.".into());
                 Some(TsigKey::new(&k, &alg, &s).map_err(|e| format!("{P}: {e}"))?)
             }
@@ -350,6 +364,36 @@ impl Rfc2136 {
             self.timeout,
         )
     }
+}
+
+/// (name, algorithm, secret) of the first `key "name" { algorithm …; secret "…"; };` in a
+/// BIND key file (what `tsig-keygen` prints); at most 64 KiB read.
+fn read_key_file(path: &str) -> Result<(String, String, String), String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path.trim())
+        .and_then(|f| f.take(MAX_ENV_FILE).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    let after_key = text.split_once("key").map(|x| x.1).ok_or("no key statement")?;
+    let name = after_key
+        .split('"')
+        .nth(1)
+        .filter(|n| !n.trim().is_empty())
+        .ok_or("the key has no quoted name")?;
+    let body = after_key
+        .split_once('{')
+        .map(|x| x.1)
+        .ok_or("the key has no body")?;
+    let field = |f: &str| -> Option<String> {
+        body.split(';')
+            .map(str::trim)
+            .find_map(|stmt| stmt.strip_prefix(f))
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let alg = field("algorithm").ok_or("the key has no algorithm")?;
+    let secret = field("secret").ok_or("the key has no secret")?;
+    Ok((name.trim().to_string(), alg, secret))
 }
 
 impl DnsProvider for Rfc2136 {
@@ -424,6 +468,37 @@ mod tests {
         .unwrap();
         assert_eq!(p.timeout, Duration::from_secs(7));
         assert_eq!(p.interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn tsig_key_file_as_tsig_keygen_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k.key");
+        std::fs::write(
+            &f,
+            "key \"v2sp-test\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0\";\n};\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_key_file(&f.display().to_string()).unwrap(),
+            ("v2sp-test".into(), "hmac-sha256".into(), "c2VjcmV0".into())
+        );
+        let map: BTreeMap<String, String> = [
+            ("RFC2136_NAMESERVER".to_string(), "127.0.0.1".to_string()),
+            ("RFC2136_TSIG_FILE".to_string(), f.display().to_string()),
+        ]
+        .into();
+        let r = Rfc2136::from_env(&Env::new(&map)).unwrap();
+        let k = r.tsig.unwrap();
+        assert_eq!(k.name.to_ascii(), "v2sp-test.");
+        assert_eq!(
+            k.algorithm,
+            hickory_proto::dnssec::rdata::tsig::TsigAlgorithm::HmacSha256
+        );
+        std::fs::write(&f, "key \"x\" { algorithm hmac-sha256; };").unwrap();
+        assert!(read_key_file(&f.display().to_string())
+            .unwrap_err()
+            .contains("secret"));
     }
 
     #[test]
