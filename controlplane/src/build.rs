@@ -48,12 +48,10 @@ pub enum BuildError {
     Tuic(String),
     #[error("CertMode self: cannot write the self-signed certificate: {0}")]
     SelfSigned(String),
-    #[error("CertMode http: no certificate to serve: {0} (retried on the next pull)")]
-    Acme(crate::acme::AcmeError),
-    #[error(
-        "CertMode dns (ACME DNS-01) is not implemented in v2sp; use CertMode http (HTTP-01), file or self"
-    )]
-    DnsNotImplemented,
+    #[error("CertMode {0}: no certificate to serve: {1} (retried on the next pull)")]
+    Acme(&'static str, crate::acme::AcmeError),
+    #[error("CertMode tls: {0}")]
+    TlsAlpn(String),
 }
 
 /// Canonical cipher name and credential kind.
@@ -168,6 +166,15 @@ pub fn node_config(
         Protocol::Anytls => node_tls(&entry.cert, info)?,
         // QUIC always carries TLS 1.3: there is no plaintext mode to put behind a terminator
         // (the Go hy2 core refuses `CertMode: none` too, spec §F.1).
+        // TLS-ALPN-01 is answered by the TCP handshake on the node's port; QUIC has none.
+        Protocol::Hysteria2 | Protocol::Tuic if entry.cert.cert_mode == CertMode::Tls => {
+            let why = "CertMode tls (TLS-ALPN-01) is answered over TCP; a QUIC node needs CertMode http, dns, self or file".to_string();
+            return Err(if protocol == Protocol::Tuic {
+                BuildError::Tuic(why)
+            } else {
+                BuildError::Hysteria2(why)
+            });
+        }
         Protocol::Hysteria2 | Protocol::Tuic => match node_tls(&entry.cert, info)? {
             Some(mut t) => {
                 // Hysteria 2 is HTTP/3; TUIC clients from Xboard's subscriptions offer h3.
@@ -767,7 +774,7 @@ pub fn reality_tls(info: &NodeInfo) -> Result<TlsSettings, BuildError> {
 /// The node's settings with the panel's `cert_config` applied when the local `CertConfig`
 /// leaves `CertMode` unset (Xboard sends one per node, spec §2; the local file wins when it
 /// says anything, `none` included). The panel's keys: `cert_mode` (`mode` in older rows)
-/// `none|http|dns|self|self-signed|file|content`, `domain`, `email`, `dns_provider`,
+/// `none|http|dns|tls|self|self-signed|file|content`, `domain`, `email`, `dns_provider`,
 /// `dns_env`, `http_port`, `cert_file`, `key_file`, `cert_content`, `key_content`. Files the
 /// panel does not name go to `cert_dir` (`<domain>.crt`/`.key`); `content` is written there
 /// (key 0600), rewritten only when it changes. The local ACME directory, root CA and
@@ -803,6 +810,7 @@ pub fn with_panel_cert<'a>(
         "" | "none" => return Ok(Cow::Borrowed(entry)),
         "http" => CertMode::Http,
         "dns" => CertMode::Dns,
+        "tls" => CertMode::Tls,
         "self" | "self-signed" | "selfsigned" => CertMode::SelfSigned,
         "file" | "content" => CertMode::File,
         other => return Err(BuildError::PanelCert(format!("unknown cert_mode {other:?}"))),
@@ -910,27 +918,41 @@ fn cert_path(template: &str, cert: &CertConfig) -> String {
 /// The data plane's TLS for a node that needs TLS: `None` when TLS is terminated in front of
 /// v2sp (`CertMode: none`); files for `file`; a self-signed pair (written if missing) for
 /// `self`; an ACME certificate (ordered when missing or within 30 days of expiry, at most
-/// [`crate::acme::ORDER_TIME`]) for `http`. `dns` (DNS-01) is refused.
+/// [`crate::acme::ORDER_TIME`], plus the propagation timeout for DNS-01) for `http` and
+/// `dns`. `tls` (TLS-ALPN-01) is answered on the node's own port, so its order runs once the
+/// node listens (the node worker's certificate check); until the first one, a short-lived
+/// self-signed pair is served ([`crate::acme::placeholder_if_unusable`]).
 pub fn node_tls(cert: &CertConfig, info: &NodeInfo) -> Result<Option<TlsSettings>, BuildError> {
     let mode = match cert.cert_mode {
         CertMode::None => return Ok(None),
-        CertMode::Dns => return Err(BuildError::DnsNotImplemented),
-        CertMode::File | CertMode::SelfSigned | CertMode::Http => cert.cert_mode.as_str(),
+        m => m.as_str(),
     };
     let cert_file = cert_path(&cert.cert_file, cert);
     let key_file = cert_path(&cert.key_file, cert);
+    let mut acme_tls_alpn_file = String::new();
     match cert.cert_mode {
         CertMode::SelfSigned => ensure_self_signed(
             Path::new(&cert_file),
             Path::new(&key_file),
             cert.cert_domain.trim(),
         )?,
-        CertMode::Http => log_acme(
+        CertMode::Http | CertMode::Dns => log_acme(
             &cert_file,
-            crate::acme::ensure(cert, Path::new(&cert_file), Path::new(&key_file))
-                .map_err(BuildError::Acme)?,
+            crate::acme::ensure(cert, Path::new(&cert_file), Path::new(&key_file), None)
+                .map_err(|e| BuildError::Acme(mode, e))?,
         ),
-        _ => {}
+        CertMode::Tls => {
+            crate::acme::placeholder_if_unusable(
+                Path::new(&cert_file),
+                Path::new(&key_file),
+                cert.cert_domain.trim(),
+            )
+            .map_err(BuildError::TlsAlpn)?;
+            acme_tls_alpn_file = crate::acme::tlsalpn::challenge_file(Path::new(&cert_file))
+                .to_string_lossy()
+                .into_owned();
+        }
+        CertMode::None | CertMode::File => {}
     }
     let server_name = info
         .tls_settings
@@ -948,6 +970,7 @@ pub fn node_tls(cert: &CertConfig, info: &NodeInfo) -> Result<Option<TlsSettings
         reject_unknown_sni: cert.reject_unknown_sni,
         alpn: Vec::new(),
         reality: None,
+        acme_tls_alpn_file,
     }))
 }
 
@@ -1277,15 +1300,47 @@ mod tests {
     }
 
     #[test]
-    fn cert_mode_dns_is_refused_clearly() {
+    fn cert_mode_dns_without_provider_settings_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
         let cert = CertConfig {
             cert_mode: CertMode::Dns,
             cert_domain: "node.example".into(),
+            provider: "rfc2136".into(),
+            cert_file: dir.path().join("a.crt").display().to_string(),
+            key_file: dir.path().join("a.key").display().to_string(),
+            // Unreachable: the provider's settings are checked before the CA is asked.
+            acme_directory: "http://127.0.0.1:9/dir".into(),
             ..CertConfig::default()
         };
         let e = node_tls(&cert, &info(r#"{"server_port":443}"#)).unwrap_err();
-        assert_eq!(e, BuildError::DnsNotImplemented);
-        assert!(e.to_string().contains("not implemented"), "{e}");
+        assert!(matches!(e, BuildError::Acme("dns", _)), "{e}");
+        assert!(e.to_string().contains("DNSEnv needs RFC2136_NAMESERVER"), "{e}");
+    }
+
+    #[test]
+    fn cert_mode_tls_serves_a_placeholder_and_names_the_challenge_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = CertConfig {
+            cert_mode: CertMode::Tls,
+            cert_domain: "node.example".into(),
+            cert_file: dir.path().join("{domain}.crt").display().to_string(),
+            key_file: dir.path().join("{domain}.key").display().to_string(),
+            ..CertConfig::default()
+        };
+        let t = node_tls(&cert, &info(r#"{"server_port":443}"#)).unwrap().unwrap();
+        assert_eq!(t.cert_mode, "tls");
+        assert!(Path::new(&t.cert_file).exists() && Path::new(&t.key_file).exists());
+        assert_eq!(
+            t.acme_tls_alpn_file,
+            dir.path()
+                .join("acme/node.example.crt.tls-alpn-01.pem")
+                .display()
+                .to_string()
+        );
+        assert!(crate::acme::renewal_due(
+            Path::new(&t.cert_file),
+            Path::new(&t.key_file)
+        ));
     }
 
     #[test]
@@ -1471,6 +1526,8 @@ mod tests {
         );
         let none = tls_entry("hysteria2", "none", dir.path());
         assert!(refused(r#"{"server_port":443}"#, &none).contains("CertMode none"));
+        let tls_alpn = tls_entry("hysteria2", "tls", dir.path());
+        assert!(refused(r#"{"server_port":443}"#, &tls_alpn).contains("TLS-ALPN-01"));
     }
 
     #[test]

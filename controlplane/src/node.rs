@@ -7,8 +7,9 @@
 //! a freshly started node serves at once), then on their interval with ±10 % jitter; a failed
 //! pull is retried with backoff (2 s doubling up to the interval). A node that could not be
 //! built (e.g. no ACME certificate yet) is rebuilt on each retry even when the panel's config
-//! is unchanged. ACME certificates (`CertMode: http`) are checked every 12 h and renewed when
-//! 30 days or less are left (the data plane reloads the files by mtime).
+//! is unchanged. ACME certificates (`CertMode: http`, `dns`, `tls`) are checked every 12 h and
+//! renewed when 30 days or less are left (the data plane reloads the files by mtime); a
+//! `tls` node (TLS-ALPN-01, answered on its own port) orders right after it first listens.
 //!
 //! Xboard v2 (spec `xboard-node-api.md` §4): when the handshake offers a WebSocket channel,
 //! its events are applied at once (the loop waits in 100 ms slices while a channel exists):
@@ -97,9 +98,32 @@ pub struct NodeWorker {
     pull_failures: u32,
     /// Set when the node is removed or changed in the config file.
     retire: Arc<std::sync::atomic::AtomicBool>,
-    /// The ACME certificate and key files this node serves (`CertMode: http`).
-    acme_files: Option<(String, String)>,
+    /// The ACME certificate this node serves (`CertMode: http`, `dns`, `tls`).
+    acme_files: Option<AcmeJob>,
     next_cert_check: Instant,
+}
+
+/// What the periodic ACME check works with: the effective `CertConfig` (the panel's
+/// `cert_config` applied), the files, and for TLS-ALPN-01 where the node answers.
+#[derive(Clone, Debug)]
+struct AcmeJob {
+    cert: v2sp_shared::config::CertConfig,
+    cert_file: String,
+    key_file: String,
+    tls_alpn: Option<crate::acme::TlsAlpnTarget>,
+}
+
+/// Where this host reaches a node listening on `ip`:`port` (the loopback of the same family
+/// for an unspecified address).
+fn reach(ip: &str, port: u16) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match ip.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Ok(IpAddr::V6(a)) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        Ok(a) => a,
+        Err(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    std::net::SocketAddr::new(ip, port)
 }
 
 /// How often an ACME certificate's expiry is checked, and after a failed renewal.
@@ -423,22 +447,41 @@ impl NodeWorker {
         self.pull_every = Duration::from_secs(bc.pull_interval_secs.max(1));
         self.push_every = Duration::from_secs(bc.push_interval_secs.max(1));
         self.shared.note_push_interval(self.push_every);
-        let built = build::with_panel_cert(&self.entry, &info, &self.shared.cert_dir)
-            .and_then(|entry| build::node_config(self.slot, &self.tag, &entry, &info));
+        let built = build::with_panel_cert(&self.entry, &info, &self.shared.cert_dir).and_then(|entry| {
+            let nc = build::node_config(self.slot, &self.tag, &entry, &info)?;
+            Ok((nc, entry.cert.clone()))
+        });
         match built {
-            Ok(nc) => {
+            Ok((nc, cert)) => {
+                use v2sp_shared::config::CertMode;
+                let acme = matches!(cert.cert_mode, CertMode::Http | CertMode::Dns | CertMode::Tls);
                 self.acme_files = nc
                     .tls
                     .as_ref()
-                    .filter(|t| t.cert_mode == v2sp_shared::config::CertMode::Http.as_str())
-                    .map(|t| (t.cert_file.clone(), t.key_file.clone()));
+                    .filter(|t| acme && t.reality.is_none())
+                    .map(|t| AcmeJob {
+                        tls_alpn: (cert.cert_mode == CertMode::Tls).then(|| crate::acme::TlsAlpnTarget {
+                            challenge_file: t.acme_tls_alpn_file.clone().into(),
+                            connect: reach(&nc.listen_ip, nc.port),
+                        }),
+                        cert: cert.clone(),
+                        cert_file: t.cert_file.clone(),
+                        key_file: t.key_file.clone(),
+                    });
                 // The build has just checked the certificate; if it is still due (the order
-                // failed and an older one is served), try again sooner.
+                // failed and an older one is served), try again sooner. TLS-ALPN-01 orders
+                // only once the node listens: right after this pull has published it.
                 let due = self
                     .acme_files
                     .as_ref()
-                    .is_some_and(|(c, k)| crate::acme::renewal_due(c.as_ref(), k.as_ref()));
-                self.next_cert_check = Instant::now() + if due { CERT_RETRY_AFTER } else { CERT_CHECK_EVERY };
+                    .is_some_and(|j| crate::acme::renewal_due(j.cert_file.as_ref(), j.key_file.as_ref()));
+                let tls_alpn = self.acme_files.as_ref().is_some_and(|j| j.tls_alpn.is_some());
+                self.next_cert_check = Instant::now()
+                    + match (due, tls_alpn) {
+                        (true, true) => Duration::ZERO,
+                        (true, false) => CERT_RETRY_AFTER,
+                        (false, _) => CERT_CHECK_EVERY,
+                    };
                 let kind_changed = self.kind != Some(nc.cred_kind);
                 self.kind = Some(nc.cred_kind);
                 tracing::info!(node = %self.tag, port = nc.port, protocol = nc.protocol.as_str(), "node config applied");
@@ -470,17 +513,19 @@ impl NodeWorker {
     /// The periodic ACME check: renews when 30 days or less are left. A failure leaves the
     /// served certificate as it is and is tried again in an hour.
     fn check_certificate(&mut self) {
-        let Some((cert, key)) = self.acme_files.clone() else {
+        let Some(job) = self.acme_files.clone() else {
             return;
         };
+        let cert = &job.cert_file;
         let ok = match crate::acme::ensure(
-            &self.entry.cert,
-            std::path::Path::new(&cert),
-            std::path::Path::new(&key),
+            &job.cert,
+            std::path::Path::new(&job.cert_file),
+            std::path::Path::new(&job.key_file),
+            job.tls_alpn.as_ref(),
         ) {
             Ok(outcome) => {
                 let ok = !matches!(outcome, crate::acme::Outcome::Kept { .. });
-                build::log_acme(&cert, outcome);
+                build::log_acme(cert, outcome);
                 ok
             }
             Err(e) => {

@@ -280,6 +280,11 @@ pub struct TlsSettings {
     /// REALITY instead of a certificate (VLESS, panel `tls: 2`): the certificate fields are
     /// then unused.
     pub reality: Option<RealitySettings>,
+    /// `CertMode: tls` (ACME TLS-ALPN-01, RFC 8737): the PEM file (challenge certificate, then
+    /// its key) that the control plane writes while a validation runs and removes after it.
+    /// The data plane serves it only to a ClientHello whose ALPN offers `acme-tls/1` and
+    /// nothing else, and closes such a connection after the handshake. Empty = never.
+    pub acme_tls_alpn_file: String,
 }
 
 /// Server-side REALITY of one node (spec §F.3).

@@ -35,6 +35,21 @@ pub(crate) fn now_unix() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// The civil date (year, month 1–12, day 1–31) of a Unix day number (days since 1970-01-01;
+/// H. Hinnant's `civil_from_days`, proleptic Gregorian).
+pub(crate) fn civil_from_days(days: i64) -> (i64, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, u8::try_from(m).unwrap_or(1), u8::try_from(d).unwrap_or(1))
+}
+
 /// Inspects `cert_file` and `key_file`.
 pub(crate) fn on_disk(cert_file: &Path, key_file: &Path) -> OnDisk {
     if !cert_file.exists() || !key_file.exists() {

@@ -1,9 +1,8 @@
 //! A small RFC 8555 client: directory, nonces, account, one order for one domain answered by
-//! HTTP-01, finalize with a CSR, download the chain. Blocking (ureq), every request bounded,
+//! a [`Solver`] (HTTP-01, DNS-01 or TLS-ALPN-01), finalize with a CSR, download the chain. Blocking (ureq), every request bounded,
 //! the whole order bounded by a deadline. Errors name the ACME step and carry the server's
 //! problem document.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use serde_json::{json, Value};
 use ureq::Agent;
 
 use super::jws::{b64, jws, key_authorization, AccountKey};
-use super::responder::Responder;
+use super::solver::{Presented, Solver};
 
 /// Each HTTP request's own limit (the order's deadline bounds the whole).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -69,11 +68,11 @@ fn problem(status: u16, body: &[u8]) -> String {
     }
 }
 
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub status: u16,
     location: Option<String>,
     retry_after: Option<Duration>,
-    body: Vec<u8>,
+    pub body: Vec<u8>,
 }
 
 impl Reply {
@@ -86,7 +85,6 @@ impl Reply {
 pub(crate) struct OrderRequest<'a> {
     pub directory: &'a str,
     pub root_ca: Option<&'a Path>,
-    pub listen: SocketAddr,
     pub domain: &'a str,
     pub email: &'a str,
     pub deadline: Instant,
@@ -109,7 +107,9 @@ struct Client<'a> {
     deadline: Instant,
 }
 
-fn agent(root_ca: Option<&Path>) -> Result<Agent, AcmeError> {
+/// The blocking HTTPS client of ACME and of the DNS providers' APIs: rustls on aws-lc-rs,
+/// `root_ca` (a PEM file) or Mozilla's roots, every request bounded, no redirects.
+pub(crate) fn agent(root_ca: Option<&Path>) -> Result<Agent, AcmeError> {
     let roots = match root_ca {
         None => ureq::tls::RootCerts::WebPki,
         Some(p) => {
@@ -146,7 +146,7 @@ fn agent(root_ca: Option<&Path>) -> Result<Agent, AcmeError> {
     Ok(Agent::new_with_config(config))
 }
 
-fn read(
+pub(crate) fn read(
     step: &'static str,
     r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<Reply, AcmeError> {
@@ -330,8 +330,23 @@ fn challenge_error(authz: &Value) -> String {
     }
 }
 
-/// One complete order for `req.domain` with the account `key`.
-pub(crate) fn order(req: &OrderRequest<'_>, key: &AccountKey) -> Result<Issued, AcmeError> {
+/// One complete order for `req.domain` with the account `key`, its authorizations answered by
+/// `solver` (cleaned up afterwards, whatever the outcome).
+pub(crate) fn order(
+    req: &OrderRequest<'_>,
+    key: &AccountKey,
+    solver: &mut dyn Solver,
+) -> Result<Issued, AcmeError> {
+    let r = order_inner(req, key, solver);
+    solver.cleanup();
+    r
+}
+
+fn order_inner(
+    req: &OrderRequest<'_>,
+    key: &AccountKey,
+    solver: &mut dyn Solver,
+) -> Result<Issued, AcmeError> {
     let mut c = Client::new(req.directory, req.root_ca, key, req.deadline)?;
     c.account(req.email)?;
 
@@ -357,8 +372,10 @@ pub(crate) fn order(req: &OrderRequest<'_>, key: &AccountKey) -> Result<Issued, 
         .filter_map(|a| a.as_str().map(str::to_string))
         .collect();
 
-    // The responder lives for the order's validations only.
-    let mut responder: Option<Responder> = None;
+    // Every authorization is presented first, then (once the solver says the CA can see them
+    // all: one DNS propagation wait, not one per name) each challenge is validated.
+    let kind = solver.challenge_type();
+    let mut to_validate: Vec<(String, String, String)> = Vec::new();
     for authz_url in &authzs {
         const AUTHZ: &str = "authorization";
         let authz = c.post(AUTHZ, authz_url, None, None)?.json(AUTHZ)?;
@@ -377,48 +394,58 @@ pub(crate) fn order(req: &OrderRequest<'_>, key: &AccountKey) -> Result<Issued, 
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .find(|c| c.get("type").and_then(Value::as_str) == Some("http-01"))
-            .ok_or_else(|| fail(AUTHZ, "the server offers no http-01 challenge"))?;
+            .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+            .ok_or_else(|| fail(AUTHZ, format!("the server offers no {kind} challenge")))?;
         let token = ch
             .get("token")
             .and_then(Value::as_str)
             .filter(|t| {
                 !t.is_empty()
+                    && t.len() <= 256
                     && t.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             })
-            .ok_or_else(|| fail(AUTHZ, "http-01 challenge without a usable token"))?;
+            .ok_or_else(|| fail(AUTHZ, format!("{kind} challenge without a usable token")))?;
         let ch_url = url_of(ch, "url", AUTHZ)?;
-        if responder.is_none() {
-            responder = Some(Responder::start(req.listen).map_err(|e| {
-                fail(
-                    "http-01 responder",
-                    format!("cannot listen on {} (ACMEHTTPListen): {e}", req.listen),
-                )
-            })?);
-        }
-        if let Some(r) = &responder {
-            r.add(token, &key_authorization(token, &key.thumbprint()));
-        }
-        const CHALLENGE: &str = "http-01 challenge";
-        c.post(CHALLENGE, &ch_url, Some(&json!({})), None)?;
-        let done = c.poll(CHALLENGE, authz_url)?;
+        let domain = authz
+            .get("identifier")
+            .and_then(|i| i.get("value"))
+            .and_then(Value::as_str)
+            .unwrap_or(req.domain)
+            .to_string();
+        let key_authorization = key_authorization(token, &key.thumbprint());
+        solver.present(&Presented {
+            domain: &domain,
+            token,
+            key_authorization: &key_authorization,
+        })?;
+        to_validate.push((authz_url.clone(), ch_url, domain));
+    }
+    if !to_validate.is_empty() {
+        solver.wait_ready(req.deadline)?;
+    }
+    for (authz_url, ch_url, domain) in &to_validate {
+        let step: &'static str = match kind {
+            "dns-01" => "dns-01 challenge",
+            "tls-alpn-01" => "tls-alpn-01 challenge",
+            _ => "http-01 challenge",
+        };
+        c.post(step, ch_url, Some(&json!({})), None)?;
+        let done = c.poll(step, authz_url)?;
         match done.get("status").and_then(Value::as_str) {
             Some("valid") => {}
             s => {
                 return Err(fail(
-                    CHALLENGE,
+                    step,
                     format!(
-                        "{} for {}: {}",
+                        "{} for {domain}: {}",
                         s.unwrap_or("no status"),
-                        req.domain,
                         challenge_error(&done)
                     ),
                 ))
             }
         }
     }
-    drop(responder);
 
     const FINALIZE: &str = "finalize";
     let cert_key =

@@ -1,6 +1,8 @@
-//! ACME certificates for `CertMode: http` (RFC 8555, HTTP-01): our own small client
-//! ([`client`]), the challenge responder ([`responder`]), the account key and JWS ([`jws`]) and
-//! what is on disk ([`cert`]).
+//! ACME certificates (RFC 8555) for `CertMode: http` (HTTP-01), `dns` (DNS-01) and `tls`
+//! (TLS-ALPN-01, RFC 8737): our own small client ([`client`]) with one [`solver::Solver`] per
+//! challenge type ([`solver::Http01`] with its [`responder`], [`dns01::Dns01`] with a DNS
+//! provider: [`dns01::Rfc2136`], [`cloudflare`], [`alidns`]; [`tlsalpn::TlsAlpn01`]), the
+//! account key and JWS ([`jws`]) and what is on disk ([`cert`]).
 //!
 //! [`ensure`] is called when a node is built and by the node worker's renewal check: it keeps
 //! `CertFile`/`KeyFile` when the certificate has more than 30 days left; otherwise it runs one
@@ -11,10 +13,16 @@
 //! The account key is kept at `<dir of CertFile>/acme/account-<hash of directory + email>.json`
 //! and reused.
 
+pub(crate) mod alidns;
 pub(crate) mod cert;
 pub(crate) mod client;
+pub(crate) mod cloudflare;
+pub(crate) mod dns01;
+pub(crate) mod dnswire;
 pub(crate) mod jws;
 pub(crate) mod responder;
+pub(crate) mod solver;
+pub mod tlsalpn;
 
 use std::collections::HashMap;
 use std::os::unix::fs::DirBuilderExt as _;
@@ -26,12 +34,13 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use v2sp_shared::config::CertConfig;
+use v2sp_shared::config::{CertConfig, CertMode};
 
 use client::fail;
 pub use client::AcmeError;
+pub use tlsalpn::TlsAlpnTarget;
 
-/// The longest one order may take.
+/// The longest one order may take (DNS-01 adds its propagation timeout).
 pub const ORDER_TIME: Duration = Duration::from_secs(120);
 const RETRY_FIRST: Duration = Duration::from_secs(30);
 const RETRY_MAX: Duration = Duration::from_secs(3600);
@@ -54,8 +63,13 @@ type Failures = HashMap<PathBuf, (u32, Instant, AcmeError)>;
 /// left, ordering one when needed. `Err` only when there is no usable certificate at all.
 ///
 /// Serialised process-wide: nodes often share one certificate, and every order needs the one
-/// HTTP-01 port.
-pub fn ensure(cfg: &CertConfig, cert_file: &Path, key_file: &Path) -> Result<Outcome, AcmeError> {
+/// HTTP-01 port. `tls_alpn`: where the node serves TLS-ALPN-01 answers (`CertMode: tls`).
+pub fn ensure(
+    cfg: &CertConfig,
+    cert_file: &Path,
+    key_file: &Path,
+    tls_alpn: Option<&TlsAlpnTarget>,
+) -> Result<Outcome, AcmeError> {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     static FAILURES: Mutex<Option<Failures>> = Mutex::new(None);
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -98,7 +112,7 @@ pub fn ensure(cfg: &CertConfig, cert_file: &Path, key_file: &Path) -> Result<Out
     if let cert::OnDisk::Unusable(why) = &found {
         tracing::warn!(cert = %cert_file.display(), "ACME: replacing an unusable certificate: {why}");
     }
-    match obtain(cfg, cert_file, key_file) {
+    match obtain(cfg, cert_file, key_file, tls_alpn) {
         Ok(not_after) => {
             if let Some(m) = FAILURES.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
                 m.remove(cert_file);
@@ -119,13 +133,43 @@ pub fn ensure(cfg: &CertConfig, cert_file: &Path, key_file: &Path) -> Result<Out
     }
 }
 
+/// `CertMode: tls` before its first certificate: the node must listen for the CA to reach
+/// it, so when the files hold no usable pair a self-signed one for `domain` is written, valid
+/// for 7 days (so it is always due for renewal: the order that follows replaces it). Returns
+/// whether it wrote one.
+pub fn placeholder_if_unusable(cert_file: &Path, key_file: &Path, domain: &str) -> Result<bool, String> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if matches!(cert::on_disk(cert_file, key_file), cert::OnDisk::Usable { .. }) {
+        return Ok(false);
+    }
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut p = rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
+    let today = cert::now_unix().div_euclid(86_400);
+    let ymd = |days: i64| {
+        let (y, m, d) = cert::civil_from_days(days);
+        rcgen::date_time_ymd(i32::try_from(y).unwrap_or(2000), m, d)
+    };
+    p.not_before = ymd(today - 1);
+    p.not_after = ymd(today + 7);
+    let c = p.self_signed(&key).map_err(|e| e.to_string())?;
+    crate::certfiles::write_pair(cert_file, &c.pem(), key_file, &key.serialize_pem())?;
+    tracing::info!(cert = %cert_file.display(), "ACME TLS-ALPN-01: a short-lived self-signed certificate serves until the first order");
+    Ok(true)
+}
+
 /// Whether the pair at these paths is missing, unusable or has 30 days or less left.
 pub fn renewal_due(cert_file: &Path, key_file: &Path) -> bool {
     cert::needs_new(&cert::on_disk(cert_file, key_file), cert::now_unix())
 }
 
 /// One order; writes the pair and returns the new certificate's `notAfter`.
-fn obtain(cfg: &CertConfig, cert_file: &Path, key_file: &Path) -> Result<i64, AcmeError> {
+fn obtain(
+    cfg: &CertConfig,
+    cert_file: &Path,
+    key_file: &Path,
+    tls_alpn: Option<&TlsAlpnTarget>,
+) -> Result<i64, AcmeError> {
     let directory = cfg.acme_directory();
     let domain = cfg.cert_domain.trim();
     let email = cfg.email.trim();
@@ -134,17 +178,33 @@ fn obtain(cfg: &CertConfig, cert_file: &Path, key_file: &Path) -> Result<i64, Ac
         .filter(|s| !s.is_empty())
         .map(Path::new);
     let started = Instant::now();
-    tracing::info!(%domain, %directory, "ACME: ordering a certificate (HTTP-01)");
+    // The solver first: a provider's configuration error needs no CA to be reported.
+    let mut order_time = ORDER_TIME;
+    let mut solver: Box<dyn solver::Solver> = match cfg.cert_mode {
+        CertMode::Dns => {
+            let d = dns01::Dns01::new(cfg)?;
+            order_time += d.propagation().timeout;
+            Box::new(d)
+        }
+        CertMode::Tls => {
+            Box::new(tlsalpn::TlsAlpn01::new(tls_alpn.cloned().ok_or_else(|| {
+                fail("tls-alpn-01 certificate", "the node's port is not known")
+            })?))
+        }
+        _ => Box::new(solver::Http01::new(cfg.acme_http_listen())),
+    };
+    let kind = solver.challenge_type();
+    tracing::info!(%domain, %directory, challenge = kind, "ACME: ordering a certificate");
     let issued = client::order(
         &client::OrderRequest {
             directory,
             root_ca,
-            listen: cfg.acme_http_listen(),
             domain,
             email,
-            deadline: started + ORDER_TIME,
+            deadline: started + order_time,
         },
         &key,
+        solver.as_mut(),
     )?;
     const SAVE: &str = "saving the certificate";
     let leaf = {
@@ -234,6 +294,26 @@ mod tests {
     }
 
     #[test]
+    fn civil_dates() {
+        assert_eq!(cert::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(cert::civil_from_days(16_854), (2016, 2, 23));
+        assert_eq!(cert::civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(cert::civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn tls_placeholder_is_written_once_and_always_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = (dir.path().join("a.crt"), dir.path().join("a.key"));
+        assert!(placeholder_if_unusable(&c, &k, "a.test").unwrap());
+        assert!(renewal_due(&c, &k), "the placeholder is always due");
+        assert!(
+            matches!(cert::on_disk(&c, &k), cert::OnDisk::Usable { not_after } if not_after > cert::now_unix())
+        );
+        assert!(!placeholder_if_unusable(&c, &k, "a.test").unwrap(), "kept");
+    }
+
+    #[test]
     fn pair_written_atomically_with_modes() {
         let dir = tempfile::tempdir().unwrap();
         let (c, k) = (dir.path().join("sub/a.crt"), dir.path().join("sub/a.key"));
@@ -263,9 +343,9 @@ mod tests {
             acme_directory: format!("http://127.0.0.1:{port}/dir"),
             ..CertConfig::default()
         };
-        let e = ensure(&cfg, &c, &k).unwrap_err();
+        let e = ensure(&cfg, &c, &k, None).unwrap_err();
         assert_eq!(e.step, "directory", "{e}");
-        let again = ensure(&cfg, &c, &k).unwrap_err();
+        let again = ensure(&cfg, &c, &k, None).unwrap_err();
         assert!(again.detail.contains("next attempt in"), "{again}");
         // An existing certificate, even an expired one, is kept.
         let key = rcgen::KeyPair::generate().unwrap();
@@ -273,10 +353,10 @@ mod tests {
         p.not_after = rcgen::date_time_ymd(2001, 1, 1);
         std::fs::write(&c, p.self_signed(&key).unwrap().pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
-        assert!(matches!(ensure(&cfg, &c, &k), Ok(Outcome::Kept { days_left, .. }) if days_left < 0));
+        assert!(matches!(ensure(&cfg, &c, &k, None), Ok(Outcome::Kept { days_left, .. }) if days_left < 0));
         // One with more than 30 days left is simply used.
         p.not_after = rcgen::date_time_ymd(2049, 1, 1);
         std::fs::write(&c, p.self_signed(&key).unwrap().pem()).unwrap();
-        assert!(matches!(ensure(&cfg, &c, &k), Ok(Outcome::Current { .. })));
+        assert!(matches!(ensure(&cfg, &c, &k, None), Ok(Outcome::Current { .. })));
     }
 }

@@ -313,6 +313,9 @@ pub struct NodeRt {
     proto: Rc<dyn InboundProtocol>,
     /// TLS terminated before the protocol handshake (`NodeConfig.tls`).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS-ALPN-01 answers (`TlsSettings.acme_tls_alpn_file`): the config for handshakes that
+    /// offer ALPN `acme-tls/1` alone (`tls::acme_alpn`).
+    acme_alpn: Option<Arc<rustls::ServerConfig>>,
     /// REALITY instead of a certificate (`TlsSettings.reality`).
     reality: Option<Arc<crate::tls::reality::RealityServer>>,
     /// QUIC settings of a QUIC node (`tls` is then `None`).
@@ -909,6 +912,10 @@ impl Core {
             None if proto.is_quic() => None,
             None => n.tls.as_ref().map(crate::tls::server_config).transpose()?,
         };
+        let acme_alpn = match n.tls.as_ref().map(|t| t.acme_tls_alpn_file.trim()) {
+            Some(f) if !f.is_empty() && tls.is_some() => Some(crate::tls::acme_alpn::challenge_config(f)?),
+            _ => None,
+        };
         let send_ip = match n.send_ip.trim() {
             "" => None,
             s => Some(
@@ -920,6 +927,7 @@ impl Core {
             cfg: n.clone(),
             proto,
             tls,
+            acme_alpn,
             reality,
             #[cfg(feature = "quic")]
             quic,
@@ -1508,6 +1516,18 @@ async fn handshake(
             }
         }
         let mut buf = vec![0u8; HANDSHAKE_READ];
+        // A TLS-ALPN-01 validator (ALPN `acme-tls/1` alone): the challenge certificate, and
+        // nothing after the handshake.
+        let acme = node
+            .acme_alpn
+            .as_ref()
+            .filter(|_| crate::tls::sni::client_hello_offers_only(&first, crate::tls::acme_alpn::ACME_TLS_1));
+        if let Some(acme) = acme {
+            if crate::tls::accept(s, acme, first, &mut buf).await.is_ok() {
+                tracing::debug!(node = node.cfg.slot, %peer, "TLS-ALPN-01 validation handshake answered");
+            }
+            return Handshake::Drop;
+        }
         match crate::tls::accept(s, cfg, first, &mut buf).await {
             Ok(a) => {
                 first = a.plaintext;

@@ -15,6 +15,7 @@
 //! in the relay's `carry` (empty on an idle connection). [`TlsSession`] is sans-IO; [`accept`]
 //! drives the handshake on a socket.
 
+pub mod acme_alpn;
 pub mod certs;
 pub mod deframe;
 pub mod reality;

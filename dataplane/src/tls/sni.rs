@@ -1,5 +1,6 @@
-//! Server name from a ClientHello, read before rustls consumes it (rustls' unbuffered server
-//! connection does not expose the SNI; fallbacks select by it).
+//! Server name (and whether ALPN offers `acme-tls/1` alone) from a ClientHello, read before
+//! rustls consumes it (rustls' unbuffered server connection does not expose the SNI;
+//! fallbacks select by it; TLS-ALPN-01 validations get their own config).
 //!
 //! ```text
 //! record:    type 0x16 | version 2 | length 2 | handshake ...
@@ -11,8 +12,9 @@
 //!
 //! Best effort: a ClientHello split across records (clients' TLS fragment option) gives `None`.
 
-/// The `host_name` of the ClientHello in the first record of `buf`, if complete there.
-pub fn client_hello_sni(buf: &[u8]) -> Option<String> {
+/// The data of extension `typ` in the ClientHello in the first record of `buf`, if complete
+/// there.
+fn client_hello_extension(buf: &[u8], typ: u16) -> Option<&[u8]> {
     if *buf.first()? != 0x16 {
         return None;
     }
@@ -31,21 +33,46 @@ pub fn client_hello_sni(buf: &[u8]) -> Option<String> {
     let ext_len = usize::from(u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]));
     let mut exts = body.get(at + 2..at + 2 + ext_len)?;
     while exts.len() >= 4 {
-        let typ = u16::from_be_bytes([exts[0], exts[1]]);
+        let t = u16::from_be_bytes([exts[0], exts[1]]);
         let len = usize::from(u16::from_be_bytes([exts[2], exts[3]]));
         let data = exts.get(4..4 + len)?;
-        if typ == 0 {
-            let list = data.get(2..)?;
-            if *list.first()? != 0 {
-                return None;
-            }
-            let n = usize::from(u16::from_be_bytes([*list.get(1)?, *list.get(2)?]));
-            let name = list.get(3..3 + n)?;
-            return std::str::from_utf8(name).ok().map(str::to_ascii_lowercase);
+        if t == typ {
+            return Some(data);
         }
         exts = exts.get(4 + len..)?;
     }
     None
+}
+
+/// The `host_name` of the ClientHello in the first record of `buf`, if complete there.
+pub fn client_hello_sni(buf: &[u8]) -> Option<String> {
+    let data = client_hello_extension(buf, 0)?;
+    let list = data.get(2..)?;
+    if *list.first()? != 0 {
+        return None;
+    }
+    let n = usize::from(u16::from_be_bytes([*list.get(1)?, *list.get(2)?]));
+    let name = list.get(3..3 + n)?;
+    std::str::from_utf8(name).ok().map(str::to_ascii_lowercase)
+}
+
+/// Whether the ClientHello in the first record of `buf` offers exactly one ALPN protocol,
+/// `proto` (RFC 7301: extension 16, a list of length-prefixed names). TLS-ALPN-01 validators
+/// offer `acme-tls/1` alone (RFC 8737 §3); a normal client never does.
+pub fn client_hello_offers_only(buf: &[u8], proto: &[u8]) -> bool {
+    let Some(data) = client_hello_extension(buf, 16) else {
+        return false;
+    };
+    let Some(list) = data.get(2..) else {
+        return false;
+    };
+    let declared = data
+        .get(..2)
+        .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])));
+    list.len() == proto.len() + 1
+        && declared == Some(list.len())
+        && list.first().map(|&n| usize::from(n)) == Some(proto.len())
+        && list.get(1..) == Some(proto)
 }
 
 #[cfg(test)]
@@ -91,14 +118,58 @@ mod tests {
         assert_eq!(client_hello_sni(b"GET / HTTP/1.1\r\n"), None);
     }
 
+    /// The same hello with an ALPN list in place of "h2".
+    fn hello_alpn(protos: &[&[u8]]) -> Vec<u8> {
+        let mut list = Vec::new();
+        for p in protos {
+            list.push(p.len() as u8);
+            list.extend_from_slice(p);
+        }
+        let mut ext = vec![0x00, 0x10];
+        ext.extend_from_slice(&((list.len() + 2) as u16).to_be_bytes());
+        ext.extend_from_slice(&(list.len() as u16).to_be_bytes());
+        ext.extend_from_slice(&list);
+        let h = hello(b"a.example");
+        // The original ALPN extension is the 9 bytes after the extensions' length.
+        let ext_at = 5 + 4 + 2 + 32 + 33 + 6;
+        let mut out = h[..ext_at].to_vec();
+        let old_len = u16::from_be_bytes([h[ext_at], h[ext_at + 1]]) as usize;
+        out.extend_from_slice(&((old_len - 9 + ext.len()) as u16).to_be_bytes());
+        out.extend_from_slice(&ext);
+        out.extend_from_slice(&h[ext_at + 2 + 9..]);
+        // Fix the handshake and record lengths.
+        let body = out.len() - 9;
+        out[6..9].copy_from_slice(&(body as u32).to_be_bytes()[1..]);
+        let rec = out.len() - 5;
+        out[3..5].copy_from_slice(&(rec as u16).to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn acme_tls_alone_is_recognised() {
+        let acme: &[u8] = b"acme-tls/1";
+        let h = hello_alpn(&[acme]);
+        assert_eq!(client_hello_sni(&h).as_deref(), Some("a.example"));
+        assert!(client_hello_offers_only(&h, acme));
+        assert!(!client_hello_offers_only(&hello_alpn(&[b"h2", acme]), acme));
+        assert!(!client_hello_offers_only(&hello_alpn(&[acme, b"http/1.1"]), acme));
+        assert!(!client_hello_offers_only(&hello_alpn(&[b"acme-tls/2"]), acme));
+        assert!(!client_hello_offers_only(&hello(b"a.example"), acme));
+        for cut in 0..h.len() {
+            assert!(!client_hello_offers_only(&h[..cut], acme));
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn random_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
             let _ = client_hello_sni(&data);
+            let _ = client_hello_offers_only(&data, b"acme-tls/1");
             let mut h = hello(b"x.y");
             h.truncate(60);
             h.extend_from_slice(&data);
             let _ = client_hello_sni(&h);
+            let _ = client_hello_offers_only(&h, b"acme-tls/1");
         }
     }
 }

@@ -59,6 +59,7 @@ pub(crate) fn pair(dir: &std::path::Path) -> TlsSettings {
         reject_unknown_sni: false,
         alpn: vec![],
         reality: None,
+        acme_tls_alpn_file: String::new(),
     }
 }
 

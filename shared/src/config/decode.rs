@@ -1201,12 +1201,13 @@ fn decode_cert(c: &mut Obj<'_>, cert_pos: usize) -> Result<CertConfig, ConfigErr
             "self" => CertMode::SelfSigned,
             "http" => CertMode::Http,
             "dns" => CertMode::Dns,
+            "tls" => CertMode::Tls,
             _ => {
                 return Err(src.err(
                     v.pos,
                     &path,
                     format!(
-                        "unknown CertMode {}; expected none, file, self, http or dns",
+                        "unknown CertMode {}; expected none, file, self, http, dns or tls",
                         v.describe()
                     ),
                 ))
@@ -1264,7 +1265,7 @@ fn decode_cert(c: &mut Obj<'_>, cert_pos: usize) -> Result<CertConfig, ConfigErr
         }
         if matches!(
             out.cert_mode,
-            CertMode::SelfSigned | CertMode::Http | CertMode::Dns
+            CertMode::SelfSigned | CertMode::Http | CertMode::Dns | CertMode::Tls
         ) && out.cert_domain.is_empty()
         {
             missing.push("CertDomain");

@@ -767,8 +767,8 @@ pub struct CertConfig {
     pub dns_env: BTreeMap<String, String>,
     #[serde(rename = "RejectUnknownSni")]
     pub reject_unknown_sni: bool,
-    /// v2sp extension, `ACMEDirectory`: the ACME server's directory URL for `CertMode: http`
-    /// (empty = [`DEFAULT_ACME_DIRECTORY`], Let's Encrypt production).
+    /// v2sp extension, `ACMEDirectory`: the ACME server's directory URL for the ACME modes
+    /// (`http`, `dns`, `tls`; empty = [`DEFAULT_ACME_DIRECTORY`], Let's Encrypt production).
     #[serde(rename = "ACMEDirectory", skip_serializing_if = "String::is_empty")]
     pub acme_directory: String,
     /// v2sp extension, `ACMERootCA`: a PEM file with the root(s) that the ACME server's TLS
@@ -819,6 +819,8 @@ pub enum CertMode {
     Http,
     /// `dns`: ACME DNS-01 via `Provider` + `DNSEnv`.
     Dns,
+    /// `tls`: ACME TLS-ALPN-01 (RFC 8737), answered on the node's own port.
+    Tls,
 }
 
 impl CertMode {
@@ -829,6 +831,7 @@ impl CertMode {
             CertMode::SelfSigned => "self",
             CertMode::Http => "http",
             CertMode::Dns => "dns",
+            CertMode::Tls => "tls",
         }
     }
 }
