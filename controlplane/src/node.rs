@@ -424,7 +424,16 @@ impl NodeWorker {
         self.push_every = Duration::from_secs(bc.push_interval_secs.max(1));
         self.shared.note_push_interval(self.push_every);
         let built = build::with_panel_cert(&self.entry, &info, &self.shared.cert_dir)
-            .and_then(|entry| build::node_config(self.slot, &self.tag, &entry, &info));
+            .and_then(|entry| build::node_config(self.slot, &self.tag, &entry, &info))
+            .map(|mut nc| {
+                if self.shared.local_routing.route_file.is_some()
+                    || self.shared.local_routing.outbound_file.is_some()
+                {
+                    (nc.route_rules, nc.outbounds) =
+                        crate::routing::node_routing(&self.tag, &info, &self.shared.local_routing);
+                }
+                nc
+            });
         match built {
             Ok(nc) => {
                 self.acme_files = nc
