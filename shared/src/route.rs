@@ -106,6 +106,18 @@ pub enum OutboundKind {
         method: String,
         password: String,
     },
+    /// VMess (AEAD header) over plain TCP; `security`: `aes-128-gcm`, `chacha20-poly1305` or
+    /// `none` (`auto` is read as `aes-128-gcm`).
+    Vmess {
+        server: String,
+        uuid: String,
+        security: String,
+    },
+    /// VLESS over plain TCP, no flow.
+    Vless {
+        server: String,
+        uuid: String,
+    },
 }
 
 impl OutboundKind {
@@ -116,6 +128,8 @@ impl OutboundKind {
             OutboundKind::Socks { .. } => "socks",
             OutboundKind::Http { .. } => "http",
             OutboundKind::Shadowsocks { .. } => "shadowsocks",
+            OutboundKind::Vmess { .. } => "vmess",
+            OutboundKind::Vless { .. } => "vless",
         }
     }
 }
@@ -519,7 +533,49 @@ pub fn outbound_from_xray(v: &Value) -> Result<OutboundSpec, String> {
                 password,
             }
         }
-        "vless" | "vmess" | "trojan" => return Err(format!("{protocol} outbounds are not supported yet")),
+        "vmess" | "vless" => {
+            // `vnext[0]` (Xray's classic form) or the flat form; the user is `users[0]`.
+            let s = match settings.get("vnext") {
+                Some(v) => one_server(&Map::from_iter([("servers".to_string(), v.clone())]))?.clone(),
+                None => settings.clone(),
+            };
+            let server = server_addr(&s)?;
+            let user = match s.get("users") {
+                Some(Value::Array(a)) => a.first().and_then(Value::as_object).cloned().ok_or("no user")?,
+                _ => s.clone(),
+            };
+            let uuid = str_field(&user, "id").ok_or("no user id")?.to_string();
+            if crate::cred::parse_uuid(&uuid).is_err() {
+                return Err(format!("user id {uuid:?} is not a uuid"));
+            }
+            if protocol == "vless" {
+                if str_field(&user, "flow").is_some() {
+                    return Err("VLESS flows need TLS: only plain VLESS is supported".into());
+                }
+                let enc = str_field(&user, "encryption").unwrap_or("none");
+                if enc != "none" {
+                    return Err(format!("VLESS encryption {enc:?} is not supported"));
+                }
+                OutboundKind::Vless { server, uuid }
+            } else {
+                let security = match str_field(&user, "security")
+                    .unwrap_or("auto")
+                    .to_ascii_lowercase()
+                    .as_str()
+                {
+                    "auto" | "aes-128-gcm" | "" => "aes-128-gcm".to_string(),
+                    "chacha20-poly1305" => "chacha20-poly1305".to_string(),
+                    "none" => "none".to_string(),
+                    other => return Err(format!("VMess security {other:?} is not supported")),
+                };
+                OutboundKind::Vmess {
+                    server,
+                    uuid,
+                    security,
+                }
+            }
+        }
+        "trojan" => return Err("trojan outbounds (TLS) are not supported yet".into()),
         other => return Err(format!("protocol {other:?} is not supported")),
     };
     Ok(OutboundSpec { tag, kind })

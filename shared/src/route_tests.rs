@@ -273,7 +273,48 @@ fn outbounds_decode_in_xray_shapes() {
             password: "pw".into()
         }
     );
+    assert_eq!(
+        o(json!({"tag": "vm", "protocol": "vmess", "settings": {"vnext": [{"address": "127.0.0.1", "port": 10086,
+            "users": [{"id": "3f1d2c4b-5a69-4788-9b0a-1c2d3e4f5a6b", "alterId": 0, "security": "auto"}]}]}}))
+        .unwrap()
+        .kind,
+        OutboundKind::Vmess {
+            server: "127.0.0.1:10086".into(),
+            uuid: "3f1d2c4b-5a69-4788-9b0a-1c2d3e4f5a6b".into(),
+            security: "aes-128-gcm".into()
+        }
+    );
+    assert_eq!(
+        o(
+            json!({"tag": "vl", "protocol": "vless", "settings": {"address": "up.test", "port": 443,
+            "id": "3f1d2c4b-5a69-4788-9b0a-1c2d3e4f5a6b", "encryption": "none"}})
+        )
+        .unwrap()
+        .kind,
+        OutboundKind::Vless {
+            server: "up.test:443".into(),
+            uuid: "3f1d2c4b-5a69-4788-9b0a-1c2d3e4f5a6b".into()
+        }
+    );
     for (v, why) in [
+        (
+            json!({"tag": "x", "protocol": "vless", "settings": {"address": "a", "port": 1, "id": "nope"}}),
+            "uuid",
+        ),
+        (
+            json!({"tag": "x", "protocol": "vless", "settings": {"address": "a", "port": 1,
+                "id": "3f1d2c4b-5a69-4788-9b0a-1c2d3e4f5a6b", "flow": "xtls-rprx-vision"}}),
+            "flow",
+        ),
+        (
+            json!({"tag": "x", "protocol": "vmess", "settings": {"address": "a", "port": 1,
+                "id": "3f1d2c4b-5a69-4788-9b0a-1c2d3e4f5a6b", "security": "zero"}}),
+            "security",
+        ),
+        (
+            json!({"tag": "x", "protocol": "trojan", "settings": {"address": "a", "port": 1, "password": "p"}}),
+            "trojan",
+        ),
         (json!({"protocol": "freedom"}), "tag"),
         (json!({"tag": "x"}), "protocol"),
         (json!({"tag": "x", "protocol": "wireguard"}), "not supported"),

@@ -20,6 +20,8 @@ use v2sp_testsupport::peers::upstream::{sing_box_server, ssserver};
 
 const UUIDS: [&str; 1] = ["7b0c8ee4-9d55-4ab0-8a4f-3b4fb1c9d1a2"];
 const SS22_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZg==";
+/// The upstream VMess/VLESS servers' user.
+const UP_UUID: &str = "3f1d2c4b-5a69-4788-9b0a-1c2d3e4f5a6b";
 
 /// Echo `data` over an open tunnel; `Ok(false)` when the tunnel closed before any byte came
 /// back (what a refused destination looks like from behind a SOCKS client).
@@ -97,11 +99,14 @@ fn each_action_and_outbound_kind_passes_or_refuses() {
             json!({"type": "socks", "users": [{"username": "su", "password": "sp"}]}),
             json!({"type": "http", "users": [{"username": "hu", "password": "hp"}]}),
             json!({"type": "shadowsocks", "method": "2022-blake3-aes-128-gcm", "password": SS22_KEY}),
+            json!({"type": "vmess", "users": [{"uuid": UP_UUID, "alterId": 0}]}),
+            json!({"type": "vless", "users": [{"uuid": UP_UUID}]}),
         ],
         dir.path(),
     )
     .unwrap();
-    let (socks_up, http_up, ss22_up) = (up_ports[0], up_ports[1], up_ports[2]);
+    let (socks_up, http_up, ss22_up, vmess_up, vless_up) =
+        (up_ports[0], up_ports[1], up_ports[2], up_ports[3], up_ports[4]);
     let (ssr, ss_up) = ssserver("chacha20-ietf-poly1305", "upstream-pw", dir.path()).unwrap();
     // One echo server per route, so each rule is told apart by the port.
     let names = [
@@ -109,6 +114,8 @@ fn each_action_and_outbound_kind_passes_or_refuses() {
         "http",
         "ss",
         "ss22",
+        "vmess",
+        "vless",
         "free",
         "hole",
         "panel_direct",
@@ -130,6 +137,10 @@ fn each_action_and_outbound_kind_passes_or_refuses() {
             "method": "chacha20-ietf-poly1305", "password": "upstream-pw"}]}},
         {"tag": "ss22-up", "protocol": "shadowsocks", "settings": {"servers": [{"address": "127.0.0.1", "port": ss22_up,
             "method": "2022-blake3-aes-128-gcm", "password": SS22_KEY}]}},
+        {"tag": "vmess-up", "protocol": "vmess", "settings": {"vnext": [{"address": "127.0.0.1", "port": vmess_up,
+            "users": [{"id": UP_UUID, "security": "aes-128-gcm"}]}]}, "streamSettings": {"network": "tcp"}},
+        {"tag": "vless-up", "protocol": "vless", "settings": {"vnext": [{"address": "127.0.0.1", "port": vless_up,
+            "users": [{"id": UP_UUID, "encryption": "none"}]}]}},
         {"tag": "free", "protocol": "freedom", "sendThrough": "127.0.0.1", "settings": {"domainStrategy": "UseIPv4"}},
         {"tag": "hole", "protocol": "blackhole", "settings": []},
         // Skipped with one log line; nothing else changes.
@@ -141,6 +152,8 @@ fn each_action_and_outbound_kind_passes_or_refuses() {
         rule(p("http"), "http-up"),
         rule(p("ss"), "ss-up"),
         rule(p("ss22"), "ss22-up"),
+        rule(p("vmess"), "vmess-up"),
+        rule(p("vless"), "vless-up"),
         rule(p("free"), "free"),
         {"type": "field", "port": p("hole").to_string(), "outboundTag": "hole"},
         // A rule that does not name its destinations does not open private ranges.
@@ -187,6 +200,8 @@ fn each_action_and_outbound_kind_passes_or_refuses() {
         ("http", true),
         ("ss", true),
         ("ss22", true),
+        ("vmess", true),
+        ("vless", true),
         ("free", true),
         ("hole", false),
         ("catch_all", false),
@@ -231,7 +246,7 @@ fn each_action_and_outbound_kind_passes_or_refuses() {
     }
     // Each echo behind a proxy was reached through its upstream: the upstream logged it.
     let sb_log = sb.log();
-    for n in ["socks", "http", "ss22"] {
+    for n in ["socks", "http", "ss22", "vmess", "vless"] {
         if !sb_log.contains(&format!("127.0.0.1:{}", p(n))) {
             failures.push(format!("sing-box never carried the {n} route\n{sb_log}"));
         }
@@ -251,9 +266,9 @@ fn each_action_and_outbound_kind_passes_or_refuses() {
     }
     let log = v.agent.log();
     for want in [
-        "custom_outbounds[6] skipped",
-        "custom_routes[10]",
-        "custom_routes[11]",
+        "custom_outbounds[8] skipped",
+        "custom_routes[12]",
+        "custom_routes[13]",
         "routed to a blackhole",
     ] {
         if !log.contains(want) {

@@ -452,6 +452,10 @@ impl Outbound {
             OutboundRt::Socks { server, .. } | OutboundRt::Http { server, .. } => server,
             #[cfg(feature = "shadowsocks")]
             OutboundRt::Shadowsocks { server, .. } => server,
+            #[cfg(feature = "vmess")]
+            OutboundRt::Vmess { server, .. } => server,
+            #[cfg(feature = "vless")]
+            OutboundRt::Vless { server, .. } => server,
             OutboundRt::Freedom { .. } | OutboundRt::Blackhole => {
                 return Err(OutboundError::Proxy(tag.to_string(), "not a proxy".into()))
             }
@@ -490,6 +494,35 @@ impl Outbound {
                 Ok(Upstream {
                     stream,
                     codec: Some(codec),
+                })
+            }
+            #[cfg(feature = "vmess")]
+            OutboundRt::Vmess {
+                cmd_key, security, ..
+            } => {
+                use tokio::io::AsyncWriteExt as _;
+                let wire = |e: crate::proto::WireError| OutboundError::Proxy(tag.to_string(), e.to_string());
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let (codec, head) =
+                    crate::proto::vmess::client::ClientStream::new(*cmd_key, *security, dest.clone(), now)
+                        .map_err(wire)?;
+                stream.write_all(&head).await.map_err(fail)?;
+                Ok(Upstream {
+                    stream,
+                    codec: Some(Box::new(codec)),
+                })
+            }
+            #[cfg(feature = "vless")]
+            OutboundRt::Vless { uuid, .. } => {
+                use tokio::io::AsyncWriteExt as _;
+                let wire = |e: crate::proto::WireError| OutboundError::Proxy(tag.to_string(), e.to_string());
+                let head = crate::proto::vless::client::request(uuid, dest).map_err(wire)?;
+                stream.write_all(&head).await.map_err(fail)?;
+                Ok(Upstream {
+                    stream,
+                    codec: Some(Box::new(crate::proto::vless::client::ClientStream::default())),
                 })
             }
             OutboundRt::Freedom { .. } | OutboundRt::Blackhole => {

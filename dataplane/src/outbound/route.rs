@@ -33,6 +33,18 @@ pub enum OutboundRt {
         server: String,
         ss: SsOutbound,
     },
+    /// VMess: the user's command key and the body security (`SEC_*`).
+    #[cfg(feature = "vmess")]
+    Vmess {
+        server: String,
+        cmd_key: [u8; 16],
+        security: u8,
+    },
+    #[cfg(feature = "vless")]
+    Vless {
+        server: String,
+        uuid: [u8; 16],
+    },
 }
 
 impl OutboundRt {
@@ -44,6 +56,10 @@ impl OutboundRt {
             OutboundRt::Http { .. } => "http",
             #[cfg(feature = "shadowsocks")]
             OutboundRt::Shadowsocks { .. } => "shadowsocks",
+            #[cfg(feature = "vmess")]
+            OutboundRt::Vmess { .. } => "vmess",
+            #[cfg(feature = "vless")]
+            OutboundRt::Vless { .. } => "vless",
         }
     }
 }
@@ -246,6 +262,33 @@ fn compile_outbound(k: &OutboundKind) -> Result<OutboundRt, String> {
         OutboundKind::Shadowsocks { .. } => {
             return Err("Shadowsocks is not built into this data plane".into())
         }
+        #[cfg(feature = "vmess")]
+        OutboundKind::Vmess {
+            server,
+            uuid,
+            security,
+        } => {
+            use crate::proto::vmess::{SEC_AES128_GCM, SEC_CHACHA20_POLY1305, SEC_NONE};
+            let id = v2sp_shared::cred::parse_uuid(uuid).map_err(|e| e.to_string())?;
+            OutboundRt::Vmess {
+                server: server.clone(),
+                cmd_key: crate::proto::vmess::crypto::cmd_key(&id),
+                security: match security.as_str() {
+                    "chacha20-poly1305" => SEC_CHACHA20_POLY1305,
+                    "none" => SEC_NONE,
+                    _ => SEC_AES128_GCM,
+                },
+            }
+        }
+        #[cfg(not(feature = "vmess"))]
+        OutboundKind::Vmess { .. } => return Err("VMess is not built into this data plane".into()),
+        #[cfg(feature = "vless")]
+        OutboundKind::Vless { server, uuid } => OutboundRt::Vless {
+            server: server.clone(),
+            uuid: v2sp_shared::cred::parse_uuid(uuid).map_err(|e| e.to_string())?,
+        },
+        #[cfg(not(feature = "vless"))]
+        OutboundKind::Vless { .. } => return Err("VLESS is not built into this data plane".into()),
     })
 }
 
