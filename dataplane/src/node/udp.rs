@@ -376,7 +376,9 @@ fn udp_opts(node: &NodeRt, allow_private: bool) -> std::borrow::Cow<'_, crate::o
     }
 }
 
-/// Whether a client datagram may go to the address `to` (routed by that address first).
+/// Whether a client datagram may go to the address `to` (routed by that address first; the
+/// QUIC relays ask this for datagrams that name an address).
+#[cfg(feature = "quic")]
 pub(super) fn datagram_allowed(node: &NodeRt, user: &UserRef, to: SocketAddr) -> bool {
     udp_route(node, user, &Destination::Ip(to))
         .is_some_and(|allow_private| datagram_checks(node, to, allow_private))
