@@ -112,12 +112,33 @@ pub enum OutboundKind {
         server: String,
         uuid: String,
         security: String,
+        #[serde(default)]
+        tls: Option<OutboundTls>,
     },
-    /// VLESS over plain TCP, no flow.
+    /// VLESS, no flow.
     Vless {
         server: String,
         uuid: String,
+        #[serde(default)]
+        tls: Option<OutboundTls>,
     },
+    /// Trojan (the password in clear; hashed by the data plane).
+    Trojan {
+        server: String,
+        password: String,
+        #[serde(default)]
+        tls: Option<OutboundTls>,
+    },
+}
+
+/// TLS towards a proxy outbound's server (`streamSettings.security: "tls"`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutboundTls {
+    /// The name sent and verified (`tlsSettings.serverName`, else the server's address).
+    pub server_name: String,
+    /// `tlsSettings.allowInsecure`: no certificate verification (the admin's explicit choice).
+    pub allow_insecure: bool,
+    pub alpn: Vec<String>,
 }
 
 impl OutboundKind {
@@ -130,6 +151,7 @@ impl OutboundKind {
             OutboundKind::Shadowsocks { .. } => "shadowsocks",
             OutboundKind::Vmess { .. } => "vmess",
             OutboundKind::Vless { .. } => "vless",
+            OutboundKind::Trojan { .. } => "trojan",
         }
     }
 }
@@ -473,18 +495,43 @@ pub fn outbound_from_xray(v: &Value) -> Result<OutboundSpec, String> {
         None | Some(Value::Null) => &empty,
         Some(other) => return Err(format!("settings: expected an object, got {other}")),
     };
-    // Our proxy outbounds speak plain TCP to their server.
+    // Our proxy outbounds speak TCP to their server, with TLS for VMess, VLESS and Trojan.
+    let mut tls_settings = None;
     if !matches!(protocol.as_str(), "freedom" | "blackhole") {
         if let Some(Value::Object(ss)) = m.get("streamSettings") {
             let network = ss.get("network").and_then(Value::as_str).unwrap_or("tcp");
             let security = ss.get("security").and_then(Value::as_str).unwrap_or("none");
-            if !matches!(network, "tcp" | "raw") || !matches!(security, "none" | "") {
+            let tls_ok = security == "tls" && matches!(protocol.as_str(), "vmess" | "vless" | "trojan");
+            if !matches!(network, "tcp" | "raw") || !(matches!(security, "none" | "") || tls_ok) {
                 return Err(format!(
-                    "streamSettings network {network:?} security {security:?}: only plain TCP is supported"
+                    "streamSettings network {network:?} security {security:?}: only TCP, with TLS for vmess, vless and trojan, is supported"
                 ));
+            }
+            if tls_ok {
+                tls_settings = Some(match ss.get("tlsSettings") {
+                    Some(Value::Object(t)) => t.clone(),
+                    _ => Map::new(),
+                });
             }
         }
     }
+    let tls_for = |server: &str| -> Result<Option<OutboundTls>, String> {
+        let Some(t) = &tls_settings else {
+            return Ok(None);
+        };
+        let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = str_field(t, "serverName").unwrap_or(host).to_string();
+        let alpn = match t.get("alpn") {
+            Some(v) => string_list(v, "alpn")?,
+            None => Vec::new(),
+        };
+        Ok(Some(OutboundTls {
+            server_name,
+            allow_insecure: t.get("allowInsecure").and_then(Value::as_bool).unwrap_or(false),
+            alpn,
+        }))
+    };
     let kind = match protocol.as_str() {
         "freedom" | "direct" => {
             let send_through = str_field(m, "sendThrough").unwrap_or("").to_string();
@@ -556,7 +603,8 @@ pub fn outbound_from_xray(v: &Value) -> Result<OutboundSpec, String> {
                 if enc != "none" {
                     return Err(format!("VLESS encryption {enc:?} is not supported"));
                 }
-                OutboundKind::Vless { server, uuid }
+                let tls = tls_for(&server)?;
+                OutboundKind::Vless { server, uuid, tls }
             } else {
                 let security = match str_field(&user, "security")
                     .unwrap_or("auto")
@@ -568,14 +616,26 @@ pub fn outbound_from_xray(v: &Value) -> Result<OutboundSpec, String> {
                     "none" => "none".to_string(),
                     other => return Err(format!("VMess security {other:?} is not supported")),
                 };
+                let tls = tls_for(&server)?;
                 OutboundKind::Vmess {
                     server,
                     uuid,
                     security,
+                    tls,
                 }
             }
         }
-        "trojan" => return Err("trojan outbounds (TLS) are not supported yet".into()),
+        "trojan" => {
+            let s = one_server(settings)?;
+            let server = server_addr(s)?;
+            let password = str_field(s, "password").ok_or("no password")?.to_string();
+            let tls = tls_for(&server)?;
+            OutboundKind::Trojan {
+                server,
+                password,
+                tls,
+            }
+        }
         other => return Err(format!("protocol {other:?} is not supported")),
     };
     Ok(OutboundSpec { tag, kind })

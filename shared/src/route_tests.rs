@@ -281,7 +281,8 @@ fn outbounds_decode_in_xray_shapes() {
         OutboundKind::Vmess {
             server: "127.0.0.1:10086".into(),
             uuid: "3f1d2c4b-5a69-4788-9b0a-1c2d3e4f5a6b".into(),
-            security: "aes-128-gcm".into()
+            security: "aes-128-gcm".into(),
+            tls: None
         }
     );
     assert_eq!(
@@ -293,7 +294,24 @@ fn outbounds_decode_in_xray_shapes() {
         .kind,
         OutboundKind::Vless {
             server: "up.test:443".into(),
-            uuid: "3f1d2c4b-5a69-4788-9b0a-1c2d3e4f5a6b".into()
+            uuid: "3f1d2c4b-5a69-4788-9b0a-1c2d3e4f5a6b".into(),
+            tls: None
+        }
+    );
+    // Trojan over TLS: the name defaults to the server's address.
+    assert_eq!(
+        o(json!({"tag": "tj", "protocol": "trojan", "settings": {"servers": [{"address": "up.test", "port": 443, "password": "p"}]},
+                 "streamSettings": {"network": "tcp", "security": "tls", "tlsSettings": {"allowInsecure": true, "alpn": ["h2"]}}}))
+        .unwrap()
+        .kind,
+        OutboundKind::Trojan {
+            server: "up.test:443".into(),
+            password: "p".into(),
+            tls: Some(OutboundTls {
+                server_name: "up.test".into(),
+                allow_insecure: true,
+                alpn: vec!["h2".into()]
+            })
         }
     );
     for (v, why) in [
@@ -312,8 +330,9 @@ fn outbounds_decode_in_xray_shapes() {
             "security",
         ),
         (
-            json!({"tag": "x", "protocol": "trojan", "settings": {"address": "a", "port": 1, "password": "p"}}),
-            "trojan",
+            json!({"tag": "x", "protocol": "trojan", "settings": {"address": "a", "port": 1, "password": "p"},
+                   "streamSettings": {"security": "reality"}}),
+            "reality",
         ),
         (json!({"protocol": "freedom"}), "tag"),
         (json!({"tag": "x"}), "protocol"),
@@ -340,7 +359,7 @@ fn outbounds_decode_in_xray_shapes() {
         ),
         (
             json!({"tag": "x", "protocol": "socks", "settings": {"address": "a", "port": 1}, "streamSettings": {"security": "tls"}}),
-            "plain TCP",
+            "only TCP",
         ),
         (
             json!({"tag": "x", "protocol": "shadowsocks", "settings": {"address": "a", "port": 1, "method": "m"}}),

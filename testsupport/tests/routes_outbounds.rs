@@ -94,6 +94,12 @@ fn add(t: &mut Totals, n: u64) {
 #[test]
 fn each_action_and_outbound_kind_passes_or_refuses() {
     let dir = tempfile::tempdir().unwrap();
+    // The TLS upstreams' certificate (self-signed: the outbounds say `allowInsecure`).
+    let cert = rcgen::generate_simple_self_signed(vec!["up.test".to_string()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("up.crt"), dir.path().join("up.key"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let server_tls = json!({"enabled": true, "server_name": "up.test", "certificate_path": cert_file, "key_path": key_file});
     let (sb, up_ports) = sing_box_server(
         vec![
             json!({"type": "socks", "users": [{"username": "su", "password": "sp"}]}),
@@ -101,12 +107,21 @@ fn each_action_and_outbound_kind_passes_or_refuses() {
             json!({"type": "shadowsocks", "method": "2022-blake3-aes-128-gcm", "password": SS22_KEY}),
             json!({"type": "vmess", "users": [{"uuid": UP_UUID, "alterId": 0}]}),
             json!({"type": "vless", "users": [{"uuid": UP_UUID}]}),
+            json!({"type": "trojan", "users": [{"password": "tj-pw"}], "tls": server_tls}),
+            json!({"type": "vless", "users": [{"uuid": UP_UUID}], "tls": server_tls}),
         ],
         dir.path(),
     )
     .unwrap();
-    let (socks_up, http_up, ss22_up, vmess_up, vless_up) =
-        (up_ports[0], up_ports[1], up_ports[2], up_ports[3], up_ports[4]);
+    let (socks_up, http_up, ss22_up, vmess_up, vless_up, trojan_up, vless_tls_up) = (
+        up_ports[0],
+        up_ports[1],
+        up_ports[2],
+        up_ports[3],
+        up_ports[4],
+        up_ports[5],
+        up_ports[6],
+    );
     let (ssr, ss_up) = ssserver("chacha20-ietf-poly1305", "upstream-pw", dir.path()).unwrap();
     // One echo server per route, so each rule is told apart by the port.
     let names = [
@@ -116,6 +131,8 @@ fn each_action_and_outbound_kind_passes_or_refuses() {
         "ss22",
         "vmess",
         "vless",
+        "trojan",
+        "vless_tls",
         "free",
         "hole",
         "panel_direct",
@@ -141,6 +158,12 @@ fn each_action_and_outbound_kind_passes_or_refuses() {
             "users": [{"id": UP_UUID, "security": "aes-128-gcm"}]}]}, "streamSettings": {"network": "tcp"}},
         {"tag": "vless-up", "protocol": "vless", "settings": {"vnext": [{"address": "127.0.0.1", "port": vless_up,
             "users": [{"id": UP_UUID, "encryption": "none"}]}]}},
+        {"tag": "trojan-up", "protocol": "trojan", "settings": {"servers": [{"address": "127.0.0.1", "port": trojan_up,
+            "password": "tj-pw"}]}, "streamSettings": {"network": "tcp", "security": "tls",
+            "tlsSettings": {"serverName": "up.test", "allowInsecure": true}}},
+        {"tag": "vless-tls-up", "protocol": "vless", "settings": {"vnext": [{"address": "127.0.0.1", "port": vless_tls_up,
+            "users": [{"id": UP_UUID, "encryption": "none"}]}]}, "streamSettings": {"security": "tls",
+            "tlsSettings": {"serverName": "up.test", "allowInsecure": true}}},
         {"tag": "free", "protocol": "freedom", "sendThrough": "127.0.0.1", "settings": {"domainStrategy": "UseIPv4"}},
         {"tag": "hole", "protocol": "blackhole", "settings": []},
         // Skipped with one log line; nothing else changes.
@@ -154,6 +177,8 @@ fn each_action_and_outbound_kind_passes_or_refuses() {
         rule(p("ss22"), "ss22-up"),
         rule(p("vmess"), "vmess-up"),
         rule(p("vless"), "vless-up"),
+        rule(p("trojan"), "trojan-up"),
+        rule(p("vless_tls"), "vless-tls-up"),
         rule(p("free"), "free"),
         {"type": "field", "port": p("hole").to_string(), "outboundTag": "hole"},
         // A rule that does not name its destinations does not open private ranges.
@@ -202,6 +227,8 @@ fn each_action_and_outbound_kind_passes_or_refuses() {
         ("ss22", true),
         ("vmess", true),
         ("vless", true),
+        ("trojan", true),
+        ("vless_tls", true),
         ("free", true),
         ("hole", false),
         ("catch_all", false),
@@ -246,7 +273,7 @@ fn each_action_and_outbound_kind_passes_or_refuses() {
     }
     // Each echo behind a proxy was reached through its upstream: the upstream logged it.
     let sb_log = sb.log();
-    for n in ["socks", "http", "ss22", "vmess", "vless"] {
+    for n in ["socks", "http", "ss22", "vmess", "vless", "trojan", "vless_tls"] {
         if !sb_log.contains(&format!("127.0.0.1:{}", p(n))) {
             failures.push(format!("sing-box never carried the {n} route\n{sb_log}"));
         }
@@ -266,9 +293,9 @@ fn each_action_and_outbound_kind_passes_or_refuses() {
     }
     let log = v.agent.log();
     for want in [
-        "custom_outbounds[8] skipped",
-        "custom_routes[12]",
-        "custom_routes[13]",
+        "custom_outbounds[10] skipped",
+        "custom_routes[14]",
+        "custom_routes[15]",
         "routed to a blackhole",
     ] {
         if !log.contains(want) {

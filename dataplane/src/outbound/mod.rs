@@ -5,6 +5,7 @@
 
 pub mod proxy;
 pub mod route;
+pub mod tls;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -456,6 +457,7 @@ impl Outbound {
             OutboundRt::Vmess { server, .. } => server,
             #[cfg(feature = "vless")]
             OutboundRt::Vless { server, .. } => server,
+            OutboundRt::Trojan { server, .. } => server,
             OutboundRt::Freedom { .. } | OutboundRt::Blackhole => {
                 return Err(OutboundError::Proxy(tag.to_string(), "not a proxy".into()))
             }
@@ -498,9 +500,11 @@ impl Outbound {
             }
             #[cfg(feature = "vmess")]
             OutboundRt::Vmess {
-                cmd_key, security, ..
+                cmd_key,
+                security,
+                tls,
+                ..
             } => {
-                use tokio::io::AsyncWriteExt as _;
                 let wire = |e: crate::proto::WireError| OutboundError::Proxy(tag.to_string(), e.to_string());
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -508,22 +512,27 @@ impl Outbound {
                 let (codec, head) =
                     crate::proto::vmess::client::ClientStream::new(*cmd_key, *security, dest.clone(), now)
                         .map_err(wire)?;
-                stream.write_all(&head).await.map_err(fail)?;
-                Ok(Upstream {
-                    stream,
-                    codec: Some(Box::new(codec)),
-                })
+                framed(stream, tls.as_ref(), head, Some(Box::new(codec)), tag).await
             }
             #[cfg(feature = "vless")]
-            OutboundRt::Vless { uuid, .. } => {
-                use tokio::io::AsyncWriteExt as _;
+            OutboundRt::Vless { uuid, tls, .. } => {
                 let wire = |e: crate::proto::WireError| OutboundError::Proxy(tag.to_string(), e.to_string());
                 let head = crate::proto::vless::client::request(uuid, dest).map_err(wire)?;
-                stream.write_all(&head).await.map_err(fail)?;
-                Ok(Upstream {
-                    stream,
-                    codec: Some(Box::new(crate::proto::vless::client::ClientStream::default())),
-                })
+                let codec = crate::proto::vless::client::ClientStream::default();
+                framed(stream, tls.as_ref(), head, Some(Box::new(codec)), tag).await
+            }
+            OutboundRt::Trojan { hash, tls, .. } => {
+                // hex(SHA224(password)) CRLF | 01 (CONNECT) | SOCKS address | CRLF, then raw.
+                let mut head = hash.as_bytes().to_vec();
+                head.extend_from_slice(b"\r\n\x01");
+                head.extend_from_slice(
+                    proxy::socks5_connect(dest)
+                        .map_err(fail)?
+                        .get(3..)
+                        .unwrap_or_default(),
+                );
+                head.extend_from_slice(b"\r\n");
+                framed(stream, tls.as_ref(), head, None, tag).await
             }
             OutboundRt::Freedom { .. } | OutboundRt::Blackhole => {
                 Err(OutboundError::Proxy(tag.to_string(), "not a proxy".into()))
@@ -564,6 +573,39 @@ fn ss_codec(
         c.seal(&addr, &mut head)?;
         Ok((Box::new(c), head))
     }
+}
+
+/// Sends a proxy protocol's request header `head` (through TLS when the outbound has it; the
+/// handshake first) and returns the stream with the codec the relay needs: the protocol's
+/// framing inside the TLS session, or `None` when bytes pass unchanged (Trojan without TLS).
+async fn framed(
+    mut stream: TcpStream,
+    tls: Option<&tls::TlsClient>,
+    head: Vec<u8>,
+    inner: Option<Box<dyn crate::proto::UpstreamCodec>>,
+    tag: &str,
+) -> Result<Upstream, OutboundError> {
+    use tokio::io::AsyncWriteExt as _;
+    let fail = |e: String| OutboundError::Proxy(tag.to_string(), e);
+    let (wire, codec): (Vec<u8>, Option<Box<dyn crate::proto::UpstreamCodec>>) = match tls {
+        Some(t) => {
+            let mut session = t
+                .handshake(&mut stream)
+                .await
+                .map_err(|e| fail(format!("TLS: {e}")))?
+                .with_inner(inner);
+            let mut wire = Vec::new();
+            session
+                .seal_raw(&head, &mut wire)
+                .map_err(|e| fail(e.to_string()))?;
+            (wire, Some(Box::new(session)))
+        }
+        None => (head, inner),
+    };
+    // The request header goes now: a destination that speaks first (SMTP, SSH) must not wait
+    // for the client's first bytes.
+    stream.write_all(&wire).await.map_err(|e| fail(e.to_string()))?;
+    Ok(Upstream { stream, codec })
 }
 
 fn auth(a: &Option<(String, String)>) -> Option<(&str, &str)> {

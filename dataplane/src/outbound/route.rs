@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use v2sp_shared::dpconfig::NodeConfig;
 use v2sp_shared::route::{OutboundKind, RouteHit, RouteQuery, RouteTable, RouteTarget};
 
+use super::tls::TlsClient;
 use super::DnsStrategy;
 
 /// One compiled outbound.
@@ -39,11 +40,19 @@ pub enum OutboundRt {
         server: String,
         cmd_key: [u8; 16],
         security: u8,
+        tls: Option<TlsClient>,
     },
     #[cfg(feature = "vless")]
     Vless {
         server: String,
         uuid: [u8; 16],
+        tls: Option<TlsClient>,
+    },
+    /// Trojan: the password's hex SHA-224 (the request's first 56 bytes).
+    Trojan {
+        server: String,
+        hash: String,
+        tls: Option<TlsClient>,
     },
 }
 
@@ -60,6 +69,7 @@ impl OutboundRt {
             OutboundRt::Vmess { .. } => "vmess",
             #[cfg(feature = "vless")]
             OutboundRt::Vless { .. } => "vless",
+            OutboundRt::Trojan { .. } => "trojan",
         }
     }
 }
@@ -267,6 +277,7 @@ fn compile_outbound(k: &OutboundKind) -> Result<OutboundRt, String> {
             server,
             uuid,
             security,
+            tls,
         } => {
             use crate::proto::vmess::{SEC_AES128_GCM, SEC_CHACHA20_POLY1305, SEC_NONE};
             let id = v2sp_shared::cred::parse_uuid(uuid).map_err(|e| e.to_string())?;
@@ -278,14 +289,28 @@ fn compile_outbound(k: &OutboundKind) -> Result<OutboundRt, String> {
                     "none" => SEC_NONE,
                     _ => SEC_AES128_GCM,
                 },
+                tls: tls.as_ref().map(TlsClient::new).transpose()?,
             }
         }
         #[cfg(not(feature = "vmess"))]
         OutboundKind::Vmess { .. } => return Err("VMess is not built into this data plane".into()),
         #[cfg(feature = "vless")]
-        OutboundKind::Vless { server, uuid } => OutboundRt::Vless {
+        OutboundKind::Vless { server, uuid, tls } => OutboundRt::Vless {
             server: server.clone(),
             uuid: v2sp_shared::cred::parse_uuid(uuid).map_err(|e| e.to_string())?,
+            tls: tls.as_ref().map(TlsClient::new).transpose()?,
+        },
+        OutboundKind::Trojan {
+            server,
+            password,
+            tls,
+        } => OutboundRt::Trojan {
+            server: server.clone(),
+            hash: {
+                use sha2::Digest as _;
+                hex::encode(sha2::Sha224::digest(password.as_bytes()))
+            },
+            tls: tls.as_ref().map(TlsClient::new).transpose()?,
         },
         #[cfg(not(feature = "vless"))]
         OutboundKind::Vless { .. } => return Err("VLESS is not built into this data plane".into()),
