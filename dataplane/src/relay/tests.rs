@@ -450,7 +450,7 @@ fn upstream_codec_frames_the_destination_side_and_counts_plaintext() {
     let (up2, down2) = (up.clone(), down.clone());
     let client_side = std::thread::spawn(move || {
         client_app.write_all(&up2).unwrap();
-        client_app.shutdown(std::net::Shutdown::Write).unwrap();
+        client_app.shutdown(Shutdown::Write).unwrap();
         let mut got = Vec::new();
         client_app.read_to_end(&mut got).unwrap();
         got
@@ -463,7 +463,7 @@ fn upstream_codec_frames_the_destination_side_and_counts_plaintext() {
         let mut framed = Vec::new();
         frame(&down2, &mut framed);
         dest_app.write_all(&framed).unwrap();
-        dest_app.shutdown(std::net::Shutdown::Write).unwrap();
+        dest_app.shutdown(Shutdown::Write).unwrap();
         (wire.len(), plain)
     });
     let end = rt.block_on(async {
