@@ -63,6 +63,22 @@ fn read_json(path: &Option<PathBuf>) -> Option<Value> {
     }
 }
 
+/// A panel column that may arrive as JSON text instead of JSON (a column the panel did not
+/// cast); unparsable text is logged and read as nothing.
+fn column(tag: &str, info: &NodeInfo, key: &str) -> Option<Value> {
+    match info.extra.get(key)? {
+        Value::String(t) if t.trim().is_empty() => None,
+        Value::String(t) => match serde_json::from_str(t) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(node = %tag, "{key} skipped: not JSON: {e}");
+                None
+            }
+        },
+        v => Some(v.clone()),
+    }
+}
+
 /// The node's rules and outbounds. Rules naming an outbound that does not exist (other than
 /// `direct`/`block`, which mean the node's freedom and a blackhole) are skipped.
 pub fn node_routing(tag: &str, info: &NodeInfo, local: &LocalRouting) -> (Vec<RouteRule>, Vec<OutboundSpec>) {
@@ -72,11 +88,9 @@ pub fn node_routing(tag: &str, info: &NodeInfo, local: &LocalRouting) -> (Vec<Ro
         Some(o) => json_list(o),
         None => json_list(v),
     });
+    let panel_outbounds = column(tag, info, "custom_outbounds");
     let sources = [
-        (
-            "custom_outbounds",
-            info.extra.get("custom_outbounds").map(json_list),
-        ),
+        ("custom_outbounds", panel_outbounds.as_ref().map(json_list)),
         ("OutboundConfigPath", local_list),
     ];
     for (source, list) in sources {
@@ -110,7 +124,7 @@ pub fn node_routing(tag: &str, info: &NodeInfo, local: &LocalRouting) -> (Vec<Ro
             rules.push(r);
         }
     };
-    if let Some(v) = info.extra.get("custom_routes") {
+    if let Some(v) = column(tag, info, "custom_routes").as_ref() {
         // Xboard stores the column verbatim: a list of rules, or a routing object.
         let list = match v.get("rules") {
             Some(r) => json_list(r),
@@ -196,6 +210,20 @@ mod tests {
         );
         assert_eq!(rules[2].target, Some(RouteTarget::Direct));
         assert_eq!(rules[4].target, Some(RouteTarget::Tag("socks-up".into())));
+    }
+
+    #[test]
+    fn columns_sent_as_json_text() {
+        let i = info(
+            r#"{"server_port":1,
+                "custom_outbounds":"[{\"tag\":\"h\",\"protocol\":\"blackhole\"}]",
+                "custom_routes":"[{\"port\":\"25\",\"outboundTag\":\"h\"}]"}"#,
+        );
+        let (rules, outs) = node_routing("n", &i, &LocalRouting::default());
+        assert_eq!((rules.len(), outs.len()), (1, 1));
+        let i = info(r#"{"server_port":1,"custom_outbounds":"{not json","custom_routes":""}"#);
+        let (rules, outs) = node_routing("n", &i, &LocalRouting::default());
+        assert!(rules.is_empty() && outs.is_empty());
     }
 
     #[test]
