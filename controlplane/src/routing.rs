@@ -14,7 +14,7 @@ use serde_json::Value;
 use v2sp_shared::panel::NodeInfo;
 use v2sp_shared::route::{
     json_list, outbound_from_xray, rule_from_panel, rule_from_xray, split_panel_rule, OutboundSpec,
-    RouteRule, RouteTarget, MAX_OUTBOUNDS, MAX_RULES,
+    RouteRule, RouteTarget, MAX_ENTRIES_PER_NODE, MAX_OUTBOUNDS, MAX_RULES,
 };
 
 /// Local files, from the first `Cores` entry that names each (v2sp runs one engine, so they
@@ -108,6 +108,7 @@ pub fn node_routing(tag: &str, info: &NodeInfo, local: &LocalRouting) -> (Vec<Ro
         }
     }
     let mut rules: Vec<RouteRule> = Vec::new();
+    let mut entries = 0usize;
     let mut add = |r: RouteRule| {
         let known = match &r.target {
             Some(RouteTarget::Tag(t)) => {
@@ -120,7 +121,10 @@ pub fn node_routing(tag: &str, info: &NodeInfo, local: &LocalRouting) -> (Vec<Ro
             tracing::warn!(node = %tag, rule = %r.name, "route skipped: it names an outbound that does not exist ({:?})", r.target);
         } else if rules.len() >= MAX_RULES {
             tracing::warn!(node = %tag, rule = %r.name, "route skipped: more than {MAX_RULES} rules");
+        } else if entries + r.entries() > MAX_ENTRIES_PER_NODE {
+            tracing::warn!(node = %tag, rule = %r.name, "route skipped: the node's rules would hold more than {MAX_ENTRIES_PER_NODE} entries");
         } else {
+            entries += r.entries();
             rules.push(r);
         }
     };

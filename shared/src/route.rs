@@ -31,6 +31,9 @@ use crate::audit::{in_network, AuditRules, Pattern, Target};
 pub const MAX_RULES: usize = 1024;
 pub const MAX_OUTBOUNDS: usize = 256;
 pub const MAX_ENTRIES_PER_RULE: usize = 4096;
+/// All entries of one node's rules together (the published config is bounded, 4 MiB for all
+/// nodes).
+pub const MAX_ENTRIES_PER_NODE: usize = 16384;
 
 /// Where a rule sends a connection.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -68,6 +71,19 @@ pub struct RouteRule {
     /// Node tags (`inboundTag`).
     pub inbound_tag: Vec<String>,
     pub target: Option<RouteTarget>,
+}
+
+impl RouteRule {
+    /// How many match entries the rule holds (for [`MAX_ENTRIES_PER_NODE`]).
+    pub fn entries(&self) -> usize {
+        self.domain.len()
+            + self.ip.len()
+            + self.source.len()
+            + self.port.len()
+            + self.protocol.len()
+            + self.user.len()
+            + self.inbound_tag.len()
+    }
 }
 
 /// An outbound, validated (what the control plane publishes).
