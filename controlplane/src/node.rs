@@ -99,6 +99,9 @@ pub struct NodeWorker {
     retire: Arc<std::sync::atomic::AtomicBool>,
     /// The ACME certificate and key files this node serves (`CertMode: http`).
     acme_files: Option<(String, String)>,
+    /// The local route/outbound files as the last config build read them (modification time
+    /// and size): a change rebuilds the config at the next pull, as a panel change would.
+    local_routing_stamp: Vec<Option<(std::time::SystemTime, u64)>>,
     next_cert_check: Instant,
 }
 
@@ -138,6 +141,7 @@ impl NodeWorker {
             pull_failures: 0,
             retire,
             acme_files: None,
+            local_routing_stamp: Vec::new(),
             next_cert_check: Instant::now() + CERT_CHECK_EVERY,
         }
     }
@@ -238,8 +242,9 @@ impl NodeWorker {
         match self.panel.config() {
             Ok(Fetch::Changed { value, .. }) => self.apply_config(value),
             Ok(Fetch::Unchanged) => {
-                // The last build failed (an ACME order, a certificate file): try it again.
-                if self.kind.is_none() {
+                // The last build failed (an ACME order, a certificate file): try it again;
+                // and the local route/outbound files changed since it: build again.
+                if self.kind.is_none() || self.shared.local_routing.stamp() != self.local_routing_stamp {
                     if let Some(info) = self.info.clone() {
                         self.apply_config(info);
                     }
@@ -474,6 +479,7 @@ impl NodeWorker {
             }
         }
         self.info = Some(info);
+        self.local_routing_stamp = self.shared.local_routing.stamp();
     }
 
     /// The periodic ACME check: renews when 30 days or less are left. A failure leaves the

@@ -42,6 +42,20 @@ impl LocalRouting {
     }
 }
 
+impl LocalRouting {
+    /// Modification time and size of each local file (`None`: absent or none configured), to
+    /// notice an edit.
+    pub fn stamp(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
+        [&self.route_file, &self.outbound_file]
+            .into_iter()
+            .map(|f| {
+                let m = std::fs::metadata(f.as_ref()?).ok()?;
+                Some((m.modified().ok()?, m.len()))
+            })
+            .collect()
+    }
+}
+
 /// A local file's JSON; a missing file is nothing (V2bX's installs may not ship one), an
 /// unreadable or invalid one is logged and read as nothing.
 fn read_json(path: &Option<PathBuf>) -> Option<Value> {
@@ -290,5 +304,11 @@ mod tests {
         };
         let (rules, outs) = node_routing("n", &info(r#"{"server_port":1}"#), &local);
         assert!(rules.is_empty() && outs.is_empty());
+        // An edit is noticed (the node worker rebuilds its config then).
+        let before = local.stamp();
+        assert_eq!(before.len(), 2);
+        assert!(before[0].is_some() && before[1].is_none());
+        std::fs::write(dir.path().join("bad.json"), "{}  ").unwrap();
+        assert_ne!(local.stamp(), before);
     }
 }
