@@ -363,3 +363,80 @@ fn a_route_change_applies_to_new_connections_and_keeps_open_ones() {
     drop(open);
     v.finish(&failures, &expected);
 }
+
+/// The local files in V2bX's format (`Cores[].RouteConfigPath`, `OutboundConfigPath`) route
+/// like the panel's; an edit of the route file reaches new connections without a restart.
+#[test]
+fn local_route_and_outbound_files_apply_and_follow_edits() {
+    let files = tempfile::tempdir().unwrap();
+    let (sb, up_ports) = sing_box_server(vec![json!({"type": "socks"})], files.path()).unwrap();
+    let echo_srv = Echo::start().unwrap();
+    let route_file = files.path().join("route.json");
+    let outbound_file = files.path().join("custom_outbound.json");
+    let routes = |tag: &str| {
+        json!({"domainStrategy": "AsIs", "rules": [
+            {"type": "field", "outboundTag": "block", "protocol": ["bittorrent"]},
+            {"type": "field", "ip": ["127.0.0.1"], "port": echo_srv.port.to_string(), "outboundTag": tag},
+            {"type": "field", "outboundTag": "IPv4_out", "network": "udp,tcp"}]})
+    };
+    std::fs::write(&route_file, serde_json::to_vec(&routes("up")).unwrap()).unwrap();
+    std::fs::write(
+        &outbound_file,
+        serde_json::to_vec(&json!([
+            {"tag": "IPv4_out", "protocol": "freedom", "settings": {"domainStrategy": "UseIPv4v6"}},
+            {"tag": "up", "protocol": "socks", "settings": {"servers": [{"address": "127.0.0.1", "port": up_ports[0]}]}},
+            {"protocol": "blackhole", "tag": "block"}
+        ]))
+        .unwrap(),
+    )
+    .unwrap();
+    let port = v2sp_testsupport::harness::free_port();
+    let node = NodeSpec {
+        node_id: 1,
+        port,
+        info: node_info(port, json!([]), json!([]), json!([])),
+        users: users(&UUIDS),
+    };
+    let v = V2sp::start_with_top(
+        vec![node],
+        json!({}),
+        json!({"AllowPrivateDestinations": false}),
+        json!({"Cores": [{"Type": "xray", "RouteConfigPath": route_file, "OutboundConfigPath": outbound_file}]}),
+    )
+    .unwrap();
+    let (_client, socks) = sslocal(port, "aes-128-gcm", UUIDS[0], v.dir.path()).unwrap();
+    let mut failures = Vec::new();
+    let mut expected: Totals = BTreeMap::new();
+    let data = payload(16 << 10, 5);
+    match socks5_connect(socks, echo_srv.port).and_then(|mut s| echo(&mut s, &data)) {
+        Ok(true) => add(&mut expected, data.len() as u64),
+        other => failures.push(format!("through the file's SOCKS outbound: {other:?}")),
+    }
+    if !sb.log().contains(&format!("127.0.0.1:{}", echo_srv.port)) {
+        failures.push(format!("the SOCKS upstream never carried it\n{}", sb.log()));
+    }
+    // The catch-all rule to the freedom outbound does not open private destinations.
+    let other = Echo::start().unwrap();
+    if let Ok(true) = socks5_connect(socks, other.port).and_then(|mut s| echo(&mut s, &data)) {
+        failures.push("a catch-all rule opened a private destination".to_string());
+    }
+    // The file now sends the destination to the blackhole.
+    std::fs::write(&route_file, serde_json::to_vec(&routes("block")).unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let refused = socks5_connect(socks, echo_srv.port)
+            .and_then(|mut s| echo(&mut s, b"probe"))
+            .map(|ok| !ok)
+            .unwrap_or(true);
+        if refused {
+            break;
+        }
+        add(&mut expected, 5);
+        if Instant::now() > deadline {
+            failures.push("the edited route file never applied".to_string());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    v.finish(&failures, &expected);
+}
