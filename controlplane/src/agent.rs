@@ -53,6 +53,9 @@ pub struct Shared {
     pub cert_dir: PathBuf,
     /// The port-hopping firewall rules of the served Hysteria 2 nodes.
     pub hop: crate::hop::HopRules,
+    /// The local route and outbound files (`Cores[].RouteConfigPath`/`OutboundConfigPath`),
+    /// read at each node config build.
+    pub local_routing: crate::routing::LocalRouting,
 }
 
 impl Shared {
@@ -307,6 +310,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         cert_dir: cfg.state_dir.join("certs"),
         // Removes the rules of a run that ended without removing its own (a crash).
         hop: crate::hop::HopRules::open(&cfg.state_dir),
+        local_routing: crate::routing::LocalRouting::from_config(&cfg),
     });
     // Bytes a previous run journalled-but-did-not-clear, or left in banks, are taken first.
     shared.harvest_once(Duration::from_millis(200));

@@ -220,6 +220,8 @@ pub fn node_config(
     } else {
         entry.send_ip.to_string()
     };
+    let (route_rules, outbounds) =
+        crate::routing::node_routing(tag, info, &crate::routing::LocalRouting::default());
     Ok(NodeConfig {
         slot,
         tag: tag.to_string(),
@@ -255,6 +257,9 @@ pub fn node_config(
         fallbacks,
         block_rules: block_rules(tag, &info.routes),
         dns_routes: dns_routes(tag, &info.routes),
+        // The panel's alone here; the node worker adds the local files (`routing::node_routing`).
+        route_rules,
+        outbounds,
     })
 }
 

@@ -17,6 +17,7 @@ pub mod node;
 pub mod ops;
 pub mod panel;
 pub mod report;
+pub mod routing;
 pub mod slots;
 pub mod status;
 pub mod supervise;

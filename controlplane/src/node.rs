@@ -100,6 +100,9 @@ pub struct NodeWorker {
     retire: Arc<std::sync::atomic::AtomicBool>,
     /// The ACME certificate this node serves (`CertMode: http`, `dns`, `tls`).
     acme_files: Option<AcmeJob>,
+    /// The local route/outbound files as the last config build read them (modification time
+    /// and size): a change rebuilds the config at the next pull, as a panel change would.
+    local_routing_stamp: Vec<Option<(std::time::SystemTime, u64)>>,
     next_cert_check: Instant,
 }
 
@@ -162,6 +165,7 @@ impl NodeWorker {
             pull_failures: 0,
             retire,
             acme_files: None,
+            local_routing_stamp: Vec::new(),
             next_cert_check: Instant::now() + CERT_CHECK_EVERY,
         }
     }
@@ -262,8 +266,9 @@ impl NodeWorker {
         match self.panel.config() {
             Ok(Fetch::Changed { value, .. }) => self.apply_config(value),
             Ok(Fetch::Unchanged) => {
-                // The last build failed (an ACME order, a certificate file): try it again.
-                if self.kind.is_none() {
+                // The last build failed (an ACME order, a certificate file): try it again;
+                // and the local route/outbound files changed since it: build again.
+                if self.kind.is_none() || self.shared.local_routing.stamp() != self.local_routing_stamp {
                     if let Some(info) = self.info.clone() {
                         self.apply_config(info);
                     }
@@ -448,7 +453,13 @@ impl NodeWorker {
         self.push_every = Duration::from_secs(bc.push_interval_secs.max(1));
         self.shared.note_push_interval(self.push_every);
         let built = build::with_panel_cert(&self.entry, &info, &self.shared.cert_dir).and_then(|entry| {
-            let nc = build::node_config(self.slot, &self.tag, &entry, &info)?;
+            let mut nc = build::node_config(self.slot, &self.tag, &entry, &info)?;
+            if self.shared.local_routing.route_file.is_some()
+                || self.shared.local_routing.outbound_file.is_some()
+            {
+                (nc.route_rules, nc.outbounds) =
+                    crate::routing::node_routing(&self.tag, &info, &self.shared.local_routing);
+            }
             Ok((nc, entry.cert.clone()))
         });
         match built {
@@ -508,6 +519,7 @@ impl NodeWorker {
             }
         }
         self.info = Some(info);
+        self.local_routing_stamp = self.shared.local_routing.stamp();
     }
 
     /// The periodic ACME check: renews when 30 days or less are left. A failure leaves the

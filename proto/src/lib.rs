@@ -248,6 +248,18 @@ pub trait StreamCodec: Send {
     }
 }
 
+/// The destination side of a proxy outbound that re-frames the stream (Shadowsocks): the
+/// mirror of [`StreamCodec`]. The relay seals the plaintext it took from the client into the
+/// upstream's wire format, and opens the upstream's replies into plaintext for the client;
+/// the user's bytes are counted as plaintext, once, as for a direct destination.
+pub trait UpstreamCodec: Send {
+    /// Appends the upstream wire bytes that carry `plain`.
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError>;
+    /// Consumes all of `wire` (a partial frame is kept inside, bounded by the protocol's frame
+    /// size) and appends the plaintext of complete frames to `out`.
+    fn open(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<(), WireError>;
+}
+
 /// Frame geometry for in-place sealing: each frame is `head` bytes (header) + up to `max`
 /// payload bytes + `tail` bytes (tag), and frames follow each other with no gap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

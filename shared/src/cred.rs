@@ -77,7 +77,8 @@ impl Secret {
     }
 }
 
-fn parse_uuid(uuid: &str) -> Result<[u8; 16], CredError> {
+/// The 16 bytes of a uuid in text form.
+pub fn parse_uuid(uuid: &str) -> Result<[u8; 16], CredError> {
     uuid::Uuid::parse_str(uuid.trim())
         .map(|u| *u.as_bytes())
         .map_err(|_| CredError::BadUuid(uuid.to_string()))

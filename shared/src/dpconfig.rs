@@ -127,6 +127,14 @@ pub struct NodeConfig {
     /// resolved by its server instead of the system resolver; first match wins.
     #[serde(default)]
     pub dns_routes: Vec<DnsRoute>,
+    /// Routing rules in the order they are tried (`custom_routes` or the local route file,
+    /// then the panel's `direct`/`proxy` routes), validated by the control plane
+    /// (`crate::route`). The panel's `block` routes are `block_rules`, checked before these.
+    #[serde(default)]
+    pub route_rules: Vec<crate::route::RouteRule>,
+    /// Outbounds the rules name by tag (`custom_outbounds` or the local outbound file).
+    #[serde(default)]
+    pub outbounds: Vec<crate::route::OutboundSpec>,
     /// AnyTLS padding scheme, one `key=value` line each (panel `padding_scheme`); empty = the
     /// reference implementation's default scheme.
     #[serde(default)]

@@ -8,4 +8,5 @@ pub mod cred;
 pub mod dpconfig;
 pub mod logging;
 pub mod panel;
+pub mod route;
 pub mod shm;

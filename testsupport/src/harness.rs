@@ -253,6 +253,24 @@ impl V2sp {
         )
     }
 
+    /// As [`V2sp::start_with`]; `top` is merged into the config file's top level (`Cores`).
+    pub fn start_with_top(
+        nodes: Vec<NodeSpec>,
+        extra: Value,
+        dataplane: Value,
+        top: Value,
+    ) -> anyhow::Result<V2sp> {
+        Self::start_inner_top(
+            nodes,
+            extra,
+            dataplane,
+            &|_| {},
+            &bin_dir().join("v2sp-dataplane"),
+            false,
+            top,
+        )
+    }
+
     fn start_inner(
         nodes: Vec<NodeSpec>,
         extra: Value,
@@ -260,6 +278,18 @@ impl V2sp {
         prepare: &dyn Fn(&PanelSim),
         dataplane_bin: &Path,
         v2: bool,
+    ) -> anyhow::Result<V2sp> {
+        Self::start_inner_top(nodes, extra, dataplane, prepare, dataplane_bin, v2, json!({}))
+    }
+
+    fn start_inner_top(
+        nodes: Vec<NodeSpec>,
+        extra: Value,
+        dataplane: Value,
+        prepare: &dyn Fn(&PanelSim),
+        dataplane_bin: &Path,
+        v2: bool,
+        top: Value,
     ) -> anyhow::Result<V2sp> {
         let dir = tempfile::tempdir()?;
         let sim = PanelSim::start(SimOptions {
@@ -292,12 +322,17 @@ impl V2sp {
                 m.insert(k.clone(), v.clone());
             }
         }
-        let cfg = json!({
+        let mut cfg = json!({
             "Log": {"Level": "info"},
             "StateDir": dir.path().join("state"),
             "Dataplane": dp,
             "Nodes": entries,
         });
+        if let (Some(m), Some(x)) = (cfg.as_object_mut(), top.as_object()) {
+            for (k, v) in x {
+                m.insert(k.clone(), v.clone());
+            }
+        }
         let cfg_path = dir.path().join("config.json");
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
         prepare(&sim);

@@ -164,6 +164,7 @@ pub(super) async fn serve(
         // The node's own fallback site, not a user's destination.
         audit: None,
         dns_routes: std::sync::Arc::from([]),
+        routing: std::sync::Arc::default(),
     };
     let mut upstream = match core.outbound.connect(&dest, &opts).await {
         Ok(s) => s,

@@ -42,7 +42,7 @@ use crate::limits::devices::{Admit, DeviceTracker};
 use crate::limits::gcra::{effective_bytes_per_sec, RateLimiters};
 use crate::net::handover::SockKind;
 use crate::net::proxy_protocol;
-use crate::outbound::{ConnectOpts, DnsStrategy, Outbound, OutboundError};
+use crate::outbound::{ConnectOpts, DnsStrategy, Outbound, OutboundError, RouteCtx, Upstream};
 use crate::proto::{Next, RejectPolicy, Step, StreamHandshake};
 use crate::relay::{self, BufPool, ConnCtl, Meter, PipePool, RelayEnv, RelayTimeouts};
 use crate::runtime::IoBackend;
@@ -938,6 +938,7 @@ impl Core {
                 allow_private: cfg.allow_private_destinations,
                 audit: audit_rules(n),
                 dns_routes: crate::outbound::dns_routes(&n.dns_routes),
+                routing: Arc::new(crate::outbound::route::Routing::compile(n)),
             },
             handshake: Duration::from_secs(u64::from(cfg.timeouts.handshake.max(1))),
             relay: RelayTimeouts::from(&cfg.timeouts),
@@ -1206,7 +1207,8 @@ struct Admitted {
 const SNIFF_WAIT: Duration = Duration::from_millis(300);
 
 enum Sniff {
-    Pass,
+    /// Go on; what was sniffed, when the node's rules asked for it (routing reads it).
+    Pass(Option<sniff::Sniffed>),
     /// Rule id, and what was sniffed (for the log).
     Block(i64, String),
     /// The client's bytes did not decode, or the socket failed: end the connection.
@@ -1225,11 +1227,13 @@ async fn sniff_first(
     pending_up: &mut Vec<u8>,
     initial_upload: &mut Vec<u8>,
 ) -> Sniff {
-    let Some(a) = node.connect.audit.as_deref() else {
-        return Sniff::Pass;
+    let audit = node.connect.audit.as_deref().filter(|a| sniff::wanted(a, dest));
+    let dest_is_ip = match dest {
+        crate::proto::Destination::Ip(_) => true,
+        crate::proto::Destination::Domain(d, _) => d.parse::<IpAddr>().is_ok(),
     };
-    if !sniff::wanted(a, dest) {
-        return Sniff::Pass;
+    if audit.is_none() && !node.connect.routing.wants_sniff(dest_is_ip) {
+        return Sniff::Pass(None);
     }
     let deadline = tokio::time::Instant::now() + SNIFF_WAIT;
     let mut buf = Vec::new();
@@ -1265,22 +1269,43 @@ async fn sniff_first(
         }
         fresh = 0;
         match tokio::time::timeout_at(deadline, client.readable()).await {
-            Err(_) => return Sniff::Pass,
+            Err(_) => return Sniff::Pass(None),
             Ok(Err(_)) => return Sniff::Drop,
             Ok(Ok(())) => {}
         }
         match client.try_read(&mut buf) {
             // The client's end of stream: nothing to sniff; the relay sees it too.
-            Ok(0) => return Sniff::Pass,
+            Ok(0) => return Sniff::Pass(None),
             Ok(n) => fresh = n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => return Sniff::Drop,
         }
     }
-    match sniff::verdict(a, initial_upload) {
-        Some((rule, what)) => Sniff::Block(rule, what),
-        None => Sniff::Pass,
+    if let Some((rule, what)) = audit.and_then(|a| sniff::verdict(a, initial_upload)) {
+        return Sniff::Block(rule, what);
     }
+    Sniff::Pass(sniff::sniff(initial_upload))
+}
+
+/// The user's uuid as routing rules name it (`user` conditions), on nodes whose credential is
+/// the uuid; `None` elsewhere or when the node has no rules.
+pub(crate) fn route_uuid(node: &NodeRt, user: &v2sp_shared::shm::UserRef) -> Option<String> {
+    use v2sp_shared::cred::CredKind;
+    if node.connect.routing.is_empty()
+        || !matches!(node.cfg.cred_kind, CredKind::VlessUuid | CredKind::VmessUuid)
+    {
+        return None;
+    }
+    let b = user.secret.get(..16)?;
+    let h = hex::encode(b);
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
 }
 
 /// The node's compiled audit rules (`None` when it has none). The control plane validated
@@ -1657,6 +1682,8 @@ struct Opened {
     node: Rc<NodeRt>,
     client: TcpStream,
     upstream: TcpStream,
+    /// A proxy outbound's framing towards `upstream` (Shadowsocks), if any.
+    up_codec: Option<Box<dyn crate::proto::UpstreamCodec>>,
     codec: Option<Box<dyn crate::proto::StreamCodec>>,
     pending_up: Vec<u8>,
     ctl: Rc<ConnCtl>,
@@ -1699,7 +1726,15 @@ fn handle_conn(
             uring: core.uring.as_ref(),
         };
         let pending_up = std::mem::take(&mut c.pending_up);
-        let end = relay::relay(&env, &c.client, &c.upstream, pending_up, c.codec.take()).await;
+        let end = relay::relay_upstream(
+            &env,
+            &c.client,
+            &c.upstream,
+            pending_up,
+            c.codec.take(),
+            c.up_codec.take(),
+        )
+        .await;
         tracing::trace!(node = slot, ?end, "connection ended");
     }
 }
@@ -1816,7 +1851,7 @@ async fn open(
         return None;
     }
     drop(reply);
-    match sniff_first(
+    let sniffed = match sniff_first(
         &node,
         &dest,
         &mut client,
@@ -1826,19 +1861,35 @@ async fn open(
     )
     .await
     {
-        Sniff::Pass => {}
+        Sniff::Pass(s) => s,
         Sniff::Block(rule, what) => {
             tracing::info!(node = slot, user = user.user_id, %dest, sniffed = %what, rule, "destination blocked by audit rule");
             return None;
         }
         Sniff::Drop => return None,
-    }
-    let connect = core.outbound.connect(&dest, &node.connect);
-    let mut upstream = tokio::select! {
+    };
+    let uuid = route_uuid(&node, &user);
+    let ctx = RouteCtx {
+        node_tag: &node.cfg.tag,
+        user_id: user.user_id,
+        user_uuid: uuid.as_deref(),
+        source: Some(ip),
+        sniffed_protocol: sniffed.as_ref().map(|s| s.protocol),
+        sniffed_domain: sniffed.as_ref().and_then(|s| s.domain.as_deref()),
+    };
+    let connect = core.outbound.open(&dest, &node.connect, &ctx);
+    let Upstream {
+        stream: mut upstream,
+        codec: mut up_codec,
+    } = tokio::select! {
         r = connect => match r {
             Ok(s) => s,
             Err(OutboundError::Blocked(d, rule)) => {
                 tracing::info!(node = slot, user = user.user_id, dest = %d, rule, "destination blocked by audit rule");
+                return None;
+            }
+            Err(OutboundError::Routed(d, rule)) => {
+                tracing::info!(node = slot, user = user.user_id, dest = %d, rule = %rule, "destination routed to a blackhole");
                 return None;
             }
             Err(e) => {
@@ -1859,9 +1910,21 @@ async fn open(
             bucket: &bucket,
             ctl: Some(&ctl),
         };
-        let sent = acct.send_up(initial_upload.len(), upstream.write_all(&initial_upload));
-        if sent.await.is_err() {
-            return None;
+        // Counted as the plaintext the user sent, whatever a proxy outbound makes of it.
+        if let Some(c) = up_codec.as_mut() {
+            let mut wire = Vec::new();
+            if c.seal(&initial_upload, &mut wire).is_err() {
+                return None;
+            }
+            let sent = acct.send_up(initial_upload.len(), upstream.write_all(&wire));
+            if sent.await.is_err() {
+                return None;
+            }
+        } else {
+            let sent = acct.send_up(initial_upload.len(), upstream.write_all(&initial_upload));
+            if sent.await.is_err() {
+                return None;
+            }
         }
     }
     drop(initial_upload);
@@ -1869,6 +1932,7 @@ async fn open(
         node,
         client,
         upstream,
+        up_codec,
         codec,
         pending_up,
         ctl,

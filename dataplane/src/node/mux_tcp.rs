@@ -208,10 +208,28 @@ impl Task {
         first: Vec<u8>,
         up: &mut mpsc::Receiver<Vec<u8>>,
     ) -> Option<bool> {
-        let s = match self.core.outbound.connect(dest, &self.node.connect).await {
+        let uuid = super::route_uuid(&self.node, &self.user);
+        let ctx = crate::outbound::RouteCtx {
+            node_tag: &self.node.cfg.tag,
+            user_id: self.user.user_id,
+            user_uuid: uuid.as_deref(),
+            source: None,
+            sniffed_protocol: None,
+            sniffed_domain: None,
+        };
+        let s = match self
+            .core
+            .outbound
+            .open_plain(dest, &self.node.connect, &ctx)
+            .await
+        {
             Ok(s) => s,
             Err(crate::outbound::OutboundError::Blocked(d, rule)) => {
                 tracing::info!(node = self.node.cfg.slot, dest = %d, rule, "mux sub-stream: destination blocked by audit rule");
+                return Some(true);
+            }
+            Err(crate::outbound::OutboundError::Routed(d, rule)) => {
+                tracing::info!(node = self.node.cfg.slot, dest = %d, rule = %rule, "mux sub-stream: destination routed to a blackhole");
                 return Some(true);
             }
             Err(e) => {

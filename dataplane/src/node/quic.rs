@@ -999,7 +999,7 @@ impl UdpRelay {
     fn packet(&mut self, p: Packet, path: PacketPath) {
         let Packet { assoc, dest, payload } = p;
         let to = match dest {
-            Destination::Ip(to) if super::udp::datagram_allowed(&self.env.node, to) => to,
+            Destination::Ip(to) if super::udp::datagram_allowed(&self.env.node, &self.env.user, to) => to,
             Destination::Ip(_) => return,
             Destination::Domain(..) => {
                 if self.resolving.get() >= MAX_RESOLVING {
@@ -1011,7 +1011,7 @@ impl UdpRelay {
                     // Not raced against the connection's control: its `cancelled` wakes one
                     // waiter, which must be the connection's loop. The outbound's resolver
                     // bounds the wait, and a closed connection drops the result.
-                    let to = super::udp::datagram_target(&env.core, &env.node, &dest).await;
+                    let to = super::udp::datagram_target(&env.core, &env.node, &env.user, &dest).await;
                     busy.set(busy.get().saturating_sub(1));
                     if let Some(to) = to {
                         let p = Packet {
@@ -1250,12 +1250,24 @@ async fn tcp_stream(
         }
         return;
     }
-    let upstream = match env.core.outbound.connect(&dest, &env.node.connect).await {
+    let uuid = super::route_uuid(&env.node, &env.user);
+    let ctx = crate::outbound::RouteCtx {
+        node_tag: &env.node.cfg.tag,
+        user_id: env.user.user_id,
+        user_uuid: uuid.as_deref(),
+        source: None,
+        sniffed_protocol: None,
+        sniffed_domain: None,
+    };
+    let upstream = match env.core.outbound.open_plain(&dest, &env.node.connect, &ctx).await {
         Ok(s) => s,
         Err(e) => {
             match &e {
                 crate::outbound::OutboundError::Blocked(d, rule) => {
                     tracing::info!(node = slot, user = env.user.user_id, dest = %d, rule, "destination blocked by audit rule")
+                }
+                crate::outbound::OutboundError::Routed(d, rule) => {
+                    tracing::info!(node = slot, user = env.user.user_id, dest = %d, rule = %rule, "destination routed to a blackhole")
                 }
                 _ => tracing::debug!(node = slot, %dest, "outbound failed: {e}"),
             }

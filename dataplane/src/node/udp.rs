@@ -287,8 +287,12 @@ fn on_packet(u: &Rc<UdpNode>, pkt: &mut [u8], from: SocketAddr) {
     let Some(payload) = pkt.get(p.payload.clone()) else {
         return;
     };
+    // Routed as the client named the destination (a name by its rules for names), once.
+    let Some(allow_private) = udp_route(&u.node, &sess.user, &p.dest) else {
+        return;
+    };
     match &p.dest {
-        Destination::Ip(a) => send_up(u, &sess, *a, payload),
+        Destination::Ip(a) => send_up(u, &sess, *a, payload, allow_private),
         Destination::Domain(..) => {
             // Resolution may wait; do it off the receive loop with a copy of the payload,
             // a bounded number at a time (the datagram is dropped beyond, as UDP may).
@@ -298,21 +302,22 @@ fn on_packet(u: &Rc<UdpNode>, pkt: &mut [u8], from: SocketAddr) {
             u.resolving.set(u.resolving.get() + 1);
             let (u2, s2, dest, data) = (u.clone(), sess.clone(), p.dest.clone(), payload.to_vec());
             tokio::task::spawn_local(async move {
+                let opts = udp_opts(&u2.node, allow_private);
                 let resolved = tokio::select! {
-                    r = u2.core.outbound.resolve(&dest, &u2.node.connect) => r.ok(),
+                    r = u2.core.outbound.resolve(&dest, &opts) => r.ok(),
                     _ = s2.ctl.cancelled() => None,
                 };
                 u2.resolving.set(u2.resolving.get().saturating_sub(1));
                 if let Some(a) = resolved.as_ref().and_then(|a| a.first()) {
-                    send_up(&u2, &s2, *a, &data);
+                    send_up(&u2, &s2, *a, &data, allow_private);
                 }
             });
         }
     }
 }
 
-fn send_up(u: &UdpNode, s: &Session, to: SocketAddr, payload: &[u8]) {
-    if !datagram_allowed(&u.node, to) {
+fn send_up(u: &UdpNode, s: &Session, to: SocketAddr, payload: &[u8], allow_private: bool) {
+    if !datagram_checks(&u.node, to, allow_private) {
         return;
     }
     let meter = s.meter(&u.core);
@@ -326,10 +331,64 @@ fn send_up(u: &UdpNode, s: &Session, to: SocketAddr, payload: &[u8]) {
     }
 }
 
-/// Whether a client datagram may go to `to`: private destinations only where the node allows
-/// them, and no audit rule blocking the address (every UDP relay asks this per datagram).
-pub(super) fn datagram_allowed(node: &NodeRt, to: SocketAddr) -> bool {
-    if !node.connect.allow_private && crate::outbound::is_forbidden(to.ip()) {
+/// Where the node's rules send a datagram for `dest`: `Some(private destinations allowed)` to
+/// send it directly, `None` to drop it. UDP goes direct or nowhere: a rule that sends it to
+/// a blackhole drops it, and so does one that names a proxy outbound (SOCKS5, HTTP and
+/// Shadowsocks outbounds carry TCP only here). A freedom outbound's own source address and
+/// DNS strategy apply to TCP; datagrams leave through the session's socket.
+pub(super) fn udp_route(node: &NodeRt, user: &UserRef, dest: &Destination) -> Option<bool> {
+    use crate::outbound::route::Route;
+    let ctx = crate::outbound::RouteCtx {
+        node_tag: &node.cfg.tag,
+        user_id: user.user_id,
+        user_uuid: None,
+        source: None,
+        sniffed_protocol: None,
+        sniffed_domain: None,
+    };
+    match node.connect.route(dest, v2sp_shared::route::Network::Udp, &ctx) {
+        Route::Default => Some(node.connect.allow_private),
+        Route::Direct {
+            names_destination, ..
+        } => Some(node.connect.allow_private || names_destination),
+        Route::Block { rule } => {
+            tracing::debug!(node = node.cfg.slot, %dest, rule, "datagram routed to a blackhole");
+            None
+        }
+        Route::Proxy {
+            rule, tag, outbound, ..
+        } => {
+            tracing::debug!(node = node.cfg.slot, %dest, rule, tag, kind = outbound.kind(), "datagram dropped: UDP through a proxy outbound is not served");
+            None
+        }
+    }
+}
+
+/// The node's outbound options with private destinations allowed when a route said so.
+fn udp_opts(node: &NodeRt, allow_private: bool) -> std::borrow::Cow<'_, crate::outbound::ConnectOpts> {
+    if allow_private && !node.connect.allow_private {
+        std::borrow::Cow::Owned(crate::outbound::ConnectOpts {
+            allow_private: true,
+            ..node.connect.clone()
+        })
+    } else {
+        std::borrow::Cow::Borrowed(&node.connect)
+    }
+}
+
+/// Whether a client datagram may go to the address `to` (routed by that address first; the
+/// QUIC relays ask this for datagrams that name an address).
+#[cfg(feature = "quic")]
+pub(super) fn datagram_allowed(node: &NodeRt, user: &UserRef, to: SocketAddr) -> bool {
+    udp_route(node, user, &Destination::Ip(to))
+        .is_some_and(|allow_private| datagram_checks(node, to, allow_private))
+}
+
+/// Whether a routed datagram may go to `to`: private destinations only where the node (or
+/// the route) allows them, and no audit rule blocking the address (every UDP relay asks this
+/// per datagram).
+fn datagram_checks(node: &NodeRt, to: SocketAddr, allow_private: bool) -> bool {
+    if !allow_private && crate::outbound::is_forbidden(to.ip()) {
         tracing::debug!(%to, "datagram to a private destination refused");
         return false;
     }
@@ -342,10 +401,16 @@ pub(super) fn datagram_allowed(node: &NodeRt, to: SocketAddr) -> bool {
 
 /// Where a client datagram for `dest` goes: its address, resolved through the node's
 /// outbound for a domain, if [`datagram_allowed`]; `None` drops the datagram.
-pub(super) async fn datagram_target(core: &Core, node: &NodeRt, dest: &Destination) -> Option<SocketAddr> {
+pub(super) async fn datagram_target(
+    core: &Core,
+    node: &NodeRt,
+    user: &UserRef,
+    dest: &Destination,
+) -> Option<SocketAddr> {
+    let allow_private = udp_route(node, user, dest)?;
     let to = match dest {
         Destination::Ip(a) => *a,
-        Destination::Domain(..) => match core.outbound.resolve(dest, &node.connect).await {
+        Destination::Domain(..) => match core.outbound.resolve(dest, &udp_opts(node, allow_private)).await {
             Ok(addrs) => *addrs.first()?,
             Err(e) => {
                 tracing::debug!(%dest, "datagram destination unresolved: {e}");
@@ -353,7 +418,7 @@ pub(super) async fn datagram_target(core: &Core, node: &NodeRt, dest: &Destinati
             }
         },
     };
-    datagram_allowed(node, to).then_some(to)
+    datagram_checks(node, to, allow_private).then_some(to)
 }
 
 /// A new outbound socket for a UDP session or flow of `node` (`None`, logged, when the system

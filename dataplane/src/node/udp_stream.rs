@@ -452,7 +452,7 @@ impl Conn<'_> {
     }
 
     async fn send_up(&self, flow: u16, dest: Destination, payload: &[u8], tx: &mpsc::Sender<Reply>) {
-        let Some(to) = datagram_target(self.core, self.node, &dest).await else {
+        let Some(to) = datagram_target(self.core, self.node, &self.user, &dest).await else {
             return;
         };
         let Some(sock) = self.flow_socket(flow, tx) else {

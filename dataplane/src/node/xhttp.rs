@@ -895,10 +895,23 @@ async fn run_session(core: &Rc<Core>, node: &Rc<NodeRt>, s: &Arc<Session>, down:
             }
         }
     }
-    let connect = core.outbound.connect(&dest, &node.connect);
+    let uuid = super::route_uuid(node, &user);
+    let ctx = crate::outbound::RouteCtx {
+        node_tag: &node.cfg.tag,
+        user_id: user.user_id,
+        user_uuid: uuid.as_deref(),
+        source: Some(ip),
+        sniffed_protocol: None,
+        sniffed_domain: None,
+    };
+    let connect = core.outbound.open_plain(&dest, &node.connect, &ctx);
     let upstream = tokio::select! {
         r = connect => match r {
             Ok(u) => u,
+            Err(crate::outbound::OutboundError::Routed(d, rule)) => {
+                tracing::info!(node = slot, user = user.user_id, dest = %d, rule = %rule, "destination routed to a blackhole");
+                return;
+            }
             Err(e) => {
                 tracing::debug!(node = slot, %dest, "xhttp session: outbound failed: {e}");
                 return;

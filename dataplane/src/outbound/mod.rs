@@ -1,5 +1,11 @@
-//! Direct outbound: resolve (hickory, one resolver per core), refuse private destinations,
-//! bind `SendIP`, connect with a timeout, `TCP_NODELAY`.
+//! Outbounds. Direct: resolve (hickory, one resolver per core), refuse private destinations,
+//! bind `SendIP`, connect with a timeout, `TCP_NODELAY`. Routed ([`Outbound::open`]): the
+//! node's rules (`route.rs`) pick direct, a blackhole, or a proxy outbound (SOCKS5, HTTP
+//! CONNECT: `proxy.rs`; Shadowsocks: a destination-side codec for the relay).
+
+pub mod proxy;
+pub mod route;
+pub mod tls;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -29,9 +35,12 @@ pub enum DnsStrategy {
 impl DnsStrategy {
     pub fn parse(s: &str) -> Self {
         match s.trim().to_ascii_lowercase().as_str() {
-            "useip" => Self::UseIp,
-            "useipv4" | "ipv4_only" => Self::UseIpv4,
-            "useipv6" | "ipv6_only" => Self::UseIpv6,
+            "useip" | "forceip" => Self::UseIp,
+            "useipv4" | "ipv4_only" | "forceipv4" => Self::UseIpv4,
+            // Xray's "both, this family first" forms.
+            "useipv4v6" | "forceipv4v6" => Self::PreferIpv4,
+            "useipv6v4" | "forceipv6v4" => Self::PreferIpv6,
+            "useipv6" | "ipv6_only" | "forceipv6" => Self::UseIpv6,
             "preferipv4" | "prefer_ipv4" => Self::PreferIpv4,
             "preferipv6" | "prefer_ipv6" => Self::PreferIpv6,
             _ => Self::AsIs,
@@ -117,6 +126,12 @@ pub enum OutboundError {
     /// The client's fault: the node's audit rules refuse this destination.
     #[error("{0} is blocked by audit rule {1}")]
     Blocked(String, i64),
+    /// A routing rule sends the destination to a blackhole.
+    #[error("{0} is routed to a blackhole by {1}")]
+    Routed(String, String),
+    /// The proxy outbound's server failed the handshake.
+    #[error("outbound {0}: {1}")]
+    Proxy(String, String),
 }
 
 /// Per-node outbound settings.
@@ -130,6 +145,28 @@ pub struct ConnectOpts {
     pub audit: Option<Arc<AuditRules>>,
     /// The node's DNS routes (names → server), first match wins; empty = system resolver.
     pub dns_routes: Arc<[(AuditRules, SocketAddr)]>,
+    /// The node's routing rules and outbounds (empty: everything goes direct).
+    pub routing: Arc<route::Routing>,
+}
+
+/// What a connection is routed on besides its destination.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteCtx<'a> {
+    pub node_tag: &'a str,
+    pub user_id: u32,
+    /// The user's uuid (text) on nodes whose credential is one.
+    pub user_uuid: Option<&'a str>,
+    pub source: Option<IpAddr>,
+    /// From the client's first bytes: the protocol, and the name (TLS SNI, HTTP Host).
+    pub sniffed_protocol: Option<&'a str>,
+    pub sniffed_domain: Option<&'a str>,
+}
+
+/// A connected destination: the stream, and the codec an encrypting proxy outbound needs
+/// between it and the relay (`None`: the bytes pass unchanged, the relay may splice).
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub codec: Option<Box<dyn crate::proto::UpstreamCodec>>,
 }
 
 /// Compiles a node's DNS routes (patterns were validated by the control plane; any that still
@@ -161,6 +198,55 @@ impl ConnectOpts {
     /// however the client reached the address), if any.
     pub fn blocked_ip(&self, ip: IpAddr) -> Option<i64> {
         self.audit.as_ref()?.blocks(Target::Ip(ip))
+    }
+
+    /// Where the node's rules send `dest` (`Route::Default` when it has none).
+    pub fn route(
+        &self,
+        dest: &Destination,
+        network: v2sp_shared::route::Network,
+        ctx: &RouteCtx<'_>,
+    ) -> route::Route<'_> {
+        if self.routing.is_empty() {
+            return route::Route::Default;
+        }
+        let (ip, port, name) = match dest {
+            Destination::Ip(a) => (Some(a.ip()), a.port(), None),
+            Destination::Domain(d, p) => match d.parse::<IpAddr>() {
+                Ok(ip) => (Some(ip), *p, None),
+                Err(_) => (None, *p, Some(d.as_str())),
+            },
+        };
+        self.routing.route(&v2sp_shared::route::RouteQuery {
+            node_tag: ctx.node_tag,
+            user_id: ctx.user_id,
+            user_uuid: ctx.user_uuid,
+            domain: name.or(ctx.sniffed_domain),
+            ip,
+            port,
+            network,
+            protocol: ctx.sniffed_protocol,
+            source: ctx.source,
+        })
+    }
+
+    /// These options with a direct route's changes: a freedom outbound's strategy and source
+    /// address, and private destinations allowed when the rule named the destination.
+    pub fn for_direct(&self, r: &route::Route<'_>) -> Option<ConnectOpts> {
+        match *r {
+            route::Route::Direct {
+                strategy,
+                send_ip,
+                names_destination,
+                ..
+            } => Some(ConnectOpts {
+                strategy: strategy.unwrap_or(self.strategy),
+                send_ip: send_ip.or(self.send_ip),
+                allow_private: self.allow_private || names_destination,
+                ..self.clone()
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -285,6 +371,247 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// Routes `dest` by the node's rules and connects: direct (as [`Outbound::connect`]),
+    /// refused (a blackhole), or through a proxy outbound (its server dialed within the
+    /// connect timeout, the handshake within the same deadline).
+    pub async fn open(
+        &self,
+        dest: &Destination,
+        opts: &ConnectOpts,
+        ctx: &RouteCtx<'_>,
+    ) -> Result<Upstream, OutboundError> {
+        let r = opts.route(dest, v2sp_shared::route::Network::Tcp, ctx);
+        let (rule, tag, outbound, names_destination) = match r {
+            route::Route::Default => {
+                let stream = self.connect(dest, opts).await?;
+                return Ok(Upstream { stream, codec: None });
+            }
+            route::Route::Direct { .. } => {
+                let direct = opts.for_direct(&r).unwrap_or_else(|| opts.clone());
+                let stream = self.connect(dest, &direct).await?;
+                return Ok(Upstream { stream, codec: None });
+            }
+            route::Route::Block { rule } => {
+                return Err(OutboundError::Routed(dest.to_string(), rule.to_string()))
+            }
+            route::Route::Proxy {
+                rule,
+                tag,
+                outbound,
+                names_destination,
+            } => (rule, tag, outbound, names_destination),
+        };
+        // The audit rules hold whatever the route (checked on the name here: the proxy, not
+        // us, resolves it).
+        if let Some(rule) = opts.blocked_dest(dest) {
+            return Err(OutboundError::Blocked(dest.to_string(), rule));
+        }
+        let dest_ip = match dest {
+            Destination::Ip(a) => Some(a.ip()),
+            Destination::Domain(d, _) => d.parse::<IpAddr>().ok(),
+        };
+        if let Some(ip) = dest_ip.filter(|&ip| !opts.allow_private && !names_destination && is_forbidden(ip))
+        {
+            return Err(OutboundError::Forbidden(ip));
+        }
+        tracing::trace!(%dest, rule, tag, "routed to a proxy outbound");
+        let fut = self.open_proxy(dest, opts, tag, outbound);
+        match tokio::time::timeout(opts.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(OutboundError::Timeout),
+        }
+    }
+
+    /// As [`Outbound::open`] for streams the data plane relays itself (mux sub-streams,
+    /// QUIC and XHTTP streams): bytes must pass unchanged, so an outbound that re-frames them
+    /// (Shadowsocks) is refused there, with the reason.
+    pub async fn open_plain(
+        &self,
+        dest: &Destination,
+        opts: &ConnectOpts,
+        ctx: &RouteCtx<'_>,
+    ) -> Result<TcpStream, OutboundError> {
+        match self.open(dest, opts, ctx).await? {
+            Upstream { stream, codec: None } => Ok(stream),
+            Upstream { codec: Some(_), .. } => Err(OutboundError::Proxy(
+                "shadowsocks".into(),
+                "this outbound is served on TCP connections only (not on mux, QUIC or XHTTP streams)".into(),
+            )),
+        }
+    }
+
+    async fn open_proxy(
+        &self,
+        dest: &Destination,
+        opts: &ConnectOpts,
+        tag: &str,
+        outbound: &route::OutboundRt,
+    ) -> Result<Upstream, OutboundError> {
+        use route::OutboundRt;
+        let server = match outbound {
+            OutboundRt::Socks { server, .. } | OutboundRt::Http { server, .. } => server,
+            #[cfg(feature = "shadowsocks")]
+            OutboundRt::Shadowsocks { server, .. } => server,
+            #[cfg(feature = "vmess")]
+            OutboundRt::Vmess { server, .. } => server,
+            #[cfg(feature = "vless")]
+            OutboundRt::Vless { server, .. } => server,
+            OutboundRt::Trojan { server, .. } => server,
+            OutboundRt::Freedom { .. } | OutboundRt::Blackhole => {
+                return Err(OutboundError::Proxy(tag.to_string(), "not a proxy".into()))
+            }
+        };
+        let server_dest = route::server_destination(server)
+            .ok_or_else(|| OutboundError::Proxy(tag.to_string(), format!("bad server {server:?}")))?;
+        // The admin named this server: it may be private (a proxy on the same host or LAN),
+        // and the users' audit rules are not about it.
+        let server_opts = ConnectOpts {
+            allow_private: true,
+            audit: None,
+            routing: Arc::default(),
+            ..opts.clone()
+        };
+        let mut stream = self.connect(&server_dest, &server_opts).await?;
+        let fail = |e: io::Error| OutboundError::Proxy(tag.to_string(), e.to_string());
+        match outbound {
+            OutboundRt::Socks { auth: a, .. } => {
+                proxy::socks5(&mut stream, dest, auth(a)).await.map_err(fail)?;
+                Ok(Upstream { stream, codec: None })
+            }
+            OutboundRt::Http { auth: a, .. } => {
+                proxy::http_connect(&mut stream, dest, auth(a))
+                    .await
+                    .map_err(fail)?;
+                Ok(Upstream { stream, codec: None })
+            }
+            #[cfg(feature = "shadowsocks")]
+            OutboundRt::Shadowsocks { ss, .. } => {
+                use tokio::io::AsyncWriteExt as _;
+                let wire = |e: crate::proto::WireError| OutboundError::Proxy(tag.to_string(), e.to_string());
+                let (codec, head) = ss_codec(ss, dest).map_err(wire)?;
+                // The request header goes now: a destination that speaks first (SMTP, SSH)
+                // must not wait for the client's first bytes.
+                stream.write_all(&head).await.map_err(fail)?;
+                Ok(Upstream {
+                    stream,
+                    codec: Some(codec),
+                })
+            }
+            #[cfg(feature = "vmess")]
+            OutboundRt::Vmess {
+                cmd_key,
+                security,
+                tls,
+                ..
+            } => {
+                let wire = |e: crate::proto::WireError| OutboundError::Proxy(tag.to_string(), e.to_string());
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let (codec, head) =
+                    crate::proto::vmess::client::ClientStream::new(*cmd_key, *security, dest.clone(), now)
+                        .map_err(wire)?;
+                framed(stream, tls.as_ref(), head, Some(Box::new(codec)), tag).await
+            }
+            #[cfg(feature = "vless")]
+            OutboundRt::Vless { uuid, tls, .. } => {
+                let wire = |e: crate::proto::WireError| OutboundError::Proxy(tag.to_string(), e.to_string());
+                let head = crate::proto::vless::client::request(uuid, dest).map_err(wire)?;
+                let codec = crate::proto::vless::client::ClientStream::default();
+                framed(stream, tls.as_ref(), head, Some(Box::new(codec)), tag).await
+            }
+            OutboundRt::Trojan { hash, tls, .. } => {
+                // hex(SHA224(password)) CRLF | 01 (CONNECT) | SOCKS address | CRLF, then raw.
+                let mut head = hash.as_bytes().to_vec();
+                head.extend_from_slice(b"\r\n\x01");
+                head.extend_from_slice(
+                    proxy::socks5_connect(dest)
+                        .map_err(fail)?
+                        .get(3..)
+                        .unwrap_or_default(),
+                );
+                head.extend_from_slice(b"\r\n");
+                framed(stream, tls.as_ref(), head, None, tag).await
+            }
+            OutboundRt::Freedom { .. } | OutboundRt::Blackhole => {
+                Err(OutboundError::Proxy(tag.to_string(), "not a proxy".into()))
+            }
+        }
+    }
+}
+
+/// A Shadowsocks client stream to `dest`, and its request header (salt and address; for 2022
+/// the fixed and variable headers with random padding, since no payload goes with them).
+#[cfg(feature = "shadowsocks")]
+fn ss_codec(
+    ss: &route::SsOutbound,
+    dest: &Destination,
+) -> Result<(Box<dyn crate::proto::UpstreamCodec>, Vec<u8>), crate::proto::WireError> {
+    use crate::proto::ss::{address, aead::Aead2017Client, ss2022::Ss2022Client};
+    let mut head = Vec::new();
+    if ss.method.is_2022() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let padding = 1 + usize::from(rand::random::<u8>()) % 64;
+        let mut c = Ss2022Client::new(
+            ss.method.aead(),
+            ss.identity.as_deref(),
+            &ss.key,
+            dest,
+            &[],
+            padding,
+            now,
+        )?;
+        c.seal(&[], &mut head)?;
+        Ok((Box::new(c), head))
+    } else {
+        let mut c = Aead2017Client::new(ss.method.aead(), &ss.key)?;
+        let mut addr = Vec::new();
+        address::write(dest, &mut addr)?;
+        c.seal(&addr, &mut head)?;
+        Ok((Box::new(c), head))
+    }
+}
+
+/// Sends a proxy protocol's request header `head` (through TLS when the outbound has it; the
+/// handshake first) and returns the stream with the codec the relay needs: the protocol's
+/// framing inside the TLS session, or `None` when bytes pass unchanged (Trojan without TLS).
+async fn framed(
+    mut stream: TcpStream,
+    tls: Option<&tls::TlsClient>,
+    head: Vec<u8>,
+    inner: Option<Box<dyn crate::proto::UpstreamCodec>>,
+    tag: &str,
+) -> Result<Upstream, OutboundError> {
+    use tokio::io::AsyncWriteExt as _;
+    let fail = |e: String| OutboundError::Proxy(tag.to_string(), e);
+    let (wire, codec): (Vec<u8>, Option<Box<dyn crate::proto::UpstreamCodec>>) = match tls {
+        Some(t) => {
+            let mut session = t
+                .handshake(&mut stream)
+                .await
+                .map_err(|e| fail(format!("TLS: {e}")))?
+                .with_inner(inner);
+            let mut wire = Vec::new();
+            session
+                .seal_raw(&head, &mut wire)
+                .map_err(|e| fail(e.to_string()))?;
+            (wire, Some(Box::new(session)))
+        }
+        None => (head, inner),
+    };
+    // The request header goes now: a destination that speaks first (SMTP, SSH) must not wait
+    // for the client's first bytes.
+    stream.write_all(&wire).await.map_err(|e| fail(e.to_string()))?;
+    Ok(Upstream { stream, codec })
+}
+
+fn auth(a: &Option<(String, String)>) -> Option<(&str, &str)> {
+    a.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+}
+
 async fn connect_one(addr: SocketAddr, send_ip: Option<IpAddr>) -> io::Result<TcpStream> {
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -391,6 +718,7 @@ mod tests {
                 allow_private: true,
                 audit: Some(Arc::new(rules)),
                 dns_routes: Arc::from([]),
+                routing: Arc::default(),
             };
             let blocked = |r: Result<Vec<SocketAddr>, OutboundError>| match r {
                 Err(OutboundError::Blocked(_, rule)) => Some(rule),
@@ -428,6 +756,7 @@ mod tests {
                 allow_private: false,
                 audit: None,
                 dns_routes: Arc::from([]),
+                routing: Arc::default(),
             };
             let d = Destination::Ip("127.0.0.1:80".parse().unwrap());
             assert!(matches!(

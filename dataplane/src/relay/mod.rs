@@ -10,6 +10,10 @@
 //! * Every read/write/splice call counts its bytes (upload = plaintext written to the
 //!   destination, download = plaintext read from the destination) and reserves them from the
 //!   user's speed-limit bucket.
+//! * Proxy outbounds that re-frame the stream (Shadowsocks) add a destination-side codec
+//!   ([`relay_upstream`]): upload plaintext is sealed for the destination after it was counted,
+//!   download wire bytes are opened and the plaintext counted, so every byte is still counted
+//!   once, as plaintext; those connections always take the copy path.
 //! * Half-close: EOF in one direction becomes `shutdown(Write)` on the other socket while the
 //!   other direction continues, under the shorter uplink-only/downlink-only idle timeout.
 
@@ -28,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::limits::gcra::Bucket;
-use crate::proto::StreamCodec;
+use crate::proto::{StreamCodec, UpstreamCodec};
 use crate::sys;
 pub use pool::{BufPool, PipePool};
 
@@ -185,10 +189,27 @@ pub async fn relay(
     pending_up: Vec<u8>,
     codec: Option<Box<dyn StreamCodec>>,
 ) -> RelayEnd {
+    relay_upstream(env, client, dest, pending_up, codec, None).await
+}
+
+/// The destination side's codec (a proxy outbound's framing), shared by both directions.
+type UpCodec<'a> = Option<&'a RefCell<Box<dyn UpstreamCodec>>>;
+
+/// As [`relay`], with the destination speaking a proxy outbound's framing (`upstream`).
+pub async fn relay_upstream(
+    env: &RelayEnv<'_>,
+    client: &TcpStream,
+    dest: &TcpStream,
+    pending_up: Vec<u8>,
+    codec: Option<Box<dyn StreamCodec>>,
+    upstream: Option<Box<dyn UpstreamCodec>>,
+) -> RelayEnd {
     // Idle timeouts are enforced by the owner's sweep over `env.ctl` (see `ConnCtl`).
     let act: &Activity = env.ctl;
     act.arm(env.timeouts.idle);
     let codec = codec.map(RefCell::new);
+    let upstream = upstream.map(RefCell::new);
+    let up = upstream.as_ref();
     // Set by the upload side when the codec has control frames for the client; the download
     // side (the only writer to the client) sends them.
     let control = tokio::sync::Notify::new();
@@ -204,8 +225,14 @@ pub async fn relay(
                     drained: &drained,
                 };
                 tokio::try_join!(
-                    copy_dir(env, act, Dir::Up, client, dest, Some(ctl_up), pending_up),
-                    copy_dir(env, act, Dir::Down, dest, client, Some(ctl_up), Vec::new()),
+                    copy_dir(env, act, Dir::Up, client, dest, Some(ctl_up), up, pending_up),
+                    copy_dir(env, act, Dir::Down, dest, client, Some(ctl_up), up, Vec::new()),
+                )
+            }
+            None if up.is_some() => {
+                tokio::try_join!(
+                    copy_dir(env, act, Dir::Up, client, dest, None, up, pending_up),
+                    copy_dir(env, act, Dir::Down, dest, client, None, up, Vec::new()),
                 )
             }
             None if env.splice && pending_up.is_empty() => {
@@ -222,8 +249,8 @@ pub async fn relay(
             }
             None => {
                 tokio::try_join!(
-                    copy_dir(env, act, Dir::Up, client, dest, None, pending_up),
-                    copy_dir(env, act, Dir::Down, dest, client, None, Vec::new()),
+                    copy_dir(env, act, Dir::Up, client, dest, None, None, pending_up),
+                    copy_dir(env, act, Dir::Down, dest, client, None, None, Vec::new()),
                 )
             }
         }
@@ -256,6 +283,17 @@ async fn write_all(
     act: &Activity,
     dir: Dir,
     dst: &TcpStream,
+    data: &[u8],
+) -> io::Result<()> {
+    write_all_counting(env, act, dir == Dir::Up, dst, data).await
+}
+
+/// Writes all of `data`; each completed write counts as upload when `count_up`.
+async fn write_all_counting(
+    env: &RelayEnv<'_>,
+    act: &Activity,
+    count_up: bool,
+    dst: &TcpStream,
     mut data: &[u8],
 ) -> io::Result<()> {
     while !data.is_empty() {
@@ -264,7 +302,7 @@ async fn write_all(
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(m) => {
                 act.touch();
-                if dir == Dir::Up {
+                if count_up {
                     env.meter.up(m as u64);
                 }
                 data = data.get(m..).unwrap_or_default();
@@ -322,6 +360,7 @@ async fn send_control(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn copy_dir(
     env: &RelayEnv<'_>,
     act: &Activity,
@@ -329,6 +368,7 @@ async fn copy_dir(
     src: &TcpStream,
     dst: &TcpStream,
     codec: Option<CodecCtl<'_>>,
+    up: UpCodec<'_>,
     pending: Vec<u8>,
 ) -> io::Result<()> {
     // Partial frame carried between reads (client wire bytes, Up with a codec only).
@@ -337,7 +377,7 @@ async fn copy_dir(
     let mut input_ended = false;
     let mut since_yield = 0usize;
     if !pending.is_empty() {
-        Box::pin(forward(env, act, dir, dst, codec, &mut carry, &pending)).await?;
+        Box::pin(forward(env, act, dir, dst, codec, up, &mut carry, &pending)).await?;
     }
     loop {
         match codec {
@@ -370,7 +410,7 @@ async fn copy_dir(
         }
         // Server→client through a codec that seals in place (TLS record layer): read
         // straight into the records' payload slots, no plaintext copy.
-        if let Some(c) = codec.filter(|_| dir == Dir::Down) {
+        if let Some(c) = codec.filter(|_| dir == Dir::Down && up.is_none()) {
             let layout = c.codec.borrow().seal_layout();
             if let Some(l) = layout {
                 match Box::pin(seal_read_in_place(env, act, src, dst, c, l)).await? {
@@ -410,6 +450,7 @@ async fn copy_dir(
             dir,
             dst,
             codec,
+            up,
             &mut carry,
             buf.get(..n).unwrap_or_default(),
         ))
@@ -432,6 +473,7 @@ async fn copy_dir(
         }
         // A codec that went transparent (Vision's direct mode) hands this direction to splice.
         if env.splice
+            && up.is_none()
             && carry.is_empty()
             && codec.is_some_and(|c| c.codec.borrow().passthrough(dir == Dir::Up))
         {
@@ -443,17 +485,108 @@ async fn copy_dir(
 /// Draws on the speed limit, then transforms and writes one chunk. Callers box it: its state
 /// (a timer, the write) exists only while bytes move, so an idle connection's task, parked on
 /// readiness, does not carry it.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     env: &RelayEnv<'_>,
     act: &Activity,
     dir: Dir,
     dst: &TcpStream,
     codec: Option<CodecCtl<'_>>,
+    up: UpCodec<'_>,
     carry: &mut Vec<u8>,
     data: &[u8],
 ) -> io::Result<()> {
     limit(env, data.len()).await;
-    process_chunk(env, act, dir, dst, codec, carry, data).await
+    match up {
+        None => process_chunk(env, act, dir, dst, codec, carry, data).await,
+        Some(u) => through_upstream(env, act, dir, dst, codec, u, carry, data).await,
+    }
+}
+
+fn invalid(e: crate::proto::WireError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// One chunk on a connection whose destination speaks a proxy outbound's framing. Up: the
+/// client's plaintext (opened by the client codec, if any) is counted, sealed for the
+/// destination and written uncounted. Down: the destination's wire bytes are opened, the
+/// plaintext counted and passed to the client (sealed by the client codec, if any).
+#[allow(clippy::too_many_arguments)]
+async fn through_upstream(
+    env: &RelayEnv<'_>,
+    act: &Activity,
+    dir: Dir,
+    dst: &TcpStream,
+    codec: Option<CodecCtl<'_>>,
+    up: &RefCell<Box<dyn UpstreamCodec>>,
+    carry: &mut Vec<u8>,
+    data: &[u8],
+) -> io::Result<()> {
+    let mut plain = env.bufs.take_vec();
+    let mut out = env.bufs.take_vec();
+    let res = match dir {
+        Dir::Up => {
+            let plain_ref: &[u8] = match codec {
+                None => data,
+                Some(CodecCtl { codec, control, .. }) => {
+                    let input: &[u8] = if carry.is_empty() {
+                        data
+                    } else {
+                        carry.extend_from_slice(data);
+                        &carry[..]
+                    };
+                    let mut c = codec.borrow_mut();
+                    let used = c.open(input, &mut plain).map_err(invalid);
+                    match used {
+                        Ok(used) => {
+                            *carry = input.get(used..).unwrap_or_default().to_vec();
+                            if c.has_control() {
+                                control.notify_one();
+                            }
+                        }
+                        Err(e) => {
+                            env.bufs.put_vec(plain);
+                            env.bufs.put_vec(out);
+                            return Err(e);
+                        }
+                    }
+                    &plain
+                }
+            };
+            let sealed = up.borrow_mut().seal(plain_ref, &mut out).map_err(invalid);
+            // Counted as the plaintext the user sent, once the destination has it all.
+            let n = plain_ref.len() as u64;
+            match sealed {
+                Ok(()) => write_all_counting(env, act, false, dst, &out)
+                    .await
+                    .map(|()| env.meter.up(n)),
+                Err(e) => Err(e),
+            }
+        }
+        Dir::Down => {
+            // Both directions run in one task: no `RefCell` borrow may live across an await.
+            let opened = up.borrow_mut().open(data, &mut plain).map_err(invalid);
+            match opened {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    env.meter.down(plain.len() as u64);
+                    match codec {
+                        None => write_all(env, act, Dir::Down, dst, &plain).await,
+                        Some(CodecCtl { codec, .. }) => {
+                            let sealed = codec.borrow_mut().seal(&plain, &mut out).map_err(invalid);
+                            match sealed {
+                                Ok(()) => write_all(env, act, Dir::Down, dst, &out).await,
+                                Err(e) => Err(e),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    env.bufs.put_vec(plain);
+    env.bufs.put_vec(out);
+    res
 }
 
 async fn process_chunk(
@@ -628,6 +761,7 @@ async fn copy_once(
             act,
             dir,
             dst,
+            None,
             None,
             &mut no_carry,
             buf.get(..n).unwrap_or_default(),

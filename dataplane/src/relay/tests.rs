@@ -375,3 +375,122 @@ fn upload_stops_while_the_codec_output_is_over_budget() {
     // The client was held back: it could not send much more than the buffers hold.
     assert!(sent < 16 << 20, "client sent {sent} bytes");
 }
+
+/// A toy destination-side framing: each sealed piece is `len (2 B) | bytes ^ 0x5a`.
+#[derive(Default)]
+struct Framed {
+    carry: Vec<u8>,
+}
+
+fn frame(plain: &[u8], out: &mut Vec<u8>) {
+    for piece in plain.chunks(1000) {
+        out.extend_from_slice(&(piece.len() as u16).to_be_bytes());
+        out.extend(piece.iter().map(|b| b ^ 0x5a));
+    }
+}
+
+fn unframe(carry: &mut Vec<u8>, wire: &[u8], out: &mut Vec<u8>) {
+    carry.extend_from_slice(wire);
+    loop {
+        let Some(&[a, b]) = carry.get(..2).map(|h| <&[u8; 2]>::try_from(h).unwrap()) else {
+            return;
+        };
+        let n = usize::from(u16::from_be_bytes([a, b]));
+        let Some(body) = carry.get(2..2 + n) else {
+            return;
+        };
+        out.extend(body.iter().map(|b| b ^ 0x5a));
+        carry.drain(..2 + n);
+    }
+}
+
+impl UpstreamCodec for Framed {
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        frame(plain, out);
+        Ok(())
+    }
+    fn open(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        unframe(&mut self.carry, wire, out);
+        Ok(())
+    }
+}
+
+/// A proxy outbound's framing between the relay and the destination: the destination sees
+/// framed bytes both ways, the client plaintext, and each byte is counted once as plaintext.
+#[test]
+fn upstream_codec_frames_the_destination_side_and_counts_plaintext() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut client_app, client_relay) = pair();
+    let (mut dest_app, dest_relay) = pair();
+    let up: Vec<u8> = (0..50_000u32).map(|i| (i * 13) as u8).collect();
+    let down: Vec<u8> = (0..40_000u32).map(|i| (i * 7 + 1) as u8).collect();
+    let meter = Count::default();
+    let bufs = BufPool::new(16 * 1024);
+    let pipes = PipePool::new(64 * 1024);
+    let bucket = Bucket::new(0);
+    let ctl = ConnCtl::default();
+    let env = RelayEnv {
+        bufs: &bufs,
+        pipes: &pipes,
+        meter: &meter,
+        bucket: &bucket,
+        timeouts: RelayTimeouts {
+            idle: Duration::from_secs(10),
+            uplink_only: Duration::from_secs(10),
+            downlink_only: Duration::from_secs(10),
+        },
+        ctl: &ctl,
+        splice: true,
+        uring: None,
+    };
+    // The applications on both ends run on threads (blocking sockets).
+    let (up2, down2) = (up.clone(), down.clone());
+    let client_side = std::thread::spawn(move || {
+        client_app.write_all(&up2).unwrap();
+        client_app.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        client_app.read_to_end(&mut got).unwrap();
+        got
+    });
+    let dest_side = std::thread::spawn(move || {
+        let mut wire = Vec::new();
+        dest_app.read_to_end(&mut wire).unwrap();
+        let mut plain = Vec::new();
+        unframe(&mut Vec::new(), &wire, &mut plain);
+        let mut framed = Vec::new();
+        frame(&down2, &mut framed);
+        dest_app.write_all(&framed).unwrap();
+        dest_app.shutdown(Shutdown::Write).unwrap();
+        (wire.len(), plain)
+    });
+    let end = rt.block_on(async {
+        let client = TcpStream::from_std(client_relay).unwrap();
+        let dest = TcpStream::from_std(dest_relay).unwrap();
+        relay_upstream(
+            &env,
+            &client,
+            &dest,
+            Vec::new(),
+            None,
+            Some(Box::new(Framed::default())),
+        )
+        .await
+    });
+    assert!(matches!(end, RelayEnd::Done), "{end:?}");
+    let (wire_len, plain_up) = dest_side.join().unwrap();
+    assert_eq!(plain_up, up, "the destination got the framed upload");
+    assert!(wire_len > up.len(), "framing went over the wire");
+    assert_eq!(
+        client_side.join().unwrap(),
+        down,
+        "the client got the plaintext download"
+    );
+    assert_eq!(
+        (meter.up.get(), meter.down.get()),
+        (50_000, 40_000),
+        "counted once, as plaintext"
+    );
+}

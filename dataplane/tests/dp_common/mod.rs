@@ -141,6 +141,8 @@ pub fn node(slot: u16, port: u16) -> NodeConfig {
         flow: String::new(),
         block_rules: Vec::new(),
         dns_routes: Vec::new(),
+        route_rules: Vec::new(),
+        outbounds: Vec::new(),
         padding_scheme: Vec::new(),
         hysteria2: None,
         tuic: None,

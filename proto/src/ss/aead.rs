@@ -562,3 +562,12 @@ impl Aead2017Client {
         Ok(())
     }
 }
+
+impl crate::UpstreamCodec for Aead2017Client {
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        Aead2017Client::seal(self, plain, out)
+    }
+    fn open(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        Aead2017Client::open(self, wire, out)
+    }
+}

@@ -863,6 +863,21 @@ impl Ss2022Client {
     }
 }
 
+impl crate::UpstreamCodec for Ss2022Client {
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        Ss2022Client::seal(self, plain, out)
+    }
+    /// As [`Ss2022Client::open`], and a response that does not echo our request salt is an
+    /// error (a replayed or foreign response stream).
+    fn open(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        Ss2022Client::open(self, wire, out)?;
+        match self.response_checked {
+            Some((_, false)) => Err(WireError::Malformed("response salt")),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Build one client→server SS-2022 datagram (tests).
 #[allow(clippy::too_many_arguments)]
 pub fn client_packet(

@@ -25,6 +25,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
+pub mod client;
 pub mod udp;
 pub mod vision;
 

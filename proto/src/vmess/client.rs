@@ -191,3 +191,89 @@ pub struct ClientBody {
     pub writer: ChunkWriter,
     pub reader: ChunkReader,
 }
+
+/// A VMess client stream over TCP, the destination-side codec of a VMess proxy outbound: the
+/// request header (sent at connect by the caller), then body chunks up; the response header,
+/// then body chunks down.
+pub struct ClientStream {
+    req: ClientRequest,
+    /// `None`: security `none`, the body is raw.
+    body: Option<ClientBody>,
+    /// Downlink wire bytes not yet opened (the response header, or a partial chunk).
+    carry: Vec<u8>,
+    header_done: bool,
+}
+
+/// Longest response header we wait for (Xray's is 4 bytes of plaintext plus its framing; a
+/// command may add a few dozen).
+const MAX_RESPONSE_HEADER: usize = 4096;
+
+impl ClientStream {
+    /// A TCP request to `dest` for the user with this `cmd_key` (`crypto::cmd_key` of the
+    /// uuid); returns the stream and the request header to send.
+    pub fn new(
+        cmd_key: [u8; 16],
+        security: u8,
+        dest: Destination,
+        now: u64,
+    ) -> Result<(Self, Vec<u8>), WireError> {
+        let req = ClientRequest::tcp(cmd_key, now, security, dest);
+        let head = req.seal()?;
+        let body = req.body()?;
+        Ok((
+            ClientStream {
+                req,
+                body,
+                carry: Vec::new(),
+                header_done: false,
+            },
+            head,
+        ))
+    }
+}
+
+impl crate::UpstreamCodec for ClientStream {
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        // An empty chunk would end the stream.
+        if plain.is_empty() {
+            return Ok(());
+        }
+        match self.body.as_mut() {
+            Some(b) => b.writer.seal(plain, out),
+            None => {
+                out.extend_from_slice(plain);
+                Ok(())
+            }
+        }
+    }
+
+    fn open(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        let mut data = std::mem::take(&mut self.carry);
+        data.extend_from_slice(wire);
+        let mut start = 0;
+        if !self.header_done {
+            match self.req.open_response(&data)? {
+                None if data.len() > MAX_RESPONSE_HEADER => {
+                    return Err(WireError::Malformed("vmess: response header too long"))
+                }
+                None => {
+                    self.carry = data;
+                    return Ok(());
+                }
+                Some(n) => {
+                    self.header_done = true;
+                    start = n;
+                }
+            }
+        }
+        let rest = data.get(start..).unwrap_or_default();
+        match self.body.as_mut() {
+            Some(b) => {
+                let used = b.reader.open(rest, out)?;
+                self.carry = rest.get(used..).unwrap_or_default().to_vec();
+            }
+            None => out.extend_from_slice(rest),
+        }
+        Ok(())
+    }
+}

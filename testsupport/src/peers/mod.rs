@@ -2,3 +2,4 @@
 //! The older sing-box / v2ray / sslocal helpers live in [`crate::harness`].
 
 pub mod shoes;
+pub mod upstream;
