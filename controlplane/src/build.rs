@@ -122,6 +122,7 @@ pub fn node_config(
         Protocol::Hysteria2 => Some(Hysteria2Settings {
             // Only the local config has a range (the panel never sends one).
             hop_ports: entry.hop_ports,
+            masquerade: entry.masquerade.clone(),
             ..hysteria2_settings(info)?
         }),
         _ => None,
@@ -379,6 +380,7 @@ fn hysteria2_settings(info: &NodeInfo) -> Result<Hysteria2Settings, BuildError> 
             .unwrap_or_default(),
         obfs_password: obfs_password.unwrap_or_default().to_string(),
         hop_ports: None,
+        masquerade: None,
     })
 }
 

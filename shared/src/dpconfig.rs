@@ -195,6 +195,111 @@ pub struct Hysteria2Settings {
     /// core that holds its connection whatever socket they land on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hop_ports: Option<PortRange>,
+    /// What answers HTTP/3 requests that are not an authenticated Hysteria 2 client (any
+    /// other request, a wrong password): the local config's `Masquerade`. `None`: a 404, as
+    /// the reference server and sing-box without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub masquerade: Option<Masquerade>,
+}
+
+/// A Hysteria 2 node's masquerade (`Masquerade` in the local config, sing-box's URL form):
+/// `file:///var/www` serves a directory, `http://…`/`https://…` proxies to a web server,
+/// `string:…` answers every request with that text.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Masquerade {
+    /// Static files under this absolute directory.
+    File { dir: String },
+    /// A reverse proxy to `host:port`, over TLS (certificate checked against the web PKI
+    /// roots, SNI = `host`) when `tls`; request paths are appended to `base` (no trailing
+    /// `/`); the `Host` header becomes `authority`.
+    Proxy {
+        tls: bool,
+        host: String,
+        port: u16,
+        base: String,
+        authority: String,
+    },
+    /// Status 200, `text/plain; charset=utf-8`, this body.
+    String { content: String },
+}
+
+impl Masquerade {
+    /// Parses the config's string: `file://` + an absolute path, `http(s)://host[:port][/path]`
+    /// (no user info, query or fragment), or `string:` + the text.
+    pub fn parse(s: &str) -> Result<Masquerade, String> {
+        let want = "expected file:///dir, http(s)://host[:port][/path] or string:text";
+        if let Some(text) = s.strip_prefix("string:") {
+            return Ok(Masquerade::String {
+                content: text.to_string(),
+            });
+        }
+        if let Some(dir) = s.strip_prefix("file://") {
+            if !dir.starts_with('/') {
+                return Err(format!(
+                    "{s:?}: file:// needs an absolute directory (file:///var/www)"
+                ));
+            }
+            let dir = dir.trim_end_matches('/');
+            return Ok(Masquerade::File {
+                dir: if dir.is_empty() {
+                    "/".to_string()
+                } else {
+                    dir.to_string()
+                },
+            });
+        }
+        let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!("{s:?}: {want}"));
+        };
+        if rest.contains(['?', '#', '@', ' ']) {
+            return Err(format!(
+                "{s:?}: no user info, query, fragment or spaces in a masquerade URL"
+            ));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = match authority.strip_prefix('[') {
+            // [v6] or [v6]:port
+            Some(r) => {
+                let (h, after) = r
+                    .split_once(']')
+                    .ok_or_else(|| format!("{s:?}: unclosed [ in the host"))?;
+                let port = match after {
+                    "" => default_port,
+                    p => p
+                        .strip_prefix(':')
+                        .and_then(|p| p.parse::<u16>().ok())
+                        .ok_or_else(|| format!("{s:?}: bad port"))?,
+                };
+                (h.to_string(), port)
+            }
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse::<u16>().map_err(|_| format!("{s:?}: bad port"))?,
+                ),
+                None => (authority.to_string(), default_port),
+            },
+        };
+        if host.is_empty() || port == 0 {
+            return Err(format!("{s:?}: {want}"));
+        }
+        Ok(Masquerade::Proxy {
+            tls,
+            host,
+            port,
+            base: path.trim_end_matches('/').to_string(),
+            authority: authority.to_string(),
+        })
+    }
 }
 
 /// An inclusive range of ports, `first-last` in the config (`HopPorts: "20000-50000"`).

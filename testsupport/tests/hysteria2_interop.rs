@@ -743,3 +743,372 @@ fn speed_limit_holds_under_brutal() {
     );
     drop(proc_);
 }
+
+// ---------- masquerade (issue 12) ----------
+
+/// Accepts any server certificate (the node's is self-signed).
+#[derive(Debug)]
+struct AnyCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One HTTP/3 answer: status, headers, body.
+struct H3Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl H3Answer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// An HTTP/3 client (the `h3` crate over quinn, not our code) on one QUIC connection to the
+/// node: what a browser or a prober sees.
+struct H3Client {
+    rt: tokio::runtime::Runtime,
+    conn: quinn::Connection,
+    send: h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
+    _ep: quinn::Endpoint,
+}
+
+impl H3Client {
+    /// Connects (retrying while the node comes up, at most 15 s).
+    fn connect(port: u16) -> H3Client {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (ep, conn, send) = rt.block_on(async {
+            let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert(provider)))
+                .with_no_client_auth();
+            tls.alpn_protocols = vec![b"h3".to_vec()];
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+            let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+            let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let conn = loop {
+                match ep.connect(server, DOMAIN).unwrap().await {
+                    Ok(c) => break c,
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => panic!("QUIC connect to the node: {e}"),
+                }
+            };
+            let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+            });
+            (ep, conn, send)
+        });
+        H3Client {
+            rt,
+            conn,
+            send,
+            _ep: ep,
+        }
+    }
+
+    /// Sends one request (at most 20 s for the whole answer).
+    fn request(
+        &mut self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<H3Answer> {
+        let mut req = http::Request::builder().method(method).uri(uri);
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        let req = req.body(())?;
+        let body = bytes::Bytes::copy_from_slice(body);
+        let send = &mut self.send;
+        self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                let mut s = send.send_request(req).await?;
+                if !body.is_empty() {
+                    s.send_data(body).await?;
+                }
+                s.finish().await?;
+                let resp = s.recv_response().await?;
+                let mut got = Vec::new();
+                while let Some(mut chunk) = s.recv_data().await? {
+                    use bytes::Buf as _;
+                    while chunk.has_remaining() {
+                        let c = chunk.chunk();
+                        got.extend_from_slice(c);
+                        let n = c.len();
+                        chunk.advance(n);
+                    }
+                }
+                Ok::<_, anyhow::Error>(H3Answer {
+                    status: resp.status().as_u16(),
+                    headers: resp.headers().clone(),
+                    body: got,
+                })
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within 20 s"))?
+        })
+    }
+
+    /// Whether the connection was closed within `within`.
+    fn closed_within(&self, within: Duration) -> bool {
+        let conn = self.conn.clone();
+        self.rt
+            .block_on(async { tokio::time::timeout(within, conn.closed()).await.is_ok() })
+    }
+}
+
+/// nginx over plain HTTP, the masquerade's upstream: every answer names what nginx saw, and
+/// `/big` is 1 MiB.
+struct WebUpstream {
+    port: u16,
+    big: Vec<u8>,
+    _proc: v2sp_testsupport::harness::Proc,
+}
+
+impl WebUpstream {
+    fn start(dir: &std::path::Path) -> WebUpstream {
+        let d = dir.join("nginx");
+        std::fs::create_dir_all(d.join("logs")).unwrap();
+        let big = payload(1 << 20, 42);
+        std::fs::write(d.join("big.bin"), &big).unwrap();
+        let port = free_port();
+        let conf = format!(
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/logs/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
+               uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+               server {{ listen 127.0.0.1:{port}; location = /big {{ alias {d}/big.bin; }}\n\
+                 location / {{ add_header X-Upstream nginx; return 200 \"upstream $request_method $request_uri host=$http_host len=$content_length ua=$http_user_agent auth=$http_hysteria_auth\\n\"; }} }} }}\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("nginx.conf"), conf).unwrap();
+        let mut cmd = std::process::Command::new(v2sp_testsupport::harness::peer("nginx").unwrap());
+        cmd.arg("-p").arg(&d).arg("-c").arg(d.join("nginx.conf"));
+        let p = v2sp_testsupport::harness::Proc::spawn("nginx", cmd, d.join("stdout.log")).unwrap();
+        v2sp_testsupport::harness::wait_tcp(port, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("nginx: {e:#}\n{}", p.log()));
+        WebUpstream { port, big, _proc: p }
+    }
+}
+
+fn sha(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// Issue 12, masquerade as a reverse proxy (`Masquerade: "http://127.0.0.1:<nginx>"`): an
+/// HTTP/3 client gets nginx's answers (method, path and query, headers, body passed on, `Host`
+/// rewritten, a 1 MiB answer streamed intact); a wrong password's `POST /auth` gets the same
+/// kind of answer as any other request (nginx's 200, not a 404 or a 233), without the
+/// password reaching nginx; on the same node a real sing-box client still authenticates and
+/// transfers, counted exactly; nothing is counted for the web requests.
+#[test]
+fn masquerade_proxies_to_a_web_server() {
+    let echo = Echo::start().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let web = WebUpstream::start(certs.path());
+    let mut extra = self_signed_certs(certs.path(), DOMAIN);
+    extra["Masquerade"] = json!(format!("http://127.0.0.1:{}", web.port));
+    let v = V2sp::start(vec![hy2_node(1, json!({}))], extra).unwrap();
+    let n = &v.nodes[0];
+    let mut failures = Vec::new();
+    let mut c = H3Client::connect(n.port);
+    let want_host = format!("host=127.0.0.1:{}", web.port);
+    match c.request(
+        "GET",
+        "https://v2sp.test/hello?x=1",
+        &[("user-agent", "probe/1")],
+        b"",
+    ) {
+        Ok(a) => {
+            let t = a.text();
+            if a.status != 200
+                || !t.starts_with("upstream GET /hello?x=1 ")
+                || !t.contains(&want_host)
+                || !t.contains("ua=probe/1")
+                || a.header("x-upstream") != "nginx"
+            {
+                failures.push(format!("GET: {} {:?} {t:?}", a.status, a.headers));
+            }
+        }
+        Err(e) => failures.push(format!("GET: {e:#}")),
+    }
+    let form = payload(3000, 5);
+    match c.request("POST", "https://v2sp.test/form", &[], &form) {
+        Ok(a)
+            if a.status == 200
+                && a.text().starts_with("upstream POST /form ")
+                && a.text().contains("len=3000") => {}
+        Ok(a) => failures.push(format!("POST: {} {:?}", a.status, a.text())),
+        Err(e) => failures.push(format!("POST: {e:#}")),
+    }
+    match c.request("GET", "https://v2sp.test/big", &[], b"") {
+        Ok(a) if a.status == 200 && sha(&a.body) == sha(&web.big) => {}
+        Ok(a) => failures.push(format!("GET /big: {} {} bytes", a.status, a.body.len())),
+        Err(e) => failures.push(format!("GET /big: {e:#}")),
+    }
+    // A wrong password: the web server's answer, as for anything else; nginx never sees it.
+    match c.request(
+        "POST",
+        "https://hysteria/auth",
+        &[
+            ("hysteria-auth", STRANGER),
+            ("hysteria-cc-rx", "0"),
+            ("hysteria-padding", "abc"),
+        ],
+        b"",
+    ) {
+        Ok(a)
+            if a.status == 200
+                && a.text().starts_with("upstream POST /auth ")
+                && a.text().ends_with("auth=\n") => {}
+        Ok(a) => failures.push(format!("wrong password: {} {:?}", a.status, a.text())),
+        Err(e) => failures.push(format!("wrong password: {e:#}")),
+    }
+    drop(c);
+    let mut expected: Totals = BTreeMap::new();
+    let (proc_, socks) = sing_box_hy2(n.port, UUIDS[0], v.dir.path());
+    match tcp_echo_through(socks, echo.port, &payload(256 << 10, 7)) {
+        Ok(b) => expect(&mut expected, n.node_id, 1, b, b),
+        Err(e) => failures.push(format!(
+            "sing-box through the masquerading node: {e:#}\n{}",
+            proc_.log()
+        )),
+    }
+    drop(proc_);
+    v.finish(&failures, &expected);
+}
+
+/// Issue 12, masquerade as a static directory (`file://`): `index.html` for `/` and a
+/// subdirectory, a redirect for a directory without its `/`, content types by extension,
+/// HEAD without a body; nothing outside the directory (`..`, encoded or not; a symbolic link
+/// out of it) and no listing; a link inside it is followed. An unauthenticated connection
+/// that stops asking is still closed by its handshake deadline.
+#[test]
+fn masquerade_serves_a_directory() {
+    let certs = tempfile::tempdir().unwrap();
+    let www = certs.path().join("www");
+    std::fs::create_dir_all(www.join("sub")).unwrap();
+    std::fs::create_dir_all(www.join("empty")).unwrap();
+    std::fs::write(www.join("index.html"), "<h1>home</h1>").unwrap();
+    std::fs::write(www.join("sub/index.html"), "<h1>sub</h1>").unwrap();
+    std::fs::write(www.join("style.css"), "body{}").unwrap();
+    let blob = payload(300_000, 9);
+    std::fs::write(www.join("blob.bin"), &blob).unwrap();
+    std::fs::write(certs.path().join("secret.txt"), "secret").unwrap();
+    std::os::unix::fs::symlink(certs.path().join("secret.txt"), www.join("escape.txt")).unwrap();
+    std::os::unix::fs::symlink(www.join("style.css"), www.join("alias.css")).unwrap();
+    let mut extra = self_signed_certs(certs.path(), DOMAIN);
+    extra["Masquerade"] = json!(format!("file://{}", www.display()));
+    let v = V2sp::start(vec![hy2_node(1, json!({}))], extra).unwrap();
+    let n = &v.nodes[0];
+    let mut failures = Vec::new();
+    let mut c = H3Client::connect(n.port);
+    let cases: [(&str, &str, u16, &str, &[u8]); 12] = [
+        ("GET", "/", 200, "text/html; charset=utf-8", b"<h1>home</h1>"),
+        ("GET", "/sub/", 200, "text/html; charset=utf-8", b"<h1>sub</h1>"),
+        ("GET", "/style.css?v=2", 200, "text/css; charset=utf-8", b"body{}"),
+        ("GET", "/alias.css", 200, "text/css; charset=utf-8", b"body{}"),
+        ("HEAD", "/style.css", 200, "text/css; charset=utf-8", b""),
+        ("GET", "/escape.txt", 404, "", b"404 page not found\n"),
+        ("GET", "/../secret.txt", 404, "", b"404 page not found\n"),
+        ("GET", "/%2e%2e/secret.txt", 404, "", b"404 page not found\n"),
+        ("GET", "/empty/", 404, "", b"404 page not found\n"),
+        ("GET", "/missing", 404, "", b"404 page not found\n"),
+        ("POST", "/", 405, "", b"405 method not allowed\n"),
+        ("GET", "/sub", 301, "", b"301 moved permanently\n"),
+    ];
+    for (method, path, status, ctype, body) in cases {
+        match c.request(method, &format!("https://v2sp.test{path}"), &[], b"") {
+            Ok(a) => {
+                let type_ok = ctype.is_empty() || a.header("content-type") == ctype;
+                if a.status != status || !type_ok || a.body != body {
+                    failures.push(format!(
+                        "{method} {path}: {} {:?} {:?}",
+                        a.status,
+                        a.headers,
+                        a.text()
+                    ));
+                }
+                if status == 301 && a.header("location") != "/sub/" {
+                    failures.push(format!("{method} {path}: location {:?}", a.header("location")));
+                }
+            }
+            Err(e) => failures.push(format!("{method} {path}: {e:#}")),
+        }
+    }
+    match c.request("GET", "https://v2sp.test/blob.bin", &[], b"") {
+        Ok(a) if a.status == 200 && a.body == blob && a.header("content-length") == "300000" => {}
+        Ok(a) => failures.push(format!("blob: {} {} bytes", a.status, a.body.len())),
+        Err(e) => failures.push(format!("blob: {e:#}")),
+    }
+    // A wrong password gets the directory's answer to any POST (405).
+    match c.request(
+        "POST",
+        "https://hysteria/auth",
+        &[("hysteria-auth", STRANGER)],
+        b"",
+    ) {
+        Ok(a) if a.status == 405 => {}
+        Ok(a) => failures.push(format!("wrong password: {} {:?}", a.status, a.text())),
+        Err(e) => failures.push(format!("wrong password: {e:#}")),
+    }
+    // Quiet now: the deadline (the handshake timeout after the last request) closes it.
+    if !c.closed_within(Duration::from_secs(10)) {
+        failures.push("an unauthenticated connection outlived its deadline".to_string());
+    }
+    v.finish(&failures, &BTreeMap::new());
+}

@@ -8,6 +8,8 @@ pub mod auth;
 mod brutal;
 mod engine;
 mod fallback;
+#[cfg(feature = "hysteria2")]
+mod masq;
 mod mux_tcp;
 #[cfg(feature = "quic")]
 mod quic;

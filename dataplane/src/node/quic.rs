@@ -84,6 +84,16 @@ const EARLY_DATAGRAMS: usize = 16;
 const CMD_QUEUE: usize = 256;
 /// Replies sent on their own streams (TUIC `quic` mode) at once; more are dropped.
 const MAX_REPLY_STREAMS: u32 = 64;
+/// Web requests (Hysteria 2's masquerade) one connection gets answered; later ones are
+/// rejected (H3_REQUEST_REJECTED: a browser retries on a new connection).
+const MASQ_REQUESTS: u32 = 100;
+/// Web requests of one connection answered at once; more wait for their turn.
+const MASQ_CONCURRENT: usize = 4;
+/// How long web requests may keep an unauthenticated connection: each one served moves the
+/// connection's deadline to the node's handshake timeout after it, never beyond this after
+/// the connection began. A browser gets a page and its resources; a prober cannot hold a
+/// connection (and its handshake place) longer than this without authenticating.
+const MASQ_LIFETIME: Duration = Duration::from_secs(30);
 
 /// The protocol handle of a QUIC node: it has no TCP handshake (the node is served by
 /// [`accept_loop`] instead of a TCP listener).
@@ -119,6 +129,10 @@ pub(super) struct QuicSettings {
     pub(super) obfs: Option<Salamander>,
     /// What each connection's transport config is built from ([`QuicSettings::for_connection`]).
     transport: Transport,
+    /// What answers web requests that are not the protocol's (Hysteria 2's masquerade);
+    /// `None`: the protocol's own refusal ([`QuicInbound::auth_refused`], a 404).
+    #[cfg(feature = "hysteria2")]
+    masq: Option<Arc<super::masq::Masq>>,
 }
 
 /// The node's transport settings (quinn's `TransportConfig` cannot be cloned, and each
@@ -220,10 +234,17 @@ pub(super) fn quic_settings(n: &NodeConfig, q: &dyn QuicInbound) -> Result<QuicS
     };
     // The endpoint's own config (each connection is accepted with its own copy of it).
     sc.transport_config(Arc::new(transport.config(transport.congestion.clone())));
+    #[cfg(feature = "hysteria2")]
+    let masq = match n.hysteria2.as_ref().and_then(|h| h.masquerade.as_ref()) {
+        Some(m) => Some(Arc::new(super::masq::Masq::new(m)?)),
+        None => None,
+    };
     Ok(QuicSettings {
         server: sc,
         obfs,
         transport,
+        #[cfg(feature = "hysteria2")]
+        masq,
     })
 }
 
@@ -487,8 +508,14 @@ struct ConnShared {
     proto: Rc<dyn QuicInbound>,
     conn: quinn::Connection,
     ip: IpAddr,
-    /// Authentication must succeed by then.
-    deadline: Instant,
+    /// When the connection began (after its QUIC handshake).
+    started: Instant,
+    /// Authentication must succeed by then (moved on by web requests, up to
+    /// [`MASQ_LIFETIME`] after `started`).
+    deadline: Cell<Instant>,
+    /// Web requests answered so far, and the places to answer them at once.
+    web_requests: Cell<u32>,
+    web_slots: tokio::sync::Semaphore,
     /// Set by the stream that authenticated the connection.
     env: RefCell<Option<Rc<StreamEnv>>>,
     /// The registry entry and device reference, taken by the connection's loop.
@@ -531,7 +558,16 @@ impl ConnShared {
         let mut rx = self.authed.subscribe();
         tokio::select! {
             _ = rx.wait_for(|a| *a) => self.env(),
-            _ = tokio::time::sleep_until(self.deadline) => None,
+            _ = tokio::time::sleep_until(self.deadline.get()) => None,
+        }
+    }
+
+    /// A web request keeps the unauthenticated connection for the node's handshake timeout
+    /// more, within [`MASQ_LIFETIME`] of its start.
+    fn extend_deadline(&self) {
+        let until = (Instant::now() + self.node.handshake).min(self.started + MASQ_LIFETIME);
+        if until > self.deadline.get() {
+            self.deadline.set(until);
         }
     }
 
@@ -628,7 +664,10 @@ async fn serve_conn(
         proto: proto.clone(),
         conn: conn.clone(),
         ip: crate::net::normalise_ip(peer.ip()),
-        deadline,
+        started: Instant::now(),
+        deadline: Cell::new(deadline),
+        web_requests: Cell::new(0),
+        web_slots: tokio::sync::Semaphore::new(MASQ_CONCURRENT),
         env: RefCell::new(None),
         reg: RefCell::new(None),
         authed: tokio::sync::watch::Sender::new(false),
@@ -689,7 +728,11 @@ async fn serve_conn(
                     u.datagram(&mut *state, &d);
                 }
             }
-            _ = tokio::time::sleep_until(deadline), if udp.is_none() => {
+            _ = tokio::time::sleep_until(sh.deadline.get()), if udp.is_none() => {
+                // Web requests may have moved the deadline on since this sleep began.
+                if Instant::now() < sh.deadline.get() {
+                    continue;
+                }
                 conn.close(code(close_code), b"");
                 break;
             }
@@ -769,7 +812,7 @@ async fn client_stream(sh: Rc<ConnShared>, mut send: Option<quinn::SendStream>, 
     let until = if authed {
         Instant::now() + sh.node.handshake
     } else {
-        sh.deadline
+        sh.deadline.get()
     };
     let bidi = send.is_some();
     let mut buf = Vec::new();
@@ -827,7 +870,25 @@ async fn client_stream(sh: Rc<ConnShared>, mut send: Option<quinn::SendStream>, 
     match head {
         StreamHead::NeedMore => {}
         StreamHead::Discard => while let Ok(Some(_)) = recv.read_chunk(READ_CHUNK, true).await {},
-        StreamHead::Auth { key, token, rx } => authenticate(&sh, &key, token.as_ref(), rx, send).await,
+        StreamHead::Auth { key, token, rx, web } => {
+            // A failed claim is answered as the protocol says: a web request like any other
+            // (Hysteria 2: nothing tells a wrong password from a page that is not there),
+            // its refusal, or the connection's end.
+            if let Err(send) = authenticate(&sh, &key, token.as_ref(), rx, send).await {
+                match (web, send, sh.proto.auth_refused()) {
+                    (Some(w), Some(s), _) => serve_web(&sh, *w, buf, s, recv).await,
+                    (None, Some(mut s), Some(r)) => {
+                        let _ = s.write_all(&r).await;
+                        let _ = s.finish();
+                    }
+                    _ => sh.send_cmd(Cmd::Close),
+                }
+            }
+        }
+        StreamHead::Web(w) => match send {
+            Some(s) => serve_web(&sh, *w, buf, s, recv).await,
+            None => refuse(&sh, None, &mut recv),
+        },
         StreamHead::Refuse { reply } => {
             if let Some(mut s) = send {
                 let _ = s.write_all(&reply).await;
@@ -870,15 +931,14 @@ fn refuse(sh: &ConnShared, send: Option<&mut quinn::SendStream>, recv: &mut quin
 /// Checks a claim: the key in the node's table, the protocol's proof against the user's
 /// secret, the device admitted. On success the connection is the user's, sends at the fixed
 /// rate the protocol allows for the client's declared receive rate `rx` (if any), and the
-/// protocol's answer goes out; on failure the protocol's refusal, or the connection is
-/// closed.
+/// protocol's answer goes out; on failure `send` comes back for the caller's answer.
 async fn authenticate(
     sh: &ConnShared,
     key: &[u8],
     token: Option<&[u8; 32]>,
     rx: u64,
     send: Option<quinn::SendStream>,
-) {
+) -> Result<(), Option<quinn::SendStream>> {
     let (core, node) = (&sh.core, &sh.node);
     let slot = node.cfg.slot;
     let admitted = if sh.env().is_some() {
@@ -906,14 +966,7 @@ async fn authenticate(
         }
     };
     let Some((user, Admitted { reg, ctl, bucket })) = admitted else {
-        match (sh.proto.auth_refused(), send) {
-            (Some(r), Some(mut s)) => {
-                let _ = s.write_all(&r).await;
-                let _ = s.finish();
-            }
-            _ => sh.send_cmd(Cmd::Close),
-        }
-        return;
+        return Err(send);
     };
     // Before the answer: the client's requests follow it, and the bytes sent back to them go
     // out at the fixed rate from the first.
@@ -943,6 +996,57 @@ async fn authenticate(
             let _ = s.finish();
         }
     }
+    Ok(())
+}
+
+/// A web request that is not the protocol's (`buf`: the stream's bytes so far, its head
+/// first): answered by the node's masquerade, [`MASQ_REQUESTS`] per connection and
+/// [`MASQ_CONCURRENT`] at once, each one keeping an unauthenticated connection a little
+/// longer (`ConnShared::extend_deadline`); without a masquerade, the protocol's refusal as
+/// before (a 404 that does not move the deadline).
+async fn serve_web(
+    sh: &ConnShared,
+    head: crate::proto::quic::WebHead,
+    mut buf: Vec<u8>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    #[cfg(feature = "hysteria2")]
+    let masq = sh.node.quic.as_ref().and_then(|q| q.masq.clone());
+    #[cfg(not(feature = "hysteria2"))]
+    let masq: Option<()> = None;
+    let Some(masq) = masq else {
+        match sh.proto.auth_refused() {
+            Some(r) => {
+                let _ = send.write_all(&r).await;
+                let _ = send.finish();
+            }
+            None => refuse(sh, Some(&mut send), &mut recv),
+        }
+        return;
+    };
+    if sh.web_requests.get() >= MASQ_REQUESTS {
+        refuse(sh, Some(&mut send), &mut recv);
+        return;
+    }
+    sh.web_requests.set(sh.web_requests.get() + 1);
+    let slot = tokio::select! {
+        s = sh.web_slots.acquire() => s,
+        _ = tokio::time::sleep_until(sh.deadline.get()), if sh.env().is_none() => {
+            refuse(sh, Some(&mut send), &mut recv);
+            return;
+        }
+    };
+    let Ok(_slot) = slot else { return };
+    // Counted from the start too: a slow answer is not cut by a deadline it began before.
+    sh.extend_deadline();
+    let body = buf.split_off(head.used.min(buf.len()));
+    drop(buf);
+    #[cfg(feature = "hysteria2")]
+    masq.serve(&head.request, body, &mut send, &mut recv).await;
+    #[cfg(not(feature = "hysteria2"))]
+    let _ = (masq, body, head);
+    sh.extend_deadline();
 }
 
 /// UDP sessions of one connection the client opened at once (more are dropped until one ends).

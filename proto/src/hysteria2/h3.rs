@@ -47,25 +47,8 @@ pub const MAX_HEADERS: usize = 64 * 1024;
 /// Field lines accepted in one request.
 const MAX_FIELDS: usize = 128;
 
-/// One decoded request head.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Request {
-    pub method: String,
-    pub path: String,
-    pub authority: String,
-    /// Regular header fields, names lower-case as sent on the wire.
-    pub headers: Vec<(String, String)>,
-}
-
-impl Request {
-    /// The first value of header `name` (lower-case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
+/// One decoded request head (the QUIC seam's web request).
+pub use crate::quic::WebRequest as Request;
 
 /// The server's control stream: its type, then SETTINGS (no dynamic QPACK table).
 pub fn control_stream_preface() -> Vec<u8> {
@@ -90,6 +73,12 @@ pub fn put_frame(out: &mut Vec<u8>, ty: u64, payload: &[u8]) {
 /// frame is incomplete. Unknown frames before it are skipped; DATA before HEADERS, or a
 /// HEADERS frame larger than [`MAX_HEADERS`], is an error.
 pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, WireError> {
+    Ok(parse_request_head(buf)?.map(|(r, _)| r))
+}
+
+/// [`parse_request`], with the number of bytes up to the end of the HEADERS frame (the body's
+/// frames follow).
+pub fn parse_request_head(buf: &[u8]) -> Result<Option<(Request, usize)>, WireError> {
     let mut at = 0;
     loop {
         let Some((ty, n)) = buf.get(at..).and_then(varint) else {
@@ -109,7 +98,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, WireError> {
             return Ok(None);
         };
         match ty {
-            FRAME_HEADERS => return decode_request(payload).map(Some),
+            FRAME_HEADERS => return decode_request(payload).map(|r| Some((r, start + len))),
             FRAME_DATA => return Err(WireError::Malformed("http3: DATA before HEADERS")),
             // SETTINGS and the other control-stream frames are errors on a request stream
             // (RFC 9114 §7.2.4): refuse like any malformed request.
@@ -119,6 +108,89 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, WireError> {
             _ => at = start + len,
         }
     }
+}
+
+/// The frames of a request body after its HEADERS (RFC 9114 §4.1): DATA payloads are the
+/// body, a second HEADERS frame is the trailers (skipped), unknown frame types are skipped.
+/// Frames are taken as they arrive: a DATA frame of any length passes through in pieces, so
+/// only a frame's type and length are ever waited for.
+#[derive(Debug, Default)]
+pub struct BodyDecoder {
+    /// Payload bytes of the current DATA frame still to come.
+    data_left: u64,
+    /// Bytes of the current skipped frame still to come.
+    skip_left: u64,
+    /// Trailers were seen: nothing but unknown frames may follow.
+    trailers: bool,
+}
+
+impl BodyDecoder {
+    /// Takes what it can of `input`, appending body bytes to `out`; returns the bytes taken
+    /// (an incomplete frame header stays in `input` for the next call).
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, WireError> {
+        let mut at = 0;
+        loop {
+            let rest = input.get(at..).unwrap_or_default();
+            if rest.is_empty() {
+                return Ok(at);
+            }
+            if self.data_left > 0 {
+                let n = rest
+                    .len()
+                    .min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
+                out.extend_from_slice(rest.get(..n).unwrap_or_default());
+                self.data_left -= n as u64;
+                at += n;
+                continue;
+            }
+            if self.skip_left > 0 {
+                let n = rest
+                    .len()
+                    .min(usize::try_from(self.skip_left).unwrap_or(usize::MAX));
+                self.skip_left -= n as u64;
+                at += n;
+                continue;
+            }
+            let Some((ty, n)) = varint(rest) else {
+                return Ok(at);
+            };
+            let Some((len, m)) = rest.get(n..).and_then(varint) else {
+                return Ok(at);
+            };
+            at += n + m;
+            match ty {
+                FRAME_DATA if self.trailers => {
+                    return Err(WireError::Malformed("http3: DATA after the trailers"))
+                }
+                FRAME_DATA => self.data_left = len,
+                FRAME_HEADERS if self.trailers => {
+                    return Err(WireError::Malformed("http3: HEADERS after the trailers"))
+                }
+                FRAME_HEADERS if len > MAX_HEADERS as u64 => {
+                    return Err(WireError::Malformed("http3: trailers larger than 64 KiB"))
+                }
+                FRAME_HEADERS => {
+                    self.trailers = true;
+                    self.skip_left = len;
+                }
+                0x03 | FRAME_SETTINGS | 0x05 | 0x07 | 0x0d => {
+                    return Err(WireError::Malformed("http3: control frame on a request stream"))
+                }
+                _ => self.skip_left = len,
+            }
+        }
+    }
+
+    /// Whether the stream may end here (not inside a frame).
+    pub fn at_frame_boundary(&self) -> bool {
+        self.data_left == 0 && self.skip_left == 0
+    }
+}
+
+/// Appends a DATA frame's type and length (its payload is written after it).
+pub fn put_data_header(out: &mut Vec<u8>, len: usize) {
+    put_varint(out, FRAME_DATA);
+    put_varint(out, len as u64);
 }
 
 /// Decodes a prefixed integer with an `bits`-bit prefix at `buf[*at]`, advancing `at`.

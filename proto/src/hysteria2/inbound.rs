@@ -3,8 +3,10 @@
 //!
 //! Before authentication every client bidirectional stream is an HTTP/3 request: the
 //! authentication request of a known user gets 233, anything else (another request, a wrong
-//! password, a refused device) a web server's 404. After it, every bidirectional stream is a
-//! TCP request. Client unidirectional streams (HTTP/3 control, QPACK) are read and dropped:
+//! password, a refused device) is a web request for the node's masquerade (a 404 without
+//! one). After it, a bidirectional stream is a TCP request, or again a web request when it
+//! starts with anything but the TCP request's frame type (a second authentication included:
+//! the connection has its user). Client unidirectional streams (HTTP/3 control, QPACK) are read and dropped:
 //! with a zero-capacity table there are no QPACK instructions to act on, and nothing in the
 //! client's SETTINGS changes what we send.
 
@@ -12,7 +14,7 @@ use std::net::SocketAddr;
 
 use super::{h3, udp, AuthRequest, Bandwidth};
 use crate::quic::salamander::Salamander;
-use crate::quic::{ConnState, Exporter, Packet, PacketPath, QuicInbound, StreamHead};
+use crate::quic::{ConnState, Exporter, Packet, PacketPath, QuicInbound, StreamHead, WebHead};
 use crate::WireError;
 
 /// Client unidirectional streams (control, QPACK encoder/decoder) open at once; more wait.
@@ -42,7 +44,13 @@ impl QuicInbound for Hysteria2Inbound {
         vec![h3::control_stream_preface()]
     }
     fn bidi_head(&self, buf: &[u8], authed: bool) -> Result<StreamHead, WireError> {
-        if authed {
+        // After authentication a stream is a TCP request, or an HTTP/3 request as before it
+        // (the reference server serves both on an authenticated connection).
+        let tcp = match super::varint(buf) {
+            None => return Ok(StreamHead::NeedMore),
+            Some((ty, _)) => ty == super::TCP_REQUEST,
+        };
+        if authed && tcp {
             return Ok(match super::parse_tcp_request(buf)? {
                 Some((dest, used)) => StreamHead::Connect { dest, used },
                 None if buf.len() >= super::MAX_TCP_REQUEST => {
@@ -51,21 +59,21 @@ impl QuicInbound for Hysteria2Inbound {
                 None => StreamHead::NeedMore,
             });
         }
-        let Some(req) = h3::parse_request(buf)? else {
+        let Some((request, used)) = h3::parse_request_head(buf)? else {
             if buf.len() > h3::MAX_HEADERS + 32 {
                 return Err(WireError::Malformed("http3: request head too large"));
             }
             return Ok(StreamHead::NeedMore);
         };
-        Ok(match AuthRequest::from_request(&req) {
-            Some(a) => StreamHead::Auth {
+        let web = Box::new(WebHead { request, used });
+        Ok(match AuthRequest::from_request(&web.request) {
+            Some(a) if !authed => StreamHead::Auth {
                 key: a.lookup_key().to_vec(),
                 token: None,
                 rx: a.cc_rx,
+                web: Some(web),
             },
-            None => StreamHead::Refuse {
-                reply: super::not_found_response(),
-            },
+            _ => StreamHead::Web(web),
         })
     }
     fn uni_head(&self, _buf: &[u8], _authed: bool) -> Result<StreamHead, WireError> {

@@ -11,7 +11,8 @@
 //!   hysteria-padding: <random>
 //! success, status 233 ("HyOK"):
 //!   hysteria-udp: true|false   hysteria-cc-rx: <server rx, B/s>|auto   hysteria-padding
-//! anything else is answered like a web server that does not know the path (404).
+//! anything else (a wrong password too) goes to the node's masquerade ([`masq`]): a web
+//! server's answer, 404 when the node has none.
 //!
 //! TCP, one client bidi stream per connection, after authentication:
 //! +--------------+-------------+--------------------+-------------+---------+---------
@@ -40,6 +41,7 @@ use crate::{Destination, WireError};
 
 pub mod h3;
 mod inbound;
+pub mod masq;
 /// Salamander is a layer of the QUIC seam ([`crate::quic::salamander`]); Hysteria 2 defines it.
 pub use crate::quic::salamander;
 pub mod udp;

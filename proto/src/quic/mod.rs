@@ -8,8 +8,8 @@
 //! ```text
 //!   client bidi stream ──► bidi_head(bytes, authed) ─┐
 //!   client uni stream  ──► uni_head(bytes, authed)  ─┼─► StreamHead: NeedMore | Discard
-//!                                                    │     | Auth{key, token, rx} | Refuse{reply}
-//!                                                    │     | Connect{dest, used} | Packet
+//!                                                    │     | Auth{key, token, rx, web} | Refuse{reply}
+//!                                                    │     | Web(head) | Connect{dest, used} | Packet
 //!                                                    │     | Dissociate{assoc}
 //!   datagram           ──► ConnState::datagram ──────┴─► Option<Packet> (after reassembly)
 //!   UDP reply          ◄── ConnState::seal_reply (datagrams, or one uni-stream message)
@@ -88,16 +88,53 @@ pub enum StreamHead {
         key: Vec<u8>,
         token: Option<[u8; 32]>,
         rx: u64,
+        /// The web request the claim came in (Hysteria 2's `POST /auth`): a failed claim is
+        /// answered like any other web request ([`StreamHead::Web`]); `None` for protocols
+        /// whose claims are not web requests.
+        web: Option<Box<WebHead>>,
     },
-    /// A request that is not for us (Hysteria 2: any HTTP/3 request other than its
-    /// authentication): `reply` is written and the stream finished; the connection goes on.
+    /// A request that is not for us: `reply` is written and the stream finished; the
+    /// connection goes on.
     Refuse { reply: Vec<u8> },
+    /// A web request that is not the protocol's (Hysteria 2: any HTTP/3 request other than a
+    /// valid authentication): answered by the node's masquerade, or with
+    /// [`QuicInbound::auth_refused`] when it has none. The connection goes on.
+    Web(Box<WebHead>),
     /// A TCP relay to `dest`; what follows the first `used` bytes is payload.
     Connect { dest: Destination, used: usize },
     /// A UDP packet carried on its own stream.
     Packet(Packet),
     /// The client ends UDP session `assoc`.
     Dissociate { assoc: u32 },
+}
+
+/// The head of a web request on a request stream, and how many bytes of the stream it took
+/// (what follows is the request's body, framed by the protocol).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WebHead {
+    pub request: WebRequest,
+    pub used: usize,
+}
+
+/// One decoded web request head.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WebRequest {
+    pub method: String,
+    /// Path and query as sent (`:path`).
+    pub path: String,
+    pub authority: String,
+    /// Regular header fields, names lower-case as sent on the wire.
+    pub headers: Vec<(String, String)>,
+}
+
+impl WebRequest {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// The TLS exporter of the connection (RFC 5705): fills `out` for `(label, context)`; false
@@ -142,8 +179,9 @@ pub trait QuicInbound {
         None
     }
     /// Written on an authentication stream whose claim failed (unknown user, bad proof,
-    /// device refused), then finished; the connection may try again until its handshake
-    /// deadline. `None`: the connection is closed at once.
+    /// device refused) and on a [`StreamHead::Web`] request when the node has no masquerade,
+    /// then finished; the connection may try again until its handshake deadline. `None`: the
+    /// connection is closed at once (a web request's stream is reset).
     fn auth_refused(&self) -> Option<Vec<u8>> {
         None
     }

@@ -303,6 +303,7 @@ impl QuicInbound for TuicInbound {
                     token: Some(token),
                     // TUIC declares no bandwidth: the node's congestion controller.
                     rx: 0,
+                    web: None,
                 })
             }
             CMD_PACKET => {

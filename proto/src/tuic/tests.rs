@@ -66,7 +66,7 @@ fn authenticate_is_checked_with_the_exporter_and_the_uuid_string() {
     for cut in 0..wire.len() {
         assert_eq!(t.uni_head(&wire[..cut], false).unwrap(), StreamHead::NeedMore);
     }
-    let StreamHead::Auth { key, token, rx } = t.uni_head(&wire, false).unwrap() else {
+    let StreamHead::Auth { key, token, rx, .. } = t.uni_head(&wire, false).unwrap() else {
         panic!("not an auth")
     };
     assert_eq!(key, UUID);

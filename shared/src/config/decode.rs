@@ -1144,6 +1144,24 @@ fn read_options(o: &mut Obj<'_>, node: &mut NodeEntry) -> Result<(), ConfigError
             }
         }
     }
+    if let Some(v) = o.take("Masquerade") {
+        let path = o.sub("Masquerade");
+        let s = as_string(src, &path, v)?;
+        if !s.trim().is_empty() {
+            let m = crate::dpconfig::Masquerade::parse(s.trim()).map_err(|e| src.err(v.pos, &path, e))?;
+            node.masquerade = Some(m);
+            if !matches!(node.node_type.as_str(), "" | "hysteria2" | "hysteria") {
+                o.d.warn(
+                    v.pos,
+                    &path,
+                    format!(
+                        "ignored: masquerade is for Hysteria 2 nodes (this one is {})",
+                        node.node_type
+                    ),
+                );
+            }
+        }
+    }
     if let Some(mut l) = o.child("LimitConfig")? {
         node.limit = decode_limit(&mut l)?;
         l.finish();
@@ -1485,6 +1503,70 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("ProxyProtocolFrom[0]"), "{e}");
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn masquerade_is_a_checked_url() {
+        use crate::dpconfig::Masquerade;
+        let node = |ty: &str, m: &str| {
+            format!(
+                r#"{{"Nodes":[{{"ApiHost":"http://127.0.0.1","ApiKey":"k","NodeID":1,"NodeType":"{ty}","Masquerade":"{m}"}}]}}"#
+            )
+        };
+        let parse = |m: &str| {
+            let l = crate::config::parse_str(&node("hysteria2", m), Path::new("t.json")).unwrap();
+            assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+            l.config.nodes[0].masquerade.clone()
+        };
+        assert_eq!(
+            parse("file:///var/www/"),
+            Some(Masquerade::File {
+                dir: "/var/www".into()
+            })
+        );
+        assert_eq!(
+            parse("https://www.example.com/site/"),
+            Some(Masquerade::Proxy {
+                tls: true,
+                host: "www.example.com".into(),
+                port: 443,
+                base: "/site".into(),
+                authority: "www.example.com".into()
+            })
+        );
+        assert_eq!(
+            parse("http://[::1]:8080"),
+            Some(Masquerade::Proxy {
+                tls: false,
+                host: "::1".into(),
+                port: 8080,
+                base: String::new(),
+                authority: "[::1]:8080".into()
+            })
+        );
+        assert_eq!(
+            parse("string:hello"),
+            Some(Masquerade::String {
+                content: "hello".into()
+            })
+        );
+        assert_eq!(parse(""), None);
+        for bad in [
+            "file://var/www",
+            "ftp://x",
+            "https://",
+            "http://h:0/",
+            "http://h:99999/",
+            "https://u@h/",
+            "https://h/?q",
+            "/var/www",
+        ] {
+            let e = crate::config::parse_str(&node("hysteria2", bad), Path::new("t.json")).unwrap_err();
+            assert!(e.to_string().contains("Masquerade"), "{bad}: {e}");
+        }
+        let l = crate::config::parse_str(&node("vless", "string:x"), Path::new("t.json")).unwrap();
+        assert!(l.warnings.iter().any(|w| w.to_string().contains("Masquerade")));
     }
 
     #[test]

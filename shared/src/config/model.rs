@@ -521,6 +521,11 @@ pub struct NodeEntry {
     /// for clients that hop (`"20000-50000"`); the range may contain the node's port.
     #[serde(rename = "HopPorts", skip_serializing_if = "Option::is_none")]
     pub hop_ports: Option<crate::dpconfig::PortRange>,
+    /// `Masquerade` (v2sp extension, Hysteria 2 only; sing-box's URL form): what answers HTTP/3
+    /// requests that are not an authenticated client — `file:///var/www`, `https://host/`,
+    /// `string:text`. Absent: a 404.
+    #[serde(rename = "Masquerade", skip_serializing_if = "Option::is_none")]
+    pub masquerade: Option<crate::dpconfig::Masquerade>,
     #[serde(rename = "LimitConfig")]
     pub limit: LimitConfig,
     #[serde(rename = "CertConfig")]
@@ -568,6 +573,7 @@ impl Default for NodeEntry {
             multiplex: None,
             hysteria2_config_path: None,
             hop_ports: None,
+            masquerade: None,
             limit: LimitConfig::default(),
             cert: CertConfig::default(),
             origin: NodeOrigin::default(),
