@@ -147,7 +147,7 @@ impl UpstreamCodec for TlsUpstream {
 
 /// `allowInsecure`: every certificate is taken (signatures are still checked against it).
 #[derive(Debug)]
-struct NoVerification;
+pub(crate) struct NoVerification;
 
 impl ServerCertVerifier for NoVerification {
     fn verify_server_cert(

@@ -5,45 +5,10 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+use rustls::{ClientConfig, ClientConnection};
 
 use super::*;
 
-#[derive(Debug)]
-struct AcceptAny;
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
-    }
-}
 
 pub(crate) fn pair(dir: &std::path::Path) -> TlsSettings {
     let c = rcgen::generate_simple_self_signed(vec!["example.com".to_string()]).unwrap();
@@ -68,7 +33,7 @@ pub(crate) fn client(version: &'static rustls::SupportedProtocolVersion) -> Clie
         .with_protocol_versions(&[version])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_custom_certificate_verifier(Arc::new(crate::outbound::tls::NoVerification))
         .with_no_client_auth();
     let mut c = ClientConnection::new(Arc::new(cfg), "example.com".try_into().unwrap()).unwrap();
     c.set_buffer_limit(None);
@@ -296,7 +261,7 @@ fn client_with_suite(
         .with_protocol_versions(&[version])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_custom_certificate_verifier(Arc::new(crate::outbound::tls::NoVerification))
         .with_no_client_auth();
     let mut c = ClientConnection::new(Arc::new(cfg), "example.com".try_into().unwrap()).unwrap();
     c.set_buffer_limit(None);
@@ -461,7 +426,7 @@ fn tickets_resume_on_another_cores_config() {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny))
+            .with_custom_certificate_verifier(Arc::new(crate::outbound::tls::NoVerification))
             .with_no_client_auth(),
     );
     let mut first = ClientConnection::new(ccfg.clone(), "example.com".try_into().unwrap()).unwrap();
@@ -594,7 +559,7 @@ fn key_update_must_end_its_record() {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny))
+            .with_custom_certificate_verifier(Arc::new(crate::outbound::tls::NoVerification))
             .with_no_client_auth();
         ccfg.enable_secret_extraction = true;
         let mut c = ClientConnection::new(Arc::new(ccfg), "example.com".try_into().unwrap()).unwrap();
