@@ -1503,3 +1503,29 @@ pub fn nft(args: &[&str], stdin: &str) -> anyhow::Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Echoes `data` over an open tunnel (sha256-checked); `Ok(false)` when the tunnel closed
+/// before any byte came back, which is what a refused or blocked destination looks like from
+/// behind a SOCKS client.
+pub fn echo_or_refused(s: &mut TcpStream, data: &[u8]) -> anyhow::Result<bool> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    if s.write_all(data).is_err() {
+        return Ok(false);
+    }
+    let mut back = vec![0u8; data.len()];
+    let mut got = 0;
+    while got < back.len() {
+        match s.read(back.get_mut(got..).unwrap_or_default()) {
+            Ok(0) | Err(_) if got == 0 => return Ok(false),
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => bail!("reading the echo after {got} bytes: {e}"),
+        }
+    }
+    ensure!(
+        sha256(back.get(..got).unwrap_or_default()) == sha256(data),
+        "echo mismatch: {got} of {} bytes",
+        data.len()
+    );
+    Ok(true)
+}

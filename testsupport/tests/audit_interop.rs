@@ -6,13 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::time::Duration;
 
 use serde_json::json;
 use v2sp_testsupport::harness::{
-    dnsmasq, free_port, payload, sha256, sing_box_ss, socks5_connect, socks5_connect_domain, sslocal, Echo,
-    NodeSpec, Totals, V2sp,
+    dnsmasq, free_port, payload, sing_box_ss, socks5_connect, socks5_connect_domain, sslocal, Echo, NodeSpec,
+    Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::users;
 
@@ -21,29 +19,9 @@ const UUIDS: [&str; 2] = [
     "0c6a030a-1aa1-4938-9cd7-d5ec4d9aee4e",
 ];
 
-/// Echo `data` over an open tunnel; `Ok(false)` when the tunnel closed before any byte came
-/// back (what a blocked destination looks like from behind a SOCKS client).
+/// Echo `data` over an open tunnel (`harness::echo_or_refused`).
 fn echo(mut s: std::net::TcpStream, data: &[u8]) -> anyhow::Result<bool> {
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    if s.write_all(data).is_err() {
-        return Ok(false);
-    }
-    let mut back = vec![0u8; data.len()];
-    let mut got = 0;
-    while got < back.len() {
-        match s.read(&mut back[got..]) {
-            Ok(0) | Err(_) if got == 0 => return Ok(false),
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) => anyhow::bail!("reading the echo after {got} bytes: {e}"),
-        }
-    }
-    anyhow::ensure!(
-        sha256(&back[..got]) == sha256(data),
-        "echo mismatch: {got} of {} bytes",
-        data.len()
-    );
-    Ok(true)
+    v2sp_testsupport::harness::echo_or_refused(&mut s, data)
 }
 
 /// A minimal TLS 1.3 ClientHello naming `name` in its server_name extension.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    payload, sha256, socks5_connect, socks5_connect_domain, sslocal, Echo, NodeSpec, Totals, V2sp,
+    payload, socks5_connect, socks5_connect_domain, sslocal, Echo, NodeSpec, Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::users;
 use v2sp_testsupport::peers::upstream::{sing_box_server, ssserver};
@@ -23,29 +23,9 @@ const SS22_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZg==";
 /// The upstream VMess/VLESS servers' user.
 const UP_UUID: &str = "3f1d2c4b-5a69-4788-9b0a-1c2d3e4f5a6b";
 
-/// Echo `data` over an open tunnel; `Ok(false)` when the tunnel closed before any byte came
-/// back (what a refused destination looks like from behind a SOCKS client).
+/// Echo `data` over an open tunnel (`harness::echo_or_refused`).
 fn echo(s: &mut std::net::TcpStream, data: &[u8]) -> anyhow::Result<bool> {
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    if s.write_all(data).is_err() {
-        return Ok(false);
-    }
-    let mut back = vec![0u8; data.len()];
-    let mut got = 0;
-    while got < back.len() {
-        match s.read(&mut back[got..]) {
-            Ok(0) | Err(_) if got == 0 => return Ok(false),
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) => anyhow::bail!("reading the echo after {got} bytes: {e}"),
-        }
-    }
-    anyhow::ensure!(
-        sha256(&back[..got]) == sha256(data),
-        "echo mismatch: {got} of {} bytes",
-        data.len()
-    );
-    Ok(true)
+    v2sp_testsupport::harness::echo_or_refused(s, data)
 }
 
 /// One datagram of `size` bytes to 127.0.0.1:`port` through the SOCKS client's UDP ASSOCIATE;

@@ -9,7 +9,6 @@ use rustls::{ClientConfig, ClientConnection};
 
 use super::*;
 
-
 pub(crate) fn pair(dir: &std::path::Path) -> TlsSettings {
     let c = rcgen::generate_simple_self_signed(vec!["example.com".to_string()]).unwrap();
     let cert = dir.join("c.pem");
