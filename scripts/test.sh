@@ -63,7 +63,7 @@ pass "tests, epoll backend" env V2SP_IO=epoll cargo nextest run --workspace --no
 
 # The QUIC suites (Hysteria 2, TUIC) are left out of the io_uring pass: QUIC runs on quinn's
 # own UDP sockets and copy loops whatever the backend, so a second run would test nothing new
-# (they are a third of this pass's time). upgrade_e2e keeps its QUIC test in both passes.
+# (they are a third of this pass's time). upgrade_e2e keeps its QUIC tests in both passes.
 if [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" = "0" ]; then
     pass "data-plane and end-to-end tests, io_uring backend" \
         env V2SP_IO=uring cargo nextest run -p v2sp-dataplane -p v2sp-control -p v2sp-testsupport --no-fail-fast \
