@@ -1529,3 +1529,75 @@ pub fn echo_or_refused(s: &mut TcpStream, data: &[u8]) -> anyhow::Result<bool> {
     );
     Ok(true)
 }
+
+/// A pebble (the ACME test CA) for one test.
+pub struct Pebble {
+    pub proc: Proc,
+    /// The ACME directory URL.
+    pub directory: String,
+    /// Its listener certificate (made here: the Debian package ships none), to trust its API.
+    pub listener_cert: PathBuf,
+    /// The management API port (`/roots/0`: the issuing root).
+    pub mgmt: u16,
+}
+
+/// How a test wants pebble.
+pub struct PebbleOpts {
+    /// Where its validation authority resolves names.
+    pub dns_port: u16,
+    /// Where it validates HTTP-01 and TLS-ALPN-01.
+    pub http_port: u16,
+    pub tls_port: u16,
+    /// Validity of issued certificates (pebble's default when `None`).
+    pub validity_secs: Option<u64>,
+    /// Every order validates anew (no authorization reuse), so a renewal exercises the
+    /// challenge too.
+    pub fresh_authz: bool,
+}
+
+/// Starts pebble in `dir` and waits until its API listens.
+pub fn pebble(dir: &Path, o: &PebbleOpts) -> anyhow::Result<Pebble> {
+    let listener =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    let (cert, key) = (dir.join("pebble-cert.pem"), dir.join("pebble-key.pem"));
+    std::fs::write(&cert, listener.cert.pem())?;
+    std::fs::write(&key, listener.signing_key.serialize_pem())?;
+    let (api, mgmt) = (free_port(), free_port());
+    let mut config = json!({
+        "listenAddress": format!("127.0.0.1:{api}"),
+        "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+        "certificate": cert,
+        "privateKey": key,
+        "httpPort": o.http_port,
+        "tlsPort": o.tls_port,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": false,
+    });
+    if let Some(v) = o.validity_secs {
+        config["certificateValidityPeriod"] = json!(v);
+    }
+    let config_path = dir.join("pebble.json");
+    std::fs::write(
+        &config_path,
+        serde_json::to_vec_pretty(&json!({ "pebble": config }))?,
+    )?;
+    let mut cmd = Command::new(peer("pebble")?);
+    cmd.arg("-config")
+        .arg(&config_path)
+        .arg("-dnsserver")
+        .arg(format!("127.0.0.1:{}", o.dns_port))
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        // Deterministic: no nonces rejected at random (the badNonce retry is still in place).
+        .env("PEBBLE_WFE_NONCEREJECT", "0");
+    if o.fresh_authz {
+        cmd.env("PEBBLE_AUTHZREUSE", "0");
+    }
+    let p = Proc::spawn("pebble", cmd, dir.join("pebble.log"))?;
+    wait_tcp(api, Duration::from_secs(20)).with_context(|| format!("pebble\n{}", p.log()))?;
+    Ok(Pebble {
+        proc: p,
+        directory: format!("https://127.0.0.1:{api}/dir"),
+        listener_cert: cert,
+        mgmt,
+    })
+}

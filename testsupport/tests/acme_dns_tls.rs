@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    free_port, payload, peer, sing_box_tls, socks5_connect, wait_tcp, Echo, NodeSpec, Proc, V2sp,
+    free_port, payload, peer, sing_box_tls, socks5_connect, Echo, NodeSpec, Proc, V2sp,
 };
 use v2sp_testsupport::panel_sim::users;
 
@@ -134,37 +134,18 @@ impl Updater {
 /// v2sp renew). Returns it, its directory URL, its listener certificate (the ACME root to
 /// trust) and its management port.
 fn pebble(dir: &Path, dns_port: u16, tls_port: u16) -> (Proc, String, PathBuf, u16) {
-    let listener =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    let (cert, key) = (dir.join("pebble-cert.pem"), dir.join("pebble-key.pem"));
-    std::fs::write(&cert, listener.cert.pem()).unwrap();
-    std::fs::write(&key, listener.signing_key.serialize_pem()).unwrap();
-    let (api, mgmt) = (free_port(), free_port());
-    let config = json!({"pebble": {
-        "listenAddress": format!("127.0.0.1:{api}"),
-        "managementListenAddress": format!("127.0.0.1:{mgmt}"),
-        "certificate": cert,
-        "privateKey": key,
-        "httpPort": free_port(),
-        "tlsPort": tls_port,
-        "ocspResponderURL": "",
-        "externalAccountBindingRequired": false,
-        "certificateValidityPeriod": 30 * 86_400,
-    }});
-    let config_path = dir.join("pebble.json");
-    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    let mut cmd = Command::new(peer("pebble").unwrap());
-    cmd.arg("-config")
-        .arg(&config_path)
-        .arg("-dnsserver")
-        .arg(format!("127.0.0.1:{dns_port}"))
-        .env("PEBBLE_VA_NOSLEEP", "1")
-        .env("PEBBLE_WFE_NONCEREJECT", "0")
-        // Every order validates anew (a renewal exercises the challenge too).
-        .env("PEBBLE_AUTHZREUSE", "0");
-    let p = Proc::spawn("pebble", cmd, dir.join("pebble.log")).unwrap();
-    wait_tcp(api, Duration::from_secs(20)).unwrap_or_else(|e| panic!("pebble: {e:#}\n{}", p.log()));
-    (p, format!("https://127.0.0.1:{api}/dir"), cert, mgmt)
+    let p = v2sp_testsupport::harness::pebble(
+        dir,
+        &v2sp_testsupport::harness::PebbleOpts {
+            dns_port,
+            http_port: free_port(),
+            tls_port,
+            validity_secs: Some(30 * 86_400),
+            fresh_authz: true,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    (p.proc, p.directory, p.listener_cert, p.mgmt)
 }
 
 /// pebble's issuing root (management API `/roots/0`), written to `dir/root.pem`.

@@ -15,46 +15,28 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use v2sp_testsupport::harness::{
-    dnsmasq, free_port, payload, peer, sing_box_tls, tcp_echo_through, wait_tcp, Echo, NodeSpec, Proc,
-    Totals, V2sp,
+    dnsmasq, free_port, payload, sing_box_tls, tcp_echo_through, Echo, NodeSpec, Proc, Totals, V2sp,
 };
 use v2sp_testsupport::panel_sim::users;
 
 const UUID: &str = "705d4ada-fc32-48de-951c-2ab9d5765ce0";
 const DOMAIN: &str = "acme.v2sp.test";
 
-/// pebble with a listener certificate for 127.0.0.1/localhost made here (the Debian package
-/// ships none); returns it, its directory URL and the certificate (the root to trust).
+/// pebble resolving through `dns_port` and validating HTTP-01 at `http_port`; returns it, its
+/// directory URL and its listener certificate (the root to trust).
 fn pebble(dir: &Path, dns_port: u16, http_port: u16) -> (Proc, String, std::path::PathBuf) {
-    let listener =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    let (cert, key) = (dir.join("pebble-cert.pem"), dir.join("pebble-key.pem"));
-    std::fs::write(&cert, listener.cert.pem()).unwrap();
-    std::fs::write(&key, listener.signing_key.serialize_pem()).unwrap();
-    let (api, mgmt) = (free_port(), free_port());
-    let config = json!({"pebble": {
-        "listenAddress": format!("127.0.0.1:{api}"),
-        "managementListenAddress": format!("127.0.0.1:{mgmt}"),
-        "certificate": cert,
-        "privateKey": key,
-        "httpPort": http_port,
-        "tlsPort": free_port(),
-        "ocspResponderURL": "",
-        "externalAccountBindingRequired": false,
-    }});
-    let config_path = dir.join("pebble.json");
-    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    let mut cmd = Command::new(peer("pebble").unwrap());
-    cmd.arg("-config")
-        .arg(&config_path)
-        .arg("-dnsserver")
-        .arg(format!("127.0.0.1:{dns_port}"))
-        .env("PEBBLE_VA_NOSLEEP", "1")
-        // Deterministic: no nonces rejected at random (the badNonce retry is still in place).
-        .env("PEBBLE_WFE_NONCEREJECT", "0");
-    let p = Proc::spawn("pebble", cmd, dir.join("pebble.log")).unwrap();
-    wait_tcp(api, Duration::from_secs(20)).unwrap_or_else(|e| panic!("pebble: {e:#}\n{}", p.log()));
-    (p, format!("https://127.0.0.1:{api}/dir"), cert)
+    let p = v2sp_testsupport::harness::pebble(
+        dir,
+        &v2sp_testsupport::harness::PebbleOpts {
+            dns_port,
+            http_port,
+            tls_port: free_port(),
+            validity_secs: None,
+            fresh_authz: false,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    (p.proc, p.directory, p.listener_cert)
 }
 
 fn trojan_node(port: u16) -> NodeSpec {

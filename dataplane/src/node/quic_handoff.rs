@@ -145,9 +145,14 @@ impl ForwardLink {
     /// Sends one run; never blocks. A full link drops the run; a closed one (the predecessor
     /// exited) is marked dead, after which packets of its ids stay here (and are reset).
     pub(super) fn send(&self, listen: SocketAddr, core: usize, data: &[u8], meta: &RecvMeta) {
-        let mut msg = Vec::with_capacity(HEADER + data.len());
-        encode(listen, core, data, meta, &mut msg);
-        match self.sock.send(&msg) {
+        // One message buffer per core thread, kept: no allocation per forwarded run.
+        thread_local!(static MSG: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
+        let sent = MSG.with_borrow_mut(|msg| {
+            msg.clear();
+            encode(listen, core, data, meta, msg);
+            self.sock.send(msg)
+        });
+        match sent {
             Ok(_) => {
                 let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() && n >= 16 {

@@ -503,6 +503,24 @@ async fn forward(
     }
 }
 
+/// Opens client wire bytes (after what `carry` held) into `out`; a partial frame stays in
+/// `carry`, and the download side is told when the codec has control frames for the client.
+fn open_client(c: CodecCtl<'_>, carry: &mut Vec<u8>, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    let input: &[u8] = if carry.is_empty() {
+        data
+    } else {
+        carry.extend_from_slice(data);
+        &carry[..]
+    };
+    let mut codec = c.codec.borrow_mut();
+    let used = codec.open(input, out).map_err(invalid)?;
+    *carry = input.get(used..).unwrap_or_default().to_vec();
+    if codec.has_control() {
+        c.control.notify_one();
+    }
+    Ok(())
+}
+
 fn invalid(e: crate::proto::WireError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
@@ -528,27 +546,11 @@ async fn through_upstream(
         Dir::Up => {
             let plain_ref: &[u8] = match codec {
                 None => data,
-                Some(CodecCtl { codec, control, .. }) => {
-                    let input: &[u8] = if carry.is_empty() {
-                        data
-                    } else {
-                        carry.extend_from_slice(data);
-                        &carry[..]
-                    };
-                    let mut c = codec.borrow_mut();
-                    let used = c.open(input, &mut plain).map_err(invalid);
-                    match used {
-                        Ok(used) => {
-                            *carry = input.get(used..).unwrap_or_default().to_vec();
-                            if c.has_control() {
-                                control.notify_one();
-                            }
-                        }
-                        Err(e) => {
-                            env.bufs.put_vec(plain);
-                            env.bufs.put_vec(out);
-                            return Err(e);
-                        }
+                Some(c) => {
+                    if let Err(e) = open_client(c, carry, data, &mut plain) {
+                        env.bufs.put_vec(plain);
+                        env.bufs.put_vec(out);
+                        return Err(e);
                     }
                     &plain
                 }
@@ -598,7 +600,7 @@ async fn process_chunk(
     carry: &mut Vec<u8>,
     data: &[u8],
 ) -> io::Result<()> {
-    let Some(CodecCtl { codec, control, .. }) = codec else {
+    let Some(c) = codec else {
         if dir == Dir::Down {
             env.meter.down(data.len() as u64);
         }
@@ -606,32 +608,10 @@ async fn process_chunk(
     };
     let mut out = env.bufs.take_vec();
     let res = match dir {
-        Dir::Up => {
-            let input: &[u8] = if carry.is_empty() {
-                data
-            } else {
-                carry.extend_from_slice(data);
-                &carry[..]
-            };
-            let mut c = codec.borrow_mut();
-            match c.open(input, &mut out) {
-                Ok(used) => {
-                    let rest = input.get(used..).unwrap_or_default().to_vec();
-                    *carry = rest;
-                    if c.has_control() {
-                        control.notify_one();
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-            }
-        }
+        Dir::Up => open_client(c, carry, data, &mut out),
         Dir::Down => {
             env.meter.down(data.len() as u64);
-            codec
-                .borrow_mut()
-                .seal(data, &mut out)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            c.codec.borrow_mut().seal(data, &mut out).map_err(invalid)
         }
     };
     let r = match res {
