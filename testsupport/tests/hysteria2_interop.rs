@@ -1109,3 +1109,59 @@ fn masquerade_serves_a_directory() {
     }
     v.finish(&failures, &BTreeMap::new());
 }
+
+/// Issue 11 on the masquerade: a stranger (no authentication) fires 12 requests at once on one
+/// QUIC connection towards a web server that never answers. At most 4 reach the web server at
+/// a time (the bound per connection), so one connection cannot pile up upstream sockets.
+#[test]
+fn masquerade_forwards_at_most_four_requests_at_once_per_connection() {
+    use std::sync::{Arc, Mutex};
+    let certs = tempfile::tempdir().unwrap();
+    // The web server: accepts, holds, never answers.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    upstream.set_nonblocking(true).unwrap();
+    let held: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acceptor = {
+        let (held, stop) = (held.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match upstream.accept() {
+                    Ok((s, _)) => held.lock().unwrap().push(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+    };
+    let mut extra = self_signed_certs(certs.path(), DOMAIN);
+    extra["Masquerade"] = json!(format!("http://127.0.0.1:{port}"));
+    let v = V2sp::start(vec![hy2_node(1, json!({}))], extra).unwrap();
+    let c = H3Client::connect(v.nodes[0].port);
+    let send = c.send.clone();
+    c.rt.block_on(async move {
+        for i in 0..12 {
+            let mut send = send.clone();
+            tokio::spawn(async move {
+                let req = http::Request::get(format!("https://v2sp.test/slow/{i}"))
+                    .body(())
+                    .unwrap();
+                if let Ok(mut s) = send.send_request(req).await {
+                    let _ = s.finish().await;
+                    let _ = s.recv_response().await;
+                }
+            });
+        }
+        // Within the connection's pre-authentication deadline (4 s after a request starts).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+    let forwarded = held.lock().unwrap().len();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    acceptor.join().unwrap();
+    eprintln!("12 requests at once from a stranger: {forwarded} reached the web server");
+    assert!(
+        (1..=4).contains(&forwarded),
+        "{forwarded} upstream connections for one QUIC connection\n{}",
+        v.agent.log()
+    );
+}
